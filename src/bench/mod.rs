@@ -1,0 +1,5 @@
+//! Benchmarks behind `brook bench ...`. Each prints its figures (or one JSON object with
+//! `--json`); the results are recorded with the machine and date in `BENCHMARKS.md`. Tests
+//! check correctness, benchmarks check speed: nothing here asserts a speed.
+
+pub mod storage;

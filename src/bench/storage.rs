@@ -1,0 +1,443 @@
+//! `brook bench storage`: append throughput, ack latency, write amplification, read-back
+//! throughput and reopen time of the log, on a real directory.
+//!
+//! Write amplification is bytes written divided by key + value bytes appended, measured two
+//! ways: from the process (`/proc/self/io` `write_bytes`: pages this process dirtied, counted
+//! again each time an fsync cleaned them in between) and, where readable, from the block device
+//! (`/sys/dev/block/MAJ:MIN/stat` sectors written, which adds the filesystem journal and
+//! anything else writing to that device meanwhile). The device figure is taken after a final
+//! fsync of everything, so data that was only "written" counts too.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::log::clock::{SystemTimeSource, wall_clock_ms};
+use crate::log::fs::{Fs, SlowSyncFs, StdFs};
+use crate::log::{
+    BatchBuilder, Durability, LogError, OnFull, PartitionChoice, Store, StoreOptions, TopicConfig,
+    Visibility,
+};
+use crate::units::{ByteSize, HumanDuration};
+
+/// Parameters of a storage benchmark run.
+#[derive(Clone, Debug)]
+pub struct StorageBench {
+    /// Directory for the store; a fresh `./brook-bench-<pid>` when `None`.
+    pub dir: Option<PathBuf>,
+    pub records: u64,
+    pub record_size: usize,
+    pub partitions: u32,
+    /// Producer threads; producer `i` appends to partition `i % partitions`.
+    pub producers: u32,
+    pub durability: Durability,
+    /// Records per append call.
+    pub batch: u32,
+    /// Extra delay in every fsync, to imitate a slow SD card.
+    pub fsync_delay: Option<Duration>,
+    /// Keep the data directory afterwards.
+    pub keep: bool,
+    /// Also time a fresh open of the store as a crash would leave it.
+    pub reopen: bool,
+    /// Show a progress line on a terminal.
+    pub progress: bool,
+}
+
+/// What a storage benchmark measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct StorageReport {
+    pub records: u64,
+    pub record_size: usize,
+    pub partitions: u32,
+    pub producers: u32,
+    pub batch: u32,
+    pub durability: Durability,
+    pub fsync_delay_ms: Option<u64>,
+    pub append_secs: f64,
+    pub append_records_per_sec: f64,
+    pub append_mb_per_sec: f64,
+    pub ack_p50_us: u64,
+    pub ack_p99_us: u64,
+    pub ack_max_us: u64,
+    pub write_amplification: Option<f64>,
+    pub device_write_amplification: Option<f64>,
+    pub read_records_per_sec: f64,
+    pub read_mb_per_sec: f64,
+    pub reopen_ms: Option<f64>,
+    pub disk_bytes: u64,
+    pub segments: usize,
+}
+
+impl StorageReport {
+    pub fn render(&self) -> String {
+        let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+        let mut s = format!(
+            "storage bench: {} records x {} B, {} partitions, {} producers, batch {}, durability {:?}{}\n",
+            self.records,
+            self.record_size,
+            self.partitions,
+            self.producers,
+            self.batch,
+            self.durability,
+            self.fsync_delay_ms
+                .map_or(String::new(), |d| format!(", fsync delay {d} ms"))
+        );
+        s += &format!(
+            "  append: {:.0} records/s, {:.1} MB/s ({:.2} s)\n",
+            self.append_records_per_sec, self.append_mb_per_sec, self.append_secs
+        );
+        s += &format!(
+            "  ack latency: p50 {} us, p99 {} us, max {} us\n",
+            self.ack_p50_us, self.ack_p99_us, self.ack_max_us
+        );
+        s += &format!(
+            "  write amplification: process {}, device {}\n",
+            opt(self.write_amplification),
+            opt(self.device_write_amplification)
+        );
+        s += &format!(
+            "  read back: {:.0} records/s, {:.1} MB/s\n",
+            self.read_records_per_sec, self.read_mb_per_sec
+        );
+        if let Some(ms) = self.reopen_ms {
+            s += &format!("  reopen after crash: {ms:.1} ms\n");
+        }
+        s += &format!(
+            "  on disk: {} bytes in {} segments\n",
+            self.disk_bytes, self.segments
+        );
+        s
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("benchmark directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("read back {got} records, expected {want}")]
+    Lost { got: u64, want: u64 },
+}
+
+const TOPIC: &str = "bench";
+
+impl StorageBench {
+    pub fn run(&self) -> Result<StorageReport, BenchError> {
+        if self.records == 0 || self.batch == 0 || self.partitions == 0 || self.producers == 0 {
+            return Err(BenchError::Invalid(
+                "--records, --batch, --partitions and --producers must be positive".into(),
+            ));
+        }
+        let dir = self
+            .dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("./brook-bench-{}", std::process::id())));
+        if dir.exists() {
+            return Err(BenchError::Invalid(format!(
+                "{} already exists; pick a new --dir",
+                dir.display()
+            )));
+        }
+        let result = self.run_in(&dir);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    fn fs(&self) -> Arc<dyn Fs> {
+        match self.fsync_delay {
+            Some(d) if !d.is_zero() => Arc::new(SlowSyncFs::new(StdFs, d)),
+            _ => Arc::new(StdFs),
+        }
+    }
+
+    fn open(&self, dir: &Path) -> Result<Store, BenchError> {
+        let cfg = TopicConfig {
+            partitions: self.partitions,
+            retention: HumanDuration(Duration::ZERO),
+            on_full: OnFull::Reject,
+            max_batch_size: ByteSize::mib(8),
+            ..TopicConfig::default()
+        };
+        let opts = StoreOptions {
+            min_free: ByteSize::mib(64),
+            ..StoreOptions::default()
+        };
+        let (store, _) = Store::open_with(
+            dir,
+            self.fs(),
+            Box::<SystemTimeSource>::default(),
+            opts,
+            &[(TOPIC.to_string(), cfg)],
+        )?;
+        Ok(store)
+    }
+
+    fn run_in(&self, dir: &Path) -> Result<StorageReport, BenchError> {
+        std::fs::create_dir_all(dir).map_err(|source| BenchError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let store = Arc::new(self.open(dir)?);
+        let device = device_stat_path(dir);
+        let proc_before = process_write_bytes();
+        let dev_before = device.as_deref().and_then(device_sectors_written);
+
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = (self.progress && std::io::stderr().is_terminal())
+            .then(|| spawn_progress("append", self.records, Arc::clone(&done), Arc::clone(&stop)));
+
+        let started = Instant::now();
+        let mut handles = Vec::new();
+        for p in 0..self.producers {
+            let quota = self.records / u64::from(self.producers)
+                + u64::from(u64::from(p) < self.records % u64::from(self.producers));
+            let store = Arc::clone(&store);
+            let done = Arc::clone(&done);
+            let (batch, size, durability) = (self.batch, self.record_size, self.durability);
+            let partition = p % self.partitions;
+            handles.push(std::thread::spawn(move || {
+                produce(&store, partition, quota, batch, size, durability, &done)
+            }));
+        }
+        let mut latencies = Vec::new();
+        let mut first_err = None;
+        for h in handles {
+            match h.join() {
+                Ok(Ok(l)) => latencies.extend(l),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(BenchError::Log(e));
+                }
+                Err(_) => {
+                    first_err.get_or_insert(BenchError::Invalid("a producer panicked".into()));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            stop.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        store.flush_all(false)?;
+        let append_secs = started.elapsed().as_secs_f64();
+        stop.store(true, Ordering::Relaxed);
+        if let Some(h) = progress {
+            let _ = h.join();
+        }
+        store.flush_all(true)?;
+        let payload = self.records as f64 * self.record_size as f64;
+        let proc_after = process_write_bytes();
+        let dev_after = device.as_deref().and_then(device_sectors_written);
+        let write_amplification = match (proc_before, proc_after) {
+            (Some(a), Some(b)) if payload > 0.0 => Some((b - a) as f64 / payload),
+            _ => None,
+        };
+        let device_write_amplification = match (dev_before, dev_after) {
+            (Some(a), Some(b)) if payload > 0.0 => Some((b - a) as f64 * 512.0 / payload),
+            _ => None,
+        };
+        latencies.sort_unstable();
+        let pct = |q: usize| {
+            latencies
+                .get((latencies.len() * q / 100).min(latencies.len().saturating_sub(1)))
+                .map_or(0, |&v| u64::from(v))
+        };
+
+        // Read everything back, one thread per partition, decoding every record.
+        let read_started = Instant::now();
+        let readers: Vec<_> = (0..self.partitions)
+            .map(|p| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || read_all(&store, p))
+            })
+            .collect();
+        let mut read = 0u64;
+        for h in readers {
+            read += h
+                .join()
+                .map_err(|_| BenchError::Invalid("a reader panicked".into()))??;
+        }
+        let read_secs = read_started.elapsed().as_secs_f64();
+        if read != self.records {
+            return Err(BenchError::Lost {
+                got: read,
+                want: self.records,
+            });
+        }
+        let topic = store.topic(TOPIC)?;
+        let segments = topic.partitions().iter().map(|p| p.status().segments).sum();
+        let disk_bytes = store.used_bytes();
+        let ends: Vec<u64> = topic.partitions().iter().map(|p| p.end_offset()).collect();
+        drop(topic);
+
+        let reopen_ms = if self.reopen {
+            // No clean shutdown exists to skip: dropping the store leaves the files exactly as a
+            // kill -9 after the last append would.
+            drop(store);
+            let t = Instant::now();
+            let store = self.open(dir)?;
+            let ms = t.elapsed().as_secs_f64() * 1000.0;
+            let topic = store.topic(TOPIC)?;
+            let again: Vec<u64> = topic.partitions().iter().map(|p| p.end_offset()).collect();
+            if again != ends {
+                return Err(BenchError::Invalid(format!(
+                    "reopened store ends at {again:?}, expected {ends:?}"
+                )));
+            }
+            Some(ms)
+        } else {
+            None
+        };
+
+        Ok(StorageReport {
+            records: self.records,
+            record_size: self.record_size,
+            partitions: self.partitions,
+            producers: self.producers,
+            batch: self.batch,
+            durability: self.durability,
+            fsync_delay_ms: self.fsync_delay.map(|d| d.as_millis() as u64),
+            append_secs,
+            append_records_per_sec: self.records as f64 / append_secs,
+            append_mb_per_sec: payload / append_secs / 1e6,
+            ack_p50_us: pct(50),
+            ack_p99_us: pct(99),
+            ack_max_us: latencies.last().map_or(0, |&v| u64::from(v)),
+            write_amplification,
+            device_write_amplification,
+            read_records_per_sec: read as f64 / read_secs,
+            read_mb_per_sec: payload / read_secs / 1e6,
+            reopen_ms,
+            disk_bytes,
+            segments,
+        })
+    }
+}
+
+fn produce(
+    store: &Store,
+    partition: u32,
+    quota: u64,
+    batch: u32,
+    size: usize,
+    durability: Durability,
+    done: &AtomicU64,
+) -> Result<Vec<u32>, LogError> {
+    let mut value = vec![0u8; size];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(partition);
+    let mut builder = BatchBuilder::with_capacity(batch as usize * (size + 8));
+    let mut latencies = Vec::with_capacity((quota / u64::from(batch) + 1) as usize);
+    let mut left = quota;
+    while left > 0 {
+        let n = left.min(u64::from(batch));
+        builder.clear();
+        let ts = wall_clock_ms();
+        for _ in 0..n {
+            // xorshift: cheap, incompressible-looking payloads.
+            for chunk in value.chunks_mut(8) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let b = seed.to_le_bytes();
+                chunk.copy_from_slice(&b[..chunk.len()]);
+            }
+            builder.push(ts, None, &value, &[]);
+        }
+        let t = Instant::now();
+        store.append(TOPIC, PartitionChoice::Id(partition), &builder, durability)?;
+        latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        left -= n;
+        done.fetch_add(n, Ordering::Relaxed);
+    }
+    Ok(latencies)
+}
+
+fn read_all(store: &Store, partition: u32) -> Result<u64, LogError> {
+    let mut from = store.topic(TOPIC)?.partition(partition)?.log_start();
+    let mut count = 0u64;
+    loop {
+        let r = store.read(TOPIC, partition, from, 1 << 20, Visibility::Written)?;
+        if r.frames.is_empty() {
+            return Ok(count);
+        }
+        for batch in r.batches() {
+            for rec in batch.records() {
+                let rec = rec.map_err(LogError::InvalidBatch)?;
+                if rec.offset >= from {
+                    count += 1;
+                }
+            }
+        }
+        from = r.next_offset;
+    }
+}
+
+fn spawn_progress(
+    what: &'static str,
+    total: u64,
+    done: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut shown = false;
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
+            let elapsed = start.elapsed().as_secs_f64();
+            if elapsed < 1.0 {
+                continue;
+            }
+            let n = done.load(Ordering::Relaxed);
+            let width = 30;
+            let filled = (n as f64 / total as f64 * width as f64) as usize;
+            eprint!(
+                "\r{what} [{}{}] {:>3}% {n}/{total} ({:.0}/s) ",
+                "#".repeat(filled.min(width)),
+                " ".repeat(width - filled.min(width)),
+                n * 100 / total.max(1),
+                n as f64 / elapsed
+            );
+            shown = true;
+        }
+        if shown {
+            eprintln!();
+        }
+    })
+}
+
+/// `write_bytes` of `/proc/self/io`.
+pub fn process_write_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/io").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `/sys/dev/block/MAJ:MIN/stat` of the device holding `dir`.
+pub fn device_stat_path(dir: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).ok()?.dev();
+    // glibc's encoding of dev_t.
+    let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff);
+    let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff);
+    let p = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/stat"));
+    p.exists().then_some(p)
+}
+
+/// Sectors (512 bytes) written, field 7 of a block device `stat` file.
+pub fn device_sectors_written(stat: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(stat).ok()?;
+    text.split_whitespace().nth(6)?.parse().ok()
+}

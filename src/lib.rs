@@ -1,0 +1,27 @@
+//! # Brook
+//!
+//! A small-footprint streaming broker for edge and IoT devices: Kafka's model (topics,
+//! partitions, offsets) in bounded, flash-friendly segments on a single ARM board.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
+//! | [`meta`] | small state that is not a log (topic configs now), on sled behind a trait |
+//! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
+//! | [`check`] | `brook check`: verifies every segment of a data directory |
+//! | [`bench`] | `brook bench ...`: measured throughput, latency, write amplification |
+//! | [`units`] | human-readable sizes and durations |
+//!
+//! The path of a record today: a producer fills a [`log::BatchBuilder`]; [`log::Store::append`]
+//! picks the partition (explicit, by key with Kafka's murmur2, or round robin), checks the
+//! store's budget and free-space floor, and hands the batch to [`log::Partition::append`], which
+//! frames it (`len`, CRC-32C, header, records), buffers it, and writes and fsyncs it in a group
+//! commit according to the requested [`log::Durability`]. Readers get the stored frames back
+//! byte for byte with [`log::Store::read`].
+
+pub mod bench;
+pub mod check;
+pub mod config;
+pub mod log;
+pub mod meta;
+pub mod units;

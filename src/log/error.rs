@@ -1,0 +1,144 @@
+//! Errors of the storage layer. Every variant carries what a user needs to act on it: the file,
+//! the position, the limit that was hit.
+
+use std::io;
+use std::path::PathBuf;
+
+/// What is wrong with a frame read from a disk or a peer. `Incomplete` is not a failure: it says
+/// how many bytes the frame needs in all.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("incomplete frame: {needed} bytes needed")]
+    Incomplete { needed: usize },
+    #[error("frame length {len} is out of range")]
+    BadLength { len: usize },
+    #[error("frame checksum mismatch: stored {stored:#010x}, computed {actual:#010x}")]
+    BadCrc { stored: u32, actual: u32 },
+    #[error("batch format version {found} is newer than this build understands ({supported})")]
+    UnsupportedVersion { found: u8, supported: u8 },
+    #[error("malformed batch header: {0}")]
+    BadHeader(String),
+    #[error("malformed record: {0}")]
+    BadRecord(String),
+}
+
+/// Which limit made the log refuse an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FullReason {
+    /// The partition reached its topic's `retention_size` and the topic's policy is `reject`.
+    RetentionSize { limit: u64 },
+    /// The store reached `max_size` and nothing could be freed from `drop_oldest` topics.
+    Budget { limit: u64 },
+    /// The filesystem has less than `min_free` available and nothing could be freed.
+    FreeSpaceFloor { available: u64, floor: u64 },
+    /// The filesystem itself reported ENOSPC.
+    NoSpace,
+}
+
+impl std::fmt::Display for FullReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FullReason::RetentionSize { limit } => {
+                write!(
+                    f,
+                    "partition reached retention_size {limit} bytes (on_full = reject)"
+                )
+            }
+            FullReason::Budget { limit } => write!(
+                f,
+                "store reached max_size {limit} bytes and no drop_oldest segment can be freed"
+            ),
+            FullReason::FreeSpaceFloor { available, floor } => write!(
+                f,
+                "filesystem has {available} bytes available, below min_free {floor}, and no drop_oldest segment can be freed"
+            ),
+            FullReason::NoSpace => write!(f, "filesystem is full (ENOSPC)"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt data in {path} at byte {position}: {source}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        #[source]
+        source: FrameError,
+    },
+    #[error("{path}: {what}")]
+    BadFile { path: PathBuf, what: String },
+    #[error("{path}: format version {found} is newer than this build understands ({supported})")]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("log full for {topic}/{partition}: {reason}")]
+    LogFull {
+        topic: String,
+        partition: u32,
+        reason: FullReason,
+    },
+    #[error("batch of {size} bytes exceeds the limit of {limit} bytes")]
+    BatchTooLarge { size: usize, limit: usize },
+    #[error("invalid batch: {0}")]
+    InvalidBatch(#[source] FrameError),
+    #[error(
+        "partition {topic}/{partition} refuses writes after a failed fsync ({cause}); restart Brook to reopen it"
+    )]
+    Poisoned {
+        topic: String,
+        partition: u32,
+        cause: String,
+    },
+    #[error("unknown topic {0:?}")]
+    UnknownTopic(String),
+    #[error("topic {0:?} already exists")]
+    TopicExists(String),
+    #[error("topic {topic:?} has no partition {partition} (it has {count})")]
+    UnknownPartition {
+        topic: String,
+        partition: u32,
+        count: u32,
+    },
+    #[error("invalid topic name {name:?}: {reason}")]
+    InvalidTopicName { name: String, reason: &'static str },
+    #[error("invalid topic config for {topic:?}: {reason}")]
+    InvalidTopicConfig { topic: String, reason: String },
+    #[error(
+        "{what}: budget of {budget} bytes is below two segments per partition ({needed} bytes)"
+    )]
+    BudgetTooSmall {
+        what: String,
+        budget: u64,
+        needed: u64,
+    },
+    #[error("offset {requested} is out of range: the partition holds {earliest}..{latest}")]
+    OffsetOutOfRange {
+        requested: u64,
+        earliest: u64,
+        latest: u64,
+    },
+}
+
+impl LogError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        LogError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = LogError> = std::result::Result<T, E>;

@@ -1,0 +1,490 @@
+//! Records, batches and the batch frame: the unit Brook writes, checksums and sends.
+//!
+//! A producer fills a [`BatchBuilder`]; the partition gives the batch its base offset and append
+//! time and stores it as one [`frame`](encode_frame). A reader gets those frames back byte for
+//! byte and walks them with [`BatchView`]. The byte layout is documented in [`crate::log`].
+
+use serde::{Deserialize, Serialize};
+
+use super::error::FrameError;
+
+/// Version of the batch body layout. A frame whose body starts with a larger number was written
+/// by a newer Brook and is refused, never guessed at.
+pub const BATCH_FORMAT_VERSION: u8 = 1;
+
+/// `[len: u32 LE][crc32c: u32 LE]` in front of every batch body.
+pub const FRAME_HEADER_LEN: usize = 8;
+
+/// The largest frame a reader accepts (length prefix included). Writers are held to the
+/// smaller `max_batch_size` of their partition.
+pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
+
+/// CRC-32C (Castagnoli), slice-by-16 tables: the checksum of every frame on disk and on the wire.
+pub static CRC32C: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+
+/// One named header value of a record (`mqtt.qos`, user properties, origin headers ...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub value: Vec<u8>,
+}
+
+impl Header {
+    pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        Header {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// An owned record, as a producer hands it over.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    /// Milliseconds since the Unix epoch, as the producer saw it (Kafka's CreateTime).
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<Header>,
+}
+
+/// The per-batch fields that precede the records in a batch body (postcard-encoded).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchHeader {
+    /// Offset of the first record; record `i` has offset `base_offset + i`.
+    pub base_offset: u64,
+    pub record_count: u32,
+    /// Timestamp of the first record.
+    pub first_timestamp: i64,
+    /// Largest record timestamp in the batch.
+    pub max_timestamp: i64,
+    /// When the broker stored the batch, on its retention timeline (see `log::clock`).
+    pub append_time: i64,
+    /// Bits 0-2: compression (0 = none; no other value is written yet). Others reserved, zero.
+    pub attributes: u16,
+}
+
+impl BatchHeader {
+    /// Offset one past the last record of the batch.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+}
+
+/// How a record is laid out inside a batch body (postcard).
+#[derive(Serialize)]
+struct RecordOut<'a> {
+    offset_delta: u32,
+    timestamp_delta: i64,
+    key: Option<&'a [u8]>,
+    value: &'a [u8],
+    headers: &'a [Header],
+}
+
+#[derive(Deserialize)]
+struct RecordIn<'a> {
+    offset_delta: u32,
+    timestamp_delta: i64,
+    #[serde(borrow)]
+    key: Option<&'a [u8]>,
+    #[serde(borrow)]
+    value: &'a [u8],
+    #[serde(borrow)]
+    headers: Vec<HeaderView<'a>>,
+}
+
+/// A header borrowed from a stored batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct HeaderView<'a> {
+    pub name: &'a str,
+    pub value: &'a [u8],
+}
+
+/// A record borrowed from a stored batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub offset: u64,
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: Vec<HeaderView<'a>>,
+}
+
+impl RecordView<'_> {
+    pub fn to_record(&self) -> Record {
+        Record {
+            timestamp: self.timestamp,
+            key: self.key.map(<[u8]>::to_vec),
+            value: self.value.to_vec(),
+            headers: self
+                .headers
+                .iter()
+                .map(|h| Header::new(h.name, h.value))
+                .collect(),
+        }
+    }
+}
+
+/// Collects records into the encoded records section of a batch. The partition adds the header
+/// and the frame when it appends, so a producer's encoding work is done outside any lock.
+#[derive(Clone, Debug, Default)]
+pub struct BatchBuilder {
+    records: Vec<u8>,
+    count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl BatchBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_capacity(bytes: usize) -> Self {
+        BatchBuilder {
+            records: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Adds one record. Its offset is the batch's base offset plus the number of records before it.
+    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: &[u8], headers: &[Header]) {
+        if self.count == 0 {
+            self.first_timestamp = timestamp;
+            self.max_timestamp = timestamp;
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let record = RecordOut {
+            offset_delta: self.count,
+            timestamp_delta: timestamp.wrapping_sub(self.first_timestamp),
+            key,
+            value,
+            headers,
+        };
+        // Serializing into a Vec cannot fail: every field is a plain integer, option or slice.
+        let out = std::mem::take(&mut self.records);
+        self.records = match postcard::to_extend(&record, out) {
+            Ok(v) => v,
+            Err(_) => unreachable!("postcard to_extend into a Vec is infallible for records"),
+        };
+        self.count += 1;
+    }
+
+    pub fn push_record(&mut self, record: &Record) {
+        self.push(
+            record.timestamp,
+            record.key.as_deref(),
+            &record.value,
+            &record.headers,
+        );
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes of the encoded records so far.
+    pub fn records_len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Empties the builder, keeping its allocation.
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.count = 0;
+    }
+
+    pub fn first_timestamp(&self) -> i64 {
+        self.first_timestamp
+    }
+
+    pub fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+
+    pub fn records_bytes(&self) -> &[u8] {
+        &self.records
+    }
+
+    /// The frame length this batch will have once its header is added (an upper bound: the
+    /// header's varints are counted at their widest).
+    pub fn frame_len_bound(&self) -> usize {
+        FRAME_HEADER_LEN + 1 + MAX_HEADER_LEN + self.records.len()
+    }
+}
+
+/// postcard's worst case for [`BatchHeader`]: u64 (10) + u32 (5) + 3 x i64 (10) + u16 (3).
+pub const MAX_HEADER_LEN: usize = 10 + 5 + 30 + 3;
+
+/// Appends one complete frame (`len`, `crc`, version, header, records) to `out` and returns its
+/// length.
+pub fn encode_frame(out: &mut Vec<u8>, header: &BatchHeader, records: &[u8]) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
+    out.push(BATCH_FORMAT_VERSION);
+    let buf = std::mem::take(out);
+    *out = match postcard::to_extend(header, buf) {
+        Ok(v) => v,
+        Err(_) => unreachable!("postcard to_extend into a Vec is infallible for batch headers"),
+    };
+    out.extend_from_slice(records);
+    let body = &out[start + FRAME_HEADER_LEN..];
+    let crc = CRC32C.checksum(body);
+    let len = (body.len() + 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+    out.len() - start
+}
+
+/// Reads the length prefix of the frame at the start of `buf`: the whole frame's size in bytes.
+pub fn frame_len(buf: &[u8]) -> Result<usize, FrameError> {
+    if buf.len() < FRAME_HEADER_LEN {
+        return Err(FrameError::Incomplete {
+            needed: FRAME_HEADER_LEN,
+        });
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    // The length counts the CRC (4) and a body of at least the version byte and a header.
+    if !(4 + 1 + 6..=MAX_FRAME_LEN - 4).contains(&len) {
+        return Err(FrameError::BadLength { len });
+    }
+    Ok(len + 4)
+}
+
+/// A checked batch frame borrowed from a buffer.
+#[derive(Clone, Debug)]
+pub struct BatchView<'a> {
+    pub header: BatchHeader,
+    records: &'a [u8],
+    frame: &'a [u8],
+}
+
+impl<'a> BatchView<'a> {
+    /// Parses and verifies the frame at the start of `buf` (length, CRC, version, header).
+    /// `Incomplete` means `buf` holds only the beginning of a frame.
+    pub fn parse(buf: &'a [u8]) -> Result<BatchView<'a>, FrameError> {
+        let total = frame_len(buf)?;
+        if buf.len() < total {
+            return Err(FrameError::Incomplete { needed: total });
+        }
+        let stored_crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+        let body = &buf[FRAME_HEADER_LEN..total];
+        let actual = CRC32C.checksum(body);
+        if actual != stored_crc {
+            return Err(FrameError::BadCrc {
+                stored: stored_crc,
+                actual,
+            });
+        }
+        let version = body[0];
+        if version != BATCH_FORMAT_VERSION {
+            return Err(FrameError::UnsupportedVersion {
+                found: version,
+                supported: BATCH_FORMAT_VERSION,
+            });
+        }
+        let (header, records) = postcard::take_from_bytes::<BatchHeader>(&body[1..])
+            .map_err(|e| FrameError::BadHeader(e.to_string()))?;
+        if header.record_count == 0 {
+            return Err(FrameError::BadHeader("batch with no records".into()));
+        }
+        if header
+            .base_offset
+            .checked_add(u64::from(header.record_count))
+            .is_none()
+        {
+            return Err(FrameError::BadHeader("offsets overflow u64".into()));
+        }
+        Ok(BatchView {
+            header,
+            records,
+            frame: &buf[..total],
+        })
+    }
+
+    /// The whole frame, as stored.
+    pub fn frame(&self) -> &'a [u8] {
+        self.frame
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.header.next_offset()
+    }
+
+    /// The records, in offset order. An undecodable record (possible only for a frame whose
+    /// CRC matched but whose writer was broken) ends the iteration with an error.
+    pub fn records(&self) -> RecordIter<'a> {
+        RecordIter {
+            header: self.header,
+            rest: self.records,
+            index: 0,
+        }
+    }
+}
+
+/// Iterator over the records of a [`BatchView`].
+pub struct RecordIter<'a> {
+    header: BatchHeader,
+    rest: &'a [u8],
+    index: u32,
+}
+
+impl<'a> Iterator for RecordIter<'a> {
+    type Item = Result<RecordView<'a>, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.index >= self.header.record_count {
+            if !self.rest.is_empty() {
+                let extra = self.rest.len();
+                self.rest = &[];
+                return Some(Err(FrameError::BadRecord(format!(
+                    "{extra} bytes after the last record"
+                ))));
+            }
+            return None;
+        }
+        let (rec, rest) = match postcard::take_from_bytes::<RecordIn<'a>>(self.rest) {
+            Ok(x) => x,
+            Err(e) => {
+                self.index = self.header.record_count;
+                self.rest = &[];
+                return Some(Err(FrameError::BadRecord(e.to_string())));
+            }
+        };
+        if rec.offset_delta != self.index {
+            self.index = self.header.record_count;
+            self.rest = &[];
+            return Some(Err(FrameError::BadRecord(format!(
+                "offset delta {} where {} was expected",
+                rec.offset_delta, self.index
+            ))));
+        }
+        self.rest = rest;
+        self.index += 1;
+        Some(Ok(RecordView {
+            offset: self.header.base_offset + u64::from(rec.offset_delta),
+            timestamp: self
+                .header
+                .first_timestamp
+                .wrapping_add(rec.timestamp_delta),
+            key: rec.key,
+            value: rec.value,
+            headers: rec.headers,
+        }))
+    }
+}
+
+/// Checks that `records` is a well-formed records section of `count` records, returning the first
+/// and maximum timestamps. Used on batches that arrive encoded from a peer.
+pub fn validate_records(records: &[u8], count: u32) -> Result<(i64, i64), FrameError> {
+    if count == 0 {
+        return Err(FrameError::BadHeader("batch with no records".into()));
+    }
+    let header = BatchHeader {
+        base_offset: 0,
+        record_count: count,
+        first_timestamp: 0,
+        max_timestamp: 0,
+        append_time: 0,
+        attributes: 0,
+    };
+    let iter = RecordIter {
+        header,
+        rest: records,
+        index: 0,
+    };
+    let mut first = None;
+    let mut max = i64::MIN;
+    for r in iter {
+        let r = r?;
+        first.get_or_insert(r.timestamp);
+        max = max.max(r.timestamp);
+    }
+    Ok((first.unwrap_or(0), max))
+}
+
+/// Walks every frame in `buf`, verifying each, until the buffer ends or a frame is bad.
+/// Exists so fuzzers and property tests drive exactly what readers run.
+pub fn decode_all(mut buf: &[u8]) -> Result<Vec<Record>, FrameError> {
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let batch = BatchView::parse(buf)?;
+        for r in batch.records() {
+            out.push(r?.to_record());
+        }
+        buf = &buf[batch.frame().len()..];
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(base: u64, count: u32) -> BatchHeader {
+        BatchHeader {
+            base_offset: base,
+            record_count: count,
+            first_timestamp: 10,
+            max_timestamp: 12,
+            append_time: 99,
+            attributes: 0,
+        }
+    }
+
+    #[test]
+    fn frame_round_trip() {
+        let mut b = BatchBuilder::new();
+        b.push(10, Some(b"k"), b"v1", &[Header::new("mqtt.qos", vec![1])]);
+        b.push(12, None, b"v2", &[]);
+        let mut out = Vec::new();
+        let n = encode_frame(&mut out, &header(7, 2), b.records_bytes());
+        assert_eq!(n, out.len());
+        let view = BatchView::parse(&out).expect("valid frame");
+        let recs: Vec<_> = view.records().collect::<Result<_, _>>().expect("records");
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].offset, 7);
+        assert_eq!(recs[0].key, Some(&b"k"[..]));
+        assert_eq!(recs[0].headers[0].name, "mqtt.qos");
+        assert_eq!(recs[1].offset, 8);
+        assert_eq!(recs[1].timestamp, 12);
+    }
+
+    #[test]
+    fn newer_version_is_refused() {
+        let mut b = BatchBuilder::new();
+        b.push(1, None, b"x", &[]);
+        let mut out = Vec::new();
+        encode_frame(&mut out, &header(0, 1), b.records_bytes());
+        out[FRAME_HEADER_LEN] = BATCH_FORMAT_VERSION + 1;
+        let crc = CRC32C.checksum(&out[FRAME_HEADER_LEN..]);
+        out[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            BatchView::parse(&out),
+            Err(FrameError::UnsupportedVersion { found: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn incomplete_and_bad_crc_are_told_apart() {
+        let mut b = BatchBuilder::new();
+        b.push(1, None, b"hello", &[]);
+        let mut out = Vec::new();
+        encode_frame(&mut out, &header(0, 1), b.records_bytes());
+        assert!(matches!(
+            BatchView::parse(&out[..out.len() - 1]),
+            Err(FrameError::Incomplete { .. })
+        ));
+        let last = out.len() - 1;
+        out[last] ^= 0xff;
+        assert!(matches!(
+            BatchView::parse(&out),
+            Err(FrameError::BadCrc { .. })
+        ));
+    }
+}

@@ -1,0 +1,598 @@
+//! One segment: the `.log` file of batch frames and its sparse `.idx` written once at seal.
+//!
+//! This module knows the two file layouts (see the tables in [`crate::log`]), scans a log file
+//! frame by frame (recovery, index rebuild, `brook check`), and reads whole frames from a
+//! position. It holds no state: the partition owns the open segments.
+
+use std::path::{Path, PathBuf};
+
+use super::error::{FrameError, LogError, Result};
+use super::fs::{File, Fs};
+use super::record::{BatchView, FRAME_HEADER_LEN, frame_len};
+
+/// Magic bytes at the start of every segment file.
+pub const SEGMENT_MAGIC: &[u8; 8] = b"BROOKSEG";
+/// Magic bytes at the start of every index file.
+pub const INDEX_MAGIC: &[u8; 8] = b"BROOKIDX";
+/// Version of the segment and index file layouts.
+pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// Bytes before the first frame of a segment file.
+pub const SEGMENT_HEADER_LEN: u64 = 24;
+const INDEX_HEADER_LEN: usize = 56;
+const INDEX_ENTRY_LEN: usize = 16;
+
+/// `<base offset, 20 digits>.log`
+pub fn log_file_name(base: u64) -> String {
+    format!("{base:020}.log")
+}
+
+/// `<base offset, 20 digits>.idx`
+pub fn index_file_name(base: u64) -> String {
+    format!("{base:020}.idx")
+}
+
+/// The base offset named by a segment or index file name, if it is one.
+pub fn parse_file_name(name: &str) -> Option<(u64, &str)> {
+    let (stem, ext) = name.split_once('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let ext = match ext {
+        "log" => "log",
+        "idx" => "idx",
+        _ => return None,
+    };
+    stem.parse().ok().map(|b| (b, ext))
+}
+
+pub fn encode_segment_header(base: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    h[..8].copy_from_slice(SEGMENT_MAGIC);
+    h[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&base.to_le_bytes());
+    h
+}
+
+/// Checks a segment file header. `Ok(None)` means the file is shorter than a header (a segment
+/// whose creation was cut short).
+pub fn read_segment_header(file: &dyn File, path: &Path, len: u64) -> Result<Option<u64>> {
+    if len < SEGMENT_HEADER_LEN {
+        return Ok(None);
+    }
+    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    file.read_exact_at(&mut h, 0)
+        .map_err(|e| LogError::io("read header of", path, e))?;
+    if &h[..8] != SEGMENT_MAGIC {
+        return Err(LogError::BadFile {
+            path: path.to_path_buf(),
+            what: "not a Brook segment file (bad magic)".into(),
+        });
+    }
+    let version = u32::from_le_bytes([h[8], h[9], h[10], h[11]]);
+    if version > SEGMENT_FORMAT_VERSION {
+        return Err(LogError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: version,
+            supported: SEGMENT_FORMAT_VERSION,
+        });
+    }
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[16..24]);
+    Ok(Some(u64::from_le_bytes(b)))
+}
+
+/// One sparse index entry: where a batch starts, and the largest record timestamp of every batch
+/// before it in the segment (for time lookups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// Base offset of the batch minus the segment's base offset.
+    pub relative_offset: u32,
+    /// Byte position of the batch frame in the `.log` file.
+    pub position: u32,
+    /// Largest record timestamp of the batches before this one (`i64::MIN` for the first).
+    pub max_timestamp_before: i64,
+}
+
+/// Everything the `.idx` file of a sealed segment says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentIndex {
+    pub base_offset: u64,
+    pub next_offset: u64,
+    /// Length of the `.log` file, header included.
+    pub log_len: u64,
+    pub max_timestamp: i64,
+    pub max_append_time: i64,
+    pub entries: Vec<IndexEntry>,
+}
+
+impl SegmentIndex {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out =
+            Vec::with_capacity(INDEX_HEADER_LEN + self.entries.len() * INDEX_ENTRY_LEN + 4);
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.base_offset.to_le_bytes());
+        out.extend_from_slice(&self.next_offset.to_le_bytes());
+        out.extend_from_slice(&self.log_len.to_le_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_le_bytes());
+        out.extend_from_slice(&self.max_append_time.to_le_bytes());
+        for e in &self.entries {
+            out.extend_from_slice(&e.relative_offset.to_le_bytes());
+            out.extend_from_slice(&e.position.to_le_bytes());
+            out.extend_from_slice(&e.max_timestamp_before.to_le_bytes());
+        }
+        let crc = super::record::CRC32C.checksum(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Parses an index file; `Err` carries a human-readable reason.
+    pub fn decode(buf: &[u8]) -> std::result::Result<SegmentIndex, String> {
+        if buf.len() < INDEX_HEADER_LEN + 4 {
+            return Err(format!("{} bytes is too short for an index", buf.len()));
+        }
+        if &buf[..8] != INDEX_MAGIC {
+            return Err("bad magic".into());
+        }
+        let (body, crc) = buf.split_at(buf.len() - 4);
+        let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+        let actual = super::record::CRC32C.checksum(body);
+        if stored != actual {
+            return Err(format!(
+                "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+            ));
+        }
+        let u32_at = |p: usize| u32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
+        let u64_at = |p: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&buf[p..p + 8]);
+            u64::from_le_bytes(b)
+        };
+        let version = u32_at(8);
+        if version > SEGMENT_FORMAT_VERSION {
+            return Err(format!(
+                "format version {version} is newer than this build understands ({SEGMENT_FORMAT_VERSION})"
+            ));
+        }
+        let count = u32_at(12) as usize;
+        if body.len() != INDEX_HEADER_LEN + count * INDEX_ENTRY_LEN {
+            return Err(format!(
+                "length {} does not match {count} entries",
+                buf.len()
+            ));
+        }
+        let entries = (0..count)
+            .map(|i| {
+                let p = INDEX_HEADER_LEN + i * INDEX_ENTRY_LEN;
+                IndexEntry {
+                    relative_offset: u32_at(p),
+                    position: u32_at(p + 4),
+                    max_timestamp_before: u64_at(p + 8) as i64,
+                }
+            })
+            .collect();
+        Ok(SegmentIndex {
+            base_offset: u64_at(16),
+            next_offset: u64_at(24),
+            log_len: u64_at(32),
+            max_timestamp: u64_at(40) as i64,
+            max_append_time: u64_at(48) as i64,
+            entries,
+        })
+    }
+}
+
+/// Position of the last indexed batch whose base offset is at most `offset` (or the first frame).
+pub fn index_position(entries: &[IndexEntry], base: u64, offset: u64) -> u64 {
+    let rel = offset.saturating_sub(base).min(u64::from(u32::MAX)) as u32;
+    let i = entries.partition_point(|e| e.relative_offset <= rel);
+    if i == 0 {
+        SEGMENT_HEADER_LEN
+    } else {
+        u64::from(entries[i - 1].position)
+    }
+}
+
+/// Position to start looking for the first batch whose max timestamp reaches `ts`.
+pub fn index_position_for_time(entries: &[IndexEntry], ts: i64) -> u64 {
+    let i = entries.partition_point(|e| e.max_timestamp_before < ts);
+    if i == 0 {
+        SEGMENT_HEADER_LEN
+    } else {
+        u64::from(entries[i - 1].position)
+    }
+}
+
+/// Why a scan stopped before the end of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScanStop {
+    /// A frame that failed its length, CRC, version or header check.
+    BadFrame(FrameError),
+    /// The file ends inside a frame.
+    Truncated { needed: usize, available: u64 },
+    /// A batch whose base offset does not continue the previous one.
+    OffsetGap { expected: u64, found: u64 },
+    /// An undecodable record inside a frame whose CRC matched.
+    BadRecord(FrameError),
+}
+
+impl std::fmt::Display for ScanStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanStop::BadFrame(e) | ScanStop::BadRecord(e) => write!(f, "{e}"),
+            ScanStop::Truncated { needed, available } => write!(
+                f,
+                "file ends inside a frame ({available} of {needed} bytes present)"
+            ),
+            ScanStop::OffsetGap { expected, found } => {
+                write!(f, "batch starts at offset {found}, expected {expected}")
+            }
+        }
+    }
+}
+
+/// What a full scan of a segment file found.
+#[derive(Clone, Debug)]
+pub struct Scan {
+    /// Bytes from the start of the file through the last intact frame.
+    pub valid_len: u64,
+    pub next_offset: u64,
+    pub batches: u64,
+    pub records: u64,
+    pub max_timestamp: i64,
+    pub max_append_time: i64,
+    /// The sparse index of the intact part.
+    pub index: Vec<IndexEntry>,
+    /// Where and why the scan stopped early, if it did.
+    pub stop: Option<(u64, ScanStop)>,
+    /// What the first bad frame claimed to hold, when its header was still readable.
+    pub torn_batch: Option<(u64, u32)>,
+}
+
+/// Builds a sparse index while frames are appended or scanned.
+#[derive(Clone, Debug)]
+pub struct IndexBuilder {
+    pub entries: Vec<IndexEntry>,
+    interval: u64,
+    since_last: u64,
+    pub max_timestamp: i64,
+}
+
+impl IndexBuilder {
+    pub fn new(interval: u32) -> Self {
+        IndexBuilder {
+            entries: Vec::new(),
+            interval: u64::from(interval.max(1)),
+            since_last: 0,
+            max_timestamp: i64::MIN,
+        }
+    }
+
+    /// Records a batch at `position` of `len` bytes.
+    pub fn add(&mut self, rel_offset: u32, position: u64, len: u64, max_timestamp: i64) {
+        if self.entries.is_empty() || self.since_last >= self.interval {
+            self.entries.push(IndexEntry {
+                relative_offset: rel_offset,
+                position: position as u32,
+                max_timestamp_before: self.max_timestamp,
+            });
+            self.since_last = 0;
+        }
+        self.since_last += len;
+        self.max_timestamp = self.max_timestamp.max(max_timestamp);
+    }
+
+    /// Drops entries at or past `position` (after a failed write is rolled back).
+    pub fn truncate_to(&mut self, position: u64) {
+        self.entries.retain(|e| u64::from(e.position) < position);
+    }
+}
+
+/// Reads `file` frame by frame from the header to `len`, verifying lengths, CRCs, versions and
+/// offset continuity from `base`. `verify_records` also decodes every record.
+pub fn scan(
+    file: &dyn File,
+    path: &Path,
+    len: u64,
+    base: u64,
+    index_interval: u32,
+    verify_records: bool,
+) -> Result<Scan> {
+    const CHUNK: usize = 1 << 20;
+    let mut out = Scan {
+        valid_len: SEGMENT_HEADER_LEN.min(len),
+        next_offset: base,
+        batches: 0,
+        records: 0,
+        max_timestamp: i64::MIN,
+        max_append_time: i64::MIN,
+        index: Vec::new(),
+        stop: None,
+        torn_batch: None,
+    };
+    let mut idx = IndexBuilder::new(index_interval);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_pos = SEGMENT_HEADER_LEN; // file position of buf[0]
+    let mut pos = SEGMENT_HEADER_LEN;
+    while pos < len {
+        let in_buf = (pos - buf_pos) as usize;
+        let have = buf.len() - in_buf;
+        let frame = frame_len(&buf[in_buf..]);
+        let needed = match frame {
+            Ok(n) => n,
+            Err(FrameError::Incomplete { needed }) => needed,
+            Err(e) => {
+                out.stop = Some((pos, ScanStop::BadFrame(e)));
+                break;
+            }
+        };
+        if have < needed {
+            let left = len - pos;
+            if (needed as u64) > left {
+                out.stop = Some((
+                    pos,
+                    ScanStop::Truncated {
+                        needed,
+                        available: left,
+                    },
+                ));
+                out.torn_batch = torn_header(file, pos, left);
+                break;
+            }
+            let want = (needed.max(CHUNK) as u64).min(left) as usize;
+            buf.resize(want, 0);
+            file.read_exact_at(&mut buf, pos)
+                .map_err(|e| LogError::io("read", path, e))?;
+            buf_pos = pos;
+            continue;
+        }
+        let view = match BatchView::parse(&buf[in_buf..in_buf + needed]) {
+            Ok(v) => v,
+            Err(e) => {
+                out.stop = Some((pos, ScanStop::BadFrame(e)));
+                out.torn_batch = torn_header(file, pos, len - pos);
+                break;
+            }
+        };
+        let h = view.header;
+        if h.base_offset != out.next_offset {
+            out.stop = Some((
+                pos,
+                ScanStop::OffsetGap {
+                    expected: out.next_offset,
+                    found: h.base_offset,
+                },
+            ));
+            break;
+        }
+        if verify_records {
+            if let Some(Err(e)) = view.records().find(|r| r.is_err()) {
+                out.stop = Some((pos, ScanStop::BadRecord(e)));
+                break;
+            }
+        }
+        idx.add(
+            (h.base_offset - base) as u32,
+            pos,
+            needed as u64,
+            h.max_timestamp,
+        );
+        out.batches += 1;
+        out.records += u64::from(h.record_count);
+        out.next_offset = h.next_offset();
+        out.max_timestamp = out.max_timestamp.max(h.max_timestamp);
+        out.max_append_time = out.max_append_time.max(h.append_time);
+        pos += needed as u64;
+        out.valid_len = pos;
+    }
+    out.index = idx.entries;
+    Ok(out)
+}
+
+/// Best effort: the base offset and record count a damaged frame claims, for the log message.
+fn torn_header(file: &dyn File, pos: u64, available: u64) -> Option<(u64, u32)> {
+    batch_header_at(file, pos, available).map(|h| (h.base_offset, h.record_count))
+}
+
+/// The batch header of the frame at `pos`, decoded without checking the frame's CRC (the caller
+/// knows whether to trust it), reading at most `available` bytes.
+pub fn batch_header_at(
+    file: &dyn File,
+    pos: u64,
+    available: u64,
+) -> Option<super::record::BatchHeader> {
+    let n = available.min((FRAME_HEADER_LEN + 1 + super::record::MAX_HEADER_LEN) as u64) as usize;
+    let mut b = vec![0u8; n];
+    file.read_exact_at(&mut b, pos).ok()?;
+    let body = b.get(FRAME_HEADER_LEN + 1..)?;
+    let (h, _) = postcard::take_from_bytes::<super::record::BatchHeader>(body).ok()?;
+    Some(h)
+}
+
+/// Whole frames read from a segment.
+pub struct FramesRead {
+    pub frames: Vec<u8>,
+    /// Offset one past the last record returned (equal to the request when nothing was).
+    pub next_offset: u64,
+    /// File position after the last frame returned.
+    pub end_position: u64,
+}
+
+/// Reads whole, verified frames from `start` (a batch boundary) up to `end`, skipping batches
+/// that end at or before `from_offset`, until `max_bytes` would be exceeded. The first batch is
+/// returned even when it alone exceeds `max_bytes`, so a reader always makes progress.
+pub fn read_frames(
+    file: &dyn File,
+    path: &Path,
+    start: u64,
+    end: u64,
+    from_offset: u64,
+    max_bytes: usize,
+) -> Result<FramesRead> {
+    let window = max_bytes.clamp(64 * 1024, 16 << 20);
+    let mut out = Vec::new();
+    let mut next_offset = from_offset;
+    let mut buf = Vec::new();
+    let mut pos = start;
+    'outer: while pos < end {
+        let want = (window as u64).min(end - pos) as usize;
+        buf.resize(want, 0);
+        file.read_exact_at(&mut buf, pos)
+            .map_err(|e| LogError::io("read", path, e))?;
+        let mut at = 0usize;
+        loop {
+            if pos >= end {
+                break 'outer;
+            }
+            let needed = match frame_len(&buf[at..]) {
+                Ok(n) => n,
+                Err(FrameError::Incomplete { needed }) => needed,
+                Err(source) => {
+                    return Err(LogError::Corrupt {
+                        path: path.to_path_buf(),
+                        position: pos,
+                        source,
+                    });
+                }
+            };
+            if pos + needed as u64 > end {
+                return Err(LogError::Corrupt {
+                    path: path.to_path_buf(),
+                    position: pos,
+                    source: FrameError::Incomplete { needed },
+                });
+            }
+            if buf.len() - at < needed {
+                if !out.is_empty() && out.len() + needed > max_bytes {
+                    break 'outer;
+                }
+                if needed > window {
+                    // One frame larger than the window: read exactly it.
+                    buf.resize(needed, 0);
+                    file.read_exact_at(&mut buf, pos)
+                        .map_err(|e| LogError::io("read", path, e))?;
+                    at = 0;
+                } else {
+                    continue 'outer;
+                }
+            }
+            let view =
+                BatchView::parse(&buf[at..at + needed]).map_err(|source| LogError::Corrupt {
+                    path: path.to_path_buf(),
+                    position: pos,
+                    source,
+                })?;
+            if view.next_offset() > from_offset {
+                if !out.is_empty() && out.len() + needed > max_bytes {
+                    break 'outer;
+                }
+                out.extend_from_slice(view.frame());
+                next_offset = view.next_offset();
+            }
+            at += needed;
+            pos += needed as u64;
+            if at >= buf.len() {
+                continue 'outer;
+            }
+        }
+    }
+    Ok(FramesRead {
+        frames: out,
+        next_offset,
+        end_position: pos,
+    })
+}
+
+/// Writes a new index file and makes it durable.
+pub fn write_index(fs: &dyn Fs, dir: &Path, index: &SegmentIndex) -> Result<PathBuf> {
+    let path = dir.join(index_file_name(index.base_offset));
+    let bytes = index.encode();
+    let f = fs
+        .create(&path)
+        .map_err(|e| LogError::io("create", &path, e))?;
+    f.write_all_at(&bytes, 0)
+        .map_err(|e| LogError::io("write", &path, e))?;
+    f.sync_data().map_err(|e| LogError::io("fsync", &path, e))?;
+    Ok(path)
+}
+
+/// Reads and checks an index file. `Ok(None)`: missing; `Err(reason)` in the inner result: unusable.
+pub fn read_index(
+    fs: &dyn Fs,
+    path: &Path,
+) -> Result<Option<std::result::Result<SegmentIndex, String>>> {
+    if !fs.exists(path) {
+        return Ok(None);
+    }
+    let f = fs
+        .open(path, false)
+        .map_err(|e| LogError::io("open", path, e))?;
+    let len = f.size().map_err(|e| LogError::io("stat", path, e))?;
+    if len > (256 << 20) {
+        return Ok(Some(Err(format!("{len} bytes is too large for an index"))));
+    }
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, 0)
+        .map_err(|e| LogError::io("read", path, e))?;
+    Ok(Some(SegmentIndex::decode(&buf)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_round_trip_and_damage() {
+        let idx = SegmentIndex {
+            base_offset: 100,
+            next_offset: 250,
+            log_len: 9999,
+            max_timestamp: 5,
+            max_append_time: 6,
+            entries: vec![
+                IndexEntry {
+                    relative_offset: 0,
+                    position: 24,
+                    max_timestamp_before: i64::MIN,
+                },
+                IndexEntry {
+                    relative_offset: 50,
+                    position: 4200,
+                    max_timestamp_before: 3,
+                },
+            ],
+        };
+        let mut bytes = idx.encode();
+        assert_eq!(SegmentIndex::decode(&bytes), Ok(idx.clone()));
+        bytes[30] ^= 1;
+        assert!(SegmentIndex::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(log_file_name(42), "00000000000000000042.log");
+        assert_eq!(
+            parse_file_name("00000000000000000042.idx"),
+            Some((42, "idx"))
+        );
+        assert_eq!(parse_file_name("42.log"), None);
+        assert_eq!(parse_file_name("00000000000000000042.tmp"), None);
+    }
+
+    #[test]
+    fn index_lookup() {
+        let e = |r, p, t| IndexEntry {
+            relative_offset: r,
+            position: p,
+            max_timestamp_before: t,
+        };
+        let entries = [e(0, 24, i64::MIN), e(10, 500, 7), e(20, 900, 9)];
+        assert_eq!(index_position(&entries, 100, 100), 24);
+        assert_eq!(index_position(&entries, 100, 115), 500);
+        assert_eq!(index_position(&entries, 100, 125), 900);
+        assert_eq!(index_position_for_time(&entries, 8), 500);
+        assert_eq!(index_position_for_time(&entries, 1), 24);
+        assert_eq!(index_position_for_time(&entries, 100), 900);
+    }
+}

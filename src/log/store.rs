@@ -1,0 +1,524 @@
+//! The store: topics, their partitions, the global byte budget, the free-space floor, and
+//! opening everything after a crash.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::clock::{LogClock, SystemTimeSource, TimeSource};
+use super::error::{FullReason, LogError, Result};
+use super::fs::{Fs, StdFs};
+use super::partition::{Appended, Partition, ReadResult, Recovery, Usage, Visibility};
+use super::partitioner::partition_for_key;
+use super::record::BatchBuilder;
+use super::segment::SEGMENT_HEADER_LEN;
+use super::{Durability, OnFull, StoreOptions, TopicConfig};
+
+type OpenResult = Result<(Partition, Recovery)>;
+
+/// How a producer picks the partition of a batch.
+#[derive(Clone, Copy, Debug)]
+pub enum PartitionChoice<'a> {
+    /// This partition.
+    Id(u32),
+    /// Kafka's default partitioner on this key.
+    Key(&'a [u8]),
+    /// Round robin.
+    Any,
+}
+
+/// A topic and its partitions.
+#[derive(Debug)]
+pub struct Topic {
+    name: String,
+    config: TopicConfig,
+    partitions: Vec<Arc<Partition>>,
+    round_robin: AtomicU32,
+}
+
+impl Topic {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+    pub fn partitions(&self) -> &[Arc<Partition>] {
+        &self.partitions
+    }
+    pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.partitions
+            .get(id as usize)
+            .ok_or_else(|| LogError::UnknownPartition {
+                topic: self.name.clone(),
+                partition: id,
+                count: self.partitions.len() as u32,
+            })
+    }
+    pub fn choose(&self, choice: PartitionChoice<'_>) -> Result<&Arc<Partition>> {
+        let n = self.partitions.len() as u32;
+        let id = match choice {
+            PartitionChoice::Id(id) => id,
+            PartitionChoice::Key(k) => partition_for_key(k, n),
+            PartitionChoice::Any => self.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        };
+        self.partition(id)
+    }
+}
+
+/// What opening the store found and repaired.
+#[derive(Clone, Debug, Default)]
+pub struct StoreRecovery {
+    pub partitions: usize,
+    pub truncated_bytes: u64,
+    pub indexes_rebuilt: u32,
+    pub corrupt_segments: Vec<(PathBuf, u64, String)>,
+    pub took: Duration,
+}
+
+struct FreeSpace {
+    measured_at: Option<Instant>,
+    available: u64,
+    usage_at: u64,
+}
+
+/// All topics of one data directory.
+pub struct Store {
+    dir: PathBuf,
+    fs: Arc<dyn Fs>,
+    opts: StoreOptions,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    usage: Arc<Usage>,
+    clock: LogClock,
+    reclaim: Mutex<()>,
+    free: Mutex<FreeSpace>,
+    appended_bytes: AtomicU64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.dir.display())
+    }
+}
+
+/// Checks a topic name: 1 to 249 of `A-Z a-z 0-9 . _ -`, not `.` or `..` (as Kafka).
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    let bad = |reason| {
+        Err(LogError::InvalidTopicName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > 249 {
+        return bad("longer than 249 characters");
+    }
+    if name == "." || name == ".." {
+        return bad("reserved");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("only ASCII letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Opens the store in `dir` on the real filesystem with the system clock.
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        opts: StoreOptions,
+        topics: &[(String, TopicConfig)],
+    ) -> Result<(Store, StoreRecovery)> {
+        Self::open_with(
+            dir,
+            Arc::new(StdFs),
+            Box::<SystemTimeSource>::default(),
+            opts,
+            topics,
+        )
+    }
+
+    /// Opens the store with an explicit filesystem and time source (tests, benchmarks).
+    /// Every partition of `topics` is opened (in parallel) and recovered.
+    pub fn open_with(
+        dir: impl Into<PathBuf>,
+        fs: Arc<dyn Fs>,
+        time: Box<dyn TimeSource>,
+        opts: StoreOptions,
+        topics: &[(String, TopicConfig)],
+    ) -> Result<(Store, StoreRecovery)> {
+        let started = Instant::now();
+        let dir = dir.into();
+        fs.create_dir_all(&dir)
+            .map_err(|e| LogError::io("create directory", &dir, e))?;
+        for (name, cfg) in topics {
+            validate_topic_name(name)?;
+            cfg.validate(name)?;
+        }
+        check_budget(&opts, topics.iter().map(|(n, c)| (n.as_str(), c)))?;
+
+        let usage = Arc::new(Usage::default());
+        let jobs: Vec<(usize, u32)> = topics
+            .iter()
+            .enumerate()
+            .flat_map(|(t, (_, c))| (0..c.partitions).map(move |p| (t, p)))
+            .collect();
+        let results: Vec<Mutex<Option<OpenResult>>> =
+            jobs.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicU32::new(0);
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(jobs.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                        let Some(&(t, p)) = jobs.get(i) else { break };
+                        let (name, cfg) = &topics[t];
+                        let r = Partition::open(
+                            name,
+                            p,
+                            dir.join(name).join(p.to_string()),
+                            Arc::clone(&fs),
+                            cfg.clone(),
+                            opts.write_buffer.bytes() as usize,
+                            Arc::clone(&usage),
+                        );
+                        *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                    }
+                });
+            }
+        });
+        let mut recovery = StoreRecovery::default();
+        let mut opened: Vec<Vec<Arc<Partition>>> = topics.iter().map(|_| Vec::new()).collect();
+        for (slot, &(t, _)) in results.into_iter().zip(&jobs) {
+            let r = slot
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| {
+                    Err(LogError::BadFile {
+                        path: dir.clone(),
+                        what: "a partition was not opened".into(),
+                    })
+                });
+            let (p, rec) = r?;
+            recovery.partitions += 1;
+            recovery.truncated_bytes += rec.truncated_bytes;
+            recovery.indexes_rebuilt += rec.indexes_rebuilt;
+            recovery.corrupt_segments.extend(rec.corrupt_segments);
+            opened[t].push(Arc::new(p));
+        }
+        let mut map = BTreeMap::new();
+        for ((name, cfg), partitions) in topics.iter().zip(opened) {
+            map.insert(
+                name.clone(),
+                Arc::new(Topic {
+                    name: name.clone(),
+                    config: cfg.clone(),
+                    partitions,
+                    round_robin: AtomicU32::new(0),
+                }),
+            );
+        }
+        let newest = map
+            .values()
+            .flat_map(|t| t.partitions.iter())
+            .filter_map(|p| p.newest_append_time())
+            .max();
+        let clock = LogClock::start(time, fs.as_ref(), Some(&dir.join("clock")), newest)?;
+        recovery.took = started.elapsed();
+        Ok((
+            Store {
+                dir,
+                fs,
+                opts,
+                topics: RwLock::new(map),
+                usage,
+                clock,
+                reclaim: Mutex::new(()),
+                free: Mutex::new(FreeSpace {
+                    measured_at: None,
+                    available: 0,
+                    usage_at: 0,
+                }),
+                appended_bytes: AtomicU64::new(0),
+            },
+            recovery,
+        ))
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// Creates a topic's directories and opens its partitions. The caller persists the config
+    /// (in `meta`) before calling this, so a crash in between leaves a topic that reopens empty.
+    pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>> {
+        validate_topic_name(name)?;
+        config.validate(name)?;
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        if topics.contains_key(name) {
+            return Err(LogError::TopicExists(name.to_string()));
+        }
+        check_budget(
+            &self.opts,
+            topics
+                .iter()
+                .map(|(n, t)| (n.as_str(), &t.config))
+                .chain(std::iter::once((name, &config))),
+        )?;
+        let tdir = self.dir.join(name);
+        let mut partitions = Vec::with_capacity(config.partitions as usize);
+        for p in 0..config.partitions {
+            let (part, _) = Partition::open(
+                name,
+                p,
+                tdir.join(p.to_string()),
+                Arc::clone(&self.fs),
+                config.clone(),
+                self.opts.write_buffer.bytes() as usize,
+                Arc::clone(&self.usage),
+            )?;
+            partitions.push(Arc::new(part));
+        }
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.dir, e))?;
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            config,
+            partitions,
+            round_robin: AtomicU32::new(0),
+        });
+        topics.insert(name.to_string(), Arc::clone(&topic));
+        Ok(topic)
+    }
+
+    /// Removes a topic and its files.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        for p in &topic.partitions {
+            p.release_usage();
+        }
+        let tdir = self.dir.join(name);
+        self.fs
+            .remove_dir_all(&tdir)
+            .map_err(|e| LogError::io("remove", &tdir, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.dir, e))
+    }
+
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
+    }
+
+    pub fn topics(&self) -> Vec<Arc<Topic>> {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Appends a batch to a topic. Returns the partition chosen and the offsets assigned, once
+    /// the batch has the requested durability.
+    pub fn append(
+        &self,
+        topic: &str,
+        choice: PartitionChoice<'_>,
+        batch: &BatchBuilder,
+        durability: Durability,
+    ) -> Result<(u32, Appended)> {
+        let topic = self.topic(topic)?;
+        let partition = topic.choose(choice)?;
+        let need = batch.frame_len_bound() as u64;
+        self.ensure_room(&topic, partition.id(), need)?;
+        let now = self.clock.now(self.fs.as_ref());
+        let appended = partition.append(batch, durability, now)?;
+        self.appended_bytes.fetch_add(need, Ordering::Relaxed);
+        Ok((partition.id(), appended))
+    }
+
+    /// Reads batches from one partition.
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: usize,
+        visibility: Visibility,
+    ) -> Result<ReadResult> {
+        self.topic(topic)?
+            .partition(partition)?
+            .read(from, max_bytes, visibility)
+    }
+
+    /// Makes room for `need` more bytes under `max_size` and `min_free`, deleting the oldest
+    /// sealed segments of `drop_oldest` topics (oldest first across topics) when necessary.
+    fn ensure_room(&self, topic: &Topic, partition: u32, need: u64) -> Result<()> {
+        let full = |reason| LogError::LogFull {
+            topic: topic.name.clone(),
+            partition,
+            reason,
+        };
+        if let Some(max) = self.opts.max_size.limit() {
+            while self.usage.bytes.load(Ordering::Relaxed) + need > max {
+                if !self.reclaim_one("max_size")? {
+                    return Err(full(FullReason::Budget { limit: max }));
+                }
+            }
+        }
+        if let Some(floor) = self.opts.min_free.limit() {
+            let mut fresh = false;
+            loop {
+                let available = self.available_space(fresh)?;
+                if available >= floor + need {
+                    break;
+                }
+                if !fresh {
+                    fresh = true;
+                    continue;
+                }
+                if !self.reclaim_one("min_free")? {
+                    return Err(full(FullReason::FreeSpaceFloor { available, floor }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Available bytes on the filesystem, measured at most every 250 ms and estimated in between
+    /// from what was appended since.
+    fn available_space(&self, fresh: bool) -> Result<u64> {
+        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let used = self.usage.bytes.load(Ordering::Relaxed);
+        let stale = f
+            .measured_at
+            .is_none_or(|t| t.elapsed() > Duration::from_millis(250));
+        if fresh || stale {
+            f.available = self
+                .fs
+                .available_space(&self.dir)
+                .map_err(|e| LogError::io("statvfs", &self.dir, e))?;
+            f.measured_at = Some(Instant::now());
+            f.usage_at = used;
+        }
+        Ok(f.available.saturating_sub(used.saturating_sub(f.usage_at)))
+    }
+
+    /// Deletes the oldest sealed segment among `drop_oldest` topics. Returns whether one was.
+    fn reclaim_one(&self, why: &str) -> Result<bool> {
+        let _guard = self.reclaim.lock().unwrap_or_else(|e| e.into_inner());
+        let topics = self.topics();
+        let oldest = topics
+            .iter()
+            .filter(|t| t.config.on_full == OnFull::DropOldest)
+            .flat_map(|t| t.partitions.iter())
+            .filter_map(|p| p.oldest_sealed_time().map(|t| (t, p)))
+            .min_by_key(|(t, _)| *t);
+        match oldest {
+            Some((_, p)) => p.delete_oldest(why),
+            None => Ok(false),
+        }
+    }
+
+    /// Periodic housekeeping: writes and fsyncs buffered data, and deletes segments older than
+    /// their topic's `retention` on the retention timeline. Call it every `flush_interval`.
+    pub fn maintain(&self) -> Result<()> {
+        let now = self.clock.now(self.fs.as_ref());
+        let mut first_err = None;
+        for topic in self.topics() {
+            let cutoff = topic
+                .config
+                .retention
+                .limit()
+                .map(|r| now.saturating_sub(r.as_millis() as i64));
+            for p in &topic.partitions {
+                if let Err(e) = p.flush(true) {
+                    first_err.get_or_insert(e);
+                }
+                if let Some(cutoff) = cutoff {
+                    if let Err(e) = p.expire(cutoff) {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Writes (and with `sync`, fsyncs) everything buffered in every partition.
+    pub fn flush_all(&self, sync: bool) -> Result<()> {
+        for topic in self.topics() {
+            for p in &topic.partitions {
+                p.flush(sync)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of all segment and index files.
+    pub fn used_bytes(&self) -> u64 {
+        self.usage.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records deleted by retention or to make room, since open.
+    pub fn records_dropped(&self) -> u64 {
+        self.usage.records_dropped.load(Ordering::Relaxed)
+    }
+
+    /// The retention timeline (see [`super::clock`]).
+    pub fn clock(&self) -> &LogClock {
+        &self.clock
+    }
+
+    /// Now, on the retention timeline.
+    pub fn now(&self) -> i64 {
+        self.clock.now(self.fs.as_ref())
+    }
+}
+
+/// Refuses budgets below two segments per partition.
+fn check_budget<'a>(
+    opts: &StoreOptions,
+    topics: impl Iterator<Item = (&'a str, &'a TopicConfig)>,
+) -> Result<()> {
+    let mut needed = 0u64;
+    for (_, cfg) in topics {
+        needed += u64::from(cfg.partitions) * 2 * (cfg.segment_size.bytes() + SEGMENT_HEADER_LEN);
+    }
+    if let Some(max) = opts.max_size.limit() {
+        if max < needed {
+            return Err(LogError::BudgetTooSmall {
+                what: "log.max_size".into(),
+                budget: max,
+                needed,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,272 @@
+//! Metadata: the small, frequently updated state that is not a log.
+//!
+//! Topic configs live here now; consumer-group offsets, mirror cursors and MQTT sessions and
+//! retained messages will. It sits behind the [`MetaStore`] trait (namespaced key-value with an
+//! explicit `flush`), implemented on sled by [`SledMeta`]. sled runs with a small cache
+//! (4 MiB), `Mode::LowSpace` and no background flush timer: nothing reaches the card until
+//! [`MetaStore::flush`] is called, which callers do before answering an operation whose effect
+//! the client relies on (a topic created, an offset committed).
+//!
+//! Layout: one sled tree per [`Namespace`]; values are JSON (self-describing, so fields can be
+//! added later). The `format` key of the default tree holds the metadata format version; a
+//! newer one than this build understands is refused.
+
+use std::path::{Path, PathBuf};
+
+use crate::log::TopicConfig;
+
+/// Version of the metadata layout.
+pub const META_FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetaError {
+    #[error("metadata store {path}: {source}")]
+    Sled {
+        path: PathBuf,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("metadata value for {namespace:?}/{key}: {reason}")]
+    BadValue {
+        namespace: Namespace,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "metadata in {path} has format version {found}, newer than this build understands ({supported})"
+    )]
+    UnsupportedVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+}
+
+pub type Result<T, E = MetaError> = std::result::Result<T, E>;
+
+/// The kinds of metadata, one sled tree each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Namespace {
+    Topics,
+    GroupOffsets,
+    MirrorCursors,
+    MqttSessions,
+    MqttRetained,
+}
+
+impl Namespace {
+    fn tree_name(self) -> &'static str {
+        match self {
+            Namespace::Topics => "topics",
+            Namespace::GroupOffsets => "group_offsets",
+            Namespace::MirrorCursors => "mirror_cursors",
+            Namespace::MqttSessions => "mqtt_sessions",
+            Namespace::MqttRetained => "mqtt_retained",
+        }
+    }
+}
+
+/// A namespaced key-value store whose writes are durable only after `flush`.
+pub trait MetaStore: Send + Sync {
+    fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    fn put(&self, ns: Namespace, key: &[u8], value: &[u8]) -> Result<()>;
+    fn remove(&self, ns: Namespace, key: &[u8]) -> Result<()>;
+    /// Every entry of a namespace, in key order.
+    fn scan(&self, ns: Namespace) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<()>;
+}
+
+/// [`MetaStore`] on sled.
+pub struct SledMeta {
+    path: PathBuf,
+    db: sled::Db,
+}
+
+impl SledMeta {
+    /// Opens (or creates) the metadata store in `dir`.
+    pub fn open(dir: &Path) -> Result<SledMeta> {
+        let err = |source| MetaError::Sled {
+            path: dir.to_path_buf(),
+            source,
+        };
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(4 * 1024 * 1024)
+            .mode(sled::Mode::LowSpace)
+            .flush_every_ms(None)
+            .open()
+            .map_err(err)?;
+        let meta = SledMeta {
+            path: dir.to_path_buf(),
+            db,
+        };
+        match meta.db.get(b"format").map_err(err)? {
+            Some(v) => {
+                let found = v
+                    .as_ref()
+                    .try_into()
+                    .map(u32::from_le_bytes)
+                    .unwrap_or(u32::MAX);
+                if found > META_FORMAT_VERSION {
+                    return Err(MetaError::UnsupportedVersion {
+                        path: dir.to_path_buf(),
+                        found,
+                        supported: META_FORMAT_VERSION,
+                    });
+                }
+            }
+            None => {
+                meta.db
+                    .insert(b"format", &META_FORMAT_VERSION.to_le_bytes())
+                    .map_err(err)?;
+                meta.db.flush().map_err(err)?;
+            }
+        }
+        Ok(meta)
+    }
+
+    fn tree(&self, ns: Namespace) -> Result<sled::Tree> {
+        self.db
+            .open_tree(ns.tree_name())
+            .map_err(|source| self.err(source))
+    }
+
+    fn err(&self, source: sled::Error) -> MetaError {
+        MetaError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+impl MetaStore for SledMeta {
+    fn get(&self, ns: Namespace, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .tree(ns)?
+            .get(key)
+            .map_err(|e| self.err(e))?
+            .map(|v| v.to_vec()))
+    }
+    fn put(&self, ns: Namespace, key: &[u8], value: &[u8]) -> Result<()> {
+        self.tree(ns)?
+            .insert(key, value)
+            .map_err(|e| self.err(e))
+            .map(drop)
+    }
+    fn remove(&self, ns: Namespace, key: &[u8]) -> Result<()> {
+        self.tree(ns)?
+            .remove(key)
+            .map_err(|e| self.err(e))
+            .map(drop)
+    }
+    fn scan(&self, ns: Namespace) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.tree(ns)?
+            .iter()
+            .map(|r| {
+                r.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(|e| self.err(e))
+            })
+            .collect()
+    }
+    fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(|e| self.err(e)).map(drop)
+    }
+}
+
+/// Typed access to the metadata.
+pub struct Meta {
+    store: Box<dyn MetaStore>,
+}
+
+impl Meta {
+    pub fn new(store: Box<dyn MetaStore>) -> Self {
+        Meta { store }
+    }
+
+    /// Opens the sled store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Meta::new(Box::new(SledMeta::open(dir)?)))
+    }
+
+    pub fn store(&self) -> &dyn MetaStore {
+        self.store.as_ref()
+    }
+
+    /// Records a topic's config and makes it durable before returning.
+    pub fn put_topic(&self, name: &str, config: &TopicConfig) -> Result<()> {
+        let value = serde_json::to_vec(config).map_err(|e| MetaError::BadValue {
+            namespace: Namespace::Topics,
+            key: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.store.put(Namespace::Topics, name.as_bytes(), &value)?;
+        self.store.flush()
+    }
+
+    /// Forgets a topic, durably.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        self.store.remove(Namespace::Topics, name.as_bytes())?;
+        self.store.flush()
+    }
+
+    /// Every topic's config, in name order.
+    pub fn topics(&self) -> Result<Vec<(String, TopicConfig)>> {
+        self.store
+            .scan(Namespace::Topics)?
+            .into_iter()
+            .map(|(k, v)| {
+                let name = String::from_utf8_lossy(&k).into_owned();
+                let cfg = serde_json::from_slice(&v).map_err(|e| MetaError::BadValue {
+                    namespace: Namespace::Topics,
+                    key: name.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok((name, cfg))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_round_trip_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = TopicConfig {
+            partitions: 3,
+            ..TopicConfig::default()
+        };
+        {
+            let meta = Meta::open(dir.path()).expect("open");
+            meta.put_topic("a", &cfg).expect("put");
+            meta.put_topic("b", &TopicConfig::default()).expect("put");
+            meta.delete_topic("b").expect("delete");
+        }
+        let meta = Meta::open(dir.path()).expect("reopen");
+        assert_eq!(meta.topics().expect("topics"), vec![("a".to_string(), cfg)]);
+    }
+
+    #[test]
+    fn newer_format_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // No flusher thread: it would keep the database locked for a moment after drop.
+            let db = sled::Config::new()
+                .path(dir.path())
+                .flush_every_ms(None)
+                .open()
+                .expect("sled");
+            db.insert(b"format", &99u32.to_le_bytes()).expect("insert");
+            db.flush().expect("flush");
+        }
+        match SledMeta::open(dir.path()) {
+            Err(MetaError::UnsupportedVersion { found: 99, .. }) => {}
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a newer format was accepted"),
+        }
+    }
+}
