@@ -91,7 +91,7 @@ pub mod store;
 use serde::{Deserialize, Serialize};
 
 pub use error::{FrameError, FullReason, LogError, Result};
-pub use partition::{Appended, Partition, PartitionStatus, ReadResult, Visibility};
+pub use partition::{Appended, Partition, PartitionStatus, ReadResult, Usage, Visibility};
 pub use record::{BatchBuilder, BatchHeader, BatchView, Header, Record, RecordView};
 pub use store::{PartitionChoice, Store, StoreRecovery, Topic};
 

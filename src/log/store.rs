@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -94,7 +94,6 @@ pub struct Store {
     clock: LogClock,
     reclaim: Mutex<()>,
     free: Mutex<FreeSpace>,
-    appended_bytes: AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -249,7 +248,6 @@ impl Store {
                     available: 0,
                     usage_at: 0,
                 }),
-                appended_bytes: AtomicU64::new(0),
             },
             recovery,
         ))
@@ -344,8 +342,8 @@ impl Store {
             .collect()
     }
 
-    /// Appends a batch to a topic. Returns the partition chosen and the offsets assigned, once
-    /// the batch has the requested durability.
+    /// Appends a batch to a topic, blocking until it has the requested durability. Returns the
+    /// partition chosen and the offsets assigned.
     pub fn append(
         &self,
         topic: &str,
@@ -353,14 +351,35 @@ impl Store {
         batch: &BatchBuilder,
         durability: Durability,
     ) -> Result<(u32, Appended)> {
-        let topic = self.topic(topic)?;
-        let partition = topic.choose(choice)?;
-        let need = batch.frame_len_bound() as u64;
-        self.ensure_room(&topic, partition.id(), need)?;
-        let now = self.clock.now(self.fs.as_ref());
+        let (partition, now) = self.prepare_append(topic, choice, batch)?;
         let appended = partition.append(batch, durability, now)?;
-        self.appended_bytes.fetch_add(need, Ordering::Relaxed);
         Ok((partition.id(), appended))
+    }
+
+    /// [`Store::append`] for async callers: waits for durability without blocking a thread.
+    pub async fn append_async(
+        &self,
+        topic: &str,
+        choice: PartitionChoice<'_>,
+        batch: &BatchBuilder,
+        durability: Durability,
+    ) -> Result<(u32, Appended)> {
+        let (partition, now) = self.prepare_append(topic, choice, batch)?;
+        let appended = partition.append_async(batch, durability, now).await?;
+        Ok((partition.id(), appended))
+    }
+
+    /// Picks the partition, makes room under the store's limits, and reads the timeline.
+    fn prepare_append(
+        &self,
+        topic: &str,
+        choice: PartitionChoice<'_>,
+        batch: &BatchBuilder,
+    ) -> Result<(Arc<Partition>, i64)> {
+        let topic = self.topic(topic)?;
+        let partition = Arc::clone(topic.choose(choice)?);
+        self.ensure_room(&topic, partition.id(), batch.frame_len_bound() as u64)?;
+        Ok((partition, self.clock.now(self.fs.as_ref())))
     }
 
     /// Reads batches from one partition.
@@ -489,6 +508,11 @@ impl Store {
     /// Records deleted by retention or to make room, since open.
     pub fn records_dropped(&self) -> u64 {
         self.usage.records_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Store-wide counters (bytes, drops, writes, fsyncs).
+    pub fn usage(&self) -> &Usage {
+        &self.usage
     }
 
     /// The retention timeline (see [`super::clock`]).

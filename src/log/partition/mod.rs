@@ -1,0 +1,706 @@
+//! One partition: an ordered run of sealed segments plus one active segment, with dense offsets.
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | the partition's state, appends (encode + buffer), reads, retention |
+//! | [`open`] | recovery when the partition is opened |
+//! | [`flush`] | the flusher thread: group commit, write errors, fsync errors, segment roll |
+//!
+//! **Write path.** An appender encodes its batch into the partition's in-memory buffer under a
+//! short lock (the offsets are assigned there) and, depending on the [`Durability`] it asked for,
+//! returns at once (`None`) or registers a one-shot completion and waits for it (`Written`,
+//! `Durable`). The partition's flusher thread takes everything buffered at once, writes it with
+//! one positional `write`, completes the `Written` waiters, fsyncs once if any waiter wants
+//! `Durable`, and completes those. While it writes and fsyncs, the next group collects in the
+//! buffer: concurrent producers share one write and one `fdatasync` (group commit), each waiter
+//! is woken exactly once, and the file sees few, large, sequential writes. Readers see batches
+//! once they are written.
+//!
+//! **Errors.** A write error cuts the file back to what was written before and fails every
+//! batch that was buffered; an fsync error poisons the partition: fsync errors are not retryable
+//! on Linux, so it refuses writes until the store is reopened.
+
+mod flush;
+mod open;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use super::error::{FullReason, LogError, Result};
+use super::fs::{File, Fs};
+use super::record::{BatchBuilder, BatchHeader, BatchView, encode_frame};
+use super::segment::{self, IndexBuilder, SEGMENT_HEADER_LEN, index_file_name, log_file_name};
+use super::{Durability, OnFull, TopicConfig};
+
+pub use flush::WriteFailure;
+
+/// Store-wide counters shared by every partition.
+#[derive(Debug, Default)]
+pub struct Usage {
+    /// Bytes of all segment and index files (buffered appends included).
+    pub bytes: AtomicU64,
+    /// Records deleted by retention or to make room.
+    pub records_dropped: AtomicU64,
+    pub segments_deleted: AtomicU64,
+    /// fsyncs of segment data (group commits and seals).
+    pub fsyncs: AtomicU64,
+    /// Write calls of segment data.
+    pub writes: AtomicU64,
+}
+
+/// A sealed, immutable segment.
+pub(crate) struct Sealed {
+    pub base: u64,
+    pub next_offset: u64,
+    pub log_len: u64,
+    pub idx_len: u64,
+    pub max_timestamp: i64,
+    pub max_append_time: i64,
+    pub path: PathBuf,
+    pub file: Arc<dyn File>,
+    pub index: Arc<[segment::IndexEntry]>,
+    /// Where a scan found damage in this sealed segment; reads reaching it fail.
+    pub corrupt_at: Option<u64>,
+}
+
+/// The segment being appended to.
+struct Active {
+    base: u64,
+    path: PathBuf,
+    file: Arc<dyn File>,
+    /// Bytes assigned, buffered ones included.
+    size: u64,
+    /// Bytes in the file.
+    written: u64,
+    /// Bytes in the file known to be synced.
+    durable: u64,
+    index: IndexBuilder,
+    max_append_time: i64,
+}
+
+impl Active {
+    fn is_empty(&self) -> bool {
+        self.size <= SEGMENT_HEADER_LEN
+    }
+}
+
+/// An appender waiting for its batch to be written (and synced, if `durable`).
+struct Waiter {
+    durable: bool,
+    done: oneshot::Sender<std::result::Result<(), WriteFailure>>,
+}
+
+struct State {
+    sealed: VecDeque<Arc<Sealed>>,
+    active: Active,
+    /// Frames encoded but not yet written; they belong at `active.written` in the active file.
+    buf: Vec<u8>,
+    /// Appenders whose batches are in `buf`, or who asked for a flush, in order.
+    waiters: Vec<Waiter>,
+    next_offset: u64,
+    written_offset: u64,
+    durable_offset: u64,
+    /// Byte positions in the partition's append stream (monotonic for the life of the process).
+    assigned_end: u64,
+    written_end: u64,
+    durable_end: u64,
+    /// The flusher has taken the buffer and is writing or syncing it.
+    flushing: bool,
+    /// The partition is being dropped: the flusher writes what is left and exits.
+    stop: bool,
+    poisoned: Option<String>,
+    /// Bytes of this partition's files, buffered appends included.
+    size: u64,
+}
+
+/// Where a successful append put its batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub base_offset: u64,
+    pub next_offset: u64,
+}
+
+/// How far a reader may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Visibility {
+    /// Everything written to the file (the default for consumers).
+    #[default]
+    Written,
+    /// Only what is fsynced: what survives a power cut (the mirror reads this).
+    Durable,
+}
+
+/// What a read returns: whole batch frames as stored.
+#[derive(Clone, Debug, Default)]
+pub struct ReadResult {
+    pub frames: Vec<u8>,
+    /// Offset after the last record returned, or the requested offset if none was.
+    pub next_offset: u64,
+    /// First offset still stored.
+    pub log_start: u64,
+    /// Offset after the last visible record.
+    pub high_watermark: u64,
+}
+
+impl ReadResult {
+    /// Iterates the batches of `frames` (already verified when they were read).
+    pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
+        let mut rest: &[u8] = &self.frames;
+        std::iter::from_fn(move || {
+            let view = BatchView::parse(rest).ok()?;
+            rest = &rest[view.frame().len()..];
+            Some(view)
+        })
+    }
+}
+
+/// A snapshot of a partition's shape, for status and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub log_start: u64,
+    pub next_offset: u64,
+    pub durable_offset: u64,
+    pub segments: usize,
+    pub bytes: u64,
+    pub poisoned: Option<String>,
+}
+
+/// What opening a partition found, for the caller to report.
+#[derive(Clone, Debug, Default)]
+pub struct Recovery {
+    /// Bytes cut from the end of the active segment (a torn write).
+    pub truncated_bytes: u64,
+    /// Indexes rebuilt because they were missing or unusable.
+    pub indexes_rebuilt: u32,
+    /// Sealed segments with damage (reads reaching it fail).
+    pub corrupt_segments: Vec<(PathBuf, u64, String)>,
+}
+
+/// What the partition and its flusher thread share.
+struct Inner {
+    topic: String,
+    id: u32,
+    dir: PathBuf,
+    fs: Arc<dyn Fs>,
+    cfg: TopicConfig,
+    write_buffer: usize,
+    usage: Arc<Usage>,
+    state: Mutex<State>,
+    /// Wakes the flusher.
+    flush_cv: Condvar,
+    /// Signalled whenever the flusher finishes a round.
+    idle_cv: Condvar,
+}
+
+/// A partition and its flusher thread (stopped and joined on drop, after writing what is
+/// buffered).
+pub struct Partition {
+    inner: Arc<Inner>,
+    flusher: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Partition({}/{})", self.inner.topic, self.inner.id)
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.inner.lock().stop = true;
+        self.inner.flush_cv.notify_all();
+        let handle = self
+            .flusher
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // State is consistent at every unlock; a panic elsewhere does not invalidate it.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn poisoned(&self, cause: &str) -> LogError {
+        LogError::Poisoned {
+            topic: self.topic.clone(),
+            partition: self.id,
+            cause: cause.to_string(),
+        }
+    }
+
+    fn full(&self, reason: FullReason) -> LogError {
+        LogError::LogFull {
+            topic: self.topic.clone(),
+            partition: self.id,
+            reason,
+        }
+    }
+
+    fn failure(&self, f: WriteFailure) -> LogError {
+        match f {
+            WriteFailure::Poisoned(cause) => self.poisoned(&cause),
+            WriteFailure::NoSpace(_) => self.full(FullReason::NoSpace),
+            WriteFailure::Write(msg) => {
+                LogError::io("write", self.dir.clone(), std::io::Error::other(msg))
+            }
+        }
+    }
+
+    /// Deletes the oldest sealed segment. Returns whether there was one.
+    fn delete_oldest_locked(&self, st: &mut State, why: &str) -> Result<bool> {
+        let Some(seg) = st.sealed.front().cloned() else {
+            return Ok(false);
+        };
+        let idx_path = self.dir.join(index_file_name(seg.base));
+        self.fs
+            .remove_file(&seg.path)
+            .map_err(|e| LogError::io("remove", &seg.path, e))?;
+        if self.fs.exists(&idx_path) {
+            self.fs
+                .remove_file(&idx_path)
+                .map_err(|e| LogError::io("remove", &idx_path, e))?;
+        }
+        st.sealed.pop_front();
+        let freed = seg.log_len + seg.idx_len;
+        st.size -= freed;
+        self.usage.bytes.fetch_sub(freed, Ordering::Relaxed);
+        let records = seg.next_offset - seg.base;
+        self.usage
+            .records_dropped
+            .fetch_add(records, Ordering::Relaxed);
+        self.usage.segments_deleted.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            topic = %self.topic,
+            partition = self.id,
+            "deleted segment {} (offsets {}..{}, {} bytes) for {why}",
+            seg.path.display(),
+            seg.base,
+            seg.next_offset,
+            freed
+        );
+        Ok(true)
+    }
+}
+
+impl Partition {
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Appends one batch and blocks until it has the requested durability.
+    pub fn append(
+        &self,
+        batch: &BatchBuilder,
+        durability: Durability,
+        append_time: i64,
+    ) -> Result<Appended> {
+        let (appended, done) = self.submit(batch, durability, append_time)?;
+        if let Some(rx) = done {
+            match rx.blocking_recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(f)) => return Err(self.inner.failure(f)),
+                Err(_) => {
+                    return Err(self.inner.failure(WriteFailure::Write(
+                        "the partition's flusher stopped".into(),
+                    )));
+                }
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Appends one batch and waits, without blocking a thread, until it has the requested
+    /// durability.
+    pub async fn append_async(
+        &self,
+        batch: &BatchBuilder,
+        durability: Durability,
+        append_time: i64,
+    ) -> Result<Appended> {
+        let (appended, done) = self.submit(batch, durability, append_time)?;
+        if let Some(rx) = done {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(f)) => return Err(self.inner.failure(f)),
+                Err(_) => {
+                    return Err(self.inner.failure(WriteFailure::Write(
+                        "the partition's flusher stopped".into(),
+                    )));
+                }
+            }
+        }
+        Ok(appended)
+    }
+
+    /// Encodes the batch into the buffer (rolling the segment and applying `retention_size`
+    /// first when needed) and, unless `durability` is `None`, registers for its completion.
+    #[allow(clippy::type_complexity)]
+    fn submit(
+        &self,
+        batch: &BatchBuilder,
+        durability: Durability,
+        append_time: i64,
+    ) -> Result<(
+        Appended,
+        Option<oneshot::Receiver<std::result::Result<(), WriteFailure>>>,
+    )> {
+        let inner = &*self.inner;
+        if batch.is_empty() {
+            return Err(LogError::InvalidBatch(super::FrameError::BadHeader(
+                "batch with no records".into(),
+            )));
+        }
+        let bound = batch.frame_len_bound();
+        let limit = inner.max_frame_len();
+        if bound > limit {
+            return Err(LogError::BatchTooLarge { size: bound, limit });
+        }
+        let mut st = inner.lock();
+        if let Some(cause) = &st.poisoned {
+            return Err(inner.poisoned(cause));
+        }
+        while !st.active.is_empty()
+            && st.active.size + bound as u64 > inner.cfg.segment_size.bytes()
+        {
+            if st.flushing {
+                // The roll must not race a flush; look again once the round is done.
+                st = inner.idle_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+                if let Some(cause) = &st.poisoned {
+                    return Err(inner.poisoned(cause));
+                }
+                continue;
+            }
+            inner.roll(&mut st)?;
+        }
+        if let Some(limit) = inner.cfg.retention_size.limit() {
+            while st.size + bound as u64 > limit {
+                let freed = match inner.cfg.on_full {
+                    OnFull::Reject => false,
+                    OnFull::DropOldest => inner.delete_oldest_locked(&mut st, "retention_size")?,
+                };
+                if !freed {
+                    return Err(inner.full(FullReason::RetentionSize { limit }));
+                }
+            }
+        }
+        let header = BatchHeader {
+            base_offset: st.next_offset,
+            record_count: batch.count(),
+            first_timestamp: batch.first_timestamp(),
+            max_timestamp: batch.max_timestamp(),
+            append_time,
+            attributes: 0,
+        };
+        let position = st.active.size;
+        let len = encode_frame(&mut st.buf, &header, batch.records_bytes()) as u64;
+        let rel = (header.base_offset - st.active.base) as u32;
+        st.active
+            .index
+            .add(rel, position, len, header.max_timestamp);
+        st.active.size += len;
+        st.active.max_append_time = st.active.max_append_time.max(append_time);
+        st.size += len;
+        inner.usage.bytes.fetch_add(len, Ordering::Relaxed);
+        st.next_offset = header.next_offset();
+        st.assigned_end += len;
+        let appended = Appended {
+            base_offset: header.base_offset,
+            next_offset: header.next_offset(),
+        };
+        let done = match durability {
+            Durability::None => {
+                if st.buf.len() >= inner.write_buffer && !st.flushing {
+                    inner.flush_cv.notify_one();
+                }
+                None
+            }
+            Durability::Written | Durability::Durable => {
+                let (tx, rx) = oneshot::channel();
+                st.waiters.push(Waiter {
+                    durable: durability == Durability::Durable,
+                    done: tx,
+                });
+                if !st.flushing {
+                    inner.flush_cv.notify_one();
+                }
+                Some(rx)
+            }
+        };
+        Ok((appended, done))
+    }
+
+    /// Writes out buffered batches and, with `sync`, fsyncs what is written; blocks until done.
+    pub fn flush(&self, sync: bool) -> Result<()> {
+        let inner = &*self.inner;
+        let rx = {
+            let mut st = inner.lock();
+            if let Some(cause) = &st.poisoned {
+                return Err(inner.poisoned(cause));
+            }
+            let pending = st.assigned_end > st.written_end || !st.buf.is_empty();
+            let unsynced = sync && st.active.durable < st.active.size;
+            if !pending && !unsynced {
+                return Ok(());
+            }
+            let (tx, rx) = oneshot::channel();
+            st.waiters.push(Waiter {
+                durable: sync,
+                done: tx,
+            });
+            if !st.flushing {
+                inner.flush_cv.notify_one();
+            }
+            rx
+        };
+        match rx.blocking_recv() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(inner.failure(f)),
+            Err(_) => Err(inner.failure(WriteFailure::Write(
+                "the partition's flusher stopped".into(),
+            ))),
+        }
+    }
+
+    /// Deletes the oldest sealed segment to make room for another topic or the filesystem.
+    pub(crate) fn delete_oldest(&self, why: &str) -> Result<bool> {
+        let mut st = self.inner.lock();
+        self.inner.delete_oldest_locked(&mut st, why)
+    }
+
+    /// Append time of the oldest sealed segment, if there is one (for cross-topic reclaim).
+    pub(crate) fn oldest_sealed_time(&self) -> Option<i64> {
+        self.inner.lock().sealed.front().map(|s| s.max_append_time)
+    }
+
+    /// Deletes sealed segments whose newest batch was appended before `cutoff` (timeline ms).
+    pub(crate) fn expire(&self, cutoff: i64) -> Result<u32> {
+        let mut st = self.inner.lock();
+        let mut n = 0;
+        while st
+            .sealed
+            .front()
+            .is_some_and(|s| s.max_append_time < cutoff)
+        {
+            self.inner.delete_oldest_locked(&mut st, "retention time")?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Reads whole batches starting with the one that holds `from`, up to about `max_bytes`.
+    pub fn read(&self, from: u64, max_bytes: usize, visibility: Visibility) -> Result<ReadResult> {
+        let st = self.inner.lock();
+        let log_start = st.sealed.front().map_or(st.active.base, |s| s.base);
+        let hw = match visibility {
+            Visibility::Written => st.written_offset,
+            Visibility::Durable => st.durable_offset,
+        };
+        if from < log_start || from > st.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                requested: from,
+                earliest: log_start,
+                latest: st.next_offset,
+            });
+        }
+        let empty = ReadResult {
+            frames: Vec::new(),
+            next_offset: from,
+            log_start,
+            high_watermark: hw,
+        };
+        if from >= hw {
+            return Ok(empty);
+        }
+        // Find the segment holding `from`.
+        let (file, path, start, end) = if from >= st.active.base {
+            let end = match visibility {
+                Visibility::Written => st.active.written,
+                Visibility::Durable => st.active.durable,
+            };
+            let start = segment::index_position(&st.active.index.entries, st.active.base, from);
+            (
+                Arc::clone(&st.active.file),
+                st.active.path.clone(),
+                start,
+                end,
+            )
+        } else {
+            let i = st.sealed.partition_point(|s| s.base <= from) - 1;
+            let seg = &st.sealed[i];
+            let start = segment::index_position(&seg.index, seg.base, from);
+            let end = seg.corrupt_at.unwrap_or(seg.log_len);
+            if let Some(pos) = seg.corrupt_at {
+                if start >= pos || from >= seg.next_offset {
+                    return Err(LogError::Corrupt {
+                        path: seg.path.clone(),
+                        position: pos,
+                        source: super::FrameError::BadHeader(
+                            "damaged sealed segment (see brook check)".into(),
+                        ),
+                    });
+                }
+            }
+            (Arc::clone(&seg.file), seg.path.clone(), start, end)
+        };
+        drop(st);
+        let got = segment::read_frames(file.as_ref(), &path, start, end, from, max_bytes)?;
+        Ok(ReadResult {
+            frames: got.frames,
+            next_offset: got.next_offset,
+            log_start,
+            high_watermark: hw,
+        })
+    }
+
+    /// First offset whose record timestamp is at or after `ts`, or `None` if every stored record
+    /// is older.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        let st = self.inner.lock();
+        let mut target = None;
+        for seg in &st.sealed {
+            if seg.max_timestamp >= ts {
+                let start = segment::index_position_for_time(&seg.index, ts);
+                let end = seg.corrupt_at.unwrap_or(seg.log_len);
+                target = Some((Arc::clone(&seg.file), seg.path.clone(), start, end));
+                break;
+            }
+        }
+        if target.is_none() && st.active.index.max_timestamp >= ts {
+            let start = segment::index_position_for_time(&st.active.index.entries, ts);
+            target = Some((
+                Arc::clone(&st.active.file),
+                st.active.path.clone(),
+                start,
+                st.active.written,
+            ));
+        }
+        drop(st);
+        let Some((file, path, mut pos, end)) = target else {
+            return Ok(None);
+        };
+        while pos < end {
+            let got = segment::read_frames(file.as_ref(), &path, pos, end, 0, 1 << 20)?;
+            if got.frames.is_empty() {
+                break;
+            }
+            let mut rest: &[u8] = &got.frames;
+            while !rest.is_empty() {
+                let view = BatchView::parse(rest).map_err(|source| LogError::Corrupt {
+                    path: path.clone(),
+                    position: pos,
+                    source,
+                })?;
+                if view.header.max_timestamp >= ts {
+                    for r in view.records() {
+                        let r = r.map_err(|source| LogError::Corrupt {
+                            path: path.clone(),
+                            position: pos,
+                            source,
+                        })?;
+                        if r.timestamp >= ts {
+                            return Ok(Some(r.offset));
+                        }
+                    }
+                }
+                pos += view.frame().len() as u64;
+                rest = &rest[view.frame().len()..];
+            }
+        }
+        Ok(None)
+    }
+
+    /// First stored offset.
+    pub fn log_start(&self) -> u64 {
+        let st = self.inner.lock();
+        st.sealed.front().map_or(st.active.base, |s| s.base)
+    }
+
+    /// Offset after the last readable (written) record.
+    pub fn end_offset(&self) -> u64 {
+        self.inner.lock().written_offset
+    }
+
+    pub fn status(&self) -> PartitionStatus {
+        let st = self.inner.lock();
+        PartitionStatus {
+            log_start: st.sealed.front().map_or(st.active.base, |s| s.base),
+            next_offset: st.written_offset,
+            durable_offset: st.durable_offset,
+            segments: st.sealed.len() + 1,
+            bytes: st.size,
+            poisoned: st.poisoned.clone(),
+        }
+    }
+
+    /// Appends time of the newest batch stored (timeline ms), if any.
+    pub(crate) fn newest_append_time(&self) -> Option<i64> {
+        let st = self.inner.lock();
+        let t = st
+            .sealed
+            .iter()
+            .map(|s| s.max_append_time)
+            .chain(std::iter::once(st.active.max_append_time))
+            .max()
+            .unwrap_or(i64::MIN);
+        (t != i64::MIN).then_some(t)
+    }
+
+    /// Bytes on disk (buffered appends included).
+    pub fn size(&self) -> u64 {
+        self.inner.lock().size
+    }
+
+    /// Removes this partition's accounting from the store (when its topic is deleted).
+    pub(crate) fn release_usage(&self) {
+        let st = self.inner.lock();
+        self.inner.usage.bytes.fetch_sub(st.size, Ordering::Relaxed);
+    }
+}
+
+fn create_segment(fs: &dyn Fs, dir: &Path, base: u64, interval: u32) -> Result<Active> {
+    let path = dir.join(log_file_name(base));
+    let file = fs
+        .create(&path)
+        .map_err(|e| LogError::io("create", &path, e))?;
+    let header = segment::encode_segment_header(base);
+    let res = file
+        .write_all_at(&header, 0)
+        .map_err(|e| LogError::io("write", &path, e))
+        .and_then(|()| {
+            file.sync_data()
+                .map_err(|e| LogError::io("fsync", &path, e))
+        })
+        .and_then(|()| {
+            fs.sync_dir(dir)
+                .map_err(|e| LogError::io("fsync directory", dir, e))
+        });
+    if let Err(e) = res {
+        let _ = fs.remove_file(&path);
+        return Err(e);
+    }
+    Ok(Active {
+        base,
+        path,
+        file,
+        size: SEGMENT_HEADER_LEN,
+        written: SEGMENT_HEADER_LEN,
+        durable: SEGMENT_HEADER_LEN,
+        index: IndexBuilder::new(interval),
+        max_append_time: i64::MIN,
+    })
+}
