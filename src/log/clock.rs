@@ -207,3 +207,45 @@ fn read_correction(fs: &dyn Fs, path: &Path) -> Result<i64> {
     v.copy_from_slice(&b[8..]);
     Ok(i64::from_le_bytes(v))
 }
+
+/// A time source moved by hand: for tests and drills of clock steps. Clones share the time.
+#[derive(Clone, Debug, Default)]
+pub struct ManualTime {
+    wall: std::sync::Arc<std::sync::atomic::AtomicI64>,
+    mono: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl ManualTime {
+    /// Starts at wall-clock `wall_ms` and monotonic 0.
+    pub fn new(wall_ms: i64) -> Self {
+        let t = ManualTime::default();
+        t.wall.store(wall_ms, std::sync::atomic::Ordering::SeqCst);
+        t
+    }
+
+    /// Lets `ms` pass: both clocks advance.
+    pub fn advance(&self, ms: i64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.wall.fetch_add(ms, SeqCst);
+        self.mono.fetch_add(ms, SeqCst);
+    }
+
+    /// Steps the wall clock by `ms` (NTP sync, a user setting the date); monotonic time stays.
+    pub fn step_wall(&self, ms: i64) {
+        self.wall.fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Sets the wall clock (a reboot into a board without RTC, say); monotonic time stays.
+    pub fn set_wall(&self, ms: i64) {
+        self.wall.store(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl TimeSource for ManualTime {
+    fn wall_ms(&self) -> i64 {
+        self.wall.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn mono_ms(&self) -> i64 {
+        self.mono.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -465,11 +465,17 @@ impl Store {
         }
     }
 
-    /// Periodic housekeeping: writes and fsyncs buffered data, and deletes segments older than
-    /// their topic's `retention` on the retention timeline. Call it every `flush_interval`.
+    /// Periodic housekeeping: writes and fsyncs buffered data, deletes segments older than
+    /// their topic's `retention` on the retention timeline, and measures the free space again.
+    /// Call it every `flush_interval`.
     pub fn maintain(&self) -> Result<()> {
         let now = self.clock.now(self.fs.as_ref());
         let mut first_err = None;
+        if self.opts.min_free.limit().is_some() {
+            if let Err(e) = self.available_space(true) {
+                first_err.get_or_insert(e);
+            }
+        }
         for topic in self.topics() {
             let cutoff = topic
                 .config

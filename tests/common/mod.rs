@@ -1,0 +1,127 @@
+//! Helpers shared by the storage tests: small topics, batches of known values, reading back.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use brook::log::clock::{ManualTime, TimeSource};
+use brook::log::fs::{Fs, StdFs};
+use brook::log::{
+    BatchBuilder, Durability, PartitionChoice, Store, StoreOptions, TopicConfig, Visibility,
+};
+use brook::units::{ByteSize, HumanDuration};
+
+pub const T0: i64 = 1_780_000_000_000; // a wall clock in 2026
+
+/// A topic with 64 KiB segments, no retention, 4 KiB batches at most.
+pub fn small_topic(partitions: u32) -> TopicConfig {
+    TopicConfig {
+        partitions,
+        segment_size: ByteSize::kib(64),
+        retention: HumanDuration(std::time::Duration::ZERO),
+        max_batch_size: ByteSize::kib(16),
+        index_interval: ByteSize(256),
+        ..TopicConfig::default()
+    }
+}
+
+/// No store-wide limits.
+pub fn no_limits() -> StoreOptions {
+    StoreOptions {
+        min_free: ByteSize(0),
+        ..StoreOptions::default()
+    }
+}
+
+pub fn open(
+    dir: &Path,
+    fs: Arc<dyn Fs>,
+    time: &ManualTime,
+    opts: StoreOptions,
+    topics: &[(&str, TopicConfig)],
+) -> Store {
+    let topics: Vec<(String, TopicConfig)> = topics
+        .iter()
+        .map(|(n, c)| (n.to_string(), c.clone()))
+        .collect();
+    Store::open_with(
+        dir,
+        fs,
+        Box::new(time.clone()) as Box<dyn TimeSource>,
+        opts,
+        &topics,
+    )
+    .expect("store opens")
+    .0
+}
+
+pub fn open_std(dir: &Path, topics: &[(&str, TopicConfig)]) -> Store {
+    open(
+        dir,
+        Arc::new(StdFs),
+        &ManualTime::new(T0),
+        no_limits(),
+        topics,
+    )
+}
+
+/// The value of record `n`: recognisable and of varying length.
+pub fn value(n: u64) -> Vec<u8> {
+    let mut v = format!("value-{n}-").into_bytes();
+    v.resize(20 + (n % 50) as usize, b'x');
+    v
+}
+
+/// A batch of records `first..first + count`, values from [`value`].
+pub fn batch(first: u64, count: u64) -> BatchBuilder {
+    let mut b = BatchBuilder::new();
+    for n in first..first + count {
+        b.push(
+            T0 + n as i64,
+            Some(format!("k{n}").as_bytes()),
+            &value(n),
+            &[],
+        );
+    }
+    b
+}
+
+/// Appends `count` records starting at value number `first` to one partition.
+pub fn append(store: &Store, topic: &str, partition: u32, first: u64, count: u64, d: Durability) {
+    store
+        .append(
+            topic,
+            PartitionChoice::Id(partition),
+            &batch(first, count),
+            d,
+        )
+        .expect("append");
+}
+
+/// Every readable record of a partition as (offset, value), from its first offset.
+pub fn read_all(store: &Store, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>)> {
+    let p = Arc::clone(
+        store
+            .topic(topic)
+            .expect("topic")
+            .partition(partition)
+            .expect("partition"),
+    );
+    let mut from = p.log_start();
+    let mut out = Vec::new();
+    loop {
+        let r = p.read(from, 64 * 1024, Visibility::Written).expect("read");
+        if r.frames.is_empty() {
+            return out;
+        }
+        for b in r.batches() {
+            for rec in b.records() {
+                let rec = rec.expect("record decodes");
+                if rec.offset >= from {
+                    out.push((rec.offset, rec.value.to_vec()));
+                }
+            }
+        }
+        from = r.next_offset;
+    }
+}
