@@ -9,6 +9,7 @@
 //! | [`meta`] | small state that is not a log (topic configs now), on sled behind a trait |
 //! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
 //! | [`check`] | `brook check`: verifies every segment of a data directory |
+//! | [`server`] | `brook serve`: opens everything, housekeeping, graceful shutdown |
 //! | [`bench`] | `brook bench ...`: measured throughput, latency, write amplification |
 //! | [`units`] | human-readable sizes and durations |
 //!
@@ -24,4 +25,5 @@ pub mod check;
 pub mod config;
 pub mod log;
 pub mod meta;
+pub mod server;
 pub mod units;

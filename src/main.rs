@@ -24,6 +24,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run Brook: open (and recover) the log and metadata and keep them tidy until SIGINT/SIGTERM.
+    Serve {
+        /// Config file (TOML); without one, the embedded default (`brook config default`).
+        #[arg(long, env = "BROOK_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory; overrides `data_dir` of the config.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// Verify every segment of a data directory (exit 0 clean, 1 repairable, 2 corrupt).
     Check {
         /// The data directory (holding topics/) or a topics directory.
@@ -98,6 +107,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -111,6 +121,26 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
+        Command::Serve { config, data_dir } => {
+            let mut cfg = match config {
+                Some(path) => Config::load(&path)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                // Handlers are installed before anything else, so no early signal is missed.
+                let shutdown = shutdown_signal()?;
+                brook::server::serve(cfg, shutdown)
+                    .await
+                    .map_err(Box::<dyn std::error::Error>::from)
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { dir, repair } => {
             let report = brook::check::check(&dir, repair)?;
             print!("{}", report.render());
@@ -148,4 +178,17 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Installs SIGINT and SIGTERM handlers now and returns a future that completes on either.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
