@@ -87,6 +87,9 @@ struct StorageArgs {
     /// Also time reopening the store as a kill -9 would leave it.
     #[arg(long)]
     reopen: bool,
+    /// With --reopen: drop the page cache first (needs root) to time a cold start.
+    #[arg(long, requires = "reopen")]
+    cold: bool,
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
@@ -158,6 +161,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 fsync_delay: a.fsync_delay.map(|d| d.0).filter(|d| *d > Duration::ZERO),
                 keep: a.keep,
                 reopen: a.reopen,
+                cold: a.cold,
                 progress: !a.json,
             };
             let report = bench.run()?;

@@ -43,6 +43,8 @@ pub struct StorageBench {
     pub keep: bool,
     /// Also time a fresh open of the store as a crash would leave it.
     pub reopen: bool,
+    /// Before reopening, drop the page cache (root only), to time a cold start.
+    pub cold: bool,
     /// Show a progress line on a terminal.
     pub progress: bool,
 }
@@ -68,11 +70,18 @@ pub struct StorageReport {
     pub read_records_per_sec: f64,
     pub read_mb_per_sec: f64,
     pub reopen_ms: Option<f64>,
+    /// Whether the page cache was dropped before the reopen.
+    pub reopen_cold: bool,
     pub disk_bytes: u64,
     pub segments: usize,
     /// Write calls and fsyncs of segment data during the append phase.
     pub writes: u64,
     pub fsyncs: u64,
+    pub records_per_fsync: f64,
+    /// Durable runs only: fsyncs per second the device sustains with one thread per partition
+    /// each appending one average write and fsyncing in a loop, measured for one second just
+    /// before the run. Records/s cannot exceed this times the records a group can carry.
+    pub fsync_ceiling_per_sec: Option<f64>,
 }
 
 impl StorageReport {
@@ -107,16 +116,19 @@ impl StorageReport {
             self.read_records_per_sec, self.read_mb_per_sec
         );
         if let Some(ms) = self.reopen_ms {
-            s += &format!("  reopen after crash: {ms:.1} ms\n");
+            let cache = if self.reopen_cold { "cold" } else { "warm" };
+            s += &format!("  reopen after crash: {ms:.1} ms ({cache} page cache)\n");
         }
         s += &format!(
             "  on disk: {} bytes in {} segments; {} writes, {} fsyncs ({:.1} records per fsync)\n",
-            self.disk_bytes,
-            self.segments,
-            self.writes,
-            self.fsyncs,
-            self.records as f64 / self.fsyncs.max(1) as f64
+            self.disk_bytes, self.segments, self.writes, self.fsyncs, self.records_per_fsync
         );
+        if let Some(c) = self.fsync_ceiling_per_sec {
+            s += &format!(
+                "  device fsync ceiling just before: {c:.0} fsyncs/s with {} threads\n",
+                self.partitions
+            );
+        }
         s
     }
 }
@@ -197,6 +209,16 @@ impl StorageBench {
             path: dir.to_path_buf(),
             source,
         })?;
+        let fsync_ceiling_per_sec = if self.durability == Durability::Durable {
+            Some(fsync_ceiling(
+                dir,
+                self.partitions,
+                (self.record_size + 40) * self.batch as usize * 4,
+                self.fsync_delay,
+            )?)
+        } else {
+            None
+        };
         let store = Arc::new(self.open(dir)?);
         let device = device_stat_path(dir);
         let proc_before = process_write_bytes();
@@ -207,9 +229,10 @@ impl StorageBench {
         let progress = (self.progress && std::io::stderr().is_terminal())
             .then(|| spawn_progress("append", self.records, Arc::clone(&done), Arc::clone(&stop)));
 
-        // Producers are tasks on a multi-threaded runtime, as the front ends' connections are:
-        // a producer waiting for durability costs no thread.
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Producers are tasks, as the front ends' connections will be: a producer waiting for
+        // durability costs no thread. One runtime thread runs them all, so the producers' side
+        // takes as little CPU from the partitions' flusher threads as it can.
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| BenchError::Invalid(format!("cannot start the runtime: {e}")))?;
@@ -308,6 +331,9 @@ impl StorageBench {
             // No clean shutdown exists to skip: dropping the store leaves the files exactly as a
             // kill -9 after the last append would.
             drop(store);
+            if self.cold {
+                drop_page_cache()?;
+            }
             let t = Instant::now();
             let store = self.open(dir)?;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -342,10 +368,13 @@ impl StorageBench {
             read_records_per_sec: read as f64 / read_secs,
             read_mb_per_sec: payload / read_secs / 1e6,
             reopen_ms,
+            reopen_cold: self.cold,
             disk_bytes,
             segments,
             writes,
             fsyncs,
+            records_per_fsync: self.records as f64 / fsyncs.max(1) as f64,
+            fsync_ceiling_per_sec,
         })
     }
 }
@@ -440,6 +469,59 @@ fn spawn_progress(
         if shown {
             eprintln!();
         }
+    })
+}
+
+/// One thread per partition appends `write` bytes and fsyncs, in a loop, for a second.
+fn fsync_ceiling(
+    dir: &Path,
+    threads: u32,
+    write: usize,
+    delay: Option<Duration>,
+) -> Result<f64, BenchError> {
+    use std::io::Write;
+    let stop = Instant::now() + Duration::from_secs(1);
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let path = dir.join(format!("fsync-probe-{i}"));
+            std::thread::spawn(move || -> std::io::Result<u64> {
+                let mut f = std::fs::File::create(&path)?;
+                let buf = vec![0x5au8; write.clamp(64, 1 << 20)];
+                let mut n = 0;
+                while Instant::now() < stop {
+                    f.write_all(&buf)?;
+                    if let Some(d) = delay {
+                        std::thread::sleep(d);
+                    }
+                    f.sync_data()?;
+                    n += 1;
+                }
+                drop(f);
+                std::fs::remove_file(&path)?;
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h
+            .join()
+            .map_err(|_| BenchError::Invalid("an fsync probe panicked".into()))?
+            .map_err(|source| BenchError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+    }
+    Ok(total as f64)
+}
+
+/// Writes dirty pages and drops the page cache, so the next open reads from the device.
+fn drop_page_cache() -> Result<(), BenchError> {
+    // SAFETY: sync() takes no arguments and cannot fail.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3\n").map_err(|source| BenchError::Dir {
+        path: PathBuf::from("/proc/sys/vm/drop_caches (--cold needs root)"),
+        source,
     })
 }
 

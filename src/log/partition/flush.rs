@@ -45,10 +45,12 @@ fn run(inner: &Inner) {
             if st.stop {
                 return;
             }
+            st.wake_at = 1;
             st = inner.flush_cv.wait(st).unwrap_or_else(|e| e.into_inner());
             continue;
         }
         st = gather.wait(inner, st);
+        st.wake_at = usize::MAX;
         st = inner.round(st, &mut gather);
     }
 }
@@ -72,6 +74,8 @@ impl Gather {
             return st;
         }
         let deadline = Instant::now() + (self.last_sync / 4).min(Duration::from_micros(250));
+        // Appenders wake us when the group is complete, not at every arrival.
+        st.wake_at = self.expect + (st.waiters.len() - durable(&st));
         while durable(&st) < self.expect {
             let now = Instant::now();
             if now >= deadline || st.stop {
@@ -240,6 +244,7 @@ impl Inner {
         if !st.buf.is_empty() {
             let buf = std::mem::take(&mut st.buf);
             let pos = st.active.written;
+            self.usage.writes.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = st.active.file.write_all_at(&buf, pos) {
                 let (failure, mut failed) = self.rollback(st, e);
                 failed.extend(waiters);
@@ -253,6 +258,7 @@ impl Inner {
             st.buf.clear();
         }
         if st.active.durable < st.active.written {
+            self.usage.fsyncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = st.active.file.sync_data() {
                 let cause = format!("fsync {}: {e}", st.active.path.display());
                 let failure = self.poison(st, cause);

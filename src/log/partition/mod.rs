@@ -111,6 +111,9 @@ struct State {
     durable_end: u64,
     /// The flusher has taken the buffer and is writing or syncing it.
     flushing: bool,
+    /// The flusher wants to be woken once this many waiters are registered (1 when idle, the
+    /// expected group size while gathering, `usize::MAX` during a round: it looks again after).
+    wake_at: usize,
     /// The partition is being dropped: the flusher writes what is left and exits.
     stop: bool,
     poisoned: Option<String>,
@@ -424,7 +427,7 @@ impl Partition {
         };
         let done = match durability {
             Durability::None => {
-                if st.buf.len() >= inner.write_buffer && !st.flushing {
+                if st.buf.len() >= inner.write_buffer && st.wake_at != usize::MAX {
                     inner.flush_cv.notify_one();
                 }
                 None
@@ -435,7 +438,7 @@ impl Partition {
                     durable: durability == Durability::Durable,
                     done: tx,
                 });
-                if !st.flushing {
+                if st.waiters.len() >= st.wake_at {
                     inner.flush_cv.notify_one();
                 }
                 Some(rx)
@@ -462,9 +465,8 @@ impl Partition {
                 durable: sync,
                 done: tx,
             });
-            if !st.flushing {
-                inner.flush_cv.notify_one();
-            }
+            // A flush request is never worth gathering for.
+            inner.flush_cv.notify_one();
             rx
         };
         match rx.blocking_recv() {

@@ -241,6 +241,7 @@ impl Partition {
             written_end: 0,
             durable_end: 0,
             flushing: false,
+            wake_at: 1,
             stop: false,
             poisoned: None,
             size,
