@@ -294,18 +294,9 @@ impl Inner {
         self.usage
             .bytes
             .fetch_add(idx_len + SEGMENT_HEADER_LEN, Ordering::Relaxed);
-        st.sealed.push_back(Arc::new(Sealed {
-            base: old.base,
-            next_offset: idx.next_offset,
-            log_len: old.written,
-            idx_len,
-            max_timestamp: idx.max_timestamp,
-            max_append_time: idx.max_append_time,
-            path: old.path,
-            file: old.file,
-            index: idx.entries.into(),
-            corrupt_at: None,
-        }));
+        st.sealed.push_back(Arc::new(Sealed::new(
+            idx, idx_len, old.path, old.file, None,
+        )));
         Ok(())
     }
 }

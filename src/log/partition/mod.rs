@@ -84,16 +84,56 @@ struct Active {
 }
 
 impl Active {
+    /// A segment holding only its header.
+    fn empty(base: u64, path: PathBuf, file: Arc<dyn File>, index_interval: u32) -> Active {
+        Active {
+            base,
+            path,
+            file,
+            size: SEGMENT_HEADER_LEN,
+            written: SEGMENT_HEADER_LEN,
+            durable: SEGMENT_HEADER_LEN,
+            index: IndexBuilder::new(index_interval),
+            max_append_time: i64::MIN,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.size <= SEGMENT_HEADER_LEN
+    }
+}
+
+impl Sealed {
+    fn new(
+        idx: segment::SegmentIndex,
+        idx_len: u64,
+        path: PathBuf,
+        file: Arc<dyn File>,
+        corrupt_at: Option<u64>,
+    ) -> Sealed {
+        Sealed {
+            base: idx.base_offset,
+            next_offset: idx.next_offset,
+            log_len: idx.log_len,
+            idx_len,
+            max_timestamp: idx.max_timestamp,
+            max_append_time: idx.max_append_time,
+            path,
+            file,
+            index: idx.entries.into(),
+            corrupt_at,
+        }
     }
 }
 
 /// An appender waiting for its batch to be written (and synced, if `durable`).
 struct Waiter {
     durable: bool,
-    done: oneshot::Sender<std::result::Result<(), WriteFailure>>,
+    done: oneshot::Sender<Completion>,
 }
+
+/// What a waiter is told when its round is over.
+type Completion = std::result::Result<(), WriteFailure>;
 
 struct State {
     sealed: VecDeque<Arc<Sealed>>,
@@ -260,6 +300,20 @@ impl Inner {
         }
     }
 
+    /// What a waiter's completion means for its caller.
+    fn completed(
+        &self,
+        r: std::result::Result<Completion, oneshot::error::RecvError>,
+    ) -> Result<()> {
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(f)) => Err(self.failure(f)),
+            Err(_) => Err(self.failure(WriteFailure::Write(
+                "the partition's flusher stopped".into(),
+            ))),
+        }
+    }
+
     /// Deletes the oldest sealed segment. Returns whether there was one.
     fn delete_oldest_locked(&self, st: &mut State, why: &str) -> Result<bool> {
         let Some(seg) = st.sealed.front().cloned() else {
@@ -314,15 +368,7 @@ impl Partition {
     ) -> Result<Appended> {
         let (appended, done) = self.submit(batch, durability, append_time)?;
         if let Some(rx) = done {
-            match rx.blocking_recv() {
-                Ok(Ok(())) => {}
-                Ok(Err(f)) => return Err(self.inner.failure(f)),
-                Err(_) => {
-                    return Err(self.inner.failure(WriteFailure::Write(
-                        "the partition's flusher stopped".into(),
-                    )));
-                }
-            }
+            self.inner.completed(rx.blocking_recv())?;
         }
         Ok(appended)
     }
@@ -337,31 +383,19 @@ impl Partition {
     ) -> Result<Appended> {
         let (appended, done) = self.submit(batch, durability, append_time)?;
         if let Some(rx) = done {
-            match rx.await {
-                Ok(Ok(())) => {}
-                Ok(Err(f)) => return Err(self.inner.failure(f)),
-                Err(_) => {
-                    return Err(self.inner.failure(WriteFailure::Write(
-                        "the partition's flusher stopped".into(),
-                    )));
-                }
-            }
+            self.inner.completed(rx.await)?;
         }
         Ok(appended)
     }
 
     /// Encodes the batch into the buffer (rolling the segment and applying `retention_size`
     /// first when needed) and, unless `durability` is `None`, registers for its completion.
-    #[allow(clippy::type_complexity)]
     fn submit(
         &self,
         batch: &BatchBuilder,
         durability: Durability,
         append_time: i64,
-    ) -> Result<(
-        Appended,
-        Option<oneshot::Receiver<std::result::Result<(), WriteFailure>>>,
-    )> {
+    ) -> Result<(Appended, Option<oneshot::Receiver<Completion>>)> {
         let inner = &*self.inner;
         if batch.is_empty() {
             return Err(LogError::InvalidBatch(super::FrameError::BadHeader(
@@ -469,13 +503,7 @@ impl Partition {
             inner.flush_cv.notify_one();
             rx
         };
-        match rx.blocking_recv() {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(f)) => Err(inner.failure(f)),
-            Err(_) => Err(inner.failure(WriteFailure::Write(
-                "the partition's flusher stopped".into(),
-            ))),
-        }
+        inner.completed(rx.blocking_recv())
     }
 
     /// Deletes the oldest sealed segment to make room for another topic or the filesystem.
@@ -695,14 +723,5 @@ fn create_segment(fs: &dyn Fs, dir: &Path, base: u64, interval: u32) -> Result<A
         let _ = fs.remove_file(&path);
         return Err(e);
     }
-    Ok(Active {
-        base,
-        path,
-        file,
-        size: SEGMENT_HEADER_LEN,
-        written: SEGMENT_HEADER_LEN,
-        durable: SEGMENT_HEADER_LEN,
-        index: IndexBuilder::new(interval),
-        max_append_time: i64::MIN,
-    })
+    Ok(Active::empty(base, path, file, interval))
 }

@@ -15,9 +15,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::super::TopicConfig;
 use super::super::error::{LogError, Result};
 use super::super::fs::Fs;
-use super::super::segment::{
-    self, IndexBuilder, SEGMENT_HEADER_LEN, SegmentIndex, index_file_name, log_file_name,
-};
+use super::super::segment::{self, IndexBuilder, SegmentIndex, index_file_name, log_file_name};
 use super::{Active, Inner, Partition, Recovery, Sealed, State, Usage, create_segment, flush};
 
 impl Partition {
@@ -68,18 +66,7 @@ impl Partition {
                         });
                     }
                     let idx_len = idx.encode().len() as u64;
-                    sealed.push_back(Arc::new(Sealed {
-                        base,
-                        next_offset: idx.next_offset,
-                        log_len: len,
-                        idx_len,
-                        max_timestamp: idx.max_timestamp,
-                        max_append_time: idx.max_append_time,
-                        path,
-                        file,
-                        index: idx.entries.into(),
-                        corrupt_at: None,
-                    }));
+                    sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, None)));
                     continue;
                 }
                 Some(Ok(_)) | Some(Err(_)) => {
@@ -128,18 +115,7 @@ impl Partition {
                 } else {
                     0
                 };
-                sealed.push_back(Arc::new(Sealed {
-                    base,
-                    next_offset,
-                    log_len: len,
-                    idx_len,
-                    max_timestamp: idx.max_timestamp,
-                    max_append_time: idx.max_append_time,
-                    path,
-                    file,
-                    index: idx.entries.into(),
-                    corrupt_at,
-                }));
+                sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, corrupt_at)));
                 continue;
             }
             // The last segment is the active one: scan it and cut a torn tail.
@@ -154,16 +130,7 @@ impl Partition {
                 if len > 0 {
                     tracing::warn!(segment = %path.display(), bytes = len, "segment header was torn; rewrote it");
                 }
-                active = Some(Active {
-                    base,
-                    path,
-                    file,
-                    size: SEGMENT_HEADER_LEN,
-                    written: SEGMENT_HEADER_LEN,
-                    durable: SEGMENT_HEADER_LEN,
-                    index: IndexBuilder::new(interval),
-                    max_append_time: i64::MIN,
-                });
+                active = Some(Active::empty(base, path, file, interval));
                 continue;
             }
             let scan = segment::scan(file.as_ref(), &path, len, base, interval, false)?;
