@@ -69,7 +69,8 @@ struct StorageArgs {
     /// Partitions of the benchmark topic.
     #[arg(long, default_value_t = 4)]
     partitions: u32,
-    /// Producer threads (producer i appends to partition i % partitions); default: one per partition.
+    /// Concurrent producers (producer i appends to partition i % partitions); default: one per
+    /// partition.
     #[arg(long)]
     producers: Option<u32>,
     /// What each append waits for: none, written or durable.

@@ -17,7 +17,7 @@
 //!    and a correction that was holding the timeline *behind* the wall clock (an earlier forward
 //!    step) is kept, so the records stamped before that step do not age by it after a restart.
 //!    Time that passed while Brook was stopped counts only as far as the wall clock shows it.
-//! 3. The correction is persisted (a 16-byte file, `clock`, in the log directory) only when it
+//! 3. The correction is persisted (a 16-byte file, `@clock`, in the topics directory) only when it
 //!    changes, which happens on a clock step or a start-up adjustment: not on the write path.
 //!
 //! Record timestamps (what consumers see and what time lookups search) are never rewritten: they

@@ -15,7 +15,7 @@
 //! ```text
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.log
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.idx   (sealed segments only)
-//! <data_dir>/topics/clock                                             (retention timeline)
+//! <data_dir>/topics/@clock                                            (retention timeline)
 //! ```
 //!
 //! ## Segment file (`.log`)

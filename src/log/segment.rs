@@ -517,7 +517,7 @@ pub fn write_index(fs: &dyn Fs, dir: &Path, index: &SegmentIndex) -> Result<Path
     Ok(path)
 }
 
-/// Reads and checks an index file. `Ok(None)`: missing; `Err(reason)` in the inner result: unusable.
+/// Reads and checks an index file. `Ok(None)`: missing; an inner `Err(reason)`: unusable.
 pub fn read_index(
     fs: &dyn Fs,
     path: &Path,

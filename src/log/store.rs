@@ -18,6 +18,10 @@ use super::{Durability, OnFull, StoreOptions, TopicConfig};
 
 type OpenResult = Result<(Partition, Recovery)>;
 
+/// The retention timeline's correction, in the topics directory. `@` cannot occur in a topic
+/// name, so no topic directory can collide with it.
+pub const CLOCK_FILE: &str = "@clock";
+
 /// How a producer picks the partition of a batch.
 #[derive(Clone, Copy, Debug)]
 pub enum PartitionChoice<'a> {
@@ -232,7 +236,7 @@ impl Store {
             .flat_map(|t| t.partitions.iter())
             .filter_map(|p| p.newest_append_time())
             .max();
-        let clock = LogClock::start(time, fs.as_ref(), Some(&dir.join("clock")), newest)?;
+        let clock = LogClock::start(time, fs.as_ref(), Some(&dir.join(CLOCK_FILE)), newest)?;
         recovery.took = started.elapsed();
         Ok((
             Store {

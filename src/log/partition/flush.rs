@@ -59,8 +59,8 @@ fn run(inner: &Inner) {
 /// typically come straight back with their next batch; starting the next fsync without them
 /// would split the producers into two groups that alternate, each fsync carrying half of them.
 /// So before a round that will fsync, the flusher waits until as many durable appenders are
-/// buffered as were buffered plus released when the last round ended, for at most a quarter of the last
-/// fsync's duration (capped at 250 us). A lone producer costs at most that linger.
+/// buffered as were buffered plus released when the last round ended, for at most a quarter of
+/// the last fsync's duration (capped at 250 us). A lone producer costs at most that linger.
 #[derive(Default)]
 struct Gather {
     expect: usize,
