@@ -1,6 +1,6 @@
 //! Human-readable sizes (`"8MiB"`, `"512KB"`, `1048576`) and durations (`"7d"`, `"500ms"`,
-//! `"1h30m"`) for the config file and the command line. `"none"` (also `"off"`, `"unlimited"`, `"forever"`)
-//! and `0` mean "no limit" where a limit is optional.
+//! `"1h30m"`) for the config file and the command line. `"none"` (also `"off"`, `"unlimited"`,
+//! `"forever"`) and `0` mean "no limit" where a limit is optional.
 
 use std::fmt;
 use std::str::FromStr;
