@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::log::{StoreOptions, TopicConfig};
+use crate::units::{ByteSize, HumanDuration};
 
 /// The commented default configuration, shipped in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -20,6 +21,65 @@ pub struct Config {
     pub log: StoreOptions,
     /// Settings for topics created without their own.
     pub topic_defaults: TopicConfig,
+    /// Where the front ends listen.
+    pub listeners: Listeners,
+    /// Limits of the native protocol listener.
+    pub native: NativeConfig,
+}
+
+/// Listener addresses. Loopback by default.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listeners {
+    /// Native protocol. Default "127.0.0.1:7420".
+    pub native: String,
+    /// HTTP: /metrics, /healthz, /api. Default "127.0.0.1:7421".
+    pub http: String,
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Listeners {
+            native: "127.0.0.1:7420".into(),
+            http: "127.0.0.1:7421".into(),
+        }
+    }
+}
+
+/// Limits of the native protocol listener.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NativeConfig {
+    /// Connections open at once; more are refused. Default 1024.
+    pub max_connections: usize,
+    /// A connection silent this long is closed. Default "10m".
+    pub idle_timeout: HumanDuration,
+    /// Largest frame accepted. Default "16MiB"; at least 64KiB.
+    pub max_frame_size: ByteSize,
+    /// Requests of one connection processed at once (pipelining). Default 64.
+    pub max_in_flight: usize,
+}
+
+impl Default for NativeConfig {
+    fn default() -> Self {
+        NativeConfig {
+            max_connections: 1024,
+            idle_timeout: HumanDuration::secs(600),
+            max_frame_size: ByteSize::mib(16),
+            max_in_flight: 64,
+        }
+    }
+}
+
+impl NativeConfig {
+    pub fn limits(&self) -> crate::server::native::NativeLimits {
+        crate::server::native::NativeLimits {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout.0,
+            max_frame: self.max_frame_size.bytes() as usize,
+            max_in_flight: self.max_in_flight,
+        }
+    }
 }
 
 impl Default for Config {
@@ -28,6 +88,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./brook-data"),
             log: StoreOptions::default(),
             topic_defaults: TopicConfig::default(),
+            listeners: Listeners::default(),
+            native: NativeConfig::default(),
         }
     }
 }
@@ -85,6 +147,31 @@ impl Config {
                 "log.write_buffer = {} is outside 4KiB..=64MiB",
                 self.log.write_buffer
             ));
+        }
+        for (key, addr) in [
+            ("listeners.native", &self.listeners.native),
+            ("listeners.http", &self.listeners.http),
+        ] {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return Err(format!(
+                    "{key} = {addr:?} is not an IP address and port (e.g. \"127.0.0.1:7420\")"
+                ));
+            }
+        }
+        if self.native.max_connections == 0 {
+            return Err("native.max_connections: must be at least 1".into());
+        }
+        if self.native.max_in_flight == 0 {
+            return Err("native.max_in_flight: must be at least 1".into());
+        }
+        if self.native.max_frame_size.bytes() < 64 * 1024 {
+            return Err(format!(
+                "native.max_frame_size = {} is below 64KiB",
+                self.native.max_frame_size
+            ));
+        }
+        if self.native.idle_timeout.0.is_zero() {
+            return Err("native.idle_timeout: must be greater than zero".into());
         }
         if let Some(max) = self.log.max_size.limit() {
             let seg = self.topic_defaults.segment_size.bytes();

@@ -5,11 +5,15 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
+//! | [`proto`] | the native wire protocol: frames and messages (no_std) |
 //! | [`meta`] | small state that is not a log (topic configs now), on sled behind a trait |
+//! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |
 //! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
 //! | [`check`] | `brook check`: verifies every segment of a data directory |
 //! | [`server`] | `brook serve`: opens everything, housekeeping, graceful shutdown |
+//! | [`tools`] | the CLI's client commands: topics, produce, consume, groups |
 //! | [`bench`] | `brook bench ...`: measured throughput, latency, write amplification |
 //! | [`units`] | human-readable sizes and durations |
 //!
@@ -21,9 +25,13 @@
 //! byte for byte with [`log::Store::read`].
 
 pub mod bench;
+pub mod broker;
 pub mod check;
+pub mod client;
 pub mod config;
 pub mod log;
 pub mod meta;
+pub mod proto;
 pub mod server;
+pub mod tools;
 pub mod units;

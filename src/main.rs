@@ -32,6 +32,70 @@ enum Command {
         /// Data directory; overrides `data_dir` of the config.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Native protocol listener address; overrides `listeners.native`.
+        #[arg(long, value_name = "ADDR")]
+        native: Option<String>,
+        /// HTTP listener (metrics, health, API); overrides `listeners.http`.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<String>,
+    },
+    /// List, create, describe or delete topics.
+    Topics {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: TopicsCommand,
+    },
+    /// Append one record per line of standard input to a topic.
+    Produce {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        topic: String,
+        /// Key of every record (its partition follows from it, as in Kafka).
+        #[arg(long)]
+        key: Option<String>,
+        /// Partition to write to (default: by key, else spread).
+        #[arg(long)]
+        partition: Option<u32>,
+        /// What an acknowledgement means: none, written (in the OS) or durable (fsynced).
+        #[arg(long, default_value = "durable")]
+        durability: Durability,
+        /// Report how many records were acknowledged.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Print records of a topic, one per line.
+    Consume {
+        #[command(flatten)]
+        conn: Conn,
+        #[arg(long)]
+        topic: String,
+        /// Only this partition (default: all, or those the group assigns).
+        #[arg(long, conflicts_with = "group")]
+        partition: Option<u32>,
+        /// Where to start without a committed offset: earliest, latest or an offset.
+        #[arg(long, default_value = "earliest")]
+        from: String,
+        /// Consume as a member of this group, committing what was printed.
+        #[arg(long)]
+        group: Option<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Keep waiting for new records at the end of the log.
+        #[arg(long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: brook::tools::Format,
+    },
+    /// List or describe consumer groups.
+    Groups {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: GroupsCommand,
     },
     /// Verify every segment of a data directory (exit 0 clean, 1 repairable, 2 corrupt).
     Check {
@@ -47,6 +111,64 @@ enum Command {
     /// Print or check configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// Where the broker is.
+#[derive(Args)]
+struct Conn {
+    /// Address of a Brook native listener.
+    #[arg(long, env = "BROOK_BROKER", default_value = "127.0.0.1:7420")]
+    broker: String,
+}
+
+#[derive(Subcommand)]
+enum TopicsCommand {
+    /// One name per line (or a JSON array with --json).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a topic; unset options take the server's topic_defaults.
+    Create {
+        name: String,
+        #[arg(long)]
+        partitions: Option<u32>,
+        /// Delete data older than this (e.g. "7d", "none").
+        #[arg(long)]
+        retention: Option<HumanDuration>,
+        /// Bound on each partition's bytes (e.g. "1GiB", "none").
+        #[arg(long)]
+        retention_size: Option<brook::units::ByteSize>,
+        /// Segment size (e.g. "8MiB").
+        #[arg(long)]
+        segment_size: Option<brook::units::ByteSize>,
+        /// At a limit: drop_oldest or reject.
+        #[arg(long)]
+        on_full: Option<String>,
+    },
+    /// Partitions, offsets and sizes of a topic.
+    Describe {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a topic and its data.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+enum GroupsCommand {
+    /// One group per line (or a JSON array with --json).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Members, assignments, committed offsets and lag.
+    Describe {
+        group: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -125,7 +247,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
-        Command::Serve { config, data_dir } => {
+        Command::Serve {
+            config,
+            data_dir,
+            native,
+            http,
+        } => {
             let mut cfg = match config {
                 Some(path) => Config::load(&path)?,
                 None => Config::default(),
@@ -133,6 +260,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
+            if let Some(a) = native {
+                cfg.listeners.native = a;
+            }
+            if let Some(a) = http {
+                cfg.listeners.http = a;
+            }
+            cfg.validate()
+                .map_err(|m| format!("invalid settings: {m}"))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -145,6 +280,111 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Topics { conn, command } => client_command(async move {
+            let client = brook::tools::connect(&conn.broker).await?;
+            match command {
+                TopicsCommand::List { json } => brook::tools::topics_list(&client, json).await,
+                TopicsCommand::Create {
+                    name,
+                    partitions,
+                    retention,
+                    retention_size,
+                    segment_size,
+                    on_full,
+                } => {
+                    let reject_when_full = match on_full.as_deref() {
+                        None => None,
+                        Some("reject") => Some(true),
+                        Some("drop_oldest") => Some(false),
+                        Some(o) => {
+                            return Err(
+                                format!("--on-full {o:?}: use drop_oldest or reject").into()
+                            );
+                        }
+                    };
+                    let settings = brook::proto::TopicSettings {
+                        partitions,
+                        retention_ms: retention.map(|r| r.as_millis()),
+                        retention_bytes: retention_size.map(|b| b.bytes()),
+                        segment_bytes: segment_size.map(|b| b.bytes()),
+                        reject_when_full,
+                    };
+                    brook::tools::topics_create(&client, &name, settings).await
+                }
+                TopicsCommand::Describe { name, json } => {
+                    brook::tools::topics_describe(&client, &name, json).await
+                }
+                TopicsCommand::Delete { name } => brook::tools::topics_delete(&client, &name).await,
+            }
+        }),
+        Command::Produce {
+            conn,
+            topic,
+            key,
+            partition,
+            durability,
+            verbose,
+        } => client_command(async move {
+            let client = brook::tools::connect(&conn.broker).await?;
+            let stdin = std::io::stdin().lock();
+            brook::tools::produce(
+                client,
+                &topic,
+                key.as_deref(),
+                partition,
+                durability,
+                stdin,
+                verbose,
+            )
+            .await
+            .map(drop)
+        }),
+        Command::Consume {
+            conn,
+            topic,
+            partition,
+            from,
+            group,
+            count,
+            follow,
+            format,
+        } => client_command(async move {
+            let from = match from.as_str() {
+                "earliest" => brook::client::StartFrom::Earliest,
+                "latest" => brook::client::StartFrom::Latest,
+                n => brook::client::StartFrom::Offset(
+                    n.parse()
+                        .map_err(|_| format!("--from {n:?}: use earliest, latest or an offset"))?,
+                ),
+            };
+            let client = brook::tools::connect(&conn.broker).await?;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            brook::tools::consume(
+                client,
+                brook::tools::ConsumeOptions {
+                    topic: &topic,
+                    partition,
+                    from,
+                    group: group.as_deref(),
+                    count,
+                    follow,
+                    format,
+                },
+                &mut out,
+            )
+            .await
+            .map(drop)
+        }),
+        Command::Groups { conn, command } => client_command(async move {
+            let client = brook::tools::connect(&conn.broker).await?;
+            match command {
+                GroupsCommand::List { json } => brook::tools::groups_list(&client, json).await,
+                GroupsCommand::Describe { group, json } => {
+                    brook::tools::groups_describe(&client, &group, json).await
+                }
+            }
+        }),
         Command::Check { dir, repair } => {
             let report = brook::check::check(&dir, repair)?;
             print!("{}", report.render());
@@ -196,4 +436,17 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// Runs a client command on a small runtime; errors are printed by `main`.
+fn client_command(
+    f: impl std::future::Future<Output = brook::tools::Result<()>>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(f)
+        .map_err(|e| -> Box<dyn std::error::Error> { e })?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -92,7 +92,9 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{FrameError, FullReason, LogError, Result};
 pub use partition::{Appended, Partition, PartitionStatus, ReadResult, Usage, Visibility};
-pub use record::{BatchBuilder, BatchHeader, BatchView, Header, Record, RecordView};
+pub use record::{
+    Batch, BatchBuilder, BatchHeader, BatchView, EncodedBatch, Header, Record, RecordView,
+};
 pub use store::{PartitionChoice, Store, StoreRecovery, Topic};
 
 use crate::units::{ByteSize, HumanDuration};

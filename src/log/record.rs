@@ -218,6 +218,81 @@ impl BatchBuilder {
     }
 }
 
+/// A batch ready to append: its encoded records section and what the header needs.
+/// Implemented by [`BatchBuilder`] (local producers) and [`EncodedBatch`] (records that arrived
+/// encoded from a peer).
+pub trait Batch: Send + Sync {
+    fn records_bytes(&self) -> &[u8];
+    fn count(&self) -> u32;
+    fn first_timestamp(&self) -> i64;
+    fn max_timestamp(&self) -> i64;
+    fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+    /// The frame length this batch will have once its header is added (an upper bound).
+    fn frame_len_bound(&self) -> usize {
+        FRAME_HEADER_LEN + 1 + MAX_HEADER_LEN + self.records_bytes().len()
+    }
+}
+
+impl Batch for BatchBuilder {
+    fn records_bytes(&self) -> &[u8] {
+        &self.records
+    }
+    fn count(&self) -> u32 {
+        self.count
+    }
+    fn first_timestamp(&self) -> i64 {
+        self.first_timestamp
+    }
+    fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+}
+
+/// A records section received already encoded (a produce from the network), checked record by
+/// record before it is trusted.
+#[derive(Clone, Copy, Debug)]
+pub struct EncodedBatch<'a> {
+    records: &'a [u8],
+    count: u32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl<'a> EncodedBatch<'a> {
+    /// Decodes every record of `records` (which must hold exactly `count`, with timestamps
+    /// relative to `first_timestamp`) to check it.
+    pub fn parse(
+        records: &'a [u8],
+        count: u32,
+        first_timestamp: i64,
+    ) -> Result<EncodedBatch<'a>, FrameError> {
+        let max_timestamp = validate_records(records, count, first_timestamp)?;
+        Ok(EncodedBatch {
+            records,
+            count,
+            first_timestamp,
+            max_timestamp,
+        })
+    }
+}
+
+impl Batch for EncodedBatch<'_> {
+    fn records_bytes(&self) -> &[u8] {
+        self.records
+    }
+    fn count(&self) -> u32 {
+        self.count
+    }
+    fn first_timestamp(&self) -> i64 {
+        self.first_timestamp
+    }
+    fn max_timestamp(&self) -> i64 {
+        self.max_timestamp
+    }
+}
+
 /// postcard's worst case for [`BatchHeader`]: u64 (10) + u32 (5) + 3 x i64 (10) + u16 (3).
 pub const MAX_HEADER_LEN: usize = 10 + 5 + 30 + 3;
 
@@ -379,16 +454,21 @@ impl<'a> Iterator for RecordIter<'a> {
     }
 }
 
-/// Checks that `records` is a well-formed records section of `count` records, returning the first
-/// and maximum timestamps. Used on batches that arrive encoded from a peer.
-pub fn validate_records(records: &[u8], count: u32) -> Result<(i64, i64), FrameError> {
+/// Checks that `records` is a well-formed records section of exactly `count` records whose
+/// timestamps are relative to `first_timestamp`; returns the largest timestamp. Used on batches
+/// that arrive encoded from a peer.
+pub fn validate_records(
+    records: &[u8],
+    count: u32,
+    first_timestamp: i64,
+) -> Result<i64, FrameError> {
     if count == 0 {
         return Err(FrameError::BadHeader("batch with no records".into()));
     }
     let header = BatchHeader {
         base_offset: 0,
         record_count: count,
-        first_timestamp: 0,
+        first_timestamp,
         max_timestamp: 0,
         append_time: 0,
         attributes: 0,
@@ -398,14 +478,11 @@ pub fn validate_records(records: &[u8], count: u32) -> Result<(i64, i64), FrameE
         rest: records,
         index: 0,
     };
-    let mut first = None;
     let mut max = i64::MIN;
     for r in iter {
-        let r = r?;
-        first.get_or_insert(r.timestamp);
-        max = max.max(r.timestamp);
+        max = max.max(r?.timestamp);
     }
-    Ok((first.unwrap_or(0), max))
+    Ok(max)
 }
 
 /// Walks every frame in `buf`, verifying each, until the buffer ends or a frame is bad.

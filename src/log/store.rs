@@ -12,7 +12,7 @@ use super::error::{FullReason, LogError, Result};
 use super::fs::{Fs, StdFs};
 use super::partition::{Appended, Partition, ReadResult, Recovery, Usage, Visibility};
 use super::partitioner::partition_for_key;
-use super::record::BatchBuilder;
+use super::record::Batch;
 use super::segment::SEGMENT_HEADER_LEN;
 use super::{Durability, OnFull, StoreOptions, TopicConfig};
 
@@ -352,7 +352,7 @@ impl Store {
         &self,
         topic: &str,
         choice: PartitionChoice<'_>,
-        batch: &BatchBuilder,
+        batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, Appended)> {
         let (partition, now) = self.prepare_append(topic, choice, batch)?;
@@ -365,7 +365,7 @@ impl Store {
         &self,
         topic: &str,
         choice: PartitionChoice<'_>,
-        batch: &BatchBuilder,
+        batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, Appended)> {
         let (partition, now) = self.prepare_append(topic, choice, batch)?;
@@ -378,7 +378,7 @@ impl Store {
         &self,
         topic: &str,
         choice: PartitionChoice<'_>,
-        batch: &BatchBuilder,
+        batch: &dyn Batch,
     ) -> Result<(Arc<Partition>, i64)> {
         let topic = self.topic(topic)?;
         let partition = Arc::clone(topic.choose(choice)?);

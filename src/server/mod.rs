@@ -1,50 +1,83 @@
-//! `brook serve`: opens the metadata and the log (recovering both), runs the periodic
-//! housekeeping (write and fsync buffered data, time retention, free-space measurement) every
-//! `log.flush_interval`, and on shutdown writes and fsyncs everything before returning.
+//! `brook serve`: opens the broker (metadata and log, recovering both), binds the listeners,
+//! runs the periodic housekeeping (write and fsync buffered data, time retention, free-space
+//! measurement, expiry of group members) every `log.flush_interval`, and on shutdown stops
+//! accepting, lets the answers in flight go out, and writes and fsyncs everything.
 //!
-//! The network front ends (native protocol, MQTT, Kafka API, HTTP) attach here; none exists
-//! yet, so today `serve` hosts the storage engine only.
+//! | front end | module | default address |
+//! |---|---|---|
+//! | native protocol | [`native`] | 127.0.0.1:7420 |
+//! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
+//!
+//! [`start`] is the library entry point (tests bind `127.0.0.1:0` and read the addresses from
+//! [`Running`]); [`serve`] runs until a shutdown future completes.
+
+pub mod http;
+pub mod native;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
-use crate::log::{LogError, Store};
-use crate::meta::{Meta, MetaError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Log(#[from] LogError),
-    #[error(transparent)]
-    Meta(#[from] MetaError),
-    #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: std::path::PathBuf,
+    Broker(#[from] BrokerError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("housekeeping task failed: {0}")]
+    #[error("task failed: {0}")]
     Task(String),
 }
 
-/// Runs Brook with `config` until `shutdown` completes.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let meta = Meta::open(&config.meta_dir())?;
-    let topics = meta.topics()?;
-    let topics_dir = config.topics_dir();
-    let opts = config.log.clone();
-    let (store, recovery) =
-        tokio::task::spawn_blocking(move || Store::open(topics_dir, opts, &topics))
-            .await
-            .map_err(|e| ServeError::Task(e.to_string()))??;
+/// A running broker.
+pub struct Running {
+    pub broker: Arc<Broker>,
+    pub native_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+/// Opens the broker and starts every listener and the housekeeping.
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    let native_listener = bind("native", &config.listeners.native).await?;
+    let http_listener = bind("http", &config.listeners.http).await?;
+    let native_addr = native_listener
+        .local_addr()
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+    let http_addr = http_listener
+        .local_addr()
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+    let flush_interval = config.log.flush_interval.0;
+    let limits = config.native.limits();
+    let data_dir = config.data_dir.clone();
+    let (broker, recovery) = tokio::task::spawn_blocking(move || Broker::open(config))
+        .await
+        .map_err(|e| ServeError::Task(e.to_string()))??;
     tracing::info!(
-        data_dir = %config.data_dir.display(),
-        topics = store.topics().len(),
+        data_dir = %data_dir.display(),
+        topics = broker.topics().len(),
         partitions = recovery.partitions,
         truncated_bytes = recovery.truncated_bytes,
         indexes_rebuilt = recovery.indexes_rebuilt,
@@ -52,28 +85,75 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
         "log opened in {:?}",
         recovery.took
     );
-    let store = Arc::new(store);
-    let mut tick = tokio::time::interval(config.log.flush_interval.0);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tick.tick() => {
-                let s = Arc::clone(&store);
-                match tokio::task::spawn_blocking(move || s.maintain()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!("housekeeping: {e}"),
-                    Err(e) => tracing::error!("housekeeping task: {e}"),
-                }
+    let broker = Arc::new(broker);
+    let (shutdown, rx) = watch::channel(false);
+    let stats = Arc::new(native::NativeStats::default());
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(native::run(
+        native_listener,
+        Arc::clone(&broker),
+        limits,
+        Arc::clone(&stats),
+        rx.clone(),
+    )));
+    tasks.push(tokio::spawn(http::run(
+        http_listener,
+        Arc::new(http::HttpState {
+            broker: Arc::clone(&broker),
+            native: stats,
+        }),
+        rx.clone(),
+    )));
+    let b = Arc::clone(&broker);
+    let mut stop = rx;
+    tasks.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = stop.wait_for(|s| *s) => true,
+                _ = tick.tick() => false,
+            };
+            if stopping {
+                return;
+            }
+            let b = Arc::clone(&b);
+            match tokio::task::spawn_blocking(move || b.maintain()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("housekeeping: {e}"),
+                Err(e) => tracing::error!("housekeeping task: {e}"),
             }
         }
+    }));
+    tracing::info!(native = %native_addr, http = %http_addr, "listening");
+    Ok(Running {
+        broker,
+        native_addr,
+        http_addr,
+        shutdown,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops accepting, lets the answers in flight go out, then writes and fsyncs everything.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        tracing::info!("shutting down: finishing requests, then writing and syncing everything");
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let b = Arc::clone(&self.broker);
+        tokio::task::spawn_blocking(move || b.flush_all())
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))??;
+        Ok(())
     }
-    tracing::info!("shutting down: writing and syncing everything");
-    let s = Arc::clone(&store);
-    tokio::task::spawn_blocking(move || s.flush_all(true))
-        .await
-        .map_err(|e| ServeError::Task(e.to_string()))??;
-    meta.store().flush()?;
-    Ok(())
+}
+
+/// Runs Brook with `config` until `shutdown` completes.
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    let running = start(config).await?;
+    shutdown.await;
+    running.stop().await
 }

@@ -151,6 +151,7 @@ impl Inner {
         st.active.written = end_pos;
         st.written_end = target_end;
         st.written_offset = target_offset;
+        self.end_tx.send_replace(target_offset);
         if st.buf.capacity() == 0 {
             let mut b = buf;
             b.clear();
@@ -172,6 +173,7 @@ impl Inner {
         let synced = file.sync_data();
         self.usage.fsyncs.fetch_add(1, Ordering::Relaxed);
         gather.last_sync = sync_started.elapsed();
+        self.usage.observe_fsync(gather.last_sync);
 
         let mut st = self.lock();
         let result = match synced {
@@ -254,6 +256,7 @@ impl Inner {
             st.active.written = pos + buf.len() as u64;
             st.written_end = st.assigned_end;
             st.written_offset = st.next_offset;
+            self.end_tx.send_replace(st.next_offset);
             st.buf = buf;
             st.buf.clear();
         }

@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 use super::error::{FullReason, LogError, Result};
 use super::fs::{File, Fs};
-use super::record::{BatchBuilder, BatchHeader, BatchView, encode_frame};
+use super::record::{Batch, BatchHeader, BatchView, encode_frame};
 use super::segment::{self, IndexBuilder, SEGMENT_HEADER_LEN, index_file_name, log_file_name};
 use super::{Durability, OnFull, TopicConfig};
 
@@ -51,6 +51,26 @@ pub struct Usage {
     pub fsyncs: AtomicU64,
     /// Write calls of segment data.
     pub writes: AtomicU64,
+    /// fsync latency histogram (see [`FSYNC_BUCKETS_US`]); the last bucket is +Inf.
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS_US.len() + 1],
+    pub fsync_micros_total: AtomicU64,
+}
+
+/// Upper bounds (microseconds) of the fsync latency histogram's buckets.
+pub const FSYNC_BUCKETS_US: [u64; 9] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000, 250_000];
+
+impl Usage {
+    /// Records one fsync's duration.
+    pub fn observe_fsync(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let i = FSYNC_BUCKETS_US
+            .iter()
+            .position(|&b| us <= b)
+            .unwrap_or(FSYNC_BUCKETS_US.len());
+        self.fsync_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.fsync_micros_total.fetch_add(us, Ordering::Relaxed);
+    }
 }
 
 /// A sealed, immutable segment.
@@ -238,6 +258,8 @@ struct Inner {
     flush_cv: Condvar,
     /// Signalled whenever the flusher finishes a round.
     idle_cv: Condvar,
+    /// The written (readable) end offset, for readers waiting on new data.
+    end_tx: tokio::sync::watch::Sender<u64>,
 }
 
 /// A partition and its flusher thread (stopped and joined on drop, after writing what is
@@ -359,10 +381,15 @@ impl Partition {
         &self.inner.dir
     }
 
+    /// Follows the readable end offset: changes whenever written data becomes readable.
+    pub fn watch_end(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.end_tx.subscribe()
+    }
+
     /// Appends one batch and blocks until it has the requested durability.
     pub fn append(
         &self,
-        batch: &BatchBuilder,
+        batch: &dyn Batch,
         durability: Durability,
         append_time: i64,
     ) -> Result<Appended> {
@@ -377,7 +404,7 @@ impl Partition {
     /// durability.
     pub async fn append_async(
         &self,
-        batch: &BatchBuilder,
+        batch: &dyn Batch,
         durability: Durability,
         append_time: i64,
     ) -> Result<Appended> {
@@ -392,7 +419,7 @@ impl Partition {
     /// first when needed) and, unless `durability` is `None`, registers for its completion.
     fn submit(
         &self,
-        batch: &BatchBuilder,
+        batch: &dyn Batch,
         durability: Durability,
         append_time: i64,
     ) -> Result<(Appended, Option<oneshot::Receiver<Completion>>)> {

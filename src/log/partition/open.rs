@@ -224,6 +224,7 @@ impl Partition {
             state: Mutex::new(state),
             flush_cv: Condvar::new(),
             idle_cv: Condvar::new(),
+            end_tx: tokio::sync::watch::Sender::new(next_offset),
         });
         let flusher = flush::spawn_flusher(Arc::clone(&inner))?;
         Ok((

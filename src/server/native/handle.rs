@@ -1,0 +1,297 @@
+//! One function per operation of the native protocol: decode what the request carries, call
+//! the broker, encode the answer. Every answer is a framed [`ResponseFrame`].
+
+use std::time::Duration;
+
+use heapless::Vec as HVec;
+
+use crate::broker::{Broker, BrokerError};
+use crate::log::{Durability, EncodedBatch, LogError, OnFull, PartitionChoice};
+use crate::proto::{
+    self, Acks, Assigned, CommitEntry, ErrorCode, Fetch, MemberAssignment, MemberInfo, OffsetInfo,
+    PartitionInfo, Produce, Request, Response, TopicInfo,
+};
+
+/// Encodes an answer to `correlation_id` (the same bytes as a [`ResponseFrame`]).
+pub fn answer(correlation_id: u32, response: &Response<'_>) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Out<'r, 'a> {
+        correlation_id: u32,
+        response: &'r Response<'a>,
+    }
+    proto::encode(&Out {
+        correlation_id,
+        response,
+    })
+}
+
+/// Encodes an error answer.
+pub fn error(correlation_id: u32, code: ErrorCode, message: &str) -> Vec<u8> {
+    answer(correlation_id, &Response::Error { code, message })
+}
+
+fn broker_error(correlation_id: u32, e: &BrokerError) -> Vec<u8> {
+    error(correlation_id, e.code(), &e.to_string())
+}
+
+/// Handles one request (not the handshake) and returns the framed answer.
+pub async fn handle(broker: &Broker, client_id: &str, id: u32, request: Request<'_>) -> Vec<u8> {
+    let result = match request {
+        Request::Handshake { .. } => Err(BrokerError::Invalid("handshake sent twice".into())),
+        Request::Produce(p) => return produce(broker, id, p).await,
+        Request::Fetch(f) => return fetch(broker, id, f).await,
+        Request::ListOffsets {
+            topic,
+            partition,
+            spec,
+        } => broker
+            .list_offsets(topic, partition, spec)
+            .map(|(earliest, latest, offset)| {
+                answer(
+                    id,
+                    &Response::Offset {
+                        earliest,
+                        latest,
+                        offset,
+                    },
+                )
+            }),
+        Request::CreateTopic { name, settings } => broker
+            .create_topic(name, &settings)
+            .map(|_| answer(id, &Response::Done)),
+        Request::DeleteTopic { name } => broker
+            .delete_topic(name)
+            .map(|()| answer(id, &Response::Done)),
+        Request::DescribeTopic { name } => broker.topic(name).map(|t| describe_topic(id, &t)),
+        Request::ListTopics => {
+            let topics = broker.topics();
+            let mut names: HVec<&str, { proto::MAX_TOPICS }> = HVec::new();
+            let mut truncated = false;
+            for t in &topics {
+                if names.push(t.name()).is_err() {
+                    truncated = true;
+                    break;
+                }
+            }
+            Ok(answer(id, &Response::Topics { names, truncated }))
+        }
+        Request::JoinGroup {
+            group,
+            member_id,
+            topics,
+            session_timeout_ms,
+            assignor,
+        } => broker
+            .join_group(
+                group,
+                member_id,
+                client_id,
+                topics.iter().map(|t| t.to_string()).collect(),
+                Duration::from_millis(u64::from(session_timeout_ms)),
+                assignor,
+            )
+            .map(|joined| {
+                let mut a: HVec<Assigned<'_>, { proto::MAX_PARTITIONS }> = HVec::new();
+                for (topic, partition) in &joined.assignment {
+                    let _ = a.push(Assigned {
+                        topic,
+                        partition: *partition,
+                    });
+                }
+                answer(
+                    id,
+                    &Response::Joined {
+                        member_id: &joined.member_id,
+                        generation: joined.generation,
+                        assignment: a,
+                    },
+                )
+            }),
+        Request::Heartbeat {
+            group,
+            member_id,
+            generation,
+        } => broker
+            .heartbeat(group, member_id, generation)
+            .map(|rejoin| answer(id, &Response::Heartbeat { rejoin })),
+        Request::LeaveGroup { group, member_id } => broker
+            .leave_group(group, member_id)
+            .map(|()| answer(id, &Response::Done)),
+        Request::CommitOffsets {
+            group,
+            member,
+            offsets,
+        } => {
+            let list: Vec<(String, u32, u64)> = offsets
+                .iter()
+                .map(
+                    |CommitEntry {
+                         topic,
+                         partition,
+                         offset,
+                     }| { (topic.to_string(), *partition, *offset) },
+                )
+                .collect();
+            let broker_ref = broker;
+            let group = group.to_string();
+            let member = member.map(|(m, g)| (m.to_string(), g));
+            // The commit flushes sled: off the async threads.
+            tokio::task::block_in_place(|| {
+                broker_ref.commit_offsets(
+                    &group,
+                    member.as_ref().map(|(m, g)| (m.as_str(), *g)),
+                    &list,
+                )
+            })
+            .map(|()| answer(id, &Response::Done))
+        }
+        Request::FetchOffsets { group, topic } => {
+            broker.fetch_offsets(group, topic).map(|offsets| {
+                let mut o: HVec<OffsetInfo<'_>, { proto::MAX_PARTITIONS }> = HVec::new();
+                for c in &offsets {
+                    let _ = o.push(OffsetInfo {
+                        topic: &c.topic,
+                        partition: c.partition,
+                        committed: c.committed,
+                        end_offset: c.end_offset,
+                    });
+                }
+                answer(id, &Response::Offsets { offsets: o })
+            })
+        }
+        Request::ListGroups => broker.list_groups().map(|groups| {
+            let mut names: HVec<&str, { proto::MAX_TOPICS }> = HVec::new();
+            let mut truncated = false;
+            for g in &groups {
+                if names.push(g).is_err() {
+                    truncated = true;
+                    break;
+                }
+            }
+            answer(id, &Response::Groups { names, truncated })
+        }),
+        Request::DescribeGroup { group } => broker.describe_group(group).map(|snap| {
+            let mut members: HVec<MemberInfo<'_>, { proto::MAX_MEMBERS }> = HVec::new();
+            let mut assignments: HVec<MemberAssignment<'_>, { proto::MAX_PARTITIONS }> =
+                HVec::new();
+            for (i, m) in snap.members.iter().enumerate() {
+                let info = MemberInfo {
+                    member_id: &m.member_id,
+                    client_id: &m.client_id,
+                };
+                if members.push(info).is_err() {
+                    break;
+                }
+                for (topic, partition) in &m.assignment {
+                    let _ = assignments.push(MemberAssignment {
+                        member: i as u16,
+                        assigned: Assigned {
+                            topic,
+                            partition: *partition,
+                        },
+                    });
+                }
+            }
+            let mut offsets: HVec<OffsetInfo<'_>, { proto::MAX_PARTITIONS }> = HVec::new();
+            for c in &snap.offsets {
+                let _ = offsets.push(OffsetInfo {
+                    topic: &c.topic,
+                    partition: c.partition,
+                    committed: c.committed,
+                    end_offset: c.end_offset,
+                });
+            }
+            answer(
+                id,
+                &Response::Group {
+                    generation: snap.generation,
+                    members,
+                    assignments,
+                    offsets,
+                },
+            )
+        }),
+    };
+    result.unwrap_or_else(|e| broker_error(id, &e))
+}
+
+async fn produce(broker: &Broker, id: u32, p: Produce<'_>) -> Vec<u8> {
+    let batch = match EncodedBatch::parse(p.records, p.record_count, p.first_timestamp) {
+        Ok(b) => b,
+        Err(e) => return broker_error(id, &BrokerError::Log(LogError::InvalidBatch(e))),
+    };
+    let choice = match (p.partition, p.partition_key) {
+        (Some(n), _) => PartitionChoice::Id(n),
+        (None, Some(k)) => PartitionChoice::Key(k),
+        (None, None) => PartitionChoice::Any,
+    };
+    let durability = match p.acks {
+        Acks::None => Durability::None,
+        Acks::Written => Durability::Written,
+        Acks::Durable => Durability::Durable,
+    };
+    match broker.produce(p.topic, choice, &batch, durability).await {
+        Ok((partition, a)) => answer(
+            id,
+            &Response::Produced {
+                partition,
+                base_offset: a.base_offset,
+                next_offset: a.next_offset,
+            },
+        ),
+        Err(e) => broker_error(id, &e),
+    }
+}
+
+async fn fetch(broker: &Broker, id: u32, f: Fetch<'_>) -> Vec<u8> {
+    let max_wait = Duration::from_millis(u64::from(f.max_wait_ms.min(60_000)));
+    match broker
+        .fetch(
+            f.topic,
+            f.partition,
+            f.offset,
+            (f.max_bytes as usize).clamp(1, 64 << 20),
+            f.min_bytes as usize,
+            max_wait,
+        )
+        .await
+    {
+        Ok(r) => answer(
+            id,
+            &Response::Fetched {
+                high_watermark: r.high_watermark,
+                log_start: r.log_start,
+                next_offset: r.next_offset,
+                frames: &r.frames,
+            },
+        ),
+        Err(e) => broker_error(id, &e),
+    }
+}
+
+fn describe_topic(id: u32, t: &crate::log::Topic) -> Vec<u8> {
+    let cfg = t.config();
+    let mut partitions: HVec<PartitionInfo, { proto::MAX_PARTITIONS }> = HVec::new();
+    for p in t.partitions() {
+        let s = p.status();
+        let _ = partitions.push(PartitionInfo {
+            partition: p.id(),
+            log_start: s.log_start,
+            end_offset: s.next_offset,
+            durable_offset: s.durable_offset,
+            segments: s.segments as u32,
+            bytes: s.bytes,
+        });
+    }
+    answer(
+        id,
+        &Response::Topic(TopicInfo {
+            name: t.name(),
+            retention_ms: cfg.retention.as_millis(),
+            retention_bytes: cfg.retention_size.bytes(),
+            segment_bytes: cfg.segment_size.bytes(),
+            reject_when_full: cfg.on_full == OnFull::Reject,
+            partitions,
+        }),
+    )
+}

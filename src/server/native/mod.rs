@@ -1,0 +1,291 @@
+//! The native protocol listener (see [`crate::proto`] for the wire format).
+//!
+//! Each connection has a reader and a writer. The reader cuts frames from the socket (bounded by
+//! `max_frame`), checks them, and starts one task per request; the writer sends the answers in
+//! request order, so requests are pipelined and a slow durable produce does not stall the reads.
+//! At most `max_in_flight` requests of one connection run at once (back-pressure on the socket).
+//!
+//! A malformed, oversized or undecodable frame, or a request before the handshake, gets an
+//! `Error` answer (correlation id 0 when it could not be read) and closes that one connection,
+//! with the reason logged. Connections beyond `max_connections` are answered with an error and
+//! closed; a connection silent for `idle_timeout` is closed. On shutdown the listener stops
+//! accepting, every connection stops reading, and the answers in flight are still sent.
+
+mod handle;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::broker::Broker;
+use crate::proto::{
+    self, ErrorCode, FrameError, PROTOCOL_VERSION, Request, RequestFrame, Response,
+};
+
+/// Limits of the native listener.
+#[derive(Clone, Debug)]
+pub struct NativeLimits {
+    pub max_connections: usize,
+    pub idle_timeout: Duration,
+    /// Largest frame accepted (length field: CRC + message).
+    pub max_frame: usize,
+    /// Requests of one connection processed at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for NativeLimits {
+    fn default() -> Self {
+        NativeLimits {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(600),
+            max_frame: 16 << 20,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// Connection counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct NativeStats {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+/// Accepts connections until `shutdown` turns true.
+pub async fn run(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    limits: NativeLimits,
+    stats: Arc<NativeStats>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("native listener: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "native connection refused: {} connections open", limits.max_connections);
+            let mut stream = stream;
+            let _ = stream
+                .write_all(&handle::error(
+                    0,
+                    ErrorCode::Unknown,
+                    "too many connections",
+                ))
+                .await;
+            continue;
+        };
+        stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        let broker = Arc::clone(&broker);
+        let limits = limits.clone();
+        let stats = Arc::clone(&stats);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            stats.connections_open.fetch_add(1, Ordering::Relaxed);
+            if let Err(reason) = connection(stream, peer, broker, limits, &stats, shutdown).await {
+                stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "native connection closed: {reason}");
+            }
+            stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    // Let every connection send what it owes.
+    while connections.join_next().await.is_some() {}
+}
+
+/// Serves one connection. `Err` carries the reason it was closed for a protocol violation.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    limits: NativeLimits,
+    _stats: &NativeStats,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<JoinHandle<Vec<u8>>>(limits.max_in_flight.max(1));
+    let writer = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(64 * 1024);
+        while let Some(h) = rx.recv().await {
+            match h.await {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(e) => {
+                    out.extend_from_slice(&handle::error(0, ErrorCode::Unknown, &e.to_string()));
+                }
+            }
+            // Send now unless more answers are ready to go in the same write.
+            if out.len() >= 256 * 1024 || rx.is_empty() {
+                if wr.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            let _ = wr.write_all(&out).await;
+        }
+        let _ = wr.shutdown().await;
+    });
+
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut start = 0usize;
+    let mut client_id: Option<Arc<str>> = None;
+    let result: Result<(), String> = 'conn: loop {
+        // Cut every complete frame out of the buffer.
+        loop {
+            match proto::decode_frame(&buf[start..], limits.max_frame) {
+                Ok((msg, total)) => {
+                    let owned = msg.to_vec();
+                    start += total;
+                    let decoded = match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
+                        Ok(r) => Ok((
+                            r.correlation_id,
+                            match r.request {
+                                Request::Handshake { version, client_id } => {
+                                    Some((version, client_id.to_string()))
+                                }
+                                _ => None,
+                            },
+                        )),
+                        Err(e) => Err(format!("undecodable request: {e}")),
+                    };
+                    let (id, handshake) = match decoded {
+                        Ok(x) => x,
+                        Err(reason) => {
+                            let _ = tx
+                                .send(ready(handle::error(0, ErrorCode::InvalidRequest, &reason)))
+                                .await;
+                            break 'conn Err(reason);
+                        }
+                    };
+                    let Some(client) = client_id.clone() else {
+                        let Some((version, c)) = handshake else {
+                            let reason = "request before the handshake".to_string();
+                            let _ = tx
+                                .send(ready(handle::error(
+                                    id,
+                                    ErrorCode::HandshakeRequired,
+                                    &reason,
+                                )))
+                                .await;
+                            break 'conn Err(reason);
+                        };
+                        if version > PROTOCOL_VERSION {
+                            let reason = format!(
+                                "client speaks protocol version {version}, this server {PROTOCOL_VERSION}"
+                            );
+                            let _ = tx
+                                .send(ready(handle::error(
+                                    id,
+                                    ErrorCode::UnsupportedVersion,
+                                    &reason,
+                                )))
+                                .await;
+                            break 'conn Err(reason);
+                        }
+                        client_id = Some(Arc::from(c.as_str()));
+                        let server = concat!("brook ", env!("CARGO_PKG_VERSION"));
+                        let bytes = handle::answer(
+                            id,
+                            &Response::Handshake {
+                                version: PROTOCOL_VERSION,
+                                server,
+                            },
+                        );
+                        if tx.send(ready(bytes)).await.is_err() {
+                            break 'conn Ok(());
+                        }
+                        continue;
+                    };
+                    let broker = Arc::clone(&broker);
+                    let task = tokio::spawn(async move {
+                        match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
+                            Ok(r) => {
+                                handle::handle(&broker, &client, r.correlation_id, r.request).await
+                            }
+                            Err(e) => handle::error(id, ErrorCode::InvalidRequest, &e.to_string()),
+                        }
+                    });
+                    if tx.send(task).await.is_err() {
+                        break 'conn Ok(());
+                    }
+                }
+                Err(FrameError::Incomplete { .. }) => break,
+                Err(e) => {
+                    let reason = format!("bad frame: {e}");
+                    let _ = tx
+                        .send(ready(handle::error(0, ErrorCode::InvalidRequest, &reason)))
+                        .await;
+                    break 'conn Err(reason);
+                }
+            }
+        }
+        // Compact, then read more.
+        if start > 0 {
+            buf.drain(..start);
+            start = 0;
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        let len = buf.len();
+        buf.resize(buf.capacity(), 0);
+        let read = tokio::select! {
+            r = tokio::time::timeout(limits.idle_timeout, rd.read(&mut buf[len..])) => r,
+            _ = shutdown.wait_for(|s| *s) => {
+                buf.truncate(len);
+                break 'conn Ok(());
+            }
+        };
+        match read {
+            Ok(Ok(0)) => {
+                buf.truncate(len);
+                if len > 0 {
+                    break 'conn Err(format!("connection ended inside a frame ({len} bytes)"));
+                }
+                break 'conn Ok(());
+            }
+            Ok(Ok(n)) => buf.truncate(len + n),
+            Ok(Err(e)) => {
+                buf.truncate(len);
+                break 'conn Err(format!("read error: {e}"));
+            }
+            Err(_) => {
+                buf.truncate(len);
+                tracing::info!(%peer, "native connection idle for {:?}; closing", limits.idle_timeout);
+                break 'conn Ok(());
+            }
+        }
+    };
+    drop(tx);
+    let _ = writer.await;
+    result
+}
+
+/// A finished answer, queued like a running one so answers stay in order.
+fn ready(bytes: Vec<u8>) -> JoinHandle<Vec<u8>> {
+    tokio::spawn(async move { bytes })
+}

@@ -1,0 +1,271 @@
+//! The client-side commands of the CLI (`brook topics`, `produce`, `consume`, `groups`), on top of
+//! [`crate::client`]. `main.rs` parses the arguments and calls these.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::client::{Client, ClientError, Consumer, Producer, StartFrom};
+use crate::log::clock::wall_clock_ms;
+use crate::log::{Durability, Header, Record};
+use crate::proto::{Acks, TopicSettings};
+
+pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+pub async fn connect(broker: &str) -> Result<Arc<Client>> {
+    let id = format!("brook-cli-{}", std::process::id());
+    Ok(Arc::new(Client::connect(broker, &id).await?))
+}
+
+/// `brook topics list`: one name per line, or a JSON array.
+pub async fn topics_list(client: &Client, json: bool) -> Result<()> {
+    let names = client.list_topics().await?;
+    if json {
+        println!("{}", serde_json::to_string(&names)?);
+    } else {
+        for n in names {
+            println!("{n}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn topics_create(client: &Client, name: &str, settings: TopicSettings) -> Result<()> {
+    client.create_topic(name, settings).await?;
+    Ok(())
+}
+
+pub async fn topics_delete(client: &Client, name: &str) -> Result<()> {
+    client.delete_topic(name).await?;
+    Ok(())
+}
+
+pub async fn topics_describe(client: &Client, name: &str, json: bool) -> Result<()> {
+    let t = client.describe_topic(name).await?;
+    if json {
+        println!("{}", serde_json::to_string(&t)?);
+        return Ok(());
+    }
+    println!(
+        "topic {}: {} partitions, retention {} ms, retention bytes {}, segment {} bytes, when full: {}",
+        t.name,
+        t.partitions.len(),
+        t.retention_ms,
+        t.retention_bytes,
+        t.segment_bytes,
+        if t.reject_when_full {
+            "reject"
+        } else {
+            "drop_oldest"
+        }
+    );
+    println!("partition  log_start  end_offset  durable  segments  bytes");
+    for p in &t.partitions {
+        println!(
+            "{:>9}  {:>9}  {:>10}  {:>7}  {:>8}  {}",
+            p.partition, p.log_start, p.end_offset, p.durable_offset, p.segments, p.bytes
+        );
+    }
+    Ok(())
+}
+
+fn acks(d: Durability) -> Acks {
+    match d {
+        Durability::None => Acks::None,
+        Durability::Written => Acks::Written,
+        Durability::Durable => Acks::Durable,
+    }
+}
+
+/// `brook produce`: one record per line of `input`; returns the records acknowledged.
+pub async fn produce(
+    client: Arc<Client>,
+    topic: &str,
+    key: Option<&str>,
+    partition: Option<u32>,
+    durability: Durability,
+    input: impl BufRead,
+    verbose: bool,
+) -> Result<u64> {
+    let mut producer = Producer::new(client, topic, acks(durability)).await?;
+    let mut n = 0u64;
+    for line in input.lines() {
+        let line = line?;
+        let record = Record {
+            timestamp: wall_clock_ms(),
+            key: key.map(|k| k.as_bytes().to_vec()),
+            value: line.into_bytes(),
+            headers: Vec::new(),
+        };
+        producer.send(partition, &record).await?;
+        n += 1;
+    }
+    producer.flush().await?;
+    if verbose {
+        eprintln!("{} records acknowledged", producer.acked);
+    }
+    if producer.acked != n {
+        return Err(format!("{n} records read, {} acknowledged", producer.acked).into());
+    }
+    Ok(n)
+}
+
+/// Output format of `brook consume`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// The value, as UTF-8 (invalid bytes replaced).
+    Text,
+    /// One JSON object per record: topic, partition, offset, timestamp, key, value, headers
+    /// (strings as UTF-8, invalid bytes replaced).
+    Json,
+}
+
+/// Options of `brook consume`.
+pub struct ConsumeOptions<'a> {
+    pub topic: &'a str,
+    pub partition: Option<u32>,
+    pub from: StartFrom,
+    pub group: Option<&'a str>,
+    /// Stop after this many records.
+    pub count: Option<u64>,
+    /// Keep waiting for new records at the end of the log.
+    pub follow: bool,
+    pub format: Format,
+}
+
+/// `brook consume`: prints records, one per line; with a group, commits what it printed.
+pub async fn consume(
+    client: Arc<Client>,
+    o: ConsumeOptions<'_>,
+    out: &mut impl Write,
+) -> Result<u64> {
+    let mut consumer = match o.group {
+        Some(g) => Consumer::in_group(client, o.topic, g, o.from).await?,
+        None => Consumer::standalone(client, o.topic, o.partition, o.from).await?,
+    };
+    let mut printed = 0u64;
+    let mut idle_rounds = 0;
+    let mut rewound = std::collections::BTreeSet::new();
+    'outer: loop {
+        let wait = if o.follow || o.count.is_some() {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_millis(100)
+        };
+        let batch = consumer.poll(wait).await?;
+        if batch.is_empty() {
+            idle_rounds += 1;
+            // Without --follow or --count, stop once the end of the log is reached.
+            if !o.follow && o.count.is_none() && idle_rounds >= 1 {
+                break;
+            }
+            continue;
+        }
+        idle_rounds = 0;
+        for c in batch {
+            if o.count.is_some_and(|n| printed >= n) {
+                // Not printed: the group must read it next time.
+                if rewound.insert(c.partition) {
+                    consumer.seek(c.partition, c.offset);
+                }
+                continue;
+            }
+            match o.format {
+                Format::Text => writeln!(out, "{}", String::from_utf8_lossy(&c.record.value))?,
+                Format::Json => writeln!(
+                    out,
+                    "{}",
+                    json_line(&c.topic, c.partition, c.offset, &c.record)
+                )?,
+            }
+            printed += 1;
+        }
+        if o.count.is_some_and(|n| printed >= n) {
+            break 'outer;
+        }
+    }
+    out.flush()?;
+    // Commit exactly what was printed; `seek` above moved the positions back where needed.
+    consumer.commit().await?;
+    consumer.close().await?;
+    Ok(printed)
+}
+
+fn json_line(topic: &str, partition: u32, offset: u64, r: &Record) -> String {
+    let headers: serde_json::Map<String, serde_json::Value> = r
+        .headers
+        .iter()
+        .map(|Header { name, value }| {
+            (
+                name.clone(),
+                serde_json::Value::String(String::from_utf8_lossy(value).into_owned()),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "timestamp": r.timestamp,
+        "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+        "value": String::from_utf8_lossy(&r.value),
+        "headers": headers,
+    })
+    .to_string()
+}
+
+pub async fn groups_list(client: &Client, json: bool) -> Result<()> {
+    let names = client.list_groups().await?;
+    if json {
+        println!("{}", serde_json::to_string(&names)?);
+    } else {
+        for n in names {
+            println!("{n}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn groups_describe(client: &Client, group: &str, json: bool) -> Result<()> {
+    let g = client.describe_group(group).await?;
+    if json {
+        println!("{}", serde_json::to_string(&g)?);
+        return Ok(());
+    }
+    println!(
+        "group {group}: generation {}, {} members",
+        g.generation,
+        g.members.len()
+    );
+    for m in &g.members {
+        let a: Vec<String> = m
+            .assignment
+            .iter()
+            .map(|(t, p)| format!("{t}/{p}"))
+            .collect();
+        println!(
+            "  member {} ({}): {}",
+            m.member_id,
+            m.client_id,
+            a.join(", ")
+        );
+    }
+    println!("topic  partition  committed  end_offset  lag");
+    for (t, p, committed, end) in &g.offsets {
+        let lag = end - committed.unwrap_or(0).min(*end);
+        let c = committed.map_or("-".to_string(), |c| c.to_string());
+        println!("{t}  {p:>9}  {c:>9}  {end:>10}  {lag}");
+    }
+    Ok(())
+}
+
+/// Whether an error is a server's "unknown topic".
+pub fn is_unknown_topic(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Server {
+            code: crate::proto::ErrorCode::UnknownTopic,
+            ..
+        }
+    )
+}
