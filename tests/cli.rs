@@ -13,7 +13,14 @@ fn serve_opens_the_data_dir_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut child = brook()
-        .args(["serve", "--data-dir"])
+        .args([
+            "serve",
+            "--native",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(&data)
         .env("BROOK_LOG", "info")
         .stderr(Stdio::piped())
@@ -28,11 +35,11 @@ fn serve_opens_the_data_dir_and_stops_on_sigterm() {
         let line = line.expect("line");
         log.push_str(&line);
         log.push('\n');
-        if line.contains("log opened") {
+        if line.contains("listening") {
             break;
         }
     }
-    assert!(log.contains("log opened"), "serve did not start:\n{log}");
+    assert!(log.contains("listening"), "serve did not start:\n{log}");
     assert!(data.join("topics").is_dir(), "topics directory created");
     assert!(data.join("meta").is_dir(), "metadata directory created");
     let pid = child.id() as libc::pid_t;

@@ -35,6 +35,9 @@ cargo clippy --locked --all-targets -- -D warnings
 step "fuzz target compiles (cargo check fuzz/)"
 cargo check --locked --quiet --manifest-path fuzz/Cargo.toml
 
+step "protocol messages compile without std (tests/no_std_proto)"
+cargo check --locked --quiet --manifest-path tests/no_std_proto/Cargo.toml
+
 step "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -1,6 +1,7 @@
 //! One function per operation of the native protocol: decode what the request carries, call
 //! the broker, encode the answer. Every answer is a framed [`ResponseFrame`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use heapless::Vec as HVec;
@@ -35,7 +36,12 @@ fn broker_error(correlation_id: u32, e: &BrokerError) -> Vec<u8> {
 }
 
 /// Handles one request (not the handshake) and returns the framed answer.
-pub async fn handle(broker: &Broker, client_id: &str, id: u32, request: Request<'_>) -> Vec<u8> {
+pub async fn handle(
+    broker: &Arc<Broker>,
+    client_id: &str,
+    id: u32,
+    request: Request<'_>,
+) -> Vec<u8> {
     let result = match request {
         Request::Handshake { .. } => Err(BrokerError::Invalid("handshake sent twice".into())),
         Request::Produce(p) => return produce(broker, id, p).await,
@@ -132,17 +138,19 @@ pub async fn handle(broker: &Broker, client_id: &str, id: u32, request: Request<
                      }| { (topic.to_string(), *partition, *offset) },
                 )
                 .collect();
-            let broker_ref = broker;
+            let broker = Arc::clone(broker);
             let group = group.to_string();
             let member = member.map(|(m, g)| (m.to_string(), g));
             // The commit flushes sled: off the async threads.
-            tokio::task::block_in_place(|| {
-                broker_ref.commit_offsets(
+            tokio::task::spawn_blocking(move || {
+                broker.commit_offsets(
                     &group,
                     member.as_ref().map(|(m, g)| (m.as_str(), *g)),
                     &list,
                 )
             })
+            .await
+            .unwrap_or_else(|e| Err(BrokerError::Invalid(format!("commit task: {e}"))))
             .map(|()| answer(id, &Response::Done))
         }
         Request::FetchOffsets { group, topic } => {

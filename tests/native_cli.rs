@@ -1,0 +1,182 @@
+//! The broker through the real binary, as a user drives it: `brook serve`, `brook topics`,
+//! `brook produce` and `brook consume`, with a `kill -9` of the server in between.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+fn brook() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_brook"))
+}
+
+/// Starts `brook serve` on ephemeral loopback ports; returns the child and its native address
+/// (read from its "listening" log line).
+fn serve(data: &Path) -> (Child, String) {
+    let mut child = brook()
+        .args([
+            "serve",
+            "--native",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("BROOK_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn brook serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            panic!("brook serve exited before listening:\n{seen}");
+        };
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.split("native=").nth(1) {
+            break rest.split_whitespace().next().expect("address").to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addr)
+}
+
+fn run(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> String {
+    let mut child = brook()
+        .args(args)
+        .env("BROOK_BROKER", addr)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(input).expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "brook {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[derive(serde::Deserialize)]
+struct Line {
+    partition: u32,
+    offset: u64,
+    value: String,
+}
+
+#[test]
+fn durable_records_survive_kill_9_and_groups_consume_each_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (mut server, addr) = serve(&data);
+    run(
+        &addr,
+        &["topics", "create", "events", "--partitions", "3"],
+        None,
+    );
+    let input: String = (0..100_000).map(|i| format!("{i}\n")).collect();
+    run(
+        &addr,
+        &["produce", "--topic", "events", "--durability", "durable"],
+        Some(input.as_bytes()),
+    );
+    server.kill().expect("kill -9"); // SIGKILL: no shutdown work at all
+    let _ = server.wait();
+
+    let (mut server, addr) = serve(&data);
+    let out = run(
+        &addr,
+        &[
+            "consume", "--topic", "events", "--from", "earliest", "--count", "100000", "--format",
+            "json",
+        ],
+        None,
+    );
+    let lines: Vec<Line> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 100_000, "every acknowledged record survived");
+    let mut values: Vec<u64> = lines
+        .iter()
+        .map(|l| l.value.parse().expect("number"))
+        .collect();
+    // In produce order within each partition.
+    let mut per_partition: BTreeMap<u32, Vec<(u64, u64)>> = BTreeMap::new();
+    for (l, v) in lines.iter().zip(&values) {
+        per_partition
+            .entry(l.partition)
+            .or_default()
+            .push((l.offset, *v));
+    }
+    assert_eq!(per_partition.len(), 3, "spread over the partitions");
+    for (p, recs) in &per_partition {
+        assert!(
+            recs.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+            "partition {p}: produce order kept"
+        );
+    }
+    values.sort_unstable();
+    assert_eq!(values, (0..100_000).collect::<Vec<u64>>());
+
+    // Two group consumers in a row print each record exactly once between them.
+    let first = run(
+        &addr,
+        &[
+            "consume", "--topic", "events", "--group", "g", "--from", "earliest", "--count",
+            "50000",
+        ],
+        None,
+    );
+    let second = run(
+        &addr,
+        &[
+            "consume", "--topic", "events", "--group", "g", "--from", "earliest", "--count",
+            "50000",
+        ],
+        None,
+    );
+    let mut both: Vec<u64> = first
+        .lines()
+        .chain(second.lines())
+        .map(|l| l.parse().expect("number"))
+        .collect();
+    assert_eq!(first.lines().count(), 50_000);
+    assert_eq!(second.lines().count(), 50_000);
+    both.sort_unstable();
+    assert_eq!(
+        both,
+        (0..100_000).collect::<Vec<u64>>(),
+        "each record exactly once"
+    );
+
+    let described = run(&addr, &["groups", "describe", "g", "--json"], None);
+    let g: serde_json::Value = serde_json::from_str(described.trim()).expect("json");
+    let committed: u64 = g["offsets"]
+        .as_array()
+        .expect("offsets")
+        .iter()
+        .map(|o| o[2].as_u64().expect("committed"))
+        .sum();
+    assert_eq!(committed, 100_000);
+    let topics = run(&addr, &["topics", "list", "--json"], None);
+    assert_eq!(topics.trim(), "[\"events\"]");
+    server.kill().expect("kill");
+    let _ = server.wait();
+}
