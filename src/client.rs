@@ -707,9 +707,18 @@ pub struct Consumer {
     positions: BTreeMap<u32, u64>,
     /// Positions as of the last commit.
     committed: BTreeMap<u32, u64>,
+    /// Commit automatically at most this often, during `poll`.
+    auto_commit: Option<(Duration, Instant)>,
 }
 
 impl Consumer {
+    /// Commits the positions automatically, at most every `interval`, from `poll` (a group
+    /// consumer only). Without it, call [`Consumer::commit`].
+    pub fn auto_commit(mut self, interval: Duration) -> Self {
+        self.auto_commit = Some((interval, Instant::now()));
+        self
+    }
+
     /// Consumes `topic` (or only `partition`) without a group.
     pub async fn standalone(
         client: Arc<Client>,
@@ -726,6 +735,7 @@ impl Consumer {
             session_timeout: Duration::from_secs(10),
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
+            auto_commit: None,
         };
         let parts: Vec<u32> = match partition {
             Some(p) => vec![p],
@@ -760,6 +770,7 @@ impl Consumer {
             session_timeout: Duration::from_secs(10),
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
+            auto_commit: None,
         };
         c.rejoin().await?;
         Ok(c)
@@ -851,6 +862,13 @@ impl Consumer {
     /// Heartbeats (and rejoins after a rebalance) as needed.
     pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<Consumed>> {
         self.keep_alive().await?;
+        if let Some((interval, last)) = self.auto_commit {
+            if last.elapsed() >= interval {
+                // What earlier polls returned is taken as processed.
+                self.commit().await?;
+                self.auto_commit = Some((interval, Instant::now()));
+            }
+        }
         let mut out = Vec::new();
         for wait in [Duration::ZERO, max_wait] {
             let mut pending = Vec::new();

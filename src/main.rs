@@ -175,6 +175,44 @@ enum GroupsCommand {
 enum BenchCommand {
     /// Append, read back and reopen the log on a real directory.
     Storage(StorageArgs),
+    /// Produce and consume over loopback against a real `brook serve`.
+    Native(NativeArgs),
+}
+
+#[derive(Args)]
+struct NativeArgs {
+    /// Use this running server instead of starting one (its memory is then not measured).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Data directory of the server started (must not exist); default ./brook-bench-native-<pid>.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Value bytes per record.
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    /// Producer connections.
+    #[arg(long, default_value_t = 4)]
+    producers: u32,
+    /// Consumer connections reading the topic back.
+    #[arg(long, default_value_t = 4)]
+    consumers: u32,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 100)]
+    batch: u32,
+    /// Produce requests pipelined per producer.
+    #[arg(long, default_value_t = 16)]
+    inflight: u32,
+    /// What an acknowledgement means: none, written or durable.
+    #[arg(long, default_value = "written")]
+    durability: Durability,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -406,6 +444,32 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 progress: !a.json,
             };
             let report = bench.run()?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Native(a)) => {
+            let bench = brook::bench::native::NativeBench {
+                broker: a.broker,
+                dir: a.dir,
+                records: a.records,
+                record_size: a.record_size,
+                producers: a.producers,
+                consumers: a.consumers,
+                partitions: a.partitions,
+                batch: a.batch,
+                inflight: a.inflight,
+                durability: a.durability,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime
+                .block_on(bench.run())
+                .map_err(|e| -> Box<dyn std::error::Error> { e })?;
             if a.json {
                 println!("{}", serde_json::to_string(&report)?);
             } else {

@@ -486,3 +486,40 @@ async fn metrics_and_health_over_http() {
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
     server.stop().await.expect("stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_commit_commits_what_earlier_polls_returned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await.expect("start");
+    let c = client(&server).await;
+    c.create_topic("t", settings(1)).await.expect("create");
+    let mut b = BatchBuilder::new();
+    for i in 0..5 {
+        b.push(i, None, b"x", &[]);
+    }
+    c.produce("t", Some(0), None, Acks::Durable, &b)
+        .await
+        .expect("produce");
+    let mut consumer = Consumer::in_group(Arc::clone(&c), "t", "auto", StartFrom::Earliest)
+        .await
+        .expect("consumer")
+        .auto_commit(Duration::ZERO);
+    let got = consumer.poll(Duration::from_secs(5)).await.expect("poll");
+    assert_eq!(got.len(), 5);
+    // Nothing returned so far counts as processed: at most the start position is committed.
+    let before = c.fetch_offsets("auto", "t").await.expect("offsets");
+    assert!(
+        before == vec![(0, None)] || before == vec![(0, Some(0))],
+        "{before:?}"
+    );
+    // The next poll commits what the previous one returned.
+    let _ = consumer
+        .poll(Duration::from_millis(10))
+        .await
+        .expect("poll");
+    assert_eq!(
+        c.fetch_offsets("auto", "t").await.expect("offsets"),
+        vec![(0, Some(5))]
+    );
+    server.stop().await.expect("stop");
+}

@@ -2,4 +2,5 @@
 //! `--json`); the results are recorded with the machine and date in `BENCHMARKS.md`. Tests
 //! check correctness, benchmarks check speed: nothing here asserts a speed.
 
+pub mod native;
 pub mod storage;

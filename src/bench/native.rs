@@ -1,0 +1,398 @@
+//! `brook bench native`: producers and consumers over loopback against a real `brook serve`
+//! (started as a child process on a fresh data directory, so its memory is measured on its own,
+//! or an existing one with `--broker`).
+//!
+//! Producers are connections sending batches of `--batch` records with up to `--inflight`
+//! requests pipelined each; the figure is records acknowledged per second and the
+//! request-to-acknowledgement latency. Then `--consumers` connections read the whole topic back
+//! from offset 0 (one fetch in flight per partition), decoding every record: consume records/s.
+//! The server's resident memory (VmRSS, and the peak VmHWM) is read from `/proc` when idle and
+//! after the load.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::client::{Client, ClientError};
+use crate::log::clock::wall_clock_ms;
+use crate::log::{BatchBuilder, Durability};
+use crate::proto::{Acks, TopicSettings};
+
+#[derive(Clone, Debug)]
+pub struct NativeBench {
+    /// Use this server instead of starting one.
+    pub broker: Option<String>,
+    pub dir: Option<PathBuf>,
+    pub records: u64,
+    pub record_size: usize,
+    pub producers: u32,
+    pub consumers: u32,
+    pub partitions: u32,
+    pub batch: u32,
+    pub inflight: u32,
+    pub durability: Durability,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NativeReport {
+    pub records: u64,
+    pub record_size: usize,
+    pub producers: u32,
+    pub consumers: u32,
+    pub partitions: u32,
+    pub batch: u32,
+    pub inflight: u32,
+    pub durability: Durability,
+    pub produce_records_per_sec: f64,
+    pub produce_mb_per_sec: f64,
+    pub consume_records_per_sec: f64,
+    pub consume_mb_per_sec: f64,
+    /// Produce request to acknowledgement.
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub server_rss_idle_kib: Option<u64>,
+    pub server_rss_loaded_kib: Option<u64>,
+    pub server_rss_peak_kib: Option<u64>,
+}
+
+impl NativeReport {
+    pub fn render(&self) -> String {
+        let kib =
+            |v: Option<u64>| v.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        format!(
+            "native bench: {} records x {} B, {} producers, {} consumers, {} partitions, batch {}, {} in flight, durability {:?}\n  produce: {:.0} records/s, {:.1} MB/s; ack latency p50 {} us, p99 {} us\n  consume: {:.0} records/s, {:.1} MB/s\n  server RSS: idle {}, after load {}, peak {}\n",
+            self.records,
+            self.record_size,
+            self.producers,
+            self.consumers,
+            self.partitions,
+            self.batch,
+            self.inflight,
+            self.durability,
+            self.produce_records_per_sec,
+            self.produce_mb_per_sec,
+            self.p50_us,
+            self.p99_us,
+            self.consume_records_per_sec,
+            self.consume_mb_per_sec,
+            kib(self.server_rss_idle_kib),
+            kib(self.server_rss_loaded_kib),
+            kib(self.server_rss_peak_kib),
+        )
+    }
+}
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A `brook serve` child on ephemeral ports.
+struct ServerChild {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+    remove_dir: bool,
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn start_server(dir: Option<PathBuf>) -> BenchResult<ServerChild> {
+    let (dir, remove_dir) = match dir {
+        Some(d) => (d, false),
+        None => (
+            PathBuf::from(format!("./brook-bench-native-{}", std::process::id())),
+            true,
+        ),
+    };
+    if dir.exists() {
+        return Err(format!("{} already exists; pick a new --dir", dir.display()).into());
+    }
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--native",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("BROOK_LOG", "warn,brook::server=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let Some(line) = lines.next() else {
+            return Err("brook serve exited before listening".into());
+        };
+        let line = line?;
+        if let Some(rest) = line.split("native=").nth(1) {
+            break rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(ServerChild {
+        child,
+        addr,
+        dir,
+        remove_dir,
+    })
+}
+
+/// (VmRSS, VmHWM) of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+impl NativeBench {
+    pub async fn run(&self) -> BenchResult<NativeReport> {
+        if self.records == 0 || self.producers == 0 || self.consumers == 0 || self.batch == 0 {
+            return Err("--records, --producers, --consumers and --batch must be positive".into());
+        }
+        let server = match &self.broker {
+            Some(_) => None,
+            None => Some(start_server(self.dir.clone())?),
+        };
+        let addr = match (&self.broker, &server) {
+            (Some(a), _) => a.clone(),
+            (None, Some(s)) => s.addr.clone(),
+            _ => unreachable!("either a broker address or a started server"),
+        };
+        let pid = server.as_ref().map(|s| s.child.id());
+        let admin = Client::connect(&addr, "bench-admin").await?;
+        let idle = pid.and_then(rss_kib);
+        let topic = format!("bench-{}", std::process::id());
+        admin
+            .create_topic(
+                &topic,
+                TopicSettings {
+                    partitions: Some(self.partitions),
+                    ..TopicSettings::default()
+                },
+            )
+            .await?;
+        let acks = match self.durability {
+            Durability::None => Acks::None,
+            Durability::Written => Acks::Written,
+            Durability::Durable => Acks::Durable,
+        };
+
+        // Produce.
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for p in 0..self.producers {
+            let quota = self.records / u64::from(self.producers)
+                + u64::from(u64::from(p) < self.records % u64::from(self.producers));
+            let addr = addr.clone();
+            let topic = topic.clone();
+            let (batch, size, inflight) = (self.batch, self.record_size, self.inflight.max(1));
+            let partition = p % self.partitions;
+            tasks.push(tokio::spawn(async move {
+                produce(&addr, &topic, partition, quota, batch, size, inflight, acks).await
+            }));
+        }
+        let mut latencies = Vec::new();
+        for t in tasks {
+            latencies.extend(t.await??);
+        }
+        let produce_secs = started.elapsed().as_secs_f64();
+        latencies.sort_unstable();
+        let pct = |q: usize| {
+            latencies
+                .get((latencies.len() * q / 100).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(0)
+        };
+
+        // Consume everything back.
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..self.consumers {
+            let parts: Vec<u32> = (0..self.partitions)
+                .filter(|p| p % self.consumers == c)
+                .collect();
+            let addr = addr.clone();
+            let topic = topic.clone();
+            tasks.push(tokio::spawn(
+                async move { consume(&addr, &topic, parts).await },
+            ));
+        }
+        let mut consumed = 0;
+        for t in tasks {
+            consumed += t.await??;
+        }
+        let consume_secs = started.elapsed().as_secs_f64();
+        if consumed != self.records {
+            return Err(format!("consumed {consumed} records, produced {}", self.records).into());
+        }
+        let loaded = pid.and_then(rss_kib);
+        admin.delete_topic(&topic).await.ok();
+        drop(server);
+        let bytes = self.records as f64 * self.record_size as f64;
+        Ok(NativeReport {
+            records: self.records,
+            record_size: self.record_size,
+            producers: self.producers,
+            consumers: self.consumers,
+            partitions: self.partitions,
+            batch: self.batch,
+            inflight: self.inflight,
+            durability: self.durability,
+            produce_records_per_sec: self.records as f64 / produce_secs,
+            produce_mb_per_sec: bytes / produce_secs / 1e6,
+            consume_records_per_sec: self.records as f64 / consume_secs,
+            consume_mb_per_sec: bytes / consume_secs / 1e6,
+            p50_us: pct(50),
+            p99_us: pct(99),
+            server_rss_idle_kib: idle.map(|(rss, _)| rss),
+            server_rss_loaded_kib: loaded.map(|(rss, _)| rss),
+            server_rss_peak_kib: loaded.map(|(_, hwm)| hwm),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn produce(
+    addr: &str,
+    topic: &str,
+    partition: u32,
+    quota: u64,
+    batch: u32,
+    size: usize,
+    inflight: u32,
+    acks: Acks,
+) -> BenchResult<Vec<u64>> {
+    let client = Arc::new(Client::connect(addr, "bench-producer").await?);
+    let mut value = vec![0u8; size];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(partition);
+    let mut pending = std::collections::VecDeque::new();
+    let mut latencies = Vec::with_capacity((quota / u64::from(batch) + 1) as usize);
+    let mut left = quota;
+    let mut b = BatchBuilder::with_capacity(batch as usize * (size + 8));
+    while left > 0 || !pending.is_empty() {
+        if left > 0 && pending.len() < inflight as usize {
+            let n = left.min(u64::from(batch));
+            b.clear();
+            let ts = wall_clock_ms();
+            for _ in 0..n {
+                for chunk in value.chunks_mut(8) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let bytes = seed.to_le_bytes();
+                    chunk.copy_from_slice(&bytes[..chunk.len()]);
+                }
+                b.push(ts, None, &value, &[]);
+            }
+            let rx = client
+                .submit(&crate::proto::Request::Produce(crate::proto::Produce {
+                    topic,
+                    partition: Some(partition),
+                    partition_key: None,
+                    acks,
+                    record_count: b.count(),
+                    first_timestamp: b.first_timestamp(),
+                    records: b.records_bytes(),
+                }))
+                .await?;
+            pending.push_back((Instant::now(), rx));
+            left -= n;
+            continue;
+        }
+        let Some((t, rx)) = pending.pop_front() else {
+            break;
+        };
+        let bytes = rx
+            .await
+            .map_err(|_| ClientError::Closed("server closed the connection".into()))?;
+        match crate::client::decode(&bytes)?.response {
+            crate::proto::Response::Produced { .. } => {}
+            other => return Err(format!("produce failed: {other:?}").into()),
+        }
+        latencies.push(t.elapsed().as_micros() as u64);
+    }
+    Ok(latencies)
+}
+
+async fn consume(addr: &str, topic: &str, partitions: Vec<u32>) -> BenchResult<u64> {
+    let client = Client::connect(addr, "bench-consumer").await?;
+    let mut total = 0u64;
+    let mut positions: Vec<(u32, u64, u64)> = Vec::new(); // partition, next, end
+    for p in partitions {
+        let (earliest, latest, _) = client
+            .list_offsets(topic, p, crate::proto::OffsetSpec::Latest)
+            .await?;
+        positions.push((p, earliest, latest));
+    }
+    while positions.iter().any(|(_, next, end)| next < end) {
+        let mut pending = Vec::new();
+        for (i, (p, next, end)) in positions.iter().enumerate() {
+            if next < end {
+                let rx = client
+                    .submit(&crate::proto::Request::Fetch(crate::proto::Fetch {
+                        topic,
+                        partition: *p,
+                        offset: *next,
+                        max_bytes: 1 << 20,
+                        min_bytes: 1,
+                        max_wait_ms: 1000,
+                    }))
+                    .await?;
+                pending.push((i, rx));
+            }
+        }
+        for (i, rx) in pending {
+            let bytes = rx
+                .await
+                .map_err(|_| ClientError::Closed("server closed the connection".into()))?;
+            match crate::client::decode(&bytes)?.response {
+                crate::proto::Response::Fetched {
+                    frames,
+                    next_offset,
+                    ..
+                } => {
+                    let from = positions[i].1;
+                    let mut rest = frames;
+                    while !rest.is_empty() {
+                        let b = crate::log::BatchView::parse(rest)
+                            .map_err(|e| format!("bad batch: {e}"))?;
+                        for r in b.records() {
+                            let r = r.map_err(|e| format!("bad record: {e}"))?;
+                            if r.offset >= from {
+                                total += 1;
+                            }
+                        }
+                        rest = &rest[b.frame().len()..];
+                    }
+                    positions[i].1 = next_offset.max(from);
+                }
+                other => return Err(format!("fetch failed: {other:?}").into()),
+            }
+        }
+    }
+    Ok(total)
+}
