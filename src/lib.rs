@@ -17,12 +17,15 @@
 //! | [`bench`] | `brook bench ...`: measured throughput, latency, write amplification |
 //! | [`units`] | human-readable sizes and durations |
 //!
-//! The path of a record today: a producer fills a [`log::BatchBuilder`]; [`log::Store::append`]
-//! picks the partition (explicit, by key with Kafka's murmur2, or round robin), checks the
-//! store's budget and free-space floor, and hands the batch to [`log::Partition::append`], which
-//! frames it (`len`, CRC-32C, header, records), buffers it, and writes and fsyncs it in a group
-//! commit according to the requested [`log::Durability`]. Readers get the stored frames back
-//! byte for byte with [`log::Store::read`].
+//! The path of a record: a producer (the [`client`], or anything speaking [`proto`]) sends a
+//! produce frame to the native listener ([`server::native`]), which checks the frame and hands the
+//! batch to [`broker::Broker::produce`]. The broker picks the partition (explicit, by key with
+//! Kafka's murmur2, or round robin) through [`log::Store::append`], which checks the store's
+//! budget and free-space floor; [`log::Partition`] frames the batch (`len`, CRC-32C, header,
+//! records), buffers it, and its flusher thread writes and fsyncs it in a group commit according
+//! to the requested [`log::Durability`], then the answer goes back. Consumers fetch (long poll)
+//! and get the stored frames back byte for byte; groups commit the next offset to read in
+//! [`meta`].
 
 pub mod bench;
 pub mod broker;
