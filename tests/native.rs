@@ -523,3 +523,60 @@ async fn auto_commit_commits_what_earlier_polls_returned() {
     );
     server.stop().await.expect("stop");
 }
+
+/// Produces pipelined on one connection are appended in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_produces_keep_their_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await.expect("start");
+    let c = client(&server).await;
+    c.create_topic("t", settings(2)).await.expect("create");
+    let mut pending = Vec::new();
+    for i in 0..300u32 {
+        let mut b = BatchBuilder::new();
+        b.push(i64::from(i), None, i.to_string().as_bytes(), &[]);
+        let acks = if i % 3 == 0 {
+            Acks::Durable
+        } else {
+            Acks::Written
+        };
+        let rx = c
+            .submit(&proto::Request::Produce(proto::Produce {
+                topic: "t",
+                partition: None,
+                partition_key: None,
+                acks,
+                record_count: b.count(),
+                first_timestamp: b.first_timestamp(),
+                records: b.records_bytes(),
+            }))
+            .await
+            .expect("submit");
+        pending.push(rx);
+    }
+    for rx in pending {
+        let bytes = rx.await.expect("answer");
+        assert!(matches!(
+            brook::client::decode(&bytes).expect("decodes").response,
+            proto::Response::Produced { .. }
+        ));
+    }
+    for p in 0..2 {
+        let got = c
+            .fetch("t", p, 0, 1 << 20, 1, Duration::from_secs(5))
+            .await
+            .expect("fetch")
+            .records(0)
+            .expect("records");
+        let values: Vec<u32> = got
+            .iter()
+            .map(|(_, r)| String::from_utf8_lossy(&r.value).parse().expect("number"))
+            .collect();
+        assert_eq!(values.len(), 150);
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "partition {p}: {values:?}"
+        );
+    }
+    server.stop().await.expect("stop");
+}

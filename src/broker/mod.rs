@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::log::{
-    Appended, Batch, Durability, LogError, OnFull, PartitionChoice, ReadResult, Store,
-    StoreRecovery, Topic, TopicConfig, Visibility,
+    AppendTicket, Appended, Batch, Durability, LogError, OnFull, PartitionChoice, ReadResult,
+    Store, StoreRecovery, Topic, TopicConfig, Visibility,
 };
 use crate::meta::{Meta, MetaError, Namespace};
 use crate::proto::{Assignor, ErrorCode, OffsetSpec, TopicSettings};
@@ -188,10 +188,20 @@ impl Broker {
         batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, Appended)> {
-        let r = self
-            .store
-            .append_async(topic, choice, batch, durability)
-            .await?;
+        let (p, ticket) = self.produce_start(topic, choice, batch, durability)?;
+        Ok((p, ticket.finish().await?))
+    }
+
+    /// Puts a batch in the log now (offsets assigned in call order) and returns a ticket to
+    /// wait on for its durability: produces of one connection are started in request order.
+    pub fn produce_start(
+        &self,
+        topic: &str,
+        choice: PartitionChoice<'_>,
+        batch: &dyn Batch,
+        durability: Durability,
+    ) -> Result<(u32, AppendTicket)> {
+        let r = self.store.append_start(topic, choice, batch, durability)?;
         let c = self.counters(topic);
         c.records_in
             .fetch_add(u64::from(batch.count()), Ordering::Relaxed);

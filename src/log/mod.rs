@@ -91,7 +91,9 @@ pub mod store;
 use serde::{Deserialize, Serialize};
 
 pub use error::{FrameError, FullReason, LogError, Result};
-pub use partition::{Appended, Partition, PartitionStatus, ReadResult, Usage, Visibility};
+pub use partition::{
+    AppendTicket, Appended, Partition, PartitionStatus, ReadResult, Usage, Visibility,
+};
 pub use record::{
     Batch, BatchBuilder, BatchHeader, BatchView, EncodedBatch, Header, Record, RecordView,
 };

@@ -368,9 +368,22 @@ impl Store {
         batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, Appended)> {
+        let (p, ticket) = self.append_start(topic, choice, batch, durability)?;
+        Ok((p, ticket.finish().await?))
+    }
+
+    /// Puts the batch in the log now (offsets assigned, order fixed) and returns the partition
+    /// and a ticket to wait on for durability (see [`super::partition::AppendTicket`]).
+    pub fn append_start(
+        &self,
+        topic: &str,
+        choice: PartitionChoice<'_>,
+        batch: &dyn Batch,
+        durability: Durability,
+    ) -> Result<(u32, super::partition::AppendTicket)> {
         let (partition, now) = self.prepare_append(topic, choice, batch)?;
-        let appended = partition.append_async(batch, durability, now).await?;
-        Ok((partition.id(), appended))
+        let ticket = partition.append_start(batch, durability, now)?;
+        Ok((partition.id(), ticket))
     }
 
     /// Picks the partition, makes room under the store's limits, and reads the timeline.

@@ -181,6 +181,31 @@ struct State {
     size: u64,
 }
 
+/// An append whose batch is in the log's buffer, with its offsets assigned; [`finish`] waits
+/// for the durability it asked for.
+///
+/// [`finish`]: AppendTicket::finish
+pub struct AppendTicket {
+    appended: Appended,
+    done: Option<oneshot::Receiver<Completion>>,
+    inner: Arc<Inner>,
+}
+
+impl AppendTicket {
+    /// The offsets assigned.
+    pub fn appended(&self) -> Appended {
+        self.appended
+    }
+
+    /// Waits until the batch has the requested durability.
+    pub async fn finish(self) -> Result<Appended> {
+        if let Some(rx) = self.done {
+            self.inner.completed(rx.await)?;
+        }
+        Ok(self.appended)
+    }
+}
+
 /// Where a successful append put its batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -408,11 +433,26 @@ impl Partition {
         durability: Durability,
         append_time: i64,
     ) -> Result<Appended> {
+        self.append_start(batch, durability, append_time)?
+            .finish()
+            .await
+    }
+
+    /// Puts the batch in the log now (its offsets are assigned here, so batches started in a
+    /// sequence keep that order) and returns a ticket to wait on for its durability. A connection
+    /// that pipelines produces starts each in request order and waits for them concurrently.
+    pub fn append_start(
+        &self,
+        batch: &dyn Batch,
+        durability: Durability,
+        append_time: i64,
+    ) -> Result<AppendTicket> {
         let (appended, done) = self.submit(batch, durability, append_time)?;
-        if let Some(rx) = done {
-            self.inner.completed(rx.await)?;
-        }
-        Ok(appended)
+        Ok(AppendTicket {
+            appended,
+            done,
+            inner: Arc::clone(&self.inner),
+        })
     }
 
     /// Encodes the batch into the buffer (rolling the segment and applying `retention_size`

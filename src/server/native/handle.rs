@@ -44,7 +44,10 @@ pub async fn handle(
 ) -> Vec<u8> {
     let result = match request {
         Request::Handshake { .. } => Err(BrokerError::Invalid("handshake sent twice".into())),
-        Request::Produce(p) => return produce(broker, id, p).await,
+        Request::Produce(p) => match produce_start(broker, id, &p) {
+            Ok(done) => return done.await,
+            Err(answer) => return answer,
+        },
         Request::Fetch(f) => return fetch(broker, id, f).await,
         Request::ListOffsets {
             topic,
@@ -223,11 +226,16 @@ pub async fn handle(
     result.unwrap_or_else(|e| broker_error(id, &e))
 }
 
-async fn produce(broker: &Broker, id: u32, p: Produce<'_>) -> Vec<u8> {
-    let batch = match EncodedBatch::parse(p.records, p.record_count, p.first_timestamp) {
-        Ok(b) => b,
-        Err(e) => return broker_error(id, &BrokerError::Log(LogError::InvalidBatch(e))),
-    };
+/// Starts a produce: the batch is checked and put in the log now, in the order the connection
+/// sent it; the returned future waits for the durability asked for and encodes the answer.
+/// `Err` is the (framed) error answer.
+pub fn produce_start(
+    broker: &Broker,
+    id: u32,
+    p: &Produce<'_>,
+) -> Result<impl std::future::Future<Output = Vec<u8>> + Send + 'static, Vec<u8>> {
+    let batch = EncodedBatch::parse(p.records, p.record_count, p.first_timestamp)
+        .map_err(|e| broker_error(id, &BrokerError::Log(LogError::InvalidBatch(e))))?;
     let choice = match (p.partition, p.partition_key) {
         (Some(n), _) => PartitionChoice::Id(n),
         (None, Some(k)) => PartitionChoice::Key(k),
@@ -238,17 +246,22 @@ async fn produce(broker: &Broker, id: u32, p: Produce<'_>) -> Vec<u8> {
         Acks::Written => Durability::Written,
         Acks::Durable => Durability::Durable,
     };
-    match broker.produce(p.topic, choice, &batch, durability).await {
-        Ok((partition, a)) => answer(
-            id,
-            &Response::Produced {
-                partition,
-                base_offset: a.base_offset,
-                next_offset: a.next_offset,
-            },
-        ),
-        Err(e) => broker_error(id, &e),
-    }
+    let (partition, ticket) = broker
+        .produce_start(p.topic, choice, &batch, durability)
+        .map_err(|e| broker_error(id, &e))?;
+    Ok(async move {
+        match ticket.finish().await {
+            Ok(a) => answer(
+                id,
+                &Response::Produced {
+                    partition,
+                    base_offset: a.base_offset,
+                    next_offset: a.next_offset,
+                },
+            ),
+            Err(e) => broker_error(id, &BrokerError::Log(e)),
+        }
+    })
 }
 
 async fn fetch(broker: &Broker, id: u32, f: Fetch<'_>) -> Vec<u8> {

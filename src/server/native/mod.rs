@@ -160,19 +160,31 @@ async fn connection(
                 Ok((msg, total)) => {
                     let owned = msg.to_vec();
                     start += total;
+                    // Produces are put in the log right here, in request order (so a
+                    // pipelining producer keeps its order within each partition); only the wait
+                    // for durability runs concurrently.
                     let decoded = match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
-                        Ok(r) => Ok((
-                            r.correlation_id,
-                            match r.request {
-                                Request::Handshake { version, client_id } => {
-                                    Some((version, client_id.to_string()))
+                        Ok(r) => {
+                            let started = match (&r.request, client_id.is_some()) {
+                                (Request::Produce(p), true) => {
+                                    Some(handle::produce_start(&broker, r.correlation_id, p))
                                 }
                                 _ => None,
-                            },
-                        )),
+                            };
+                            Ok((
+                                r.correlation_id,
+                                match r.request {
+                                    Request::Handshake { version, client_id } => {
+                                        Some((version, client_id.to_string()))
+                                    }
+                                    _ => None,
+                                },
+                                started,
+                            ))
+                        }
                         Err(e) => Err(format!("undecodable request: {e}")),
                     };
-                    let (id, handshake) = match decoded {
+                    let (id, handshake, started) = match decoded {
                         Ok(x) => x,
                         Err(reason) => {
                             let _ = tx
@@ -181,6 +193,16 @@ async fn connection(
                             break 'conn Err(reason);
                         }
                     };
+                    if let Some(started) = started {
+                        let task = match started {
+                            Ok(done) => tokio::spawn(done),
+                            Err(answer) => ready(answer),
+                        };
+                        if tx.send(task).await.is_err() {
+                            break 'conn Ok(());
+                        }
+                        continue;
+                    }
                     let Some(client) = client_id.clone() else {
                         let Some((version, c)) = handshake else {
                             let reason = "request before the handshake".to_string();
