@@ -659,6 +659,26 @@ impl Producer {
         Ok(())
     }
 
+    /// Sends the open batches whose linger has passed, without waiting for acknowledgements
+    /// (call it when no record arrived for a while).
+    pub async fn send_lingering(&mut self) -> Result<()> {
+        let due: Vec<Option<u32>> = self
+            .open
+            .iter()
+            .filter(|(_, (b, since))| !b.is_empty() && since.elapsed() >= self.linger)
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            self.dispatch(t).await?;
+        }
+        self.collect_done().await
+    }
+
+    /// How long a partly filled batch may wait.
+    pub fn linger_time(&self) -> Duration {
+        self.linger
+    }
+
     /// Sends every open batch and waits for every acknowledgement.
     pub async fn flush(&mut self) -> Result<()> {
         let targets: Vec<Option<u32>> = self.open.keys().copied().collect();

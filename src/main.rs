@@ -364,7 +364,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             verbose,
         } => client_command(async move {
             let client = brook::tools::connect(&conn.broker).await?;
-            let stdin = std::io::stdin().lock();
+            let stdin = std::io::BufReader::new(std::io::stdin());
             brook::tools::produce(
                 client,
                 &topic,

@@ -77,20 +77,37 @@ fn acks(d: Durability) -> Acks {
     }
 }
 
-/// `brook produce`: one record per line of `input`; returns the records acknowledged.
+/// `brook produce`: one record per line of `input`; returns the records acknowledged. Lines are
+/// read on a separate thread, so a partly filled batch still goes out after the linger when the
+/// input pauses (an interactive terminal, a slow pipe).
 pub async fn produce(
     client: Arc<Client>,
     topic: &str,
     key: Option<&str>,
     partition: Option<u32>,
     durability: Durability,
-    input: impl BufRead,
+    input: impl BufRead + Send + 'static,
     verbose: bool,
 ) -> Result<u64> {
     let mut producer = Producer::new(client, topic, acks(durability)).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(1024);
+    std::thread::spawn(move || {
+        for line in input.lines() {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
     let mut n = 0u64;
-    for line in input.lines() {
-        let line = line?;
+    loop {
+        let line = match tokio::time::timeout(producer.linger_time(), rx.recv()).await {
+            Ok(Some(line)) => line?,
+            Ok(None) => break,
+            Err(_) => {
+                producer.send_lingering().await?;
+                continue;
+            }
+        };
         let record = Record {
             timestamp: wall_clock_ms(),
             key: key.map(|k| k.as_bytes().to_vec()),

@@ -180,3 +180,51 @@ fn durable_records_survive_kill_9_and_groups_consume_each_once() {
     server.kill().expect("kill");
     let _ = server.wait();
 }
+
+/// A line typed into `brook produce` is sent after the linger, while the input stays open.
+#[test]
+fn produce_sends_a_pausing_input_after_the_linger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, addr) = serve(&dir.path().join("data"));
+    run(&addr, &["topics", "create", "typed"], None);
+    let mut producer = brook()
+        .args(["produce", "--topic", "typed"])
+        .env("BROOK_BROKER", &addr)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn produce");
+    let mut stdin = producer.stdin.take().expect("stdin");
+    stdin.write_all(b"hello\n").expect("type a line");
+    stdin.flush().expect("flush");
+    // The input stays open; the record must still arrive.
+    let mut consumer = brook()
+        .args(["consume", "--topic", "typed", "--count", "1"])
+        .env("BROOK_BROKER", &addr)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn consume");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = consumer.try_wait().expect("try_wait") {
+            break Some(s);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = consumer.kill();
+    let out = consumer.wait_with_output().expect("output");
+    drop(stdin);
+    let _ = producer.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the typed record never arrived"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+}
