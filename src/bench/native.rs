@@ -299,13 +299,7 @@ async fn produce(
             b.clear();
             let ts = wall_clock_ms();
             for _ in 0..n {
-                for chunk in value.chunks_mut(8) {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let bytes = seed.to_le_bytes();
-                    chunk.copy_from_slice(&bytes[..chunk.len()]);
-                }
+                super::fill_random(&mut seed, &mut value);
                 b.push(ts, None, &value, &[]);
             }
             let rx = client

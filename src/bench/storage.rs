@@ -398,14 +398,7 @@ async fn produce(
         builder.clear();
         let ts = wall_clock_ms();
         for _ in 0..n {
-            // xorshift: cheap, incompressible-looking payloads.
-            for chunk in value.chunks_mut(8) {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let b = seed.to_le_bytes();
-                chunk.copy_from_slice(&b[..chunk.len()]);
-            }
+            super::fill_random(&mut seed, &mut value);
             builder.push(ts, None, &value, &[]);
         }
         let t = Instant::now();
