@@ -4,14 +4,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use brook::log::Durability;
 use brook::log::segment::{index_file_name, log_file_name};
 use common::*;
 
 fn brook_check(dir: &Path, repair: bool) -> (i32, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_brook"));
+    let mut cmd = brook();
     cmd.arg("check").arg(dir);
     if repair {
         cmd.arg("--repair");

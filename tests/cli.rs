@@ -2,11 +2,10 @@
 //! `config default` and `config check` behave as documented.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn brook() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_brook"))
-}
+mod common;
+use common::brook;
 
 #[test]
 fn serve_opens_the_data_dir_and_stops_on_sigterm() {

@@ -4,7 +4,9 @@
 //! opens at all (sled 0.34 has open reports of stores that would not reopen after an abrupt stop).
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
+
+mod common;
 
 use brook::log::TopicConfig;
 use brook::meta::Meta;
@@ -37,7 +39,7 @@ fn sled_keeps_flushed_entries_across_kill_9() {
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let wait_for = 1 + (seed % 150) as usize;
-        let mut child = Command::new(&exe)
+        let mut child = common::command(&exe)
             .args([
                 "--exact",
                 "sled_keeps_flushed_entries_across_kill_9",

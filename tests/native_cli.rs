@@ -4,11 +4,10 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
-fn brook() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_brook"))
-}
+mod common;
+use common::brook;
 
 /// Starts `brook serve` on ephemeral loopback ports; returns the child and its native address
 /// (read from its "listening" log line).

@@ -13,6 +13,7 @@
 
 pub mod http;
 pub mod native;
+pub mod systemd;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -106,8 +107,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     )));
     let b = Arc::clone(&broker);
     let mut stop = rx;
+    let watchdog = systemd::watchdog_period();
     tasks.push(tokio::spawn(async move {
-        let mut tick = tokio::time::interval(flush_interval);
+        let mut last_ping = std::time::Instant::now();
+        let mut tick =
+            tokio::time::interval(watchdog.map_or(flush_interval, |w| w.min(flush_interval)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let stopping = tokio::select! {
@@ -123,9 +127,21 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 Ok(Err(e)) => tracing::error!("housekeeping: {e}"),
                 Err(e) => tracing::error!("housekeeping task: {e}"),
             }
+            // The watchdog hears from us only while housekeeping keeps running.
+            if let Some(period) = watchdog {
+                if last_ping.elapsed() >= period / 2 {
+                    let _ = systemd::notify("WATCHDOG=1");
+                    last_ping = std::time::Instant::now();
+                }
+            }
         }
     }));
     tracing::info!(native = %native_addr, http = %http_addr, "listening");
+    if let Err(e) = systemd::notify(&format!(
+        "READY=1\nSTATUS=listening: native {native_addr}, http {http_addr}"
+    )) {
+        tracing::warn!("cannot notify systemd: {e}");
+    }
     Ok(Running {
         broker,
         native_addr,
@@ -139,6 +155,7 @@ impl Running {
     /// Stops accepting, lets the answers in flight go out, then writes and fsyncs everything.
     pub async fn stop(self) -> Result<(), ServeError> {
         tracing::info!("shutting down: finishing requests, then writing and syncing everything");
+        let _ = systemd::notify("STOPPING=1");
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;

@@ -1,7 +1,9 @@
 //! Helpers shared by the storage tests: small topics, batches of known values, reading back.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 
 use brook::log::clock::{ManualTime, TimeSource};
@@ -124,4 +126,24 @@ pub fn read_all(store: &Store, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>
         }
         from = r.next_offset;
     }
+}
+
+/// A command for `program`, run through `BROOK_TEST_RUNNER` when set (e.g.
+/// `qemu-aarch64 -L /usr/aarch64-linux-gnu` when the tests run for an ARM target under
+/// emulation: there is no binfmt_misc to start a foreign binary directly).
+pub fn command(program: impl AsRef<OsStr>) -> Command {
+    match std::env::var("BROOK_TEST_RUNNER") {
+        Ok(runner) if !runner.trim().is_empty() => {
+            let mut parts = runner.split_whitespace();
+            let mut c = Command::new(parts.next().unwrap_or_default());
+            c.args(parts).arg(program);
+            c
+        }
+        _ => Command::new(program),
+    }
+}
+
+/// The `brook` binary built for these tests.
+pub fn brook() -> Command {
+    command(env!("CARGO_BIN_EXE_brook"))
 }

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs what cross/build.sh and cross/test.sh need on an x86_64 Debian 12 machine, without
+# Docker: Debian's Rust (rustc-web/cargo-web) with its standard library for arm64 and armhf, the
+# cross C toolchains (for crates with C parts) and qemu-user. Needs root. Idempotent.
+#
+# The Rust version is resolved here, not hard-coded: the newest rustc-web version that the
+# archive offers for amd64, arm64 and armhf alike (the compiler and the target std must match).
+set -euo pipefail
+
+if [ "$(id -u)" != 0 ]; then
+  echo "cross/install-toolchain.sh: run as root (it uses dpkg and apt-get)" >&2
+  exit 1
+fi
+
+have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+dpkg --add-architecture arm64
+dpkg --add-architecture armhf
+# A mirror caught mid-sync fails one index now and then: retry, then go on with what loaded.
+for try in 1 2 3; do
+  if apt-get update -qq; then break; fi
+  echo "apt-get update failed (try $try); retrying" >&2
+  sleep $((try * 5))
+done
+
+versions() { apt-cache madison "rustc-web:$1" 2>/dev/null | awk '{print $3}' | sort -u; }
+V=$(comm -12 <(versions amd64) <(versions arm64) | comm -12 - <(versions armhf) | sort -V | tail -n 1)
+if [ -z "$V" ]; then
+  echo "cross/install-toolchain.sh: no rustc-web version is available for amd64, arm64 and armhf alike" >&2
+  exit 1
+fi
+MINOR=$(echo "$V" | sed -E 's/^([0-9]+\.[0-9]+).*/\1/')
+echo "Debian Rust toolchain: rustc-web $V"
+
+apt-get install -y -qq --no-install-recommends \
+  "rustc-web=$V" "cargo-web=$V" "libstd-rust-web-dev=$V" "libstd-rust-web-$MINOR=$V" \
+  gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-arm-linux-gnueabihf libc6-dev-armhf-cross \
+  qemu-user >/dev/null
+
+# The target std rlibs are plain files; installing the :arm64/:armhf packages through apt
+# conflicts with the host's multiarch libraries, so unpack them instead.
+for arch in arm64 armhf; do
+  triple=$([ "$arch" = arm64 ] && echo aarch64-unknown-linux-gnu || echo armv7-unknown-linux-gnueabihf)
+  if [ -d "/usr/lib/rustlib/$triple/lib" ] && ls "/usr/lib/rustlib/$triple/lib"/libstd-*.rlib >/dev/null 2>&1; then
+    continue
+  fi
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -qq "libstd-rust-web-dev:$arch=$V" "libstd-rust-web-$MINOR:$arch=$V")
+  for d in "$tmp"/*.deb; do dpkg -x "$d" /; done
+  rm -rf "$tmp"
+done
+/usr/bin/rustc --version
+ls /usr/lib/rustlib/
