@@ -25,6 +25,16 @@ pub struct Config {
     pub listeners: Listeners,
     /// Limits of the native protocol listener.
     pub native: NativeConfig,
+    /// Threads.
+    pub runtime: RuntimeConfig,
+}
+
+/// Threads of the async runtime (the log's flusher threads come on top: one per partition).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads serving connections. Default 0: one per CPU core.
+    pub worker_threads: usize,
 }
 
 /// Listener addresses. Loopback by default.
@@ -90,6 +100,7 @@ impl Default for Config {
             topic_defaults: TopicConfig::default(),
             listeners: Listeners::default(),
             native: NativeConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }
@@ -157,6 +168,12 @@ impl Config {
                     "{key} = {addr:?} is not an IP address and port (e.g. \"127.0.0.1:7420\")"
                 ));
             }
+        }
+        if self.runtime.worker_threads > 256 {
+            return Err(format!(
+                "runtime.worker_threads = {} is above 256",
+                self.runtime.worker_threads
+            ));
         }
         if self.native.max_connections == 0 {
             return Err("native.max_connections: must be at least 1".into());

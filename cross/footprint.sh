@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Footprint per ARM target, under qemu-user on this x86_64 machine:
+#   - the size of the `dist` binary (built by cross/build.sh if missing);
+#   - the RSS of `brook serve` idle and after a short load (100,000 records produced and read
+#     back by the native x86_64 `brook bench native --broker`), minus the RSS of qemu running a
+#     trivial program of the same target (a C `pause()`), so what remains is Brook's share.
+# RSS is VmRSS/VmHWM of the qemu process from /proc. Emulation changes speed, not memory layout:
+# the figure is close to, not equal to, what the board shows.
+#   cross/footprint.sh [TARGET...]   (default: both targets)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=cross/env.sh
+. cross/env.sh
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
+cargo build --release --locked --quiet
+host_brook=./target/release/brook
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+rss() { awk '/^VmRSS:/ {r=$2} /^VmHWM:/ {h=$2} END {print r, h}' "/proc/$1/status"; }
+
+for target in "${targets[@]}"; do
+  check_target "$target"
+  bin=target/cross/$target/dist/brook
+  [ -x "$bin" ] || bash cross/build.sh "$target" >/dev/null
+  runner=$(runner_for "$target")
+  cc_var="CC_${target//-/_}"
+  printf '#include <unistd.h>\nint main(void) { pause(); return 0; }\n' >"$work/pause.c"
+  "${!cc_var}" -O2 -o "$work/pause-$target" "$work/pause.c"
+  $runner "$work/pause-$target" &
+  base_pid=$!
+  sleep 1
+  read -r base_rss _ < <(rss "$base_pid")
+  kill "$base_pid"; wait "$base_pid" 2>/dev/null || true
+
+  data=$work/data-$target
+  $runner "$bin" serve --data-dir "$data" --native 127.0.0.1:0 --http 127.0.0.1:0 2>"$work/log-$target" &
+  pid=$!
+  addr=""
+  for _ in $(seq 1 300); do
+    addr=$(grep -o 'native=[0-9.:]*' "$work/log-$target" | head -n 1 | cut -d= -f2 || true)
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "$target: brook serve did not start" >&2; cat "$work/log-$target" >&2; exit 1; }
+  sleep 1
+  read -r idle _ < <(rss "$pid")
+  "$host_brook" bench native --broker "$addr" --records 100000 --producers 2 --consumers 2 \
+    --partitions 2 --json >"$work/bench-$target.json"
+  read -r loaded peak < <(rss "$pid")
+  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  size=$(stat -c %s "$bin")
+  echo "$target: dist binary $size bytes ($(awk "BEGIN {printf \"%.2f\", $size/1048576}") MiB);" \
+    "brook serve RSS idle $((idle - base_rss)) KiB, after load $((loaded - base_rss)) KiB," \
+    "peak $((peak - base_rss)) KiB (qemu baseline $base_rss KiB subtracted)"
+done

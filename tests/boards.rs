@@ -1,0 +1,57 @@
+//! Every board profile is a valid config (`brook config check`, through the binary) and its
+//! systemd unit has what the board README promises.
+
+mod common;
+
+#[test]
+fn every_board_profile_passes_config_check() {
+    let boards = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("boards");
+    let mut checked = Vec::new();
+    for entry in std::fs::read_dir(&boards).expect("boards/") {
+        let dir = entry.expect("entry").path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let name = dir
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let config = dir.join("brook.toml");
+        let out = common::brook()
+            .args(["config", "check"])
+            .arg(&config)
+            .output()
+            .expect("run brook config check");
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let unit = std::fs::read_to_string(dir.join("brook.service")).expect("unit");
+        for line in [
+            "Type=notify",
+            "Restart=always",
+            "WatchdogSec=",
+            "DynamicUser=yes",
+            "StateDirectory=brook",
+            "MemoryMax=",
+            "ProtectSystem=strict",
+            "ExecStart=/usr/local/bin/brook serve --config /etc/brook/brook.toml",
+        ] {
+            assert!(unit.contains(line), "{name}: brook.service lacks {line}");
+        }
+        checked.push(name);
+    }
+    checked.sort();
+    assert_eq!(
+        checked,
+        [
+            "jetson-orin-nano",
+            "pi-zero-2w",
+            "pi4",
+            "pi5",
+            "x86-gateway"
+        ]
+    );
+}
