@@ -8,6 +8,9 @@
 //! | native protocol | [`native`] | 127.0.0.1:7420 |
 //! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
 //!
+//! Under systemd ([`systemd`]), `READY=1` is sent once the log is open and the listeners are
+//! bound, `WATCHDOG=1` while housekeeping runs, `STOPPING=1` on shutdown.
+//!
 //! [`start`] is the library entry point (tests bind `127.0.0.1:0` and read the addresses from
 //! [`Running`]); [`serve`] runs until a shutdown future completes.
 
