@@ -271,7 +271,8 @@ async fn fetch(broker: &Broker, id: u32, f: Fetch<'_>) -> Vec<u8> {
             f.topic,
             f.partition,
             f.offset,
-            (f.max_bytes as usize).clamp(1, 64 << 20),
+            // An answer is never larger than the frames this server accepts.
+            (f.max_bytes as usize).clamp(1, broker.config().native.max_frame_size.bytes() as usize),
             f.min_bytes as usize,
             max_wait,
         )
