@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -82,10 +82,16 @@ pub struct StoreRecovery {
     pub took: Duration,
 }
 
+/// The last free-space measurement, read without a lock on the append path.
 struct FreeSpace {
-    measured_at: Option<Instant>,
-    available: u64,
-    usage_at: u64,
+    /// Milliseconds after `epoch` when it was taken; `u64::MAX`: never.
+    measured_at_ms: AtomicU64,
+    available: AtomicU64,
+    /// `Usage::bytes` at that moment.
+    usage_at: AtomicU64,
+    epoch: Instant,
+    /// Serializes the `statvfs` refreshes.
+    refresh: Mutex<()>,
 }
 
 /// All topics of one data directory.
@@ -97,7 +103,7 @@ pub struct Store {
     usage: Arc<Usage>,
     clock: LogClock,
     reclaim: Mutex<()>,
-    free: Mutex<FreeSpace>,
+    free: FreeSpace,
 }
 
 impl std::fmt::Debug for Store {
@@ -247,11 +253,13 @@ impl Store {
                 usage,
                 clock,
                 reclaim: Mutex::new(()),
-                free: Mutex::new(FreeSpace {
-                    measured_at: None,
-                    available: 0,
-                    usage_at: 0,
-                }),
+                free: FreeSpace {
+                    measured_at_ms: AtomicU64::new(u64::MAX),
+                    available: AtomicU64::new(0),
+                    usage_at: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                    refresh: Mutex::new(()),
+                },
             },
             recovery,
         ))
@@ -450,20 +458,25 @@ impl Store {
     /// Available bytes on the filesystem, measured at most every 250 ms and estimated in between
     /// from what was appended since.
     fn available_space(&self, fresh: bool) -> Result<u64> {
-        let mut f = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let used = self.usage.bytes.load(Ordering::Relaxed);
-        let stale = f
-            .measured_at
-            .is_none_or(|t| t.elapsed() > Duration::from_millis(250));
-        if fresh || stale {
-            f.available = self
+        let f = &self.free;
+        let now_ms = f.epoch.elapsed().as_millis() as u64;
+        let at = f.measured_at_ms.load(Ordering::Acquire);
+        if fresh || at == u64::MAX || now_ms.saturating_sub(at) > 250 {
+            let _one = f.refresh.lock().unwrap_or_else(|e| e.into_inner());
+            let used = self.usage.bytes.load(Ordering::Relaxed);
+            let available = self
                 .fs
                 .available_space(&self.dir)
                 .map_err(|e| LogError::io("statvfs", &self.dir, e))?;
-            f.measured_at = Some(Instant::now());
-            f.usage_at = used;
+            f.available.store(available, Ordering::Relaxed);
+            f.usage_at.store(used, Ordering::Relaxed);
+            f.measured_at_ms.store(now_ms, Ordering::Release);
         }
-        Ok(f.available.saturating_sub(used.saturating_sub(f.usage_at)))
+        let used = self.usage.bytes.load(Ordering::Relaxed);
+        let usage_at = f.usage_at.load(Ordering::Relaxed);
+        Ok(f.available
+            .load(Ordering::Relaxed)
+            .saturating_sub(used.saturating_sub(usage_at)))
     }
 
     /// Deletes the oldest sealed segment among `drop_oldest` topics. Returns whether one was.
