@@ -580,3 +580,53 @@ async fn pipelined_produces_keep_their_order() {
     }
     server.stop().await.expect("stop");
 }
+
+/// A long poll does not hold up the answers to later requests on the same connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_does_not_block_later_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await.expect("start");
+    let c = client(&server).await;
+    c.create_topic("t", settings(2)).await.expect("create");
+    let mut waiting = c
+        .submit(&proto::Request::Fetch(proto::Fetch {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            min_bytes: 1,
+            max_wait_ms: 30_000,
+        }))
+        .await
+        .expect("submit long poll");
+    // On the same connection: produce to partition 1 and read it back.
+    let mut b = BatchBuilder::new();
+    b.push(1, None, b"p1", &[]);
+    c.produce("t", Some(1), None, Acks::Durable, &b)
+        .await
+        .expect("produce");
+    let got = c
+        .fetch("t", 1, 0, 1 << 20, 1, Duration::from_secs(5))
+        .await
+        .expect("fetch");
+    assert_eq!(got.records(0).expect("records").len(), 1);
+    assert!(
+        matches!(
+            waiting.try_recv(),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+        ),
+        "the long poll is still waiting, and did not hold up the later answers"
+    );
+    // Data on partition 0 wakes it.
+    let mut b = BatchBuilder::new();
+    b.push(1, None, b"p0", &[]);
+    c.produce("t", Some(0), None, Acks::Written, &b)
+        .await
+        .expect("produce");
+    let bytes = waiting.await.expect("long poll answered");
+    match brook::client::decode(&bytes).expect("decodes").response {
+        proto::Response::Fetched { frames, .. } => assert!(!frames.is_empty()),
+        other => panic!("unexpected {other:?}"),
+    }
+    server.stop().await.expect("stop");
+}

@@ -7,7 +7,8 @@
 //!
 //! A request is a [`RequestFrame`]: correlation id + [`Request`]; the answer is a
 //! [`ResponseFrame`] with the same correlation id. Requests on one connection are pipelined:
-//! a client may send many before reading answers, which come back in request order.
+//! a client may send many before reading answers. Answers come back as they are ready, in any
+//! order (match them by correlation id); produces are applied in the order they were sent.
 
 use heapless::Vec as HVec;
 use serde::{Deserialize, Serialize};

@@ -17,10 +17,11 @@
 //! # Conversation
 //!
 //! The client opens with `Handshake { version, client_id }`; the server answers with its version
-//! or `Error { UnsupportedVersion }` for a newer client. Then any requests, pipelined; answers come
-//! in request order with the request's correlation id. A frame that is malformed, oversized or not
-//! decodable closes the connection after an `Error` answer (correlation id 0 when unknown), with the
-//! reason logged; nothing else is affected.
+//! or `Error { UnsupportedVersion }` for a newer client. Then any requests, pipelined: each answer
+//! carries its request's correlation id and is sent as soon as it is ready, so a long poll does
+//! not hold up the answers behind it; produces are applied in the order they were sent. A frame
+//! that is malformed, oversized or not decodable closes the connection after an `Error` answer
+//! (correlation id 0 when unknown), with the reason logged; nothing else is affected.
 //!
 //! A produce carries a batch's records section encoded exactly as in the log (see
 //! [`crate::log`]), so the server adds only the batch header. A fetch answer carries whole log

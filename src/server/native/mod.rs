@@ -1,9 +1,12 @@
 //! The native protocol listener (see [`crate::proto`] for the wire format).
 //!
 //! Each connection has a reader and a writer. The reader cuts frames from the socket (bounded by
-//! `max_frame`), checks them, and starts one task per request; the writer sends the answers in
-//! request order, so requests are pipelined and a slow durable produce does not stall the reads.
-//! At most `max_in_flight` requests of one connection run at once (back-pressure on the socket).
+//! `max_frame`), checks them, and starts one task per request; the writer sends each answer as
+//! soon as it is ready, so requests are pipelined, and neither a slow durable produce nor a long
+//! poll holds up the answers behind it (clients match answers by correlation id). Produces are
+//! put in the log by the reader itself, in request order, so order within a partition is what the
+//! client sent; only their wait for durability runs concurrently. At most `max_in_flight`
+//! requests of one connection run at once (back-pressure on the socket).
 //!
 //! A malformed, oversized or undecodable frame, or a request before the handshake, gets an
 //! `Error` answer (correlation id 0 when it could not be read) and closes that one connection,
@@ -21,7 +24,6 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinHandle;
 
 use crate::broker::Broker;
 use crate::proto::{
@@ -126,16 +128,12 @@ async fn connection(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
-    let (tx, mut rx) = mpsc::channel::<JoinHandle<Vec<u8>>>(limits.max_in_flight.max(1));
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
+    let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let writer = tokio::spawn(async move {
         let mut out = Vec::with_capacity(64 * 1024);
-        while let Some(h) = rx.recv().await {
-            match h.await {
-                Ok(bytes) => out.extend_from_slice(&bytes),
-                Err(e) => {
-                    out.extend_from_slice(&handle::error(0, ErrorCode::Unknown, &e.to_string()));
-                }
-            }
+        while let Some(bytes) = rx.recv().await {
+            out.extend_from_slice(&bytes);
             // Send now unless more answers are ready to go in the same write.
             if out.len() >= 256 * 1024 || rx.is_empty() {
                 if wr.write_all(&out).await.is_err() {
@@ -188,17 +186,17 @@ async fn connection(
                         Ok(x) => x,
                         Err(reason) => {
                             let _ = tx
-                                .send(ready(handle::error(0, ErrorCode::InvalidRequest, &reason)))
+                                .send(handle::error(0, ErrorCode::InvalidRequest, &reason))
                                 .await;
                             break 'conn Err(reason);
                         }
                     };
                     if let Some(started) = started {
-                        let task = match started {
-                            Ok(done) => tokio::spawn(done),
-                            Err(answer) => ready(answer),
+                        let sent = match started {
+                            Ok(done) => answer_later(&slots, &tx, done).await,
+                            Err(answer) => tx.send(answer).await.is_ok(),
                         };
-                        if tx.send(task).await.is_err() {
+                        if !sent {
                             break 'conn Ok(());
                         }
                         continue;
@@ -207,11 +205,7 @@ async fn connection(
                         let Some((version, c)) = handshake else {
                             let reason = "request before the handshake".to_string();
                             let _ = tx
-                                .send(ready(handle::error(
-                                    id,
-                                    ErrorCode::HandshakeRequired,
-                                    &reason,
-                                )))
+                                .send(handle::error(id, ErrorCode::HandshakeRequired, &reason))
                                 .await;
                             break 'conn Err(reason);
                         };
@@ -220,11 +214,7 @@ async fn connection(
                                 "client speaks protocol version {version}, this server {PROTOCOL_VERSION}"
                             );
                             let _ = tx
-                                .send(ready(handle::error(
-                                    id,
-                                    ErrorCode::UnsupportedVersion,
-                                    &reason,
-                                )))
+                                .send(handle::error(id, ErrorCode::UnsupportedVersion, &reason))
                                 .await;
                             break 'conn Err(reason);
                         }
@@ -237,21 +227,21 @@ async fn connection(
                                 server,
                             },
                         );
-                        if tx.send(ready(bytes)).await.is_err() {
+                        if tx.send(bytes).await.is_err() {
                             break 'conn Ok(());
                         }
                         continue;
                     };
                     let broker = Arc::clone(&broker);
-                    let task = tokio::spawn(async move {
+                    let work = async move {
                         match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
                             Ok(r) => {
                                 handle::handle(&broker, &client, r.correlation_id, r.request).await
                             }
                             Err(e) => handle::error(id, ErrorCode::InvalidRequest, &e.to_string()),
                         }
-                    });
-                    if tx.send(task).await.is_err() {
+                    };
+                    if !answer_later(&slots, &tx, work).await {
                         break 'conn Ok(());
                     }
                 }
@@ -259,7 +249,7 @@ async fn connection(
                 Err(e) => {
                     let reason = format!("bad frame: {e}");
                     let _ = tx
-                        .send(ready(handle::error(0, ErrorCode::InvalidRequest, &reason)))
+                        .send(handle::error(0, ErrorCode::InvalidRequest, &reason))
                         .await;
                     break 'conn Err(reason);
                 }
@@ -307,7 +297,25 @@ async fn connection(
     result
 }
 
-/// A finished answer, queued like a running one so answers stay in order.
-fn ready(bytes: Vec<u8>) -> JoinHandle<Vec<u8>> {
-    tokio::spawn(async move { bytes })
+/// Runs a request's work in its own task and queues its answer when done. Waits for one of the
+/// connection's `max_in_flight` slots first (back-pressure on reading). `false`: the connection's
+/// writer is gone.
+async fn answer_later(
+    slots: &Arc<Semaphore>,
+    tx: &mpsc::Sender<Vec<u8>>,
+    work: impl std::future::Future<Output = Vec<u8>> + Send + 'static,
+) -> bool {
+    let Ok(permit) = Arc::clone(slots).acquire_owned().await else {
+        return false;
+    };
+    if tx.is_closed() {
+        return false;
+    }
+    let tx = tx.clone();
+    tokio::spawn(async move {
+        let answer = work.await;
+        let _ = tx.send(answer).await;
+        drop(permit);
+    });
+    true
 }
