@@ -12,18 +12,20 @@
 //! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |
 //! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
 //! | [`check`] | `brook check`: verifies every segment of a data directory |
-//! | [`server`] | `brook serve`: opens everything, housekeeping, graceful shutdown |
+//! | [`server`] | `brook serve`: native and HTTP listeners, housekeeping, systemd notification, graceful shutdown |
 //! | [`tools`] | the CLI's client commands: topics, produce, consume, groups |
-//! | [`bench`] | `brook bench ...`: measured throughput, latency, write amplification |
+//! | [`mod@bench`] | `brook bench ...`: measured throughput, latency, write amplification |
 //! | [`units`] | human-readable sizes and durations |
 //!
 //! The path of a record: a producer (the [`client`], or anything speaking [`proto`]) sends a
-//! produce frame to the native listener ([`server::native`]), which checks the frame and hands the
-//! batch to [`broker::Broker::produce`]. The broker picks the partition (explicit, by key with
-//! Kafka's murmur2, or round robin) through [`log::Store::append`], which checks the store's
-//! budget and free-space floor; [`log::Partition`] frames the batch (`len`, CRC-32C, header,
-//! records), buffers it, and its flusher thread writes and fsyncs it in a group commit according
-//! to the requested [`log::Durability`], then the answer goes back. Consumers fetch (long poll)
+//! produce frame to the native listener ([`server::native`]), which checks the frame and, in
+//! request order, hands the batch to [`broker::Broker::produce_start`]. The broker picks the
+//! partition (explicit, by key with Kafka's murmur2, or round robin) through
+//! [`log::Store::append_start`], which checks the store's budget and free-space floor;
+//! [`log::Partition`] frames the batch (`len`, CRC-32C, header, records) into its buffer and
+//! assigns the offsets, and its flusher thread writes and fsyncs it in a group commit according to
+//! the requested [`log::Durability`]; when the [`log::AppendTicket`] completes, the answer goes
+//! back. Consumers fetch (long poll)
 //! and get the stored frames back byte for byte; groups commit the next offset to read in
 //! [`meta`].
 

@@ -32,6 +32,9 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 
+step "cargo doc (broken doc links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps --quiet
+
 step "fuzz target compiles (cargo check fuzz/)"
 cargo check --locked --quiet --manifest-path fuzz/Cargo.toml
 

@@ -3,8 +3,8 @@
 //! | file | job |
 //! |---|---|
 //! | `mod.rs` | the partition's state, appends (encode + buffer), reads, retention |
-//! | [`open`] | recovery when the partition is opened |
-//! | [`flush`] | the flusher thread: group commit, write errors, fsync errors, segment roll |
+//! | `open.rs` | recovery when the partition is opened |
+//! | `flush.rs` | the flusher thread: group commit, write errors, fsync errors, segment roll |
 //!
 //! **Write path.** An appender encodes its batch into the partition's in-memory buffer under a
 //! short lock (the offsets are assigned there) and, depending on the [`Durability`] it asked for,
