@@ -69,6 +69,24 @@ pub struct Fetched {
 }
 
 impl Fetched {
+    /// The owned form of a `Fetched` answer (`None` for any other answer).
+    pub fn from_response(r: &Response<'_>) -> Option<Fetched> {
+        match r {
+            Response::Fetched {
+                high_watermark,
+                log_start,
+                next_offset,
+                frames,
+            } => Some(Fetched {
+                frames: frames.to_vec(),
+                high_watermark: *high_watermark,
+                log_start: *log_start,
+                next_offset: *next_offset,
+            }),
+            _ => None,
+        }
+    }
+
     /// Every record from `from` on.
     pub fn records(&self, from: u64) -> Result<Vec<(u64, Record)>> {
         let mut out = Vec::new();
@@ -303,20 +321,8 @@ impl Client {
                 max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
             }))
             .await?;
-        match decode(&bytes)?.response {
-            Response::Fetched {
-                high_watermark,
-                log_start,
-                next_offset,
-                frames,
-            } => Ok(Fetched {
-                frames: frames.to_vec(),
-                high_watermark,
-                log_start,
-                next_offset,
-            }),
-            other => Err(server_error(&other)),
-        }
+        let r = decode(&bytes)?.response;
+        Fetched::from_response(&r).ok_or_else(|| server_error(&r))
     }
 
     /// `(earliest, latest, answer)`.
@@ -910,22 +916,16 @@ impl Consumer {
                 let bytes = rx
                     .await
                     .map_err(|_| ClientError::Closed("the server closed the connection".into()))?;
-                let fetched = match decode(&bytes)?.response {
-                    Response::Fetched {
-                        high_watermark,
-                        log_start,
-                        next_offset,
-                        frames,
-                    } => Fetched {
-                        frames: frames.to_vec(),
-                        high_watermark,
-                        log_start,
-                        next_offset,
-                    },
-                    Response::Error {
-                        code: ErrorCode::OffsetOutOfRange,
-                        ..
-                    } => {
+                let r = decode(&bytes)?.response;
+                let fetched = match (Fetched::from_response(&r), &r) {
+                    (Some(f), _) => f,
+                    (
+                        None,
+                        Response::Error {
+                            code: ErrorCode::OffsetOutOfRange,
+                            ..
+                        },
+                    ) => {
                         // The data was deleted by retention: continue at the earliest offset.
                         let (earliest, latest, _) = self
                             .client
@@ -934,7 +934,7 @@ impl Consumer {
                         self.positions.insert(p, at.clamp(earliest, latest));
                         continue;
                     }
-                    other => return Err(server_error(&other)),
+                    (None, other) => return Err(server_error(other)),
                 };
                 for (offset, record) in fetched.records(at)? {
                     out.push(Consumed {

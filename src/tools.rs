@@ -19,9 +19,13 @@ pub async fn connect(broker: &str) -> Result<Arc<Client>> {
 
 /// `brook topics list`: one name per line, or a JSON array.
 pub async fn topics_list(client: &Client, json: bool) -> Result<()> {
-    let names = client.list_topics().await?;
+    print_names(&client.list_topics().await?, json)
+}
+
+/// One name per line, or a JSON array.
+fn print_names(names: &[String], json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&names)?);
+        println!("{}", serde_json::to_string(names)?);
     } else {
         for n in names {
             println!("{n}");
@@ -232,15 +236,7 @@ fn json_line(topic: &str, partition: u32, offset: u64, r: &Record) -> String {
 }
 
 pub async fn groups_list(client: &Client, json: bool) -> Result<()> {
-    let names = client.list_groups().await?;
-    if json {
-        println!("{}", serde_json::to_string(&names)?);
-    } else {
-        for n in names {
-            println!("{n}");
-        }
-    }
-    Ok(())
+    print_names(&client.list_groups().await?, json)
 }
 
 pub async fn groups_describe(client: &Client, group: &str, json: bool) -> Result<()> {

@@ -106,9 +106,13 @@ pub struct SegmentIndex {
 }
 
 impl SegmentIndex {
+    /// Bytes of the encoded index file, without encoding it.
+    pub fn encoded_len(&self) -> usize {
+        INDEX_HEADER_LEN + self.entries.len() * INDEX_ENTRY_LEN + 4
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out =
-            Vec::with_capacity(INDEX_HEADER_LEN + self.entries.len() * INDEX_ENTRY_LEN + 4);
+        let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(INDEX_MAGIC);
         out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());

@@ -291,7 +291,7 @@ impl Inner {
                 return Err(e);
             }
         };
-        let idx_len = idx.encode().len() as u64;
+        let idx_len = idx.encoded_len() as u64;
         let old = std::mem::replace(&mut st.active, new);
         st.size += idx_len + SEGMENT_HEADER_LEN;
         self.usage

@@ -65,7 +65,7 @@ impl Partition {
                             what: "sealed segment shorter than its header".into(),
                         });
                     }
-                    let idx_len = idx.encode().len() as u64;
+                    let idx_len = idx.encoded_len() as u64;
                     sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, None)));
                     continue;
                 }
@@ -111,7 +111,7 @@ impl Partition {
                 let idx_len = if corrupt_at.is_none() {
                     segment::write_index(fs.as_ref(), &dir, &idx)?;
                     recovery.indexes_rebuilt += 1;
-                    idx.encode().len() as u64
+                    idx.encoded_len() as u64
                 } else {
                     0
                 };
