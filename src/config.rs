@@ -25,6 +25,8 @@ pub struct Config {
     pub listeners: Listeners,
     /// Limits of the native protocol listener.
     pub native: NativeConfig,
+    /// The MQTT front end: limits, durability of acknowledgements, routing into log topics.
+    pub mqtt: crate::server::mqtt::MqttConfig,
     /// Threads.
     pub runtime: RuntimeConfig,
 }
@@ -45,6 +47,8 @@ pub struct Listeners {
     pub native: String,
     /// HTTP: /metrics, /healthz, /api. Default "127.0.0.1:7421".
     pub http: String,
+    /// MQTT 3.1.1 and 5.0. Default "127.0.0.1:1883".
+    pub mqtt: String,
 }
 
 impl Default for Listeners {
@@ -52,6 +56,7 @@ impl Default for Listeners {
         Listeners {
             native: "127.0.0.1:7420".into(),
             http: "127.0.0.1:7421".into(),
+            mqtt: "127.0.0.1:1883".into(),
         }
     }
 }
@@ -100,6 +105,7 @@ impl Default for Config {
             topic_defaults: TopicConfig::default(),
             listeners: Listeners::default(),
             native: NativeConfig::default(),
+            mqtt: crate::server::mqtt::MqttConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -162,6 +168,7 @@ impl Config {
         for (key, addr) in [
             ("listeners.native", &self.listeners.native),
             ("listeners.http", &self.listeners.http),
+            ("listeners.mqtt", &self.listeners.mqtt),
         ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(format!(
@@ -190,6 +197,7 @@ impl Config {
         if self.native.idle_timeout.0.is_zero() {
             return Err("native.idle_timeout: must be greater than zero".into());
         }
+        self.mqtt.validate()?;
         if let Some(max) = self.log.max_size.limit() {
             let seg = self.topic_defaults.segment_size.bytes();
             if max < 2 * seg {

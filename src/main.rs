@@ -35,6 +35,9 @@ enum Command {
         /// Native protocol listener address; overrides `listeners.native`.
         #[arg(long, value_name = "ADDR")]
         native: Option<String>,
+        /// MQTT listener; overrides `listeners.mqtt`.
+        #[arg(long, value_name = "ADDR")]
+        mqtt: Option<String>,
         /// HTTP listener (metrics, health, API); overrides `listeners.http`.
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
@@ -290,6 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             data_dir,
             native,
             http,
+            mqtt,
         } => {
             let mut cfg = match config {
                 Some(path) => Config::load(&path)?,
@@ -300,6 +304,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             if let Some(a) = native {
                 cfg.listeners.native = a;
+            }
+            if let Some(a) = mqtt {
+                cfg.listeners.mqtt = a;
             }
             if let Some(a) = http {
                 cfg.listeners.http = a;

@@ -10,19 +10,12 @@ use brook::config::Config;
 use brook::log::{BatchBuilder, Record};
 use brook::proto::{self, Acks, Assignor, ErrorCode, OffsetSpec, TopicSettings};
 use brook::server::{Running, start};
-use brook::units::HumanDuration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod common;
+
 fn config(dir: &std::path::Path) -> Config {
-    let mut c = Config {
-        data_dir: dir.to_path_buf(),
-        ..Config::default()
-    };
-    c.listeners.native = "127.0.0.1:0".into();
-    c.listeners.http = "127.0.0.1:0".into();
-    c.log.flush_interval = HumanDuration::millis(100);
-    c.log.min_free = brook::units::ByteSize(0);
-    c
+    common::server_config(dir)
 }
 
 async fn client(r: &Running) -> Arc<Client> {

@@ -19,6 +19,8 @@ fn serve(data: &Path) -> (Child, String) {
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(data)

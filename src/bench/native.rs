@@ -125,6 +125,8 @@ fn start_server(dir: Option<PathBuf>) -> BenchResult<ServerChild> {
             "127.0.0.1:0",
             "--http",
             "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&dir)

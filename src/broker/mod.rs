@@ -162,6 +162,12 @@ impl Broker {
         &self.store
     }
 
+    /// The metadata store (front ends keep their own state there: MQTT sessions, retained
+    /// messages).
+    pub fn meta(&self) -> &dyn crate::meta::MetaStore {
+        self.meta.store()
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }

@@ -20,6 +20,7 @@ use crate::log::partition::FSYNC_BUCKETS_US;
 pub struct HttpState {
     pub broker: Arc<Broker>,
     pub native: Arc<NativeStats>,
+    pub mqtt: Arc<super::mqtt::MqttStats>,
 }
 
 pub async fn run(
@@ -307,6 +308,7 @@ pub fn metrics(state: &HttpState) -> String {
         "brook_protocol_errors_total{{listener=\"native\"}} {}",
         state.native.protocol_errors.load(Ordering::Relaxed)
     );
+    state.mqtt.render(&mut m);
     family(
         &mut m,
         "brook_group_lag",

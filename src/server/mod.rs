@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | native protocol | [`native`] | 127.0.0.1:7420 |
 //! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
+//! | MQTT 3.1.1 and 5.0 | [`mqtt`] | 127.0.0.1:1883 |
 //!
 //! Under systemd ([`systemd`]), `READY=1` is sent once the log is open and the listeners are
 //! bound, `WATCHDOG=1` while housekeeping runs, `STOPPING=1` on shutdown.
@@ -15,6 +16,7 @@
 //! [`Running`]); [`serve`] runs until a shutdown future completes.
 
 pub mod http;
+pub mod mqtt;
 pub mod native;
 pub mod systemd;
 
@@ -49,6 +51,7 @@ pub struct Running {
     pub broker: Arc<Broker>,
     pub native_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -67,6 +70,11 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServeError>
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let native_listener = bind("native", &config.listeners.native).await?;
     let http_listener = bind("http", &config.listeners.http).await?;
+    let mqtt_listener = bind("mqtt", &config.listeners.mqtt).await?;
+    let mqtt_addr = mqtt_listener
+        .local_addr()
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+    let mqtt_config = config.mqtt.clone();
     let native_addr = native_listener
         .local_addr()
         .map_err(|e| ServeError::Task(e.to_string()))?;
@@ -92,6 +100,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let broker = Arc::new(broker);
     let (shutdown, rx) = watch::channel(false);
     let stats = Arc::new(native::NativeStats::default());
+    let mqtt_stats = Arc::new(mqtt::MqttStats::default());
+    let hub = {
+        let (b, st, stop) = (Arc::clone(&broker), Arc::clone(&mqtt_stats), rx.clone());
+        mqtt::hub::Hub::start(b, mqtt_config, st, stop)?
+    };
     let mut tasks = Vec::new();
     tasks.push(tokio::spawn(native::run(
         native_listener,
@@ -105,9 +118,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         Arc::new(http::HttpState {
             broker: Arc::clone(&broker),
             native: stats,
+            mqtt: mqtt_stats,
         }),
         rx.clone(),
     )));
+    tasks.push(tokio::spawn(mqtt::run(mqtt_listener, hub, rx.clone())));
     let b = Arc::clone(&broker);
     let mut stop = rx;
     let watchdog = systemd::watchdog_period();
@@ -139,9 +154,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     }));
-    tracing::info!(native = %native_addr, http = %http_addr, "listening");
+    tracing::info!(native = %native_addr, http = %http_addr, mqtt = %mqtt_addr, "listening");
     if let Err(e) = systemd::notify(&format!(
-        "READY=1\nSTATUS=listening: native {native_addr}, http {http_addr}"
+        "READY=1\nSTATUS=listening: native {native_addr}, http {http_addr}, mqtt {mqtt_addr}"
     )) {
         tracing::warn!("cannot notify systemd: {e}");
     }
@@ -149,6 +164,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         broker,
         native_addr,
         http_addr,
+        mqtt_addr,
         shutdown,
         tasks,
     })

@@ -147,3 +147,18 @@ pub fn command(program: impl AsRef<OsStr>) -> Command {
 pub fn brook() -> Command {
     command(env!("CARGO_BIN_EXE_brook"))
 }
+
+/// A server config for tests: every listener on an ephemeral loopback port, data in `dir`,
+/// housekeeping every 100 ms, no free-space floor.
+pub fn server_config(dir: &Path) -> brook::config::Config {
+    let mut c = brook::config::Config {
+        data_dir: dir.to_path_buf(),
+        ..brook::config::Config::default()
+    };
+    c.listeners.native = "127.0.0.1:0".into();
+    c.listeners.http = "127.0.0.1:0".into();
+    c.listeners.mqtt = "127.0.0.1:0".into();
+    c.log.flush_interval = HumanDuration::millis(100);
+    c.log.min_free = ByteSize(0);
+    c
+}

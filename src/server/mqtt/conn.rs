@@ -1,0 +1,586 @@
+//! One MQTT connection: reads packets into the [`Session`] state machine and carries out its
+//! actions (write packets, append to the log, register subscriptions, persist), feeds it
+//! messages from the hub's channel or, after an absence or a lag, from the log itself.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::codec::{self, CodecError, Connect, Out, Publish, Version, reason};
+use super::hub::{Delivery, Hub, Takeover};
+use super::message;
+use super::session::{Ack, Action, AppendOutcome, Limits, Session, SessionState};
+use crate::broker::BrokerError;
+use crate::log::{Durability, LogError};
+
+/// Time a new connection has to send CONNECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Messages waiting in a connection's channel before it is marked lagged.
+const CHANNEL: usize = 1024;
+/// How often a refused (log full) 3.1.1 QoS 1/2 message is offered to the log again.
+const RETRY: Duration = Duration::from_millis(250);
+/// Bytes read back from the log per step when catching up.
+const CATCH_UP_BYTES: usize = 256 * 1024;
+
+type AckWait = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+async fn read_connect(
+    rd: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Connect, String> {
+    loop {
+        match codec::read_connect(buf, max) {
+            Ok(Some(c)) => return Ok(c),
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => return Err("closed before CONNECT".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read: {e}")),
+        }
+    }
+}
+
+/// How a connection ended, for the will and the session.
+enum End {
+    /// DISCONNECT from the client (the will is discarded).
+    Graceful,
+    Abnormal,
+    TakenOver(Takeover),
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    hub: Arc<Hub>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let max = hub.config.max_packet_size.bytes() as usize;
+    let mut inbuf = BytesMut::with_capacity(4096);
+    let connect = match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        read_connect(&mut rd, &mut inbuf, max),
+    )
+    .await
+    {
+        Ok(Ok(c)) => c,
+        Ok(Err(why)) => {
+            hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, "mqtt: closing connection: {why}");
+            if why.contains("unsupported protocol") {
+                // 3.1.1 form: return code 1, unacceptable protocol version.
+                let _ = wr.write_all(&[0x20, 2, 0, 1]).await;
+            }
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "mqtt: closing connection: no CONNECT within {CONNECT_TIMEOUT:?}");
+            return;
+        }
+    };
+    let version = connect.version;
+    let mut client_id = connect.client_id.clone();
+    let mut assigned = None;
+    let conn = hub.next_conn_id();
+    if client_id.is_empty() {
+        if version == Version::V311 && !connect.clean_start {
+            // MQTT-3.1.3-8: identifier rejected.
+            let _ = wr.write_all(&[0x20, 2, 0, 2]).await;
+            tracing::info!(%peer, "mqtt: empty client id with clean session = 0 refused");
+            return;
+        }
+        client_id = format!("brook-{conn:x}-{:x}", now_ms());
+        assigned = Some(client_id.clone());
+    }
+    let (takeover_tx, mut takeover_rx) = mpsc::channel(1);
+    let previous = hub.claim(&client_id, conn, takeover_tx).await;
+    let (state, present) = match previous {
+        Some(s) if !connect.clean_start => (s, true),
+        prev => {
+            if prev.is_some() || !connect.clean_start {
+                if let Err(e) = hub.forget(&client_id) {
+                    tracing::warn!(client = %client_id, "mqtt: {e}");
+                }
+            }
+            (SessionState::new(client_id.clone(), 0), false)
+        }
+    };
+    let limits = Limits {
+        max_inflight: hub.config.max_inflight,
+        topic_alias_max: hub.config.topic_alias_max,
+        max_packet_size: max as u32,
+        max_session_expiry: hub.config.max_session_expiry_secs(),
+    };
+    let sm = Session::start(&connect, state, present, assigned, limits);
+    hub.stats.connections.fetch_add(1, Ordering::Relaxed);
+    hub.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, client = %client_id, ?version, present, "mqtt: connected");
+    let (tx, rx) = mpsc::channel(CHANNEL);
+    let mut c = Conn {
+        hub: Arc::clone(&hub),
+        conn,
+        peer,
+        sm,
+        wr,
+        out: BytesMut::with_capacity(4096),
+        tx,
+        lagged: Arc::new(AtomicBool::new(false)),
+        acks: VecDeque::new(),
+        held: None,
+        catch_up: Vec::new(),
+        dirty: false,
+    };
+    // A resumed session: its subscriptions go live again, and what was published while it
+    // was away is read back from the log.
+    let filters: Vec<String> = c.sm.state.subscriptions.keys().cloned().collect();
+    for f in &filters {
+        c.hub.subscribe(conn, f, &c.tx, &c.lagged);
+    }
+    if !filters.is_empty() {
+        c.start_catch_up();
+    }
+    let end = c.run(rd, inbuf, rx, &mut takeover_rx, stop).await;
+    let will = c.sm.will.take();
+    let expiry = c.sm.state.expiry;
+    for f in c.sm.state.subscriptions.keys() {
+        hub.unsubscribe(conn, f);
+    }
+    let persisted = c.sm.persisted();
+    let state = c.sm.into_state();
+    if expiry > 0 {
+        let h = Arc::clone(&hub);
+        let id = client_id.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            h.persist(&id, &persisted)?;
+            h.flush_meta()
+        })
+        .await;
+        if let Ok(Err(e)) = r {
+            tracing::warn!(client = %client_id, "mqtt: cannot persist session: {e}");
+        }
+    }
+    hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
+    let publish_will = match end {
+        End::TakenOver(reply) => {
+            let _ = reply.send(state);
+            true
+        }
+        End::Graceful => {
+            hub.release(&client_id, conn, state, &mut takeover_rx);
+            false
+        }
+        End::Abnormal => {
+            hub.release(&client_id, conn, state, &mut takeover_rx);
+            true
+        }
+    };
+    if publish_will {
+        if let Some(will) = will {
+            hub.publish_will(client_id, conn, will, expiry);
+        }
+    }
+}
+
+struct Conn {
+    hub: Arc<Hub>,
+    conn: u64,
+    peer: SocketAddr,
+    sm: Session,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    out: BytesMut,
+    tx: mpsc::Sender<Delivery>,
+    lagged: Arc<AtomicBool>,
+    /// Appends waiting for their durability, in the order their acknowledgements go out.
+    acks: VecDeque<(Ack, AckWait)>,
+    /// A 3.1.1 QoS 1/2 message the log refused: reading stops until it is accepted.
+    held: Option<(Publish, Ack)>,
+    /// Log partitions still to read back: (topic, partition, end).
+    catch_up: Vec<(Arc<str>, u32, u64)>,
+    /// Positions moved since the session was last persisted.
+    dirty: bool,
+}
+
+enum Flow {
+    Go,
+    Stop(End),
+}
+
+impl Conn {
+    fn paused(&self) -> bool {
+        self.held.is_some()
+            || self.sm.inbound_unacked() >= usize::from(self.hub.config.max_inflight)
+    }
+
+    fn start_catch_up(&mut self) {
+        self.catch_up = self
+            .hub
+            .partition_ends()
+            .into_iter()
+            .map(|(t, p, _, end)| (t, p, end))
+            .collect();
+    }
+
+    async fn run(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut inbuf: BytesMut,
+        mut rx: mpsc::Receiver<Delivery>,
+        takeover_rx: &mut mpsc::Receiver<Takeover>,
+        mut stop: watch::Receiver<bool>,
+    ) -> End {
+        let max = self.hub.config.max_packet_size.bytes() as usize;
+        let keep_alive = Duration::from_millis(u64::from(self.sm.keep_alive) * 1500);
+        let mut deadline = Instant::now() + keep_alive;
+        let mut persist_tick = tokio::time::interval(Duration::from_secs(1));
+        persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(RETRY);
+        if let Flow::Stop(end) = self.run_actions().await {
+            return end;
+        }
+        loop {
+            // Complete packets already buffered.
+            while !self.paused() {
+                match codec::read(self.sm.version, &mut inbuf, max) {
+                    Ok(Some(p)) => {
+                        self.hub.stats.packets_in.fetch_add(1, Ordering::Relaxed);
+                        self.sm.handle(p);
+                        if let Flow::Stop(end) = self.run_actions().await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return self.protocol_error(e).await,
+                }
+            }
+            if !self.out.is_empty() {
+                if let Err(e) = self.wr.write_all(&self.out).await {
+                    tracing::debug!(peer = %self.peer, "mqtt: write: {e}");
+                    return End::Abnormal;
+                }
+                self.out.clear();
+            }
+            let catching_up = !self.catch_up.is_empty();
+            let wants = self.sm.wants_more();
+            tokio::select! {
+                biased;
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    self.send(Out::Disconnect(reason::SERVER_SHUTTING_DOWN));
+                    let _ = self.wr.write_all(&self.out).await;
+                    return End::Abnormal;
+                }
+                Some(reply) = takeover_rx.recv() => {
+                    self.send(Out::Disconnect(reason::SESSION_TAKEN_OVER));
+                    let _ = self.wr.write_all(&self.out).await;
+                    tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: session taken over");
+                    return End::TakenOver(reply);
+                }
+                outcome = async { self.acks.front_mut().map(|a| a.1.as_mut()).expect("guarded").await }, if !self.acks.is_empty() => {
+                    if let Some((ack, _)) = self.acks.pop_front() {
+                        self.sm.appended(ack, outcome);
+                    }
+                }
+                r = rd.read_buf(&mut inbuf), if !self.paused() => {
+                    match r {
+                        Ok(0) => {
+                            tracing::debug!(peer = %self.peer, "mqtt: connection closed by the client without DISCONNECT");
+                            return End::Abnormal;
+                        }
+                        Ok(_) => deadline = Instant::now() + keep_alive,
+                        Err(e) => {
+                            tracing::debug!(peer = %self.peer, "mqtt: read: {e}");
+                            return End::Abnormal;
+                        }
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() => {
+                    tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: keep-alive expired");
+                    self.send(Out::Disconnect(reason::KEEP_ALIVE_TIMEOUT));
+                    let _ = self.wr.write_all(&self.out).await;
+                    return End::Abnormal;
+                }
+                Some(d) = rx.recv(), if !catching_up && wants => {
+                    let now = now_ms();
+                    match d {
+                        Delivery::Log(m) => {
+                            if self.lagged.swap(false, Ordering::SeqCst) {
+                                // Some messages did not fit the channel: read them back from
+                                // the log (this one included).
+                                self.start_catch_up();
+                            } else {
+                                self.sm.offer(&m, now);
+                                self.dirty = true;
+                            }
+                        }
+                        Delivery::Shared(m, raw) => self.sm.offer_shared(&m, &raw, now),
+                    }
+                }
+                _ = std::future::ready(()), if catching_up && wants => {
+                    if let Err(e) = self.catch_up_step().await {
+                        tracing::warn!(peer = %self.peer, "mqtt: reading back from the log: {e}");
+                        self.catch_up.pop();
+                    }
+                }
+                _ = retry.tick(), if self.held.is_some() => {
+                    if let Some((publish, ack)) = self.held.take() {
+                        self.append(publish, ack);
+                    }
+                }
+                _ = persist_tick.tick() => {
+                    if self.dirty && self.sm.state.expiry > 0 {
+                        self.dirty = false;
+                        if let Err(e) = self.hub.persist(&self.sm.state.client_id, &self.sm.persisted()) {
+                            tracing::warn!("mqtt: persisting session: {e}");
+                        }
+                    }
+                }
+            }
+            if let Flow::Stop(end) = self.run_actions().await {
+                return end;
+            }
+        }
+    }
+
+    async fn protocol_error(&mut self, e: CodecError) -> End {
+        self.hub
+            .stats
+            .protocol_errors
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: closing connection: {e}");
+        let rc = match e {
+            CodecError::TooLarge { .. } => reason::PACKET_TOO_LARGE,
+            CodecError::Malformed(_) | CodecError::BadLength => reason::MALFORMED,
+            CodecError::Auth => reason::BAD_AUTH_METHOD,
+            _ => reason::PROTOCOL_ERROR,
+        };
+        self.send(Out::Disconnect(rc));
+        let _ = self.wr.write_all(&self.out).await;
+        End::Abnormal
+    }
+
+    fn send(&mut self, out: Out) {
+        if let Out::Publish(p) = &out {
+            self.hub.stats.publishes_out[usize::from(p.qos.min(2))].fetch_add(1, Ordering::Relaxed);
+        }
+        if matches!(out, Out::Disconnect(_)) && self.sm.version == Version::V311 {
+            return;
+        }
+        codec::write(self.sm.version, &out, &mut self.out);
+    }
+
+    /// Reads the next stretch of one partition back from the log into the session.
+    async fn catch_up_step(&mut self) -> Result<(), BrokerError> {
+        let Some((topic, partition, end)) = self.catch_up.last().cloned() else {
+            return Ok(());
+        };
+        let key = (Arc::clone(&topic), partition);
+        let (start, _, _) =
+            self.hub
+                .broker
+                .list_offsets(&topic, partition, crate::proto::OffsetSpec::Earliest)?;
+        let pos = *self.sm.state.positions.entry(key.clone()).or_insert(start);
+        let pos = if pos < start {
+            tracing::warn!(
+                client = %self.sm.state.client_id, %topic, partition,
+                "mqtt: {} messages this session had not received were dropped by retention", start - pos
+            );
+            self.sm.state.positions.insert(key.clone(), start);
+            start
+        } else {
+            pos
+        };
+        if pos >= end {
+            self.catch_up.pop();
+            return Ok(());
+        }
+        let read = self
+            .hub
+            .broker
+            .fetch(&topic, partition, pos, CATCH_UP_BYTES, 0, Duration::ZERO)
+            .await?;
+        let now = now_ms();
+        for batch in read.batches() {
+            for r in batch.records() {
+                let Ok(r) = r else { break };
+                if let Some(m) = message::from_record(&topic, partition, &r) {
+                    self.sm.offer(&m, now);
+                }
+            }
+        }
+        let next = read.next_offset.max(pos);
+        let p = self.sm.state.positions.entry(key).or_insert(next);
+        *p = (*p).max(next);
+        self.dirty = true;
+        if next >= end || read.frames.is_empty() {
+            self.catch_up.pop();
+        }
+        Ok(())
+    }
+
+    fn append(&mut self, publish: Publish, ack: Ack) {
+        let durability = if ack == Ack::None {
+            Durability::Written
+        } else {
+            self.hub.config.durability
+        };
+        let retain_flush = publish.retain && ack != Ack::None;
+        match self
+            .hub
+            .append(&publish, &self.sm.state.client_id, durability)
+        {
+            Ok(ticket) => {
+                if publish.retain {
+                    if let Err(e) = self.hub.retain(&publish, &self.sm.state.client_id) {
+                        tracing::warn!("mqtt: retained message not stored: {e}");
+                    }
+                }
+                if ack == Ack::None {
+                    return;
+                }
+                let hub = Arc::clone(&self.hub);
+                self.acks.push_back((
+                    ack,
+                    Box::pin(async move {
+                        match ticket.finish().await {
+                            Ok(_) => {}
+                            Err(LogError::LogFull { .. }) => return AppendOutcome::QuotaExceeded,
+                            Err(e) => {
+                                tracing::error!("mqtt: append failed: {e}");
+                                return AppendOutcome::Failed;
+                            }
+                        }
+                        if retain_flush {
+                            let h = Arc::clone(&hub);
+                            match tokio::task::spawn_blocking(move || h.flush_meta()).await {
+                                Ok(Ok(())) => {}
+                                _ => return AppendOutcome::Failed,
+                            }
+                        }
+                        AppendOutcome::Stored
+                    }),
+                ));
+            }
+            Err(BrokerError::Log(LogError::LogFull { topic, reason, .. })) => {
+                if ack == Ack::None {
+                    self.hub.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                self.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
+                if self.sm.version == Version::V311 {
+                    if self.held.is_none() {
+                        tracing::info!(peer = %self.peer, %topic, "mqtt: log full ({reason}): holding a 3.1.1 publish, not reading until the log accepts it");
+                    }
+                    self.held = Some((publish, ack));
+                } else {
+                    self.acks
+                        .push_back((ack, Box::pin(async { AppendOutcome::QuotaExceeded })));
+                }
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, "mqtt: append: {e}");
+                self.acks
+                    .push_back((ack, Box::pin(async { AppendOutcome::Failed })));
+            }
+        }
+    }
+
+    async fn run_actions(&mut self) -> Flow {
+        loop {
+            let actions: Vec<Action> = self.sm.take_actions().collect();
+            if actions.is_empty() {
+                return Flow::Go;
+            }
+            for a in actions {
+                match a {
+                    Action::Send(out) => self.send(out),
+                    Action::Append { publish, ack } => {
+                        self.hub.stats.publishes_in[usize::from(publish.qos.min(2))]
+                            .fetch_add(1, Ordering::Relaxed);
+                        self.append(publish, ack);
+                    }
+                    Action::Subscribe { filter, .. } => {
+                        self.hub
+                            .subscribe(self.conn, &filter, &self.tx, &self.lagged);
+                        // New subscriptions start at the end of the log.
+                        if !filter.starts_with("$share/") {
+                            let ends = self.hub.partition_ends();
+                            let since = self.sm.state.since.entry(filter).or_default();
+                            for (t, p, _, end) in ends {
+                                since.entry((Arc::clone(&t), p)).or_insert(end);
+                                self.sm.state.positions.entry((t, p)).or_insert(end);
+                            }
+                        }
+                    }
+                    Action::Unsubscribe { filter } => self.hub.unsubscribe(self.conn, &filter),
+                    Action::SendRetained { filter, options } => {
+                        let now = now_ms();
+                        for m in self.hub.retained_matching(&filter) {
+                            self.sm.offer_retained(&m, &options, now);
+                        }
+                    }
+                    Action::Persist => {
+                        if self.sm.state.expiry > 0 {
+                            let hub = Arc::clone(&self.hub);
+                            let id = self.sm.state.client_id.clone();
+                            let p = self.sm.persisted();
+                            let r = tokio::task::spawn_blocking(move || {
+                                hub.persist(&id, &p)?;
+                                hub.flush_meta()
+                            })
+                            .await;
+                            if !matches!(r, Ok(Ok(()))) {
+                                tracing::error!("mqtt: cannot persist subscriptions");
+                            }
+                        }
+                    }
+                    Action::Close {
+                        reason,
+                        graceful,
+                        error,
+                        why,
+                    } => {
+                        if let Some(rc) = reason {
+                            self.send(Out::Disconnect(rc));
+                        }
+                        let _ = self.wr.write_all(&self.out).await;
+                        self.out.clear();
+                        if graceful {
+                            tracing::debug!(peer = %self.peer, "mqtt: {why}");
+                            return Flow::Stop(End::Graceful);
+                        }
+                        if error {
+                            self.hub
+                                .stats
+                                .protocol_errors
+                                .fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: closing connection: {why}");
+                        }
+                        return Flow::Stop(End::Abnormal);
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,669 @@
+//! What all MQTT connections share: routing into log topics, the subscription trie and one
+//! dispatcher task per log partition, the session registry (takeover, expiry, persistence),
+//! and retained messages.
+//!
+//! Live delivery: a dispatcher tails its partition (long-poll fetch), matches each record's
+//! MQTT topic once against the trie, and hands an `Arc` of the decoded message to each
+//! matching connection's bounded channel. A connection whose channel is full is marked
+//! lagged and the message is not queued for it: the connection reads that stretch back from
+//! the log itself. A slow subscriber therefore costs memory bounded by its channel, never
+//! holds up the others, and loses nothing the log still holds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::codec::{MessageProps, Publish, Will};
+use super::message::{self, LogMessage};
+use super::session::{PersistedSession, SessionState};
+use super::topic::{self, Trie};
+use super::{MqttConfig, MqttStats};
+use crate::broker::{Broker, BrokerError};
+use crate::log::{AppendTicket, Durability, LogError, PartitionChoice};
+use crate::meta::Namespace;
+use crate::proto::TopicSettings;
+
+/// A message for one connection.
+#[derive(Clone, Debug)]
+pub enum Delivery {
+    /// Matched one or more of its (non-shared) subscriptions.
+    Log(Arc<LogMessage>),
+    /// Picked for it as a member of shared subscription `filter` (raw `$share/...`).
+    Shared(Arc<LogMessage>, Arc<str>),
+}
+
+/// Asks a connection to hand its session over to a new connection with the same client id.
+pub type Takeover = oneshot::Sender<SessionState>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct SubKey {
+    conn: u64,
+    raw: Arc<str>,
+}
+
+#[derive(Clone, Debug)]
+struct Target {
+    tx: mpsc::Sender<Delivery>,
+    lagged: Arc<AtomicBool>,
+    shared: bool,
+}
+
+enum Slot {
+    Online {
+        conn: u64,
+        takeover: mpsc::Sender<Takeover>,
+    },
+    Offline {
+        state: Box<SessionState>,
+        since: Instant,
+        conn: u64,
+    },
+}
+
+/// A retained message as stored in the metadata store.
+#[derive(Serialize, Deserialize)]
+struct StoredRetained {
+    timestamp: i64,
+    qos: u8,
+    payload: Vec<u8>,
+    publisher: Option<String>,
+    content_type: Option<String>,
+    response_topic: Option<String>,
+    correlation_data: Option<Vec<u8>>,
+    payload_format: Option<u8>,
+    expiry: Option<u32>,
+    user: Vec<(String, String)>,
+}
+
+pub struct Hub {
+    pub broker: Arc<Broker>,
+    pub config: MqttConfig,
+    pub stats: Arc<MqttStats>,
+    subs: RwLock<Trie<SubKey, Target>>,
+    sessions: Mutex<HashMap<String, Slot>>,
+    dispatching: Mutex<HashSet<String>>,
+    retained: RwLock<BTreeMap<String, Arc<LogMessage>>>,
+    next_conn: AtomicU64,
+    meta_dirty: AtomicBool,
+    shutdown: watch::Receiver<bool>,
+    /// Itself, for the dispatcher tasks it starts.
+    me: std::sync::Weak<Hub>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Hub {
+    /// Loads persisted sessions and retained messages, and starts a dispatcher for every
+    /// existing log topic MQTT routes to.
+    pub fn start(
+        broker: Arc<Broker>,
+        config: MqttConfig,
+        stats: Arc<MqttStats>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Arc<Hub>, BrokerError> {
+        let mut sessions = HashMap::new();
+        for (k, v) in broker.meta().scan(Namespace::MqttSessions)? {
+            let (Ok(id), Ok(p)) = (
+                String::from_utf8(k),
+                postcard::from_bytes::<PersistedSession>(&v),
+            ) else {
+                tracing::warn!("mqtt: skipping an unreadable persisted session");
+                continue;
+            };
+            let mut state = SessionState::restore(id.clone(), p);
+            // A crash may have lost log tail a position pointed past: never skip new records.
+            for ((t, p), pos) in state.positions.iter_mut() {
+                if let Ok((start, end, _)) =
+                    broker.list_offsets(t, *p, crate::proto::OffsetSpec::Latest)
+                {
+                    *pos = (*pos).clamp(start, end);
+                }
+            }
+            sessions.insert(
+                id,
+                Slot::Offline {
+                    state: Box::new(state),
+                    since: Instant::now(),
+                    conn: 0,
+                },
+            );
+        }
+        let mut retained = BTreeMap::new();
+        for (k, v) in broker.meta().scan(Namespace::MqttRetained)? {
+            let (Ok(topic), Ok(r)) = (
+                String::from_utf8(k),
+                postcard::from_bytes::<StoredRetained>(&v),
+            ) else {
+                tracing::warn!("mqtt: skipping an unreadable retained message");
+                continue;
+            };
+            let msg = LogMessage {
+                log_topic: Arc::from(""),
+                partition: 0,
+                offset: 0,
+                timestamp: r.timestamp,
+                topic: topic.clone(),
+                payload: Bytes::from(r.payload),
+                qos: r.qos,
+                retain: true,
+                publisher: r.publisher,
+                props: MessageProps {
+                    payload_format: r.payload_format,
+                    expiry: r.expiry,
+                    topic_alias: None,
+                    response_topic: r.response_topic,
+                    correlation_data: r.correlation_data.map(Bytes::from),
+                    user: r.user,
+                    content_type: r.content_type,
+                    subscription_ids: Vec::new(),
+                },
+            };
+            retained.insert(topic, Arc::new(msg));
+        }
+        stats
+            .sessions
+            .store(sessions.len() as u64, Ordering::Relaxed);
+        stats
+            .retained
+            .store(retained.len() as u64, Ordering::Relaxed);
+        let hub = Arc::new_cyclic(|me| Hub {
+            broker,
+            config,
+            stats,
+            subs: RwLock::new(Trie::default()),
+            sessions: Mutex::new(sessions),
+            dispatching: Mutex::new(HashSet::new()),
+            retained: RwLock::new(retained),
+            next_conn: AtomicU64::new(1),
+            meta_dirty: AtomicBool::new(false),
+            shutdown,
+            me: me.clone(),
+        });
+        for t in hub.log_topics() {
+            if hub.broker.topic(&t).is_ok() {
+                hub.dispatch(&t);
+            }
+        }
+        Ok(hub)
+    }
+
+    /// Every log topic MQTT messages may go to.
+    pub fn log_topics(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.config.route.iter().map(|r| r.topic.clone()).collect();
+        v.push(self.config.default_topic.clone());
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The log topic for MQTT topic `name`: the first matching route, else the default.
+    pub fn route(&self, name: &str) -> &str {
+        self.config
+            .route
+            .iter()
+            .find(|r| topic::matches(&r.filter, name))
+            .map_or(self.config.default_topic.as_str(), |r| r.topic.as_str())
+    }
+
+    /// Every existing partition of the MQTT log topics, with its end offset.
+    pub fn partition_ends(&self) -> Vec<(Arc<str>, u32, u64, u64)> {
+        let mut out = Vec::new();
+        for t in self.log_topics() {
+            let Ok(topic) = self.broker.topic(&t) else {
+                continue;
+            };
+            let name: Arc<str> = Arc::from(t.as_str());
+            for (i, p) in topic.partitions().iter().enumerate() {
+                out.push((Arc::clone(&name), i as u32, p.log_start(), p.end_offset()));
+            }
+        }
+        out
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn ensure_topic(&self, name: &str) -> Result<(), BrokerError> {
+        match self.broker.topic(name) {
+            Ok(_) => {}
+            Err(BrokerError::Log(LogError::UnknownTopic(_))) => {
+                match self.broker.create_topic(name, &TopicSettings::default()) {
+                    Ok(_) => tracing::info!(topic = name, "mqtt: created log topic"),
+                    Err(BrokerError::Log(LogError::TopicExists(_))) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.dispatch(name);
+        Ok(())
+    }
+
+    /// Puts `publish` from `client_id` in the log; the ticket completes at `durability`.
+    pub fn append(
+        &self,
+        publish: &Publish,
+        client_id: &str,
+        durability: Durability,
+    ) -> Result<AppendTicket, BrokerError> {
+        let topic = self.route(&publish.topic).to_owned();
+        self.ensure_topic(&topic)?;
+        let batch = message::batch(publish, client_id, now_ms());
+        let (_, ticket) = self.broker.produce_start(
+            &topic,
+            PartitionChoice::Key(publish.topic.as_bytes()),
+            &batch,
+            durability,
+        )?;
+        Ok(ticket)
+    }
+
+    /// Stores (or, for an empty payload, clears) the retained message of `publish`'s topic.
+    /// Durable after the next [`Hub::flush_meta`].
+    pub fn retain(&self, publish: &Publish, client_id: &str) -> Result<(), BrokerError> {
+        let meta = self.broker.meta();
+        let mut map = self.retained.write().unwrap_or_else(|e| e.into_inner());
+        if publish.payload.is_empty() {
+            meta.remove(Namespace::MqttRetained, publish.topic.as_bytes())?;
+            map.remove(&publish.topic);
+        } else {
+            let p = &publish.props;
+            let stored = StoredRetained {
+                timestamp: now_ms(),
+                qos: publish.qos,
+                payload: publish.payload.to_vec(),
+                publisher: Some(client_id.to_owned()),
+                content_type: p.content_type.clone(),
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.as_ref().map(|b| b.to_vec()),
+                payload_format: p.payload_format,
+                expiry: p.expiry,
+                user: p.user.clone(),
+            };
+            let bytes = postcard::to_allocvec(&stored)
+                .map_err(|e| BrokerError::Invalid(format!("retained message: {e}")))?;
+            meta.put(Namespace::MqttRetained, publish.topic.as_bytes(), &bytes)?;
+            map.insert(
+                publish.topic.clone(),
+                Arc::new(LogMessage {
+                    log_topic: Arc::from(""),
+                    partition: 0,
+                    offset: 0,
+                    timestamp: stored.timestamp,
+                    topic: publish.topic.clone(),
+                    payload: publish.payload.clone(),
+                    qos: publish.qos,
+                    retain: true,
+                    publisher: stored.publisher,
+                    props: MessageProps {
+                        topic_alias: None,
+                        subscription_ids: Vec::new(),
+                        ..p.clone()
+                    },
+                }),
+            );
+        }
+        self.stats
+            .retained
+            .store(map.len() as u64, Ordering::Relaxed);
+        self.meta_dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Retained messages whose topic matches `filter`.
+    pub fn retained_matching(&self, filter: &str) -> Vec<Arc<LogMessage>> {
+        let map = self.retained.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .filter(|m| topic::matches(filter, &m.topic))
+            .cloned()
+            .collect()
+    }
+
+    /// Registers connection `conn`'s subscription `raw` for live delivery.
+    pub fn subscribe(
+        &self,
+        conn: u64,
+        raw: &str,
+        tx: &mpsc::Sender<Delivery>,
+        lagged: &Arc<AtomicBool>,
+    ) {
+        let Ok(parsed) = topic::parse_filter(raw) else {
+            return;
+        };
+        let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
+        subs.insert(
+            parsed.filter,
+            SubKey {
+                conn,
+                raw: Arc::from(raw),
+            },
+            Target {
+                tx: tx.clone(),
+                lagged: Arc::clone(lagged),
+                shared: parsed.share_group.is_some(),
+            },
+        );
+        self.stats
+            .subscriptions
+            .store(subs.len() as u64, Ordering::Relaxed);
+    }
+
+    pub fn unsubscribe(&self, conn: u64, raw: &str) {
+        let Ok(parsed) = topic::parse_filter(raw) else {
+            return;
+        };
+        let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
+        subs.remove(
+            parsed.filter,
+            &SubKey {
+                conn,
+                raw: Arc::from(raw),
+            },
+        );
+        self.stats
+            .subscriptions
+            .store(subs.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Starts the dispatcher of every partition of log topic `name` (once).
+    fn dispatch(&self, name: &str) {
+        let mut d = self.dispatching.lock().unwrap_or_else(|e| e.into_inner());
+        if d.contains(name) {
+            return;
+        }
+        let Ok(topic) = self.broker.topic(name) else {
+            return;
+        };
+        d.insert(name.to_owned());
+        let Some(hub) = self.me.upgrade() else {
+            return;
+        };
+        let name: Arc<str> = Arc::from(name);
+        for (i, p) in topic.partitions().iter().enumerate() {
+            let start = p.end_offset();
+            tokio::spawn(dispatcher(
+                Arc::clone(&hub),
+                Arc::clone(&name),
+                i as u32,
+                start,
+            ));
+        }
+    }
+
+    /// Claims client id `id` for connection `conn`: returns the session state it had (from a
+    /// connection it takes over, or kept while the client was away).
+    pub async fn claim(
+        &self,
+        id: &str,
+        conn: u64,
+        takeover: mpsc::Sender<Takeover>,
+    ) -> Option<SessionState> {
+        let waiting = {
+            let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let prev = s.insert(id.to_owned(), Slot::Online { conn, takeover });
+            match prev {
+                None => {
+                    self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                Some(Slot::Offline { state, .. }) => return Some(*state),
+                Some(Slot::Online { takeover: old, .. }) => {
+                    let (tx, rx) = oneshot::channel();
+                    // Sent under the lock: the old connection finds it even while exiting.
+                    if old.try_send(tx).is_err() {
+                        None
+                    } else {
+                        Some(rx)
+                    }
+                }
+            }
+        };
+        let rx = waiting?;
+        self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    /// Connection `conn` ends. Hands the state to a connection that took over, keeps it while
+    /// the client is away (expiry > 0), or forgets it. Returns whether it was taken over.
+    pub fn release(
+        &self,
+        id: &str,
+        conn: u64,
+        state: SessionState,
+        takeover_rx: &mut mpsc::Receiver<Takeover>,
+    ) -> bool {
+        let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let ours = matches!(s.get(id), Some(Slot::Online { conn: c, .. }) if *c == conn);
+        if !ours {
+            if let Ok(reply) = takeover_rx.try_recv() {
+                let _ = reply.send(state);
+            }
+            return true;
+        }
+        if state.expiry == 0 {
+            s.remove(id);
+            self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+            drop(s);
+            if let Err(e) = self
+                .broker
+                .meta()
+                .remove(Namespace::MqttSessions, id.as_bytes())
+            {
+                tracing::warn!(client = id, "mqtt: cannot forget session: {e}");
+            }
+            self.meta_dirty.store(true, Ordering::Relaxed);
+        } else {
+            s.insert(
+                id.to_owned(),
+                Slot::Offline {
+                    state: Box::new(state),
+                    since: Instant::now(),
+                    conn,
+                },
+            );
+        }
+        false
+    }
+
+    /// Forgets a session's persisted part (clean start).
+    pub fn forget(&self, id: &str) -> Result<(), BrokerError> {
+        self.broker
+            .meta()
+            .remove(Namespace::MqttSessions, id.as_bytes())?;
+        self.meta_dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Writes a session's persistent part (durable after [`Hub::flush_meta`]).
+    pub fn persist(&self, id: &str, p: &PersistedSession) -> Result<(), BrokerError> {
+        let bytes =
+            postcard::to_allocvec(p).map_err(|e| BrokerError::Invalid(format!("session: {e}")))?;
+        self.broker
+            .meta()
+            .put(Namespace::MqttSessions, id.as_bytes(), &bytes)?;
+        self.meta_dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes the metadata writes so far durable (blocking: one fsync).
+    pub fn flush_meta(&self) -> Result<(), BrokerError> {
+        self.meta_dirty.store(false, Ordering::Relaxed);
+        self.broker.meta().flush()?;
+        Ok(())
+    }
+
+    /// Publishes a will: now, or after its delay unless the client is back by then.
+    pub fn publish_will(self: &Arc<Self>, id: String, conn: u64, will: Will, session_expiry: u32) {
+        let delay = will.delay.min(session_expiry);
+        let hub = Arc::clone(self);
+        tokio::spawn(async move {
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                let back = {
+                    let s = hub.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                    match s.get(&id) {
+                        Some(Slot::Online { .. }) => true,
+                        Some(Slot::Offline { conn: c, .. }) => *c != conn,
+                        None => false,
+                    }
+                };
+                if back {
+                    return;
+                }
+            }
+            let publish = will.message;
+            if publish.retain {
+                if let Err(e) = hub.retain(&publish, &id) {
+                    tracing::warn!(client = %id, "mqtt: will not retained: {e}");
+                }
+            }
+            match hub.append(&publish, &id, Durability::Written) {
+                Ok(t) => {
+                    if let Err(e) = t.finish().await {
+                        tracing::warn!(client = %id, "mqtt: will not stored: {e}");
+                    } else {
+                        hub.stats.wills.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => tracing::warn!(client = %id, "mqtt: will not stored: {e}"),
+            }
+        });
+    }
+
+    /// Expires sessions whose client has been away longer than their expiry interval, and
+    /// flushes metadata written since the last call. Blocking.
+    pub fn housekeeping(&self) {
+        let expired: Vec<String> = {
+            let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            let ids: Vec<String> = s
+                .iter()
+                .filter_map(|(id, slot)| match slot {
+                    Slot::Offline { state, since, .. }
+                        if state.expiry != u32::MAX
+                            && since.elapsed() >= Duration::from_secs(u64::from(state.expiry)) =>
+                    {
+                        Some(id.clone())
+                    }
+                    _ => None,
+                })
+                .collect();
+            for id in &ids {
+                s.remove(id);
+            }
+            ids
+        };
+        for id in &expired {
+            self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+            if let Err(e) = self.forget(id) {
+                tracing::warn!(client = %id, "mqtt: cannot forget expired session: {e}");
+            }
+            tracing::info!(client = %id, "mqtt: session expired");
+        }
+        if self.meta_dirty.load(Ordering::Relaxed) {
+            if let Err(e) = self.flush_meta() {
+                tracing::error!("mqtt: metadata flush: {e}");
+            }
+        }
+    }
+
+    fn deliver(&self, msg: LogMessage) {
+        let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
+        let mut direct: Vec<(u64, Target)> = Vec::new();
+        let mut shared: HashMap<Arc<str>, Vec<Target>> = HashMap::new();
+        subs.for_each_match(&msg.topic, |k, t| {
+            if t.shared {
+                shared
+                    .entry(Arc::clone(&k.raw))
+                    .or_default()
+                    .push(t.clone());
+            } else {
+                direct.push((k.conn, t.clone()));
+            }
+        });
+        drop(subs);
+        if direct.is_empty() && shared.is_empty() {
+            return;
+        }
+        let msg = Arc::new(msg);
+        direct.sort_unstable_by_key(|(c, _)| *c);
+        direct.dedup_by_key(|(c, _)| *c);
+        for (_, t) in direct {
+            if t.tx.try_send(Delivery::Log(Arc::clone(&msg))).is_err() {
+                t.lagged.store(true, Ordering::SeqCst);
+            }
+        }
+        for (raw, members) in shared {
+            let n = members.len();
+            let first = (msg.offset as usize) % n;
+            let sent = (0..n).any(|i| {
+                members[(first + i) % n]
+                    .tx
+                    .try_send(Delivery::Shared(Arc::clone(&msg), Arc::clone(&raw)))
+                    .is_ok()
+            });
+            if !sent {
+                self.stats.dropped_shared.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Tails one log partition and hands each record to the connections whose subscriptions match.
+async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64) {
+    let mut stop = hub.shutdown.clone();
+    loop {
+        let fetched = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = hub.broker.fetch(&topic, partition, pos, 1 << 20, 1, Duration::from_secs(1)) => r,
+        };
+        let read = match fetched {
+            Ok(r) => r,
+            Err(BrokerError::Log(LogError::OffsetOutOfRange { .. })) => {
+                if let Ok((start, _, _)) =
+                    hub.broker
+                        .list_offsets(&topic, partition, crate::proto::OffsetSpec::Earliest)
+                {
+                    pos = start;
+                }
+                continue;
+            }
+            Err(BrokerError::Log(LogError::UnknownTopic(_))) => {
+                hub.dispatching
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&*topic);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%topic, partition, "mqtt dispatcher: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        for batch in read.batches() {
+            for r in batch.records() {
+                let Ok(r) = r else { break };
+                if r.offset < pos {
+                    continue;
+                }
+                if let Some(m) = message::from_record(&topic, partition, &r) {
+                    hub.deliver(m);
+                }
+            }
+        }
+        pos = pos.max(read.next_offset);
+    }
+}

@@ -1,0 +1,181 @@
+//! An MQTT message as a log record, and back.
+//!
+//! | record part | holds |
+//! |---|---|
+//! | key | the MQTT topic name (so Kafka's partitioner keeps per-topic order) |
+//! | value | the payload |
+//! | header `mqtt.qos` | `0`, `1` or `2` as published |
+//! | header `mqtt.retain` | `1` when the retain flag was set (absent otherwise) |
+//! | header `mqtt.client` | the publishing client id (for the 5.0 No Local option) |
+//! | headers `mqtt.content_type`, `mqtt.response_topic`, `mqtt.correlation_data`, `mqtt.payload_format` | 5.0 properties |
+//! | header `mqtt.expiry` | 5.0 Message Expiry Interval in seconds, counted from the record's timestamp |
+//! | any other header | a 5.0 user property (name and value as sent) |
+//!
+//! Text values are UTF-8; `mqtt.correlation_data` is the raw bytes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::codec::{MessageProps, Publish};
+use crate::log::{BatchBuilder, Header, RecordView};
+
+/// A message read from the log, shared by every session it is delivered to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogMessage {
+    pub log_topic: Arc<str>,
+    pub partition: u32,
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch, when it was appended.
+    pub timestamp: i64,
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    pub retain: bool,
+    pub publisher: Option<String>,
+    pub props: MessageProps,
+}
+
+/// The record headers of `publish` from client `client_id`.
+pub fn headers(publish: &Publish, client_id: &str) -> Vec<Header> {
+    let p = &publish.props;
+    let mut h = Vec::with_capacity(3 + p.user.len());
+    h.push(Header::new("mqtt.qos", [b'0' + publish.qos]));
+    if publish.retain {
+        h.push(Header::new("mqtt.retain", *b"1"));
+    }
+    if !client_id.is_empty() {
+        h.push(Header::new("mqtt.client", client_id.as_bytes()));
+    }
+    if let Some(v) = &p.content_type {
+        h.push(Header::new("mqtt.content_type", v.as_bytes()));
+    }
+    if let Some(v) = &p.response_topic {
+        h.push(Header::new("mqtt.response_topic", v.as_bytes()));
+    }
+    if let Some(v) = &p.correlation_data {
+        h.push(Header::new("mqtt.correlation_data", v.to_vec()));
+    }
+    if let Some(v) = p.payload_format {
+        h.push(Header::new("mqtt.payload_format", [b'0' + v.min(9)]));
+    }
+    if let Some(v) = p.expiry {
+        h.push(Header::new("mqtt.expiry", v.to_string()));
+    }
+    for (k, v) in &p.user {
+        h.push(Header::new(k.as_str(), v.as_bytes()));
+    }
+    h
+}
+
+/// A one-record batch for `publish`, stamped `now_ms`.
+pub fn batch(publish: &Publish, client_id: &str, now_ms: i64) -> BatchBuilder {
+    let mut b = BatchBuilder::with_capacity(64 + publish.topic.len() + publish.payload.len());
+    b.push(
+        now_ms,
+        Some(publish.topic.as_bytes()),
+        &publish.payload,
+        &headers(publish, client_id),
+    );
+    b
+}
+
+fn text(v: &[u8]) -> Option<String> {
+    std::str::from_utf8(v).ok().map(str::to_owned)
+}
+
+/// The message a record holds: `None` when its key is not a valid MQTT topic name (records
+/// written by other protocols to an MQTT log topic without a topic key).
+pub fn from_record(log_topic: &Arc<str>, partition: u32, r: &RecordView<'_>) -> Option<LogMessage> {
+    let topic = std::str::from_utf8(r.key?).ok()?;
+    super::topic::validate_name(topic).ok()?;
+    let mut m = LogMessage {
+        log_topic: Arc::clone(log_topic),
+        partition,
+        offset: r.offset,
+        timestamp: r.timestamp,
+        topic: topic.to_owned(),
+        payload: Bytes::copy_from_slice(r.value),
+        qos: 0,
+        retain: false,
+        publisher: None,
+        props: MessageProps::default(),
+    };
+    for h in &r.headers {
+        match h.name {
+            "mqtt.qos" => m.qos = h.value.first().map_or(0, |b| b.saturating_sub(b'0').min(2)),
+            "mqtt.retain" => m.retain = h.value == b"1",
+            "mqtt.client" => m.publisher = text(h.value),
+            "mqtt.content_type" => m.props.content_type = text(h.value),
+            "mqtt.response_topic" => m.props.response_topic = text(h.value),
+            "mqtt.correlation_data" => {
+                m.props.correlation_data = Some(Bytes::copy_from_slice(h.value))
+            }
+            "mqtt.payload_format" => {
+                m.props.payload_format = h.value.first().map(|b| b.saturating_sub(b'0'))
+            }
+            "mqtt.expiry" => {
+                m.props.expiry = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+            }
+            name if name.starts_with("mqtt.") || name.starts_with("brook.") => {}
+            name => {
+                if let Some(v) = text(h.value) {
+                    m.props.user.push((name.to_owned(), v));
+                }
+            }
+        }
+    }
+    Some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::{BatchHeader, BatchView};
+
+    #[test]
+    fn publish_survives_the_log() {
+        let publish = Publish {
+            dup: false,
+            qos: 1,
+            retain: true,
+            topic: "a/b".into(),
+            pkid: 7,
+            payload: Bytes::from_static(b"hello"),
+            props: MessageProps {
+                payload_format: Some(1),
+                expiry: Some(30),
+                topic_alias: None,
+                response_topic: Some("reply/x".into()),
+                correlation_data: Some(Bytes::from_static(&[0, 159, 1])),
+                user: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
+                content_type: Some("text/plain".into()),
+                subscription_ids: Vec::new(),
+            },
+        };
+        let b = batch(&publish, "dev-1", 1234);
+        let header = BatchHeader {
+            base_offset: 41,
+            record_count: b.count(),
+            first_timestamp: b.first_timestamp(),
+            max_timestamp: b.max_timestamp(),
+            append_time: 0,
+            attributes: 0,
+        };
+        let mut frame = Vec::new();
+        crate::log::record::encode_frame(&mut frame, &header, b.records_bytes());
+        let view = BatchView::parse(&frame).expect("valid frame");
+        let rec = view.records().next().expect("one").expect("decodes");
+        let topic: Arc<str> = Arc::from("mqtt");
+        let m = from_record(&topic, 0, &rec).expect("a message");
+        assert_eq!(m.offset, 41);
+        assert_eq!(m.topic, "a/b");
+        assert_eq!(m.payload, publish.payload);
+        assert_eq!(m.qos, 1);
+        assert!(m.retain);
+        assert_eq!(m.publisher.as_deref(), Some("dev-1"));
+        assert_eq!(m.props, publish.props);
+    }
+}

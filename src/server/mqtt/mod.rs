@@ -1,0 +1,319 @@
+//! The MQTT front end: MQTT 3.1.1 and 5.0 over TCP, served from the log.
+//!
+//! Every accepted PUBLISH is appended to a log topic chosen by `[[mqtt.route]]` (first
+//! matching filter; else `mqtt.default_topic`, created on first use) with the MQTT topic as
+//! the record key ([`message`] has the record layout). Subscribers are served from the log:
+//! live through the [`hub`]'s per-partition dispatchers and subscription [`topic::Trie`], and
+//! after an absence (persistent session) or a lag by reading the log back from the session's
+//! position, so an offline subscriber's queue is the log itself, bounded by retention.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`codec`] | framing, server-side validation, 3.1.1/5.0 reading via rumqttc's `mqttbytes`, writing |
+//! | [`topic`] | topic names and filters, matching, the subscription trie |
+//! | [`message`] | an MQTT message as a log record and back |
+//! | [`session`] | the session state machine (no I/O) |
+//! | [`hub`] | routing, dispatchers, session registry, retained messages |
+//! | [`conn`] | one connection's task: bytes in and out, actions carried out |
+//!
+//! Acknowledgements: QoS 0 is appended without waiting; the PUBACK (QoS 1) and PUBREC (QoS 2)
+//! go out once the record has `mqtt.durability` (default `durable`: fsynced; concurrent
+//! publishes share one fsync). QoS 2 is exactly-once within a session: a packet id whose
+//! PUBREC was sent is remembered until PUBREL, so a resent PUBLISH is not stored twice; this
+//! memory is kept across reconnects while the broker runs, not across a broker crash (a
+//! crash after the append and before PUBREC reached the client can store the message twice).
+//! When the log refuses an append (`reject` policy at its budget): QoS 0 is dropped and
+//! counted; 5.0 QoS 1/2 get reason code 0x97; 3.1.1 QoS 1/2 get no acknowledgement and the
+//! connection is not read until the log accepts the message, so it stays with the client.
+//!
+//! Persistent sessions (3.1.1 clean session = 0; 5.0 session expiry > 0) keep their
+//! subscriptions and one position per log partition in the metadata store (written and
+//! flushed before SUBACK and at disconnect, written every second while delivering). After a
+//! broker restart a session resumes from the lowest unacknowledged position: messages that
+//! were in flight are delivered again (QoS 2 included: the in-flight packet ids live in memory).
+//!
+//! Shared subscriptions (`$share/GROUP/filter`) are delivered live only: each message goes to
+//! one connected member (the next one whose queue has room); with no member able to take it,
+//! it is counted in `brook_mqtt_dropped_total{reason="shared_full"}` (it stays in the log).
+//! Usernames and passwords are accepted and not checked yet (the security issue adds them).
+
+pub mod codec;
+pub mod conn;
+pub mod hub;
+pub mod message;
+pub mod session;
+pub mod topic;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::log::Durability;
+use crate::units::{ByteSize, HumanDuration};
+use hub::Hub;
+
+/// One routing rule: MQTT topic filter → log topic.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub filter: String,
+    pub topic: String,
+}
+
+/// `[mqtt]` in brook.toml.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Connections open at once; more are refused. Default 4096.
+    pub max_connections: usize,
+    /// Largest packet accepted. Default "1MiB".
+    pub max_packet_size: ByteSize,
+    /// What a QoS 1 PUBACK / QoS 2 PUBREC promises. Default durable.
+    pub durability: Durability,
+    /// Unacknowledged QoS 1/2 messages per session, each way. Default 64.
+    pub max_inflight: u16,
+    /// Topic aliases a 5.0 client may use. Default 64.
+    pub topic_alias_max: u16,
+    /// Cap on session expiry; "none": no cap. Default "none".
+    pub max_session_expiry: HumanDuration,
+    /// Log topic for unrouted messages. Default "mqtt".
+    pub default_topic: String,
+    /// Routing rules, first match wins.
+    pub route: Vec<Route>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_connections: 4096,
+            max_packet_size: ByteSize::mib(1),
+            durability: Durability::Durable,
+            max_inflight: 64,
+            topic_alias_max: 64,
+            max_session_expiry: HumanDuration(Duration::ZERO),
+            default_topic: "mqtt".into(),
+            route: Vec::new(),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// The session expiry cap in seconds (`u32::MAX`: none).
+    pub fn max_session_expiry_secs(&self) -> u32 {
+        if self.max_session_expiry.0.is_zero() {
+            u32::MAX
+        } else {
+            u32::try_from(self.max_session_expiry.0.as_secs()).unwrap_or(u32::MAX)
+        }
+    }
+
+    /// Checks the section; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("mqtt.max_connections: must be at least 1".into());
+        }
+        let size = self.max_packet_size.bytes();
+        if !(1024..=256 << 20).contains(&size) {
+            return Err(format!(
+                "mqtt.max_packet_size = {} is outside 1KiB..=256MiB",
+                self.max_packet_size
+            ));
+        }
+        if self.max_inflight == 0 {
+            return Err("mqtt.max_inflight: must be at least 1".into());
+        }
+        crate::log::store::validate_topic_name(&self.default_topic)
+            .map_err(|e| format!("mqtt.default_topic: {e}"))?;
+        for (i, r) in self.route.iter().enumerate() {
+            topic::validate_filter(&r.filter)
+                .map_err(|e| format!("mqtt.route[{i}].filter = {:?}: {e}", r.filter))?;
+            crate::log::store::validate_topic_name(&r.topic)
+                .map_err(|e| format!("mqtt.route[{i}].topic: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters and gauges for `/metrics`.
+#[derive(Debug, Default)]
+pub struct MqttStats {
+    pub connections: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_refused: AtomicU64,
+    pub sessions: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub retained: AtomicU64,
+    pub packets_in: AtomicU64,
+    /// PUBLISH received, by QoS.
+    pub publishes_in: [AtomicU64; 3],
+    /// PUBLISH sent, by QoS (redeliveries included).
+    pub publishes_out: [AtomicU64; 3],
+    /// QoS 0 messages the log refused (full, `reject` policy).
+    pub dropped_qos0: AtomicU64,
+    /// QoS 1/2 messages the log refused (answered 0x97 under 5.0, held under 3.1.1).
+    pub refused: AtomicU64,
+    /// Shared-subscription messages no member could take.
+    pub dropped_shared: AtomicU64,
+    pub wills: AtomicU64,
+    pub takeovers: AtomicU64,
+    pub protocol_errors: AtomicU64,
+}
+
+impl MqttStats {
+    /// Prometheus text lines.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        for (name, kind, help, v) in [
+            (
+                "brook_mqtt_connections",
+                "gauge",
+                "Open MQTT connections.",
+                &self.connections,
+            ),
+            (
+                "brook_mqtt_connections_total",
+                "counter",
+                "MQTT connections accepted.",
+                &self.connections_total,
+            ),
+            (
+                "brook_mqtt_connections_refused_total",
+                "counter",
+                "MQTT connections refused at max_connections.",
+                &self.connections_refused,
+            ),
+            (
+                "brook_mqtt_sessions",
+                "gauge",
+                "MQTT sessions, connected or kept for an absent client.",
+                &self.sessions,
+            ),
+            (
+                "brook_mqtt_subscriptions",
+                "gauge",
+                "Subscriptions of connected MQTT clients.",
+                &self.subscriptions,
+            ),
+            (
+                "brook_mqtt_retained",
+                "gauge",
+                "Retained MQTT messages.",
+                &self.retained,
+            ),
+            (
+                "brook_mqtt_refused_total",
+                "counter",
+                "QoS 1/2 messages the log refused (full, reject policy).",
+                &self.refused,
+            ),
+            (
+                "brook_mqtt_wills_total",
+                "counter",
+                "Will messages published.",
+                &self.wills,
+            ),
+            (
+                "brook_mqtt_takeovers_total",
+                "counter",
+                "Sessions taken over by a new connection.",
+                &self.takeovers,
+            ),
+            (
+                "brook_mqtt_protocol_errors_total",
+                "counter",
+                "MQTT connections closed for a protocol violation.",
+                &self.protocol_errors,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {}",
+                g(v)
+            );
+        }
+        for (name, help, by_qos) in [
+            (
+                "brook_mqtt_publishes_in_total",
+                "PUBLISH packets received, by QoS.",
+                &self.publishes_in,
+            ),
+            (
+                "brook_mqtt_publishes_out_total",
+                "PUBLISH packets sent, by QoS.",
+                &self.publishes_out,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (q, a) in by_qos.iter().enumerate() {
+                let _ = writeln!(out, "{name}{{qos=\"{q}\"}} {}", g(a));
+            }
+        }
+        let name = "brook_mqtt_dropped_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} MQTT messages not delivered or not stored, by reason.\n# TYPE {name} counter"
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"log_full_qos0\"}} {}",
+            g(&self.dropped_qos0)
+        );
+        let _ = writeln!(
+            out,
+            "{name}{{reason=\"shared_full\"}} {}",
+            g(&self.dropped_shared)
+        );
+    }
+}
+
+/// Accepts MQTT connections until `shutdown` turns true; runs the hub's housekeeping.
+pub async fn run(listener: TcpListener, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(hub.config.max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
+            _ = tick.tick() => {
+                let h = Arc::clone(&hub);
+                let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;
+                continue;
+            }
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("mqtt listener: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            hub.stats
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "mqtt connection refused: {} connections open", hub.config.max_connections);
+            // CONNACK "server unavailable" (3.1.1 code 3, read by 5.0 clients as a refusal).
+            let _ = stream.write_all(&[0x20, 2, 0, 3]).await;
+            continue;
+        };
+        let hub = Arc::clone(&hub);
+        let stop = shutdown.clone();
+        connections.spawn(async move {
+            conn::serve(stream, peer, hub, stop).await;
+            drop(permit);
+        });
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+    let h = Arc::clone(&hub);
+    let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;
+}

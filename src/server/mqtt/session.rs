@@ -1,0 +1,982 @@
+//! The MQTT session as a state machine without I/O: packets from the client and messages from
+//! the log go in, [`Action`]s come out (packets to send, records to append, subscriptions to
+//! register, state to persist). The connection task ([`super::conn`]) only moves bytes and
+//! carries out actions, so every rule here is tested without sockets.
+//!
+//! Delivery positions: for every log partition carrying MQTT messages the session keeps the
+//! next offset it has not yet looked at. A message from the log (live, or read back after an
+//! absence) is considered only if its offset is at or past that position, so reading the same
+//! part of the log twice never delivers twice within a session. The position that is
+//! persisted is the lowest offset not yet acknowledged (queued or in flight), so a restart
+//! redelivers what was not acknowledged and nothing that was never delivered is skipped.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::codec::{
+    self, ConnAck, Connect, MessageProps, Out, Packet, Publish, Version, Will, reason,
+};
+use super::message::LogMessage;
+use super::topic;
+
+/// Options of one subscription.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubOptions {
+    pub qos: u8,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: u8,
+    pub subscription_id: Option<usize>,
+}
+
+/// A log partition: (log topic, partition).
+pub type PartitionKey = (Arc<str>, u32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Ack,
+    Rec,
+    Comp,
+}
+
+#[derive(Clone, Debug)]
+struct Inflight {
+    pkid: u16,
+    publish: Publish,
+    stage: Stage,
+    source: Option<(PartitionKey, u64)>,
+}
+
+#[derive(Clone, Debug)]
+struct Queued {
+    publish: Publish,
+    source: Option<(PartitionKey, u64)>,
+}
+
+/// What outlives a connection (kept in memory while the client is away, and its persistent
+/// part in the metadata store).
+#[derive(Clone, Debug, Default)]
+pub struct SessionState {
+    pub client_id: String,
+    /// Seconds the session is kept after a disconnect; `u32::MAX`: until the client cleans it.
+    pub expiry: u32,
+    /// Raw filter (including `$share/...`) to its options.
+    pub subscriptions: BTreeMap<String, SubOptions>,
+    pub positions: HashMap<PartitionKey, u64>,
+    /// Per subscription, the log end of each partition when it was made: a subscription only
+    /// matches messages appended after it (partitions created later: all of them).
+    pub since: HashMap<String, HashMap<PartitionKey, u64>>,
+    outbound: VecDeque<Inflight>,
+    inbound_qos2: HashSet<u16>,
+    next_pkid: u16,
+}
+
+/// The persisted part of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PersistedSession {
+    pub expiry: u32,
+    pub subscriptions: Vec<(String, SubOptions)>,
+    pub positions: Vec<(String, u32, u64)>,
+    /// (filter, log topic, partition, offset) of [`SessionState::since`].
+    pub since: Vec<(String, String, u32, u64)>,
+}
+
+impl SessionState {
+    pub fn new(client_id: String, expiry: u32) -> Self {
+        SessionState {
+            client_id,
+            expiry,
+            ..SessionState::default()
+        }
+    }
+
+    /// Restores a session from the metadata store.
+    pub fn restore(client_id: String, p: PersistedSession) -> Self {
+        SessionState {
+            client_id,
+            expiry: p.expiry,
+            subscriptions: p.subscriptions.into_iter().collect(),
+            positions: p
+                .positions
+                .into_iter()
+                .map(|(t, p, o)| ((Arc::from(t), p), o))
+                .collect(),
+            since: p
+                .since
+                .into_iter()
+                .fold(HashMap::new(), |mut m, (f, t, p, o)| {
+                    m.entry(f)
+                        .or_insert_with(HashMap::new)
+                        .insert((Arc::from(t), p), o);
+                    m
+                }),
+            ..SessionState::default()
+        }
+    }
+
+    /// Lowest offset per partition not yet acknowledged.
+    fn committed_positions(&self, queued: &VecDeque<Queued>) -> Vec<(String, u32, u64)> {
+        let mut low: HashMap<&PartitionKey, u64> =
+            self.positions.iter().map(|(k, v)| (k, *v)).collect();
+        let sources = self
+            .outbound
+            .iter()
+            .filter_map(|i| i.source.as_ref())
+            .chain(queued.iter().filter_map(|q| q.source.as_ref()));
+        for (k, off) in sources {
+            if let Some(v) = low.get_mut(k) {
+                *v = (*v).min(*off);
+            }
+        }
+        let mut v: Vec<_> = low
+            .into_iter()
+            .map(|((t, p), o)| (t.to_string(), *p, o))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn has_subscriptions(&self) -> bool {
+        !self.subscriptions.is_empty()
+    }
+}
+
+/// Limits the server applies to a session.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_inflight: u16,
+    pub topic_alias_max: u16,
+    pub max_packet_size: u32,
+    /// Cap on a session's expiry interval, seconds (`u32::MAX`: no cap).
+    pub max_session_expiry: u32,
+}
+
+/// What the connection task must do, in order.
+#[derive(Debug)]
+pub enum Action {
+    Send(Out),
+    /// Append a PUBLISH to the log; when it has the configured durability, report back with
+    /// [`Session::appended`] and `ack`.
+    Append {
+        publish: Publish,
+        ack: Ack,
+    },
+    /// Register a subscription for live delivery (and start positions where none exist).
+    Subscribe {
+        filter: String,
+        options: SubOptions,
+    },
+    Unsubscribe {
+        filter: String,
+    },
+    /// Deliver the retained messages matching `filter` (through [`Session::offer_retained`]).
+    SendRetained {
+        filter: String,
+        options: SubOptions,
+    },
+    /// Write the session's persistent part (subscriptions, positions) and flush it.
+    Persist,
+    /// Close the connection: `reason` is the 5.0 reason code sent in DISCONNECT (if any),
+    /// `graceful` whether the will is discarded, `error` whether the client broke the protocol.
+    Close {
+        reason: Option<u8>,
+        graceful: bool,
+        error: bool,
+        why: String,
+    },
+}
+
+/// The acknowledgement an appended PUBLISH is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    None,
+    PubAck(u16),
+    PubRec(u16),
+}
+
+/// How an append ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored,
+    /// The log refused it (`reject` policy at its budget).
+    QuotaExceeded,
+    Failed,
+}
+
+/// One connected session.
+pub struct Session {
+    pub state: SessionState,
+    pub version: Version,
+    pub will: Option<Will>,
+    pub keep_alive: u16,
+    limits: Limits,
+    window: usize,
+    client_max_packet: u32,
+    aliases: HashMap<u16, String>,
+    queued: VecDeque<Queued>,
+    inbound_unacked: usize,
+    actions: VecDeque<Action>,
+}
+
+/// Queued deliveries a session takes before the connection stops pulling more.
+const QUEUE_LIMIT: usize = 256;
+
+impl Session {
+    /// A session for `connect` with `state` (new or resumed); queues the CONNACK and, for a
+    /// resumed session, the redelivery of unacknowledged messages.
+    pub fn start(
+        connect: &Connect,
+        mut state: SessionState,
+        session_present: bool,
+        assigned_client_id: Option<String>,
+        limits: Limits,
+    ) -> Session {
+        let expiry = connect.session_expiry.min(limits.max_session_expiry);
+        state.expiry = expiry;
+        let window = usize::from(connect.receive_maximum.min(limits.max_inflight).max(1));
+        let mut s = Session {
+            version: connect.version,
+            will: connect.will.clone(),
+            keep_alive: connect.keep_alive,
+            window,
+            client_max_packet: connect.max_packet_size,
+            aliases: HashMap::new(),
+            queued: VecDeque::new(),
+            inbound_unacked: 0,
+            actions: VecDeque::new(),
+            state,
+            limits,
+        };
+        let v5 = s.version == Version::V5;
+        s.actions.push_back(Action::Send(Out::ConnAck(ConnAck {
+            session_present,
+            reason: reason::SUCCESS,
+            session_expiry: (v5 && expiry != connect.session_expiry).then_some(expiry),
+            receive_maximum: v5.then_some(s.limits.max_inflight),
+            max_packet_size: v5.then_some(s.limits.max_packet_size),
+            assigned_client_id: if v5 { assigned_client_id } else { None },
+            topic_alias_max: v5.then_some(s.limits.topic_alias_max),
+            server_keep_alive: None,
+            reason_string: None,
+        })));
+        // Unacknowledged deliveries go again, in their order: PUBLISH with DUP, or PUBREL.
+        let redo: Vec<Out> = s
+            .state
+            .outbound
+            .iter()
+            .map(|i| match i.stage {
+                Stage::Comp => Out::PubRel(i.pkid, 0),
+                _ => {
+                    let mut p = i.publish.clone();
+                    p.dup = true;
+                    Out::Publish(p)
+                }
+            })
+            .collect();
+        s.actions.extend(redo.into_iter().map(Action::Send));
+        s
+    }
+
+    /// Takes the actions produced so far.
+    pub fn take_actions(&mut self) -> impl Iterator<Item = Action> + '_ {
+        self.actions.drain(..)
+    }
+
+    /// Whether the session takes more messages now (else they wait in the log).
+    pub fn wants_more(&self) -> bool {
+        self.queued.len() < QUEUE_LIMIT
+    }
+
+    /// Unacknowledged inbound QoS 1/2 publishes (appends not yet answered).
+    pub fn inbound_unacked(&self) -> usize {
+        self.inbound_unacked
+    }
+
+    /// The persistent part, positions at the lowest unacknowledged offset.
+    pub fn persisted(&self) -> PersistedSession {
+        PersistedSession {
+            expiry: self.state.expiry,
+            subscriptions: self
+                .state
+                .subscriptions
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            positions: self.state.committed_positions(&self.queued),
+            since: self
+                .state
+                .since
+                .iter()
+                .flat_map(|(f, m)| {
+                    m.iter()
+                        .map(move |((t, p), o)| (f.clone(), t.to_string(), *p, *o))
+                })
+                .collect(),
+        }
+    }
+
+    /// Ends the connection's part: queued deliveries are dropped (they are re-read from the
+    /// log from the persisted positions), the state is handed back.
+    pub fn into_state(mut self) -> SessionState {
+        for q in &self.queued {
+            if let Some((k, off)) = &q.source {
+                if let Some(p) = self.state.positions.get_mut(k) {
+                    *p = (*p).min(*off);
+                }
+            }
+        }
+        self.queued.clear();
+        self.state
+    }
+
+    fn close(&mut self, reason: u8, why: impl Into<String>) {
+        let v5 = self.version == Version::V5;
+        self.actions.push_back(Action::Close {
+            reason: v5.then_some(reason),
+            graceful: false,
+            error: true,
+            why: why.into(),
+        });
+    }
+
+    /// A packet from the client.
+    pub fn handle(&mut self, packet: Packet) {
+        match packet {
+            Packet::Connect(_) => self.close(reason::PROTOCOL_ERROR, "second CONNECT"),
+            Packet::Publish(p) => self.on_publish(p),
+            Packet::PubAck(id) => self.on_outbound_ack(id, Stage::Ack),
+            Packet::PubRec(id, ok) => {
+                if let Some(pos) = self.find(id, Stage::Rec) {
+                    if ok {
+                        self.state.outbound[pos].stage = Stage::Comp;
+                        self.actions.push_back(Action::Send(Out::PubRel(id, 0)));
+                    } else {
+                        self.state.outbound.remove(pos);
+                        self.pump();
+                    }
+                }
+            }
+            Packet::PubComp(id) => self.on_outbound_ack(id, Stage::Comp),
+            Packet::PubRel(id) => {
+                let rc = if self.state.inbound_qos2.remove(&id) {
+                    0
+                } else {
+                    reason::PACKET_ID_NOT_FOUND
+                };
+                self.actions.push_back(Action::Send(Out::PubComp(id, rc)));
+            }
+            Packet::Subscribe {
+                pkid,
+                filters,
+                subscription_id,
+            } => self.on_subscribe(pkid, filters, subscription_id),
+            Packet::Unsubscribe { pkid, filters } => {
+                let mut codes = Vec::with_capacity(filters.len());
+                for f in filters {
+                    self.state.since.remove(&f);
+                    if self.state.subscriptions.remove(&f).is_some() {
+                        codes.push(reason::SUCCESS);
+                        self.actions.push_back(Action::Unsubscribe { filter: f });
+                    } else {
+                        codes.push(reason::NO_SUBSCRIPTION_EXISTED);
+                    }
+                }
+                self.actions.push_back(Action::Persist);
+                self.actions
+                    .push_back(Action::Send(Out::UnsubAck(pkid, codes)));
+            }
+            Packet::PingReq => self.actions.push_back(Action::Send(Out::PingResp)),
+            Packet::Disconnect {
+                reason: rc,
+                session_expiry,
+            } => {
+                if let Some(e) = session_expiry {
+                    if self.state.expiry == 0 && e != 0 {
+                        self.close(
+                            reason::PROTOCOL_ERROR,
+                            "session expiry set on DISCONNECT after 0 on CONNECT",
+                        );
+                        return;
+                    }
+                    self.state.expiry = e.min(self.limits.max_session_expiry);
+                }
+                // 0x04: disconnect with will message.
+                let graceful = rc != 0x04;
+                if graceful {
+                    self.will = None;
+                }
+                self.actions.push_back(Action::Close {
+                    reason: None,
+                    graceful,
+                    error: false,
+                    why: format!("client disconnected (reason {rc:#04x})"),
+                });
+            }
+        }
+    }
+
+    fn find(&self, id: u16, stage: Stage) -> Option<usize> {
+        self.state
+            .outbound
+            .iter()
+            .position(|i| i.pkid == id && i.stage == stage)
+    }
+
+    fn on_outbound_ack(&mut self, id: u16, stage: Stage) {
+        if let Some(pos) = self.find(id, stage) {
+            self.state.outbound.remove(pos);
+            self.pump();
+        }
+    }
+
+    fn on_publish(&mut self, mut p: Publish) {
+        let v5 = self.version == Version::V5;
+        if let Some(alias) = p.props.topic_alias.take() {
+            if !v5 || alias == 0 || alias > self.limits.topic_alias_max {
+                self.close(
+                    reason::TOPIC_ALIAS_INVALID,
+                    format!("topic alias {alias} out of range"),
+                );
+                return;
+            }
+            if p.topic.is_empty() {
+                match self.aliases.get(&alias) {
+                    Some(t) => p.topic = t.clone(),
+                    None => {
+                        self.close(
+                            reason::PROTOCOL_ERROR,
+                            format!("unknown topic alias {alias}"),
+                        );
+                        return;
+                    }
+                }
+            } else {
+                self.aliases.insert(alias, p.topic.clone());
+            }
+        }
+        if let Err(e) = topic::validate_name(&p.topic) {
+            self.close(
+                reason::TOPIC_NAME_INVALID,
+                format!("PUBLISH to {:?}: {e}", p.topic),
+            );
+            return;
+        }
+        if p.qos > 0 && self.inbound_unacked >= usize::from(self.limits.max_inflight) {
+            self.close(
+                reason::RECEIVE_MAXIMUM_EXCEEDED,
+                "more unacknowledged QoS 1/2 publishes than Receive Maximum",
+            );
+            return;
+        }
+        let ack = match p.qos {
+            0 => Ack::None,
+            1 => Ack::PubAck(p.pkid),
+            _ => {
+                if self.state.inbound_qos2.contains(&p.pkid) {
+                    // Already stored: a resend before PUBREL. Answer again, store nothing.
+                    self.actions.push_back(Action::Send(Out::PubRec(p.pkid, 0)));
+                    return;
+                }
+                Ack::PubRec(p.pkid)
+            }
+        };
+        if ack != Ack::None {
+            self.inbound_unacked += 1;
+        }
+        self.actions.push_back(Action::Append { publish: p, ack });
+    }
+
+    /// The log answered an [`Action::Append`].
+    pub fn appended(&mut self, ack: Ack, outcome: AppendOutcome) {
+        let rc = match outcome {
+            AppendOutcome::Stored => reason::SUCCESS,
+            AppendOutcome::QuotaExceeded => reason::QUOTA_EXCEEDED,
+            AppendOutcome::Failed => reason::UNSPECIFIED,
+        };
+        if ack != Ack::None {
+            self.inbound_unacked = self.inbound_unacked.saturating_sub(1);
+        }
+        if outcome != AppendOutcome::Stored && self.version == Version::V311 {
+            // 3.1.1 has no negative acknowledgement: the connection task holds a refused
+            // message and retries; any other failure closes the connection unacknowledged.
+            if ack != Ack::None {
+                self.close(reason::UNSPECIFIED, "the log failed to store a message");
+            }
+            return;
+        }
+        match ack {
+            Ack::None => {}
+            Ack::PubAck(id) => self.actions.push_back(Action::Send(Out::PubAck(id, rc))),
+            Ack::PubRec(id) => {
+                if rc == reason::SUCCESS {
+                    self.state.inbound_qos2.insert(id);
+                }
+                self.actions.push_back(Action::Send(Out::PubRec(id, rc)));
+            }
+        }
+    }
+
+    fn on_subscribe(&mut self, pkid: u16, filters: Vec<codec::SubFilter>, sub_id: Option<usize>) {
+        let v5 = self.version == Version::V5;
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for f in filters {
+            let parsed = match topic::parse_filter(&f.filter) {
+                Ok(p) => p,
+                Err(_) => {
+                    codes.push(if v5 {
+                        reason::TOPIC_FILTER_INVALID
+                    } else {
+                        0x80
+                    });
+                    continue;
+                }
+            };
+            if parsed.share_group.is_some() && f.no_local {
+                // MQTT-3.8.3-4: No Local on a shared subscription is a protocol error.
+                self.close(reason::PROTOCOL_ERROR, "No Local on a shared subscription");
+                return;
+            }
+            let options = SubOptions {
+                qos: f.qos.min(2),
+                no_local: f.no_local,
+                retain_as_published: f.retain_as_published,
+                retain_handling: f.retain_handling,
+                subscription_id: sub_id,
+            };
+            let shared = parsed.share_group.is_some();
+            let is_new = self
+                .state
+                .subscriptions
+                .insert(f.filter.clone(), options.clone())
+                .is_none();
+            codes.push(options.qos);
+            self.actions.push_back(Action::Subscribe {
+                filter: f.filter.clone(),
+                options: options.clone(),
+            });
+            // Retained messages are not sent for shared subscriptions (MQTT-3.8.4-?; 5.0 4.8.2).
+            let send = !shared
+                && match options.retain_handling {
+                    0 => true,
+                    1 => is_new,
+                    _ => false,
+                };
+            if send {
+                retained.push((f.filter, options));
+            }
+        }
+        self.actions.push_back(Action::Persist);
+        self.actions
+            .push_back(Action::Send(Out::SubAck(pkid, codes)));
+        for (filter, options) in retained {
+            self.actions
+                .push_back(Action::SendRetained { filter, options });
+        }
+    }
+
+    /// A message from the log (live, or read back): delivered if a subscription matches and
+    /// the session has not looked at that offset yet.
+    pub fn offer(&mut self, msg: &LogMessage, now_ms: i64) {
+        let key: PartitionKey = (Arc::clone(&msg.log_topic), msg.partition);
+        let pos = self.state.positions.entry(key.clone()).or_insert(0);
+        if msg.offset < *pos {
+            return;
+        }
+        *pos = msg.offset + 1;
+        let mut qos = None::<u8>;
+        let mut retain = false;
+        let mut ids = Vec::new();
+        for (filter, o) in &self.state.subscriptions {
+            if filter.starts_with("$share/") || !topic::matches(filter, &msg.topic) {
+                continue;
+            }
+            if o.no_local && msg.publisher.as_deref() == Some(self.state.client_id.as_str()) {
+                continue;
+            }
+            if let Some(start) = self.state.since.get(filter).and_then(|m| m.get(&key)) {
+                if msg.offset < *start {
+                    continue;
+                }
+            }
+            qos = Some(qos.map_or(o.qos, |q| q.max(o.qos)));
+            retain |= o.retain_as_published && msg.retain;
+            ids.extend(o.subscription_id);
+        }
+        let Some(qos) = qos else {
+            return;
+        };
+        self.enqueue(
+            msg,
+            qos.min(msg.qos),
+            retain,
+            ids,
+            Some((key, msg.offset)),
+            now_ms,
+        );
+    }
+
+    /// A message for shared subscription `filter` (raw `$share/...`), picked for this member.
+    pub fn offer_shared(&mut self, msg: &LogMessage, filter: &str, now_ms: i64) {
+        let Some(o) = self.state.subscriptions.get(filter) else {
+            return;
+        };
+        let (qos, ids) = (o.qos.min(msg.qos), o.subscription_id.into_iter().collect());
+        self.enqueue(msg, qos, false, ids, None, now_ms);
+    }
+
+    /// A retained message for a new subscription with `options`: sent with retain set.
+    pub fn offer_retained(&mut self, msg: &LogMessage, options: &SubOptions, now_ms: i64) {
+        let ids = options.subscription_id.into_iter().collect();
+        self.enqueue(msg, options.qos.min(msg.qos), true, ids, None, now_ms);
+    }
+
+    fn enqueue(
+        &mut self,
+        msg: &LogMessage,
+        qos: u8,
+        retain: bool,
+        subscription_ids: Vec<usize>,
+        source: Option<(PartitionKey, u64)>,
+        now_ms: i64,
+    ) {
+        let mut props = if self.version == Version::V5 {
+            MessageProps {
+                subscription_ids,
+                ..msg.props.clone()
+            }
+        } else {
+            MessageProps::default()
+        };
+        if let Some(expiry) = props.expiry {
+            let age = u32::try_from((now_ms - msg.timestamp).max(0) / 1000).unwrap_or(u32::MAX);
+            if age >= expiry {
+                return;
+            }
+            props.expiry = Some(expiry - age);
+        }
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: msg.topic.clone(),
+            pkid: 0,
+            payload: Bytes::clone(&msg.payload),
+            props,
+        };
+        if codec::encoded_len(self.version, &Out::Publish(publish.clone())) as u64
+            > u64::from(self.client_max_packet)
+        {
+            // Too large for this client: dropped as if delivered (MQTT-3.1.2-25).
+            return;
+        }
+        self.queued.push_back(Queued { publish, source });
+        self.pump();
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.state.next_pkid = self.state.next_pkid.wrapping_add(1).max(1);
+            let id = self.state.next_pkid;
+            if !self.state.outbound.iter().any(|i| i.pkid == id) {
+                return id;
+            }
+        }
+    }
+
+    /// Sends queued messages while the in-flight window has room (QoS 0 needs none, but
+    /// keeps its place in the queue).
+    fn pump(&mut self) {
+        while let Some(front) = self.queued.front() {
+            if front.publish.qos > 0 && self.state.outbound.len() >= self.window {
+                return;
+            }
+            let Some(Queued {
+                mut publish,
+                source,
+            }) = self.queued.pop_front()
+            else {
+                return;
+            };
+            if publish.qos > 0 {
+                publish.pkid = self.next_pkid();
+                self.state.outbound.push_back(Inflight {
+                    pkid: publish.pkid,
+                    publish: publish.clone(),
+                    stage: if publish.qos == 1 {
+                        Stage::Ack
+                    } else {
+                        Stage::Rec
+                    },
+                    source,
+                });
+            }
+            self.actions.push_back(Action::Send(Out::Publish(publish)));
+        }
+    }
+
+    /// Messages sent and not yet acknowledged.
+    pub fn inflight(&self) -> usize {
+        self.state.outbound.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits {
+            max_inflight: 2,
+            topic_alias_max: 4,
+            max_packet_size: 1 << 20,
+            max_session_expiry: u32::MAX,
+        }
+    }
+
+    fn connect(version: Version) -> Connect {
+        Connect {
+            version,
+            client_id: "c".into(),
+            clean_start: true,
+            keep_alive: 30,
+            session_expiry: 0,
+            receive_maximum: u16::MAX,
+            max_packet_size: u32::MAX,
+            topic_alias_max: 0,
+            will: None,
+            username: None,
+            password: None,
+        }
+    }
+
+    fn msg(topic: &str, offset: u64, qos: u8) -> LogMessage {
+        LogMessage {
+            log_topic: Arc::from("mqtt"),
+            partition: 0,
+            offset,
+            timestamp: 0,
+            topic: topic.into(),
+            payload: Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            publisher: Some("other".into()),
+            props: MessageProps::default(),
+        }
+    }
+
+    fn sent(s: &mut Session) -> Vec<Out> {
+        s.take_actions()
+            .filter_map(|a| match a {
+                Action::Send(o) => Some(o),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn subscribe(s: &mut Session, filter: &str, qos: u8) {
+        s.handle(Packet::Subscribe {
+            pkid: 1,
+            filters: vec![codec::SubFilter {
+                filter: filter.into(),
+                qos,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+            }],
+            subscription_id: None,
+        });
+        let _ = s.take_actions().count();
+    }
+
+    fn new_session(version: Version) -> Session {
+        let mut s = Session::start(
+            &connect(version),
+            SessionState::new("c".into(), 0),
+            false,
+            None,
+            limits(),
+        );
+        let _ = s.take_actions().count();
+        s
+    }
+
+    #[test]
+    fn window_and_downgrade() {
+        let mut s = new_session(Version::V311);
+        subscribe(&mut s, "a/#", 1);
+        for off in 0..4 {
+            s.offer(&msg("a/b", off, 2), 0);
+        }
+        let out = sent(&mut s);
+        assert_eq!(out.len(), 2, "window of 2");
+        let Out::Publish(p) = &out[0] else { panic!() };
+        assert_eq!(p.qos, 1, "downgraded to the subscription's QoS");
+        s.handle(Packet::PubAck(p.pkid));
+        assert_eq!(sent(&mut s).len(), 1, "one more once acknowledged");
+        // Persisted position: lowest unacknowledged offset (1 in flight).
+        assert_eq!(s.persisted().positions, vec![("mqtt".to_string(), 0, 1)]);
+        // Offsets already looked at are not delivered twice.
+        s.offer(&msg("a/b", 2, 1), 0);
+        assert!(sent(&mut s).is_empty());
+    }
+
+    #[test]
+    fn no_match_no_delivery_and_dollar_topics() {
+        let mut s = new_session(Version::V311);
+        subscribe(&mut s, "#", 0);
+        s.offer(&msg("$SYS/x", 0, 0), 0);
+        s.offer(&msg("b", 1, 0), 0);
+        let out = sent(&mut s);
+        assert_eq!(out.len(), 1);
+    }
+
+    #[test]
+    fn qos2_inbound_is_stored_once() {
+        let mut s = new_session(Version::V5);
+        let p = Publish {
+            dup: false,
+            qos: 2,
+            retain: false,
+            topic: "t".into(),
+            pkid: 9,
+            payload: Bytes::new(),
+            props: MessageProps::default(),
+        };
+        s.handle(Packet::Publish(p.clone()));
+        let acts: Vec<_> = s.take_actions().collect();
+        assert!(matches!(
+            acts[0],
+            Action::Append {
+                ack: Ack::PubRec(9),
+                ..
+            }
+        ));
+        s.appended(Ack::PubRec(9), AppendOutcome::Stored);
+        assert_eq!(sent(&mut s), vec![Out::PubRec(9, 0)]);
+        // A resend (client lost the PUBREC) is answered without a second append.
+        s.handle(Packet::Publish(Publish { dup: true, ..p }));
+        assert_eq!(sent(&mut s), vec![Out::PubRec(9, 0)]);
+        s.handle(Packet::PubRel(9));
+        assert_eq!(sent(&mut s), vec![Out::PubComp(9, 0)]);
+        s.handle(Packet::PubRel(9));
+        assert_eq!(
+            sent(&mut s),
+            vec![Out::PubComp(9, reason::PACKET_ID_NOT_FOUND)]
+        );
+    }
+
+    #[test]
+    fn quota_exceeded_by_version() {
+        let mut s = new_session(Version::V5);
+        s.appended(Ack::PubAck(3), AppendOutcome::QuotaExceeded);
+        assert_eq!(sent(&mut s), vec![Out::PubAck(3, reason::QUOTA_EXCEEDED)]);
+        let mut s = new_session(Version::V311);
+        s.appended(Ack::None, AppendOutcome::QuotaExceeded);
+        assert!(s.take_actions().next().is_none(), "QoS 0 dropped silently");
+    }
+
+    #[test]
+    fn topic_alias_in() {
+        let mut s = new_session(Version::V5);
+        let mut p = Publish {
+            dup: false,
+            qos: 0,
+            retain: false,
+            topic: "long/topic".into(),
+            pkid: 0,
+            payload: Bytes::new(),
+            props: MessageProps {
+                topic_alias: Some(1),
+                ..MessageProps::default()
+            },
+        };
+        s.handle(Packet::Publish(p.clone()));
+        p.topic = String::new();
+        s.handle(Packet::Publish(p.clone()));
+        let topics: Vec<String> = s
+            .take_actions()
+            .filter_map(|a| match a {
+                Action::Append { publish, .. } => Some(publish.topic),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, vec!["long/topic", "long/topic"]);
+        p.props.topic_alias = Some(5);
+        s.handle(Packet::Publish(p));
+        assert!(matches!(
+            s.take_actions().next(),
+            Some(Action::Close {
+                reason: Some(0x94),
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn wildcard_publish_closes() {
+        let mut s = new_session(Version::V311);
+        s.handle(Packet::Publish(Publish {
+            dup: false,
+            qos: 0,
+            retain: false,
+            topic: "a/+".into(),
+            pkid: 0,
+            payload: Bytes::new(),
+            props: MessageProps::default(),
+        }));
+        assert!(matches!(
+            s.take_actions().next(),
+            Some(Action::Close { .. })
+        ));
+    }
+
+    #[test]
+    fn resumed_session_redelivers_with_dup() {
+        let mut s = new_session(Version::V311);
+        subscribe(&mut s, "a", 1);
+        s.offer(&msg("a", 5, 1), 0);
+        let _ = sent(&mut s);
+        let state = s.into_state();
+        let s2 = Session::start(&connect(Version::V311), state, true, None, limits());
+        let mut s2 = s2;
+        let out = sent(&mut s2);
+        assert!(matches!(&out[0], Out::ConnAck(c) if c.session_present));
+        assert!(matches!(&out[1], Out::Publish(p) if p.dup && p.qos == 1));
+    }
+
+    #[test]
+    fn no_local_and_expiry() {
+        let mut s = new_session(Version::V5);
+        s.handle(Packet::Subscribe {
+            pkid: 1,
+            filters: vec![codec::SubFilter {
+                filter: "a".into(),
+                qos: 0,
+                no_local: true,
+                retain_as_published: false,
+                retain_handling: 0,
+            }],
+            subscription_id: Some(7),
+        });
+        let _ = s.take_actions().count();
+        let mut own = msg("a", 0, 0);
+        own.publisher = Some("c".into());
+        s.offer(&own, 0);
+        assert!(sent(&mut s).is_empty(), "own message not delivered");
+        let mut old = msg("a", 1, 0);
+        old.props.expiry = Some(10);
+        s.offer(&old, 11_000);
+        assert!(sent(&mut s).is_empty(), "expired");
+        let mut fresh = msg("a", 2, 0);
+        fresh.props.expiry = Some(10);
+        s.offer(&fresh, 4_000);
+        let out = sent(&mut s);
+        let Out::Publish(p) = &out[0] else { panic!() };
+        assert_eq!(p.props.expiry, Some(6), "remaining lifetime");
+        assert_eq!(p.props.subscription_ids, vec![7]);
+    }
+}

@@ -1,0 +1,976 @@
+//! MQTT against a real server on loopback (`brook::server::start` on `127.0.0.1:0`) with
+//! rumqttc (3.1.1 and 5.0) and, for what a well-behaved client never sends, raw bytes.
+
+use std::time::Duration;
+
+use brook::config::Config;
+use brook::log::Visibility;
+use brook::server::mqtt::Route;
+use brook::server::{Running, start};
+use brook::units::ByteSize;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5 as m5;
+use rumqttc::{Event, Incoming, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+mod common;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn config(dir: &std::path::Path) -> Config {
+    common::server_config(dir)
+}
+
+/// Packets a client's event loop received, forwarded from its task.
+struct Inbox<P> {
+    rx: mpsc::UnboundedReceiver<P>,
+}
+
+impl<P> Inbox<P> {
+    async fn expect(&mut self, f: impl Fn(&P) -> bool) -> P {
+        loop {
+            let p = tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .expect("packet in time")
+                .expect("connection open");
+            if f(&p) {
+                return p;
+            }
+        }
+    }
+
+    /// The next packet `pick` accepts, passed through it.
+    async fn next<T>(&mut self, pick: impl Fn(P) -> Option<T>) -> T {
+        loop {
+            let p = tokio::time::timeout(WAIT, self.rx.recv())
+                .await
+                .expect("packet in time")
+                .expect("connection open");
+            if let Some(t) = pick(p) {
+                return t;
+            }
+        }
+    }
+
+    /// No packet that `pick` accepts arrives for `d`.
+    async fn quiet<T: std::fmt::Debug>(&mut self, d: Duration, pick: impl Fn(P) -> Option<T>) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            if let Some(t) = pick(p) {
+                panic!("unexpected message: {t:?}");
+            }
+        }
+    }
+}
+
+/// A 3.1.1 client whose event loop runs in a task.
+struct V4 {
+    client: rumqttc::AsyncClient,
+    inbox: Inbox<Incoming>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn v4_options(r: &Running, id: &str) -> rumqttc::MqttOptions {
+    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", r.mqtt_addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+async fn v4(opts: rumqttc::MqttOptions) -> V4 {
+    let (client, mut el) = rumqttc::AsyncClient::new(opts, 1000);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        while let Ok(e) = el.poll().await {
+            if let Event::Incoming(p) = e {
+                if tx.send(p).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let mut c = V4 {
+        client,
+        inbox: Inbox { rx },
+        task,
+    };
+    c.inbox.expect(|p| matches!(p, Incoming::ConnAck(_))).await;
+    c
+}
+
+fn publish4(p: Incoming) -> Option<rumqttc::Publish> {
+    match p {
+        Incoming::Publish(p) => Some(p),
+        _ => None,
+    }
+}
+
+impl V4 {
+    async fn publish(&mut self) -> rumqttc::Publish {
+        self.inbox.next(publish4).await
+    }
+
+    async fn puback(&mut self) {
+        self.inbox
+            .expect(|p| matches!(p, Incoming::PubAck(_)))
+            .await;
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.inbox
+            .expect(|p| matches!(p, Incoming::SubAck(_)))
+            .await;
+    }
+
+    async fn quiet(&mut self, d: Duration) {
+        self.inbox.quiet(d, publish4).await;
+    }
+
+    /// Drops the connection without DISCONNECT (as a device losing power).
+    fn kill(self) {
+        self.task.abort();
+    }
+
+    async fn disconnect(mut self) {
+        self.client.disconnect().await.expect("disconnect");
+        let _ = tokio::time::timeout(WAIT, async {
+            while self.inbox.rx.recv().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+/// A 5.0 client, as [`V4`].
+struct V5 {
+    client: rumqttc::v5::AsyncClient,
+    inbox: Inbox<m5::Packet>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn v5_options(r: &Running, id: &str) -> rumqttc::v5::MqttOptions {
+    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", r.mqtt_addr.port());
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+async fn v5(opts: rumqttc::v5::MqttOptions) -> (V5, m5::ConnAck) {
+    let (client, mut el) = rumqttc::v5::AsyncClient::new(opts, 1000);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        loop {
+            let p = match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p)) => p,
+                Ok(_) => continue,
+                // rumqttc reports a server's DISCONNECT as an error: pass it on as the packet.
+                Err(rumqttc::v5::ConnectionError::MqttState(
+                    rumqttc::v5::StateError::ServerDisconnect { reason_code, .. },
+                )) => m5::Packet::Disconnect(m5::Disconnect::new(reason_code)),
+                Err(_) => return,
+            };
+            if tx.send(p).is_err() {
+                return;
+            }
+        }
+    });
+    let mut c = V5 {
+        client,
+        inbox: Inbox { rx },
+        task,
+    };
+    let ack = c
+        .inbox
+        .next(|p| match p {
+            m5::Packet::ConnAck(a) => Some(a),
+            _ => None,
+        })
+        .await;
+    (c, ack)
+}
+
+fn publish5(p: m5::Packet) -> Option<m5::Publish> {
+    match p {
+        m5::Packet::Publish(p) => Some(p),
+        _ => None,
+    }
+}
+
+impl V5 {
+    async fn publish(&mut self) -> m5::Publish {
+        self.inbox.next(publish5).await
+    }
+
+    async fn puback(&mut self) -> m5::PubAck {
+        self.inbox
+            .next(|p| match p {
+                m5::Packet::PubAck(a) => Some(a),
+                _ => None,
+            })
+            .await
+    }
+
+    async fn disconnected(&mut self) -> m5::DisconnectReasonCode {
+        self.inbox
+            .next(|p| match p {
+                m5::Packet::Disconnect(d) => Some(d.reason_code),
+                _ => None,
+            })
+            .await
+    }
+
+    async fn subscribe_with(&mut self, filter: m5::Filter, props: Option<m5::SubscribeProperties>) {
+        self.client
+            .subscribe_many_with_properties(
+                [filter],
+                props.unwrap_or(m5::SubscribeProperties {
+                    id: None,
+                    user_properties: vec![],
+                }),
+            )
+            .await
+            .expect("subscribe");
+        self.inbox
+            .expect(|p| matches!(p, m5::Packet::SubAck(_)))
+            .await;
+    }
+
+    async fn subscribe(&mut self, filter: &str, qos: Q5) {
+        self.subscribe_with(m5::Filter::new(filter, qos), None)
+            .await
+    }
+
+    async fn quiet(&mut self, d: Duration) {
+        self.inbox.quiet(d, publish5).await;
+    }
+
+    fn kill(self) {
+        self.task.abort();
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn records(r: &Running, topic: &str) -> Vec<brook::log::Record> {
+    let t = r.broker.topic(topic).expect("topic exists");
+    let mut out = Vec::new();
+    for p in t.partitions() {
+        let mut from = p.log_start();
+        loop {
+            let read = p.read(from, 1 << 20, Visibility::Written).expect("read");
+            if read.frames.is_empty() {
+                break;
+            }
+            for b in read.batches() {
+                for rec in b.records() {
+                    out.push(rec.expect("record").to_record());
+                }
+            }
+            from = read.next_offset;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subscribe_all_qos_both_versions_routed_into_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.mqtt.route = vec![Route {
+        filter: "factory/#".into(),
+        topic: "factory".into(),
+    }];
+    let r = start(cfg).await.expect("start");
+    let mut sub3 = v4(v4_options(&r, "sub3")).await;
+    sub3.subscribe("factory/+/temp", QoS::ExactlyOnce).await;
+    sub3.subscribe("misc/#", QoS::AtLeastOnce).await;
+    let (mut sub5, _) = v5(v5_options(&r, "sub5")).await;
+    sub5.subscribe("#", Q5::ExactlyOnce).await;
+    let pub3 = v4(v4_options(&r, "pub3")).await;
+    for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        pub3.client
+            .publish("factory/line1/temp", qos, false, format!("t{i}"))
+            .await
+            .expect("publish");
+        pub3.client
+            .publish("misc/x", qos, false, format!("m{i}"))
+            .await
+            .expect("publish");
+    }
+    // Order holds per MQTT topic (the two topics live in different log topics).
+    let mut got: std::collections::BTreeMap<String, Vec<(String, u8)>> = Default::default();
+    for _ in 0..6 {
+        let p = sub3.publish().await;
+        got.entry(p.topic.clone())
+            .or_default()
+            .push((text(&p.payload), p.qos as u8));
+    }
+    assert_eq!(
+        got["factory/line1/temp"],
+        [("t0".into(), 0), ("t1".into(), 1), ("t2".into(), 2)],
+        "QoS as published (subscription allows 2)"
+    );
+    assert_eq!(
+        got["misc/x"],
+        [("m0".into(), 0), ("m1".into(), 1), ("m2".into(), 1)],
+        "downgraded to the subscription's QoS 1"
+    );
+    let mut seen5 = Vec::new();
+    for _ in 0..6 {
+        let p = sub5.publish().await;
+        seen5.push((text(&p.topic), text(&p.payload)));
+    }
+    assert_eq!(seen5.iter().filter(|(t, _)| t == "misc/x").count(), 3);
+    // Routing: factory/# went to log topic "factory", the rest to "mqtt"; key = MQTT topic.
+    let factory = records(&r, "factory").await;
+    assert_eq!(factory.len(), 3);
+    assert!(
+        factory
+            .iter()
+            .all(|rec| rec.key.as_deref() == Some(&b"factory/line1/temp"[..]))
+    );
+    let qos_header: Vec<String> = factory
+        .iter()
+        .map(|rec| {
+            text(
+                &rec.headers
+                    .iter()
+                    .find(|h| h.name == "mqtt.qos")
+                    .expect("qos header")
+                    .value,
+            )
+        })
+        .collect();
+    assert_eq!(qos_header, ["0", "1", "2"]);
+    let misc = records(&r, "mqtt").await;
+    assert_eq!(misc.len(), 3);
+    // Metrics count both ways.
+    let m = reqwest_metrics(&r).await;
+    assert!(
+        m.contains("brook_mqtt_publishes_in_total{qos=\"1\"} 2"),
+        "{m}"
+    );
+    assert!(m.contains("brook_mqtt_connections 3"), "{m}");
+    r.stop().await.expect("stop");
+}
+
+async fn reqwest_metrics(r: &Running) -> String {
+    let mut s = TcpStream::connect(r.http_addr).await.expect("http");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_session_gets_what_it_missed_in_order_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let mut o = v4_options(&r, "away");
+    o.set_clean_session(false);
+    let mut sub = v4(o).await;
+    sub.subscribe("sensors/#", QoS::AtLeastOnce).await;
+    sub.disconnect().await;
+    let mut publ = v4(v4_options(&r, "pub")).await;
+    for i in 0..500 {
+        publ.client
+            .publish(
+                format!("sensors/{}", i % 3),
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .expect("publish");
+    }
+    // All acknowledged (durable) before the broker stops.
+    let mut acked = 0;
+    while acked < 500 {
+        publ.puback().await;
+        acked += 1;
+    }
+    publ.disconnect().await;
+    r.stop().await.expect("stop");
+    let r = start(config(dir.path())).await.expect("restart");
+    let mut o = v4_options(&r, "away");
+    o.set_clean_session(false);
+    let mut sub = v4(o).await;
+    let mut last = [None::<u32>; 3];
+    for _ in 0..500 {
+        let p = sub.publish().await;
+        let n: u32 = text(&p.payload).parse().expect("number");
+        let t = (n % 3) as usize;
+        assert_eq!(p.topic, format!("sensors/{t}"));
+        if let Some(prev) = last[t] {
+            assert!(n > prev, "in order per topic: {n} after {prev}");
+        }
+        last[t] = Some(n);
+    }
+    sub.quiet(Duration::from_millis(300)).await;
+    // Live delivery continues after the backlog.
+    let publ = v4(v4_options(&r, "pub")).await;
+    publ.client
+        .publish("sensors/0", QoS::AtLeastOnce, false, "live")
+        .await
+        .expect("publish");
+    assert_eq!(text(&sub.publish().await.payload), "live");
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_set_delivered_cleared_and_kept_across_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let mut p = v4(v4_options(&r, "p")).await;
+    p.client
+        .publish("state/door", QoS::AtLeastOnce, true, "open")
+        .await
+        .expect("publish");
+    p.puback().await;
+    p.client
+        .publish("state/light", QoS::AtLeastOnce, true, "on")
+        .await
+        .expect("publish");
+    p.puback().await;
+    let mut s = v4(v4_options(&r, "s")).await;
+    s.subscribe("state/+", QoS::AtLeastOnce).await;
+    let mut got = vec![];
+    for _ in 0..2 {
+        let m = s.publish().await;
+        assert!(m.retain, "retained flag on delivery at subscribe");
+        got.push((m.topic, text(&m.payload)));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("state/door".into(), "open".into()),
+            ("state/light".into(), "on".into())
+        ]
+    );
+    // Live messages to an existing subscription carry retain = 0 (3.1.1).
+    p.client
+        .publish("state/door", QoS::AtLeastOnce, true, "closed")
+        .await
+        .expect("publish");
+    let m = s.publish().await;
+    assert!(!m.retain);
+    // An empty retained payload clears it.
+    p.client
+        .publish("state/light", QoS::AtLeastOnce, true, "")
+        .await
+        .expect("publish");
+    p.puback().await;
+    p.puback().await;
+    r.stop().await.expect("stop");
+    let r = start(config(dir.path())).await.expect("restart");
+    let mut s = v4(v4_options(&r, "s2")).await;
+    s.subscribe("state/#", QoS::AtMostOnce).await;
+    let m = s.publish().await;
+    assert_eq!(
+        (m.topic.as_str(), text(&m.payload)),
+        ("state/door", "closed".to_string())
+    );
+    s.quiet(Duration::from_millis(300)).await;
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn will_published_on_a_lost_connection_not_on_disconnect_and_delayed_in_v5() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let mut watcher = v4(v4_options(&r, "watcher")).await;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce).await;
+    // Lost connection: the will goes out.
+    let mut o = v4_options(&r, "dev1");
+    o.set_last_will(rumqttc::LastWill::new(
+        "wills/dev1",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    let dev = v4(o).await;
+    dev.kill();
+    let m = watcher.publish().await;
+    assert_eq!(
+        (m.topic.as_str(), text(&m.payload)),
+        ("wills/dev1", "gone".to_string())
+    );
+    // Clean DISCONNECT: no will.
+    let mut o = v4_options(&r, "dev2");
+    o.set_last_will(rumqttc::LastWill::new(
+        "wills/dev2",
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    v4(o).await.disconnect().await;
+    watcher.quiet(Duration::from_millis(500)).await;
+    // 5.0 will delay: back within the delay, no will.
+    let will = |topic: &str, delay| {
+        m5::LastWill::new(
+            topic,
+            "gone",
+            Q5::AtLeastOnce,
+            false,
+            Some(m5::LastWillProperties {
+                delay_interval: Some(delay),
+                payload_format_indicator: None,
+                message_expiry_interval: None,
+                content_type: None,
+                response_topic: None,
+                correlation_data: None,
+                user_properties: vec![],
+            }),
+        )
+    };
+    let mut o = v5_options(&r, "dev3");
+    o.set_last_will(will("wills/dev3", 2));
+    o.set_session_expiry_interval(Some(60));
+    o.set_clean_start(false);
+    let (dev, _) = v5(o).await;
+    dev.kill();
+    let mut o = v5_options(&r, "dev3");
+    o.set_session_expiry_interval(Some(60));
+    o.set_clean_start(false);
+    let (dev, ack) = v5(o).await;
+    assert!(ack.session_present);
+    watcher.quiet(Duration::from_secs(3)).await;
+    dev.kill();
+    // Away for longer than the delay: the will goes out once it has passed.
+    let mut o = v5_options(&r, "dev4");
+    o.set_last_will(will("wills/dev4", 1));
+    o.set_session_expiry_interval(Some(60));
+    let (dev, _) = v5(o).await;
+    let t0 = std::time::Instant::now();
+    dev.kill();
+    let m = watcher.publish().await;
+    assert_eq!(m.topic, "wills/dev4");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "not before the delay"
+    );
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_subscription_gives_each_message_to_one_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let mut a = v4(v4_options(&r, "a")).await;
+    a.subscribe("$share/workers/jobs/#", QoS::AtLeastOnce).await;
+    let (mut b, _) = v5(v5_options(&r, "b")).await;
+    b.subscribe("$share/workers/jobs/#", Q5::AtLeastOnce).await;
+    let p = v4(v4_options(&r, "p")).await;
+    for i in 0..100 {
+        p.client
+            .publish(
+                format!("jobs/{}", i % 7),
+                QoS::AtLeastOnce,
+                false,
+                format!("{i}"),
+            )
+            .await
+            .expect("publish");
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let (mut na, mut nb) = (0, 0);
+    while seen.len() < 100 {
+        tokio::select! {
+            Some(Incoming::Publish(m)) = a.inbox.rx.recv() => { assert!(seen.insert(text(&m.payload)), "twice"); na += 1; }
+            Some(m5::Packet::Publish(m)) = b.inbox.rx.recv() => { assert!(seen.insert(text(&m.payload)), "twice"); nb += 1; }
+            _ = tokio::time::sleep(WAIT) => panic!("only {} of 100 delivered", seen.len()),
+        }
+    }
+    assert!(na > 0 && nb > 0, "both members got work: {na} and {nb}");
+    a.quiet(Duration::from_millis(300)).await;
+    b.quiet(Duration::from_millis(100)).await;
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v5_features_aliases_options_request_response_assigned_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    // Client id assignment.
+    let (mut req, ack) = v5(v5_options(&r, "")).await;
+    let props = ack.properties.expect("connack properties");
+    let assigned = props.assigned_client_identifier.expect("assigned id");
+    assert!(!assigned.is_empty());
+    assert_eq!(props.topic_alias_max, Some(64));
+    // Responder answers on the response topic with the correlation data.
+    let (mut resp, _) = v5(v5_options(&r, "responder")).await;
+    resp.subscribe("svc/echo", Q5::AtLeastOnce).await;
+    req.subscribe("reply/me", Q5::AtLeastOnce).await;
+    let props = m5::PublishProperties {
+        response_topic: Some("reply/me".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"\x00id-7")),
+        user_properties: vec![("unit".into(), "C".into())],
+        content_type: Some("text/plain".into()),
+        ..Default::default()
+    };
+    req.client
+        .publish_with_properties("svc/echo", Q5::AtLeastOnce, false, "ping", props)
+        .await
+        .expect("publish");
+    let m = resp.publish().await;
+    let p = m.properties.expect("properties passed through");
+    assert_eq!(
+        p.user_properties,
+        vec![("unit".to_string(), "C".to_string())]
+    );
+    assert_eq!(p.content_type.as_deref(), Some("text/plain"));
+    let back = m5::PublishProperties {
+        correlation_data: p.correlation_data.clone(),
+        ..Default::default()
+    };
+    resp.client
+        .publish_with_properties(
+            p.response_topic.expect("response topic"),
+            Q5::AtLeastOnce,
+            false,
+            "pong",
+            back,
+        )
+        .await
+        .expect("reply");
+    resp.puback().await;
+    let m = req.publish().await;
+    assert_eq!(text(&m.payload), "pong");
+    assert_eq!(
+        m.properties.and_then(|p| p.correlation_data).as_deref(),
+        Some(&b"\x00id-7"[..])
+    );
+    // No Local: my own messages are not sent back to me.
+    let mut f = m5::Filter::new("chat", Q5::AtLeastOnce);
+    f.nolocal = true;
+    req.subscribe_with(f, None).await;
+    req.client
+        .publish("chat", Q5::AtLeastOnce, false, "mine")
+        .await
+        .expect("publish");
+    req.quiet(Duration::from_millis(400)).await;
+    // Retain handling 2: retained messages not sent on subscribe; retain as published.
+    resp.client
+        .publish("cfg/a", Q5::AtLeastOnce, true, "v1")
+        .await
+        .expect("publish");
+    resp.puback().await;
+    let mut f = m5::Filter::new("cfg/#", Q5::AtLeastOnce);
+    f.retain_forward_rule = m5::RetainForwardRule::Never;
+    f.preserve_retain = true;
+    req.subscribe_with(
+        f,
+        Some(m5::SubscribeProperties {
+            id: Some(42),
+            user_properties: vec![],
+        }),
+    )
+    .await;
+    req.quiet(Duration::from_millis(300)).await;
+    resp.client
+        .publish("cfg/a", Q5::AtLeastOnce, true, "v2")
+        .await
+        .expect("publish");
+    let m = req.publish().await;
+    assert!(m.retain, "retain as published");
+    assert_eq!(
+        m.properties.expect("props").subscription_identifiers,
+        vec![42]
+    );
+    // Topic alias from the client: first with the topic, then alias only.
+    resp.subscribe("long/topic/name", Q5::AtMostOnce).await;
+    let with_alias = |alias| m5::PublishProperties {
+        topic_alias: Some(alias),
+        ..Default::default()
+    };
+    req.client
+        .publish_with_properties(
+            "long/topic/name",
+            Q5::AtMostOnce,
+            false,
+            "a1",
+            with_alias(3),
+        )
+        .await
+        .expect("publish");
+    req.client
+        .publish_with_properties("", Q5::AtMostOnce, false, "a2", with_alias(3))
+        .await
+        .expect("publish");
+    for want in ["a1", "a2"] {
+        let m = resp.publish().await;
+        assert_eq!(
+            (text(&m.topic), text(&m.payload)),
+            ("long/topic/name".to_string(), want.to_string())
+        );
+    }
+    req.kill();
+    resp.kill();
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_takeover_and_keep_alive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let (mut first, _) = v5(v5_options(&r, "same")).await;
+    let (_second, _) = v5(v5_options(&r, "same")).await;
+    assert_eq!(
+        first.disconnected().await,
+        m5::DisconnectReasonCode::SessionTakenOver
+    );
+    // Keep-alive of 1 s and then silence: closed after 1.5 s.
+    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    s.write_all(&[
+        0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 1, 0, 2, b'k', b'a',
+    ])
+    .await
+    .expect("connect");
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).await.expect("connack");
+    assert_eq!(buf, [0x20, 2, 0, 0]);
+    let t0 = std::time::Instant::now();
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .expect("read");
+    assert_eq!(n, 0, "closed by the server");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(1400),
+        "not before 1.5 x keep-alive"
+    );
+    r.stop().await.expect("stop");
+}
+
+async fn raw_connect(r: &Running, id: &[u8], clean: bool) -> TcpStream {
+    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    let mut body = vec![
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        if clean { 2 } else { 0 },
+        0,
+        60,
+    ];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id);
+    let mut pkt = vec![0x10, body.len() as u8];
+    pkt.extend(body);
+    s.write_all(&pkt).await.expect("send connect");
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.expect("connack");
+    assert_eq!(ack[3], 0, "accepted");
+    s
+}
+
+async fn closed(s: &mut TcpStream) {
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("closed in time")
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_closes_only_that_connection_and_stores_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.mqtt.max_packet_size = ByteSize::kib(4);
+    let r = start(cfg).await.expect("start");
+    let mut watcher = v4(v4_options(&r, "watcher")).await;
+    watcher.subscribe("#", QoS::AtMostOnce).await;
+    // PUBLISH before CONNECT.
+    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    s.write_all(&[0x30, 5, 0, 1, b'a', b'h', b'i'])
+        .await
+        .expect("send");
+    closed(&mut s).await;
+    // Wildcard in a PUBLISH topic.
+    let mut s = raw_connect(&r, b"bad1", true).await;
+    s.write_all(&[0x30, 5, 0, 1, b'#', b'h', b'i'])
+        .await
+        .expect("send");
+    closed(&mut s).await;
+    // SUBSCRIBE with reserved flags wrong.
+    let mut s = raw_connect(&r, b"bad2", true).await;
+    s.write_all(&[0x80, 6, 0, 1, 0, 1, b'a', 0])
+        .await
+        .expect("send");
+    closed(&mut s).await;
+    // Oversized packet: a 5.0 client gets DISCONNECT 0x95 (packet too large) as soon as the
+    // fixed header announces it.
+    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    s.write_all(&[
+        0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 2, b'b', b'g',
+    ])
+    .await
+    .expect("connect");
+    let connack = read_packet(&mut s).await;
+    assert_eq!(&connack[..4], &[0x20, connack[1], 0, 0], "accepted");
+    s.write_all(&[0x30, 0xc0, 0x3e])
+        .await
+        .expect("header of an 8000-byte PUBLISH");
+    assert_eq!(
+        read_packet(&mut s).await,
+        [0xe0, 2, 0x95, 0],
+        "DISCONNECT packet too large"
+    );
+    closed(&mut s).await;
+    // 3.1.1 with an empty client id and a persistent session: identifier rejected.
+    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    s.write_all(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60, 0, 0])
+        .await
+        .expect("send");
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).await.expect("connack");
+    assert_eq!(ack, [0x20, 2, 0, 2]);
+    // MQTT 3.1 (MQIsdp) is refused with "unacceptable protocol version".
+    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    s.write_all(&[
+        0x10, 14, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 0,
+    ])
+    .await
+    .expect("send");
+    s.read_exact(&mut ack).await.expect("connack");
+    assert_eq!(ack, [0x20, 2, 0, 1]);
+    // Nothing was stored, and the good connection still works.
+    assert!(
+        r.broker.topic("mqtt").is_err(),
+        "no log topic was even created"
+    );
+    let p = v4(v4_options(&r, "good")).await;
+    p.client
+        .publish("ok", QoS::AtLeastOnce, false, "fine")
+        .await
+        .expect("publish");
+    let m = watcher.publish().await;
+    assert_eq!(text(&m.payload), "fine");
+    assert_eq!(records(&r, "mqtt").await.len(), 1);
+    let metrics = reqwest_metrics(&r).await;
+    assert!(
+        !metrics.contains("brook_mqtt_protocol_errors_total 0"),
+        "{metrics}"
+    );
+    r.stop().await.expect("stop");
+}
+
+/// Reads one MQTT packet (fixed header + body) from a raw stream.
+async fn read_packet(s: &mut TcpStream) -> Vec<u8> {
+    let mut head = [0u8; 2];
+    tokio::time::timeout(WAIT, s.read_exact(&mut head))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert!(head[1] < 128, "short test packets only");
+    let mut body = vec![0u8; usize::from(head[1])];
+    s.read_exact(&mut body).await.expect("body");
+    let mut p = head.to_vec();
+    p.extend(body);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_client_gone_between_pubrec_and_pubrel_stores_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let publish = [0x34u8, 8, 0, 3, b'q', b'/', b'2', 0, 1, b'X'];
+    let mut s = raw_connect(&r, b"q2", false).await;
+    s.write_all(&publish).await.expect("publish");
+    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 1], "PUBREC");
+    drop(s);
+    // Back with the session: the client resends PUBLISH with DUP (allowed before it saw
+    // PUBREC), then PUBREL.
+    let mut s = raw_connect(&r, b"q2", false).await;
+    let mut dup = publish;
+    dup[0] |= 0x08;
+    s.write_all(&dup).await.expect("resend");
+    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 1], "PUBREC again");
+    s.write_all(&[0x62, 2, 0, 1]).await.expect("pubrel");
+    assert_eq!(read_packet(&mut s).await, [0x70, 2, 0, 1], "PUBCOMP");
+    assert_eq!(records(&r, "mqtt").await.len(), 1, "stored exactly once");
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_log_v5_gets_quota_exceeded_v311_is_held_until_the_log_accepts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.topic_defaults.segment_size = ByteSize::kib(64);
+    cfg.topic_defaults.max_batch_size = ByteSize::kib(16);
+    cfg.topic_defaults.retention_size = ByteSize::kib(130);
+    cfg.validate().expect("valid config");
+    cfg.topic_defaults.on_full = brook::log::OnFull::Reject;
+    let r = start(cfg).await.expect("start");
+    let (mut p5, _) = v5(v5_options(&r, "p5")).await;
+    let payload = vec![7u8; 2000];
+    let mut refused = None;
+    for i in 0..200 {
+        p5.client
+            .publish("fill", Q5::AtLeastOnce, false, payload.clone())
+            .await
+            .expect("publish");
+        if p5.puback().await.reason == m5::PubAckReason::QuotaExceeded {
+            refused = Some(i);
+            break;
+        }
+    }
+    assert!(refused.is_some(), "the log filled up and said so");
+    let stored = records(&r, "mqtt").await.len();
+    // 3.1.1 QoS 1: no PUBACK while full.
+    let mut p3 = v4(v4_options(&r, "p3")).await;
+    p3.client
+        .publish("fill", QoS::AtLeastOnce, false, vec![b'w'; 2000])
+        .await
+        .expect("publish");
+    p3.inbox
+        .quiet(Duration::from_millis(800), |p| match p {
+            Incoming::PubAck(a) => Some(a),
+            _ => None,
+        })
+        .await;
+    assert_eq!(
+        records(&r, "mqtt").await.len(),
+        stored,
+        "nothing stored, nothing touched"
+    );
+    // Space comes back (here: the operator deletes the topic; it is created again on use).
+    r.broker.delete_topic("mqtt").expect("delete");
+    p3.puback().await;
+    let recs = records(&r, "mqtt").await;
+    assert_eq!(recs.len(), 1);
+    assert_eq!(recs[0].value, vec![b'w'; 2000]);
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_refuses_the_extra_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.mqtt.max_connections = 2;
+    let r = start(cfg).await.expect("start");
+    let _a = raw_connect(&r, b"a", true).await;
+    let _b = raw_connect(&r, b"b", true).await;
+    let mut c = TcpStream::connect(r.mqtt_addr).await.expect("tcp");
+    let mut ack = [0u8; 4];
+    c.read_exact(&mut ack).await.expect("refusal");
+    assert_eq!(ack, [0x20, 2, 0, 3], "server unavailable");
+    closed(&mut c).await;
+    r.stop().await.expect("stop");
+}
