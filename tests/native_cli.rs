@@ -2,50 +2,16 @@
 //! `brook produce` and `brook consume`, with a `kill -9` of the server in between.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
 mod common;
 use common::brook;
 
-/// Starts `brook serve` on ephemeral loopback ports; returns the child and its native address
-/// (read from its "listening" log line).
 fn serve(data: &Path) -> (Child, String) {
-    let mut child = brook()
-        .args([
-            "serve",
-            "--native",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(data)
-        .env("BROOK_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn brook serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let mut seen = String::new();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            panic!("brook serve exited before listening:\n{seen}");
-        };
-        let line = line.expect("line");
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(rest) = line.split("native=").nth(1) {
-            break rest.split_whitespace().next().expect("address").to_string();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+    let (child, addrs) = common::serve(data);
+    (child, addrs.native)
 }
 
 fn run(addr: &str, args: &[&str], stdin: Option<&[u8]>) -> String {

@@ -2,8 +2,9 @@
 #![allow(dead_code)]
 
 use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use brook::log::clock::{ManualTime, TimeSource};
@@ -161,4 +162,60 @@ pub fn server_config(dir: &Path) -> brook::config::Config {
     c.log.flush_interval = HumanDuration::millis(100);
     c.log.min_free = ByteSize(0);
     c
+}
+
+/// Where a `brook serve` started by [`serve`] listens.
+pub struct Addrs {
+    pub native: String,
+    pub http: String,
+    pub mqtt: String,
+}
+
+/// Starts `brook serve` on ephemeral loopback ports with data in `data`; returns the child and
+/// its addresses, read from its "listening" log line (no sleeping).
+pub fn serve(data: &Path) -> (Child, Addrs) {
+    let mut child = brook()
+        .args([
+            "serve",
+            "--native",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data)
+        .env("BROOK_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn brook serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = String::new();
+    let field = |line: &str, name: &str| {
+        line.split(name)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+    };
+    let addrs = loop {
+        let Some(line) = lines.next() else {
+            panic!("brook serve exited before listening:\n{seen}");
+        };
+        let line = line.expect("line");
+        seen.push_str(&line);
+        seen.push('\n');
+        if let (Some(native), Some(http), Some(mqtt)) = (
+            field(&line, "native="),
+            field(&line, "http="),
+            field(&line, "mqtt="),
+        ) {
+            break Addrs { native, http, mqtt };
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, addrs)
 }

@@ -520,17 +520,22 @@ impl Conn {
                             .fetch_add(1, Ordering::Relaxed);
                         self.append(publish, ack);
                     }
-                    Action::Subscribe { filter, .. } => {
+                    Action::Subscribe { filter, is_new, .. } => {
                         self.hub
                             .subscribe(self.conn, &filter, &self.tx, &self.lagged);
-                        // New subscriptions start at the end of the log.
-                        if !filter.starts_with("$share/") {
-                            let ends = self.hub.partition_ends();
-                            let since = self.sm.state.since.entry(filter).or_default();
-                            for (t, p, _, end) in ends {
-                                since.entry((Arc::clone(&t), p)).or_insert(end);
-                                self.sm.state.positions.entry((t, p)).or_insert(end);
+                        // A new subscription matches what is appended from now on; a repeated
+                        // SUBSCRIBE keeps where the subscription started. A session's first
+                        // subscription also starts its reading positions at the end.
+                        if is_new && !filter.starts_with("$share/") {
+                            let first = self.sm.state.subscriptions.len() == 1;
+                            let mut since = std::collections::HashMap::new();
+                            for (t, p, _, end) in self.hub.partition_ends() {
+                                since.insert((Arc::clone(&t), p), end);
+                                if first {
+                                    self.sm.state.positions.entry((t, p)).or_insert(end);
+                                }
                             }
+                            self.sm.state.since.insert(filter, since);
                         }
                     }
                     Action::Unsubscribe { filter } => self.hub.unsubscribe(self.conn, &filter),

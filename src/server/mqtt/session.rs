@@ -164,10 +164,11 @@ pub enum Action {
         publish: Publish,
         ack: Ack,
     },
-    /// Register a subscription for live delivery (and start positions where none exist).
+    /// Register a subscription for live delivery; a new one (`is_new`) starts at the log end.
     Subscribe {
         filter: String,
         options: SubOptions,
+        is_new: bool,
     },
     Unsubscribe {
         filter: String,
@@ -557,6 +558,7 @@ impl Session {
             self.actions.push_back(Action::Subscribe {
                 filter: f.filter.clone(),
                 options: options.clone(),
+                is_new,
             });
             // Retained messages are not sent for shared subscriptions (MQTT-3.8.4-?; 5.0 4.8.2).
             let send = !shared
