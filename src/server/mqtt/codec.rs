@@ -598,6 +598,33 @@ fn from_v5(p: m5::v5::Packet) -> Result<Packet, CodecError> {
     })
 }
 
+/// Reads `data` as one connection would (CONNECT first, then packets of its version) until
+/// the bytes end or a packet is refused; every PUBLISH read is written back and must read back
+/// the same. Exists so the fuzz target and its regression tests drive exactly what a
+/// connection runs. Returns the packets read.
+pub fn read_stream(data: &[u8], max: usize) -> Vec<Packet> {
+    let mut buf = BytesMut::from(data);
+    let mut out = Vec::new();
+    let Ok(Some(connect)) = read_connect(&mut buf, max) else {
+        return out;
+    };
+    let version = connect.version;
+    out.push(Packet::Connect(Box::new(connect)));
+    while let Ok(Some(p)) = read(version, &mut buf, max) {
+        if let Packet::Publish(publish) = &p {
+            let mut again = BytesMut::new();
+            write(version, &Out::Publish(publish.clone()), &mut again);
+            let back = read(version, &mut again, usize::MAX);
+            assert!(
+                matches!(&back, Ok(Some(Packet::Publish(b))) if b == publish),
+                "PUBLISH did not survive write + read: {publish:?} -> {back:?}"
+            );
+        }
+        out.push(p);
+    }
+    out
+}
+
 // ---- writing ----
 
 fn put_varint(out: &mut BytesMut, mut n: usize) {
@@ -906,6 +933,33 @@ mod tests {
         }
     }
 
+    /// The fuzz target's regression inputs (fuzz/regressions/mqtt_packet/) read as expected.
+    #[test]
+    fn fuzz_regressions() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions/mqtt_packet");
+        let read = |name: &str| {
+            let bytes = std::fs::read(dir.join(name)).expect("regression file");
+            read_stream(&bytes, 1 << 16)
+        };
+        let v311 = read("v311_session");
+        assert_eq!(v311.len(), 5, "{v311:?}");
+        assert!(matches!(&v311[1], Packet::Publish(p) if p.topic == "a/b" && p.qos == 1));
+        let v5 = read("v5_session");
+        assert_eq!(v5.len(), 5, "{v5:?}");
+        assert!(
+            matches!(&v5[1], Packet::Publish(p) if p.props.topic_alias == Some(1) && p.props.user.len() == 1)
+        );
+        assert!(matches!(v5[4], Packet::Disconnect { reason: 4, .. }));
+        assert_eq!(read("v5_auth").len(), 1, "AUTH refused");
+        assert_eq!(read("length_overflow").len(), 1);
+        assert!(read("mqisdp").is_empty(), "MQTT 3.1 refused");
+        for entry in std::fs::read_dir(&dir).expect("dir") {
+            let bytes = std::fs::read(entry.expect("entry").path()).expect("read");
+            let _ = read_stream(&bytes, 1 << 16);
+        }
+    }
+
     fn props() -> impl Strategy<Value = MessageProps> {
         (
             proptest::option::of(0u8..2),
@@ -1000,6 +1054,19 @@ mod tests {
                 let mut b = BytesMut::from(&bytes[..]);
                 let _ = read(version, &mut b, 256);
             }
+        }
+
+        /// A valid CONNECT followed by any bytes (the reader past the handshake).
+        #[test]
+        fn arbitrary_packets_after_connect(v5: bool, bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let mut data = if v5 {
+                vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 0]
+            } else {
+                vec![0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 0]
+            };
+            data.extend_from_slice(&bytes);
+            let packets = read_stream(&data, 1 << 16);
+            prop_assert!(!packets.is_empty(), "the CONNECT reads");
         }
     }
 }
