@@ -180,6 +180,66 @@ enum BenchCommand {
     Storage(StorageArgs),
     /// Produce and consume over loopback against a real `brook serve`.
     Native(NativeArgs),
+    /// MQTT publishers and subscribers against `brook serve` or any MQTT broker.
+    Mqtt(MqttArgs),
+    /// Many MQTT devices at a steady rate, each receiving its own QoS 1 messages back.
+    MqttFleet(FleetArgs),
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
+    #[arg(long)]
+    target: Option<String>,
+    /// Process id of the --target broker, to read its CPU time and memory from /proc.
+    #[arg(long)]
+    target_pid: Option<u32>,
+    /// Connected clients, each subscribed to its own topic.
+    #[arg(long, default_value_t = 1000)]
+    clients: u32,
+    /// How many of them publish.
+    #[arg(long, default_value_t = 100)]
+    publishers: u32,
+    /// Messages per second per publisher.
+    #[arg(long, default_value_t = 10)]
+    rate: u32,
+    /// How long they publish.
+    #[arg(long, default_value = "60s")]
+    duration: HumanDuration,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct MqttArgs {
+    /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
+    #[arg(long)]
+    target: Option<String>,
+    /// Process id of the --target broker, to read its CPU time and memory from /proc.
+    #[arg(long)]
+    target_pid: Option<u32>,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 8)]
+    publishers: u32,
+    /// Subscribing connections (each subscribes to every publisher's topic).
+    #[arg(long, default_value_t = 1)]
+    subscribers: u32,
+    /// QoS of publishes and subscriptions: 0, 1 or 2.
+    #[arg(long, default_value_t = 1)]
+    qos: u8,
+    /// Payload bytes per message (at least 16).
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// Messages published in all, split evenly over the publishers.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Unacknowledged QoS 1/2 messages per publisher.
+    #[arg(long, default_value_t = 100)]
+    inflight: u32,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -483,6 +543,56 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 print!("{}", report.render());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Mqtt(a)) => {
+            let bench = brook::bench::mqtt::MqttBench {
+                target: a.target,
+                target_pid: a.target_pid,
+                publishers: a.publishers,
+                subscribers: a.subscribers,
+                qos: a.qos,
+                payload: a.payload,
+                messages: a.messages,
+                inflight: a.inflight,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime
+                .block_on(bench.run())
+                .map_err(|e| -> Box<dyn std::error::Error> { e })?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::MqttFleet(a)) => {
+            let bench = brook::bench::mqtt::MqttFleet {
+                target: a.target,
+                target_pid: a.target_pid,
+                clients: a.clients,
+                publishers: a.publishers,
+                rate: a.rate,
+                duration: a.duration.0,
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime
+                .block_on(bench.run())
+                .map_err(|e| -> Box<dyn std::error::Error> { e })?;
+            if a.json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.render());
+            }
+            Ok(if report.missing == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");

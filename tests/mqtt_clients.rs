@@ -277,3 +277,22 @@ fn paho_clients_v311_and_v5() {
     );
     assert!(stdout.contains("all paho checks passed"), "{stdout}");
 }
+
+/// 1,000 connected clients, 100 of them publishing QoS 1 at 10/s to their own topic: every
+/// message comes back to its publisher (`brook bench mqtt-fleet` exits 1 on any missing; the
+/// minute-long run and its memory are recorded in BENCHMARKS.md).
+#[test]
+fn a_thousand_clients_each_get_every_own_message_back() {
+    let out = common::brook()
+        .args(["bench", "mqtt-fleet", "--clients", "1000", "--publishers", "100"])
+        .args(["--rate", "10", "--duration", "3s", "--json"])
+        .current_dir(tempfile::tempdir().expect("tempdir").path())
+        .output()
+        .expect("run brook bench mqtt-fleet");
+    let json = ok(out, "brook bench mqtt-fleet");
+    let r: serde_json::Value = serde_json::from_str(json.trim()).expect("json report");
+    assert!(r["published"].as_u64().expect("published") >= 100, "{r}");
+    assert_eq!(r["missing"], 0, "{r}");
+    assert_eq!(r["delivered"], r["published"], "{r}");
+    assert_eq!(r["acknowledged"], r["published"], "{r}");
+}

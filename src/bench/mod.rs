@@ -2,8 +2,117 @@
 //! `--json`); the results are recorded with the machine and date in `BENCHMARKS.md`. Tests
 //! check correctness, benchmarks check speed: nothing here asserts a speed.
 
+pub mod mqtt;
 pub mod native;
 pub mod storage;
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A `brook serve` child on ephemeral loopback ports, killed (and its data directory removed
+/// when the bench made it) on drop.
+pub struct ServerChild {
+    pub child: Child,
+    /// Native listener address.
+    pub addr: String,
+    pub mqtt_addr: String,
+    dir: PathBuf,
+    remove_dir: bool,
+}
+
+impl Drop for ServerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.remove_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Starts `brook serve` (this executable) on a fresh data directory: `dir`, or
+/// `./brook-bench-<name>-<pid>` removed afterwards.
+pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild> {
+    let (dir, remove_dir) = match dir {
+        Some(d) => (d, false),
+        None => (
+            PathBuf::from(format!("./brook-bench-{name}-{}", std::process::id())),
+            true,
+        ),
+    };
+    if dir.exists() {
+        return Err(format!("{} already exists; pick a new --dir", dir.display()).into());
+    }
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new(exe)
+        .args([
+            "serve",
+            "--native",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--mqtt",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .env("BROOK_LOG", "warn,brook::server=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let field = |line: &str, name: &str| {
+        line.split(name)
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+    };
+    let (addr, mqtt_addr) = loop {
+        let Some(line) = lines.next() else {
+            return Err("brook serve exited before listening".into());
+        };
+        let line = line?;
+        if let (Some(n), Some(m)) = (field(&line, "native="), field(&line, "mqtt=")) {
+            break (n, m);
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Ok(ServerChild {
+        child,
+        addr,
+        mqtt_addr,
+        dir,
+        remove_dir,
+    })
+}
+
+/// (VmRSS, VmHWM) of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// CPU time (user + system) a process has used, in seconds (from `/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some(ticks / if hz > 0 { hz as f64 } else { 100.0 })
+}
 
 /// Fills `buf` with xorshift64 output: cheap, incompressible-looking record values.
 pub fn fill_random(seed: &mut u64, buf: &mut [u8]) {

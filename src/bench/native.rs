@@ -9,9 +9,7 @@
 //! The server's resident memory (VmRSS, and the peak VmHWM) is read from `/proc` when idle and
 //! after the load.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -86,89 +84,7 @@ impl NativeReport {
     }
 }
 
-type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-/// A `brook serve` child on ephemeral ports.
-struct ServerChild {
-    child: Child,
-    addr: String,
-    dir: PathBuf,
-    remove_dir: bool,
-}
-
-impl Drop for ServerChild {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if self.remove_dir {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-fn start_server(dir: Option<PathBuf>) -> BenchResult<ServerChild> {
-    let (dir, remove_dir) = match dir {
-        Some(d) => (d, false),
-        None => (
-            PathBuf::from(format!("./brook-bench-native-{}", std::process::id())),
-            true,
-        ),
-    };
-    if dir.exists() {
-        return Err(format!("{} already exists; pick a new --dir", dir.display()).into());
-    }
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args([
-            "serve",
-            "--native",
-            "127.0.0.1:0",
-            "--http",
-            "127.0.0.1:0",
-            "--mqtt",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(&dir)
-        .env("BROOK_LOG", "warn,brook::server=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let Some(line) = lines.next() else {
-            return Err("brook serve exited before listening".into());
-        };
-        let line = line?;
-        if let Some(rest) = line.split("native=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok(ServerChild {
-        child,
-        addr,
-        dir,
-        remove_dir,
-    })
-}
-
-/// (VmRSS, VmHWM) of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse().ok())
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
+use super::{BenchResult, rss_kib, start_server};
 
 impl NativeBench {
     pub async fn run(&self) -> BenchResult<NativeReport> {
@@ -177,7 +93,7 @@ impl NativeBench {
         }
         let server = match &self.broker {
             Some(_) => None,
-            None => Some(start_server(self.dir.clone())?),
+            None => Some(start_server("native", self.dir.clone())?),
         };
         let addr = match (&self.broker, &server) {
             (Some(a), _) => a.clone(),

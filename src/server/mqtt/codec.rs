@@ -309,6 +309,21 @@ pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Connect>, C
     Ok(Some(connect))
 }
 
+/// MQTT-2.3.1-1: packets that carry a packet identifier carry a non-zero one.
+fn nonzero_id(p: Packet) -> Result<Packet, CodecError> {
+    let id = match &p {
+        Packet::PubAck(id) | Packet::PubRec(id, _) | Packet::PubRel(id) | Packet::PubComp(id) => {
+            *id
+        }
+        Packet::Subscribe { pkid, .. } | Packet::Unsubscribe { pkid, .. } => *pkid,
+        _ => return Ok(p),
+    };
+    if id == 0 {
+        return Err(malformed("packet identifier 0"));
+    }
+    Ok(p)
+}
+
 /// Reads the next packet after CONNECT: `Ok(None)` when more bytes are needed.
 pub fn read(
     version: Version,
@@ -358,7 +373,7 @@ pub fn read(
             from_v5(m5::v5::Packet::read(&mut frame_bytes, Some(max as u32)).map_err(malformed)?)?
         }
     };
-    Ok(Some(packet))
+    Ok(Some(nonzero_id(packet)?))
 }
 
 fn qos3(q: m3::QoS) -> u8 {
@@ -895,6 +910,12 @@ mod tests {
         assert!(matches!(
             read(Version::V311, &mut b, usize::MAX),
             Err(CodecError::BadLength)
+        ));
+        // SUBSCRIBE with packet id 0.
+        let mut b = BytesMut::from(&[0x82u8, 6, 0, 0, 0, 1, b'a', 0][..]);
+        assert!(matches!(
+            read(Version::V311, &mut b, 1024),
+            Err(CodecError::Malformed(_))
         ));
         // CONNACK from a client.
         let mut b = BytesMut::from(&[0x20u8, 2, 0, 0][..]);
