@@ -284,7 +284,14 @@ fn paho_clients_v311_and_v5() {
 #[test]
 fn a_thousand_clients_each_get_every_own_message_back() {
     let out = common::brook()
-        .args(["bench", "mqtt-fleet", "--clients", "1000", "--publishers", "100"])
+        .args([
+            "bench",
+            "mqtt-fleet",
+            "--clients",
+            "1000",
+            "--publishers",
+            "100",
+        ])
         .args(["--rate", "10", "--duration", "3s", "--json"])
         .current_dir(tempfile::tempdir().expect("tempdir").path())
         .output()

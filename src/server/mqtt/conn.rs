@@ -65,6 +65,9 @@ enum End {
     /// DISCONNECT from the client (the will is discarded).
     Graceful,
     Abnormal,
+    /// The broker is shutting down: the session is kept, the will is not published (the
+    /// client is not gone; the broker is).
+    Shutdown,
     TakenOver(Takeover),
 }
 
@@ -187,7 +190,7 @@ pub async fn serve(
             let _ = reply.send(state);
             true
         }
-        End::Graceful => {
+        End::Graceful | End::Shutdown => {
             hub.release(&client_id, conn, state, &mut takeover_rx);
             false
         }
@@ -288,7 +291,7 @@ impl Conn {
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                     self.send(Out::Disconnect(reason::SERVER_SHUTTING_DOWN));
                     let _ = self.wr.write_all(&self.out).await;
-                    return End::Abnormal;
+                    return End::Shutdown;
                 }
                 Some(reply) = takeover_rx.recv() => {
                     self.send(Out::Disconnect(reason::SESSION_TAKEN_OVER));
