@@ -91,6 +91,9 @@ pub struct Hub {
     next_conn: AtomicU64,
     meta_dirty: AtomicBool,
     shutdown: watch::Receiver<bool>,
+    /// Dispatchers and delayed wills: they hold the hub (and so the broker), so shutdown waits
+    /// for them.
+    background: Mutex<tokio::task::JoinSet<()>>,
     /// Itself, for the dispatcher tasks it starts.
     me: std::sync::Weak<Hub>,
 }
@@ -186,6 +189,7 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             meta_dirty: AtomicBool::new(false),
             shutdown,
+            background: Mutex::new(tokio::task::JoinSet::new()),
             me: me.clone(),
         });
         for t in hub.log_topics() {
@@ -509,9 +513,16 @@ impl Hub {
     pub fn publish_will(self: &Arc<Self>, id: String, conn: u64, will: Will, session_expiry: u32) {
         let delay = will.delay.min(session_expiry);
         let hub = Arc::clone(self);
-        tokio::spawn(async move {
+        let mut stop = self.shutdown.clone();
+        let mut bg = self.background.lock().unwrap_or_else(|e| e.into_inner());
+        while bg.try_join_next().is_some() {}
+        bg.spawn(async move {
             if delay > 0 {
-                tokio::time::sleep(Duration::from_secs(u64::from(delay))).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(u64::from(delay))) => {}
+                    // A will still waiting when the broker stops is not published.
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                }
                 let back = {
                     let s = hub.sessions.lock().unwrap_or_else(|e| e.into_inner());
                     match s.get(&id) {
@@ -541,6 +552,13 @@ impl Hub {
                 Err(e) => tracing::warn!(client = %id, "mqtt: will not stored: {e}"),
             }
         });
+    }
+
+    /// Waits for the dispatchers and pending wills to see the shutdown and end.
+    pub async fn join_background(&self) {
+        let mut set =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(|e| e.into_inner()));
+        while set.join_next().await.is_some() {}
     }
 
     /// Expires sessions whose client has been away longer than their expiry interval, and

@@ -316,6 +316,7 @@ pub async fn run(listener: TcpListener, hub: Arc<Hub>, mut shutdown: watch::Rece
         while connections.try_join_next().is_some() {}
     }
     while connections.join_next().await.is_some() {}
+    hub.join_background().await;
     let h = Arc::clone(&hub);
     let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;
 }
