@@ -13,6 +13,9 @@ shift
 # shellcheck source=cross/env.sh
 . cross/env.sh
 check_target "$target"
+# MQTT peers (mosquitto clients, paho-mqtt) run natively; only Brook is emulated.
+# shellcheck source=tests/peers.sh
+. tests/peers.sh
 BROOK_TEST_RUNNER=$(runner_for "$target")
 export BROOK_TEST_RUNNER
 "$CARGO" test --locked --target "$target" --target-dir target/cross "$@"

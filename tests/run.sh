@@ -25,32 +25,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   fi
 fi
 
-if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    step "installing mosquitto and mosquitto-clients (MQTT peers for the tests and benchmarks)"
-    apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients >/dev/null
-    # The package starts a system broker on 1883; the tests start their own on other ports.
-    systemctl disable --now mosquitto >/dev/null 2>&1 || true
-  else
-    echo "tests/run.sh: mosquitto_pub not found; apt-get install mosquitto mosquitto-clients" >&2
-    exit 1
-  fi
-fi
-
-cache="${BROOK_CACHE:-$HOME/.cache/brook-ci}"
-venv="$cache/venv"
-if ! "$venv/bin/python" -c 'import paho.mqtt.client' >/dev/null 2>&1; then
-  step "python venv with paho-mqtt 2.2.0 in $venv"
-  mkdir -p "$cache"
-  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
-    # Debian's own python3 needs python3-venv for this.
-    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$venv"
-  fi
-  "$venv/bin/pip" install -q --disable-pip-version-check "paho-mqtt==2.2.0"
-fi
-export BROOK_TEST_PYTHON="$venv/bin/python"
+# MQTT peers: mosquitto, mosquitto-clients, paho-mqtt (sets BROOK_TEST_PYTHON).
+# shellcheck source=tests/peers.sh
+. tests/peers.sh
 
 filter=()
 if [ "${1:-}" = "--" ]; then shift; filter=("$@"); fi

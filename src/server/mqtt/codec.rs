@@ -740,11 +740,30 @@ fn v311_connack_code(reason: u8) -> u8 {
     }
 }
 
-/// Bytes `out` takes once encoded for `version`.
+/// Bytes `out` takes once encoded for `version` (a PUBLISH is counted, not encoded).
 pub fn encoded_len(version: Version, out: &Out) -> usize {
+    if let Out::Publish(p) = out {
+        return publish_len(version, p);
+    }
     let mut buf = BytesMut::new();
     write(version, out, &mut buf);
     buf.len()
+}
+
+/// Bytes a PUBLISH takes once encoded for `version`.
+pub fn publish_len(version: Version, p: &Publish) -> usize {
+    let len = publish_body_len(version, p, None);
+    1 + varint_len(len) + len
+}
+
+/// Remaining length of a PUBLISH (`props`: its 5.0 properties, when already built).
+fn publish_body_len(version: Version, p: &Publish, props: Option<&Props>) -> usize {
+    let props_len = match (version, props) {
+        (Version::V311, _) => 0,
+        (Version::V5, Some(props)) => props.len(),
+        (Version::V5, None) => message_props(&p.props).len(),
+    };
+    2 + p.topic.len() + if p.qos > 0 { 2 } else { 0 } + props_len + p.payload.len()
 }
 
 /// Appends `out`, encoded for `version`, to `buf`.
@@ -777,11 +796,7 @@ pub fn write(version: Version, out: &Out, buf: &mut BytesMut) {
         }
         Out::Publish(p) => {
             let props = v5.then(|| message_props(&p.props));
-            let len = 2
-                + p.topic.len()
-                + if p.qos > 0 { 2 } else { 0 }
-                + props.as_ref().map_or(0, Props::len)
-                + p.payload.len();
+            let len = publish_body_len(version, p, props.as_ref());
             buf.reserve(len + 5);
             buf.put_u8(0x30 | (u8::from(p.dup) << 3) | (p.qos << 1) | u8::from(p.retain));
             put_varint(buf, len);

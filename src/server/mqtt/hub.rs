@@ -24,7 +24,7 @@ use super::session::{PersistedSession, SessionState};
 use super::topic::{self, Trie};
 use super::{MqttConfig, MqttStats};
 use crate::broker::{Broker, BrokerError};
-use crate::log::{AppendTicket, Durability, LogError, PartitionChoice};
+use crate::log::{AppendTicket, Durability, LogError, PartitionChoice, Visibility};
 use crate::meta::Namespace;
 use crate::proto::TopicSettings;
 
@@ -379,8 +379,13 @@ impl Hub {
             .store(subs.len() as u64, Ordering::Relaxed);
     }
 
-    /// Starts the dispatcher of every partition of log topic `name` (once).
+    /// Starts the dispatcher of every partition of log topic `name` (once), from the end.
     fn dispatch(&self, name: &str) {
+        self.dispatch_from(name, false);
+    }
+
+    /// As [`Hub::dispatch`]; `from_start`: from the first stored offset (a recreated topic).
+    fn dispatch_from(&self, name: &str, from_start: bool) {
         let mut d = self.dispatching.lock().unwrap_or_else(|e| e.into_inner());
         if d.contains(name) {
             return;
@@ -393,9 +398,14 @@ impl Hub {
             return;
         };
         let name: Arc<str> = Arc::from(name);
+        let mut bg = self.background.lock().unwrap_or_else(|e| e.into_inner());
         for (i, p) in topic.partitions().iter().enumerate() {
-            let start = p.end_offset();
-            tokio::spawn(dispatcher(
+            let start = if from_start {
+                p.log_start()
+            } else {
+                p.end_offset()
+            };
+            bg.spawn(dispatcher(
                 Arc::clone(&hub),
                 Arc::clone(&name),
                 i as u32,
@@ -640,37 +650,64 @@ impl Hub {
 }
 
 /// Tails one log partition and hands each record to the connections whose subscriptions match.
+/// It reads the partition directly on its task: what it reads was just written, so it comes from
+/// the page cache, and a hop through the blocking pool per wake-up would cost more than the read.
 async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64) {
     let mut stop = hub.shutdown.clone();
+    let part = match hub
+        .broker
+        .topic(&topic)
+        .and_then(|t| Ok(Arc::clone(t.partition(partition)?)))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(%topic, partition, "mqtt dispatcher: {e}");
+            return;
+        }
+    };
+    let mut end = part.watch_end();
     loop {
-        let fetched = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            r = hub.broker.fetch(&topic, partition, pos, 1 << 20, 1, Duration::from_secs(1)) => r,
-        };
-        let read = match fetched {
+        end.borrow_and_update();
+        let read = match part.read(pos, 1 << 20, Visibility::Written) {
             Ok(r) => r,
-            Err(BrokerError::Log(LogError::OffsetOutOfRange { .. })) => {
-                if let Ok((start, _, _)) =
-                    hub.broker
-                        .list_offsets(&topic, partition, crate::proto::OffsetSpec::Earliest)
-                {
-                    pos = start;
-                }
+            Err(LogError::OffsetOutOfRange { .. }) => {
+                pos = part.log_start();
                 continue;
             }
-            Err(BrokerError::Log(LogError::UnknownTopic(_))) => {
+            Err(e) => {
+                // A deleted topic's partition, or an I/O error: stop; a recreated topic gets a
+                // new dispatcher.
+                tracing::debug!(%topic, partition, "mqtt dispatcher stops: {e}");
                 hub.dispatching
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&*topic);
                 return;
             }
-            Err(e) => {
-                tracing::warn!(%topic, partition, "mqtt dispatcher: {e}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
         };
+        if read.frames.is_empty() {
+            tokio::select! {
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                changed = end.changed() => if changed.is_err() {
+                    hub.dispatching.lock().unwrap_or_else(|e| e.into_inner()).remove(&*topic);
+                    return;
+                },
+                // A deleted and recreated topic is a new partition: look again now and then.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    let replaced = hub.broker.topic(&topic).map_or(true, |t| {
+                        t.partition(partition).map_or(true, |p| !Arc::ptr_eq(p, &part))
+                    });
+                    if replaced {
+                        hub.dispatching.lock().unwrap_or_else(|e| e.into_inner()).remove(&*topic);
+                        if partition == 0 {
+                            hub.dispatch_from(&topic, true);
+                        }
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
         for batch in read.batches() {
             for r in batch.records() {
                 let Ok(r) = r else { break };
@@ -683,5 +720,8 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
             }
         }
         pos = pos.max(read.next_offset);
+        if *stop.borrow() {
+            return;
+        }
     }
 }

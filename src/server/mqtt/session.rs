@@ -669,9 +669,7 @@ impl Session {
             payload: Bytes::clone(&msg.payload),
             props,
         };
-        if codec::encoded_len(self.version, &Out::Publish(publish.clone())) as u64
-            > u64::from(self.client_max_packet)
-        {
+        if codec::publish_len(self.version, &publish) as u64 > u64::from(self.client_max_packet) {
             // Too large for this client: dropped as if delivered (MQTT-3.1.2-25).
             return;
         }

@@ -1,0 +1,36 @@
+# Sourced by tests/run.sh and cross/test.sh: makes sure the real peers the tests talk to are
+# here, installing what is missing, and exports BROOK_TEST_PYTHON.
+#   - Debian's mosquitto (the broker the MQTT benchmark compares with) and mosquitto-clients
+#     (mosquitto_pub / mosquitto_sub), installed with apt-get when missing and we are root;
+#   - paho-mqtt 2.2.0 in a venv under ${BROOK_CACHE:-~/.cache/brook-ci}, reused when present.
+# A peer that cannot be installed stops the run here; the tests themselves also fail (never
+# skip) without it.
+
+peer_step() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    peer_step "installing mosquitto and mosquitto-clients (MQTT peers for the tests and benchmarks)"
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mosquitto mosquitto-clients >/dev/null
+    # The package starts a system broker on 1883; the tests start their own on other ports.
+    systemctl disable --now mosquitto >/dev/null 2>&1 || true
+  else
+    echo "brook tests: mosquitto_pub not found; apt-get install mosquitto mosquitto-clients" >&2
+    exit 1
+  fi
+fi
+
+cache="${BROOK_CACHE:-$HOME/.cache/brook-ci}"
+venv="$cache/venv"
+if ! "$venv/bin/python" -c 'import paho.mqtt.client' >/dev/null 2>&1; then
+  peer_step "python venv with paho-mqtt 2.2.0 in $venv"
+  mkdir -p "$cache"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's own python3 needs python3-venv for this.
+    [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check "paho-mqtt==2.2.0"
+fi
+export BROOK_TEST_PYTHON="$venv/bin/python"
