@@ -974,3 +974,62 @@ async fn connection_limit_refuses_the_extra_connection() {
     closed(&mut c).await;
     r.stop().await.expect("stop");
 }
+
+/// A subscriber that stops reading while thousands of messages arrive (its socket and then its
+/// queue fill up) loses none of them: what did not fit is read back from the log, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_too_slow_for_live_delivery_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let mut slow = raw_connect(&r, b"slow", true).await;
+    // SUBSCRIBE pkid 1 to "load/#" QoS 0, then stop reading.
+    slow.write_all(&[0x82, 11, 0, 1, 0, 6, b'l', b'o', b'a', b'd', b'/', b'#', 0])
+        .await
+        .expect("subscribe");
+    assert_eq!(read_packet(&mut slow).await, [0x90, 3, 0, 1, 0], "SUBACK");
+    let mut p = v4(v4_options(&r, "fast")).await;
+    let n = 6000u32;
+    let pad = "x".repeat(1000);
+    for i in 0..n {
+        p.client
+            .publish("load/a", QoS::AtLeastOnce, false, format!("{i:06}{pad}"))
+            .await
+            .expect("publish");
+    }
+    for _ in 0..n {
+        p.puback().await;
+    }
+    // Now read everything the slow subscriber was sent.
+    let mut buf = bytes::BytesMut::new();
+    let mut next = 0u32;
+    while next < n {
+        match rumqttc::mqttbytes::v4::Packet::read(&mut buf, usize::MAX) {
+            Ok(rumqttc::mqttbytes::v4::Packet::Publish(m)) => {
+                let seq: u32 = text(&m.payload[..6]).parse().expect("sequence");
+                assert_eq!(seq, next, "in order, none missing");
+                next += 1;
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                let n = tokio::time::timeout(WAIT, slow.read_buf(&mut buf))
+                    .await
+                    .expect("more in time")
+                    .expect("read");
+                assert!(n > 0, "connection open");
+            }
+            Err(e) => panic!("bad packet: {e}"),
+        }
+    }
+    let m = reqwest_metrics(&r).await;
+    let read_back: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("brook_mqtt_read_back_total "))
+        .expect("metric present")
+        .parse()
+        .expect("number");
+    assert!(
+        read_back > 0,
+        "the live queue overflowed and the log was read back: {m}"
+    );
+    r.stop().await.expect("stop");
+}

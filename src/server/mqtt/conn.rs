@@ -329,6 +329,7 @@ impl Conn {
                     match d {
                         Delivery::Log(m) => {
                             if self.lagged.swap(false, Ordering::SeqCst) {
+                                self.hub.stats.read_back.fetch_add(1, Ordering::Relaxed);
                                 // Some messages did not fit the channel: read them back from
                                 // the log (this one included).
                                 self.start_catch_up();

@@ -163,6 +163,8 @@ pub struct MqttStats {
     pub dropped_shared: AtomicU64,
     pub wills: AtomicU64,
     pub takeovers: AtomicU64,
+    /// Times a connection's queue overflowed and it read the log back instead.
+    pub read_back: AtomicU64,
     pub protocol_errors: AtomicU64,
 }
 
@@ -225,6 +227,12 @@ impl MqttStats {
                 "counter",
                 "Sessions taken over by a new connection.",
                 &self.takeovers,
+            ),
+            (
+                "brook_mqtt_read_back_total",
+                "counter",
+                "Times a subscriber too slow for live delivery read the log back instead.",
+                &self.read_back,
             ),
             (
                 "brook_mqtt_protocol_errors_total",
