@@ -283,19 +283,15 @@ fn paho_clients_v311_and_v5() {
 /// minute-long run and its memory are recorded in BENCHMARKS.md).
 #[test]
 fn a_thousand_clients_each_get_every_own_message_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, addrs) = common::serve(&dir.path().join("data"));
     let out = common::brook()
-        .args([
-            "bench",
-            "mqtt-fleet",
-            "--clients",
-            "1000",
-            "--publishers",
-            "100",
-        ])
+        .args(["bench", "mqtt-fleet", "--target", &addrs.mqtt])
+        .args(["--clients", "1000", "--publishers", "100"])
         .args(["--rate", "10", "--duration", "3s", "--json"])
-        .current_dir(tempfile::tempdir().expect("tempdir").path())
         .output()
         .expect("run brook bench mqtt-fleet");
+    kill_9(&mut server);
     let json = ok(out, "brook bench mqtt-fleet");
     let r: serde_json::Value = serde_json::from_str(json.trim()).expect("json report");
     assert!(r["published"].as_u64().expect("published") >= 100, "{r}");
