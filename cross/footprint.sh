@@ -2,8 +2,11 @@
 # Footprint per ARM target, under qemu-user on this x86_64 machine:
 #   - the size of the `dist` binary (built by cross/build.sh if missing);
 #   - the RSS of `brook serve` idle and after a short load (100,000 records produced and read
-#     back by the native x86_64 `brook bench native --broker`), minus the RSS of qemu running a
-#     trivial program of the same target (a C `pause()`), so what remains is Brook's share.
+#     back by the native x86_64 `brook bench native --broker`; then over MQTT 50,000 QoS 1
+#     messages from 4 publishers to 1 subscriber and 1,000 connected clients, 100 of them
+#     publishing QoS 1 at 10/s for 10 s, by `brook bench mqtt[-fleet] --target`), minus the RSS
+#     of qemu running a trivial program of the same target (a C `pause()`), so what remains is
+#     Brook's share.
 # RSS is VmRSS/VmHWM of the qemu process from /proc. Emulation changes speed, not memory layout:
 # the figure is close to, not equal to, what the board shows.
 #   cross/footprint.sh [TARGET...]   (default: both targets)
@@ -35,7 +38,8 @@ for target in "${targets[@]}"; do
   kill "$base_pid"; wait "$base_pid" 2>/dev/null || true
 
   data=$work/data-$target
-  $runner "$bin" serve --data-dir "$data" --native 127.0.0.1:0 --http 127.0.0.1:0 2>"$work/log-$target" &
+  $runner "$bin" serve --data-dir "$data" --native 127.0.0.1:0 --http 127.0.0.1:0 \
+    --mqtt 127.0.0.1:0 2>"$work/log-$target" &
   pid=$!
   addr=""
   for _ in $(seq 1 300); do
@@ -48,6 +52,12 @@ for target in "${targets[@]}"; do
   read -r idle _ < <(rss "$pid")
   "$host_brook" bench native --broker "$addr" --records 100000 --producers 2 --consumers 2 \
     --partitions 2 --json >"$work/bench-$target.json"
+  mqtt=$(grep -o 'mqtt=[0-9.:]*' "$work/log-$target" | head -n 1 | cut -d= -f2)
+  "$host_brook" bench mqtt --target "$mqtt" --messages 50000 --publishers 4 --qos 1 \
+    --json >"$work/mqtt-$target.json"
+  "$host_brook" bench mqtt-fleet --target "$mqtt" --clients 1000 --publishers 100 --rate 10 \
+    --duration 10s --json >"$work/fleet-$target.json"
+  echo "$target: MQTT fleet under emulation: $(cat "$work/fleet-$target.json")"
   read -r loaded peak < <(rss "$pid")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   size=$(stat -c %s "$bin")
