@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use brook::bench::Report;
 use brook::bench::storage::StorageBench;
 use brook::config::{Config, DEFAULT_CONFIG};
 use brook::log::Durability;
@@ -510,12 +511,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 cold: a.cold,
                 progress: !a.json,
             };
-            let report = bench.run()?;
-            if a.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
+            bench.run()?.print(a.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Native(a)) => {
@@ -531,17 +527,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 inflight: a.inflight,
                 durability: a.durability,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = runtime
-                .block_on(bench.run())
-                .map_err(|e| -> Box<dyn std::error::Error> { e })?;
-            if a.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
+            let report = block_on(bench.run())?;
+            report.print(a.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::Mqtt(a)) => {
@@ -555,17 +542,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 messages: a.messages,
                 inflight: a.inflight,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = runtime
-                .block_on(bench.run())
-                .map_err(|e| -> Box<dyn std::error::Error> { e })?;
-            if a.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
+            let report = block_on(bench.run())?;
+            report.print(a.json)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(BenchCommand::MqttFleet(a)) => {
@@ -577,17 +555,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 rate: a.rate,
                 duration: a.duration.0,
             };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let report = runtime
-                .block_on(bench.run())
-                .map_err(|e| -> Box<dyn std::error::Error> { e })?;
-            if a.json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.render());
-            }
+            let report = block_on(bench.run())?;
+            report.print(a.json)?;
             Ok(if report.missing == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -604,6 +573,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs a benchmark's future on a multi-threaded runtime.
+fn block_on<T>(
+    f: impl std::future::Future<Output = brook::bench::BenchResult<T>>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime
+        .block_on(f)
+        .map_err(|e| -> Box<dyn std::error::Error> { e })
 }
 
 /// Installs SIGINT and SIGTERM handlers now and returns a future that completes on either.

@@ -12,6 +12,56 @@ use std::process::{Child, Command, Stdio};
 
 pub type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// What every benchmark prints: a summary for people, or one JSON object (`--json`).
+pub trait Report: serde::Serialize {
+    fn render(&self) -> String;
+
+    fn print(&self, json: bool) -> serde_json::Result<()> {
+        if json {
+            println!("{}", serde_json::to_string(self)?);
+        } else {
+            print!("{}", self.render());
+        }
+        Ok(())
+    }
+}
+
+/// Where a benchmark's broker is: a `brook serve` child it started, or `--target`.
+pub struct Broker {
+    /// Keeps the child running (and removes its data directory) until dropped.
+    pub child: Option<ServerChild>,
+    pub mqtt_addr: String,
+    /// Process to read CPU time and memory of, when known.
+    pub pid: Option<u32>,
+}
+
+impl Broker {
+    /// `target` (with `target_pid`) when given, else a fresh `brook serve` named `name`.
+    pub fn mqtt(name: &str, target: Option<&str>, target_pid: Option<u32>) -> BenchResult<Broker> {
+        Ok(match target {
+            Some(t) => Broker {
+                child: None,
+                mqtt_addr: t.to_string(),
+                pid: target_pid,
+            },
+            None => {
+                let child = start_server(name, None)?;
+                Broker {
+                    mqtt_addr: child.mqtt_addr.clone(),
+                    pid: Some(child.child.id()),
+                    child: Some(child),
+                }
+            }
+        })
+    }
+}
+
+/// The `q` quantile (0..=1) of sorted `values`; 0 when empty.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or(0)
+}
+
 /// A `brook serve` child on ephemeral loopback ports, killed (and its data directory removed
 /// when the bench made it) on drop.
 pub struct ServerChild {

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{BenchResult, cpu_seconds, rss_kib, start_server};
+use super::{BenchResult, Broker, cpu_seconds, quantile, rss_kib};
 
 /// A subscriber that hears nothing for this long stops and reports what arrived (a broker
 /// that dropped messages never sends them).
@@ -61,8 +61,8 @@ pub struct MqttReport {
     pub broker_rss_peak_kib: Option<u64>,
 }
 
-impl MqttReport {
-    pub fn render(&self) -> String {
+impl super::Report for MqttReport {
+    fn render(&self) -> String {
         format!(
             "mqtt bench against {}: {} messages x {} B, QoS {}, {} publishers ({} in flight each), {} subscribers\n  publish: {:.0} msgs/s; delivered {} at {:.0} msgs/s\n  publish-to-deliver latency: p50 {} us, p99 {} us, max {} us\n  broker CPU: {} per message; broker peak RSS: {}\n",
             self.broker,
@@ -155,16 +155,8 @@ impl MqttBench {
         if self.payload < 16 {
             return Err("--payload must be at least 16 bytes (send time and sequence)".into());
         }
-        let server = match &self.target {
-            Some(_) => None,
-            None => Some(start_server("mqtt", None)?),
-        };
-        let addr = match (&self.target, &server) {
-            (Some(t), _) => t.clone(),
-            (None, Some(s)) => s.mqtt_addr.clone(),
-            (None, None) => return Err("no broker".into()),
-        };
-        let pid = self.target_pid.or(server.as_ref().map(|s| s.child.id()));
+        let broker = Broker::mqtt("mqtt", self.target.as_deref(), self.target_pid)?;
+        let (addr, pid) = (broker.mqtt_addr.clone(), broker.pid);
         let base = Instant::now();
         let per_pub = self.messages / u64::from(self.publishers);
         let total = per_pub * u64::from(self.publishers);
@@ -337,11 +329,6 @@ impl MqttBench {
         }
         let cpu1 = pid.and_then(cpu_seconds);
         lat.sort_unstable();
-        let pct = |q: f64| {
-            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
         if delivered < expected {
             eprintln!("warning: {delivered} of {expected} deliveries arrived");
         }
@@ -360,8 +347,8 @@ impl MqttBench {
             deliver_msgs_per_sec: delivered as f64
                 / delivered_at.duration_since(start).as_secs_f64().max(1e-9),
             delivered,
-            p50_us: pct(0.50),
-            p99_us: pct(0.99),
+            p50_us: quantile(&lat, 0.50),
+            p99_us: quantile(&lat, 0.99),
             max_us: lat.last().copied().unwrap_or(0),
             broker_cpu_us_per_msg: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some((b - a) * 1e6 / total as f64),
@@ -404,8 +391,8 @@ pub struct FleetReport {
     pub broker_cpu_seconds: Option<f64>,
 }
 
-impl FleetReport {
-    pub fn render(&self) -> String {
+impl super::Report for FleetReport {
+    fn render(&self) -> String {
         format!(
             "mqtt fleet against {}: {} clients, {} publishing QoS 1 at {}/s for {:.0} s\n  published {}, acknowledged {}, delivered {}, missing {}\n  publish-to-deliver latency: p50 {} us, p99 {} us\n  broker peak RSS: {}; broker CPU: {}\n",
             self.broker,
@@ -530,16 +517,8 @@ impl MqttFleet {
             return Err("need clients >= publishers and a rate of at least 1/s".into());
         }
         raise_nofile();
-        let server = match &self.target {
-            Some(_) => None,
-            None => Some(start_server("mqtt-fleet", None)?),
-        };
-        let addr = match (&self.target, &server) {
-            (Some(t), _) => t.clone(),
-            (None, Some(s)) => s.mqtt_addr.clone(),
-            (None, None) => return Err("no broker".into()),
-        };
-        let pid = self.target_pid.or(server.as_ref().map(|s| s.child.id()));
+        let broker = Broker::mqtt("mqtt-fleet", self.target.as_deref(), self.target_pid)?;
+        let (addr, pid) = (broker.mqtt_addr.clone(), broker.pid);
         let base = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / f64::from(self.rate));
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(self.clients as usize);
@@ -600,11 +579,6 @@ impl MqttFleet {
         }
         total.latencies.sort_unstable();
         let lat = &total.latencies;
-        let pct = |q: f64| {
-            lat.get(((lat.len() as f64 * q) as usize).min(lat.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
         Ok(FleetReport {
             broker: match &self.target {
                 Some(t) => t.clone(),
@@ -618,8 +592,8 @@ impl MqttFleet {
             acknowledged: total.acknowledged,
             delivered: total.delivered,
             missing: total.published.saturating_sub(total.delivered),
-            p50_us: pct(0.5),
-            p99_us: pct(0.99),
+            p50_us: quantile(lat, 0.5),
+            p99_us: quantile(lat, 0.99),
             broker_rss_peak_kib: peak,
             broker_cpu_seconds: match (cpu0, cpu1) {
                 (Some(a), Some(b)) => Some(b - a),

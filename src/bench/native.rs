@@ -57,8 +57,8 @@ pub struct NativeReport {
     pub server_rss_peak_kib: Option<u64>,
 }
 
-impl NativeReport {
-    pub fn render(&self) -> String {
+impl super::Report for NativeReport {
+    fn render(&self) -> String {
         let kib =
             |v: Option<u64>| v.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         format!(
@@ -139,12 +139,6 @@ impl NativeBench {
         }
         let produce_secs = started.elapsed().as_secs_f64();
         latencies.sort_unstable();
-        let pct = |q: usize| {
-            latencies
-                .get((latencies.len() * q / 100).min(latencies.len().saturating_sub(1)))
-                .copied()
-                .unwrap_or(0)
-        };
 
         // Consume everything back.
         let started = Instant::now();
@@ -184,8 +178,8 @@ impl NativeBench {
             produce_mb_per_sec: bytes / produce_secs / 1e6,
             consume_records_per_sec: self.records as f64 / consume_secs,
             consume_mb_per_sec: bytes / consume_secs / 1e6,
-            p50_us: pct(50),
-            p99_us: pct(99),
+            p50_us: super::quantile(&latencies, 0.50),
+            p99_us: super::quantile(&latencies, 0.99),
             server_rss_idle_kib: idle.map(|(rss, _)| rss),
             server_rss_loaded_kib: loaded.map(|(rss, _)| rss),
             server_rss_peak_kib: loaded.map(|(_, hwm)| hwm),

@@ -84,8 +84,8 @@ pub struct StorageReport {
     pub fsync_ceiling_per_sec: Option<f64>,
 }
 
-impl StorageReport {
-    pub fn render(&self) -> String {
+impl super::Report for StorageReport {
+    fn render(&self) -> String {
         let opt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
         let mut s = format!(
             "storage bench: {} records x {} B, {} partitions, {} producers, batch {}, durability {:?}{}\n",

@@ -173,14 +173,7 @@ pub async fn serve(
     let persisted = c.sm.persisted();
     let state = c.sm.into_state();
     if expiry > 0 {
-        let h = Arc::clone(&hub);
-        let id = client_id.clone();
-        let r = tokio::task::spawn_blocking(move || {
-            h.persist(&id, &persisted)?;
-            h.flush_meta()
-        })
-        .await;
-        if let Ok(Err(e)) = r {
+        if let Err(e) = hub.persist_durably(&client_id, persisted).await {
             tracing::warn!(client = %client_id, "mqtt: cannot persist session: {e}");
         }
     }
@@ -299,7 +292,12 @@ impl Conn {
                     tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: session taken over");
                     return End::TakenOver(reply);
                 }
-                outcome = async { self.acks.front_mut().map(|a| a.1.as_mut()).expect("guarded").await }, if !self.acks.is_empty() => {
+                outcome = async {
+                    match self.acks.front_mut() {
+                        Some((_, wait)) => wait.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if !self.acks.is_empty() => {
                     if let Some((ack, _)) = self.acks.pop_front() {
                         self.sm.appended(ack, outcome);
                     }
@@ -551,16 +549,9 @@ impl Conn {
                     }
                     Action::Persist => {
                         if self.sm.state.expiry > 0 {
-                            let hub = Arc::clone(&self.hub);
-                            let id = self.sm.state.client_id.clone();
-                            let p = self.sm.persisted();
-                            let r = tokio::task::spawn_blocking(move || {
-                                hub.persist(&id, &p)?;
-                                hub.flush_meta()
-                            })
-                            .await;
-                            if !matches!(r, Ok(Ok(()))) {
-                                tracing::error!("mqtt: cannot persist subscriptions");
+                            let (id, p) = (&self.sm.state.client_id, self.sm.persisted());
+                            if let Err(e) = self.hub.persist_durably(id, p).await {
+                                tracing::error!(client = %id, "mqtt: cannot persist subscriptions: {e}");
                             }
                         }
                     }

@@ -80,6 +80,33 @@ struct StoredRetained {
     user: Vec<(String, String)>,
 }
 
+impl StoredRetained {
+    /// The message delivered to new subscribers of `topic`.
+    fn into_message(self, topic: String) -> LogMessage {
+        LogMessage {
+            log_topic: Arc::from(""),
+            partition: 0,
+            offset: 0,
+            timestamp: self.timestamp,
+            topic,
+            payload: Bytes::from(self.payload),
+            qos: self.qos,
+            retain: true,
+            publisher: self.publisher,
+            props: MessageProps {
+                payload_format: self.payload_format,
+                expiry: self.expiry,
+                topic_alias: None,
+                response_topic: self.response_topic,
+                correlation_data: self.correlation_data.map(Bytes::from),
+                user: self.user,
+                content_type: self.content_type,
+                subscription_ids: Vec::new(),
+            },
+        }
+    }
+}
+
 pub struct Hub {
     pub broker: Arc<Broker>,
     pub config: MqttConfig,
@@ -149,27 +176,7 @@ impl Hub {
                 tracing::warn!("mqtt: skipping an unreadable retained message");
                 continue;
             };
-            let msg = LogMessage {
-                log_topic: Arc::from(""),
-                partition: 0,
-                offset: 0,
-                timestamp: r.timestamp,
-                topic: topic.clone(),
-                payload: Bytes::from(r.payload),
-                qos: r.qos,
-                retain: true,
-                publisher: r.publisher,
-                props: MessageProps {
-                    payload_format: r.payload_format,
-                    expiry: r.expiry,
-                    topic_alias: None,
-                    response_topic: r.response_topic,
-                    correlation_data: r.correlation_data.map(Bytes::from),
-                    user: r.user,
-                    content_type: r.content_type,
-                    subscription_ids: Vec::new(),
-                },
-            };
+            let msg = r.into_message(topic.clone());
             retained.insert(topic, Arc::new(msg));
         }
         stats
@@ -299,22 +306,7 @@ impl Hub {
             meta.put(Namespace::MqttRetained, publish.topic.as_bytes(), &bytes)?;
             map.insert(
                 publish.topic.clone(),
-                Arc::new(LogMessage {
-                    log_topic: Arc::from(""),
-                    partition: 0,
-                    offset: 0,
-                    timestamp: stored.timestamp,
-                    topic: publish.topic.clone(),
-                    payload: publish.payload.clone(),
-                    qos: publish.qos,
-                    retain: true,
-                    publisher: stored.publisher,
-                    props: MessageProps {
-                        topic_alias: None,
-                        subscription_ids: Vec::new(),
-                        ..p.clone()
-                    },
-                }),
+                Arc::new(stored.into_message(publish.topic.clone())),
             );
         }
         self.stats
@@ -510,6 +502,21 @@ impl Hub {
             .put(Namespace::MqttSessions, id.as_bytes(), &bytes)?;
         self.meta_dirty.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Writes a session's persistent part and flushes it, off the async threads.
+    pub async fn persist_durably(
+        self: &Arc<Self>,
+        id: &str,
+        p: PersistedSession,
+    ) -> Result<(), BrokerError> {
+        let (hub, id) = (Arc::clone(self), id.to_owned());
+        tokio::task::spawn_blocking(move || {
+            hub.persist(&id, &p)?;
+            hub.flush_meta()
+        })
+        .await
+        .map_err(|e| BrokerError::Invalid(format!("persist task: {e}")))?
     }
 
     /// Makes the metadata writes so far durable (blocking: one fsync).
