@@ -113,7 +113,8 @@ pub struct Hub {
     pub stats: Arc<MqttStats>,
     subs: RwLock<Trie<SubKey, Target>>,
     sessions: Mutex<HashMap<String, Slot>>,
-    dispatching: Mutex<HashSet<String>>,
+    /// Log topics with running dispatchers (looked up on every publish: read-locked).
+    dispatching: RwLock<HashSet<String>>,
     retained: RwLock<BTreeMap<String, Arc<LogMessage>>>,
     next_conn: AtomicU64,
     meta_dirty: AtomicBool,
@@ -191,7 +192,7 @@ impl Hub {
             stats,
             subs: RwLock::new(Trie::default()),
             sessions: Mutex::new(sessions),
-            dispatching: Mutex::new(HashSet::new()),
+            dispatching: RwLock::new(HashSet::new()),
             retained: RwLock::new(retained),
             next_conn: AtomicU64::new(1),
             meta_dirty: AtomicBool::new(false),
@@ -378,8 +379,12 @@ impl Hub {
 
     /// As [`Hub::dispatch`]; `from_start`: from the first stored offset (a recreated topic).
     fn dispatch_from(&self, name: &str, from_start: bool) {
-        let mut d = self.dispatching.lock().unwrap_or_else(|e| e.into_inner());
-        if d.contains(name) {
+        let running = |d: &HashSet<String>| d.contains(name);
+        if running(&self.dispatching.read().unwrap_or_else(|e| e.into_inner())) {
+            return;
+        }
+        let mut d = self.dispatching.write().unwrap_or_else(|e| e.into_inner());
+        if running(&d) {
             return;
         }
         let Ok(topic) = self.broker.topic(name) else {
@@ -404,6 +409,14 @@ impl Hub {
                 start,
             ));
         }
+    }
+
+    /// A dispatcher of log topic `name` stopped: the next publish to it starts a new one.
+    fn dispatcher_ended(&self, name: &str) {
+        self.dispatching
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     /// Claims client id `id` for connection `conn`: returns the session state it had (from a
@@ -615,20 +628,17 @@ impl Hub {
     }
 
     fn deliver(&self, msg: LogMessage) {
+        // Sending never blocks (try_send), so the matches are used under the read lock.
         let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
-        let mut direct: Vec<(u64, Target)> = Vec::new();
-        let mut shared: HashMap<Arc<str>, Vec<Target>> = HashMap::new();
+        let mut direct: Vec<(u64, &Target)> = Vec::new();
+        let mut shared: HashMap<&Arc<str>, Vec<&Target>> = HashMap::new();
         subs.for_each_match(&msg.topic, |k, t| {
             if t.shared {
-                shared
-                    .entry(Arc::clone(&k.raw))
-                    .or_default()
-                    .push(t.clone());
+                shared.entry(&k.raw).or_default().push(t);
             } else {
-                direct.push((k.conn, t.clone()));
+                direct.push((k.conn, t));
             }
         });
-        drop(subs);
         if direct.is_empty() && shared.is_empty() {
             return;
         }
@@ -646,7 +656,7 @@ impl Hub {
             let sent = (0..n).any(|i| {
                 members[(first + i) % n]
                     .tx
-                    .try_send(Delivery::Shared(Arc::clone(&msg), Arc::clone(&raw)))
+                    .try_send(Delivery::Shared(Arc::clone(&msg), Arc::clone(raw)))
                     .is_ok()
             });
             if !sent {
@@ -685,10 +695,7 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
                 // A deleted topic's partition, or an I/O error: stop; a recreated topic gets a
                 // new dispatcher.
                 tracing::debug!(%topic, partition, "mqtt dispatcher stops: {e}");
-                hub.dispatching
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&*topic);
+                hub.dispatcher_ended(&topic);
                 return;
             }
         };
@@ -696,7 +703,7 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
             tokio::select! {
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
                 changed = end.changed() => if changed.is_err() {
-                    hub.dispatching.lock().unwrap_or_else(|e| e.into_inner()).remove(&*topic);
+                    hub.dispatcher_ended(&topic);
                     return;
                 },
                 // A deleted and recreated topic is a new partition: look again now and then.
@@ -705,7 +712,7 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
                         t.partition(partition).map_or(true, |p| !Arc::ptr_eq(p, &part))
                     });
                     if replaced {
-                        hub.dispatching.lock().unwrap_or_else(|e| e.into_inner()).remove(&*topic);
+                        hub.dispatcher_ended(&topic);
                         if partition == 0 {
                             hub.dispatch_from(&topic, true);
                         }

@@ -204,18 +204,18 @@ impl<K: Hash + Eq + Clone, V> Trie<K, V> {
     }
 
     /// Calls `found` for every subscription whose filter matches topic name `topic`.
-    pub fn for_each_match(&self, topic: &str, mut found: impl FnMut(&K, &V)) {
+    pub fn for_each_match<'a>(&'a self, topic: &str, mut found: impl FnMut(&'a K, &'a V)) {
         let levels: Vec<&str> = topic.split('/').collect();
         let dollar = topic.starts_with('$');
         Self::walk(&self.root, &levels, dollar, true, &mut found);
     }
 
-    fn walk(
-        node: &Node<K, V>,
+    fn walk<'a>(
+        node: &'a Node<K, V>,
         levels: &[&str],
         dollar: bool,
         at_root: bool,
-        found: &mut impl FnMut(&K, &V),
+        found: &mut impl FnMut(&'a K, &'a V),
     ) {
         let wild_ok = !(at_root && dollar);
         if wild_ok {
