@@ -39,7 +39,7 @@ for target in "${targets[@]}"; do
 
   data=$work/data-$target
   $runner "$bin" serve --data-dir "$data" --native 127.0.0.1:0 --http 127.0.0.1:0 \
-    --mqtt 127.0.0.1:0 2>"$work/log-$target" &
+    --mqtt 127.0.0.1:0 --kafka 127.0.0.1:0 2>"$work/log-$target" &
   pid=$!
   addr=""
   for _ in $(seq 1 300); do

@@ -27,6 +27,8 @@ pub struct Config {
     pub native: NativeConfig,
     /// The MQTT front end: limits, durability of acknowledgements, routing into log topics.
     pub mqtt: crate::server::mqtt::MqttConfig,
+    /// The Kafka API listener: advertised address, limits, topic auto-creation.
+    pub kafka: crate::server::kafka::KafkaConfig,
     /// Threads.
     pub runtime: RuntimeConfig,
 }
@@ -49,6 +51,8 @@ pub struct Listeners {
     pub http: String,
     /// MQTT 3.1.1 and 5.0. Default "127.0.0.1:1883".
     pub mqtt: String,
+    /// Kafka API. Default "127.0.0.1:9092".
+    pub kafka: String,
 }
 
 impl Default for Listeners {
@@ -57,6 +61,7 @@ impl Default for Listeners {
             native: "127.0.0.1:7420".into(),
             http: "127.0.0.1:7421".into(),
             mqtt: "127.0.0.1:1883".into(),
+            kafka: "127.0.0.1:9092".into(),
         }
     }
 }
@@ -106,6 +111,7 @@ impl Default for Config {
             listeners: Listeners::default(),
             native: NativeConfig::default(),
             mqtt: crate::server::mqtt::MqttConfig::default(),
+            kafka: crate::server::kafka::KafkaConfig::default(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -169,6 +175,7 @@ impl Config {
             ("listeners.native", &self.listeners.native),
             ("listeners.http", &self.listeners.http),
             ("listeners.mqtt", &self.listeners.mqtt),
+            ("listeners.kafka", &self.listeners.kafka),
         ] {
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(format!(
@@ -198,6 +205,7 @@ impl Config {
             return Err("native.idle_timeout: must be greater than zero".into());
         }
         self.mqtt.validate()?;
+        self.kafka.validate()?;
         if let Some(max) = self.log.max_size.limit() {
             let seg = self.topic_defaults.segment_size.bytes();
             if max < 2 * seg {

@@ -8,11 +8,11 @@
 //! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std) |
-//! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages), on sled behind a trait |
+//! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages, the Kafka producer-id block), on sled behind a trait |
 //! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |
 //! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
 //! | [`check`] | `brook check`: verifies every segment of a data directory |
-//! | [`server`] | `brook serve`: native, MQTT ([`server::mqtt`]) and HTTP listeners, housekeeping, systemd notification, graceful shutdown |
+//! | [`server`] | `brook serve`: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP listeners, housekeeping, systemd notification, graceful shutdown |
 //! | [`tools`] | the CLI's client commands: topics, produce, consume, groups |
 //! | [`mod@bench`] | `brook bench ...`: measured throughput, latency, write amplification |
 //! | [`units`] | human-readable sizes and durations |
@@ -34,6 +34,12 @@
 //! [`broker::Broker::produce_start`]; the PUBACK waits for the configured durability. A
 //! dispatcher per log partition tails it and hands each record to the subscribers the trie
 //! finds; a persistent session that was away reads the log back from its stored position.
+//!
+//! Over the Kafka API ([`server::kafka`]), each partition's record batch of a Produce is
+//! checked (CRC, decompressed if need be, idempotent sequence) and becomes one Brook batch,
+//! again through [`broker::Broker::produce_start`], answered once `acks` is met; a Fetch turns
+//! the stored frames back into Kafka batches. Kafka consumer groups run Kafka's own protocol
+//! ([`broker::kafka_groups`]) and commit into the same offsets store.
 
 pub mod bench;
 pub mod broker;

@@ -39,6 +39,9 @@ enum Command {
         /// MQTT listener; overrides `listeners.mqtt`.
         #[arg(long, value_name = "ADDR")]
         mqtt: Option<String>,
+        /// Kafka API listener; overrides `listeners.kafka`.
+        #[arg(long, value_name = "ADDR")]
+        kafka: Option<String>,
         /// HTTP listener (metrics, health, API); overrides `listeners.http`.
         #[arg(long, value_name = "ADDR")]
         http: Option<String>,
@@ -355,6 +358,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             native,
             http,
             mqtt,
+            kafka,
         } => {
             let mut cfg = match config {
                 Some(path) => Config::load(&path)?,
@@ -368,6 +372,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             if let Some(a) = mqtt {
                 cfg.listeners.mqtt = a;
+            }
+            if let Some(a) = kafka {
+                cfg.listeners.kafka = a;
             }
             if let Some(a) = http {
                 cfg.listeners.http = a;

@@ -53,6 +53,8 @@ pub enum Namespace {
     MirrorCursors,
     MqttSessions,
     MqttRetained,
+    /// Kafka API state that must outlive a restart (the producer-id allocator).
+    Kafka,
 }
 
 impl Namespace {
@@ -63,6 +65,7 @@ impl Namespace {
             Namespace::MirrorCursors => "mirror_cursors",
             Namespace::MqttSessions => "mqtt_sessions",
             Namespace::MqttRetained => "mqtt_retained",
+            Namespace::Kafka => "kafka",
         }
     }
 }

@@ -20,6 +20,8 @@ fn serve_opens_the_data_dir_and_stops_on_sigterm() {
             "127.0.0.1:0",
             "--mqtt",
             "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&data)

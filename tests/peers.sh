@@ -2,7 +2,9 @@
 # here, installing what is missing, and exports BROOK_TEST_PYTHON.
 #   - Debian's mosquitto (the broker the MQTT benchmark compares with) and mosquitto-clients
 #     (mosquitto_pub / mosquitto_sub), installed with apt-get when missing and we are root;
-#   - paho-mqtt 2.2.0 in a venv under ${BROOK_CACHE:-~/.cache/brook-ci}, reused when present.
+#   - Debian's kcat (a librdkafka Kafka client), installed with apt-get when missing;
+#   - paho-mqtt 2.2.0, confluent-kafka 2.16.1 and kafka-python 3.0.12 in a venv under
+#     ${BROOK_CACHE:-~/.cache/brook-ci}, reused when present.
 # A peer that cannot be installed stops the run here; the tests themselves also fail (never
 # skip) without it.
 
@@ -21,16 +23,28 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto >/dev/nu
   fi
 fi
 
+if ! command -v kcat >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    peer_step "installing kcat (Kafka client for the tests and benchmarks)"
+    apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat >/dev/null
+  else
+    echo "brook tests: kcat not found; apt-get install kcat" >&2
+    exit 1
+  fi
+fi
+
 cache="${BROOK_CACHE:-$HOME/.cache/brook-ci}"
 venv="$cache/venv"
-if ! "$venv/bin/python" -c 'import paho.mqtt.client' >/dev/null 2>&1; then
-  peer_step "python venv with paho-mqtt 2.2.0 in $venv"
+if ! "$venv/bin/python" -c 'import paho.mqtt.client, confluent_kafka, kafka' >/dev/null 2>&1; then
+  peer_step "python venv with paho-mqtt, confluent-kafka and kafka-python in $venv"
   mkdir -p "$cache"
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     # Debian's own python3 needs python3-venv for this.
     [ "$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$venv"
   fi
-  "$venv/bin/pip" install -q --disable-pip-version-check "paho-mqtt==2.2.0"
+  "$venv/bin/pip" install -q --disable-pip-version-check "paho-mqtt==2.2.0" \
+    "confluent-kafka==2.16.1" "kafka-python==3.0.12"
 fi
 export BROOK_TEST_PYTHON="$venv/bin/python"

@@ -69,6 +69,7 @@ pub struct ServerChild {
     /// Native listener address.
     pub addr: String,
     pub mqtt_addr: String,
+    pub kafka_addr: String,
     dir: PathBuf,
     remove_dir: bool,
 }
@@ -106,6 +107,8 @@ pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild
             "127.0.0.1:0",
             "--mqtt",
             "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:0",
             "--data-dir",
         ])
         .arg(&dir)
@@ -121,13 +124,17 @@ pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild
             .and_then(|rest| rest.split_whitespace().next())
             .map(str::to_string)
     };
-    let (addr, mqtt_addr) = loop {
+    let (addr, mqtt_addr, kafka_addr) = loop {
         let Some(line) = lines.next() else {
             return Err("brook serve exited before listening".into());
         };
         let line = line?;
-        if let (Some(n), Some(m)) = (field(&line, "native="), field(&line, "mqtt=")) {
-            break (n, m);
+        if let (Some(n), Some(m), Some(k)) = (
+            field(&line, "native="),
+            field(&line, "mqtt="),
+            field(&line, "kafka="),
+        ) {
+            break (n, m, k);
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -135,6 +142,7 @@ pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild
         child,
         addr,
         mqtt_addr,
+        kafka_addr,
         dir,
         remove_dir,
     })

@@ -8,8 +8,10 @@
 //! | [`Broker::list_offsets`] | earliest, latest, or first offset at a timestamp |
 //! | [`Broker::create_topic`] & co. | topic admin; configs persisted in `meta` before the files exist |
 //! | [`Broker::join_group`] & co. | consumer groups ([`groups`]) and committed offsets (in `meta`, flushed before the answer) |
+//! | [`Broker::kafka_join`], [`Broker::kafka_groups`] | Kafka clients' groups ([`kafka_groups`]): same offsets, one protocol per group id |
 
 pub mod groups;
+pub mod kafka_groups;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,7 @@ use crate::meta::{Meta, MetaError, Namespace};
 use crate::proto::{Assignor, ErrorCode, OffsetSpec, TopicSettings};
 use crate::units::{ByteSize, HumanDuration};
 use groups::{GroupError, Groups, Joined};
+use kafka_groups::{JoinOutcome, JoinRequest, KafkaGroupError, KafkaGroups};
 
 /// Errors of the broker API, each with the protocol's error code.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +119,7 @@ pub struct Broker {
     store: Arc<Store>,
     meta: Meta,
     groups: std::sync::Mutex<Groups>,
+    kafka_groups: std::sync::Mutex<KafkaGroups>,
     counters: std::sync::RwLock<std::collections::HashMap<String, Arc<TopicCounters>>>,
 }
 
@@ -152,6 +156,7 @@ impl Broker {
                 store: Arc::new(store),
                 meta,
                 groups: std::sync::Mutex::new(Groups::default()),
+                kafka_groups: std::sync::Mutex::new(KafkaGroups::default()),
                 counters: Default::default(),
             },
             recovery,
@@ -378,6 +383,25 @@ impl Broker {
         self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The groups of Kafka clients (sync, heartbeat, leave, commit checks, timeouts).
+    pub fn kafka_groups(&self) -> std::sync::MutexGuard<'_, KafkaGroups> {
+        self.kafka_groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A Kafka client joins a group; refused while native members use the same group id.
+    pub fn kafka_join(
+        &self,
+        group: &str,
+        req: JoinRequest,
+    ) -> Result<tokio::sync::oneshot::Receiver<Result<JoinOutcome, KafkaGroupError>>, KafkaGroupError>
+    {
+        let native = self.lock_groups();
+        if native.get(group).is_some_and(|g| !g.members.is_empty()) {
+            return Err(KafkaGroupError::OtherProtocol);
+        }
+        self.kafka_groups().join(group, req, Instant::now())
+    }
+
     /// Joins a group; returns the member id, the generation and the member's partitions.
     pub fn join_group(
         &self,
@@ -395,7 +419,13 @@ impl Broker {
         }
         let timeout = session_timeout.clamp(Duration::from_secs(1), Duration::from_secs(300));
         let parts = self.partitions_of();
-        self.lock_groups()
+        let mut native = self.lock_groups();
+        if self.kafka_groups().has_members(group) {
+            return Err(BrokerError::Invalid(format!(
+                "group {group:?} is in use by Kafka clients; a group id serves one protocol at a time"
+            )));
+        }
+        native
             .join(
                 group,
                 member_id,
@@ -474,6 +504,7 @@ impl Broker {
     /// Every group with members or committed offsets.
     pub fn list_groups(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self.lock_groups().names().cloned().collect();
+        names.extend(self.kafka_groups().list().into_iter().map(|(n, _, _)| n));
         for (k, _) in self.meta.store().scan(Namespace::GroupOffsets)? {
             if let Some(end) = k.iter().position(|&b| b == 0) {
                 names.push(String::from_utf8_lossy(&k[..end]).into_owned());
@@ -507,6 +538,25 @@ impl Broker {
                 None => (0, Vec::new(), Vec::new()),
             }
         };
+        let (generation, members) = match self.kafka_groups().describe(group) {
+            Some(k) if members.is_empty() => {
+                let members = k
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let assignment = kafka_groups::assigned_partitions(&m.assignment);
+                        topics.extend(assignment.iter().map(|(t, _)| t.clone()));
+                        GroupMember {
+                            member_id: m.member_id.clone(),
+                            client_id: m.client_id.clone(),
+                            assignment,
+                        }
+                    })
+                    .collect();
+                (k.generation.max(0) as u32, members)
+            }
+            _ => (generation, members),
+        };
         let mut prefix = group.as_bytes().to_vec();
         prefix.push(0);
         for (k, _) in self.meta.store().scan(Namespace::GroupOffsets)? {
@@ -536,6 +586,9 @@ impl Broker {
         let parts = self.partitions_of();
         for (g, m) in self.lock_groups().expire(Instant::now(), &parts) {
             tracing::info!(group = %g, member = %m, "member removed after its session timed out");
+        }
+        for (g, m) in self.kafka_groups().tick(Instant::now()) {
+            tracing::info!(group = %g, member = %m, "Kafka member removed: session or rebalance timed out");
         }
         self.store.maintain()?;
         Ok(())

@@ -21,6 +21,7 @@ pub struct HttpState {
     pub broker: Arc<Broker>,
     pub native: Arc<NativeStats>,
     pub mqtt: Arc<super::mqtt::MqttStats>,
+    pub kafka: Arc<super::kafka::KafkaStats>,
 }
 
 pub async fn run(
@@ -309,6 +310,7 @@ pub fn metrics(state: &HttpState) -> String {
         state.native.protocol_errors.load(Ordering::Relaxed)
     );
     state.mqtt.render(&mut m);
+    state.kafka.render(&mut m);
     family(
         &mut m,
         "brook_group_lag",

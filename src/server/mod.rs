@@ -8,6 +8,7 @@
 //! | native protocol | [`native`] | 127.0.0.1:7420 |
 //! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
 //! | MQTT 3.1.1 and 5.0 | [`mqtt`] | 127.0.0.1:1883 |
+//! | Kafka API | [`kafka`] | 127.0.0.1:9092 |
 //!
 //! Under systemd ([`systemd`]), `READY=1` is sent once the log is open and the listeners are
 //! bound, `WATCHDOG=1` while housekeeping runs, `STOPPING=1` on shutdown.
@@ -16,6 +17,7 @@
 //! [`Running`]); [`serve`] runs until a shutdown future completes.
 
 pub mod http;
+pub mod kafka;
 pub mod mqtt;
 pub mod native;
 pub mod systemd;
@@ -52,6 +54,7 @@ pub struct Running {
     pub native_addr: SocketAddr,
     pub http_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
+    pub kafka_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -75,6 +78,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         .local_addr()
         .map_err(|e| ServeError::Task(e.to_string()))?;
     let mqtt_config = config.mqtt.clone();
+    let kafka_listener = bind("kafka", &config.listeners.kafka).await?;
+    let kafka_addr = kafka_listener
+        .local_addr()
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+    let kafka_config = config.kafka.clone();
     let native_addr = native_listener
         .local_addr()
         .map_err(|e| ServeError::Task(e.to_string()))?;
@@ -101,6 +109,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let (shutdown, rx) = watch::channel(false);
     let stats = Arc::new(native::NativeStats::default());
     let mqtt_stats = Arc::new(mqtt::MqttStats::default());
+    let kafka_stats = Arc::new(kafka::KafkaStats::default());
     let hub = {
         let (b, st, stop) = (Arc::clone(&broker), Arc::clone(&mqtt_stats), rx.clone());
         mqtt::hub::Hub::start(b, mqtt_config, st, stop)?
@@ -119,10 +128,22 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             broker: Arc::clone(&broker),
             native: stats,
             mqtt: mqtt_stats,
+            kafka: Arc::clone(&kafka_stats),
         }),
         rx.clone(),
     )));
     tasks.push(tokio::spawn(mqtt::run(mqtt_listener, hub, rx.clone())));
+    let kafka_ctx = Arc::new(kafka::Ctx::new(
+        Arc::clone(&broker),
+        kafka_config,
+        kafka_stats,
+        kafka_addr,
+    ));
+    tasks.push(tokio::spawn(kafka::run(
+        kafka_listener,
+        kafka_ctx,
+        rx.clone(),
+    )));
     let b = Arc::clone(&broker);
     let mut stop = rx;
     let watchdog = systemd::watchdog_period();
@@ -154,9 +175,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     }));
-    tracing::info!(native = %native_addr, http = %http_addr, mqtt = %mqtt_addr, "listening");
+    tracing::info!(native = %native_addr, http = %http_addr, mqtt = %mqtt_addr, kafka = %kafka_addr, "listening");
     if let Err(e) = systemd::notify(&format!(
-        "READY=1\nSTATUS=listening: native {native_addr}, http {http_addr}, mqtt {mqtt_addr}"
+        "READY=1\nSTATUS=listening: native {native_addr}, http {http_addr}, mqtt {mqtt_addr}, kafka {kafka_addr}"
     )) {
         tracing::warn!("cannot notify systemd: {e}");
     }
@@ -165,6 +186,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         native_addr,
         http_addr,
         mqtt_addr,
+        kafka_addr,
         shutdown,
         tasks,
     })

@@ -159,6 +159,7 @@ pub fn server_config(dir: &Path) -> brook::config::Config {
     c.listeners.native = "127.0.0.1:0".into();
     c.listeners.http = "127.0.0.1:0".into();
     c.listeners.mqtt = "127.0.0.1:0".into();
+    c.listeners.kafka = "127.0.0.1:0".into();
     c.log.flush_interval = HumanDuration::millis(100);
     c.log.min_free = ByteSize(0);
     c
@@ -169,6 +170,7 @@ pub struct Addrs {
     pub native: String,
     pub http: String,
     pub mqtt: String,
+    pub kafka: String,
 }
 
 /// Starts `brook serve` on ephemeral loopback ports with data in `data`; returns the child and
@@ -182,6 +184,8 @@ pub fn serve(data: &Path) -> (Child, Addrs) {
             "--http",
             "127.0.0.1:0",
             "--mqtt",
+            "127.0.0.1:0",
+            "--kafka",
             "127.0.0.1:0",
             "--data-dir",
         ])
@@ -207,12 +211,18 @@ pub fn serve(data: &Path) -> (Child, Addrs) {
         let line = line.expect("line");
         seen.push_str(&line);
         seen.push('\n');
-        if let (Some(native), Some(http), Some(mqtt)) = (
+        if let (Some(native), Some(http), Some(mqtt), Some(kafka)) = (
             field(&line, "native="),
             field(&line, "http="),
             field(&line, "mqtt="),
+            field(&line, "kafka="),
         ) {
-            break Addrs { native, http, mqtt };
+            break Addrs {
+                native,
+                http,
+                mqtt,
+                kafka,
+            };
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.

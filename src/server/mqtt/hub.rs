@@ -591,9 +591,17 @@ impl Hub {
         while set.join_next().await.is_some() {}
     }
 
-    /// Expires sessions whose client has been away longer than their expiry interval, and
-    /// flushes metadata written since the last call. Blocking.
+    /// Starts dispatchers for MQTT log topics other front ends created, expires sessions whose
+    /// client has been away longer than their expiry interval, and flushes metadata written
+    /// since the last call. Blocking.
     pub fn housekeeping(&self) {
+        // A log topic created by another front end (native, Kafka) after start has no
+        // dispatcher yet: start one from its first record (nothing was delivered from it).
+        for t in self.log_topics() {
+            if self.broker.topic(&t).is_ok() {
+                self.dispatch_from(&t, true);
+            }
+        }
         let expired: Vec<String> = {
             let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             let ids: Vec<String> = s

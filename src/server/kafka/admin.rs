@@ -1,0 +1,440 @@
+//! ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator.
+//!
+//! Brook is a one-node cluster (node 0, cluster id `brook`) leading every partition with no
+//! replicas. Topic configs map to Kafka's names: `retention.ms` (-1: none), `retention.bytes`
+//! (-1: none), `segment.bytes`, `max.message.bytes`, `cleanup.policy` (only `delete`), and
+//! Brook's own `brook.on_full` (`drop_oldest` or `reject`); CreateTopics refuses any other key
+//! with INVALID_CONFIG naming it, and a replication factor other than 1 (or -1: default).
+
+use kafka_protocol::messages::api_versions_response::ApiVersion;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::describe_configs_response::{
+    DescribeConfigsResourceResult, DescribeConfigsResult,
+};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+use super::Ctx;
+use super::codec::{self, err};
+use crate::broker::BrokerError;
+use crate::log::{LogError, OnFull, TopicConfig};
+use crate::proto::TopicSettings;
+
+pub(super) fn s(v: impl Into<String>) -> StrBytes {
+    StrBytes::from_string(v.into())
+}
+
+/// The Kafka error code of a broker error.
+pub(super) fn code_of(e: &BrokerError) -> i16 {
+    match e {
+        BrokerError::Log(l) => match l {
+            LogError::UnknownTopic(_) | LogError::UnknownPartition { .. } => {
+                err::UNKNOWN_TOPIC_OR_PARTITION
+            }
+            LogError::TopicExists(_) => err::TOPIC_ALREADY_EXISTS,
+            LogError::InvalidTopicName { .. } => err::INVALID_TOPIC_EXCEPTION,
+            LogError::InvalidTopicConfig { .. } | LogError::BudgetTooSmall { .. } => {
+                err::INVALID_CONFIG
+            }
+            LogError::OffsetOutOfRange { .. } => err::OFFSET_OUT_OF_RANGE,
+            LogError::InvalidBatch(_) => err::CORRUPT_MESSAGE,
+            LogError::BatchTooLarge { .. } => err::MESSAGE_TOO_LARGE,
+            _ => err::KAFKA_STORAGE_ERROR,
+        },
+        BrokerError::Invalid(_) => err::INVALID_REQUEST,
+        _ => err::UNKNOWN_SERVER_ERROR,
+    }
+}
+
+fn api_list() -> Vec<ApiVersion> {
+    codec::SUPPORTED
+        .iter()
+        .map(|&(k, lo, hi)| {
+            ApiVersion::default()
+                .with_api_key(k as i16)
+                .with_min_version(lo)
+                .with_max_version(hi)
+        })
+        .collect()
+}
+
+pub fn api_versions(version: i16, id: i32) -> Result<Vec<u8>, String> {
+    let r = ApiVersionsResponse::default()
+        .with_error_code(err::NONE)
+        .with_api_keys(api_list());
+    codec::response(ApiKey::ApiVersions, version, id, &r)
+}
+
+/// The v0 answer to an ApiVersions of a version Brook does not know.
+pub fn api_versions_unsupported(id: i32) -> Result<Vec<u8>, String> {
+    let r = ApiVersionsResponse::default()
+        .with_error_code(err::UNSUPPORTED_VERSION)
+        .with_api_keys(api_list());
+    codec::response(ApiKey::ApiVersions, 0, id, &r)
+}
+
+fn topic_entry(ctx: &Ctx, name: &str) -> MetadataResponseTopic {
+    let t = MetadataResponseTopic::default().with_name(Some(TopicName(s(name))));
+    match ctx.broker.topic(name) {
+        Ok(topic) => t.with_partitions(
+            topic
+                .partitions()
+                .iter()
+                .map(|p| {
+                    MetadataResponsePartition::default()
+                        .with_partition_index(p.id() as i32)
+                        .with_leader_id(BrokerId(0))
+                        .with_leader_epoch(0)
+                        .with_replica_nodes(vec![BrokerId(0)])
+                        .with_isr_nodes(vec![BrokerId(0)])
+                })
+                .collect(),
+        ),
+        Err(e) => t.with_error_code(code_of(&e)),
+    }
+}
+
+pub fn metadata(ctx: &Ctx, r: MetadataRequest, version: i16, id: i32) -> Result<Vec<u8>, String> {
+    // v0: an empty list means every topic; v1+: null does.
+    let names: Vec<String> = match &r.topics {
+        Some(ts) if !(version == 0 && ts.is_empty()) => ts
+            .iter()
+            .filter_map(|t| t.name.as_ref().map(|n| n.0.to_string()))
+            .collect(),
+        _ => ctx
+            .broker
+            .topics()
+            .iter()
+            .map(|t| t.name().to_string())
+            .collect(),
+    };
+    let auto = ctx.config.auto_create_topics && (version < 4 || r.allow_auto_topic_creation);
+    let mut topics = Vec::with_capacity(names.len());
+    for name in names {
+        if auto && ctx.broker.topic(&name).is_err() {
+            match ctx.broker.create_topic(&name, &TopicSettings::default()) {
+                Ok(_) => tracing::info!(topic = %name, "topic created for a Kafka client"),
+                Err(BrokerError::Log(LogError::TopicExists(_))) => {}
+                Err(e) => {
+                    tracing::warn!(topic = %name, "cannot create topic for a Kafka client: {e}");
+                    topics.push(
+                        MetadataResponseTopic::default()
+                            .with_name(Some(TopicName(s(&name))))
+                            .with_error_code(code_of(&e)),
+                    );
+                    continue;
+                }
+            }
+        }
+        topics.push(topic_entry(ctx, &name));
+    }
+    let resp = MetadataResponse::default()
+        .with_brokers(vec![
+            MetadataResponseBroker::default()
+                .with_node_id(BrokerId(0))
+                .with_host(s(&ctx.advertised_host))
+                .with_port(ctx.advertised_port),
+        ])
+        .with_cluster_id(Some(s("brook")))
+        .with_controller_id(BrokerId(0))
+        .with_topics(topics);
+    codec::response(ApiKey::Metadata, version, id, &resp)
+}
+
+/// Topic settings from CreateTopics' configs; `Err((code, message))` names the bad key.
+fn settings(
+    partitions: i32,
+    replication: i16,
+    configs: &[(String, Option<String>)],
+) -> Result<TopicSettings, (i16, String)> {
+    let mut st = TopicSettings::default();
+    match partitions {
+        -1 => {}
+        p if p >= 1 => st.partitions = Some(p as u32),
+        p => return Err((err::INVALID_PARTITIONS, format!("{p} partitions"))),
+    }
+    if replication != -1 && replication != 1 {
+        return Err((
+            err::INVALID_REPLICATION_FACTOR,
+            format!("replication factor {replication}: Brook is one node, use 1"),
+        ));
+    }
+    for (k, v) in configs {
+        let v = v.as_deref().unwrap_or("");
+        let bad = |what: &str| (err::INVALID_CONFIG, format!("{k} = {v:?}: {what}"));
+        let num = || v.parse::<i64>().map_err(|_| bad("not a number"));
+        match k.as_str() {
+            "retention.ms" => {
+                st.retention_ms = Some(match num()? {
+                    -1 => 0, // no limit
+                    n if n > 0 => n as u64,
+                    _ => return Err(bad("must be -1 or positive")),
+                })
+            }
+            "retention.bytes" => {
+                st.retention_bytes = Some(match num()? {
+                    -1 => 0, // no limit
+                    n if n > 0 => n as u64,
+                    _ => return Err(bad("must be -1 or positive")),
+                })
+            }
+            "segment.bytes" => {
+                st.segment_bytes = Some(u64::try_from(num()?).map_err(|_| bad("negative"))?)
+            }
+            "cleanup.policy" if v == "delete" => {}
+            "cleanup.policy" => return Err(bad("only \"delete\" is supported")),
+            "brook.on_full" => {
+                st.reject_when_full = Some(match v {
+                    "reject" => true,
+                    "drop_oldest" => false,
+                    _ => return Err(bad("must be \"reject\" or \"drop_oldest\"")),
+                })
+            }
+            _ => return Err(bad("not a topic config Brook knows")),
+        }
+    }
+    Ok(st)
+}
+
+pub fn create_topics(
+    ctx: &Ctx,
+    r: CreateTopicsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    let mut results = Vec::with_capacity(r.topics.len());
+    for t in &r.topics {
+        let name = t.name.0.to_string();
+        let configs: Vec<(String, Option<String>)> = t
+            .configs
+            .iter()
+            .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+            .collect();
+        let res = CreatableTopicResult::default().with_name(TopicName(s(&name)));
+        let outcome = if !t.assignments.is_empty() {
+            Err((
+                err::INVALID_REQUEST,
+                "manual replica assignment is not supported".to_string(),
+            ))
+        } else {
+            settings(t.num_partitions, t.replication_factor, &configs).and_then(|st| {
+                if r.validate_only {
+                    let cfg = ctx.broker.topic_config(&st);
+                    crate::log::store::validate_topic_name(&name)
+                        .map_err(|e| (err::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
+                    cfg.validate(&name)
+                        .map_err(|e| (err::INVALID_CONFIG, e.to_string()))?;
+                    if ctx.broker.topic(&name).is_ok() {
+                        return Err((err::TOPIC_ALREADY_EXISTS, format!("{name} exists")));
+                    }
+                    Ok(cfg.partitions)
+                } else {
+                    ctx.broker
+                        .create_topic(&name, &st)
+                        .map(|t| t.partitions().len() as u32)
+                        .map_err(|e| (code_of(&e), e.to_string()))
+                }
+            })
+        };
+        results.push(match outcome {
+            Ok(n) => {
+                if !r.validate_only {
+                    tracing::info!(topic = %name, partitions = n, "topic created by a Kafka client");
+                }
+                res.with_num_partitions(n as i32).with_replication_factor(1)
+            }
+            Err((code, message)) => res
+                .with_error_code(code)
+                .with_error_message(Some(s(message))),
+        });
+    }
+    let resp = CreateTopicsResponse::default().with_topics(results);
+    codec::response(ApiKey::CreateTopics, version, id, &resp)
+}
+
+pub fn delete_topics(
+    ctx: &Ctx,
+    r: DeleteTopicsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    // v0-5 name topics in topic_names; v6 in topics (by name; ids are not supported).
+    let mut names: Vec<Option<String>> = r
+        .topic_names
+        .iter()
+        .map(|n| Some(n.0.to_string()))
+        .collect();
+    names.extend(
+        r.topics
+            .iter()
+            .map(|t| t.name.as_ref().map(|n| n.0.to_string())),
+    );
+    let responses = names
+        .into_iter()
+        .map(|name| {
+            let res =
+                DeletableTopicResult::default().with_name(name.as_ref().map(|n| TopicName(s(n))));
+            let Some(name) = name else {
+                return res
+                    .with_error_code(err::UNKNOWN_TOPIC_OR_PARTITION)
+                    .with_error_message(Some(s("topic ids are not supported; name the topic")));
+            };
+            match ctx.broker.delete_topic(&name) {
+                Ok(()) => {
+                    ctx.producers.forget_topic(&name);
+                    tracing::info!(topic = %name, "topic deleted by a Kafka client");
+                    res
+                }
+                Err(e) => res
+                    .with_error_code(code_of(&e))
+                    .with_error_message(Some(s(e.to_string()))),
+            }
+        })
+        .collect();
+    let resp = DeleteTopicsResponse::default().with_responses(responses);
+    codec::response(ApiKey::DeleteTopics, version, id, &resp)
+}
+
+/// A topic's settings under Kafka's names.
+pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
+    let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    vec![
+        ("cleanup.policy", "delete".into()),
+        (
+            "retention.ms",
+            opt(cfg.retention.limit().map(|d| d.as_millis() as u64)),
+        ),
+        ("retention.bytes", opt(cfg.retention_size.limit())),
+        ("segment.bytes", cfg.segment_size.bytes().to_string()),
+        ("max.message.bytes", cfg.max_batch_size.bytes().to_string()),
+        (
+            "brook.on_full",
+            match cfg.on_full {
+                OnFull::Reject => "reject",
+                OnFull::DropOldest => "drop_oldest",
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// Kafka's resource type for topics.
+const TOPIC_RESOURCE: i8 = 2;
+
+pub fn describe_configs(
+    ctx: &Ctx,
+    r: DescribeConfigsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    let results = r
+        .resources
+        .iter()
+        .map(|res| {
+            let name = res.resource_name.to_string();
+            let out = DescribeConfigsResult::default()
+                .with_resource_type(res.resource_type)
+                .with_resource_name(s(&name));
+            if res.resource_type != TOPIC_RESOURCE {
+                return out
+                    .with_error_code(err::INVALID_REQUEST)
+                    .with_error_message(Some(s("only topic configs can be described")));
+            }
+            match ctx.broker.topic(&name) {
+                Ok(t) => {
+                    let wanted = res.configuration_keys.as_ref();
+                    out.with_configs(
+                        kafka_configs(t.config())
+                            .into_iter()
+                            .filter(|(k, _)| {
+                                wanted.is_none_or(|w| w.iter().any(|x| x.as_str() == *k))
+                            })
+                            .map(|(k, v)| {
+                                DescribeConfigsResourceResult::default()
+                                    .with_name(s(k))
+                                    .with_value(Some(s(v)))
+                                    .with_read_only(true)
+                                    // 1: a topic's own config
+                                    .with_config_source(1)
+                            })
+                            .collect(),
+                    )
+                }
+                Err(e) => out
+                    .with_error_code(code_of(&e))
+                    .with_error_message(Some(s(e.to_string()))),
+            }
+        })
+        .collect();
+    let resp = DescribeConfigsResponse::default().with_results(results);
+    codec::response(ApiKey::DescribeConfigs, version, id, &resp)
+}
+
+pub fn find_coordinator(
+    ctx: &Ctx,
+    r: FindCoordinatorRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    let host = s(&ctx.advertised_host);
+    let resp = if version >= 4 {
+        FindCoordinatorResponse::default().with_coordinators(
+            r.coordinator_keys
+                .iter()
+                .map(|k| {
+                    Coordinator::default()
+                        .with_key(k.clone())
+                        .with_node_id(BrokerId(0))
+                        .with_host(host.clone())
+                        .with_port(ctx.advertised_port)
+                })
+                .collect(),
+        )
+    } else {
+        FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(0))
+            .with_host(host)
+            .with_port(ctx.advertised_port)
+    };
+    codec::response(ApiKey::FindCoordinator, version, id, &resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_configs_map_from_kafka_names_and_bad_keys_are_named() {
+        let c = |k: &str, v: &str| vec![(k.to_string(), Some(v.to_string()))];
+        let st = settings(3, 1, &c("retention.ms", "60000")).expect("ok");
+        assert_eq!((st.partitions, st.retention_ms), (Some(3), Some(60_000)));
+        assert_eq!(
+            settings(-1, -1, &c("brook.on_full", "reject"))
+                .expect("ok")
+                .reject_when_full,
+            Some(true)
+        );
+        let (code, msg) = settings(1, 1, &c("compression.type", "zstd")).expect_err("unknown");
+        assert_eq!(code, err::INVALID_CONFIG);
+        assert!(msg.contains("compression.type"), "{msg}");
+        assert_eq!(
+            settings(0, 1, &[]).expect_err("0").0,
+            err::INVALID_PARTITIONS
+        );
+        assert_eq!(
+            settings(1, 3, &[]).expect_err("rf").0,
+            err::INVALID_REPLICATION_FACTOR
+        );
+        assert_eq!(
+            settings(1, 1, &c("cleanup.policy", "compact"))
+                .expect_err("compact")
+                .0,
+            err::INVALID_CONFIG
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The Kafka listener with raw bytes, for what a well-behaved client never sends, against a
+//! real server on loopback (`brook::server::start` on `127.0.0.1:0`).
+
+use std::time::Duration;
+
+use brook::server::start;
+use bytes::{Buf, BufMut, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,
+    RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes, encode_request_header_into_buffer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod common;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn request<R: Encodable>(key: ApiKey, version: i16, id: i32, r: &R) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(key as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(id)
+        .with_client_id(Some(StrBytes::from_static_str("raw")));
+    encode_request_header_into_buffer(&mut buf, &header).expect("header");
+    r.encode(&mut buf, version).expect("body");
+    let n = (buf.len() - 4) as i32;
+    buf[..4].copy_from_slice(&n.to_be_bytes());
+    buf.to_vec()
+}
+
+/// Reads one response; `None` when the server closed the connection.
+async fn response(s: &mut TcpStream) -> Option<bytes::Bytes> {
+    let mut size = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut size))
+        .await
+        .expect("in time")
+        .ok()?;
+    let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+    s.read_exact(&mut body).await.ok()?;
+    Some(body.into())
+}
+
+#[tokio::test]
+async fn api_versions_answers_what_is_implemented_and_refuses_unknown_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(common::server_config(dir.path()))
+        .await
+        .expect("start");
+    let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+
+    // v3 (flexible request header, v0 response header as the protocol says).
+    s.write_all(&request(
+        ApiKey::ApiVersions,
+        3,
+        7,
+        &ApiVersionsRequest::default(),
+    ))
+    .await
+    .expect("write");
+    let mut b = response(&mut s).await.expect("answer");
+    let h = ResponseHeader::decode(&mut b, 0).expect("header");
+    assert_eq!(h.correlation_id, 7);
+    let v = ApiVersionsResponse::decode(&mut b, 3).expect("body");
+    assert_eq!(v.error_code, 0);
+    let produce = v
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::Produce as i16)
+        .expect("produce advertised");
+    assert_eq!((produce.min_version, produce.max_version), (3, 11));
+    assert!(
+        !v.api_keys
+            .iter()
+            .any(|k| k.api_key == ApiKey::EndTxn as i16),
+        "only what is implemented is advertised"
+    );
+
+    // A version from the future: a v0 answer with UNSUPPORTED_VERSION and the list.
+    let mut raw = request(ApiKey::ApiVersions, 3, 8, &ApiVersionsRequest::default());
+    raw[6..8].copy_from_slice(&99i16.to_be_bytes());
+    s.write_all(&raw).await.expect("write");
+    let mut b = response(&mut s).await.expect("answer");
+    assert_eq!(
+        ResponseHeader::decode(&mut b, 0).expect("h").correlation_id,
+        8
+    );
+    let v = ApiVersionsResponse::decode(&mut b, 0).expect("v0 body");
+    assert_eq!(v.error_code, 35);
+    assert!(!v.api_keys.is_empty());
+    r.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn bad_requests_close_only_their_own_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(common::server_config(dir.path()))
+        .await
+        .expect("start");
+    let mut good = TcpStream::connect(r.kafka_addr).await.expect("connect");
+    for bad in [
+        // an unknown API key
+        {
+            let mut b = request(ApiKey::Metadata, 9, 1, &MetadataRequest::default());
+            b[4..6].copy_from_slice(&999i16.to_be_bytes());
+            b
+        },
+        // an API Brook does not implement (transactions)
+        {
+            let mut b = request(ApiKey::Metadata, 9, 1, &MetadataRequest::default());
+            b[4..6].copy_from_slice(&(ApiKey::EndTxn as i16).to_be_bytes());
+            b
+        },
+        // a version Brook does not implement
+        {
+            let mut b = request(ApiKey::Metadata, 9, 1, &MetadataRequest::default());
+            b[6..8].copy_from_slice(&13i16.to_be_bytes());
+            b
+        },
+        // a size beyond kafka.max_request_size
+        (1i32 << 30).to_be_bytes().to_vec(),
+        // a body cut short
+        {
+            let mut b = request(ApiKey::Metadata, 9, 1, &MetadataRequest::default());
+            b.truncate(12);
+            let n = (b.len() - 4) as i32;
+            b[..4].copy_from_slice(&n.to_be_bytes());
+            b
+        },
+    ] {
+        let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+        s.write_all(&bad).await.expect("write");
+        assert!(response(&mut s).await.is_none(), "closed without an answer");
+    }
+    // The other connection is undisturbed.
+    good.write_all(&request(
+        ApiKey::Metadata,
+        9,
+        5,
+        &MetadataRequest::default(),
+    ))
+    .await
+    .expect("write");
+    let mut b = response(&mut good).await.expect("answer");
+    let hv = ApiKey::Metadata.response_header_version(9);
+    assert_eq!(
+        ResponseHeader::decode(&mut b, hv)
+            .expect("h")
+            .correlation_id,
+        5
+    );
+    let m = MetadataResponse::decode(&mut b, 9).expect("metadata");
+    assert_eq!(m.brokers.len(), 1);
+    assert_eq!(m.brokers[0].port, i32::from(r.kafka_addr.port()));
+    assert!(!b.has_remaining());
+    r.stop().await.expect("stop");
+}

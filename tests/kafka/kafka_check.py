@@ -1,0 +1,349 @@
+"""Kafka client scenarios against Brook's Kafka listener, run by tests/kafka_clients.rs.
+
+    python kafka_check.py --bootstrap 127.0.0.1:PORT SCENARIO
+
+Scenarios use confluent-kafka (librdkafka) and kafka-python exactly as applications do.
+Each prints "ok SCENARIO" at the end and exits non-zero (with the reason) on any failure.
+"""
+
+import argparse
+import sys
+import time
+import uuid
+
+
+def fail(msg):
+    print(f"FAILED: {msg}", flush=True)
+    sys.exit(1)
+
+
+def check(cond, msg):
+    if not cond:
+        fail(msg)
+
+
+def admin(bootstrap):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def create(bootstrap, name, partitions, config=None):
+    from confluent_kafka.admin import NewTopic
+
+    a = admin(bootstrap)  # kept alive until the future resolves
+    fs = a.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
+    )
+    fs[name].result(timeout=10)
+
+
+def consume_all(bootstrap, topic, expected, group=None, timeout=30):
+    """Reads `expected` records from the beginning; returns (partition, offset, key, value, headers)."""
+    from confluent_kafka import Consumer
+
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group or f"reader-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    c.subscribe([topic])
+    out = []
+    deadline = time.time() + timeout
+    while len(out) < expected and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        check(m.error() is None, f"consumer error: {m.error()}")
+        out.append((m.partition(), m.offset(), m.key(), m.value(), m.headers() or []))
+    c.close()
+    check(len(out) == expected, f"{topic}: read {len(out)} of {expected}")
+    return out
+
+
+def scenario_codecs(bootstrap):
+    """acks=all + idempotence, every compression codec; everything comes back intact, in order."""
+    from confluent_kafka import Producer
+
+    for codec in ["none", "gzip", "snappy", "lz4", "zstd"]:
+        topic = f"codec-{codec}"
+        create(bootstrap, topic, 3)
+        errors = []
+        p = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "compression.type": codec,
+                "linger.ms": 5,
+            }
+        )
+        n = 3000
+        for i in range(n):
+            key = f"k{i % 7}".encode()
+            p.produce(
+                topic,
+                key=key,
+                value=f"{codec}-{i:06d}".encode() * 3,
+                headers=[("seq", str(i).encode()), ("codec", codec.encode())],
+                on_delivery=lambda err, msg: errors.append(err) if err else None,
+            )
+            if i % 500 == 0:
+                p.poll(0)
+        left = p.flush(30)
+        check(left == 0, f"{codec}: {left} messages not delivered")
+        check(not errors, f"{codec}: delivery errors {errors[:3]}")
+        got = consume_all(bootstrap, topic, n)
+        seqs = {}
+        for part, off, key, value, headers in got:
+            h = dict(headers)
+            i = int(h["seq"])
+            check(h["codec"] == codec.encode(), f"{codec}: header {h}")
+            check(value == f"{codec}-{i:06d}".encode() * 3, f"{codec}: value of {i}")
+            check(key == f"k{i % 7}".encode(), f"{codec}: key of {i}")
+            seqs.setdefault((part, key), []).append(i)
+        # Order per key (one key -> one partition) is the produce order.
+        for k, s in seqs.items():
+            check(s == sorted(s), f"{codec}: order broken for {k}")
+        check(sorted(i for s in seqs.values() for i in s) == list(range(n)), f"{codec}: lost or duplicated")
+        print(f"codec {codec}: {n} records produced (acks=all, idempotent) and read back", flush=True)
+
+
+def scenario_group(bootstrap):
+    """Three members join and leave one group while it consumes: every record once, in order."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    topic = "grouped"
+    create(bootstrap, topic, 6)
+    n = 6000
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True})
+    for i in range(n):
+        p.produce(topic, partition=i % 6, value=str(i).encode())
+        if i % 1000 == 0:
+            p.poll(0)
+    check(p.flush(30) == 0, "produce did not finish")
+
+    seen = {}  # (partition, offset) -> count
+    last = {}  # partition -> last value processed (order check)
+    processed = {}  # consumer -> {partition: next offset}
+
+    def make(name):
+        c = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": "three",
+                "client.id": name,
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+            }
+        )
+        processed[name] = {}
+
+        def on_revoke(consumer, partitions):
+            # Hand over exactly what was processed.
+            done = [TopicPartition(topic, tp.partition, processed[name][tp.partition])
+                    for tp in partitions if tp.partition in processed[name]]
+            if done:
+                consumer.commit(offsets=done, asynchronous=False)
+            for tp in partitions:
+                processed[name].pop(tp.partition, None)
+
+        c.subscribe([topic], on_revoke=on_revoke)
+        return c
+
+    members = {"c1": make("c1")}
+    closed = set()
+    total = 0
+    deadline = time.time() + 120
+    while total < n and time.time() < deadline:
+        for name, c in list(members.items()):
+            m = c.poll(0.05)
+            if m is None:
+                continue
+            check(m.error() is None, f"{name}: {m.error()}")
+            key = (m.partition(), m.offset())
+            seen[key] = seen.get(key, 0) + 1
+            v = int(m.value())
+            check(v > last.get(m.partition(), -1), f"partition {m.partition()}: {v} after {last.get(m.partition())}")
+            last[m.partition()] = v
+            processed[name][m.partition()] = m.offset() + 1
+            total += 1
+            if total % 200 == 0:
+                c.commit(asynchronous=False)
+        if total >= 1000 and "c2" not in members and "c2" not in closed:
+            members["c2"] = make("c2")
+        if total >= 2000 and "c3" not in members:
+            members["c3"] = make("c3")
+        if total >= 3500 and "c2" in members:
+            members.pop("c2").close()  # leaves the group; its partitions move
+            closed.add("c2")
+    for c in members.values():
+        c.close()
+    dups = [k for k, v in seen.items() if v > 1]
+    check(not dups, f"{len(dups)} records processed twice, e.g. {dups[:3]}")
+    check(len(seen) == n, f"processed {len(seen)} of {n}")
+    print(f"group: {n} records over 6 partitions, 3 members joining and leaving, each once, in order", flush=True)
+
+
+def scenario_admin(bootstrap):
+    """Create, describe (configs), refuse bad requests, list, delete topics; list groups."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import ConfigResource, NewTopic
+
+    a = admin(bootstrap)
+    create(bootstrap, "adm", 4, {"retention.ms": "3600000", "segment.bytes": "1048576"})
+    md = a.list_topics(timeout=10)
+    check("adm" in md.topics and len(md.topics["adm"].partitions) == 4, f"metadata {md.topics.get('adm')}")
+    res = ConfigResource(ConfigResource.Type.TOPIC, "adm")
+    cfg = a.describe_configs([res])[res].result(timeout=10)
+    check(cfg["retention.ms"].value == "3600000", f"retention.ms {cfg['retention.ms'].value}")
+    check(cfg["segment.bytes"].value == "1048576", f"segment.bytes {cfg['segment.bytes'].value}")
+    for bad, what in [
+        (NewTopic("adm", num_partitions=1, replication_factor=1), "TOPIC_ALREADY_EXISTS"),
+        (NewTopic("adm2", num_partitions=1, replication_factor=3), "INVALID_REPLICATION_FACTOR"),
+        (NewTopic("adm3", num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"}), "INVALID_CONFIG"),
+        (NewTopic("bad/name", num_partitions=1, replication_factor=1), "TOPIC_EXCEPTION"),
+    ]:
+        try:
+            a.create_topics([bad])[bad.topic].result(timeout=10)
+            fail(f"{bad.topic} was created")
+        except KafkaException as e:
+            check(e.args[0].name() == what, f"{bad.topic}: {e.args[0].name()} instead of {what}")
+    a.delete_topics(["adm"])["adm"].result(timeout=10)
+    check("adm" not in a.list_topics(timeout=10).topics, "adm still listed")
+    try:
+        a.delete_topics(["adm"])["adm"].result(timeout=10)
+        fail("deleting a missing topic succeeded")
+    except KafkaException as e:
+        check(e.args[0].name() == "UNKNOWN_TOPIC_OR_PART", e.args[0].name())
+    print("admin: create/describe/delete topics, bad requests refused with the right codes", flush=True)
+
+
+def scenario_commit_seek(bootstrap):
+    """kafka-python: acks=all produce, group commit, restart at the commit, seek, offsets by time."""
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    KafkaAdminClient(bootstrap_servers=bootstrap).create_topics(
+        [NewTopic("seekable", num_partitions=1, replication_factor=1)]
+    )
+    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    t0 = int(time.time() * 1000)
+    for i in range(100):
+        prod.send("seekable", key=b"k", value=str(i).encode(), timestamp_ms=t0 + i * 1000).get(timeout=10)
+    prod.close()
+    tp = TopicPartition("seekable", 0)
+
+    def consumer():
+        c = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            group_id="py-group",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=10000,
+        )
+        c.assign([tp])
+        return c
+
+    c = consumer()
+    got = []
+    for m in c:
+        got.append(int(m.value))
+        if len(got) == 50:
+            break
+    check(got == list(range(50)), f"first 50: {got[:5]}...")
+    c.commit({tp: __import__("kafka").OffsetAndMetadata(50, "", -1)})
+    check(c.committed(tp) == 50, f"committed {c.committed(tp)}")
+    c.close()
+    c = consumer()
+    first = next(iter(c))
+    check(int(first.value) == 50 and first.offset == 50, f"after restart: {first.offset}")
+    c.seek(tp, 10)
+    check(next(iter(c)).offset == 10, "seek to 10")
+    c.seek_to_end(tp)
+    check(c.position(tp) == 100, f"end {c.position(tp)}")
+    c.seek_to_beginning(tp)
+    check(c.position(tp) == 0, f"beginning {c.position(tp)}")
+    found = c.offsets_for_times({tp: t0 + 42_500})
+    check(found[tp].offset == 43, f"offset for time: {found[tp]}")
+    c.close()
+    print("commit-seek: kafka-python commit, restart at the commit, seek, offsets for times", flush=True)
+
+
+def scenario_minute(bootstrap, seconds=60):
+    """A librdkafka producer and consumer running for a minute log no errors and lose nothing."""
+    import logging
+
+    from confluent_kafka import Consumer, Producer
+
+    problems = []
+
+    class Catch(logging.Handler):
+        def emit(self, record):
+            if record.levelno >= logging.WARNING:
+                problems.append(record.getMessage())
+
+    log = logging.getLogger("rdkafka")
+    log.addHandler(Catch())
+    log.setLevel(logging.DEBUG)
+    common = {"bootstrap.servers": bootstrap, "error_cb": lambda e: problems.append(str(e))}
+    create(bootstrap, "minute", 3)
+    p = Producer({**common, "acks": "all", "enable.idempotence": True, "linger.ms": 10, "logger": log})
+    c = Consumer({**common, "group.id": "minute", "auto.offset.reset": "earliest", "logger": log})
+    c.subscribe(["minute"])
+    sent = 0
+    failed = []
+    received = set()
+    end = time.time() + seconds
+    while time.time() < end:
+        for _ in range(50):
+            p.produce("minute", key=str(sent % 11).encode(), value=str(sent).encode(),
+                      on_delivery=lambda err, msg: failed.append(err) if err else None)
+            sent += 1
+        p.poll(0)
+        while True:
+            m = c.poll(0.02)
+            if m is None:
+                break
+            if m.error():
+                problems.append(str(m.error()))
+            else:
+                received.add(int(m.value()))
+    check(p.flush(30) == 0, "producer did not drain")
+    deadline = time.time() + 30
+    while len(received) < sent and time.time() < deadline:
+        m = c.poll(0.2)
+        if m is not None and not m.error():
+            received.add(int(m.value()))
+    c.close()
+    check(not failed, f"delivery failures: {failed[:3]}")
+    check(not problems, f"librdkafka reported: {problems[:5]}")
+    check(len(received) == sent, f"consumed {len(received)} of {sent}")
+    print(f"minute: {sent} records produced and consumed over {seconds} s, no errors logged", flush=True)
+
+
+SCENARIOS = {
+    "codecs": scenario_codecs,
+    "group": scenario_group,
+    "admin": scenario_admin,
+    "commit-seek": scenario_commit_seek,
+    "minute": scenario_minute,
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bootstrap", required=True)
+    ap.add_argument("scenario", choices=sorted(SCENARIOS))
+    a = ap.parse_args()
+    SCENARIOS[a.scenario](a.bootstrap)
+    print(f"ok {a.scenario}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
