@@ -158,3 +158,53 @@ async fn bad_requests_close_only_their_own_connection() {
     assert!(!b.has_remaining());
     r.stop().await.expect("stop");
 }
+
+/// A group id serves one protocol at a time: a native member cannot join a group Kafka clients
+/// use, and a Kafka member cannot join a group native members use; both get a clear error.
+#[tokio::test]
+async fn a_group_id_serves_one_protocol_at_a_time() {
+    use brook::broker::kafka_groups::{JoinRequest, KafkaGroupError};
+    use brook::proto::{Assignor, TopicSettings};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(common::server_config(dir.path()))
+        .await
+        .expect("start");
+    r.broker
+        .create_topic("t", &TopicSettings::default())
+        .expect("topic");
+    let kafka_member = |group: &str| {
+        r.broker.kafka_join(
+            group,
+            JoinRequest {
+                member_id: String::new(),
+                instance_id: None,
+                client_id: "k".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout: Duration::from_secs(10),
+                rebalance_timeout: Duration::from_secs(10),
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Vec::new())],
+            },
+        )
+    };
+    let native_member = |group: &str| {
+        r.broker.join_group(
+            group,
+            "",
+            "n",
+            vec!["t".into()],
+            Duration::from_secs(10),
+            Assignor::Range,
+        )
+    };
+    let joined = kafka_member("kg").expect("kafka member joins");
+    drop(joined);
+    let e = native_member("kg").expect_err("native refused");
+    assert!(e.to_string().contains("in use by Kafka clients"), "{e}");
+    native_member("ng").expect("native member joins");
+    assert_eq!(
+        kafka_member("ng").err(),
+        Some(KafkaGroupError::OtherProtocol)
+    );
+    r.stop().await.expect("stop");
+}
