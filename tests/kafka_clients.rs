@@ -104,8 +104,8 @@ fn admin_client_creates_describes_and_deletes_topics() {
     python_scenario("admin");
 }
 
-/// kafka-python: commit, restart from the committed offset, seek, seek to either end,
-/// offsets for times.
+/// kafka-python: an idempotent acks=all gzip producer; commit, restart from the committed
+/// offset, seek, seek to either end, offsets for times.
 #[test]
 fn kafka_python_commits_and_seeks() {
     python_scenario("commit-seek");

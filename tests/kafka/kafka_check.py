@@ -232,7 +232,9 @@ def scenario_commit_seek(bootstrap):
     KafkaAdminClient(bootstrap_servers=bootstrap).create_topics(
         [NewTopic("seekable", num_partitions=1, replication_factor=1)]
     )
-    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    # kafka-python's own idempotent producer, gzip-compressed (its built-in codec).
+    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                         compression_type="gzip")
     t0 = int(time.time() * 1000)
     for i in range(100):
         prod.send("seekable", key=b"k", value=str(i).encode(), timestamp_ms=t0 + i * 1000).get(timeout=10)
@@ -272,7 +274,7 @@ def scenario_commit_seek(bootstrap):
     found = c.offsets_for_times({tp: t0 + 42_500})
     check(found[tp].offset == 43, f"offset for time: {found[tp]}")
     c.close()
-    print("commit-seek: kafka-python commit, restart at the commit, seek, offsets for times", flush=True)
+    print("commit-seek: kafka-python idempotent gzip produce, commit, restart at the commit, seek, offsets for times", flush=True)
 
 
 def scenario_minute(bootstrap, seconds=60):
