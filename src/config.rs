@@ -29,6 +29,8 @@ pub struct Config {
     pub mqtt: crate::server::mqtt::MqttConfig,
     /// The Kafka API listener: advertised address, limits, topic auto-creation.
     pub kafka: crate::server::kafka::KafkaConfig,
+    /// Upstream mirrors (`[[mirror]]`).
+    pub mirror: Vec<crate::mirror::MirrorConfig>,
     /// Threads.
     pub runtime: RuntimeConfig,
 }
@@ -112,6 +114,7 @@ impl Default for Config {
             native: NativeConfig::default(),
             mqtt: crate::server::mqtt::MqttConfig::default(),
             kafka: crate::server::kafka::KafkaConfig::default(),
+            mirror: Vec::new(),
             runtime: RuntimeConfig::default(),
         }
     }
@@ -206,6 +209,7 @@ impl Config {
         }
         self.mqtt.validate()?;
         self.kafka.validate()?;
+        crate::mirror::validate(&self.mirror)?;
         if let Some(max) = self.log.max_size.limit() {
             let seg = self.topic_defaults.segment_size.bytes();
             if max < 2 * seg {

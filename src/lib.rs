@@ -12,6 +12,7 @@
 //! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |
 //! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
 //! | [`check`] | `brook check`: verifies every segment of a data directory |
+//! | [`mirror`] | upstream mirroring: cursors, the per-partition send loop, Kafka and Brook sinks, status |
 //! | [`server`] | `brook serve`: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP listeners, housekeeping, systemd notification, graceful shutdown |
 //! | [`tools`] | the CLI's client commands: topics, produce, consume, groups |
 //! | [`mod@bench`] | `brook bench ...`: measured throughput, latency, write amplification |
@@ -48,6 +49,7 @@ pub mod client;
 pub mod config;
 pub mod log;
 pub mod meta;
+pub mod mirror;
 pub mod proto;
 pub mod server;
 pub mod tools;

@@ -104,6 +104,11 @@ enum Command {
         #[command(subcommand)]
         command: GroupsCommand,
     },
+    /// Upstream mirrors: state, backlog, errors (read from the HTTP listener).
+    Mirror {
+        #[command(subcommand)]
+        command: MirrorCommand,
+    },
     /// Verify every segment of a data directory (exit 0 clean, 1 repairable, 2 corrupt).
     Check {
         /// The data directory (holding topics/) or a topics directory.
@@ -164,6 +169,18 @@ enum TopicsCommand {
 }
 
 #[derive(Subcommand)]
+enum MirrorCommand {
+    /// Per mirror, topic and partition: state, backlog, records sent and dropped, last error.
+    Status {
+        /// The HTTP listener of the `brook serve` to ask.
+        #[arg(long, env = "BROOK_HTTP", default_value = "127.0.0.1:7421")]
+        http: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum GroupsCommand {
     /// One group per line (or a JSON array with --json).
     List {
@@ -188,6 +205,30 @@ enum BenchCommand {
     Mqtt(MqttArgs),
     /// Many MQTT devices at a steady rate, each receiving its own QoS 1 messages back.
     MqttFleet(FleetArgs),
+    /// How fast a mirror drains a backlog upstream (and, for Kafka, a plain producer beside it).
+    Mirror(MirrorArgs),
+}
+
+#[derive(Args)]
+struct MirrorArgs {
+    /// Upstream kind: kafka, mqtt or brook.
+    #[arg(long, default_value = "kafka")]
+    kind: String,
+    /// Upstream address (Kafka bootstrap server, MQTT broker, Brook native listener).
+    #[arg(long)]
+    upstream: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    #[arg(long, default_value_t = 100)]
+    record_size: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// Records per batch (the mirror's batch_records and the plain producer's batch).
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -498,6 +539,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
             }
         }),
+        Command::Mirror {
+            command: MirrorCommand::Status { http, json },
+        } => client_command(brook::tools::mirror_status(&http, json)),
         Command::Check { dir, repair } => {
             let report = brook::check::check(&dir, repair)?;
             print!("{}", report.render());
@@ -533,6 +577,19 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 batch: a.batch,
                 inflight: a.inflight,
                 durability: a.durability,
+            };
+            let report = block_on(bench.run())?;
+            report.print(a.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(BenchCommand::Mirror(a)) => {
+            let bench = brook::bench::mirror::MirrorBench {
+                kind: a.kind,
+                upstream: a.upstream,
+                records: a.records,
+                record_size: a.record_size,
+                partitions: a.partitions,
+                batch: a.batch,
             };
             let report = block_on(bench.run())?;
             report.print(a.json)?;

@@ -282,3 +282,57 @@ pub fn is_unknown_topic(e: &ClientError) -> bool {
         }
     )
 }
+
+/// GETs `path` from Brook's HTTP listener at `http`; the body of a 200 answer.
+pub async fn http_get(http: &str, path: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http)
+        .await
+        .map_err(|e| format!("cannot reach the HTTP listener at {http}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{http}{path}: {}", head.lines().next().unwrap_or("")).into());
+    }
+    Ok(body.to_string())
+}
+
+/// `brook mirror status`: reads `/api/mirrors` from the HTTP listener at `http` and prints one
+/// line per mirrored partition (or the JSON as served with `json`).
+pub async fn mirror_status(http: &str, json: bool) -> Result<()> {
+    let body = http_get(http, "/api/mirrors").await?;
+    let body = body.as_str();
+    if json {
+        println!("{body}");
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_str(body)?;
+    if rows.is_empty() {
+        println!("no mirrors configured");
+        return Ok(());
+    }
+    println!(
+        "{:<12} {:<20} {:>4} {:<12} {:>10} {:>12} {:>10}  last error",
+        "mirror", "topic", "part", "state", "backlog", "sent", "dropped"
+    );
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+        let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        println!(
+            "{:<12} {:<20} {:>4} {:<12} {:>10} {:>12} {:>10}  {}",
+            s("mirror"),
+            s("topic"),
+            n("partition"),
+            s("state"),
+            n("backlog_records"),
+            n("sent_records"),
+            n("dropped_records"),
+            s("last_error")
+        );
+    }
+    Ok(())
+}

@@ -73,12 +73,14 @@ fn python_scenario(name: &str) {
         .args(["--bootstrap", &addrs.kafka, name])
         .output()
         .expect("run python");
+    let server_state = server.try_wait();
     kill_9(&mut server);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "kafka scenario {name} failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "kafka scenario {name} failed:\n{stdout}\n{}\nbrook serve (exited: {server_state:?}) logged:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        addrs.log_tail()
     );
     assert!(stdout.contains(&format!("ok {name}")), "{stdout}");
 }

@@ -4,7 +4,9 @@
 #     (mosquitto_pub / mosquitto_sub), installed with apt-get when missing and we are root;
 #   - Debian's kcat (a librdkafka Kafka client), installed with apt-get when missing;
 #   - paho-mqtt 2.2.0, confluent-kafka 2.16.1 and kafka-python 3.0.12 in a venv under
-#     ${BROOK_CACHE:-~/.cache/brook-ci}, reused when present.
+#     ${BROOK_CACHE:-~/.cache/brook-ci}, reused when present;
+#   - tansu 0.6.0 (a Kafka-API broker: the mirror's Kafka upstream), built with cargo install
+#     into the same cache (about 9 minutes on 2 cores, once), exported as BROOK_TANSU.
 # A peer that cannot be installed stops the run here; the tests themselves also fail (never
 # skip) without it.
 
@@ -48,3 +50,10 @@ if ! "$venv/bin/python" -c 'import paho.mqtt.client, confluent_kafka, kafka' >/d
     "confluent-kafka==2.16.1" "kafka-python==3.0.12"
 fi
 export BROOK_TEST_PYTHON="$venv/bin/python"
+
+tansu_bin="$cache/tansu/bin/tansu"
+if [ ! -x "$tansu_bin" ]; then
+  peer_step "building tansu 0.6.0 into $cache/tansu (Kafka upstream for the mirror tests; ~9 min, once)"
+  cargo install tansu --locked --version 0.6.0 --features libsql --root "$cache/tansu" --quiet
+fi
+export BROOK_TANSU="$tansu_bin"

@@ -2,6 +2,7 @@
 //! `--json`); the results are recorded with the machine and date in `BENCHMARKS.md`. Tests
 //! check correctness, benchmarks check speed: nothing here asserts a speed.
 
+pub mod mirror;
 pub mod mqtt;
 pub mod native;
 pub mod storage;
@@ -45,7 +46,7 @@ impl Broker {
                 pid: target_pid,
             },
             None => {
-                let child = start_server(name, None)?;
+                let child = start_server(name, None, None)?;
                 Broker {
                     mqtt_addr: child.mqtt_addr.clone(),
                     pid: Some(child.child.id()),
@@ -70,6 +71,7 @@ pub struct ServerChild {
     pub addr: String,
     pub mqtt_addr: String,
     pub kafka_addr: String,
+    pub http_addr: String,
     dir: PathBuf,
     remove_dir: bool,
 }
@@ -85,8 +87,12 @@ impl Drop for ServerChild {
 }
 
 /// Starts `brook serve` (this executable) on a fresh data directory: `dir`, or
-/// `./brook-bench-<name>-<pid>` removed afterwards.
-pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild> {
+/// `./brook-bench-<name>-<pid>` removed afterwards; with `config` when given.
+pub fn start_server(
+    name: &str,
+    dir: Option<PathBuf>,
+    config: Option<&std::path::Path>,
+) -> BenchResult<ServerChild> {
     let (dir, remove_dir) = match dir {
         Some(d) => (d, false),
         None => (
@@ -94,13 +100,17 @@ pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild
             true,
         ),
     };
-    if dir.exists() {
+    if dir.exists() && config.is_none() {
         return Err(format!("{} already exists; pick a new --dir", dir.display()).into());
     }
     let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
+    let mut cmd = Command::new(exe);
+    cmd.arg("serve");
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    let mut child = cmd
         .args([
-            "serve",
             "--native",
             "127.0.0.1:0",
             "--http",
@@ -124,17 +134,18 @@ pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild
             .and_then(|rest| rest.split_whitespace().next())
             .map(str::to_string)
     };
-    let (addr, mqtt_addr, kafka_addr) = loop {
+    let (addr, mqtt_addr, kafka_addr, http_addr) = loop {
         let Some(line) = lines.next() else {
             return Err("brook serve exited before listening".into());
         };
         let line = line?;
-        if let (Some(n), Some(m), Some(k)) = (
+        if let (Some(n), Some(m), Some(k), Some(h)) = (
             field(&line, "native="),
             field(&line, "mqtt="),
             field(&line, "kafka="),
+            field(&line, "http="),
         ) {
-            break (n, m, k);
+            break (n, m, k, h);
         }
     };
     std::thread::spawn(move || for _ in lines {});
@@ -143,6 +154,7 @@ pub fn start_server(name: &str, dir: Option<PathBuf>) -> BenchResult<ServerChild
         addr,
         mqtt_addr,
         kafka_addr,
+        http_addr,
         dir,
         remove_dir,
     })

@@ -93,7 +93,7 @@ impl NativeBench {
         }
         let server = match &self.broker {
             Some(_) => None,
-            None => Some(start_server("native", self.dir.clone())?),
+            None => Some(start_server("native", self.dir.clone(), None)?),
         };
         let addr = match (&self.broker, &server) {
             (Some(a), _) => a.clone(),

@@ -1,4 +1,5 @@
-//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/api/topics` (JSON).
+//! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/api/topics` and
+//! `/api/mirrors` (JSON).
 //!
 //! A deliberately small HTTP/1.1 server: GET only, one request per connection, request heads up
 //! to 8 KiB. Anything else gets a 4xx answer.
@@ -22,6 +23,7 @@ pub struct HttpState {
     pub native: Arc<NativeStats>,
     pub mqtt: Arc<super::mqtt::MqttStats>,
     pub kafka: Arc<super::kafka::KafkaStats>,
+    pub mirrors: Arc<crate::mirror::MirrorStatus>,
 }
 
 pub async fn run(
@@ -91,6 +93,10 @@ async fn serve_one(mut stream: TcpStream, state: &HttpState) -> std::io::Result<
         }
         "/api/topics" => {
             let body = topics_json(state);
+            respond(&mut stream, 200, "application/json", &body).await
+        }
+        "/api/mirrors" => {
+            let body = serde_json::to_string(&state.mirrors.rows()).unwrap_or_else(|_| "[]".into());
             respond(&mut stream, 200, "application/json", &body).await
         }
         _ => respond(&mut stream, 404, "text/plain", "not found\n").await,
@@ -311,6 +317,7 @@ pub fn metrics(state: &HttpState) -> String {
     );
     state.mqtt.render(&mut m);
     state.kafka.render(&mut m);
+    state.mirrors.render(&mut m);
     family(
         &mut m,
         "brook_group_lag",

@@ -110,6 +110,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let stats = Arc::new(native::NativeStats::default());
     let mqtt_stats = Arc::new(mqtt::MqttStats::default());
     let kafka_stats = Arc::new(kafka::KafkaStats::default());
+    let mirror_configs = broker.config().mirror.clone();
+    let mirrors = crate::mirror::Mirrors::start(Arc::clone(&broker), mirror_configs, rx.clone());
     let hub = {
         let (b, st, stop) = (Arc::clone(&broker), Arc::clone(&mqtt_stats), rx.clone());
         mqtt::hub::Hub::start(b, mqtt_config, st, stop)?
@@ -129,6 +131,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             native: stats,
             mqtt: mqtt_stats,
             kafka: Arc::clone(&kafka_stats),
+            mirrors: Arc::clone(&mirrors.status),
         }),
         rx.clone(),
     )));
@@ -139,6 +142,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         kafka_stats,
         kafka_addr,
     ));
+    let b = Arc::clone(&broker);
+    tasks.push(tokio::spawn(async move { mirrors.join(&b).await }));
     tasks.push(tokio::spawn(kafka::run(
         kafka_listener,
         kafka_ctx,

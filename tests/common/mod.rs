@@ -171,16 +171,36 @@ pub struct Addrs {
     pub http: String,
     pub mqtt: String,
     pub kafka: String,
+    /// The server's log so far (the last 200 lines), for failure messages.
+    pub log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+}
+
+impl Addrs {
+    /// The server's recent log, to print when a test fails.
+    pub fn log_tail(&self) -> String {
+        let g = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        g.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
 }
 
 /// Starts `brook serve` on ephemeral loopback ports with data in `data`; returns the child and
 /// its addresses, read from its "listening" log line (no sleeping).
 pub fn serve(data: &Path) -> (Child, Addrs) {
-    let mut child = brook()
+    serve_with(data, None, "127.0.0.1:0")
+}
+
+/// As [`serve`], with a config file and the native listener on `native`.
+pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Child, Addrs) {
+    let mut cmd = brook();
+    if let Some(c) = config {
+        cmd.arg("serve").arg("--config").arg(c);
+    } else {
+        cmd.arg("serve");
+    }
+    let mut child = cmd
         .args([
-            "serve",
             "--native",
-            "127.0.0.1:0",
+            native,
             "--http",
             "127.0.0.1:0",
             "--mqtt",
@@ -222,10 +242,23 @@ pub fn serve(data: &Path) -> (Child, Addrs) {
                 http,
                 mqtt,
                 kafka,
+                log: Default::default(),
             };
         }
     };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining the log (the server must never block on a full pipe), keeping its tail.
+    let log = std::sync::Arc::clone(&addrs.log);
+    log.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(seen.lines().map(str::to_string));
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            let mut g = log.lock().unwrap_or_else(|e| e.into_inner());
+            if g.len() == 200 {
+                g.pop_front();
+            }
+            g.push_back(line);
+        }
+    });
     (child, addrs)
 }

@@ -285,6 +285,9 @@ struct Inner {
     idle_cv: Condvar,
     /// The written (readable) end offset, for readers waiting on new data.
     end_tx: tokio::sync::watch::Sender<u64>,
+    /// Under `on_full = reject`, time retention keeps every segment holding an offset at or
+    /// after this (records not yet mirrored upstream); `u64::MAX`: no such floor.
+    keep_from: AtomicU64,
 }
 
 /// A partition and its flusher thread (stopped and joined on drop, after writing what is
@@ -584,14 +587,27 @@ impl Partition {
         self.inner.lock().sealed.front().map(|s| s.max_append_time)
     }
 
-    /// Deletes sealed segments whose newest batch was appended before `cutoff` (timeline ms).
+    /// Sets the offset from which segments are kept from time retention when the topic's
+    /// policy is `reject` (the mirror's acknowledged cursor); `None` lifts it.
+    pub fn set_keep_from(&self, offset: Option<u64>) {
+        self.inner
+            .keep_from
+            .store(offset.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Deletes sealed segments whose newest batch was appended before `cutoff` (timeline ms);
+    /// under `reject`, never one holding records at or after the keep-from floor.
     pub(crate) fn expire(&self, cutoff: i64) -> Result<u32> {
+        let keep_from = match self.inner.cfg.on_full {
+            OnFull::Reject => self.inner.keep_from.load(Ordering::Relaxed),
+            OnFull::DropOldest => u64::MAX,
+        };
         let mut st = self.inner.lock();
         let mut n = 0;
         while st
             .sealed
             .front()
-            .is_some_and(|s| s.max_append_time < cutoff)
+            .is_some_and(|s| s.max_append_time < cutoff && s.next_offset <= keep_from)
         {
             self.inner.delete_oldest_locked(&mut st, "retention time")?;
             n += 1;

@@ -225,6 +225,7 @@ impl Partition {
             flush_cv: Condvar::new(),
             idle_cv: Condvar::new(),
             end_tx: tokio::sync::watch::Sender::new(next_offset),
+            keep_from: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         let flusher = flush::spawn_flusher(Arc::clone(&inner))?;
         Ok((

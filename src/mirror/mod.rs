@@ -1,0 +1,672 @@
+//! Upstream mirroring: chosen local topics are sent to a Kafka cluster, an MQTT broker or another
+//! Brook whenever the link is up, resuming exactly where they stopped.
+//!
+//! Per `[[mirror]]`, every partition of every matching topic has a task that reads the log from
+//! its cursor ([`cursor`]: the next offset to send) like any consumer, but only what is
+//! durable (fsynced), takes up to `batch_records` records (no waiting when there is a backlog;
+//! live traffic goes out as it becomes durable), adds the origin headers (`brook.node`,
+//! `brook.topic`, `brook.partition`, `brook.offset`), sends them ([`sink`]) and advances the
+//! cursor only once the upstream acknowledged them (Kafka: acks=all; MQTT: every PUBACK at QoS 1;
+//! Brook: durable). One batch
+//! is in flight per partition, so order within a partition holds. On a failure the task backs
+//! off exponentially with jitter (from `backoff_min` up to `backoff_max`) and resumes from the
+//! cursor; when the link returns, the backlog drains at once, batch after batch. Cursors reach
+//! `meta` at most every `cursor_flush` (default 1 s): a crash re-sends at most that much
+//! (duplicates carry the same origin headers), never leaves a gap.
+//!
+//! Retention: after each cursor flush, every mirrored partition of an `on_full = reject` topic
+//! is told the lowest durable cursor of the mirrors covering it, and time retention keeps every
+//! segment from there on (producers meet the full log instead of records vanishing). Under
+//! `drop_oldest`, records deleted before they were sent are counted per mirror and partition
+//! (`dropped_records`) and logged; a partition without a cursor is owed everything from
+//! offset 0, so a mirror added to a topic with history counts what retention already removed.
+//!
+//! Not yet (issue 5 continues): `direction = "in"`, priorities and the bandwidth limit.
+
+pub mod cursor;
+pub mod sink;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::broker::Broker;
+use crate::log::{Header, Record, Visibility};
+use crate::units::HumanDuration;
+use cursor::{CursorKey, Cursors};
+use sink::{BrookSink, KafkaSink, MqttSink, Sink};
+
+/// One `[[mirror]]` entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MirrorConfig {
+    pub name: String,
+    /// `kafka`, `mqtt` or `brook`.
+    pub kind: String,
+    /// Upstream addresses (`host:port`): Kafka bootstrap servers, an MQTT broker (the first is
+    /// used), or Brook native listeners.
+    pub upstream: Vec<String>,
+    /// Local topics to mirror: names, or patterns with `*` (any run of characters).
+    pub topics: Vec<String>,
+    /// Only `out` (local to upstream) so far.
+    pub direction: String,
+    /// Upstream topic name; `{node}` and `{topic}` are replaced, and for MQTT `{key}` (the
+    /// record key), e.g. `site/{node}/{key}`.
+    pub topic_template: String,
+    /// This device's name in the origin headers and templates; empty: the host name.
+    pub node: String,
+    /// Records per batch sent.
+    pub batch_records: usize,
+    /// Kafka only: `none`, `gzip` or `snappy`.
+    pub compression: String,
+    /// Kafka and Brook: create missing upstream topics (with the local partition count).
+    pub create_topics: bool,
+    pub cursor_flush: HumanDuration,
+    pub backoff_min: HumanDuration,
+    pub backoff_max: HumanDuration,
+}
+
+impl Default for MirrorConfig {
+    fn default() -> Self {
+        MirrorConfig {
+            name: String::new(),
+            kind: String::new(),
+            upstream: Vec::new(),
+            topics: Vec::new(),
+            direction: "out".into(),
+            topic_template: "{topic}".into(),
+            node: String::new(),
+            batch_records: 1000,
+            compression: "none".into(),
+            create_topics: true,
+            cursor_flush: HumanDuration::secs(1),
+            backoff_min: HumanDuration::millis(200),
+            backoff_max: HumanDuration::secs(30),
+        }
+    }
+}
+
+impl MirrorConfig {
+    /// Checks one entry; errors name the key.
+    pub fn validate(&self, i: usize) -> Result<(), String> {
+        let at = if self.name.is_empty() {
+            format!("mirror[{i}]")
+        } else {
+            format!("mirror {:?}", self.name)
+        };
+        if self.name.is_empty() || self.name.contains('\0') {
+            return Err(format!("{at}.name: required (a short unique name)"));
+        }
+        if !matches!(self.kind.as_str(), "kafka" | "brook" | "mqtt") {
+            return Err(format!(
+                "{at}.kind = {:?}: must be \"kafka\", \"mqtt\" or \"brook\"",
+                self.kind
+            ));
+        }
+        if self.topic_template.contains("{key}") && self.kind != "mqtt" {
+            return Err(format!(
+                "{at}.topic_template: {{key}} is for kind = \"mqtt\" (one MQTT topic per record key)"
+            ));
+        }
+        if self.upstream.is_empty() {
+            return Err(format!("{at}.upstream: at least one host:port"));
+        }
+        for u in &self.upstream {
+            let ok = u
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                return Err(format!("{at}.upstream: {u:?} is not host:port"));
+            }
+        }
+        if self.topics.is_empty() {
+            return Err(format!("{at}.topics: at least one topic name or pattern"));
+        }
+        if self.direction != "out" {
+            return Err(format!(
+                "{at}.direction = {:?}: only \"out\" is implemented yet",
+                self.direction
+            ));
+        }
+        if !self.topic_template.contains("{topic}") && self.topics.len() > 1 {
+            return Err(format!(
+                "{at}.topic_template = {:?}: must contain {{topic}} when several topics are mirrored",
+                self.topic_template
+            ));
+        }
+        if !(1..=100_000).contains(&self.batch_records) {
+            return Err(format!("{at}.batch_records: 1 to 100000"));
+        }
+        if !matches!(self.compression.as_str(), "none" | "gzip" | "snappy") {
+            return Err(format!(
+                "{at}.compression = {:?}: none, gzip or snappy",
+                self.compression
+            ));
+        }
+        if self.compression != "none" && self.kind != "kafka" {
+            return Err(format!("{at}.compression: only for kind = \"kafka\""));
+        }
+        if self.cursor_flush.0.is_zero() || self.backoff_min.0.is_zero() {
+            return Err(format!(
+                "{at}.cursor_flush and backoff_min must be greater than zero"
+            ));
+        }
+        if self.backoff_max.0 < self.backoff_min.0 {
+            return Err(format!("{at}.backoff_max is below backoff_min"));
+        }
+        Ok(())
+    }
+
+    fn matches(&self, topic: &str) -> bool {
+        self.topics.iter().any(|p| glob(p, topic))
+    }
+}
+
+/// `*` matches any run of characters; everything else itself.
+fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == s,
+        Some((head, tail)) => {
+            let Some(rest) = s.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len())
+                .filter(|i| rest.is_char_boundary(*i))
+                .any(|i| glob(tail, &rest[i..]))
+        }
+    }
+}
+
+/// Checks every mirror and that names are unique.
+pub fn validate(mirrors: &[MirrorConfig]) -> Result<(), String> {
+    for (i, m) in mirrors.iter().enumerate() {
+        m.validate(i)?;
+        if mirrors[..i].iter().any(|o| o.name == m.name) {
+            return Err(format!("mirror {:?}: the name is used twice", m.name));
+        }
+    }
+    Ok(())
+}
+
+/// The host name (the default node id).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "brook".into())
+}
+
+/// What one partition's task is doing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PartitionState {
+    /// `connected`, `backing_off` or `starting`.
+    pub state: String,
+    /// Next local offset to send.
+    pub cursor: u64,
+    /// Durable end of the local partition when last looked at.
+    pub end: u64,
+    pub sent_records: u64,
+    /// Records retention deleted before they were mirrored (drop_oldest).
+    pub dropped_records: u64,
+    pub last_error: Option<String>,
+    /// Unix ms of the last acknowledged batch.
+    pub last_success_ms: Option<i64>,
+}
+
+/// Status of every mirror, for `/api/mirrors`, metrics and `brook mirror status`.
+#[derive(Debug, Default)]
+pub struct MirrorStatus {
+    parts: Mutex<BTreeMap<CursorKey, PartitionState>>,
+    pub sent_total: AtomicU64,
+}
+
+/// One row of the status.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusRow {
+    pub mirror: String,
+    pub topic: String,
+    pub partition: u32,
+    #[serde(flatten)]
+    pub state: PartitionState,
+    pub backlog_records: u64,
+}
+
+impl MirrorStatus {
+    fn update(&self, k: &CursorKey, f: impl FnOnce(&mut PartitionState)) {
+        let mut g = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        f(g.entry(k.clone()).or_default());
+    }
+
+    pub fn rows(&self) -> Vec<StatusRow> {
+        self.parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|((m, t, p), s)| StatusRow {
+                mirror: m.clone(),
+                topic: t.clone(),
+                partition: *p,
+                state: s.clone(),
+                backlog_records: s.end.saturating_sub(s.cursor),
+            })
+            .collect()
+    }
+
+    /// Prometheus text lines.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows = self.rows();
+        for (name, kind, help) in [
+            (
+                "brook_mirror_backlog_records",
+                "gauge",
+                "Durable records not yet acknowledged upstream.",
+            ),
+            (
+                "brook_mirror_sent_records_total",
+                "counter",
+                "Records acknowledged upstream.",
+            ),
+            (
+                "brook_mirror_connected",
+                "gauge",
+                "1 while the partition's last send succeeded.",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for r in &rows {
+                let v = match name {
+                    "brook_mirror_backlog_records" => r.backlog_records,
+                    "brook_mirror_sent_records_total" => r.state.sent_records,
+                    _ => u64::from(r.state.state == "connected"),
+                };
+                let _ = writeln!(
+                    out,
+                    "{name}{{mirror=\"{}\",topic=\"{}\",partition=\"{}\"}} {v}",
+                    r.mirror, r.topic, r.partition
+                );
+            }
+        }
+    }
+}
+
+/// The running mirrors.
+pub struct Mirrors {
+    pub status: Arc<MirrorStatus>,
+    cursors: Arc<Cursors>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Mirrors {
+    /// Starts every configured mirror.
+    pub fn start(
+        broker: Arc<Broker>,
+        configs: Vec<MirrorConfig>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Mirrors {
+        let status = Arc::new(MirrorStatus::default());
+        let cursors = Arc::new(Cursors::default());
+        // Until the first cursor flush says more, a mirrored `reject` topic keeps everything.
+        for t in broker.topics() {
+            if configs.iter().any(|m| m.matches(t.name())) {
+                for p in t.partitions() {
+                    p.set_keep_from(Some(0));
+                }
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for cfg in configs {
+            tasks.spawn(run_mirror(
+                Arc::clone(&broker),
+                Arc::new(cfg),
+                Arc::clone(&cursors),
+                Arc::clone(&status),
+                shutdown.clone(),
+            ));
+        }
+        if !tasks.is_empty() {
+            // Cursor flushes: at most every cursor_flush (the smallest of the mirrors').
+            let b = Arc::clone(&broker);
+            let c = Arc::clone(&cursors);
+            let mut stop = shutdown.clone();
+            let every = b
+                .config()
+                .mirror
+                .iter()
+                .map(|m| m.cursor_flush.0)
+                .min()
+                .unwrap_or(Duration::from_secs(1));
+            tasks.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    let stopping = tokio::select! {
+                        _ = stop.wait_for(|s| *s) => true,
+                        _ = tick.tick() => false,
+                    };
+                    flush(&b, &c).await;
+                    if stopping {
+                        return;
+                    }
+                }
+            });
+        }
+        Mirrors {
+            status,
+            cursors,
+            tasks,
+        }
+    }
+
+    /// Waits for every task to see the shutdown; the cursors are flushed a last time.
+    pub async fn join(mut self, broker: &Arc<Broker>) {
+        while self.tasks.join_next().await.is_some() {}
+        flush(broker, &self.cursors).await;
+    }
+}
+
+/// Flushes the cursors, then tells every mirrored partition of a `reject` topic to keep what
+/// no mirror has durably sent (time retention skips it; producers feel the full log instead).
+async fn flush(broker: &Arc<Broker>, cursors: &Arc<Cursors>) {
+    let (b, c) = (Arc::clone(broker), Arc::clone(cursors));
+    match tokio::task::spawn_blocking(move || c.flush(b.meta())).await {
+        Ok(Ok(durable)) => {
+            for t in broker.topics() {
+                let covering: Vec<&MirrorConfig> = broker
+                    .config()
+                    .mirror
+                    .iter()
+                    .filter(|m| m.matches(t.name()))
+                    .collect();
+                for (i, p) in t.partitions().iter().enumerate() {
+                    let floor = covering
+                        .iter()
+                        .map(|m| {
+                            let k = (m.name.clone(), t.name().to_string(), i as u32);
+                            durable.get(&k).copied().unwrap_or(0)
+                        })
+                        .min();
+                    p.set_keep_from(floor);
+                }
+            }
+        }
+        Ok(Err(e)) => tracing::error!("mirror cursors not saved: {e}"),
+        Err(e) => tracing::error!("mirror cursor task: {e}"),
+    }
+}
+
+/// Watches for topics matching the mirror and runs one task per partition.
+async fn run_mirror(
+    broker: Arc<Broker>,
+    cfg: Arc<MirrorConfig>,
+    cursors: Arc<Cursors>,
+    status: Arc<MirrorStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let node: Arc<str> = Arc::from(if cfg.node.is_empty() {
+        hostname()
+    } else {
+        cfg.node.clone()
+    });
+    let mut running: std::collections::HashSet<String> = Default::default();
+    let mut parts = tokio::task::JoinSet::new();
+    loop {
+        for t in broker.topics() {
+            let name = t.name().to_string();
+            if !cfg.matches(&name) || running.contains(&name) {
+                continue;
+            }
+            tracing::info!(mirror = %cfg.name, topic = %name, partitions = t.partitions().len(), "mirroring");
+            for p in 0..t.partitions().len() as u32 {
+                parts.spawn(run_partition(
+                    Arc::clone(&broker),
+                    Arc::clone(&cfg),
+                    Arc::clone(&node),
+                    name.clone(),
+                    p,
+                    Arc::clone(&cursors),
+                    Arc::clone(&status),
+                    shutdown.clone(),
+                ));
+            }
+            running.insert(name);
+        }
+        // New topics are picked up within a few seconds.
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    while parts.join_next().await.is_some() {}
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A pseudo-random fraction in [0, 1) for jitter (no need for a real RNG).
+fn jitter() -> f64 {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    f64::from(n.wrapping_mul(2_654_435_761) % 1000) / 1000.0
+}
+
+/// Loads the partition's cursor; `None` when the task should stop (shutdown, topic gone).
+async fn load_cursor(broker: &Arc<Broker>, cursors: &Arc<Cursors>, key: &CursorKey) -> Option<u64> {
+    let (b, c, k) = (Arc::clone(broker), Arc::clone(cursors), key.clone());
+    match tokio::task::spawn_blocking(move || c.get(b.meta(), &k)).await {
+        // No cursor yet: the mirror owes everything ever written to the partition, so records
+        // retention deleted before the first send count as dropped too.
+        Ok(Ok(c)) => Some(c.unwrap_or(0)),
+        Ok(Err(e)) => {
+            tracing::error!(mirror = %key.0, "reading the cursor: {e}; starting from 0");
+            Some(0)
+        }
+        Err(_) => None,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_partition(
+    broker: Arc<Broker>,
+    cfg: Arc<MirrorConfig>,
+    node: Arc<str>,
+    topic: String,
+    partition: u32,
+    cursors: Arc<Cursors>,
+    status: Arc<MirrorStatus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let key: CursorKey = (cfg.name.clone(), topic.clone(), partition);
+    let upstream_topic = cfg
+        .topic_template
+        .replace("{node}", &node)
+        .replace("{topic}", &topic);
+    let mut sink = match cfg.kind.as_str() {
+        "kafka" => Sink::Kafka(KafkaSink::new(
+            cfg.upstream.clone(),
+            &cfg.compression,
+            cfg.create_topics,
+        )),
+        "mqtt" => Sink::Mqtt(Box::new(MqttSink::new(
+            &cfg.upstream[0],
+            format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
+        ))),
+        _ => Sink::Brook(BrookSink::new(cfg.upstream.clone())),
+    };
+    let mut backoff = cfg.backoff_min.0;
+    status.update(&key, |s| s.state = "starting".into());
+    let Some(mut next) = load_cursor(&broker, &cursors, &key).await else {
+        return;
+    };
+    // Records read ahead and not yet acknowledged, from `next` on, origin headers added: the
+    // log is read once however the batches are cut, and a failed batch is sent again as is.
+    let mut pending: std::collections::VecDeque<Record> = Default::default();
+    // The offset of each pending record.
+    let mut offsets: std::collections::VecDeque<u64> = Default::default();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let Ok(t) = broker.topic(&topic) else {
+            tracing::info!(mirror = %cfg.name, topic, "topic deleted: mirroring stops");
+            return;
+        };
+        let Ok(part) = t.partition(partition) else {
+            return;
+        };
+        let part = Arc::clone(part);
+        let local_count = t.partitions().len() as u32;
+        drop(t);
+        if pending.is_empty() {
+            let start = part.log_start();
+            if next < start {
+                // Retention (drop_oldest) deleted records before they were mirrored.
+                let lost = start - next;
+                tracing::warn!(mirror = %cfg.name, topic, partition, lost, "records deleted before they were mirrored");
+                status.update(&key, |s| s.dropped_records += lost);
+                next = start;
+                cursors.advance(&key, next);
+            }
+            let mut end_rx = part.watch_end();
+            end_rx.borrow_and_update();
+            let read = {
+                let p = Arc::clone(&part);
+                let from = next;
+                tokio::task::spawn_blocking(move || p.read(from, 1 << 20, Visibility::Durable))
+                    .await
+            };
+            let r = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(crate::log::LogError::OffsetOutOfRange { earliest, .. })) => {
+                    // The cursor is past the end: the topic was deleted and made again.
+                    tracing::warn!(mirror = %cfg.name, topic, partition, next, "cursor past the end of the log (topic recreated?): starting over");
+                    next = earliest;
+                    cursors.advance(&key, next);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(mirror = %cfg.name, topic, partition, "read: {e}");
+                    tokio::select! {
+                        _ = shutdown.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                    continue;
+                }
+                Err(_) => return,
+            };
+            status.update(&key, |s| {
+                s.cursor = next;
+                s.end = r.high_watermark;
+            });
+            'batches: for b in r.batches() {
+                for rec in b.records() {
+                    let Ok(rec) = rec else {
+                        break 'batches;
+                    };
+                    if rec.offset < next {
+                        continue;
+                    }
+                    let mut out = rec.to_record();
+                    out.headers.extend([
+                        Header::new("brook.node", node.as_bytes()),
+                        Header::new("brook.topic", topic.as_bytes()),
+                        Header::new("brook.partition", partition.to_string()),
+                        Header::new("brook.offset", rec.offset.to_string()),
+                    ]);
+                    pending.push_back(out);
+                    offsets.push_back(rec.offset);
+                }
+            }
+            if pending.is_empty() {
+                // Nothing durable past the cursor: wait for the partition to grow (durability
+                // follows within a flush interval, hence the poll).
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = end_rx.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                }
+                continue;
+            }
+        }
+        let n = pending.len().min(cfg.batch_records);
+        let last = offsets[n - 1];
+        let batch = &pending.make_contiguous()[..n];
+        let sent = tokio::select! {
+            r = sink.send(&upstream_topic, partition, local_count, batch) => r,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match sent {
+            Ok(()) => {
+                pending.drain(..n);
+                offsets.drain(..n);
+                next = last + 1;
+                cursors.advance(&key, next);
+                status.sent_total.fetch_add(n as u64, Ordering::Relaxed);
+                status.update(&key, |s| {
+                    s.state = "connected".into();
+                    s.cursor = next;
+                    s.end = s.end.max(next);
+                    s.sent_records += n as u64;
+                    s.last_success_ms = Some(now_ms());
+                });
+                backoff = cfg.backoff_min.0;
+            }
+            Err(e) => {
+                let wait = backoff.mul_f64(0.5 + jitter());
+                tracing::warn!(mirror = %cfg.name, topic, partition, "upstream send failed, retrying in {wait:?}: {e}");
+                status.update(&key, |s| {
+                    s.state = "backing_off".into();
+                    s.last_error = Some(e);
+                });
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                backoff = (backoff * 2).min(cfg.backoff_max.0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_topic_names() {
+        assert!(glob("telemetry", "telemetry"));
+        assert!(!glob("telemetry", "telemetry2"));
+        assert!(glob("sensor-*", "sensor-7"));
+        assert!(glob("*", "anything"));
+        assert!(glob("a*b*c", "a-x-b-y-c"));
+        assert!(!glob("a*b", "a-x-c"));
+    }
+
+    #[test]
+    fn the_minimal_form_is_valid_and_bad_keys_are_named() {
+        let m: MirrorConfig = toml::from_str(
+            "name = \"cloud\"\nkind = \"kafka\"\nupstream = [\"central.example:9092\"]\ntopics = [\"telemetry\"]",
+        )
+        .expect("parse");
+        validate(std::slice::from_ref(&m)).expect("valid");
+        let mut bad = m.clone();
+        bad.kind = "amqp".into();
+        assert!(validate(&[bad]).unwrap_err().contains("kind"));
+        let mut bad = m.clone();
+        bad.upstream = vec!["nohost".into()];
+        assert!(validate(&[bad]).unwrap_err().contains("upstream"));
+        let mut bad = m.clone();
+        bad.direction = "in".into();
+        assert!(validate(&[bad]).unwrap_err().contains("direction"));
+        assert!(validate(&[m.clone(), m]).unwrap_err().contains("twice"));
+    }
+}

@@ -1,0 +1,481 @@
+//! Where a mirror sends: a Kafka cluster (rskafka; acks=all), another Brook (the native client;
+//! durable), or an MQTT broker (rumqttc, MQTT 5, QoS 1, PUBACK per message). A send returns once the upstream
+//! acknowledged every record of the batch; any error drops the connection, and the next send
+//! reconnects.
+//!
+//! Placement upstream (Kafka and Brook): a record keeps its partition number when the upstream
+//! topic has enough partitions, otherwise it goes by its key (Kafka's murmur2; no key: the local
+//! partition number modulo the upstream count), so one key stays in one partition and its order
+//! holds. Missing upstream topics are created with the local partition count.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::log::partitioner::partition_for_key;
+use crate::log::{BatchBuilder, Record};
+use crate::proto::{Acks, TopicSettings};
+
+/// How long one upstream operation may take before it counts as failed (rskafka's own retries
+/// never give up).
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn timed<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(OP_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer within {OP_TIMEOUT:?}")),
+    }
+}
+
+/// The upstream partition of a record.
+fn place(record: &Record, local: u32, upstream_count: u32) -> u32 {
+    if local < upstream_count {
+        return local;
+    }
+    match &record.key {
+        Some(k) => partition_for_key(k, upstream_count),
+        None => local % upstream_count.max(1),
+    }
+}
+
+/// Groups records by upstream partition, keeping their order within each group.
+fn groups(records: &[Record], local: u32, upstream_count: u32) -> BTreeMap<u32, Vec<&Record>> {
+    let mut out: BTreeMap<u32, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        out.entry(place(r, local, upstream_count))
+            .or_default()
+            .push(r);
+    }
+    out
+}
+
+pub struct KafkaSink {
+    upstream: Vec<String>,
+    compression: rskafka::client::partition::Compression,
+    create_topics: bool,
+    client: Option<Arc<rskafka::client::Client>>,
+    partitions: HashMap<(String, u32), Arc<rskafka::client::partition::PartitionClient>>,
+    counts: HashMap<String, u32>,
+}
+
+impl KafkaSink {
+    pub fn new(upstream: Vec<String>, compression: &str, create_topics: bool) -> KafkaSink {
+        use rskafka::client::partition::Compression;
+        let compression = match compression {
+            "gzip" => Compression::Gzip,
+            "snappy" => Compression::Snappy,
+            _ => Compression::NoCompression,
+        };
+        KafkaSink {
+            upstream,
+            compression,
+            create_topics,
+            client: None,
+            partitions: HashMap::new(),
+            counts: HashMap::new(),
+        }
+    }
+
+    fn reset(&mut self) {
+        self.client = None;
+        self.partitions.clear();
+        self.counts.clear();
+    }
+
+    async fn client(&mut self) -> Result<Arc<rskafka::client::Client>, String> {
+        if let Some(c) = &self.client {
+            return Ok(Arc::clone(c));
+        }
+        let backoff = rskafka::BackoffConfig {
+            init_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            base: 2.0,
+            deadline: Some(Duration::from_secs(10)),
+        };
+        let c = timed(
+            "connect",
+            rskafka::client::ClientBuilder::new(self.upstream.clone())
+                .client_id("brook-mirror")
+                .backoff_config(backoff)
+                .build(),
+        )
+        .await?;
+        let c = Arc::new(c);
+        self.client = Some(Arc::clone(&c));
+        Ok(c)
+    }
+
+    /// The upstream topic's partition count, creating the topic when missing.
+    async fn count(&mut self, topic: &str, local_count: u32) -> Result<u32, String> {
+        if let Some(n) = self.counts.get(topic) {
+            return Ok(*n);
+        }
+        let client = self.client().await?;
+        let topics = timed("list topics", client.list_topics()).await?;
+        let n = match topics.iter().find(|t| t.name == topic) {
+            Some(t) => t.partitions.len() as u32,
+            None if self.create_topics => {
+                let ctl = client.controller_client().map_err(|e| e.to_string())?;
+                timed(
+                    "create topic",
+                    ctl.create_topic(topic, local_count as i32, 1, 10_000),
+                )
+                .await?;
+                tracing::info!(
+                    topic,
+                    partitions = local_count,
+                    "mirror created the upstream topic"
+                );
+                local_count
+            }
+            None => return Err(format!("upstream topic {topic:?} does not exist")),
+        };
+        if n == 0 {
+            return Err(format!("upstream topic {topic:?} has no partitions"));
+        }
+        self.counts.insert(topic.to_string(), n);
+        Ok(n)
+    }
+
+    async fn partition(
+        &mut self,
+        topic: &str,
+        p: u32,
+    ) -> Result<Arc<rskafka::client::partition::PartitionClient>, String> {
+        let k = (topic.to_string(), p);
+        if let Some(pc) = self.partitions.get(&k) {
+            return Ok(Arc::clone(pc));
+        }
+        let client = self.client().await?;
+        let pc = timed(
+            "partition leader",
+            client.partition_client(
+                topic,
+                p as i32,
+                rskafka::client::partition::UnknownTopicHandling::Retry,
+            ),
+        )
+        .await?;
+        let pc = Arc::new(pc);
+        self.partitions.insert(k, Arc::clone(&pc));
+        Ok(pc)
+    }
+
+    async fn try_send(
+        &mut self,
+        topic: &str,
+        local: u32,
+        local_count: u32,
+        records: &[Record],
+    ) -> Result<(), String> {
+        let count = self.count(topic, local_count).await?;
+        for (p, recs) in groups(records, local, count) {
+            let pc = self.partition(topic, p).await?;
+            let out: Vec<rskafka::record::Record> = recs
+                .into_iter()
+                .map(|r| rskafka::record::Record {
+                    key: r.key.clone(),
+                    value: Some(r.value.clone()),
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.clone(), h.value.clone()))
+                        .collect(),
+                    timestamp: rskafka::chrono::DateTime::from_timestamp_millis(r.timestamp)
+                        .unwrap_or_default(),
+                })
+                .collect();
+            timed("produce", pc.produce(out, self.compression)).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        local: u32,
+        local_count: u32,
+        records: &[Record],
+    ) -> Result<(), String> {
+        let r = self.try_send(topic, local, local_count, records).await;
+        if r.is_err() {
+            self.reset();
+        }
+        r
+    }
+}
+
+pub struct BrookSink {
+    upstream: Vec<String>,
+    client: Option<Arc<crate::client::Client>>,
+    counts: HashMap<String, u32>,
+}
+
+impl BrookSink {
+    pub fn new(upstream: Vec<String>) -> BrookSink {
+        BrookSink {
+            upstream,
+            client: None,
+            counts: HashMap::new(),
+        }
+    }
+
+    async fn client(&mut self) -> Result<Arc<crate::client::Client>, String> {
+        if let Some(c) = &self.client {
+            return Ok(Arc::clone(c));
+        }
+        let mut last = String::from("no upstream address");
+        for addr in &self.upstream {
+            match timed(
+                "connect",
+                crate::client::Client::connect(addr, "brook-mirror"),
+            )
+            .await
+            {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    self.client = Some(Arc::clone(&c));
+                    return Ok(c);
+                }
+                Err(e) => last = format!("{addr}: {e}"),
+            }
+        }
+        Err(last)
+    }
+
+    async fn try_send(
+        &mut self,
+        topic: &str,
+        local: u32,
+        local_count: u32,
+        records: &[Record],
+    ) -> Result<(), String> {
+        let client = self.client().await?;
+        let count = match self.counts.get(topic) {
+            Some(n) => *n,
+            None => {
+                let n = match timed("describe topic", client.describe_topic(topic)).await {
+                    Ok(d) => d.partitions.len() as u32,
+                    Err(_) => {
+                        let settings = TopicSettings {
+                            partitions: Some(local_count),
+                            ..TopicSettings::default()
+                        };
+                        // Another mirror may create it at the same time: describe again.
+                        let _ = timed("create topic", client.create_topic(topic, settings)).await;
+                        timed("describe topic", client.describe_topic(topic))
+                            .await?
+                            .partitions
+                            .len() as u32
+                    }
+                };
+                self.counts.insert(topic.to_string(), n.max(1));
+                n.max(1)
+            }
+        };
+        for (p, recs) in groups(records, local, count) {
+            let mut batch = BatchBuilder::new();
+            for r in recs {
+                batch.push_record(r);
+            }
+            timed(
+                "produce",
+                client.produce(topic, Some(p), None, Acks::Durable, &batch),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        local: u32,
+        local_count: u32,
+        records: &[Record],
+    ) -> Result<(), String> {
+        let r = self.try_send(topic, local, local_count, records).await;
+        if r.is_err() {
+            self.client = None;
+            self.counts.clear();
+        }
+        r
+    }
+}
+
+/// An MQTT broker upstream (MQTT 5, QoS 1): each record is one PUBLISH to the topic the
+/// template gives it (`{key}` is the record key), origin headers as user properties; the batch
+/// counts as sent once every PUBACK is in.
+pub struct MqttSink {
+    host: String,
+    port: u16,
+    client_id: String,
+    conn: Option<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop)>,
+}
+
+impl MqttSink {
+    pub fn new(upstream: &str, client_id: String) -> MqttSink {
+        let (host, port) = upstream
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
+            .unwrap_or((upstream.to_string(), 1883));
+        MqttSink {
+            host,
+            port,
+            client_id,
+            conn: None,
+        }
+    }
+
+    /// The MQTT topic of a record: `base` (the template, node and topic filled in) with `{key}`
+    /// (the key as UTF-8; empty without one) filled in, wildcards and empty levels removed.
+    fn topic_of(base: &str, r: &Record) -> String {
+        let key = r
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        let t = base.replace("{key}", &key);
+        let t: Vec<&str> = t
+            .split('/')
+            .filter(|l| !l.is_empty() && *l != "+" && *l != "#")
+            .collect();
+        if t.is_empty() {
+            "brook".to_string()
+        } else {
+            t.join("/")
+        }
+    }
+
+    async fn try_send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {
+        use rumqttc::v5::mqttbytes::QoS;
+        use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+        use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+        if self.conn.is_none() {
+            let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+            o.set_keep_alive(Duration::from_secs(30));
+            o.set_clean_start(true);
+            self.conn = Some(AsyncClient::new(o, 64));
+        }
+        let topics: Vec<String> = records.iter().map(|r| Self::topic_of(base, r)).collect();
+        let Some((client, events)) = self.conn.as_mut() else {
+            return Err("not connected".into());
+        };
+        let client = client.clone();
+        let publish = async move {
+            for (r, topic) in records.iter().zip(topics) {
+                let props = PublishProperties {
+                    user_properties: r
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.clone(),
+                                String::from_utf8_lossy(&h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                    ..PublishProperties::default()
+                };
+                client
+                    .publish_with_properties(topic, QoS::AtLeastOnce, false, r.value.clone(), props)
+                    .await
+                    .map_err(|e| format!("publish: {e}"))?;
+            }
+            Ok::<(), String>(())
+        };
+        let want = records.len();
+        let acks = async move {
+            let mut acked = 0;
+            while acked < want {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(a))) => {
+                        use rumqttc::v5::mqttbytes::v5::PubAckReason;
+                        if !matches!(
+                            a.reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        ) {
+                            return Err(format!("PUBACK refused: {:?}", a.reason));
+                        }
+                        acked += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("mqtt: {e}")),
+                }
+            }
+            Ok(())
+        };
+        let (p, a) = tokio::join!(publish, acks);
+        p.and(a)
+    }
+
+    pub async fn send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {
+        let r = match tokio::time::timeout(OP_TIMEOUT, self.try_send(base, records)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no PUBACKs within {OP_TIMEOUT:?}")),
+        };
+        if r.is_err() {
+            self.conn = None;
+        }
+        r
+    }
+}
+
+/// A mirror's upstream.
+pub enum Sink {
+    Kafka(KafkaSink),
+    Brook(BrookSink),
+    Mqtt(Box<MqttSink>),
+}
+
+impl Sink {
+    /// Sends `records` of local partition `local` (of `local_count`) to upstream topic `topic`;
+    /// returns once every one is acknowledged.
+    pub async fn send(
+        &mut self,
+        topic: &str,
+        local: u32,
+        local_count: u32,
+        records: &[Record],
+    ) -> Result<(), String> {
+        match self {
+            Sink::Kafka(s) => s.send(topic, local, local_count, records).await,
+            Sink::Brook(s) => s.send(topic, local, local_count, records).await,
+            Sink::Mqtt(s) => s.send(topic, records).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(key: Option<&str>) -> Record {
+        Record {
+            key: key.map(|k| k.as_bytes().to_vec()),
+            ..Record::default()
+        }
+    }
+
+    #[test]
+    fn records_keep_their_partition_or_go_by_key() {
+        assert_eq!(place(&rec(Some("a")), 2, 4), 2);
+        let by_key = place(&rec(Some("sensor-7")), 5, 2);
+        assert_eq!(by_key, partition_for_key(b"sensor-7", 2));
+        assert_eq!(place(&rec(None), 5, 2), 1);
+        let recs = vec![rec(Some("x")), rec(Some("y")), rec(Some("x"))];
+        let g = groups(&recs, 3, 2);
+        let px = partition_for_key(b"x", 2);
+        assert_eq!(
+            g[&px]
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(&b"x"[..]))
+                .count(),
+            2
+        );
+    }
+}

@@ -1,0 +1,716 @@
+//! Upstream mirroring through the real binary: a local `brook serve` mirrors to a real upstream
+//! started by the test (another `brook serve`; tansu, a Kafka-API broker), across the upstream
+//! being down, stopped and restarted mid-drain, and a `kill -9` of the local Brook mid-drain.
+//! Every record must arrive, in order per partition; duplicates may only be re-sends (same
+//! origin headers) after a failure.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use brook::client::Client;
+
+mod common;
+
+fn kill_9(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// A loopback address nothing listens on yet (the upstream starts there later).
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Produces `n` records keyed `k{i % 10}`, 100-byte values `v{first + i}...`, durably, through the native
+/// protocol.
+fn produce(rt: &tokio::runtime::Runtime, addr: &str, topic: &str, first: u64, n: u64) {
+    rt.block_on(async {
+        let c = std::sync::Arc::new(Client::connect(addr, "test").await.expect("connect"));
+        let mut p = brook::client::Producer::new(c, topic, brook::proto::Acks::Durable)
+            .await
+            .expect("producer")
+            .batch_bytes(16 * 1024);
+        for i in first..first + n {
+            let r = brook::log::Record {
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: Some(format!("k{}", i % 10).into_bytes()),
+                value: format!("v{i:08}{:>90}", "x").into_bytes(),
+                headers: Vec::new(),
+            };
+            p.send(None, &r).await.expect("send");
+        }
+        p.flush().await.expect("flush");
+    });
+}
+
+/// Origin (partition, offset) -> value of every record upstream, in upstream order per
+/// partition, waiting until `want` distinct origins are there.
+fn upstream_records(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    topic: &str,
+    partitions: u32,
+    want: usize,
+) -> BTreeMap<u32, Vec<(u32, u64, String)>> {
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut out: BTreeMap<u32, Vec<(u32, u64, String)>> = BTreeMap::new();
+            if let Ok(c) = Client::connect(addr, "check").await {
+                for p in 0..partitions {
+                    let mut next = 0;
+                    loop {
+                        let Ok(f) = c.fetch(topic, p, next, 1 << 20, 1, Duration::ZERO).await
+                        else {
+                            break;
+                        };
+                        let recs = f.records(next).expect("records");
+                        if recs.is_empty() {
+                            break;
+                        }
+                        for (off, r) in recs {
+                            let h = |n: &str| {
+                                r.headers
+                                    .iter()
+                                    .find(|h| h.name == n)
+                                    .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                                    .expect("origin header")
+                            };
+                            out.entry(p).or_default().push((
+                                h("brook.partition").parse().expect("partition"),
+                                h("brook.offset").parse().expect("offset"),
+                                String::from_utf8_lossy(&r.value).into_owned(),
+                            ));
+                            next = off + 1;
+                        }
+                    }
+                }
+            }
+            let distinct: std::collections::HashSet<(u32, u64)> =
+                out.values().flatten().map(|(p, o, _)| (*p, *o)).collect();
+            if distinct.len() >= want {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} records upstream",
+                distinct.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Every origin record exactly covers 0..n per local partition, in order: a value seen again is
+/// a re-send of a run already sent; returns the number of duplicates.
+fn check_complete(got: &BTreeMap<u32, Vec<(u32, u64, String)>>, total: usize) -> usize {
+    let mut seen: BTreeMap<(u32, u64), String> = BTreeMap::new();
+    let mut dups = 0;
+    for (up, recs) in got {
+        let mut max: Option<u64> = None;
+        for (p, o, v) in recs {
+            assert_eq!(p, up, "a record kept its partition number");
+            if let Some(prev) = seen.insert((*p, *o), v.clone()) {
+                assert_eq!(&prev, v, "a re-send carries the same record");
+                dups += 1;
+                continue;
+            }
+            if let Some(m) = max {
+                assert!(*o > m, "partition {p}: origin offset {o} after {m}");
+            }
+            max = Some(*o);
+        }
+    }
+    assert_eq!(seen.len(), total, "every record arrived");
+    // Dense offsets from 0 in each local partition.
+    let mut by_p: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (p, o) in seen.keys() {
+        by_p.entry(*p).or_default().push(*o);
+    }
+    for (p, offs) in by_p {
+        assert_eq!(
+            offs,
+            (0..offs.len() as u64).collect::<Vec<_>>(),
+            "partition {p} has a gap"
+        );
+    }
+    dups
+}
+
+fn mirror_config(dir: &Path, kind: &str, upstream: &str) -> std::path::PathBuf {
+    let path = dir.join("brook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[log]\nflush_interval = \"100ms\"\nmin_free = 0\n\n[[mirror]]\nname = \"up\"\nkind = \"{kind}\"\nupstream = [\"{upstream}\"]\ntopics = [\"telemetry\"]\nnode = \"gw1\"\nbatch_records = 500\ncursor_flush = \"200ms\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n"
+        ),
+    )
+    .expect("write config");
+    path
+}
+
+/// Brook to Brook: records produced while the upstream is down all arrive once it starts; a
+/// `kill -9` of the local Brook mid-drain and a stop/restart of the upstream mid-drain lose
+/// nothing and keep order.
+#[test]
+fn brook_upstream_gets_everything_across_outages_and_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let up_addr = free_addr();
+    let cfg = mirror_config(dir.path(), "brook", &up_addr);
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    rt.block_on(async {
+        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+        c.create_topic(
+            "telemetry",
+            brook::proto::TopicSettings {
+                partitions: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    });
+    // Upstream down: 5,000 records wait in the local log.
+    produce(&rt, &laddrs.native, "telemetry", 0, 5_000);
+    let (mut up, _) = common::serve_with(&dir.path().join("up"), None, &up_addr);
+    let got = upstream_records(&rt, &up_addr, "telemetry", 2, 5_000);
+    check_complete(&got, 5_000);
+
+    // kill -9 of the local Brook while it drains 20,000 more; it resumes from its cursor.
+    produce(&rt, &laddrs.native, "telemetry", 5_000, 20_000);
+    kill_9(&mut local);
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    let got = upstream_records(&rt, &up_addr, "telemetry", 2, 25_000);
+    let dups_after_crash = check_complete(&got, 25_000);
+
+    // The upstream dies mid-drain and comes back on the same address.
+    produce(&rt, &laddrs.native, "telemetry", 25_000, 20_000);
+    kill_9(&mut up);
+    let (mut up, _) = common::serve_with(&dir.path().join("up"), None, &up_addr);
+    let got = upstream_records(&rt, &up_addr, "telemetry", 2, 45_000);
+    let dups = check_complete(&got, 45_000);
+    // Re-sends come only from a failure: at most what was sent since the last cursor flush.
+    assert!(
+        dups < 20_000,
+        "{dups} duplicates ({dups_after_crash} after the crash)"
+    );
+
+    // Status: both partitions connected with nothing left behind (the status follows the
+    // cursor a moment after the last acknowledgement).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = common::brook()
+            .args(["mirror", "status", "--http", &laddrs.http, "--json"])
+            .output()
+            .expect("brook mirror status");
+        let rows: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).expect("status json");
+        let done = rows.len() == 2
+            && rows.iter().all(|r| {
+                r["mirror"] == "up" && r["backlog_records"] == 0 && r["state"] == "connected"
+            });
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status: {rows:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill_9(&mut local);
+    kill_9(&mut up);
+}
+
+/// The tansu binary: `BROOK_TANSU`, else the CI cache (`tests/peers.sh` installs it there).
+fn tansu() -> std::path::PathBuf {
+    let path = std::env::var_os("BROOK_TANSU")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("BROOK_CACHE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/brook-ci")
+                });
+            cache.join("tansu/bin/tansu")
+        });
+    assert!(
+        path.exists(),
+        "tansu is missing at {}: run tests/peers.sh (cargo install tansu --version 0.6.0 --features libsql into the cache)",
+        path.display()
+    );
+    path
+}
+
+/// Starts tansu on `addr` with its SQLite store in `dir`, and waits until it accepts.
+fn start_tansu(dir: &Path, addr: &str) -> Child {
+    std::fs::create_dir_all(dir).expect("tansu dir");
+    let url = format!("tcp://{addr}");
+    // tansu reads the SQLite path relative to its working directory.
+    let child = std::process::Command::new(tansu())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tansu");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Reads every record of `topic` from a Kafka cluster with rskafka, waiting until `want`
+/// distinct origins are there.
+fn kafka_records(
+    rt: &tokio::runtime::Runtime,
+    addr: &str,
+    topic: &str,
+    want: usize,
+) -> BTreeMap<u32, Vec<(u32, u64, String)>> {
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut out: BTreeMap<u32, Vec<(u32, u64, String)>> = BTreeMap::new();
+            let read = async {
+                let client = rskafka::client::ClientBuilder::new(vec![addr.to_string()])
+                    .build()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let topics = client.list_topics().await.map_err(|e| e.to_string())?;
+                let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
+                    return Ok::<_, String>(());
+                };
+                for p in t.partitions {
+                    let pc = client
+                        .partition_client(
+                            topic,
+                            p,
+                            rskafka::client::partition::UnknownTopicHandling::Error,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut next = 0i64;
+                    loop {
+                        let (recs, hw) = pc
+                            .fetch_records(next, 1..4_000_000, 100)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        for r in &recs {
+                            let h = |n: &str| {
+                                String::from_utf8_lossy(&r.record.headers[n]).into_owned()
+                            };
+                            out.entry(p as u32).or_default().push((
+                                h("brook.partition").parse().expect("partition"),
+                                h("brook.offset").parse().expect("offset"),
+                                String::from_utf8_lossy(r.record.value.as_deref().unwrap_or(&[]))
+                                    .into_owned(),
+                            ));
+                            next = r.offset + 1;
+                        }
+                        if recs.is_empty() || next >= hw {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let r = tokio::time::timeout(Duration::from_secs(20), read).await;
+            let distinct: std::collections::HashSet<(u32, u64)> =
+                out.values().flatten().map(|(p, o, _)| (*p, *o)).collect();
+            if matches!(r, Ok(Ok(()))) && distinct.len() >= want {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} records in the Kafka upstream ({r:?})",
+                distinct.len()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// Writes the mirror config for a Kafka upstream: topics named `{node}.{topic}`, gzip.
+fn kafka_mirror_config(dir: &Path, upstream: &str) -> std::path::PathBuf {
+    let cfg = mirror_config(dir, "kafka", upstream);
+    let text = std::fs::read_to_string(&cfg).expect("config")
+        + "topic_template = \"{node}.{topic}\"\ncompression = \"gzip\"\n";
+    std::fs::write(&cfg, text).expect("config");
+    cfg
+}
+
+fn create_telemetry(rt: &tokio::runtime::Runtime, native: &str) {
+    rt.block_on(async {
+        let c = Client::connect(native, "t").await.expect("connect");
+        c.create_topic(
+            "telemetry",
+            brook::proto::TopicSettings {
+                partitions: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    });
+}
+
+/// Brook to a Kafka cluster (tansu): 10,000 records produced while it is down all arrive once
+/// it starts (the topic is created there, named by the template), in order. Crashes and
+/// restarts are tested against a Kafka-API Brook below: tansu 0.6.0 stops serving partition 0
+/// from offset 0 after it restarts or after the mirror reconnects mid-stream (its watermark
+/// says 6,130 records, a fetch from 0 returns none), which would test tansu, not the mirror.
+#[test]
+fn kafka_upstream_tansu_gets_everything_after_an_outage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let up_addr = free_addr();
+    let cfg = kafka_mirror_config(dir.path(), &up_addr);
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    create_telemetry(&rt, &laddrs.native);
+    produce(&rt, &laddrs.native, "telemetry", 0, 10_000);
+    let mut up = start_tansu(&dir.path().join("tansu"), &up_addr);
+    let dups = check_complete(
+        &kafka_records(&rt, &up_addr, "gw1.telemetry", 10_000),
+        10_000,
+    );
+    assert_eq!(dups, 0, "no failure, so no re-sends");
+    kill_9(&mut local);
+    kill_9(&mut up);
+}
+
+/// Brook to a Kafka-API upstream (another Brook's Kafka listener, read back with rskafka):
+/// records produced while it is down arrive once it starts; the upstream killed (`kill -9`) and
+/// restarted mid-drain, and the local Brook killed mid-drain, lose nothing and keep order.
+#[test]
+fn kafka_upstream_across_outage_upstream_crash_and_local_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let up_addr = free_addr();
+    let cfg = kafka_mirror_config(dir.path(), &up_addr);
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    create_telemetry(&rt, &laddrs.native);
+    let kafka_upstream = |data: &Path| {
+        let mut c = common::brook();
+        c.args(["serve", "--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args(["--mqtt", "127.0.0.1:0", "--kafka", &up_addr, "--data-dir"])
+            .arg(data)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let child = c.spawn().expect("upstream brook");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(&up_addr).is_err() {
+            assert!(Instant::now() < deadline, "upstream did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child
+    };
+    produce(&rt, &laddrs.native, "telemetry", 0, 5_000);
+    let mut up = kafka_upstream(&dir.path().join("up"));
+    check_complete(&kafka_records(&rt, &up_addr, "gw1.telemetry", 5_000), 5_000);
+
+    produce(&rt, &laddrs.native, "telemetry", 5_000, 20_000);
+    kill_9(&mut up);
+    let mut up = kafka_upstream(&dir.path().join("up"));
+    check_complete(
+        &kafka_records(&rt, &up_addr, "gw1.telemetry", 25_000),
+        25_000,
+    );
+
+    produce(&rt, &laddrs.native, "telemetry", 25_000, 20_000);
+    kill_9(&mut local);
+    let (mut local, _) = common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    let dups = check_complete(
+        &kafka_records(&rt, &up_addr, "gw1.telemetry", 45_000),
+        45_000,
+    );
+    assert!(dups < 20_000, "{dups} duplicates");
+    kill_9(&mut local);
+    kill_9(&mut up);
+}
+
+/// Mosquitto on `port` with its persistence in `dir` (stopped with SIGTERM, so it saves).
+fn start_mosquitto(dir: &Path, port: u16) -> Child {
+    std::fs::create_dir_all(dir).expect("dir");
+    // Started as root, Mosquitto drops to its own user: let it write its database here.
+    let mut perms = std::fs::metadata(dir).expect("dir").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir, perms).expect("chmod");
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+            dir.display()
+        ),
+    )
+    .expect("conf");
+    let child = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto (apt-get install mosquitto)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+fn stop(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+}
+
+type Received = std::sync::Arc<std::sync::Mutex<BTreeMap<u32, Vec<(u32, u64, String)>>>>;
+
+/// Brook to an MQTT broker (Mosquitto): each record one QoS 1 PUBLISH to
+/// `site/{node}/{key}` with the origin headers as MQTT 5 user properties. Records produced while
+/// Mosquitto is down arrive after it starts; Mosquitto stopped and restarted mid-drain and a
+/// `kill -9` of the local Brook mid-drain lose nothing; order per partition holds.
+#[test]
+fn mqtt_upstream_gets_everything_across_outages_and_kill_9() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let up_addr = free_addr();
+    let port: u16 = up_addr
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("port");
+    let mut up = start_mosquitto(&dir.path().join("mosq"), port);
+
+    // A persistent subscriber: Mosquitto keeps its messages while it is away.
+    let got: Received = Default::default();
+    let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+    {
+        let got = std::sync::Arc::clone(&got);
+        rt.spawn(async move {
+            let mut o = rumqttc::v5::MqttOptions::new("checker", "127.0.0.1", port);
+            o.set_clean_start(false);
+            o.set_session_expiry_interval(Some(3600));
+            o.set_keep_alive(Duration::from_secs(5));
+            let (client, mut el) = rumqttc::v5::AsyncClient::new(o, 100);
+            client
+                .subscribe("site/#", QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            loop {
+                match el.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(rumqttc::v5::Event::Incoming(Packet::Publish(p))) => {
+                        assert!(p.topic.starts_with(b"site/gw1/k"), "{:?}", p.topic);
+                        let props = p.properties.expect("user properties");
+                        let h = |n: &str| {
+                            props
+                                .user_properties
+                                .iter()
+                                .find(|(k, _)| k == n)
+                                .map(|(_, v)| v.clone())
+                                .expect("origin property")
+                        };
+                        let part: u32 = h("brook.partition").parse().expect("partition");
+                        got.lock().expect("lock").entry(part).or_default().push((
+                            part,
+                            h("brook.offset").parse().expect("offset"),
+                            String::from_utf8_lossy(&p.payload).into_owned(),
+                        ));
+                    }
+                    Ok(_) => {}
+                    // Mosquitto restarting: rumqttc reconnects on the next poll.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+    }
+    subscribed_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("subscribed");
+    stop(&mut up);
+
+    let cfg = mirror_config(dir.path(), "mqtt", &up_addr);
+    let text =
+        std::fs::read_to_string(&cfg).expect("config") + "topic_template = \"site/{node}/{key}\"\n";
+    std::fs::write(&cfg, text).expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    rt.block_on(async {
+        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+        c.create_topic(
+            "telemetry",
+            brook::proto::TopicSettings {
+                partitions: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    });
+    let wait_for = |want: usize| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let g = got.lock().expect("lock").clone();
+            let distinct: std::collections::HashSet<(u32, u64)> =
+                g.values().flatten().map(|(p, o, _)| (*p, *o)).collect();
+            if distinct.len() >= want {
+                return g;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} records through Mosquitto",
+                distinct.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    produce(&rt, &laddrs.native, "telemetry", 0, 3_000);
+    let mut up = start_mosquitto(&dir.path().join("mosq"), port);
+    check_complete(&wait_for(3_000), 3_000);
+
+    produce(&rt, &laddrs.native, "telemetry", 3_000, 3_000);
+    stop(&mut up);
+    let mut up = start_mosquitto(&dir.path().join("mosq"), port);
+    check_complete(&wait_for(6_000), 6_000);
+
+    produce(&rt, &laddrs.native, "telemetry", 6_000, 3_000);
+    kill_9(&mut local);
+    let (mut local, _) = common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    let dups = check_complete(&wait_for(9_000), 9_000);
+    assert!(dups < 3_000, "{dups} duplicates");
+    kill_9(&mut local);
+    stop(&mut up);
+}
+
+/// Retention meets mirroring, upstream down: a `reject` topic keeps every segment not yet
+/// mirrored even past its retention time (a control topic that is not mirrored expires), and
+/// everything arrives once the upstream starts; a `drop_oldest` topic over its size bound loses
+/// its oldest records, and the mirror's drop counter says exactly how many.
+#[test]
+fn retention_keeps_unmirrored_reject_records_and_counts_drop_oldest_losses() {
+    use brook::proto::{OffsetSpec, TopicSettings};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let up_addr = free_addr();
+    let cfg = dir.path().join("brook.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[log]\nflush_interval = \"100ms\"\nmin_free = 0\n\n[[mirror]]\nname = \"up\"\nkind = \"brook\"\nupstream = [\"{up_addr}\"]\ntopics = [\"keep\", \"ring\"]\ncursor_flush = \"100ms\"\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"\n"
+        ),
+    )
+    .expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    let segment = 64 * 1024;
+    rt.block_on(async {
+        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+        for (name, reject, bytes) in [
+            ("keep", true, None),
+            ("control", true, None),
+            ("ring", false, Some(3 * segment)),
+        ] {
+            c.create_topic(
+                name,
+                TopicSettings {
+                    partitions: Some(1),
+                    retention_ms: if reject { Some(1_000) } else { None },
+                    retention_bytes: bytes,
+                    segment_bytes: Some(segment),
+                    reject_when_full: Some(reject),
+                },
+            )
+            .await
+            .expect("create");
+        }
+    });
+    produce(&rt, &laddrs.native, "keep", 0, 3_000);
+    produce(&rt, &laddrs.native, "control", 0, 3_000);
+    produce(&rt, &laddrs.native, "ring", 0, 8_000);
+    let earliest = |topic: &str| {
+        rt.block_on(async {
+            let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+            c.list_offsets(topic, 0, OffsetSpec::Earliest)
+                .await
+                .expect("offsets")
+                .0
+        })
+    };
+    // The control topic's old segments expire; the mirrored one's stay.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while earliest("control") == 0 {
+        assert!(Instant::now() < deadline, "control topic never expired");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        earliest("keep"),
+        0,
+        "unmirrored records of a reject topic were deleted"
+    );
+    let lost = earliest("ring");
+    assert!(
+        lost > 0,
+        "the ring topic should have dropped its oldest records"
+    );
+
+    let (mut up, _) = common::serve_with(&dir.path().join("up"), None, &up_addr);
+    let keep = upstream_records(&rt, &up_addr, "keep", 1, 3_000);
+    check_complete(&keep, 3_000);
+    let ring = upstream_records(&rt, &up_addr, "ring", 1, (8_000 - lost) as usize);
+    let offsets: Vec<u64> = ring[&0].iter().map(|(_, o, _)| *o).collect();
+    assert_eq!(
+        offsets.first(),
+        Some(&lost),
+        "the ring starts where retention left it"
+    );
+    // The status counts exactly the records lost before mirroring.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = common::brook()
+            .args(["mirror", "status", "--http", &laddrs.http, "--json"])
+            .output()
+            .expect("brook mirror status");
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+        let ring_row = rows.iter().find(|r| r["topic"] == "ring");
+        if let Some(r) = ring_row {
+            if r["backlog_records"] == 0 && r["state"] == "connected" {
+                assert_eq!(r["dropped_records"], lost, "{r}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    kill_9(&mut local);
+    kill_9(&mut up);
+}
