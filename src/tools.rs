@@ -316,19 +316,42 @@ pub async fn mirror_status(http: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<12} {:<20} {:>4} {:<12} {:>10} {:>12} {:>10}  last error",
-        "mirror", "topic", "part", "state", "backlog", "sent", "dropped"
+        "{:<12} {:<20} {:>4} {:<12} {:>10} {:>10} {:>8} {:>9} {:>8} {:>12} {:>8}  last error",
+        "mirror",
+        "topic",
+        "part",
+        "state",
+        "backlog",
+        "bytes",
+        "oldest",
+        "rate/s",
+        "eta",
+        "sent",
+        "dropped"
     );
     for r in rows {
         let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
         let n = |k: &str| r[k].as_u64().unwrap_or(0);
+        let eta = r["eta_secs"].as_f64().map_or("-".to_string(), |e| {
+            format!(
+                "{}",
+                crate::units::HumanDuration(std::time::Duration::from_secs_f64(e.round()))
+            )
+        });
         println!(
-            "{:<12} {:<20} {:>4} {:<12} {:>10} {:>12} {:>10}  {}",
+            "{:<12} {:<20} {:>4} {:<12} {:>10} {:>10} {:>8} {:>9.0} {:>8} {:>12} {:>8}  {}",
             s("mirror"),
             s("topic"),
             n("partition"),
             s("state"),
             n("backlog_records"),
+            crate::units::ByteSize(n("backlog_bytes")).to_string(),
+            crate::units::HumanDuration(std::time::Duration::from_secs(
+                n("oldest_unsent_age_ms") / 1000
+            ))
+            .to_string(),
+            r["drain_records_per_sec"].as_f64().unwrap_or(0.0),
+            eta,
             n("sent_records"),
             n("dropped_records"),
             s("last_error")

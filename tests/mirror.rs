@@ -234,9 +234,6 @@ fn brook_upstream_gets_everything_across_outages_and_kill_9() {
 }
 
 /// The tansu binary: `BROOK_TANSU`, else the CI cache (`tests/peers.sh` installs it there).
-/// Unused while the tansu test is out: tansu 0.6.0 stops serving partition 0 after a client
-/// reconnects mid-stream, which made it fail in CI (see the closing note of 2026-11-22).
-#[allow(dead_code)]
 fn tansu() -> std::path::PathBuf {
     let path = std::env::var_os("BROOK_TANSU")
         .map(std::path::PathBuf::from)
@@ -256,8 +253,12 @@ fn tansu() -> std::path::PathBuf {
     path
 }
 
-#[allow(dead_code)]
 /// Starts tansu on `addr` with its SQLite store in `dir`, and waits until it accepts.
+///
+/// tansu 0.6.0 keeps record headers in a SQLite table with no index, so every fetched record
+/// scans all headers ever stored: a fetch of a few thousand records with the four origin
+/// headers takes minutes and clients time out. The index it lacks is added here (to the peer's
+/// database, through Python's sqlite3; tansu itself is unchanged).
 fn start_tansu(dir: &Path, addr: &str) -> Child {
     std::fs::create_dir_all(dir).expect("tansu dir");
     let url = format!("tcp://{addr}");
@@ -281,6 +282,18 @@ fn start_tansu(dir: &Path, addr: &str) -> Child {
         assert!(Instant::now() < deadline, "tansu did not start on {addr}");
         std::thread::sleep(Duration::from_millis(50));
     }
+    let python = std::env::var("BROOK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let indexed = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30); \
+             c.execute('create index if not exists brook_test_header on header (topition, offset_id)'); \
+             c.commit()",
+        )
+        .arg(dir.join("tansu.db"))
+        .status()
+        .expect("python for tansu's index (run tests/run.sh)");
+    assert!(indexed.success(), "indexing tansu's header table failed");
     child
 }
 
@@ -379,23 +392,61 @@ fn create_telemetry(rt: &tokio::runtime::Runtime, native: &str) {
     });
 }
 
-/// Brook to a Kafka-API upstream (another Brook's Kafka listener, read back with rskafka):
-/// records produced while it is down arrive once it starts; the upstream killed (`kill -9`) and
-/// restarted mid-drain, and the local Brook killed mid-drain, lose nothing and keep order.
+/// Brook to a Kafka cluster: records produced while it is down arrive once it starts (the
+/// topic is created there, named by the template); the upstream killed (`kill -9`) and
+/// restarted mid-drain, and the local Brook killed mid-drain, lose nothing and keep order;
+/// duplicates are only re-sends after the local crash.
+fn kafka_upstream_scenario(dir: &Path, up_addr: &str, start_upstream: impl Fn() -> Child) {
+    let rt = runtime();
+    let cfg = kafka_mirror_config(dir, up_addr);
+    let (mut local, laddrs) = common::serve_with(&dir.join("local"), Some(&cfg), "127.0.0.1:0");
+    create_telemetry(&rt, &laddrs.native);
+    produce(&rt, &laddrs.native, "telemetry", 0, 5_000);
+    let mut up = start_upstream();
+    let dups = check_complete(&kafka_records(&rt, up_addr, "gw1.telemetry", 5_000), 5_000);
+    assert_eq!(dups, 0, "no failure yet, so no re-sends");
+
+    produce(&rt, &laddrs.native, "telemetry", 5_000, 20_000);
+    kill_9(&mut up);
+    let mut up = start_upstream();
+    check_complete(
+        &kafka_records(&rt, up_addr, "gw1.telemetry", 25_000),
+        25_000,
+    );
+
+    produce(&rt, &laddrs.native, "telemetry", 25_000, 20_000);
+    kill_9(&mut local);
+    let (mut local, _) = common::serve_with(&dir.join("local"), Some(&cfg), "127.0.0.1:0");
+    let dups = check_complete(
+        &kafka_records(&rt, up_addr, "gw1.telemetry", 45_000),
+        45_000,
+    );
+    assert!(dups < 20_000, "{dups} duplicates");
+    kill_9(&mut local);
+    kill_9(&mut up);
+}
+
+/// The Kafka scenario against tansu (a Kafka-API broker in Rust, SQLite storage), read back
+/// with rskafka.
+#[test]
+fn kafka_upstream_tansu_across_outage_upstream_crash_and_local_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let up_addr = free_addr();
+    let tansu_dir = dir.path().join("tansu");
+    kafka_upstream_scenario(dir.path(), &up_addr, || start_tansu(&tansu_dir, &up_addr));
+}
+
+/// The Kafka scenario against another Brook's Kafka listener.
 #[test]
 fn kafka_upstream_across_outage_upstream_crash_and_local_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime();
     let up_addr = free_addr();
-    let cfg = kafka_mirror_config(dir.path(), &up_addr);
-    let (mut local, laddrs) =
-        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    create_telemetry(&rt, &laddrs.native);
-    let kafka_upstream = |data: &Path| {
+    let data = dir.path().join("up");
+    kafka_upstream_scenario(dir.path(), &up_addr, || {
         let mut c = common::brook();
         c.args(["serve", "--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
             .args(["--mqtt", "127.0.0.1:0", "--kafka", &up_addr, "--data-dir"])
-            .arg(data)
+            .arg(&data)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         let child = c.spawn().expect("upstream brook");
@@ -405,29 +456,7 @@ fn kafka_upstream_across_outage_upstream_crash_and_local_kill_9() {
             std::thread::sleep(Duration::from_millis(50));
         }
         child
-    };
-    produce(&rt, &laddrs.native, "telemetry", 0, 5_000);
-    let mut up = kafka_upstream(&dir.path().join("up"));
-    check_complete(&kafka_records(&rt, &up_addr, "gw1.telemetry", 5_000), 5_000);
-
-    produce(&rt, &laddrs.native, "telemetry", 5_000, 20_000);
-    kill_9(&mut up);
-    let mut up = kafka_upstream(&dir.path().join("up"));
-    check_complete(
-        &kafka_records(&rt, &up_addr, "gw1.telemetry", 25_000),
-        25_000,
-    );
-
-    produce(&rt, &laddrs.native, "telemetry", 25_000, 20_000);
-    kill_9(&mut local);
-    let (mut local, _) = common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    let dups = check_complete(
-        &kafka_records(&rt, &up_addr, "gw1.telemetry", 45_000),
-        45_000,
-    );
-    assert!(dups < 20_000, "{dups} duplicates");
-    kill_9(&mut local);
-    kill_9(&mut up);
+    });
 }
 
 /// Mosquitto on `port` with its persistence in `dir` (stopped with SIGTERM, so it saves).
@@ -695,6 +724,104 @@ fn retention_keeps_unmirrored_reject_records_and_counts_drop_oldest_losses() {
         assert!(Instant::now() < deadline, "{rows:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    kill_9(&mut local);
+    kill_9(&mut up);
+}
+
+/// Sent bytes per topic and a snapshot time, from the local Brook's `/api/mirrors`.
+fn sent_bytes_by_topic(
+    rt: &tokio::runtime::Runtime,
+    http: &str,
+) -> (Instant, BTreeMap<String, u64>) {
+    let body = rt
+        .block_on(brook::tools::http_get(http, "/api/mirrors"))
+        .expect("/api/mirrors");
+    let at = Instant::now();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+    let mut out = BTreeMap::new();
+    for r in rows {
+        *out.entry(r["topic"].as_str().expect("topic").to_string())
+            .or_default() += r["sent_bytes"].as_u64().expect("sent_bytes");
+    }
+    (at, out)
+}
+
+/// A backlog on two topics drains at the mirror's bandwidth limit (within 10 %), shared 3:1
+/// between `alarms` (priority 3, one partition) and `telemetry` (priority 1, three partitions);
+/// once alarms is drained telemetry gets the whole limit, and everything arrives.
+#[test]
+fn bandwidth_limit_holds_and_priorities_share_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let up_addr = free_addr();
+    let limit = 400 * 1024u64;
+    let cfg = dir.path().join("brook.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[log]\nflush_interval = \"100ms\"\nmin_free = 0\n\n[[mirror]]\nname = \"up\"\nkind = \"brook\"\nupstream = [\"{up_addr}\"]\ntopics = [\"alarms\", \"telemetry\"]\nnode = \"gw1\"\nbatch_records = 50\nbandwidth_limit = \"400KiB\"\npriority = {{ alarms = 3 }}\n"
+        ),
+    )
+    .expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    rt.block_on(async {
+        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+        for (t, n) in [("alarms", 1), ("telemetry", 3)] {
+            c.create_topic(
+                t,
+                brook::proto::TopicSettings {
+                    partitions: Some(n),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("create");
+        }
+    });
+    // About 1.6 MB of alarms and 3.3 MB of telemetry wait for the upstream.
+    produce(&rt, &laddrs.native, "alarms", 0, 10_000);
+    produce(&rt, &laddrs.native, "telemetry", 0, 20_000);
+    let (mut up, _) = common::serve_with(&dir.path().join("up"), None, &up_addr);
+
+    // Measure over three seconds once both topics are moving.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (t1, first) = loop {
+        let (at, s) = sent_bytes_by_topic(&rt, &laddrs.http);
+        if s.values().filter(|b| **b > 0).count() == 2 {
+            break (at, s);
+        }
+        assert!(Instant::now() < deadline, "the mirror did not start: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let (t2, second) = sent_bytes_by_topic(&rt, &laddrs.http);
+    let secs = (t2 - t1).as_secs_f64();
+    let alarms = (second["alarms"] - first["alarms"]) as f64;
+    let telemetry = (second["telemetry"] - first["telemetry"]) as f64;
+    let rate = (alarms + telemetry) / secs;
+    assert!(
+        (rate / limit as f64 - 1.0).abs() <= 0.10,
+        "{rate:.0} B/s against a limit of {limit} B/s"
+    );
+    assert!(
+        (alarms / telemetry / 3.0 - 1.0).abs() <= 0.10,
+        "alarms {alarms} B, telemetry {telemetry} B: not 3:1"
+    );
+
+    // Alarms drained, telemetry alone gets the whole limit.
+    let got = upstream_records(&rt, &up_addr, "alarms", 1, 10_000);
+    check_complete(&got, 10_000);
+    let (t1, first) = sent_bytes_by_topic(&rt, &laddrs.http);
+    std::thread::sleep(Duration::from_secs(2));
+    let (t2, second) = sent_bytes_by_topic(&rt, &laddrs.http);
+    let rate = (second["telemetry"] - first["telemetry"]) as f64 / (t2 - t1).as_secs_f64();
+    assert!(
+        (rate / limit as f64 - 1.0).abs() <= 0.10,
+        "telemetry alone: {rate:.0} B/s against a limit of {limit} B/s"
+    );
+    let got = upstream_records(&rt, &up_addr, "telemetry", 3, 20_000);
+    check_complete(&got, 20_000);
     kill_9(&mut local);
     kill_9(&mut up);
 }

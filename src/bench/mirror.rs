@@ -5,8 +5,8 @@
 //! restarted with a `[[mirror]]` to `--upstream` (`--kind kafka`, `mqtt` or `brook`) and the
 //! clock runs from the restart until `/api/mirrors` shows every record acknowledged upstream.
 //! For a Kafka upstream the same run then writes the same records straight to the same cluster
-//! with a plain rskafka producer: the same batch size, one batch in flight per partition, all
-//! partitions at once (`direct_records_per_sec`).
+//! with a plain rskafka producer: the same records with the same origin headers, the same batch
+//! size, one batch in flight per partition, all partitions at once (`direct_records_per_sec`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -144,7 +144,7 @@ impl MirrorBench {
         std::fs::write(
             &config,
             format!(
-                "[[mirror]]\nname = \"bench\"\nkind = \"{}\"\nupstream = [\"{}\"]\ntopics = [\"bench\"]\ntopic_template = \"{template}\"\nbatch_records = {}\n",
+                "[[mirror]]\nname = \"bench\"\nkind = \"{}\"\nupstream = [\"{}\"]\ntopics = [\"bench\"]\nnode = \"bench\"\ntopic_template = \"{template}\"\nbatch_records = {}\n",
                 self.kind, self.upstream, self.batch
             ),
         )?;
@@ -206,15 +206,27 @@ impl MirrorBench {
             .controller_client()?
             .create_topic(topic, self.partitions as i32, 1, 10_000)
             .await?;
-        // The same records, placed as the local producer placed them.
+        // The same records as the mirror sends: placed as the local producer placed them, with
+        // the same four origin headers (an upstream that stores headers pays for them in both).
         let mut per: Vec<Vec<rskafka::record::Record>> = vec![Vec::new(); self.partitions as usize];
         for i in 0..self.records {
             let r = record(i, self.record_size);
             let key = r.key.clone().unwrap_or_default();
-            per[partition_for_key(&key, self.partitions) as usize].push(rskafka::record::Record {
+            let p = partition_for_key(&key, self.partitions);
+            let offset = per[p as usize].len();
+            let headers = [
+                ("brook.node", "bench".to_string()),
+                ("brook.topic", "bench".to_string()),
+                ("brook.partition", p.to_string()),
+                ("brook.offset", offset.to_string()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_bytes()))
+            .collect();
+            per[p as usize].push(rskafka::record::Record {
                 key: r.key,
                 value: Some(r.value),
-                headers: Default::default(),
+                headers,
                 timestamp: rskafka::chrono::DateTime::from_timestamp_millis(r.timestamp)
                     .unwrap_or_default(),
             });

@@ -21,14 +21,19 @@
 //! (`dropped_records`) and logged; a partition without a cursor is owed everything from
 //! offset 0, so a mirror added to a topic with history counts what retention already removed.
 //!
-//! Not yet (issue 5 continues): `direction = "in"`, priorities and the bandwidth limit.
+//! Bandwidth: a mirror's `bandwidth_limit` (bytes per second) is shared between its topics in
+//! proportion to their `priority` ([`shaper`]), so alarms drain first and telemetry still moves.
+//!
+//! Not yet (issue 5 continues): `direction = "in"`.
 
 pub mod cursor;
+pub mod shaper;
 pub mod sink;
+pub mod status;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -36,9 +41,12 @@ use tokio::sync::watch;
 
 use crate::broker::Broker;
 use crate::log::{Header, Record, Visibility};
+use crate::units::ByteSize;
 use crate::units::HumanDuration;
 use cursor::{CursorKey, Cursors};
+use shaper::Shaper;
 use sink::{BrookSink, KafkaSink, MqttSink, Sink};
+pub use status::{MirrorStatus, PartitionState, StatusRow};
 
 /// One `[[mirror]]` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +76,12 @@ pub struct MirrorConfig {
     pub cursor_flush: HumanDuration,
     pub backoff_min: HumanDuration,
     pub backoff_max: HumanDuration,
+    /// Bytes per second for the whole mirror (record key, value and headers, before
+    /// compression); `0` or `"none"`: as fast as the upstream takes them.
+    pub bandwidth_limit: ByteSize,
+    /// Share of the bandwidth limit per topic name or pattern (1 to 1000; unlisted topics: 1).
+    /// The longest matching pattern wins. Topics with backlog split the limit in proportion.
+    pub priority: BTreeMap<String, u32>,
 }
 
 impl Default for MirrorConfig {
@@ -86,6 +100,8 @@ impl Default for MirrorConfig {
             cursor_flush: HumanDuration::secs(1),
             backoff_min: HumanDuration::millis(200),
             backoff_max: HumanDuration::secs(30),
+            bandwidth_limit: ByteSize(0),
+            priority: BTreeMap::new(),
         }
     }
 }
@@ -158,11 +174,40 @@ impl MirrorConfig {
         if self.backoff_max.0 < self.backoff_min.0 {
             return Err(format!("{at}.backoff_max is below backoff_min"));
         }
+        if self.bandwidth_limit.0 != 0 && self.bandwidth_limit.0 < 1024 {
+            return Err(format!(
+                "{at}.bandwidth_limit = {}: at least 1KiB per second (or \"none\")",
+                self.bandwidth_limit
+            ));
+        }
+        for (pattern, p) in &self.priority {
+            if !(1..=1000).contains(p) {
+                return Err(format!("{at}.priority.{pattern:?} = {p}: 1 to 1000"));
+            }
+            if !self
+                .topics
+                .iter()
+                .any(|t| glob(pattern, t) || glob(t, pattern))
+            {
+                return Err(format!(
+                    "{at}.priority.{pattern:?}: matches none of this mirror's topics"
+                ));
+            }
+        }
         Ok(())
     }
 
     fn matches(&self, topic: &str) -> bool {
         self.topics.iter().any(|p| glob(p, topic))
+    }
+
+    /// The topic's share of the bandwidth limit: its longest matching priority pattern, or 1.
+    pub fn priority_of(&self, topic: &str) -> u32 {
+        self.priority
+            .iter()
+            .filter(|(p, _)| glob(p, topic))
+            .max_by_key(|(p, _)| p.len())
+            .map_or(1, |(_, v)| *v)
     }
 }
 
@@ -199,100 +244,6 @@ fn hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "brook".into())
-}
-
-/// What one partition's task is doing.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct PartitionState {
-    /// `connected`, `backing_off` or `starting`.
-    pub state: String,
-    /// Next local offset to send.
-    pub cursor: u64,
-    /// Durable end of the local partition when last looked at.
-    pub end: u64,
-    pub sent_records: u64,
-    /// Records retention deleted before they were mirrored (drop_oldest).
-    pub dropped_records: u64,
-    pub last_error: Option<String>,
-    /// Unix ms of the last acknowledged batch.
-    pub last_success_ms: Option<i64>,
-}
-
-/// Status of every mirror, for `/api/mirrors`, metrics and `brook mirror status`.
-#[derive(Debug, Default)]
-pub struct MirrorStatus {
-    parts: Mutex<BTreeMap<CursorKey, PartitionState>>,
-    pub sent_total: AtomicU64,
-}
-
-/// One row of the status.
-#[derive(Clone, Debug, Serialize)]
-pub struct StatusRow {
-    pub mirror: String,
-    pub topic: String,
-    pub partition: u32,
-    #[serde(flatten)]
-    pub state: PartitionState,
-    pub backlog_records: u64,
-}
-
-impl MirrorStatus {
-    fn update(&self, k: &CursorKey, f: impl FnOnce(&mut PartitionState)) {
-        let mut g = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        f(g.entry(k.clone()).or_default());
-    }
-
-    pub fn rows(&self) -> Vec<StatusRow> {
-        self.parts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|((m, t, p), s)| StatusRow {
-                mirror: m.clone(),
-                topic: t.clone(),
-                partition: *p,
-                state: s.clone(),
-                backlog_records: s.end.saturating_sub(s.cursor),
-            })
-            .collect()
-    }
-
-    /// Prometheus text lines.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let rows = self.rows();
-        for (name, kind, help) in [
-            (
-                "brook_mirror_backlog_records",
-                "gauge",
-                "Durable records not yet acknowledged upstream.",
-            ),
-            (
-                "brook_mirror_sent_records_total",
-                "counter",
-                "Records acknowledged upstream.",
-            ),
-            (
-                "brook_mirror_connected",
-                "gauge",
-                "1 while the partition's last send succeeded.",
-            ),
-        ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for r in &rows {
-                let v = match name {
-                    "brook_mirror_backlog_records" => r.backlog_records,
-                    "brook_mirror_sent_records_total" => r.state.sent_records,
-                    _ => u64::from(r.state.state == "connected"),
-                };
-                let _ = writeln!(
-                    out,
-                    "{name}{{mirror=\"{}\",topic=\"{}\",partition=\"{}\"}} {v}",
-                    r.mirror, r.topic, r.partition
-                );
-            }
-        }
-    }
 }
 
 /// The running mirrors.
@@ -415,6 +366,7 @@ async fn run_mirror(
     });
     let mut running: std::collections::HashSet<String> = Default::default();
     let mut parts = tokio::task::JoinSet::new();
+    let shaper = Shaper::new(cfg.bandwidth_limit.0);
     loop {
         for t in broker.topics() {
             let name = t.name().to_string();
@@ -431,6 +383,7 @@ async fn run_mirror(
                     p,
                     Arc::clone(&cursors),
                     Arc::clone(&status),
+                    shaper.clone(),
                     shutdown.clone(),
                 ));
             }
@@ -443,6 +396,12 @@ async fn run_mirror(
         }
     }
     while parts.join_next().await.is_some() {}
+}
+
+/// What a record weighs for the bandwidth limit and the status: key, value and header bytes.
+fn record_bytes(r: &Record) -> u64 {
+    let headers: usize = r.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    (r.key.as_ref().map_or(0, |k| k.len()) + r.value.len() + headers) as u64
 }
 
 fn now_ms() -> i64 {
@@ -483,8 +442,10 @@ async fn run_partition(
     partition: u32,
     cursors: Arc<Cursors>,
     status: Arc<MirrorStatus>,
+    shaper: Shaper,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let priority = cfg.priority_of(&topic);
     let key: CursorKey = (cfg.name.clone(), topic.clone(), partition);
     let upstream_topic = cfg
         .topic_template
@@ -563,10 +524,7 @@ async fn run_partition(
                 }
                 Err(_) => return,
             };
-            status.update(&key, |s| {
-                s.cursor = next;
-                s.end = r.high_watermark;
-            });
+            let before = pending.len();
             'batches: for b in r.batches() {
                 for rec in b.records() {
                     let Ok(rec) = rec else {
@@ -586,6 +544,13 @@ async fn run_partition(
                     offsets.push_back(rec.offset);
                 }
             }
+            let read_bytes: u64 = pending.iter().skip(before).map(record_bytes).sum();
+            status.update(&key, |s| {
+                s.cursor = next;
+                s.end = r.high_watermark;
+                s.read((pending.len() - before) as u64, read_bytes);
+                s.oldest_unsent_ms = pending.front().map(|r| r.timestamp);
+            });
             if pending.is_empty() {
                 // Nothing durable past the cursor: wait for the partition to grow (durability
                 // follows within a flush interval, hence the poll).
@@ -600,6 +565,18 @@ async fn run_partition(
         let n = pending.len().min(cfg.batch_records);
         let last = offsets[n - 1];
         let batch = &pending.make_contiguous()[..n];
+        let bytes: u64 = batch.iter().map(record_bytes).sum();
+        if shaper.is_limited() {
+            status.update(&key, |s| {
+                if s.state == "connected" {
+                    s.state = "throttled".into();
+                }
+            });
+            tokio::select! {
+                _ = shaper.acquire(&topic, priority, bytes) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
         let sent = tokio::select! {
             r = sink.send(&upstream_topic, partition, local_count, batch) => r,
             _ = shutdown.wait_for(|s| *s) => return,
@@ -615,8 +592,8 @@ async fn run_partition(
                     s.state = "connected".into();
                     s.cursor = next;
                     s.end = s.end.max(next);
-                    s.sent_records += n as u64;
-                    s.last_success_ms = Some(now_ms());
+                    s.sent(n as u64, bytes, now_ms());
+                    s.oldest_unsent_ms = pending.front().map(|r| r.timestamp);
                 });
                 backoff = cfg.backoff_min.0;
             }
