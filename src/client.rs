@@ -40,7 +40,9 @@ pub enum ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-type Pending = Arc<Mutex<HashMap<u32, oneshot::Sender<Vec<u8>>>>>;
+/// Answers awaited, by correlation id; `None` once the connection is gone (every waiter has
+/// failed, and a new request fails at once instead of waiting for an answer that cannot come).
+type Pending = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Vec<u8>>>>>>;
 
 /// One connection to a Brook server.
 pub struct Client {
@@ -146,7 +148,7 @@ impl Client {
             })?;
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
         let writer = tokio::spawn(async move {
             let mut buf = Vec::new();
@@ -176,8 +178,11 @@ impl Client {
                             let msg = msg.to_vec();
                             buf.drain(..total);
                             if let Ok(id) = id {
-                                let waiter =
-                                    p.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                                let waiter = p
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .as_mut()
+                                    .and_then(|m| m.remove(&id));
                                 if let Some(w) = waiter {
                                     let _ = w.send(msg);
                                 } else if id == 0 {
@@ -185,8 +190,9 @@ impl Client {
                                     let all: Vec<_> = p
                                         .lock()
                                         .unwrap_or_else(|e| e.into_inner())
-                                        .drain()
-                                        .collect();
+                                        .as_mut()
+                                        .map(|m| m.drain().collect())
+                                        .unwrap_or_default();
                                     for (_, w) in all {
                                         let _ = w.send(msg.clone());
                                     }
@@ -195,14 +201,14 @@ impl Client {
                         }
                         Err(proto::FrameError::Incomplete { .. }) => break,
                         Err(_) => {
-                            p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                            *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
                             return;
                         }
                     }
                 }
                 match rd.read(&mut chunk).await {
                     Ok(0) | Err(_) => {
-                        p.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         return;
                     }
                     Ok(n) => buf.extend_from_slice(&chunk[..n]),
@@ -248,10 +254,19 @@ impl Client {
             request: request.clone(),
         });
         let (tx, rx) = oneshot::channel();
-        self.pending
+        match self
+            .pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id, tx);
+            .as_mut()
+        {
+            Some(m) => m.insert(id, tx),
+            None => {
+                return Err(ClientError::Closed(
+                    "the server closed the connection".into(),
+                ));
+            }
+        };
         self.out
             .send(frame)
             .await

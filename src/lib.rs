@@ -42,6 +42,7 @@
 //! the stored frames back into Kafka batches. Kafka consumer groups run Kafka's own protocol
 //! ([`broker::kafka_groups`]) and commit into the same offsets store.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
 pub mod check;

@@ -2,12 +2,9 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use brook::bench::Report;
-use brook::bench::storage::StorageBench;
 use brook::config::{Config, DEFAULT_CONFIG};
 use brook::log::Durability;
 use brook::units::HumanDuration;
@@ -547,7 +544,26 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             print!("{}", report.render());
             Ok(ExitCode::from(report.exit_code() as u8))
         }
-        Command::Bench(BenchCommand::Storage(a)) => {
+        Command::Bench(cmd) => run_bench(cmd),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{DEFAULT_CONFIG}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(ConfigCommand::Check { file }) => {
+            Config::load(&file)?;
+            println!("{}: ok", file.display());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Runs a `brook bench` command.
+#[cfg(feature = "bench")]
+fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use brook::bench::Report;
+    use brook::bench::storage::StorageBench;
+    match cmd {
+        BenchCommand::Storage(a) => {
             let bench = StorageBench {
                 dir: a.dir,
                 records: a.records,
@@ -556,7 +572,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 producers: a.producers.unwrap_or(a.partitions),
                 durability: a.durability,
                 batch: a.batch,
-                fsync_delay: a.fsync_delay.map(|d| d.0).filter(|d| *d > Duration::ZERO),
+                fsync_delay: a.fsync_delay.map(|d| d.0).filter(|d| !d.is_zero()),
                 keep: a.keep,
                 reopen: a.reopen,
                 cold: a.cold,
@@ -565,7 +581,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             bench.run()?.print(a.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Native(a)) => {
+        BenchCommand::Native(a) => {
             let bench = brook::bench::native::NativeBench {
                 broker: a.broker,
                 dir: a.dir,
@@ -582,7 +598,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             report.print(a.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Mirror(a)) => {
+        BenchCommand::Mirror(a) => {
             let bench = brook::bench::mirror::MirrorBench {
                 kind: a.kind,
                 upstream: a.upstream,
@@ -595,7 +611,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             report.print(a.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::Mqtt(a)) => {
+        BenchCommand::Mqtt(a) => {
             let bench = brook::bench::mqtt::MqttBench {
                 target: a.target,
                 target_pid: a.target_pid,
@@ -610,7 +626,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             report.print(a.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench(BenchCommand::MqttFleet(a)) => {
+        BenchCommand::MqttFleet(a) => {
             let bench = brook::bench::mqtt::MqttFleet {
                 target: a.target,
                 target_pid: a.target_pid,
@@ -627,19 +643,17 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 ExitCode::from(1)
             })
         }
-        Command::Config(ConfigCommand::Default) => {
-            print!("{DEFAULT_CONFIG}");
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Config(ConfigCommand::Check { file }) => {
-            Config::load(&file)?;
-            println!("{}: ok", file.display());
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }
 
+/// This build leaves the benchmarks out (the ARM `dist` builds, to stay small).
+#[cfg(not(feature = "bench"))]
+fn run_bench(_cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    Err("this build leaves out the benchmarks: build with the cargo feature `bench` (on by default)".into())
+}
+
 /// Runs a benchmark's future on a multi-threaded runtime.
+#[cfg(feature = "bench")]
 fn block_on<T>(
     f: impl std::future::Future<Output = brook::bench::BenchResult<T>>,
 ) -> Result<T, Box<dyn std::error::Error>> {

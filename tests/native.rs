@@ -623,3 +623,22 @@ async fn a_long_poll_does_not_block_later_answers() {
     }
     server.stop().await.expect("stop");
 }
+
+/// A client whose server went away fails every request at once (before the fix, a request
+/// made after the connection closed waited forever for an answer that could not come).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_after_the_server_went_away_fail_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await.expect("start");
+    let c = client(&server).await;
+    c.list_topics().await.expect("list while up");
+    server.stop().await.expect("stop");
+    let failed = tokio::time::timeout(Duration::from_secs(20), async {
+        for _ in 0..3 {
+            let err = c.list_topics().await.expect_err("the server is gone");
+            assert!(matches!(err, ClientError::Closed(_)), "{err}");
+        }
+    })
+    .await;
+    assert!(failed.is_ok(), "a request hung on a closed connection");
+}

@@ -24,9 +24,10 @@
 //! Bandwidth: a mirror's `bandwidth_limit` (bytes per second) is shared between its topics in
 //! proportion to their `priority` ([`shaper`]), so alarms drain first and telemetry still moves.
 //!
-//! Not yet (issue 5 continues): `direction = "in"`.
+//! The other direction, `direction = "in"` (upstream topics into local ones), is [`inbound`].
 
 pub mod cursor;
+pub mod inbound;
 pub mod shaper;
 pub mod sink;
 pub mod status;
@@ -60,10 +61,11 @@ pub struct MirrorConfig {
     pub upstream: Vec<String>,
     /// Local topics to mirror: names, or patterns with `*` (any run of characters).
     pub topics: Vec<String>,
-    /// Only `out` (local to upstream) so far.
+    /// `out` (local topics sent upstream) or `in` (upstream topics brought into local ones).
     pub direction: String,
-    /// Upstream topic name; `{node}` and `{topic}` are replaced, and for MQTT `{key}` (the
-    /// record key), e.g. `site/{node}/{key}`.
+    /// Out: the upstream topic name; `{node}` and `{topic}` are replaced, and for MQTT `{key}`
+    /// (the record key), e.g. `site/{node}/{key}`. In: the local topic name (`{topic}` is the
+    /// upstream name; for MQTT one plain name, the MQTT topic becomes the record key).
     pub topic_template: String,
     /// This device's name in the origin headers and templates; empty: the host name.
     pub node: String,
@@ -123,7 +125,7 @@ impl MirrorConfig {
                 self.kind
             ));
         }
-        if self.topic_template.contains("{key}") && self.kind != "mqtt" {
+        if self.topic_template.contains("{key}") && self.kind != "mqtt" && self.direction == "out" {
             return Err(format!(
                 "{at}.topic_template: {{key}} is for kind = \"mqtt\" (one MQTT topic per record key)"
             ));
@@ -142,11 +144,27 @@ impl MirrorConfig {
         if self.topics.is_empty() {
             return Err(format!("{at}.topics: at least one topic name or pattern"));
         }
-        if self.direction != "out" {
+        if !matches!(self.direction.as_str(), "out" | "in") {
             return Err(format!(
-                "{at}.direction = {:?}: only \"out\" is implemented yet",
+                "{at}.direction = {:?}: \"out\" or \"in\"",
                 self.direction
             ));
+        }
+        if self.direction == "in" {
+            if self.kind == "mqtt" && self.topic_template.contains('{') {
+                return Err(format!(
+                    "{at}.topic_template = {:?}: an MQTT mirror in writes one local topic (e.g. \"commands\"; the MQTT topic becomes the record key)",
+                    self.topic_template
+                ));
+            }
+            if self.topic_template.contains("{key}") {
+                return Err(format!("{at}.topic_template: {{key}} is for mirrors out"));
+            }
+            if self.bandwidth_limit.0 != 0 || !self.priority.is_empty() {
+                return Err(format!(
+                    "{at}: bandwidth_limit and priority are for mirrors out"
+                ));
+            }
         }
         if !self.topic_template.contains("{topic}") && self.topics.len() > 1 {
             return Err(format!(
@@ -201,6 +219,11 @@ impl MirrorConfig {
         self.topics.iter().any(|p| glob(p, topic))
     }
 
+    /// Whether this mirror sends local `topic` upstream (so retention must wait for it).
+    fn sends(&self, topic: &str) -> bool {
+        self.direction == "out" && self.matches(topic)
+    }
+
     /// The topic's share of the bandwidth limit: its longest matching priority pattern, or 1.
     pub fn priority_of(&self, topic: &str) -> u32 {
         self.priority
@@ -237,6 +260,15 @@ pub fn validate(mirrors: &[MirrorConfig]) -> Result<(), String> {
     Ok(())
 }
 
+/// The mirror's node id: `node`, else the host name.
+fn node_of(cfg: &MirrorConfig) -> Arc<str> {
+    Arc::from(if cfg.node.is_empty() {
+        hostname()
+    } else {
+        cfg.node.clone()
+    })
+}
+
 /// The host name (the default node id).
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -264,7 +296,7 @@ impl Mirrors {
         let cursors = Arc::new(Cursors::default());
         // Until the first cursor flush says more, a mirrored `reject` topic keeps everything.
         for t in broker.topics() {
-            if configs.iter().any(|m| m.matches(t.name())) {
+            if configs.iter().any(|m| m.sends(t.name())) {
                 for p in t.partitions() {
                     p.set_keep_from(Some(0));
                 }
@@ -272,6 +304,22 @@ impl Mirrors {
         }
         let mut tasks = tokio::task::JoinSet::new();
         for cfg in configs {
+            if cfg.direction == "in" {
+                let node = node_of(&cfg);
+                let (b, c, st, sd) = (
+                    Arc::clone(&broker),
+                    Arc::clone(&cursors),
+                    Arc::clone(&status),
+                    shutdown.clone(),
+                );
+                let cfg = Arc::new(cfg);
+                if cfg.kind == "mqtt" {
+                    tasks.spawn(inbound::run_mqtt(b, cfg, node, st, sd));
+                } else {
+                    tasks.spawn(inbound::run_offsets(b, cfg, node, c, st, sd));
+                }
+                continue;
+            }
             tasks.spawn(run_mirror(
                 Arc::clone(&broker),
                 Arc::new(cfg),
@@ -332,7 +380,7 @@ async fn flush(broker: &Arc<Broker>, cursors: &Arc<Cursors>) {
                     .config()
                     .mirror
                     .iter()
-                    .filter(|m| m.matches(t.name()))
+                    .filter(|m| m.sends(t.name()))
                     .collect();
                 for (i, p) in t.partitions().iter().enumerate() {
                     let floor = covering
@@ -359,11 +407,7 @@ async fn run_mirror(
     status: Arc<MirrorStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let node: Arc<str> = Arc::from(if cfg.node.is_empty() {
-        hostname()
-    } else {
-        cfg.node.clone()
-    });
+    let node = node_of(&cfg);
     let mut running: std::collections::HashSet<String> = Default::default();
     let mut parts = tokio::task::JoinSet::new();
     let shaper = Shaper::new(cfg.bandwidth_limit.0);
@@ -642,8 +686,14 @@ mod tests {
         bad.upstream = vec!["nohost".into()];
         assert!(validate(&[bad]).unwrap_err().contains("upstream"));
         let mut bad = m.clone();
-        bad.direction = "in".into();
+        bad.direction = "sideways".into();
         assert!(validate(&[bad]).unwrap_err().contains("direction"));
+        let mut inward = m.clone();
+        inward.direction = "in".into();
+        validate(std::slice::from_ref(&inward)).expect("a Kafka mirror in");
+        inward.kind = "mqtt".into();
+        inward.topic_template = "{topic}".into();
+        assert!(validate(&[inward]).unwrap_err().contains("topic_template"));
         assert!(validate(&[m.clone(), m]).unwrap_err().contains("twice"));
     }
 }

@@ -43,7 +43,11 @@ fn place(record: &Record, local: u32, upstream_count: u32) -> u32 {
 }
 
 /// Groups records by upstream partition, keeping their order within each group.
-fn groups(records: &[Record], local: u32, upstream_count: u32) -> BTreeMap<u32, Vec<&Record>> {
+pub(super) fn groups(
+    records: &[Record],
+    local: u32,
+    upstream_count: u32,
+) -> BTreeMap<u32, Vec<&Record>> {
     let mut out: BTreeMap<u32, Vec<&Record>> = BTreeMap::new();
     for r in records {
         out.entry(place(r, local, upstream_count))

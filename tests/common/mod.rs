@@ -14,6 +14,8 @@ use brook::log::{
 };
 use brook::units::{ByteSize, HumanDuration};
 
+pub mod mirror;
+
 pub const T0: i64 = 1_780_000_000_000; // a wall clock in 2026
 
 /// A topic with 64 KiB segments, no retention, 4 KiB batches at most.

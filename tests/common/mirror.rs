@@ -1,0 +1,319 @@
+//! Helpers of the mirror tests (both directions): real upstreams started on loopback (another
+//! Brook, tansu, Mosquitto), producing and reading back with origin headers.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use brook::client::Client;
+
+pub fn kill_9(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// A loopback address nothing listens on yet (the upstream starts there later).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
+}
+
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Produces `n` records keyed `k{i % 10}`, 100-byte values `v{first + i}...`, durably, through the native
+/// protocol.
+pub fn produce(rt: &tokio::runtime::Runtime, addr: &str, topic: &str, first: u64, n: u64) {
+    rt.block_on(async {
+        let c = std::sync::Arc::new(Client::connect(addr, "test").await.expect("connect"));
+        let mut p = brook::client::Producer::new(c, topic, brook::proto::Acks::Durable)
+            .await
+            .expect("producer")
+            .batch_bytes(16 * 1024);
+        for i in first..first + n {
+            let r = brook::log::Record {
+                timestamp: 1_700_000_000_000 + i as i64,
+                key: Some(format!("k{}", i % 10).into_bytes()),
+                value: format!("v{i:08}{:>90}", "x").into_bytes(),
+                headers: Vec::new(),
+            };
+            p.send(None, &r).await.expect("send");
+        }
+        p.flush().await.expect("flush");
+    });
+}
+
+/// Origin (partition, offset) -> value of every record of a Brook topic, in its order per
+/// partition, waiting until `want` distinct origins are there. `origin` is the prefix of the
+/// origin headers: `brook.` for records mirrored out, `brook.upstream.` for records brought in.
+pub fn upstream_records(
+    rt: &tokio::runtime::Runtime,
+    origin: &str,
+    addr: &str,
+    topic: &str,
+    partitions: u32,
+    want: usize,
+) -> BTreeMap<u32, Vec<(u32, u64, String)>> {
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let mut out: BTreeMap<u32, Vec<(u32, u64, String)>> = BTreeMap::new();
+            if let Ok(c) = Client::connect(addr, "check").await {
+                for p in 0..partitions {
+                    let mut next = 0;
+                    loop {
+                        let Ok(f) = c.fetch(topic, p, next, 1 << 20, 1, Duration::ZERO).await
+                        else {
+                            break;
+                        };
+                        let recs = f.records(next).expect("records");
+                        if recs.is_empty() {
+                            break;
+                        }
+                        for (off, r) in recs {
+                            let h = |n: &str| {
+                                r.headers
+                                    .iter()
+                                    .find(|h| h.name == n)
+                                    .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                                    .expect("origin header")
+                            };
+                            out.entry(p).or_default().push((
+                                h(&format!("{origin}partition")).parse().expect("partition"),
+                                h(&format!("{origin}offset")).parse().expect("offset"),
+                                String::from_utf8_lossy(&r.value).into_owned(),
+                            ));
+                            next = off + 1;
+                        }
+                    }
+                }
+            }
+            let distinct: std::collections::HashSet<(u32, u64)> =
+                out.values().flatten().map(|(p, o, _)| (*p, *o)).collect();
+            if distinct.len() >= want {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} records upstream",
+                distinct.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Every origin record exactly covers 0..n per local partition, in order: a value seen again is
+/// a re-send of a run already sent; returns the number of duplicates.
+pub fn check_complete(got: &BTreeMap<u32, Vec<(u32, u64, String)>>, total: usize) -> usize {
+    let mut seen: BTreeMap<(u32, u64), String> = BTreeMap::new();
+    let mut dups = 0;
+    for (up, recs) in got {
+        let mut max: Option<u64> = None;
+        for (p, o, v) in recs {
+            assert_eq!(p, up, "a record kept its partition number");
+            if let Some(prev) = seen.insert((*p, *o), v.clone()) {
+                assert_eq!(&prev, v, "a re-send carries the same record");
+                dups += 1;
+                continue;
+            }
+            if let Some(m) = max {
+                assert!(*o > m, "partition {p}: origin offset {o} after {m}");
+            }
+            max = Some(*o);
+        }
+    }
+    assert_eq!(seen.len(), total, "every record arrived");
+    // Dense offsets from 0 in each local partition.
+    let mut by_p: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    for (p, o) in seen.keys() {
+        by_p.entry(*p).or_default().push(*o);
+    }
+    for (p, offs) in by_p {
+        assert_eq!(
+            offs,
+            (0..offs.len() as u64).collect::<Vec<_>>(),
+            "partition {p} has a gap"
+        );
+    }
+    dups
+}
+
+/// The tansu binary: `BROOK_TANSU`, else the CI cache (`tests/peers.sh` installs it there).
+pub fn tansu() -> std::path::PathBuf {
+    let path = std::env::var_os("BROOK_TANSU")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let cache = std::env::var_os("BROOK_CACHE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| {
+                    Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/brook-ci")
+                });
+            cache.join("tansu/bin/tansu")
+        });
+    assert!(
+        path.exists(),
+        "tansu is missing at {}: run tests/peers.sh (cargo install tansu --version 0.6.0 --features libsql into the cache)",
+        path.display()
+    );
+    path
+}
+
+/// Starts tansu on `addr` with its SQLite store in `dir`, and waits until it accepts.
+///
+/// tansu 0.6.0 keeps record headers in a SQLite table with no index, so every fetched record
+/// scans all headers ever stored: a fetch of a few thousand records with the four origin
+/// headers takes minutes and clients time out. The index it lacks is added here (to the peer's
+/// database, through Python's sqlite3; tansu itself is unchanged).
+pub fn start_tansu(dir: &Path, addr: &str) -> Child {
+    std::fs::create_dir_all(dir).expect("tansu dir");
+    let url = format!("tcp://{addr}");
+    // tansu reads the SQLite path relative to its working directory.
+    let child = std::process::Command::new(tansu())
+        .current_dir(dir)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn tansu");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let python = std::env::var("BROOK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let indexed = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], timeout=30); \
+             c.execute('create index if not exists brook_test_header on header (topition, offset_id)'); \
+             c.commit()",
+        )
+        .arg(dir.join("tansu.db"))
+        .status()
+        .expect("python for tansu's index (run tests/run.sh)");
+    assert!(indexed.success(), "indexing tansu's header table failed");
+    child
+}
+
+/// Reads every record of `topic` from a Kafka cluster with rskafka, waiting until `want`
+/// distinct origins are there.
+pub fn kafka_records(
+    rt: &tokio::runtime::Runtime,
+    origin: &str,
+    addr: &str,
+    topic: &str,
+    want: usize,
+) -> BTreeMap<u32, Vec<(u32, u64, String)>> {
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let mut out: BTreeMap<u32, Vec<(u32, u64, String)>> = BTreeMap::new();
+            let read = async {
+                let client = rskafka::client::ClientBuilder::new(vec![addr.to_string()])
+                    .build()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let topics = client.list_topics().await.map_err(|e| e.to_string())?;
+                let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
+                    return Ok::<_, String>(());
+                };
+                for p in t.partitions {
+                    let pc = client
+                        .partition_client(
+                            topic,
+                            p,
+                            rskafka::client::partition::UnknownTopicHandling::Error,
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let mut next = 0i64;
+                    loop {
+                        let (recs, hw) = pc
+                            .fetch_records(next, 1..4_000_000, 100)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        for r in &recs {
+                            let h = |n: &str| {
+                                String::from_utf8_lossy(&r.record.headers[n]).into_owned()
+                            };
+                            out.entry(p as u32).or_default().push((
+                                h(&format!("{origin}partition")).parse().expect("partition"),
+                                h(&format!("{origin}offset")).parse().expect("offset"),
+                                String::from_utf8_lossy(r.record.value.as_deref().unwrap_or(&[]))
+                                    .into_owned(),
+                            ));
+                            next = r.offset + 1;
+                        }
+                        if recs.is_empty() || next >= hw {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            };
+            let r = tokio::time::timeout(Duration::from_secs(20), read).await;
+            let distinct: std::collections::HashSet<(u32, u64)> =
+                out.values().flatten().map(|(p, o, _)| (*p, *o)).collect();
+            if matches!(r, Ok(Ok(()))) && distinct.len() >= want {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} records in the Kafka upstream ({r:?})",
+                distinct.len()
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+/// Mosquitto on `port` with its persistence in `dir` (stopped with SIGTERM, so it saves).
+pub fn start_mosquitto(dir: &Path, port: u16) -> Child {
+    std::fs::create_dir_all(dir).expect("dir");
+    // Started as root, Mosquitto drops to its own user: let it write its database here.
+    let mut perms = std::fs::metadata(dir).expect("dir").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
+    std::fs::set_permissions(dir, perms).expect("chmod");
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+            dir.display()
+        ),
+    )
+    .expect("conf");
+    let child = std::process::Command::new("mosquitto")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mosquitto (apt-get install mosquitto)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "mosquitto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+pub fn stop(child: &mut Child) {
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let _ = child.wait();
+}
