@@ -36,31 +36,19 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::cursor::{CursorKey, Cursors};
+use super::sink::{connect_brook, connect_kafka, timed};
 use super::status::MirrorStatus;
-use super::{MirrorConfig, jitter, load_cursor, now_ms, record_bytes};
+use super::{MirrorConfig, back_off, load_cursor, now_ms, record_bytes};
 use crate::broker::Broker;
 use crate::log::{BatchBuilder, Durability, Header, PartitionChoice, Record};
 use crate::proto::{OffsetSpec, TopicSettings};
 
-/// How long one upstream operation may take before it counts as failed.
-const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a fetch waits upstream for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// Bytes asked for per fetch.
 const FETCH_BYTES: u32 = 1 << 20;
 /// Bytes per local append (upstream batches may be larger than one append takes).
 const APPEND_BYTES: usize = 256 * 1024;
-
-async fn timed<T, E: std::fmt::Display>(
-    what: &str,
-    f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {OP_TIMEOUT:?}")),
-    }
-}
 
 /// What a fetch brought: records with their upstream offsets, and the upstream end.
 struct Fetched {
@@ -118,21 +106,7 @@ impl Source {
         if let Some(c) = client {
             return Ok(Arc::clone(c));
         }
-        let backoff = rskafka::BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            base: 2.0,
-            deadline: Some(Duration::from_secs(10)),
-        };
-        let c = timed(
-            "connect",
-            rskafka::client::ClientBuilder::new(upstream.to_vec())
-                .client_id("brook-mirror-in")
-                .backoff_config(backoff)
-                .build(),
-        )
-        .await?;
-        let c = Arc::new(c);
+        let c = Arc::new(connect_kafka(upstream, "brook-mirror-in").await?);
         *client = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -144,23 +118,9 @@ impl Source {
         if let Some(c) = client {
             return Ok(Arc::clone(c));
         }
-        let mut last = String::from("no upstream address");
-        for addr in upstream {
-            match timed(
-                "connect",
-                crate::client::Client::connect(addr, "brook-mirror-in"),
-            )
-            .await
-            {
-                Ok(c) => {
-                    let c = Arc::new(c);
-                    *client = Some(Arc::clone(&c));
-                    return Ok(c);
-                }
-                Err(e) => last = format!("{addr}: {e}"),
-            }
-        }
-        Err(last)
+        let c = Arc::new(connect_brook(upstream, "brook-mirror-in").await?);
+        *client = Some(Arc::clone(&c));
+        Ok(c)
     }
 
     /// Upstream topics with their partition counts.
@@ -609,17 +569,10 @@ async fn run_partition(
             }
             Err(Err(e)) => e,
         };
-        let wait = backoff.mul_f64(0.5 + jitter());
-        tracing::warn!(mirror = %cfg.name, topic, partition, "bringing in failed, retrying in {wait:?}: {failure}");
-        status.update(&key, |s| {
-            s.state = "backing_off".into();
-            s.last_error = Some(failure);
-        });
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(wait) => {}
+        let failure = format!("bringing in failed: {failure}");
+        if !back_off(&cfg, &key, &status, &mut backoff, failure, &mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(cfg.backoff_max.0);
     }
 }
 
@@ -649,17 +602,10 @@ pub(super) async fn run_mqtt(
         let Some(failure) = session.run(&mut backoff, &mut shutdown).await else {
             return;
         };
-        let wait = backoff.mul_f64(0.5 + jitter());
-        tracing::warn!(mirror = %cfg.name, "bringing in failed, retrying in {wait:?}: {failure}");
-        status.update(&key, |s| {
-            s.state = "backing_off".into();
-            s.last_error = Some(failure);
-        });
-        tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(wait) => {}
+        let failure = format!("bringing in failed: {failure}");
+        if !back_off(&cfg, &key, &status, &mut backoff, failure, &mut shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(cfg.backoff_max.0);
     }
 }
 

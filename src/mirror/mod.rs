@@ -332,6 +332,7 @@ impl Mirrors {
             // Cursor flushes: at most every cursor_flush (the smallest of the mirrors').
             let b = Arc::clone(&broker);
             let c = Arc::clone(&cursors);
+            let st = Arc::clone(&status);
             let mut stop = shutdown.clone();
             let every = b
                 .config()
@@ -348,7 +349,7 @@ impl Mirrors {
                         _ = stop.wait_for(|s| *s) => true,
                         _ = tick.tick() => false,
                     };
-                    flush(&b, &c).await;
+                    flush(&b, &c, &st).await;
                     if stopping {
                         return;
                     }
@@ -365,16 +366,19 @@ impl Mirrors {
     /// Waits for every task to see the shutdown; the cursors are flushed a last time.
     pub async fn join(mut self, broker: &Arc<Broker>) {
         while self.tasks.join_next().await.is_some() {}
-        flush(broker, &self.cursors).await;
+        flush(broker, &self.cursors, &self.status).await;
     }
 }
 
 /// Flushes the cursors, then tells every mirrored partition of a `reject` topic to keep what
 /// no mirror has durably sent (time retention skips it; producers feel the full log instead).
-async fn flush(broker: &Arc<Broker>, cursors: &Arc<Cursors>) {
+async fn flush(broker: &Arc<Broker>, cursors: &Arc<Cursors>, status: &MirrorStatus) {
     let (b, c) = (Arc::clone(broker), Arc::clone(cursors));
     match tokio::task::spawn_blocking(move || c.flush(b.meta())).await {
         Ok(Ok(durable)) => {
+            for (k, v) in &durable {
+                status.update(k, |s| s.saved_cursor = *v);
+            }
             for t in broker.topics() {
                 let covering: Vec<&MirrorConfig> = broker
                     .config()
@@ -452,6 +456,30 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// After a failure: logs it, shows it in the status, and waits `backoff` with jitter (then
+/// doubles it, up to `backoff_max`). `false`: shutdown came first.
+async fn back_off(
+    cfg: &MirrorConfig,
+    key: &CursorKey,
+    status: &MirrorStatus,
+    backoff: &mut Duration,
+    failure: String,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let wait = backoff.mul_f64(0.5 + jitter());
+    tracing::warn!(mirror = %cfg.name, topic = %key.1, partition = key.2, "{failure}; retrying in {wait:?}");
+    status.update(key, |s| {
+        s.state = "backing_off".into();
+        s.last_error = Some(failure);
+    });
+    let stopped = tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => true,
+        _ = tokio::time::sleep(wait) => false,
+    };
+    *backoff = (*backoff * 2).min(cfg.backoff_max.0);
+    !stopped
 }
 
 /// A pseudo-random fraction in [0, 1) for jitter (no need for a real RNG).
@@ -642,17 +670,10 @@ async fn run_partition(
                 backoff = cfg.backoff_min.0;
             }
             Err(e) => {
-                let wait = backoff.mul_f64(0.5 + jitter());
-                tracing::warn!(mirror = %cfg.name, topic, partition, "upstream send failed, retrying in {wait:?}: {e}");
-                status.update(&key, |s| {
-                    s.state = "backing_off".into();
-                    s.last_error = Some(e);
-                });
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => return,
-                    _ = tokio::time::sleep(wait) => {}
+                let failure = format!("upstream send failed: {e}");
+                if !back_off(&cfg, &key, &status, &mut backoff, failure, &mut shutdown).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(cfg.backoff_max.0);
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::proto::{Acks, TopicSettings};
 /// never give up).
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn timed<T, E: std::fmt::Display>(
+pub(super) async fn timed<T, E: std::fmt::Display>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, String> {
@@ -29,6 +29,42 @@ async fn timed<T, E: std::fmt::Display>(
         Ok(Err(e)) => Err(format!("{what}: {e}")),
         Err(_) => Err(format!("{what}: no answer within {OP_TIMEOUT:?}")),
     }
+}
+
+/// A Kafka client for `upstream` (bootstrap servers); rskafka's retries end after 10 s.
+pub(super) async fn connect_kafka(
+    upstream: &[String],
+    client_id: &str,
+) -> Result<rskafka::client::Client, String> {
+    let backoff = rskafka::BackoffConfig {
+        init_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(2),
+        base: 2.0,
+        deadline: Some(Duration::from_secs(10)),
+    };
+    timed(
+        "connect",
+        rskafka::client::ClientBuilder::new(upstream.to_vec())
+            .client_id(client_id)
+            .backoff_config(backoff)
+            .build(),
+    )
+    .await
+}
+
+/// A native client on the first of `upstream` that answers.
+pub(super) async fn connect_brook(
+    upstream: &[String],
+    client_id: &str,
+) -> Result<crate::client::Client, String> {
+    let mut last = String::from("no upstream address");
+    for addr in upstream {
+        match timed("connect", crate::client::Client::connect(addr, client_id)).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = format!("{addr}: {e}"),
+        }
+    }
+    Err(last)
 }
 
 /// The upstream partition of a record.
@@ -94,21 +130,7 @@ impl KafkaSink {
         if let Some(c) = &self.client {
             return Ok(Arc::clone(c));
         }
-        let backoff = rskafka::BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-            base: 2.0,
-            deadline: Some(Duration::from_secs(10)),
-        };
-        let c = timed(
-            "connect",
-            rskafka::client::ClientBuilder::new(self.upstream.clone())
-                .client_id("brook-mirror")
-                .backoff_config(backoff)
-                .build(),
-        )
-        .await?;
-        let c = Arc::new(c);
+        let c = Arc::new(connect_kafka(&self.upstream, "brook-mirror").await?);
         self.client = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -232,23 +254,9 @@ impl BrookSink {
         if let Some(c) = &self.client {
             return Ok(Arc::clone(c));
         }
-        let mut last = String::from("no upstream address");
-        for addr in &self.upstream {
-            match timed(
-                "connect",
-                crate::client::Client::connect(addr, "brook-mirror"),
-            )
-            .await
-            {
-                Ok(c) => {
-                    let c = Arc::new(c);
-                    self.client = Some(Arc::clone(&c));
-                    return Ok(c);
-                }
-                Err(e) => last = format!("{addr}: {e}"),
-            }
-        }
-        Err(last)
+        let c = Arc::new(connect_brook(&self.upstream, "brook-mirror").await?);
+        self.client = Some(Arc::clone(&c));
+        Ok(c)
     }
 
     async fn try_send(

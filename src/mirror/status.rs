@@ -20,8 +20,11 @@ pub struct PartitionState {
     /// `starting`, `connected` (the last send succeeded), `throttled` (connected, waiting for
     /// the mirror's bandwidth limit) or `backing_off` (the last send failed: see `last_error`).
     pub state: String,
-    /// Next local offset to send.
+    /// Next offset to send (out) or to fetch (in).
     pub cursor: u64,
+    /// The cursor as last saved to disk: a crash goes back to it (what lies between is sent
+    /// again, or for mirrors in found in the local log).
+    pub saved_cursor: u64,
     /// Durable end of the local partition when last looked at.
     pub end: u64,
     pub sent_records: u64,

@@ -317,3 +317,33 @@ pub fn stop(child: &mut Child) {
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
 }
+
+/// Records arriving twice among the first `first` produced (values `v{index:08}...`, as
+/// [`produce`] writes them): those were sent before any failure, so re-sends must not include
+/// them.
+pub fn dups_before(got: &BTreeMap<u32, Vec<(u32, u64, String)>>, first: u64) -> usize {
+    let mut seen = std::collections::HashMap::<&str, u32>::new();
+    for (_, _, v) in got.values().flatten() {
+        *seen.entry(v.as_str()).or_default() += 1;
+    }
+    seen.iter()
+        .filter(|(v, n)| **n > 1 && v[1..9].parse::<u64>().expect("index") < first)
+        .count()
+}
+
+/// Waits until every mirrored partition's cursor is saved to disk (`saved_cursor` has caught up
+/// with `cursor` in `/api/mirrors`): a crash from then on re-sends nothing sent so far.
+pub fn wait_saved(rt: &tokio::runtime::Runtime, http: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = rt
+            .block_on(brook::tools::http_get(http, "/api/mirrors"))
+            .expect("/api/mirrors");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+        if !rows.is_empty() && rows.iter().all(|r| r["saved_cursor"] == r["cursor"]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cursors not saved: {rows:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
