@@ -543,3 +543,70 @@ fn bandwidth_limit_holds_and_priorities_share_it() {
     kill_9(&mut local);
     kill_9(&mut up);
 }
+
+/// `linger`: records that trickle in one durable produce at a time go upstream as one batch
+/// once the linger has passed, not one send per record.
+#[test]
+fn linger_gathers_a_trickle_into_one_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let (mut up, uaddrs) = common::serve_with(&dir.path().join("up"), None, "127.0.0.1:0");
+    let cfg = mirror_config(dir.path(), "brook", &uaddrs.native);
+    let text = std::fs::read_to_string(&cfg).expect("config") + "linger = \"5s\"\n";
+    std::fs::write(&cfg, text).expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    rt.block_on(async {
+        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+        c.create_topic(
+            "telemetry",
+            brook::proto::TopicSettings {
+                partitions: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    });
+    // The mirror picks the new topic up (within its 2 s rescan).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sent_bytes_by_topic(&rt, &laddrs.http).1.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the mirror did not pick the topic up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A trickle: one record every 300 ms (input pacing, well inside the 5 s linger; without
+    // a linger each would go up alone).
+    for i in 0..5 {
+        produce(&rt, &laddrs.native, "telemetry", i, 1);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let got = upstream_records(&rt, "brook.", &uaddrs.native, "telemetry", 1, 5);
+    assert_eq!(check_complete(&got, 5), 0);
+    let batches = rt.block_on(async {
+        let c = Client::connect(&uaddrs.native, "check")
+            .await
+            .expect("connect");
+        // Every batch upstream, fetch after fetch.
+        let (mut n, mut next) = (0, 0);
+        while next < 5 {
+            let f = c
+                .fetch("telemetry", 0, next, 1 << 20, 1, Duration::ZERO)
+                .await
+                .expect("fetch");
+            let mut rest: &[u8] = &f.frames;
+            while !rest.is_empty() {
+                let b = brook::log::BatchView::parse(rest).expect("batch");
+                next = b.next_offset();
+                rest = &rest[b.frame().len()..];
+                n += 1;
+            }
+        }
+        n
+    });
+    assert_eq!(batches, 1, "five records lingered into one upstream batch");
+    kill_9(&mut local);
+    kill_9(&mut up);
+}

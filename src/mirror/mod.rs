@@ -4,7 +4,8 @@
 //! Per `[[mirror]]`, every partition of every matching topic has a task that reads the log from
 //! its cursor ([`cursor`]: the next offset to send) like any consumer, but only what is
 //! durable (fsynced), takes up to `batch_records` records (no waiting when there is a backlog;
-//! live traffic goes out as it becomes durable), adds the origin headers (`brook.node`,
+//! live traffic goes out as it becomes durable, or once caught up after at most `linger` for a
+//! fuller batch), adds the origin headers (`brook.node`,
 //! `brook.topic`, `brook.partition`, `brook.offset`), sends them ([`sink`]) and advances the
 //! cursor only once the upstream acknowledged them (Kafka: acks=all; MQTT: every PUBACK at QoS 1;
 //! Brook: durable). One batch
@@ -71,6 +72,9 @@ pub struct MirrorConfig {
     pub node: String,
     /// Records per batch sent.
     pub batch_records: usize,
+    /// Out: once caught up, how long to wait for a batch to fill before sending what there is
+    /// (fewer, larger sends on a metered link); `0`: send as soon as records are durable.
+    pub linger: HumanDuration,
     /// Kafka only: `none`, `gzip` or `snappy`.
     pub compression: String,
     /// Kafka and Brook: create missing upstream topics (with the local partition count).
@@ -97,6 +101,7 @@ impl Default for MirrorConfig {
             topic_template: "{topic}".into(),
             node: String::new(),
             batch_records: 1000,
+            linger: HumanDuration::millis(0),
             compression: "none".into(),
             create_topics: true,
             cursor_flush: HumanDuration::secs(1),
@@ -160,9 +165,10 @@ impl MirrorConfig {
             if self.topic_template.contains("{key}") {
                 return Err(format!("{at}.topic_template: {{key}} is for mirrors out"));
             }
-            if self.bandwidth_limit.0 != 0 || !self.priority.is_empty() {
+            if self.bandwidth_limit.0 != 0 || !self.priority.is_empty() || !self.linger.0.is_zero()
+            {
                 return Err(format!(
-                    "{at}: bandwidth_limit and priority are for mirrors out"
+                    "{at}: bandwidth_limit, priority and linger are for mirrors out"
                 ));
             }
         }
@@ -191,6 +197,9 @@ impl MirrorConfig {
         }
         if self.backoff_max.0 < self.backoff_min.0 {
             return Err(format!("{at}.backoff_max is below backoff_min"));
+        }
+        if self.linger.0 > Duration::from_secs(3600) {
+            return Err(format!("{at}.linger = {}: at most 1h", self.linger));
         }
         if self.bandwidth_limit.0 != 0 && self.bandwidth_limit.0 < 1024 {
             return Err(format!(
@@ -545,6 +554,8 @@ async fn run_partition(
     let mut pending: std::collections::VecDeque<Record> = Default::default();
     // The offset of each pending record.
     let mut offsets: std::collections::VecDeque<u64> = Default::default();
+    // Since when a batch smaller than batch_records has waited for more (linger).
+    let mut linger_since: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             return;
@@ -559,9 +570,9 @@ async fn run_partition(
         let part = Arc::clone(part);
         let local_count = t.partitions().len() as u32;
         drop(t);
-        if pending.is_empty() {
+        if pending.is_empty() || linger_since.is_some() {
             let start = part.log_start();
-            if next < start {
+            if pending.is_empty() && next < start {
                 // Retention (drop_oldest) deleted records before they were mirrored.
                 let lost = start - next;
                 tracing::warn!(mirror = %cfg.name, topic, partition, lost, "records deleted before they were mirrored");
@@ -571,15 +582,18 @@ async fn run_partition(
             }
             let mut end_rx = part.watch_end();
             end_rx.borrow_and_update();
+            // Past what is already read ahead (lingering), else from the cursor.
+            let from = offsets.back().map_or(next, |o| o + 1);
             let read = {
                 let p = Arc::clone(&part);
-                let from = next;
                 tokio::task::spawn_blocking(move || p.read(from, 1 << 20, Visibility::Durable))
                     .await
             };
             let r = match read {
                 Ok(Ok(r)) => r,
-                Ok(Err(crate::log::LogError::OffsetOutOfRange { earliest, .. })) => {
+                Ok(Err(crate::log::LogError::OffsetOutOfRange { earliest, .. }))
+                    if pending.is_empty() =>
+                {
                     // The cursor is past the end: the topic was deleted and made again.
                     tracing::warn!(mirror = %cfg.name, topic, partition, next, "cursor past the end of the log (topic recreated?): starting over");
                     next = earliest;
@@ -602,7 +616,7 @@ async fn run_partition(
                     let Ok(rec) = rec else {
                         break 'batches;
                     };
-                    if rec.offset < next {
+                    if rec.offset < from {
                         continue;
                     }
                     let mut out = rec.to_record();
@@ -633,6 +647,20 @@ async fn run_partition(
                 }
                 continue;
             }
+            let caught_up = offsets.back().is_some_and(|o| o + 1 >= r.high_watermark);
+            if !cfg.linger.0.is_zero() && caught_up && pending.len() < cfg.batch_records {
+                let since = *linger_since.get_or_insert_with(std::time::Instant::now);
+                let left = cfg.linger.0.saturating_sub(since.elapsed());
+                if !left.is_zero() {
+                    tokio::select! {
+                        _ = shutdown.wait_for(|s| *s) => return,
+                        _ = end_rx.changed() => {}
+                        _ = tokio::time::sleep(left.min(Duration::from_millis(200))) => {}
+                    }
+                    continue;
+                }
+            }
+            linger_since = None;
         }
         let n = pending.len().min(cfg.batch_records);
         let last = offsets[n - 1];
