@@ -610,3 +610,96 @@ fn linger_gathers_a_trickle_into_one_batch() {
     kill_9(&mut local);
     kill_9(&mut up);
 }
+
+/// MQTT upstream with a login: Mosquitto refuses anonymous clients; the mirror with the right
+/// password (from `password_file`) gets its records acknowledged, one with a wrong password
+/// backs off with the refusal as its last error and sends nothing.
+#[test]
+fn mqtt_upstream_login_with_a_password_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let up_addr = free_addr();
+    let port: u16 = up_addr
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("port");
+    let mosq = dir.path().join("mosq");
+    std::fs::create_dir_all(&mosq).expect("dir");
+    let passwd = mosq.join("passwd");
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&passwd)
+        .args(["gw1", "s3cret"])
+        .status()
+        .expect("mosquitto_passwd (apt-get install mosquitto)");
+    assert!(made.success());
+    let mut perms = std::fs::metadata(&passwd).expect("passwd").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(&passwd, perms).expect("chmod");
+    let mut up = start_mosquitto_with(
+        &mosq,
+        port,
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
+            passwd.display()
+        ),
+    );
+    std::fs::write(dir.path().join("good"), "s3cret\n").expect("password");
+    std::fs::write(dir.path().join("bad"), "guess\n").expect("password");
+    let cfg = dir.path().join("brook.toml");
+    let mirror = |name: &str| {
+        format!(
+            "[[mirror]]\nname = \"{name}\"\nkind = \"mqtt\"\nupstream = [\"{up_addr}\"]\ntopics = [\"telemetry\"]\nnode = \"gw1\"\ntopic_template = \"site/{{node}}/{{key}}\"\nusername = \"gw1\"\npassword_file = \"{}\"\nbackoff_max = \"500ms\"\n",
+            dir.path().join(name).display()
+        )
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "[log]\nflush_interval = \"100ms\"\nmin_free = 0\n\n{}{}",
+            mirror("good"),
+            mirror("bad")
+        ),
+    )
+    .expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    rt.block_on(async {
+        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+        c.create_topic(
+            "telemetry",
+            brook::proto::TopicSettings {
+                partitions: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    });
+    produce(&rt, &laddrs.native, "telemetry", 0, 100);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = rt
+            .block_on(brook::tools::http_get(&laddrs.http, "/api/mirrors"))
+            .expect("/api/mirrors");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+        let row = |m: &str| rows.iter().find(|r| r["mirror"] == m).cloned();
+        if let (Some(good), Some(bad)) = (row("good"), row("bad")) {
+            if good["sent_records"] == 100 && bad["state"] == "backing_off" {
+                assert_eq!(bad["sent_records"], 0, "{bad}");
+                let err = bad["last_error"].as_str().expect("an error").to_string();
+                assert!(
+                    err.contains("NotAuthorized") || err.contains("BadUserNamePassword"),
+                    "{err}"
+                );
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_9(&mut local);
+    stop(&mut up);
+}

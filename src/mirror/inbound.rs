@@ -659,6 +659,9 @@ impl MqttSession<'_> {
             .unwrap_or((upstream.clone(), 1883));
         let mut o = MqttOptions::new(self.client_id, host, port);
         o.set_keep_alive(Duration::from_secs(30));
+        if let Some((user, password)) = super::credentials(self.cfg) {
+            o.set_credentials(user, password);
+        }
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
         o.set_manual_acks(true);

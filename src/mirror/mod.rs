@@ -85,6 +85,12 @@ pub struct MirrorConfig {
     /// Bytes per second for the whole mirror (record key, value and headers, before
     /// compression); `0` or `"none"`: as fast as the upstream takes them.
     pub bandwidth_limit: ByteSize,
+    /// MQTT: the user name to log in with upstream (empty: anonymous).
+    pub username: String,
+    /// MQTT: a file holding the password (its first line), rather than the config in plain text.
+    pub password_file: Option<std::path::PathBuf>,
+    /// MQTT: an environment variable holding the password.
+    pub password_env: String,
     /// Share of the bandwidth limit per topic name or pattern (1 to 1000; unlisted topics: 1).
     /// The longest matching pattern wins. Topics with backlog split the limit in proportion.
     pub priority: BTreeMap<String, u32>,
@@ -108,6 +114,9 @@ impl Default for MirrorConfig {
             backoff_min: HumanDuration::millis(200),
             backoff_max: HumanDuration::secs(30),
             bandwidth_limit: ByteSize(0),
+            username: String::new(),
+            password_file: None,
+            password_env: String::new(),
             priority: BTreeMap::new(),
         }
     }
@@ -198,6 +207,24 @@ impl MirrorConfig {
         if self.backoff_max.0 < self.backoff_min.0 {
             return Err(format!("{at}.backoff_max is below backoff_min"));
         }
+        if !self.username.is_empty() && self.kind != "mqtt" {
+            return Err(format!(
+                "{at}.username: only MQTT upstreams log in so far (Kafka SASL and Brook logins come with the security work)"
+            ));
+        }
+        if (self.password_file.is_some() || !self.password_env.is_empty())
+            && self.username.is_empty()
+        {
+            return Err(format!(
+                "{at}.password_file / password_env: set username too"
+            ));
+        }
+        if self.password_file.is_some() && !self.password_env.is_empty() {
+            return Err(format!(
+                "{at}: password_file and password_env both set; choose one"
+            ));
+        }
+        self.credentials().map_err(|e| format!("{at}.{e}"))?;
         if self.linger.0 > Duration::from_secs(3600) {
             return Err(format!("{at}.linger = {}: at most 1h", self.linger));
         }
@@ -231,6 +258,29 @@ impl MirrorConfig {
     /// Whether this mirror sends local `topic` upstream (so retention must wait for it).
     fn sends(&self, topic: &str) -> bool {
         self.direction == "out" && self.matches(topic)
+    }
+
+    /// User name and password for the upstream, if a user name is set: the password comes from
+    /// `password_file` (first line) or `password_env` (else empty). Errors name the key.
+    pub fn credentials(&self) -> Result<Option<(String, String)>, String> {
+        if self.username.is_empty() {
+            return Ok(None);
+        }
+        let password = if let Some(f) = &self.password_file {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("password_file = {:?}: {e}", f.display()))?;
+            text.lines().next().unwrap_or("").to_string()
+        } else if !self.password_env.is_empty() {
+            std::env::var(&self.password_env).map_err(|_| {
+                format!(
+                    "password_env = {:?}: the variable is not set",
+                    self.password_env
+                )
+            })?
+        } else {
+            String::new()
+        };
+        Ok(Some((self.username.clone(), password)))
     }
 
     /// The topic's share of the bandwidth limit: its longest matching priority pattern, or 1.
@@ -491,6 +541,15 @@ async fn back_off(
     !stopped
 }
 
+/// The mirror's upstream login (checked when the config was loaded; a password file that went
+/// away since is logged and the login tried without it, so the status shows the refusal).
+fn credentials(cfg: &MirrorConfig) -> Option<(String, String)> {
+    cfg.credentials().unwrap_or_else(|e| {
+        tracing::error!(mirror = %cfg.name, "{e}");
+        Some((cfg.username.clone(), String::new()))
+    })
+}
+
 /// A pseudo-random fraction in [0, 1) for jitter (no need for a real RNG).
 fn jitter() -> f64 {
     let n = std::time::SystemTime::now()
@@ -541,6 +600,7 @@ async fn run_partition(
         "mqtt" => Sink::Mqtt(Box::new(MqttSink::new(
             &cfg.upstream[0],
             format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
+            credentials(&cfg),
         ))),
         _ => Sink::Brook(BrookSink::new(cfg.upstream.clone())),
     };

@@ -326,11 +326,16 @@ pub struct MqttSink {
     host: String,
     port: u16,
     client_id: String,
+    credentials: Option<(String, String)>,
     conn: Option<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop)>,
 }
 
 impl MqttSink {
-    pub fn new(upstream: &str, client_id: String) -> MqttSink {
+    pub fn new(
+        upstream: &str,
+        client_id: String,
+        credentials: Option<(String, String)>,
+    ) -> MqttSink {
         let (host, port) = upstream
             .rsplit_once(':')
             .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
@@ -339,6 +344,7 @@ impl MqttSink {
             host,
             port,
             client_id,
+            credentials,
             conn: None,
         }
     }
@@ -370,6 +376,9 @@ impl MqttSink {
         if self.conn.is_none() {
             let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
             o.set_keep_alive(Duration::from_secs(30));
+            if let Some((user, password)) = &self.credentials {
+                o.set_credentials(user.clone(), password.clone());
+            }
             o.set_clean_start(true);
             self.conn = Some(AsyncClient::new(o, 64));
         }
@@ -421,8 +430,9 @@ impl MqttSink {
             }
             Ok(())
         };
-        let (p, a) = tokio::join!(publish, acks);
-        p.and(a)
+        // The first error ends both: a refused connection must not leave the publishing half
+        // waiting on a full request queue.
+        tokio::try_join!(publish, acks).map(|_| ())
     }
 
     pub async fn send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {

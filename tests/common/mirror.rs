@@ -283,6 +283,11 @@ pub fn kafka_records(
 
 /// Mosquitto on `port` with its persistence in `dir` (stopped with SIGTERM, so it saves).
 pub fn start_mosquitto(dir: &Path, port: u16) -> Child {
+    start_mosquitto_with(dir, port, "allow_anonymous true\n")
+}
+
+/// Mosquitto as [`start_mosquitto`] with `auth` as its authentication lines.
+pub fn start_mosquitto_with(dir: &Path, port: u16, auth: &str) -> Child {
     std::fs::create_dir_all(dir).expect("dir");
     // Started as root, Mosquitto drops to its own user: let it write its database here.
     let mut perms = std::fs::metadata(dir).expect("dir").permissions();
@@ -292,7 +297,7 @@ pub fn start_mosquitto(dir: &Path, port: u16) -> Child {
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+            "listener {port} 127.0.0.1\n{auth}persistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 0\n",
             dir.display()
         ),
     )
