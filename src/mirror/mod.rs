@@ -614,6 +614,8 @@ async fn run_partition(
     let mut pending: std::collections::VecDeque<Record> = Default::default();
     // The offset of each pending record.
     let mut offsets: std::collections::VecDeque<u64> = Default::default();
+    // Bytes the shaper already granted for the next batch (asked for while the last was sent).
+    let mut granted: u64 = 0;
     // Since when a batch smaller than batch_records has waited for more (linger).
     let mut linger_since: Option<std::time::Instant> = None;
     loop {
@@ -726,19 +728,33 @@ async fn run_partition(
         let last = offsets[n - 1];
         let batch = &pending.make_contiguous()[..n];
         let bytes: u64 = batch.iter().map(record_bytes).sum();
-        if shaper.is_limited() {
+        if shaper.is_limited() && granted < bytes {
             status.update(&key, |s| {
                 if s.state == "connected" {
                     s.state = "throttled".into();
                 }
             });
             tokio::select! {
-                _ = shaper.acquire(&topic, priority, bytes) => {}
+                _ = shaper.acquire(&topic, priority, bytes - granted) => granted = bytes,
                 _ = shutdown.wait_for(|s| *s) => return,
             }
         }
+        // Under a limit, the next batch's share is asked for while this one is upstream (as
+        // much again), so the topic is waiting at the shaper even while its one batch is in
+        // flight and priorities hold however long acknowledgements take.
+        let ahead = async {
+            if shaper.is_limited() {
+                shaper.acquire(&topic, priority, bytes).await;
+                bytes
+            } else {
+                0
+            }
+        };
         let sent = tokio::select! {
-            r = sink.send(&upstream_topic, partition, local_count, batch) => r,
+            (r, more) = async { tokio::join!(sink.send(&upstream_topic, partition, local_count, batch), ahead) } => {
+                granted = granted - bytes.min(granted) + more;
+                r
+            }
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match sent {

@@ -5,6 +5,10 @@
 //! with each grant, and a waiting request of the topic with the smallest tag goes next, so over any stretch
 //! where several topics have backlog each gets bytes in proportion to its priority (however
 //! many partitions it has), and a topic of priority 1 still gets its share: nothing starves.
+//! A topic keeps its place for half a second of the limit while its next request is on its
+//! way (each partition has one batch in flight, so between two requests it waits for the
+//! upstream): shares hold when batches take a while to be acknowledged, not only when every
+//! topic has a request waiting at every instant.
 //! Grants are paced by a deficit token bucket: a grant is allowed once the bucket is not in
 //! debt, then its bytes are taken (the bucket may go negative), and the bucket refills at the
 //! limit. Over `n` batches the bytes sent stay within one batch of `limit x time`, with no burst
@@ -81,6 +85,7 @@ async fn pace(mut rx: mpsc::UnboundedReceiver<Ask>, rate: f64) {
     let mut tokens = 0.0f64;
     let mut last = Instant::now();
     let burst = rate / 10.0;
+    let slack = rate / 2.0;
     loop {
         if waiting.is_empty() {
             match rx.recv().await {
@@ -96,8 +101,13 @@ async fn pace(mut rx: mpsc::UnboundedReceiver<Ask>, rate: f64) {
             a.seq = seq;
         }
         waiting.retain(|a| !a.granted.is_closed());
-        // A topic starts where its last grant finished, or now if it was idle.
-        let start = |a: &Ask| finish.get(&a.topic).copied().unwrap_or(0.0).max(vtime);
+        // A topic starts where its last grant finished, but no further back than half a second
+        // of the limit before now: a topic that is away for a moment (its one batch in flight
+        // upstream) keeps its place, one that was idle for longer does not bank credit.
+        let start = |a: &Ask| match finish.get(&a.topic) {
+            Some(f) => f.max(vtime - slack),
+            None => vtime,
+        };
         let Some(i) = waiting
             .iter()
             .enumerate()
@@ -164,6 +174,36 @@ mod tests {
             "{total} bytes in 20 s at 100 kB/s"
         );
         assert!((a / t - 3.0).abs() < 0.05, "alarms:telemetry = {}", a / t);
+    }
+
+    /// Each task spends 11 ms on the upstream per batch (one batch in flight), a bit more than
+    /// the 10 ms between two grants, and asks for its next share meanwhile: the shares hold.
+    #[tokio::test(start_paused = true)]
+    async fn shares_hold_when_each_batch_takes_a_while_upstream() {
+        let shaper = Shaper::new(100_000);
+        let sent: std::sync::Arc<std::sync::Mutex<HashMap<&'static str, u64>>> = Default::default();
+        let mut tasks = Vec::new();
+        for (topic, prio) in [("alarms", 3), ("telemetry", 1), ("telemetry", 1)] {
+            let (s, sent) = (shaper.clone(), sent.clone());
+            tasks.push(tokio::spawn(async move {
+                // As the mirror does: the next batch's share is asked for while one is sent.
+                s.acquire(topic, prio, 1_000).await;
+                loop {
+                    tokio::join!(
+                        tokio::time::sleep(Duration::from_millis(11)),
+                        s.acquire(topic, prio, 1_000)
+                    );
+                    *sent.lock().expect("lock").entry(topic).or_default() += 1_000;
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let got = sent.lock().expect("lock").clone();
+        for t in tasks {
+            t.abort();
+        }
+        let (a, t) = (got["alarms"] as f64, got["telemetry"] as f64);
+        assert!((a / t - 3.0).abs() < 0.15, "alarms:telemetry = {}", a / t);
     }
 
     #[tokio::test(start_paused = true)]
