@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the shipped binary for an ARM target with the `dist` profile (opt-level "s", fat LTO,
-# one codegen unit, stripped) without the benchmarks (`--no-default-features`: `brook bench`
-# is left out to stay small) and prints its size.
+# Builds the shipped binary for an ARM target with the `dist` profile (opt-level "s" for
+# Brook's code and "z" for its dependencies, fat LTO, one codegen unit, stripped) without the
+# benchmarks (`--no-default-features`: `brook bench` is left out) and with debug and trace
+# logging compiled out (`--features quiet`), to stay within the size bounds, and prints its size.
 #   cross/build.sh aarch64-unknown-linux-gnu      # Jetson, Raspberry Pi 3/4/5 with a 64-bit OS
 #   cross/build.sh armv7-unknown-linux-gnueabihf  # Raspberry Pi OS 32-bit
 # Output: target/cross/TARGET/dist/brook
@@ -11,7 +12,14 @@ target=${1:?usage: cross/build.sh TARGET}
 # shellcheck source=cross/env.sh
 . cross/env.sh
 check_target "$target"
-"$CARGO" build --locked --profile dist --no-default-features --target "$target" --target-dir target/cross --bin brook
+# Linked with gold and identical code folding (--icf=all: generic code instantiated for
+# different types often compiles to the same machine code, kept once), as a position-dependent
+# executable (relocation-model=static: no dynamic relocation table, direct addressing). Together
+# they save about 130 KB on armv7; the price is that the executable's own code is not placed
+# at a random address (heap, stack and libraries still are). Drop the last flag for a PIE.
+triple_env=$(echo "$target" | tr 'a-z-' 'A-Z_')
+export "CARGO_TARGET_${triple_env}_RUSTFLAGS=-C link-arg=-fuse-ld=gold -C link-arg=-Wl,--icf=all -C relocation-model=static"
+"$CARGO" build --locked --profile dist --no-default-features --features quiet --target "$target" --target-dir target/cross --bin brook
 bin=target/cross/$target/dist/brook
 bytes=$(stat -c %s "$bin")
 echo "$target: $bin is $bytes bytes ($(awk "BEGIN { printf \"%.2f\", $bytes / 1048576 }") MiB)"

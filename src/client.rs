@@ -54,6 +54,136 @@ pub struct Client {
     pub server: String,
 }
 
+/// TLS settings of a client connection: the CAs to trust and, for mutual TLS, a certificate.
+#[derive(Clone)]
+pub struct ClientTls {
+    connector: tokio_rustls::TlsConnector,
+    /// The name to verify the server's certificate against (default: the address's host).
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientTls {
+    /// Trusts the CAs in `ca_file` (PEM); presents `cert_key` (certificate chain and key
+    /// files, PEM) when given. Errors name the file.
+    pub fn new(
+        ca_file: &std::path::Path,
+        cert_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::result::Result<ClientTls, String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let mut roots = rustls::RootCertStore::empty();
+        let certs =
+            |p: &std::path::Path| -> std::result::Result<Vec<CertificateDer<'static>>, String> {
+                CertificateDer::pem_file_iter(p)
+                    .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            };
+        for c in certs(ca_file)? {
+            roots
+                .add(c)
+                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(crate::auth::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots);
+        let config = match cert_key {
+            None => builder.with_no_client_auth(),
+            Some((cert, key)) => builder
+                .with_client_auth_cert(
+                    certs(cert)?,
+                    PrivateKeyDer::from_pem_file(key)
+                        .map_err(|e| format!("{}: {e}", key.display()))?,
+                )
+                .map_err(|e| format!("{}: {e}", cert.display()))?,
+        };
+        Ok(ClientTls {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name: None,
+        })
+    }
+}
+
+/// Sends queued requests, several per write when they are ready together.
+async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
+    mut wr: W,
+    mut out_rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let mut buf = Vec::new();
+    while let Some(frame) = out_rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&frame);
+        while let Ok(more) = out_rx.try_recv() {
+            buf.extend_from_slice(&more);
+            if buf.len() > 1 << 20 {
+                break;
+            }
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Cuts answers from the connection and hands each to its waiter; when the connection ends,
+/// every waiter fails and so does every later request.
+async fn read_answers<R: tokio::io::AsyncRead + Unpin>(mut rd: R, p: Pending) {
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        loop {
+            match proto::decode_frame(&buf, usize::MAX) {
+                Ok((msg, total)) => {
+                    let id = postcard::take_from_bytes::<u32>(msg).map(|(id, _)| id);
+                    let msg = msg.to_vec();
+                    buf.drain(..total);
+                    if let Ok(id) = id {
+                        let waiter = p
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .as_mut()
+                            .and_then(|m| m.remove(&id));
+                        if let Some(w) = waiter {
+                            let _ = w.send(msg);
+                        } else if id == 0 {
+                            // An error about the connection itself; every waiter fails.
+                            let all: Vec<_> = p
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .as_mut()
+                                .map(|m| m.drain().collect())
+                                .unwrap_or_default();
+                            for (_, w) in all {
+                                let _ = w.send(msg.clone());
+                            }
+                        }
+                    }
+                }
+                Err(proto::FrameError::Incomplete { .. }) => break,
+                Err(_) => {
+                    *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                    return;
+                }
+            }
+        }
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => {
+                *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                return;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         self.reader.abort();
@@ -140,6 +270,15 @@ fn server_error(r: &Response<'_>) -> ClientError {
 impl Client {
     /// Connects and performs the handshake.
     pub async fn connect(addr: &str, client_id: &str) -> Result<Client> {
+        Client::connect_with(addr, client_id, None).await
+    }
+
+    /// Connects (over TLS with `tls`) and performs the handshake.
+    pub async fn connect_with(
+        addr: &str,
+        client_id: &str,
+        tls: Option<&ClientTls>,
+    ) -> Result<Client> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect {
@@ -147,74 +286,39 @@ impl Client {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (mut rd, mut wr) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(256);
-        let writer = tokio::spawn(async move {
-            let mut buf = Vec::new();
-            while let Some(frame) = out_rx.recv().await {
-                buf.clear();
-                buf.extend_from_slice(&frame);
-                while let Ok(more) = out_rx.try_recv() {
-                    buf.extend_from_slice(&more);
-                    if buf.len() > 1 << 20 {
-                        break;
-                    }
+        let (out, out_rx) = mpsc::channel::<Vec<u8>>(256);
+        let (reader, writer) =
+            match tls {
+                None => {
+                    let (rd, wr) = stream.into_split();
+                    (
+                        tokio::spawn(read_answers(rd, Arc::clone(&pending))),
+                        tokio::spawn(write_requests(wr, out_rx)),
+                    )
                 }
-                if wr.write_all(&buf).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let p = Arc::clone(&pending);
-        let reader = tokio::spawn(async move {
-            let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-            let mut chunk = vec![0u8; 1 << 16];
-            loop {
-                loop {
-                    match proto::decode_frame(&buf, usize::MAX) {
-                        Ok((msg, total)) => {
-                            let id = postcard::take_from_bytes::<u32>(msg).map(|(id, _)| id);
-                            let msg = msg.to_vec();
-                            buf.drain(..total);
-                            if let Ok(id) = id {
-                                let waiter = p
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .as_mut()
-                                    .and_then(|m| m.remove(&id));
-                                if let Some(w) = waiter {
-                                    let _ = w.send(msg);
-                                } else if id == 0 {
-                                    // An error about the connection itself; every waiter fails.
-                                    let all: Vec<_> = p
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .as_mut()
-                                        .map(|m| m.drain().collect())
-                                        .unwrap_or_default();
-                                    for (_, w) in all {
-                                        let _ = w.send(msg.clone());
-                                    }
-                                }
-                            }
+                Some(t) => {
+                    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+                    let name = t.server_name.as_deref().unwrap_or(host);
+                    let name = rustls::pki_types::ServerName::try_from(
+                        name.trim_start_matches('[')
+                            .trim_end_matches(']')
+                            .to_string(),
+                    )
+                    .map_err(|e| ClientError::Protocol(format!("TLS server name {name:?}: {e}")))?;
+                    let stream = t.connector.connect(name, stream).await.map_err(|e| {
+                        ClientError::Connect {
+                            addr: addr.to_string(),
+                            source: e,
                         }
-                        Err(proto::FrameError::Incomplete { .. }) => break,
-                        Err(_) => {
-                            *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                            return;
-                        }
-                    }
+                    })?;
+                    let (rd, wr) = tokio::io::split(stream);
+                    (
+                        tokio::spawn(read_answers(rd, Arc::clone(&pending))),
+                        tokio::spawn(write_requests(wr, out_rx)),
+                    )
                 }
-                match rd.read(&mut chunk).await {
-                    Ok(0) | Err(_) => {
-                        *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                        return;
-                    }
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-        });
+            };
         let mut client = Client {
             out,
             pending,
@@ -232,6 +336,41 @@ impl Client {
         match decode(&bytes)?.response {
             Response::Handshake { server, .. } => client.server = server.to_string(),
             other => return Err(server_error(&other)),
+        }
+        Ok(client)
+    }
+
+    /// Logs in as `username`; call it right after [`Client::connect`], before anything else.
+    /// A refusal is [`ErrorCode::AuthenticationFailed`] and the server closes the connection.
+    pub async fn login(&self, username: &str, password: &[u8]) -> Result<()> {
+        let bytes = self
+            .send(&Request::Authenticate { username, password })
+            .await?;
+        match decode(&bytes)?.response {
+            Response::Done => Ok(()),
+            other => Err(server_error(&other)),
+        }
+    }
+
+    /// Connects, performs the handshake and, given a user name and password, logs in.
+    pub async fn connect_as(
+        addr: &str,
+        client_id: &str,
+        login: Option<(&str, &[u8])>,
+    ) -> Result<Client> {
+        Client::connect_secure(addr, client_id, None, login).await
+    }
+
+    /// Connects (over TLS with `tls`), performs the handshake and logs in with `login`.
+    pub async fn connect_secure(
+        addr: &str,
+        client_id: &str,
+        tls: Option<&ClientTls>,
+        login: Option<(&str, &[u8])>,
+    ) -> Result<Client> {
+        let client = Client::connect_with(addr, client_id, tls).await?;
+        if let Some((user, password)) = login {
+            client.login(user, password).await?;
         }
         Ok(client)
     }

@@ -29,6 +29,10 @@ pub struct Config {
     pub mqtt: crate::server::mqtt::MqttConfig,
     /// The Kafka API listener: advertised address, limits, topic auto-creation.
     pub kafka: crate::server::kafka::KafkaConfig,
+    /// Users, access rules, the HTTP token, login limits.
+    pub auth: crate::auth::AuthConfig,
+    /// The certificate of the TLS listeners, client certificates.
+    pub tls: crate::auth::tls::TlsConfig,
     /// Upstream mirrors (`[[mirror]]`).
     pub mirror: Vec<crate::mirror::MirrorConfig>,
     /// Threads.
@@ -55,6 +59,19 @@ pub struct Listeners {
     pub mqtt: String,
     /// Kafka API. Default "127.0.0.1:9092".
     pub kafka: String,
+    /// Native protocol over TLS (`[tls]`). Default "": none.
+    pub native_tls: String,
+    /// MQTT over TLS (`[tls]`), e.g. "0.0.0.0:8883". Default "": none.
+    pub mqtt_tls: String,
+    /// HTTP over TLS (`[tls]`). Default "": none.
+    pub http_tls: String,
+}
+
+impl Listeners {
+    /// Whether any TLS listener is configured.
+    pub fn any_tls(&self) -> bool {
+        !(self.native_tls.is_empty() && self.mqtt_tls.is_empty() && self.http_tls.is_empty())
+    }
 }
 
 impl Default for Listeners {
@@ -64,6 +81,9 @@ impl Default for Listeners {
             http: "127.0.0.1:7421".into(),
             mqtt: "127.0.0.1:1883".into(),
             kafka: "127.0.0.1:9092".into(),
+            native_tls: String::new(),
+            mqtt_tls: String::new(),
+            http_tls: String::new(),
         }
     }
 }
@@ -114,6 +134,8 @@ impl Default for Config {
             native: NativeConfig::default(),
             mqtt: crate::server::mqtt::MqttConfig::default(),
             kafka: crate::server::kafka::KafkaConfig::default(),
+            auth: crate::auth::AuthConfig::default(),
+            tls: crate::auth::tls::TlsConfig::default(),
             mirror: Vec::new(),
             runtime: RuntimeConfig::default(),
         }
@@ -179,13 +201,21 @@ impl Config {
             ("listeners.http", &self.listeners.http),
             ("listeners.mqtt", &self.listeners.mqtt),
             ("listeners.kafka", &self.listeners.kafka),
+            ("listeners.native_tls", &self.listeners.native_tls),
+            ("listeners.mqtt_tls", &self.listeners.mqtt_tls),
+            ("listeners.http_tls", &self.listeners.http_tls),
         ] {
+            if key.ends_with("_tls") && addr.is_empty() {
+                continue;
+            }
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(format!(
                     "{key} = {addr:?} is not an IP address and port (e.g. \"127.0.0.1:7420\")"
                 ));
             }
         }
+        self.tls.validate(self.listeners.any_tls())?;
+        self.auth.validate(&self.listeners, &self.tls)?;
         if self.runtime.worker_threads > 256 {
             return Err(format!(
                 "runtime.worker_threads = {} is above 256",

@@ -5,6 +5,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`auth`] | TLS, users (password hashes), ACL rules, the HTTP token: every front end asks here |
 //! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std) |
@@ -42,6 +43,7 @@
 //! the stored frames back into Kafka batches. Kafka consumer groups run Kafka's own protocol
 //! ([`broker::kafka_groups`]) and commit into the same offsets store.
 
+pub mod auth;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;

@@ -106,6 +106,20 @@ enum Command {
         #[command(subcommand)]
         command: MirrorCommand,
     },
+    /// Add or update a user in a users file (auth.users_file), like mosquitto_passwd: the
+    /// password is read from the terminal (twice), or from the first line of standard input.
+    Passwd {
+        /// The users file (created when missing, written with mode 0600).
+        file: PathBuf,
+        user: String,
+        /// Remove the user instead.
+        #[arg(short = 'D', long)]
+        delete: bool,
+        /// PBKDF2-SHA512 rounds (Mosquitto writes 101; more is slower to guess and to check).
+        #[arg(long, default_value_t = brook::auth::password::DEFAULT_ITERATIONS,
+              value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+        iterations: u32,
+    },
     /// Verify every segment of a data directory (exit 0 clean, 1 repairable, 2 corrupt).
     Check {
         /// The data directory (holding topics/) or a topics directory.
@@ -114,7 +128,8 @@ enum Command {
         #[arg(long)]
         repair: bool,
     },
-    /// Measure Brook's speed and footprint.
+    /// Measure Brook's speed and footprint (not in builds without the `bench` feature).
+    #[cfg(feature = "bench")]
     #[command(subcommand)]
     Bench(BenchCommand),
     /// Print or check configuration files.
@@ -122,12 +137,60 @@ enum Command {
     Config(ConfigCommand),
 }
 
-/// Where the broker is.
+/// Where the broker is, and who to log in as.
 #[derive(Args)]
 struct Conn {
     /// Address of a Brook native listener.
     #[arg(long, env = "BROOK_BROKER", default_value = "127.0.0.1:7420")]
     broker: String,
+    /// Log in as this user (a server with a users file requires a login).
+    #[arg(long, env = "BROOK_USER")]
+    user: Option<String>,
+    /// File whose first line is the password; without it, the BROOK_PASSWORD variable.
+    #[arg(long, env = "BROOK_PASSWORD_FILE", value_name = "FILE")]
+    password_file: Option<PathBuf>,
+    /// Connect over TLS, trusting the CAs in this PEM file (the server's native_tls listener).
+    #[arg(long, env = "BROOK_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; with --tls-key.
+    #[arg(
+        long,
+        env = "BROOK_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "BROOK_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+}
+
+impl Conn {
+    /// Connects and logs in when `--user` is given.
+    async fn connect(&self) -> brook::tools::Result<std::sync::Arc<brook::client::Client>> {
+        let login = match &self.user {
+            None => None,
+            Some(user) => Some((
+                user.clone(),
+                brook::tools::read_secret(self.password_file.as_deref(), "BROOK_PASSWORD")?,
+            )),
+        };
+        let tls = match &self.tls_ca {
+            None if self.tls_cert.is_some() => {
+                return Err("--tls-cert needs --tls-ca (the CA that signed the server)".into());
+            }
+            None => None,
+            Some(ca) => Some(brook::client::ClientTls::new(
+                ca,
+                self.tls_cert.as_deref().zip(self.tls_key.as_deref()),
+            )?),
+        };
+        brook::tools::connect(&self.broker, login, tls.as_ref()).await
+    }
 }
 
 #[derive(Subcommand)]
@@ -172,6 +235,9 @@ enum MirrorCommand {
         /// The HTTP listener of the `brook serve` to ask.
         #[arg(long, env = "BROOK_HTTP", default_value = "127.0.0.1:7421")]
         http: String,
+        /// File holding the API token (the server's auth.http_token_file).
+        #[arg(long, env = "BROOK_HTTP_TOKEN_FILE", value_name = "FILE")]
+        token_file: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -192,6 +258,7 @@ enum GroupsCommand {
     },
 }
 
+#[cfg(feature = "bench")]
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Append, read back and reopen the log on a real directory.
@@ -204,8 +271,21 @@ enum BenchCommand {
     MqttFleet(FleetArgs),
     /// How fast a mirror drains a backlog upstream (and, for Kafka, a plain producer beside it).
     Mirror(MirrorArgs),
+    /// What one login's password check costs (users-file hashes, one core).
+    Password {
+        /// PBKDF2 rounds to measure.
+        #[arg(long, default_value_t = brook::auth::password::DEFAULT_ITERATIONS)]
+        iterations: u32,
+        /// Checks to time.
+        #[arg(long, default_value_t = 50)]
+        checks: u32,
+        /// Print the figures as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args)]
 struct MirrorArgs {
     /// Upstream kind: kafka, mqtt or brook.
@@ -228,6 +308,7 @@ struct MirrorArgs {
     json: bool,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args)]
 struct FleetArgs {
     /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
@@ -253,6 +334,7 @@ struct FleetArgs {
     json: bool,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args)]
 struct MqttArgs {
     /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
@@ -284,6 +366,7 @@ struct MqttArgs {
     json: bool,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args)]
 struct NativeArgs {
     /// Use this running server instead of starting one (its memory is then not measured).
@@ -320,6 +403,7 @@ struct NativeArgs {
     json: bool,
 }
 
+#[cfg(feature = "bench")]
 #[derive(Args)]
 struct StorageArgs {
     /// Directory for the store (must not exist); default ./brook-bench-<pid>.
@@ -370,13 +454,26 @@ enum ConfigCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BROOK_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    // BROOK_LOG: a level ("debug") or directives ("warn,brook::mirror=debug"); default info.
+    // `Targets` rather than EnvFilter: no regex engine in the binary (about 300 KB on ARM).
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let default = Targets::new().with_default(tracing::Level::INFO);
+    let filter = match std::env::var("BROOK_LOG") {
+        Ok(v) => v.parse::<Targets>().unwrap_or_else(|e| {
+            eprintln!("brook: BROOK_LOG={v:?} is not a log filter ({e}); using info");
+            default
+        }),
+        Err(_) => default,
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with(filter)
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -432,7 +529,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Topics { conn, command } => client_command(async move {
-            let client = brook::tools::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             match command {
                 TopicsCommand::List { json } => brook::tools::topics_list(&client, json).await,
                 TopicsCommand::Create {
@@ -476,7 +573,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             durability,
             verbose,
         } => client_command(async move {
-            let client = brook::tools::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let stdin = std::io::BufReader::new(std::io::stdin());
             brook::tools::produce(
                 client,
@@ -508,7 +605,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         .map_err(|_| format!("--from {n:?}: use earliest, latest or an offset"))?,
                 ),
             };
-            let client = brook::tools::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
             brook::tools::consume(
@@ -528,7 +625,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             .map(drop)
         }),
         Command::Groups { conn, command } => client_command(async move {
-            let client = brook::tools::connect(&conn.broker).await?;
+            let client = conn.connect().await?;
             match command {
                 GroupsCommand::List { json } => brook::tools::groups_list(&client, json).await,
                 GroupsCommand::Describe { group, json } => {
@@ -537,13 +634,35 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
         }),
         Command::Mirror {
-            command: MirrorCommand::Status { http, json },
-        } => client_command(brook::tools::mirror_status(&http, json)),
+            command:
+                MirrorCommand::Status {
+                    http,
+                    token_file,
+                    json,
+                },
+        } => client_command(async move {
+            let token = match token_file {
+                Some(f) => Some(brook::tools::read_secret(Some(&f), "")?),
+                None => None,
+            };
+            brook::tools::mirror_status(&http, token.as_deref(), json).await
+        }),
+        Command::Passwd {
+            file,
+            user,
+            delete,
+            iterations,
+        } => {
+            brook::tools::passwd(&file, &user, delete, iterations)
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check { dir, repair } => {
             let report = brook::check::check(&dir, repair)?;
             print!("{}", report.render());
             Ok(ExitCode::from(report.exit_code() as u8))
         }
+        #[cfg(feature = "bench")]
         Command::Bench(cmd) => run_bench(cmd),
         Command::Config(ConfigCommand::Default) => {
             print!("{DEFAULT_CONFIG}");
@@ -579,6 +698,16 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
                 progress: !a.json,
             };
             bench.run()?.print(a.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        BenchCommand::Password {
+            iterations,
+            checks,
+            json,
+        } => {
+            brook::bench::password::run(iterations, checks)
+                .map_err(|e| -> Box<dyn std::error::Error> { e })?
+                .print(json)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Native(a) => {
@@ -644,12 +773,6 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
             })
         }
     }
-}
-
-/// This build leaves the benchmarks out (the ARM `dist` builds, to stay small).
-#[cfg(not(feature = "bench"))]
-fn run_bench(_cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    Err("this build leaves out the benchmarks: build with the cargo feature `bench` (on by default)".into())
 }
 
 /// Runs a benchmark's future on a multi-threaded runtime.

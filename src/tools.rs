@@ -12,9 +12,116 @@ use crate::proto::{Acks, TopicSettings};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
-pub async fn connect(broker: &str) -> Result<Arc<Client>> {
+/// Connects to `broker` (over TLS with `tls`) and, given a user and password, logs in.
+pub async fn connect(
+    broker: &str,
+    login: Option<(String, String)>,
+    tls: Option<&crate::client::ClientTls>,
+) -> Result<Arc<Client>> {
     let id = format!("brook-cli-{}", std::process::id());
-    Ok(Arc::new(Client::connect(broker, &id).await?))
+    let login = login.as_ref().map(|(u, p)| (u.as_str(), p.as_bytes()));
+    Ok(Arc::new(
+        Client::connect_secure(broker, &id, tls, login).await?,
+    ))
+}
+
+/// A secret from the first line of `file`, else from the variable `env`.
+pub fn read_secret(file: Option<&std::path::Path>, env: &str) -> Result<String> {
+    if let Some(f) = file {
+        let text =
+            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        return Ok(text.lines().next().unwrap_or("").trim_end().to_string());
+    }
+    if !env.is_empty() {
+        if let Ok(v) = std::env::var(env) {
+            return Ok(v);
+        }
+    }
+    Err(format!("no password: give --password-file or set {env}").into())
+}
+
+/// Reads a line from the terminal without echoing it.
+fn read_hidden(prompt: &str) -> Result<String> {
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    // SAFETY: termios is plain data; tcgetattr fills it for fd 0, which is a terminal here.
+    let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+    let have = unsafe { libc::tcgetattr(0, &mut saved) } == 0;
+    if have {
+        let mut quiet = saved;
+        quiet.c_lflag &= !libc::ECHO;
+        quiet.c_lflag |= libc::ECHONL;
+        // SAFETY: a termios obtained from tcgetattr, with one flag changed.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &quiet) };
+    }
+    let mut line = String::new();
+    let read = std::io::stdin().lock().read_line(&mut line);
+    if have {
+        // SAFETY: restores the settings read above.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &saved) };
+    }
+    read?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// `brook passwd FILE USER`: adds or updates `user` (or removes it with `delete`), writing
+/// the file anew (temporary file, fsync, rename) with mode 0600.
+pub fn passwd(file: &std::path::Path, user: &str, delete: bool, iterations: u32) -> Result<()> {
+    use crate::auth::{PasswordHash, Users, password};
+    use std::os::unix::fs::OpenOptionsExt;
+    password::validate_name(user)?;
+    let mut users = match std::fs::read_to_string(file) {
+        Ok(text) => Users::parse(&text).map_err(|e| format!("{}: {e}", file.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !delete => Users::default(),
+        Err(e) => return Err(format!("cannot read {}: {e}", file.display()).into()),
+    };
+    if delete {
+        if !users.remove(user) {
+            return Err(format!("{}: no user {user:?}", file.display()).into());
+        }
+    } else {
+        // SAFETY: isatty only inspects the descriptor.
+        let password = if unsafe { libc::isatty(0) } == 1 {
+            let first = read_hidden("Password: ")?;
+            let again = read_hidden("Reenter password: ")?;
+            if first != again {
+                return Err("the passwords do not match".into());
+            }
+            first
+        } else {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_string()
+        };
+        if password.is_empty() {
+            return Err("empty password".into());
+        }
+        if password.len() > password::MAX_NAME * 4 {
+            return Err("password longer than 1024 bytes".into());
+        }
+        users.set(user, PasswordHash::new(password.as_bytes(), iterations)?);
+    }
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        file.file_name().and_then(|n| n.to_str()).unwrap_or("users"),
+        std::process::id()
+    ));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+    f.write_all(users.render().as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, file).map_err(|e| format!("cannot replace {}: {e}", file.display()))?;
+    Ok(())
 }
 
 /// `brook topics list`: one name per line, or a JSON array.
@@ -284,12 +391,13 @@ pub fn is_unknown_topic(e: &ClientError) -> bool {
 }
 
 /// GETs `path` from Brook's HTTP listener at `http`; the body of a 200 answer.
-pub async fn http_get(http: &str, path: &str) -> Result<String> {
+pub async fn http_get(http: &str, path: &str, token: Option<&str>) -> Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(http)
         .await
         .map_err(|e| format!("cannot reach the HTTP listener at {http}: {e}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
@@ -303,8 +411,8 @@ pub async fn http_get(http: &str, path: &str) -> Result<String> {
 
 /// `brook mirror status`: reads `/api/mirrors` from the HTTP listener at `http` and prints one
 /// line per mirrored partition (or the JSON as served with `json`).
-pub async fn mirror_status(http: &str, json: bool) -> Result<()> {
-    let body = http_get(http, "/api/mirrors").await?;
+pub async fn mirror_status(http: &str, token: Option<&str>, json: bool) -> Result<()> {
+    let body = http_get(http, "/api/mirrors", token).await?;
     let body = body.as_str();
     if json {
         println!("{body}");

@@ -452,7 +452,7 @@ fn sent_bytes_by_topic(
     http: &str,
 ) -> (Instant, BTreeMap<String, u64>) {
     let body = rt
-        .block_on(brook::tools::http_get(http, "/api/mirrors"))
+        .block_on(brook::tools::http_get(http, "/api/mirrors", None))
         .expect("/api/mirrors");
     let at = Instant::now();
     let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
@@ -686,7 +686,7 @@ fn mqtt_upstream_login_with_a_password_file() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let body = rt
-            .block_on(brook::tools::http_get(&laddrs.http, "/api/mirrors"))
+            .block_on(brook::tools::http_get(&laddrs.http, "/api/mirrors", None))
             .expect("/api/mirrors");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
         let row = |m: &str| rows.iter().find(|r| r["mirror"] == m).cloned();
@@ -706,4 +706,112 @@ fn mqtt_upstream_login_with_a_password_file() {
     }
     kill_9(&mut local);
     stop(&mut up);
+}
+
+/// Brook upstream with users and an ACL: the mirror logging in with the right password (from
+/// `password_file`) gets every record there; one with a wrong password backs off with the
+/// refusal as its last error and sends nothing.
+#[test]
+fn brook_upstream_login_with_a_password_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let users = dir.path().join("users");
+    let mut passwd = common::brook()
+        .arg("passwd")
+        .arg(&users)
+        .args(["gw1", "--iterations", "1000"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("brook passwd");
+    std::io::Write::write_all(&mut passwd.stdin.take().expect("stdin"), b"s3cret\n")
+        .expect("password");
+    assert!(passwd.wait().expect("wait").success());
+    std::fs::write(
+        dir.path().join("acl.toml"),
+        "[[rule]]\nuser = \"gw1\"\nproduce = [\"telemetry\"]\nconsume = [\"telemetry\"]\nadmin = true\n",
+    )
+    .expect("acl");
+    let up_cfg = dir.path().join("up.toml");
+    std::fs::write(
+        &up_cfg,
+        format!(
+            "[auth]\nusers_file = {:?}\nacl_file = {:?}\nfailed_login_delay = \"10ms\"\n",
+            users,
+            dir.path().join("acl.toml")
+        ),
+    )
+    .expect("config");
+    let (mut up, uaddrs) = common::serve_with(&dir.path().join("up"), Some(&up_cfg), "127.0.0.1:0");
+    std::fs::write(dir.path().join("good"), "s3cret\n").expect("password");
+    std::fs::write(dir.path().join("bad"), "guess\n").expect("password");
+    let mirror = |name: &str| {
+        format!(
+            "[[mirror]]\nname = \"{name}\"\nkind = \"brook\"\nupstream = [\"{}\"]\ntopics = [\"telemetry\"]\nnode = \"gw1\"\nusername = \"gw1\"\npassword_file = {:?}\nbackoff_max = \"500ms\"\n",
+            uaddrs.native,
+            dir.path().join(name)
+        )
+    };
+    let cfg = dir.path().join("brook.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[log]\nflush_interval = \"100ms\"\nmin_free = 0\n\n{}{}",
+            mirror("good"),
+            mirror("bad")
+        ),
+    )
+    .expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    create_telemetry(&rt, &laddrs.native);
+    produce(&rt, &laddrs.native, "telemetry", 0, 100);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body = rt
+            .block_on(brook::tools::http_get(&laddrs.http, "/api/mirrors", None))
+            .expect("/api/mirrors");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+        let done = |m: &str| {
+            rows.iter()
+                .filter(|r| r["mirror"] == m)
+                .map(|r| r["sent_records"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        let bad: Vec<&serde_json::Value> = rows.iter().filter(|r| r["mirror"] == "bad").collect();
+        if done("good") == 100 && !bad.is_empty() && bad.iter().all(|r| r["state"] == "backing_off")
+        {
+            assert_eq!(done("bad"), 0, "{bad:?}");
+            for r in &bad {
+                let err = r["last_error"].as_str().expect("an error");
+                assert!(err.contains("bad user name or password"), "{err}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{rows:?}\n{}", uaddrs.log_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Read back upstream as gw1: the 100 records, once each.
+    let count = rt.block_on(async {
+        let c = Client::connect_as(&uaddrs.native, "check", Some(("gw1", b"s3cret")))
+            .await
+            .expect("login upstream");
+        let mut n = 0;
+        for p in 0..c
+            .describe_topic("telemetry")
+            .await
+            .expect("describe")
+            .partitions
+            .len()
+        {
+            let f = c
+                .fetch("telemetry", p as u32, 0, 1 << 24, 0, Duration::ZERO)
+                .await
+                .expect("fetch");
+            n += f.records(0).expect("records").len();
+        }
+        n
+    });
+    assert_eq!(count, 100);
+    kill_9(&mut local);
+    kill_9(&mut up);
 }

@@ -4,38 +4,13 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 mod common;
-
-fn require(program: &str, install: &str) -> Command {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found,
-        "{program} is missing: {install} (tests/run.sh installs it)"
-    );
-    Command::new(program)
-}
+use common::auth::{ok, port, require};
 
 fn mosquitto(program: &str) -> Command {
     require(program, "apt-get install mosquitto-clients")
-}
-
-fn port(addr: &str) -> String {
-    addr.rsplit(':').next().expect("port").to_string()
-}
-
-fn ok(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed ({:?}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 fn kill_9(child: &mut std::process::Child) {

@@ -33,7 +33,7 @@ proptest! {
         n in any::<u32>(),
         o in any::<u64>(),
         t in any::<i64>(),
-        which in 0u8..14,
+        which in 0u8..15,
         topics in proptest::collection::vec("[a-z]{1,8}", 0..16),
     ) {
         let mut group_topics = heapless::Vec::<&str, { proto::MAX_GROUP_TOPICS }>::new();
@@ -64,7 +64,8 @@ proptest! {
             10 => Request::LeaveGroup { group: &topic, member_id: &topic },
             11 => Request::CommitOffsets { group: &topic, member: Some((&topic, n)), offsets: commits },
             12 => Request::FetchOffsets { group: &topic, topic: &topic },
-            _ => Request::DescribeGroup { group: &topic },
+            13 => Request::DescribeGroup { group: &topic },
+            _ => Request::Authenticate { username: &topic, password: &bytes },
         };
         round_trip_request(&RequestFrame { correlation_id: id, request });
     }
@@ -113,8 +114,10 @@ fn error_codes_are_stable() {
     assert_eq!(ErrorCode::LogFull as u16, 20);
     assert_eq!(ErrorCode::IllegalGeneration as u16, 31);
     assert_eq!(ErrorCode::ShuttingDown as u16, 40);
+    assert_eq!(ErrorCode::AuthenticationFailed as u16, 50);
+    assert_eq!(ErrorCode::NotAuthorized as u16, 51);
     for code in [
-        2u16, 3, 4, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 30, 31, 32, 33, 40,
+        2u16, 3, 4, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 30, 31, 32, 33, 40, 50, 51,
     ] {
         assert_eq!(ErrorCode::from_u16(code) as u16, code);
     }

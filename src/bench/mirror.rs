@@ -152,7 +152,7 @@ impl MirrorBench {
         let server = start_server("mirror", Some(dir.to_path_buf()), Some(&config))?;
         let pid = server.child.id();
         loop {
-            let body = crate::tools::http_get(&server.http_addr, "/api/mirrors")
+            let body = crate::tools::http_get(&server.http_addr, "/api/mirrors", None)
                 .await
                 .map_err(|e| e.to_string())?;
             let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;

@@ -5,6 +5,7 @@
 pub mod mirror;
 pub mod mqtt;
 pub mod native;
+pub mod password;
 pub mod storage;
 
 use std::io::{BufRead, BufReader};

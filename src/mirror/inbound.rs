@@ -68,6 +68,7 @@ enum Source {
     },
     Brook {
         upstream: Vec<String>,
+        login: Option<(String, String)>,
         client: Option<Arc<crate::client::Client>>,
     },
 }
@@ -82,6 +83,7 @@ impl Source {
             },
             _ => Source::Brook {
                 upstream: cfg.upstream.clone(),
+                login: super::credentials(cfg),
                 client: None,
             },
         }
@@ -113,12 +115,13 @@ impl Source {
 
     async fn brook(
         upstream: &[String],
+        login: Option<&(String, String)>,
         client: &mut Option<Arc<crate::client::Client>>,
     ) -> Result<Arc<crate::client::Client>, String> {
         if let Some(c) = client {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(connect_brook(upstream, "brook-mirror-in").await?);
+        let c = Arc::new(connect_brook(upstream, "brook-mirror-in", login).await?);
         *client = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -136,8 +139,12 @@ impl Source {
                         .collect()
                 })
             }
-            Source::Brook { upstream, client } => {
-                let c = Self::brook(upstream, client).await?;
+            Source::Brook {
+                upstream,
+                login,
+                client,
+            } => {
+                let c = Self::brook(upstream, login.as_ref(), client).await?;
                 let names = timed("list topics", c.list_topics()).await;
                 match names {
                     Ok(names) => {
@@ -259,8 +266,14 @@ impl Source {
                     }
                 }
             }
-            Source::Brook { upstream, client } => {
-                let c = Self::brook(upstream, client).await.map_err(Err)?;
+            Source::Brook {
+                upstream,
+                login,
+                client,
+            } => {
+                let c = Self::brook(upstream, login.as_ref(), client)
+                    .await
+                    .map_err(Err)?;
                 let got = timed(
                     "fetch",
                     c.fetch(topic, partition, offset, FETCH_BYTES, 1, FETCH_WAIT),

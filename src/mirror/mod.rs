@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::broker::Broker;
+use crate::log::store::glob;
 use crate::log::{Header, Record, Visibility};
 use crate::units::ByteSize;
 use crate::units::HumanDuration;
@@ -85,11 +86,12 @@ pub struct MirrorConfig {
     /// Bytes per second for the whole mirror (record key, value and headers, before
     /// compression); `0` or `"none"`: as fast as the upstream takes them.
     pub bandwidth_limit: ByteSize,
-    /// MQTT: the user name to log in with upstream (empty: anonymous).
+    /// MQTT and Brook: the user name to log in with upstream (empty: anonymous).
     pub username: String,
-    /// MQTT: a file holding the password (its first line), rather than the config in plain text.
+    /// MQTT and Brook: a file holding the password (its first line), rather than the config
+    /// in plain text.
     pub password_file: Option<std::path::PathBuf>,
-    /// MQTT: an environment variable holding the password.
+    /// MQTT and Brook: an environment variable holding the password.
     pub password_env: String,
     /// Share of the bandwidth limit per topic name or pattern (1 to 1000; unlisted topics: 1).
     /// The longest matching pattern wins. Topics with backlog split the limit in proportion.
@@ -207,9 +209,9 @@ impl MirrorConfig {
         if self.backoff_max.0 < self.backoff_min.0 {
             return Err(format!("{at}.backoff_max is below backoff_min"));
         }
-        if !self.username.is_empty() && self.kind != "mqtt" {
+        if !self.username.is_empty() && self.kind == "kafka" {
             return Err(format!(
-                "{at}.username: only MQTT upstreams log in so far (Kafka SASL and Brook logins come with the security work)"
+                "{at}.username: Kafka upstreams have no login yet (SASL comes with the security work)"
             ));
         }
         if (self.password_file.is_some() || !self.password_env.is_empty())
@@ -290,21 +292,6 @@ impl MirrorConfig {
             .filter(|(p, _)| glob(p, topic))
             .max_by_key(|(p, _)| p.len())
             .map_or(1, |(_, v)| *v)
-    }
-}
-
-/// `*` matches any run of characters; everything else itself.
-fn glob(pattern: &str, s: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == s,
-        Some((head, tail)) => {
-            let Some(rest) = s.strip_prefix(head) else {
-                return false;
-            };
-            (0..=rest.len())
-                .filter(|i| rest.is_char_boundary(*i))
-                .any(|i| glob(tail, &rest[i..]))
-        }
     }
 }
 
@@ -602,7 +589,7 @@ async fn run_partition(
             format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
             credentials(&cfg),
         ))),
-        _ => Sink::Brook(BrookSink::new(cfg.upstream.clone())),
+        _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), credentials(&cfg))),
     };
     let mut backoff = cfg.backoff_min.0;
     status.update(&key, |s| s.state = "starting".into());

@@ -56,10 +56,17 @@ pub(super) async fn connect_kafka(
 pub(super) async fn connect_brook(
     upstream: &[String],
     client_id: &str,
+    login: Option<&(String, String)>,
 ) -> Result<crate::client::Client, String> {
     let mut last = String::from("no upstream address");
+    let login = login.map(|(u, p)| (u.as_str(), p.as_bytes()));
     for addr in upstream {
-        match timed("connect", crate::client::Client::connect(addr, client_id)).await {
+        match timed(
+            "connect",
+            crate::client::Client::connect_as(addr, client_id, login),
+        )
+        .await
+        {
             Ok(c) => return Ok(c),
             Err(e) => last = format!("{addr}: {e}"),
         }
@@ -237,14 +244,16 @@ impl KafkaSink {
 
 pub struct BrookSink {
     upstream: Vec<String>,
+    login: Option<(String, String)>,
     client: Option<Arc<crate::client::Client>>,
     counts: HashMap<String, u32>,
 }
 
 impl BrookSink {
-    pub fn new(upstream: Vec<String>) -> BrookSink {
+    pub fn new(upstream: Vec<String>, login: Option<(String, String)>) -> BrookSink {
         BrookSink {
             upstream,
+            login,
             client: None,
             counts: HashMap::new(),
         }
@@ -254,7 +263,7 @@ impl BrookSink {
         if let Some(c) = &self.client {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(connect_brook(&self.upstream, "brook-mirror").await?);
+        let c = Arc::new(connect_brook(&self.upstream, "brook-mirror", self.login.as_ref()).await?);
         self.client = Some(Arc::clone(&c));
         Ok(c)
     }

@@ -56,6 +56,11 @@ pub enum ErrorCode {
     InvalidGroup = 33,
     /// The server is shutting down.
     ShuttingDown = 40,
+    /// Unknown user or wrong password, or no login where one is required; the connection
+    /// closes.
+    AuthenticationFailed = 50,
+    /// The ACL does not allow this request to this user.
+    NotAuthorized = 51,
 }
 
 impl ErrorCode {
@@ -79,6 +84,8 @@ impl ErrorCode {
             32 => ErrorCode::RebalanceInProgress,
             33 => ErrorCode::InvalidGroup,
             40 => ErrorCode::ShuttingDown,
+            50 => ErrorCode::AuthenticationFailed,
+            51 => ErrorCode::NotAuthorized,
             _ => ErrorCode::Unknown,
         }
     }
@@ -217,6 +224,13 @@ pub enum Request<'a> {
     ListGroups,
     DescribeGroup {
         group: &'a str,
+    },
+    /// Logs in; right after the handshake, before anything else. Answered with `Done`, or
+    /// `AuthenticationFailed` and the connection closes. Without it a connection is
+    /// anonymous, which the server may refuse.
+    Authenticate {
+        username: &'a str,
+        password: &'a [u8],
     },
 }
 

@@ -17,7 +17,10 @@
 //! # Conversation
 //!
 //! The client opens with `Handshake { version, client_id }`; the server answers with its version
-//! or `Error { UnsupportedVersion }` for a newer client. Then any requests, pipelined: each answer
+//! or `Error { UnsupportedVersion }` for a newer client. A client with a login sends
+//! `Authenticate { username, password }` next (a server with users requires it; a refusal is
+//! `Error { AuthenticationFailed }` and the connection closes; a request the ACL forbids gets
+//! `Error { NotAuthorized }` and the connection stays). Then any requests, pipelined: each answer
 //! carries its request's correlation id and is sent as soon as it is ready, so a long poll does
 //! not hold up the answers behind it; produces are applied in the order they were sent. A frame
 //! that is malformed, oversized or not decodable closes the connection after an `Error` answer

@@ -1,6 +1,9 @@
 //! The HTTP endpoint: `/metrics` (Prometheus text), `/healthz`, `/api/topics` and
 //! `/api/mirrors` (JSON).
 //!
+//! With `auth.http_token_file` set, `/api/...` (and `/metrics` with `auth.metrics_need_token`)
+//! answer 401 without `Authorization: Bearer TOKEN`; `/healthz` is always open.
+//!
 //! A deliberately small HTTP/1.1 server: GET only, one request per connection, request heads up
 //! to 8 KiB. Anything else gets a 4xx answer.
 
@@ -9,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::native::NativeStats;
+use crate::auth::tls::{HANDSHAKE_TIMEOUT, TlsServer};
 use crate::broker::Broker;
 use crate::log::partition::FSYNC_BUCKETS_US;
 
@@ -24,10 +28,12 @@ pub struct HttpState {
     pub mqtt: Arc<super::mqtt::MqttStats>,
     pub kafka: Arc<super::kafka::KafkaStats>,
     pub mirrors: Arc<crate::mirror::MirrorStatus>,
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 pub async fn run(
     listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
     state: Arc<HttpState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -45,13 +51,29 @@ pub async fn run(
             }
         };
         let state = Arc::clone(&state);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), serve_one(stream, &state)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                match &tls {
+                    None => serve_one(stream, &state).await,
+                    Some(t) => match t.accept(stream, HANDSHAKE_TIMEOUT).await {
+                        Ok((s, _)) => serve_one(s, &state).await,
+                        Err(e) => {
+                            tracing::debug!("http: {e}");
+                            Ok(())
+                        }
+                    },
+                }
+            })
+            .await;
         });
     }
 }
 
-async fn serve_one(mut stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
+async fn serve_one<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    state: &HttpState,
+) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -72,6 +94,22 @@ async fn serve_one(mut stream: TcpStream, state: &HttpState) -> std::io::Result<
         return respond(&mut stream, 405, "text/plain", "only GET is supported\n").await;
     }
     let path = target.split('?').next().unwrap_or("");
+    let text = String::from_utf8_lossy(&head);
+    let authorization = text.split("\r\n").skip(1).find_map(|h| {
+        let (name, value) = h.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("authorization")
+            .then(|| value.trim())
+    });
+    if !state.auth.http_allows(path, authorization) {
+        return respond(
+            &mut stream,
+            401,
+            "text/plain",
+            "a token is required: Authorization: Bearer TOKEN (auth.http_token_file)\n",
+        )
+        .await;
+    }
     match path {
         "/metrics" => {
             let body = metrics(state);
@@ -103,14 +141,15 @@ async fn serve_one(mut stream: TcpStream, state: &HttpState) -> std::io::Result<
     }
 }
 
-async fn respond(
-    stream: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: u16,
     ctype: &str,
     body: &str,
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
@@ -318,6 +357,7 @@ pub fn metrics(state: &HttpState) -> String {
     state.mqtt.render(&mut m);
     state.kafka.render(&mut m);
     state.mirrors.render(&mut m);
+    state.auth.stats.render(&mut m);
     family(
         &mut m,
         "brook_group_lag",

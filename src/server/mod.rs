@@ -9,6 +9,10 @@
 //! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
 //! | MQTT 3.1.1 and 5.0 | [`mqtt`] | 127.0.0.1:1883 |
 //! | Kafka API | [`kafka`] | 127.0.0.1:9092 |
+//! | native, MQTT, HTTP over TLS ([`crate::auth::tls`]) | the same modules | off (`listeners.*_tls`) |
+//!
+//! Every listener asks [`crate::auth`] who a client is and what it may do; SIGHUP re-reads the
+//! users, ACL and HTTP token files.
 //!
 //! Under systemd ([`systemd`]), `READY=1` is sent once the log is open and the listeners are
 //! bound, `WATCHDOG=1` while housekeeping runs, `STOPPING=1` on shutdown.
@@ -30,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::Auth;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 
@@ -44,6 +49,8 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Auth(String),
     #[error("task failed: {0}")]
     Task(String),
 }
@@ -55,8 +62,31 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub kafka_addr: SocketAddr,
+    /// The TLS listeners, when configured.
+    pub native_tls_addr: Option<SocketAddr>,
+    pub mqtt_tls_addr: Option<SocketAddr>,
+    pub http_tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds a TLS listener when `addr` is set.
+async fn bind_tls(
+    what: &'static str,
+    addr: &str,
+) -> Result<Option<(TcpListener, SocketAddr)>, ServeError> {
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let l = bind(what, addr).await?;
+    let a = l
+        .local_addr()
+        .map_err(|e| ServeError::Task(e.to_string()))?;
+    Ok(Some((l, a)))
+}
+
+fn show(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "-".to_string(), |a| a.to_string())
 }
 
 async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServeError> {
@@ -71,6 +101,20 @@ async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServeError>
 
 /// Opens the broker and starts every listener and the housekeeping.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    let auth = Arc::new(Auth::open(&config.auth).map_err(ServeError::Auth)?);
+    let tls = if config.listeners.any_tls() {
+        Some(Arc::new(
+            crate::auth::tls::TlsServer::open(&config.tls).map_err(ServeError::Auth)?,
+        ))
+    } else {
+        None
+    };
+    let native_tls = bind_tls("native over TLS", &config.listeners.native_tls).await?;
+    let mqtt_tls = bind_tls("mqtt over TLS", &config.listeners.mqtt_tls).await?;
+    let http_tls = bind_tls("http over TLS", &config.listeners.http_tls).await?;
+    let native_tls_addr = native_tls.as_ref().map(|x| x.1);
+    let mqtt_tls_addr = mqtt_tls.as_ref().map(|x| x.1);
+    let http_tls_addr = http_tls.as_ref().map(|x| x.1);
     let native_listener = bind("native", &config.listeners.native).await?;
     let http_listener = bind("http", &config.listeners.http).await?;
     let mqtt_listener = bind("mqtt", &config.listeners.mqtt).await?;
@@ -114,28 +158,62 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let mirrors = crate::mirror::Mirrors::start(Arc::clone(&broker), mirror_configs, rx.clone());
     let hub = {
         let (b, st, stop) = (Arc::clone(&broker), Arc::clone(&mqtt_stats), rx.clone());
-        mqtt::hub::Hub::start(b, mqtt_config, st, stop)?
+        mqtt::hub::Hub::start(b, Arc::clone(&auth), mqtt_config, st, stop)?
     };
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(native::run(
-        native_listener,
-        Arc::clone(&broker),
-        limits,
-        Arc::clone(&stats),
-        rx.clone(),
-    )));
-    tasks.push(tokio::spawn(http::run(
-        http_listener,
-        Arc::new(http::HttpState {
-            broker: Arc::clone(&broker),
-            native: stats,
-            mqtt: mqtt_stats,
-            kafka: Arc::clone(&kafka_stats),
-            mirrors: Arc::clone(&mirrors.status),
-        }),
-        rx.clone(),
-    )));
-    tasks.push(tokio::spawn(mqtt::run(mqtt_listener, hub, rx.clone())));
+    for (listener, tls) in [
+        Some((native_listener, None)),
+        native_tls.map(|(l, _)| (l, tls.clone())),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tasks.push(tokio::spawn(native::run(
+            listener,
+            tls,
+            Arc::clone(&broker),
+            Arc::clone(&auth),
+            limits.clone(),
+            Arc::clone(&stats),
+            rx.clone(),
+        )));
+    }
+    let http_state = Arc::new(http::HttpState {
+        broker: Arc::clone(&broker),
+        native: stats,
+        mqtt: mqtt_stats,
+        kafka: Arc::clone(&kafka_stats),
+        mirrors: Arc::clone(&mirrors.status),
+        auth: Arc::clone(&auth),
+    });
+    for (listener, tls) in [
+        Some((http_listener, None)),
+        http_tls.map(|(l, _)| (l, tls.clone())),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tasks.push(tokio::spawn(http::run(
+            listener,
+            tls,
+            Arc::clone(&http_state),
+            rx.clone(),
+        )));
+    }
+    for (listener, tls) in [
+        Some((mqtt_listener, None)),
+        mqtt_tls.map(|(l, _)| (l, tls.clone())),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        tasks.push(tokio::spawn(mqtt::run(
+            listener,
+            tls,
+            Arc::clone(&hub),
+            rx.clone(),
+        )));
+    }
     let kafka_ctx = Arc::new(kafka::Ctx::new(
         Arc::clone(&broker),
         kafka_config,
@@ -147,6 +225,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     tasks.push(tokio::spawn(kafka::run(
         kafka_listener,
         kafka_ctx,
+        rx.clone(),
+    )));
+    tasks.push(tokio::spawn(reload_on_sighup(
+        Arc::clone(&auth),
+        tls.clone(),
         rx.clone(),
     )));
     let b = Arc::clone(&broker);
@@ -180,7 +263,16 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     }));
-    tracing::info!(native = %native_addr, http = %http_addr, mqtt = %mqtt_addr, kafka = %kafka_addr, "listening");
+    tracing::info!(
+        native = %native_addr,
+        http = %http_addr,
+        mqtt = %mqtt_addr,
+        kafka = %kafka_addr,
+        native_tls = %show(native_tls_addr),
+        mqtt_tls = %show(mqtt_tls_addr),
+        http_tls = %show(http_tls_addr),
+        "listening"
+    );
     if let Err(e) = systemd::notify(&format!(
         "READY=1\nSTATUS=listening: native {native_addr}, http {http_addr}, mqtt {mqtt_addr}, kafka {kafka_addr}"
     )) {
@@ -192,9 +284,51 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         http_addr,
         mqtt_addr,
         kafka_addr,
+        native_tls_addr,
+        mqtt_tls_addr,
+        http_tls_addr,
         shutdown,
         tasks,
     })
+}
+
+/// Re-reads the users, ACL and token files on every SIGHUP until shutdown.
+async fn reload_on_sighup(
+    auth: Arc<Auth>,
+    tls: Option<Arc<crate::auth::tls::TlsServer>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("cannot listen for SIGHUP (no reload of users and ACL): {e}");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+            got = hup.recv() => {
+                if got.is_none() {
+                    return;
+                }
+                let a = Arc::clone(&auth);
+                let t = tls.clone();
+                // Errors are logged; the old files stay in force.
+                let _ = tokio::task::spawn_blocking(move || {
+                    let _ = a.reload();
+                    if let Some(t) = t {
+                        match t.reload() {
+                            Ok(()) => tracing::info!("tls: certificate and key re-read"),
+                            Err(e) => tracing::error!("tls: reload failed, the previous certificate stays: {e}"),
+                        }
+                    }
+                })
+                .await;
+            }
+        }
+    }
 }
 
 impl Running {

@@ -181,6 +181,8 @@ pub mod reason {
     pub const CLIENT_ID_NOT_VALID: u8 = 0x85;
     pub const SERVER_UNAVAILABLE: u8 = 0x88;
     pub const SERVER_BUSY: u8 = 0x89;
+    pub const BAD_USER_NAME_OR_PASSWORD: u8 = 0x86;
+    pub const NOT_AUTHORIZED: u8 = 0x87;
     pub const BAD_AUTH_METHOD: u8 = 0x8C;
     pub const KEEP_ALIVE_TIMEOUT: u8 = 0x8D;
     pub const SESSION_TAKEN_OVER: u8 = 0x8E;

@@ -10,10 +10,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::auth::tls::{Accepted, ReadHalf, WriteHalf};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
@@ -21,6 +20,8 @@ use super::codec::{self, CodecError, Connect, Out, Publish, Version, reason};
 use super::hub::{Delivery, Hub, Takeover};
 use super::message;
 use super::session::{Ack, Action, AppendOutcome, Limits, Session, SessionState};
+use super::topic;
+use crate::auth::{Op, Principal, Refusal};
 use crate::broker::BrokerError;
 use crate::log::{Durability, LogError};
 
@@ -42,7 +43,7 @@ fn now_ms() -> i64 {
 }
 
 async fn read_connect(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Connect, String> {
@@ -60,6 +61,21 @@ async fn read_connect(
     }
 }
 
+/// Answers a CONNECT with a refusal (`code` as a 5.0 reason; 3.1.1 gets its return code).
+async fn refuse(wr: &mut WriteHalf, version: Version, code: u8) {
+    let mut buf = BytesMut::new();
+    codec::write(
+        version,
+        &Out::ConnAck(codec::ConnAck {
+            reason: code,
+            ..codec::ConnAck::default()
+        }),
+        &mut buf,
+    );
+    let _ = wr.write_all(&buf).await;
+    let _ = wr.shutdown().await;
+}
+
 /// How a connection ended, for the will and the session.
 enum End {
     /// DISCONNECT from the client (the will is discarded).
@@ -73,13 +89,13 @@ enum End {
 
 /// Serves one accepted connection to its end.
 pub async fn serve(
-    stream: TcpStream,
+    stream: Accepted,
+    cert_user: Option<String>,
     peer: SocketAddr,
     hub: Arc<Hub>,
     stop: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.split();
     let max = hub.config.max_packet_size.bytes() as usize;
     let mut inbuf = BytesMut::with_capacity(4096);
     let connect = match tokio::time::timeout(
@@ -117,6 +133,38 @@ pub async fn serve(
         client_id = format!("brook-{conn:x}-{:x}", now_ms());
         assigned = Some(client_id.clone());
     }
+    // A verified client certificate is the login (tls.cert_cn_as_username).
+    let login = match &cert_user {
+        Some(cn) => Ok(Some(hub.auth.login_certificate(cn))),
+        None => {
+            hub.auth
+                .login(
+                    connect.username.as_deref(),
+                    connect.password.as_deref().map(str::as_bytes),
+                )
+                .await
+        }
+    };
+    let user = match login {
+        Ok(user) => user,
+        Err(refusal) => {
+            let code = match refusal {
+                Refusal::BadCredentials => reason::BAD_USER_NAME_OR_PASSWORD,
+                Refusal::LoginRequired => reason::NOT_AUTHORIZED,
+            };
+            refuse(&mut wr, version, code).await;
+            tracing::info!(%peer, client = %client_id, user = connect.username.as_deref().unwrap_or(""), "mqtt: connection refused: {refusal}");
+            return;
+        }
+    };
+    let grants = Principal::new(Arc::clone(&hub.auth), user, &client_id);
+    if let Some(will) = &connect.will {
+        if !grants.allows(Op::Publish(&will.message.topic)) {
+            refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
+            tracing::info!(%peer, client = %client_id, user = grants.name(), topic = %will.message.topic, "mqtt: connection refused: the ACL does not allow its will topic");
+            return;
+        }
+    }
     let (takeover_tx, mut takeover_rx) = mpsc::channel(1);
     let previous = hub.claim(&client_id, conn, takeover_tx).await;
     let (state, present) = match previous {
@@ -136,7 +184,17 @@ pub async fn serve(
         max_packet_size: max as u32,
         max_session_expiry: hub.config.max_session_expiry_secs(),
     };
-    let sm = Session::start(&connect, state, present, assigned, limits);
+    let mut sm = Session::start(&connect, state, present, assigned, limits);
+    // A resumed session keeps only the subscriptions the ACL still allows.
+    sm.state.subscriptions.retain(|f, _| {
+        let inner = topic::parse_filter(f).map_or(f.as_str(), |p| p.filter);
+        let ok = grants.allows(Op::Subscribe(inner));
+        if !ok {
+            tracing::info!(client = %client_id, filter = %f, "mqtt: stored subscription dropped: the ACL no longer allows it");
+        }
+        ok
+    });
+    sm.grants = Some(grants);
     hub.stats.connections.fetch_add(1, Ordering::Relaxed);
     hub.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, client = %client_id, ?version, present, "mqtt: connected");
@@ -204,7 +262,7 @@ struct Conn {
     conn: u64,
     peer: SocketAddr,
     sm: Session,
-    wr: tokio::net::tcp::OwnedWriteHalf,
+    wr: WriteHalf,
     out: BytesMut,
     tx: mpsc::Sender<Delivery>,
     lagged: Arc<AtomicBool>,
@@ -240,7 +298,7 @@ impl Conn {
 
     async fn run(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: ReadHalf,
         mut inbuf: BytesMut,
         mut rx: mpsc::Receiver<Delivery>,
         takeover_rx: &mut mpsc::Receiver<Takeover>,

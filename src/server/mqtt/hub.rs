@@ -109,6 +109,8 @@ impl StoredRetained {
 
 pub struct Hub {
     pub broker: Arc<Broker>,
+    /// Logins and the ACL.
+    pub auth: Arc<crate::auth::Auth>,
     pub config: MqttConfig,
     pub stats: Arc<MqttStats>,
     subs: RwLock<Trie<SubKey, Target>>,
@@ -137,6 +139,7 @@ impl Hub {
     /// existing log topic MQTT routes to.
     pub fn start(
         broker: Arc<Broker>,
+        auth: Arc<crate::auth::Auth>,
         config: MqttConfig,
         stats: Arc<MqttStats>,
         shutdown: watch::Receiver<bool>,
@@ -188,6 +191,7 @@ impl Hub {
             .store(retained.len() as u64, Ordering::Relaxed);
         let hub = Arc::new_cyclic(|me| Hub {
             broker,
+            auth,
             config,
             stats,
             subs: RwLock::new(Trie::default()),

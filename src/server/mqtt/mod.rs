@@ -55,6 +55,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::auth::tls::{Accepted, HANDSHAKE_TIMEOUT, TlsServer};
 use crate::log::Durability;
 use crate::units::{ByteSize, HumanDuration};
 use hub::Hub;
@@ -282,8 +283,15 @@ impl MqttStats {
     }
 }
 
-/// Accepts MQTT connections until `shutdown` turns true; runs the hub's housekeeping.
-pub async fn run(listener: TcpListener, hub: Arc<Hub>, mut shutdown: watch::Receiver<bool>) {
+/// Accepts MQTT connections until `shutdown` turns true. The plain listener (`tls` None) also
+/// runs the hub's housekeeping and, at shutdown, waits for its background tasks.
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    hub: Arc<Hub>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let owner = tls.is_none();
     let slots = Arc::new(Semaphore::new(hub.config.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -292,7 +300,7 @@ pub async fn run(listener: TcpListener, hub: Arc<Hub>, mut shutdown: watch::Rece
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-            _ = tick.tick() => {
+            _ = tick.tick(), if owner => {
                 let h = Arc::clone(&hub);
                 let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;
                 continue;
@@ -317,13 +325,29 @@ pub async fn run(listener: TcpListener, hub: Arc<Hub>, mut shutdown: watch::Rece
         };
         let hub = Arc::clone(&hub);
         let stop = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
-            conn::serve(stream, peer, hub, stop).await;
+            let _ = stream.set_nodelay(true);
+            match &tls {
+                None => conn::serve(Accepted::Plain(stream), None, peer, hub, stop).await,
+                Some(t) => match t.accept(stream, HANDSHAKE_TIMEOUT).await {
+                    Ok((s, cn)) => {
+                        conn::serve(Accepted::Tls(Box::new(s)), cn, peer, hub, stop).await
+                    }
+                    Err(e) => {
+                        hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, "mqtt: closing connection: {e}");
+                    }
+                },
+            }
             drop(permit);
         });
         while connections.try_join_next().is_some() {}
     }
     while connections.join_next().await.is_some() {}
+    if !owner {
+        return;
+    }
     hub.join_background().await;
     let h = Arc::clone(&hub);
     let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;

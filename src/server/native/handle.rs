@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use heapless::Vec as HVec;
 
+use crate::auth::{Op, Principal};
 use crate::broker::{Broker, BrokerError};
 use crate::log::{Durability, EncodedBatch, LogError, OnFull, PartitionChoice};
 use crate::proto::{
@@ -35,6 +36,49 @@ fn broker_error(correlation_id: u32, e: &BrokerError) -> Vec<u8> {
     error(correlation_id, e.code(), &e.to_string())
 }
 
+/// Checks `request` against the ACL; `Err` names what was refused ("produce to \"t\"").
+/// Listing topics, heartbeats and leaving a group need no grant; reading a topic, its offsets,
+/// or joining and committing a group over it need `consume`; creating and deleting topics,
+/// listing and describing groups need `admin`.
+pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
+    let topic_op = |op: Op<'_>, topic: &str| {
+        if who.allows(op) {
+            Ok(())
+        } else {
+            Err(format!("{} {topic:?}", op.verb()))
+        }
+    };
+    match request {
+        Request::Produce(p) => topic_op(Op::Produce(p.topic), p.topic),
+        Request::Fetch(f) => topic_op(Op::Consume(f.topic), f.topic),
+        Request::ListOffsets { topic, .. } | Request::FetchOffsets { topic, .. } => {
+            topic_op(Op::Consume(topic), topic)
+        }
+        Request::DescribeTopic { name } => topic_op(Op::Consume(name), name),
+        Request::JoinGroup { topics, .. } => {
+            topics.iter().try_for_each(|t| topic_op(Op::Consume(t), t))
+        }
+        Request::CommitOffsets { offsets, .. } => offsets
+            .iter()
+            .try_for_each(|c| topic_op(Op::Consume(c.topic), c.topic)),
+        Request::CreateTopic { .. }
+        | Request::DeleteTopic { .. }
+        | Request::ListGroups
+        | Request::DescribeGroup { .. } => {
+            if who.allows(Op::Admin) {
+                Ok(())
+            } else {
+                Err("administer topics and groups (admin)".into())
+            }
+        }
+        Request::Handshake { .. }
+        | Request::Authenticate { .. }
+        | Request::ListTopics
+        | Request::Heartbeat { .. }
+        | Request::LeaveGroup { .. } => Ok(()),
+    }
+}
+
 /// Handles one request (not the handshake) and returns the framed answer.
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -44,6 +88,9 @@ pub async fn handle(
 ) -> Vec<u8> {
     let result = match request {
         Request::Handshake { .. } => Err(BrokerError::Invalid("handshake sent twice".into())),
+        Request::Authenticate { .. } => Err(BrokerError::Invalid(
+            "Authenticate must come right after the handshake".into(),
+        )),
         Request::Produce(p) => match produce_start(broker, id, &p) {
             Ok(done) => return done.await,
             Err(answer) => return answer,

@@ -11,7 +11,8 @@
 //! A malformed, oversized or undecodable frame, or a request before the handshake, gets an
 //! `Error` answer (correlation id 0 when it could not be read) and closes that one connection,
 //! with the reason logged. Connections beyond `max_connections` are answered with an error and
-//! closed; a connection silent for `idle_timeout` is closed. On shutdown the listener stops
+//! closed; a connection silent for `idle_timeout` is closed, one that has not completed its
+//! handshake within 10 s (the TLS handshake included, on the TLS listener) too. On shutdown the listener stops
 //! accepting, every connection stops reading, and the answers in flight are still sent.
 
 mod handle;
@@ -22,9 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
+use crate::auth::tls::{Accepted, HANDSHAKE_TIMEOUT, TlsServer};
+use crate::auth::{Auth, Principal};
 use crate::broker::Broker;
 use crate::proto::{
     self, ErrorCode, FrameError, PROTOCOL_VERSION, Request, RequestFrame, Response,
@@ -64,7 +67,9 @@ pub struct NativeStats {
 /// Accepts connections until `shutdown` turns true.
 pub async fn run(
     listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
     broker: Arc<Broker>,
+    auth: Arc<Auth>,
     limits: NativeLimits,
     stats: Arc<NativeStats>,
     mut shutdown: watch::Receiver<bool>,
@@ -100,12 +105,27 @@ pub async fn run(
         };
         stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let broker = Arc::clone(&broker);
+        let auth = Arc::clone(&auth);
+        let tls = tls.clone();
         let limits = limits.clone();
         let stats = Arc::clone(&stats);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             stats.connections_open.fetch_add(1, Ordering::Relaxed);
-            if let Err(reason) = connection(stream, peer, broker, limits, &stats, shutdown).await {
+            let accepted = match &tls {
+                None => Ok((Accepted::Plain(stream), None)),
+                Some(t) => t
+                    .accept(stream, HANDSHAKE_TIMEOUT)
+                    .await
+                    .map(|(s, cn)| (Accepted::Tls(Box::new(s)), cn)),
+            };
+            let result = match accepted {
+                Ok((stream, cn)) => {
+                    connection(stream, cn, peer, broker, auth, limits, &stats, shutdown).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(reason) = result {
                 stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer, "native connection closed: {reason}");
             }
@@ -119,15 +139,18 @@ pub async fn run(
 }
 
 /// Serves one connection. `Err` carries the reason it was closed for a protocol violation.
+#[allow(clippy::too_many_arguments)]
 async fn connection(
-    stream: TcpStream,
+    stream: Accepted,
+    cert_user: Option<String>,
     peer: SocketAddr,
     broker: Arc<Broker>,
+    auth: Arc<Auth>,
     limits: NativeLimits,
     _stats: &NativeStats,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = stream.split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
     let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
     let writer = tokio::spawn(async move {
@@ -151,6 +174,7 @@ async fn connection(
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
     let mut client_id: Option<Arc<str>> = None;
+    let mut principal: Option<Principal> = None;
     let result: Result<(), String> = 'conn: loop {
         // Cut every complete frame out of the buffer.
         loop {
@@ -158,51 +182,24 @@ async fn connection(
                 Ok((msg, total)) => {
                     let owned = msg.to_vec();
                     start += total;
-                    // Produces are put in the log right here, in request order (so a
-                    // pipelining producer keeps its order within each partition); only the wait
-                    // for durability runs concurrently.
-                    let decoded = match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
-                        Ok(r) => {
-                            let started = match (&r.request, client_id.is_some()) {
-                                (Request::Produce(p), true) => {
-                                    Some(handle::produce_start(&broker, r.correlation_id, p))
-                                }
-                                _ => None,
-                            };
-                            Ok((
-                                r.correlation_id,
-                                match r.request {
-                                    Request::Handshake { version, client_id } => {
-                                        Some((version, client_id.to_string()))
-                                    }
-                                    _ => None,
-                                },
-                                started,
-                            ))
-                        }
-                        Err(e) => Err(format!("undecodable request: {e}")),
-                    };
-                    let (id, handshake, started) = match decoded {
-                        Ok(x) => x,
-                        Err(reason) => {
+                    let frame = match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            let reason = format!("undecodable request: {e}");
                             let _ = tx
                                 .send(handle::error(0, ErrorCode::InvalidRequest, &reason))
                                 .await;
                             break 'conn Err(reason);
                         }
                     };
-                    if let Some(started) = started {
-                        let sent = match started {
-                            Ok(done) => answer_later(&slots, &tx, done).await,
-                            Err(answer) => tx.send(answer).await.is_ok(),
-                        };
-                        if !sent {
-                            break 'conn Ok(());
-                        }
-                        continue;
-                    }
+                    let id = frame.correlation_id;
+                    // First the handshake.
                     let Some(client) = client_id.clone() else {
-                        let Some((version, c)) = handshake else {
+                        let Request::Handshake {
+                            version,
+                            client_id: c,
+                        } = frame.request
+                        else {
                             let reason = "request before the handshake".to_string();
                             let _ = tx
                                 .send(handle::error(id, ErrorCode::HandshakeRequired, &reason))
@@ -218,7 +215,12 @@ async fn connection(
                                 .await;
                             break 'conn Err(reason);
                         }
-                        client_id = Some(Arc::from(c.as_str()));
+                        client_id = Some(Arc::from(c));
+                        // A verified client certificate is the login (cert_cn_as_username).
+                        if let Some(cn) = &cert_user {
+                            let user = auth.login_certificate(cn);
+                            principal = Some(Principal::new(Arc::clone(&auth), Some(user), c));
+                        }
                         let server = concat!("brook ", env!("CARGO_PKG_VERSION"));
                         let bytes = handle::answer(
                             id,
@@ -232,6 +234,87 @@ async fn connection(
                         }
                         continue;
                     };
+                    // Then the login, if any: reading waits for the password check, so
+                    // nothing sent after it runs before it is decided.
+                    if let Request::Authenticate { username, password } = frame.request {
+                        if principal.is_some() {
+                            let reason = "Authenticate must come right after the handshake";
+                            let _ = tx
+                                .send(handle::error(id, ErrorCode::InvalidRequest, reason))
+                                .await;
+                            break 'conn Err(reason.to_string());
+                        }
+                        match auth.login(Some(username), Some(password)).await {
+                            Ok(user) => {
+                                principal = Some(Principal::new(Arc::clone(&auth), user, &client));
+                                if tx.send(handle::answer(id, &Response::Done)).await.is_err() {
+                                    break 'conn Ok(());
+                                }
+                                continue;
+                            }
+                            Err(refusal) => {
+                                let _ = tx
+                                    .send(handle::error(
+                                        id,
+                                        ErrorCode::AuthenticationFailed,
+                                        &refusal.to_string(),
+                                    ))
+                                    .await;
+                                break 'conn Err(format!(
+                                    "login as {username:?} refused: {refusal}"
+                                ));
+                            }
+                        }
+                    }
+                    let who = match &principal {
+                        Some(p) => p.clone(),
+                        None => match auth.login(None, None).await {
+                            Ok(_) => {
+                                let p = Principal::new(Arc::clone(&auth), None, &client);
+                                principal = Some(p.clone());
+                                p
+                            }
+                            Err(refusal) => {
+                                let reason = format!(
+                                    "{refusal}: send Authenticate right after the handshake"
+                                );
+                                let _ = tx
+                                    .send(handle::error(
+                                        id,
+                                        ErrorCode::AuthenticationFailed,
+                                        &reason,
+                                    ))
+                                    .await;
+                                break 'conn Err(reason);
+                            }
+                        },
+                    };
+                    if let Err(op) = handle::authorize(&who, &frame.request) {
+                        let reason = format!("user {:?} may not {op}", who.name());
+                        tracing::debug!(%peer, client = %client, "native: {reason}");
+                        if tx
+                            .send(handle::error(id, ErrorCode::NotAuthorized, &reason))
+                            .await
+                            .is_err()
+                        {
+                            break 'conn Ok(());
+                        }
+                        continue;
+                    }
+                    // Produces are put in the log right here, in request order (so a
+                    // pipelining producer keeps its order within each partition); only the wait
+                    // for durability runs concurrently.
+                    if let Request::Produce(p) = &frame.request {
+                        let sent = match handle::produce_start(&broker, id, p) {
+                            Ok(done) => answer_later(&slots, &tx, done).await,
+                            Err(answer) => tx.send(answer).await.is_ok(),
+                        };
+                        if !sent {
+                            break 'conn Ok(());
+                        }
+                        continue;
+                    }
+                    drop(frame);
                     let broker = Arc::clone(&broker);
                     let work = async move {
                         match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
@@ -265,8 +348,14 @@ async fn connection(
         }
         let len = buf.len();
         buf.resize(buf.capacity(), 0);
+        // Until the handshake, a connection gets HANDSHAKE_TIMEOUT, not the idle timeout.
+        let wait = if client_id.is_none() {
+            HANDSHAKE_TIMEOUT.min(limits.idle_timeout)
+        } else {
+            limits.idle_timeout
+        };
         let read = tokio::select! {
-            r = tokio::time::timeout(limits.idle_timeout, rd.read(&mut buf[len..])) => r,
+            r = tokio::time::timeout(wait, rd.read(&mut buf[len..])) => r,
             _ = shutdown.wait_for(|s| *s) => {
                 buf.truncate(len);
                 break 'conn Ok(());
@@ -287,6 +376,9 @@ async fn connection(
             }
             Err(_) => {
                 buf.truncate(len);
+                if client_id.is_none() {
+                    break 'conn Err(format!("no handshake within {wait:?}"));
+                }
                 tracing::info!(%peer, "native connection idle for {:?}; closing", limits.idle_timeout);
                 break 'conn Ok(());
             }

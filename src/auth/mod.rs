@@ -1,0 +1,576 @@
+//! Authentication and authorization: the one place every front end asks who a client is and
+//! what it may do.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`password`] | the users file (Mosquitto 2.x format), password hashes |
+//! | [`acl`] | access rules per user: MQTT publish/subscribe, log produce/consume/admin |
+//! | [`tls`] | TLS for the listeners (rustls, ring): certificates, client certificates, streams |
+//!
+//! `[auth]` in brook.toml names a users file and an ACL file; both are read at start and again
+//! on SIGHUP (a file that fails to load then is logged and the old contents stay in force;
+//! connections stay open and are held to the new rules from their next request). With no
+//! users file, anonymous clients are allowed (`allow_anonymous` unset); with one, they are
+//! refused unless `allow_anonymous = true`. A listener on a non-loopback address needs a users
+//! file or an explicit `allow_anonymous = true`, or Brook refuses to start.
+//!
+//! Password checks are slow on purpose, so they run on the blocking pool, at most
+//! `login_concurrency` at once (a reconnect storm queues instead of exhausting CPU and memory),
+//! and a refused login is answered only after `failed_login_delay`.
+
+pub mod acl;
+pub mod password;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+
+pub use acl::{Acl, Op, Who};
+pub use password::{PasswordHash, Users};
+
+use crate::units::HumanDuration;
+
+/// `[auth]` in brook.toml.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Users and password hashes (`brook passwd`; Mosquitto 2.x files work as they are).
+    pub users_file: Option<PathBuf>,
+    /// Access rules (see [`acl`]). Unset: whoever may connect may do everything.
+    pub acl_file: Option<PathBuf>,
+    /// Whether clients without a login are let in. Unset: yes without a users file, no with one.
+    pub allow_anonymous: Option<bool>,
+    /// A file holding the token `/api/...` requires (`Authorization: Bearer TOKEN`).
+    pub http_token_file: Option<PathBuf>,
+    /// Whether `/metrics` needs the token too. Default false (`/healthz` is always open).
+    pub metrics_need_token: bool,
+    /// Password checks running at once. Default 2.
+    pub login_concurrency: usize,
+    /// How long a refused login waits for its answer. Default "1s".
+    pub failed_login_delay: HumanDuration,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            users_file: None,
+            acl_file: None,
+            allow_anonymous: None,
+            http_token_file: None,
+            metrics_need_token: false,
+            login_concurrency: 2,
+            failed_login_delay: HumanDuration::secs(1),
+        }
+    }
+}
+
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<SocketAddr>()
+        .is_ok_and(|a| a.ip().is_loopback())
+}
+
+impl AuthConfig {
+    /// Whether clients without a login are let in.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.users_file.is_none())
+    }
+
+    /// Checks the section against the listener addresses; the message names the key and says
+    /// how to go on.
+    pub fn validate(
+        &self,
+        listeners: &crate::config::Listeners,
+        tls: &crate::auth::tls::TlsConfig,
+    ) -> Result<(), String> {
+        if self.login_concurrency == 0 || self.login_concurrency > 64 {
+            return Err(format!(
+                "auth.login_concurrency = {} is outside 1..=64",
+                self.login_concurrency
+            ));
+        }
+        if self.failed_login_delay.0 > std::time::Duration::from_secs(60) {
+            return Err("auth.failed_login_delay: at most 60s".into());
+        }
+        if self.allow_anonymous == Some(false) && self.users_file.is_none() {
+            return Err(
+                "auth.allow_anonymous = false without auth.users_file: no client could log in"
+                    .into(),
+            );
+        }
+        let open = self.allow_anonymous == Some(true);
+        let ways = "either add users (auth.users_file, made with `brook passwd`) or set \
+                    auth.allow_anonymous = true to let anyone on the network in";
+        // Devices that must show a certificate whose CN is their user name are logged in.
+        let certs_log_in = tls.require_client_cert && tls.cert_cn_as_username;
+        for (key, addr, by_cert) in [
+            ("listeners.native", &listeners.native, false),
+            ("listeners.mqtt", &listeners.mqtt, false),
+            ("listeners.native_tls", &listeners.native_tls, certs_log_in),
+            ("listeners.mqtt_tls", &listeners.mqtt_tls, certs_log_in),
+        ] {
+            if !addr.is_empty()
+                && !is_loopback(addr)
+                && self.users_file.is_none()
+                && !open
+                && !by_cert
+            {
+                return Err(format!(
+                    "{key} = {addr:?} is reachable from the network and no login is required: {ways}"
+                ));
+            }
+        }
+        for (key, addr) in [
+            ("listeners.http", &listeners.http),
+            ("listeners.http_tls", &listeners.http_tls),
+        ] {
+            if !addr.is_empty() && !is_loopback(addr) && self.http_token_file.is_none() && !open {
+                return Err(format!(
+                    "{key} = {addr:?} is reachable from the network and the API is open: either \
+                     set auth.http_token_file or set auth.allow_anonymous = true"
+                ));
+            }
+        }
+        if !is_loopback(&listeners.kafka) && !open {
+            return Err(format!(
+                "listeners.kafka = {:?} is reachable from the network, and the Kafka listener has \
+                 no login yet: keep it on loopback or set auth.allow_anonymous = true",
+                listeners.kafka
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Why a login was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Unknown user or wrong password.
+    BadCredentials,
+    /// No login, and anonymous clients are not allowed.
+    LoginRequired,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::BadCredentials => "bad user name or password",
+            Refusal::LoginRequired => "a login is required",
+        })
+    }
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    pub logins: AtomicU64,
+    pub logins_failed: AtomicU64,
+    pub anonymous_refused: AtomicU64,
+    /// Denials by operation: publish, subscribe, produce, consume, admin.
+    pub denied: [AtomicU64; 5],
+    pub reloads: AtomicU64,
+    pub reload_failures: AtomicU64,
+}
+
+impl AuthStats {
+    /// Prometheus text lines.
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let name = "brook_auth_logins_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Logins by outcome.\n# TYPE {name} counter\n\
+             {name}{{outcome=\"ok\"}} {}\n{name}{{outcome=\"bad_credentials\"}} {}\n\
+             {name}{{outcome=\"login_required\"}} {}",
+            g(&self.logins),
+            g(&self.logins_failed),
+            g(&self.anonymous_refused)
+        );
+        let name = "brook_auth_denied_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Requests the ACL refused, by operation.\n# TYPE {name} counter"
+        );
+        for (i, op) in ["publish", "subscribe", "produce", "consume", "admin"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", g(&self.denied[i]));
+        }
+        let name = "brook_auth_reloads_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Users and ACL files re-read (SIGHUP), by outcome.\n# TYPE {name} counter\n\
+             {name}{{outcome=\"ok\"}} {}\n{name}{{outcome=\"failed\"}} {}",
+            g(&self.reloads),
+            g(&self.reload_failures)
+        );
+    }
+}
+
+/// What the files held when last read.
+#[derive(Debug, Default)]
+struct Loaded {
+    users: Option<Users>,
+    acl: Option<Acl>,
+    http_token: Option<String>,
+}
+
+impl Loaded {
+    fn read(config: &AuthConfig) -> Result<Loaded, String> {
+        let users = config.users_file.as_deref().map(Users::load).transpose()?;
+        let acl = config.acl_file.as_deref().map(Acl::load).transpose()?;
+        let http_token = match &config.http_token_file {
+            None => None,
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    format!("auth.http_token_file: cannot read {}: {e}", p.display())
+                })?;
+                let token = text.trim().to_string();
+                if token.len() < 16 {
+                    return Err(format!(
+                        "auth.http_token_file: the token in {} is shorter than 16 characters",
+                        p.display()
+                    ));
+                }
+                Some(token)
+            }
+        };
+        Ok(Loaded {
+            users,
+            acl,
+            http_token,
+        })
+    }
+}
+
+/// The running authenticator, shared by every listener.
+#[derive(Debug)]
+pub struct Auth {
+    config: AuthConfig,
+    loaded: RwLock<Arc<Loaded>>,
+    checks: Arc<Semaphore>,
+    pub stats: AuthStats,
+}
+
+/// A hash to check unknown users against, so an unknown name takes as long as a known one.
+fn decoy() -> &'static PasswordHash {
+    static DECOY: std::sync::OnceLock<PasswordHash> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| PasswordHash::Pbkdf2Sha512 {
+        iterations: password::DEFAULT_ITERATIONS,
+        salt: vec![0; 12],
+        hash: [0; 64],
+    })
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl Auth {
+    /// Reads the users, ACL and token files; errors name the file and line.
+    pub fn open(config: &AuthConfig) -> Result<Auth, String> {
+        let loaded = Loaded::read(config)?;
+        Ok(Auth {
+            config: config.clone(),
+            loaded: RwLock::new(Arc::new(loaded)),
+            checks: Arc::new(Semaphore::new(config.login_concurrency.max(1))),
+            stats: AuthStats::default(),
+        })
+    }
+
+    /// Everyone may connect and do everything (no config): for in-process use and tests.
+    pub fn open_to_all() -> Auth {
+        let config = AuthConfig::default();
+        Auth {
+            checks: Arc::new(Semaphore::new(config.login_concurrency)),
+            config,
+            loaded: RwLock::new(Arc::new(Loaded::default())),
+            stats: AuthStats::default(),
+        }
+    }
+
+    fn current(&self) -> Arc<Loaded> {
+        match self.loaded.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Re-reads the files (SIGHUP). On an error the old contents stay in force.
+    pub fn reload(&self) -> Result<(), String> {
+        match Loaded::read(&self.config) {
+            Ok(fresh) => {
+                let users = fresh.users.as_ref().map_or(0, Users::len);
+                let rules = fresh.acl.as_ref().map_or(0, Acl::len);
+                match self.loaded.write() {
+                    Ok(mut g) => *g = Arc::new(fresh),
+                    Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
+                }
+                self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(users, acl_rules = rules, "auth: users and ACL re-read");
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.reload_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("auth: reload failed, the previous users and ACL stay: {e}");
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks a login. `Ok(Some(user))`: a user whose password matched; `Ok(None)`: an
+    /// anonymous client (no user name, or a name while no users file is configured). A refusal
+    /// comes after `failed_login_delay`.
+    pub async fn login(
+        &self,
+        username: Option<&str>,
+        password: Option<&[u8]>,
+    ) -> Result<Option<Arc<str>>, Refusal> {
+        let loaded = self.current();
+        let refusal = match (username, loaded.users.as_ref()) {
+            (Some(name), Some(users)) => {
+                let hash = users.get(name).cloned();
+                let known = hash.is_some();
+                let hash = hash.unwrap_or_else(|| decoy().clone());
+                let password = password.unwrap_or_default().to_vec();
+                let matched = match Arc::clone(&self.checks).acquire_owned().await {
+                    Ok(permit) => tokio::task::spawn_blocking(move || {
+                        let ok = hash.verify(&password);
+                        drop(permit);
+                        ok
+                    })
+                    .await
+                    .unwrap_or(false),
+                    Err(_) => false,
+                };
+                if known && matched {
+                    self.stats.logins.fetch_add(1, Ordering::Relaxed);
+                    return Ok(Some(Arc::from(name)));
+                }
+                self.stats.logins_failed.fetch_add(1, Ordering::Relaxed);
+                Refusal::BadCredentials
+            }
+            _ if self.config.anonymous_allowed() => {
+                self.stats.logins.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
+            }
+            _ => {
+                self.stats.anonymous_refused.fetch_add(1, Ordering::Relaxed);
+                Refusal::LoginRequired
+            }
+        };
+        tokio::time::sleep(self.config.failed_login_delay.0).await;
+        Err(refusal)
+    }
+
+    /// Logs in the holder of a verified client certificate as its CN (`cert_cn_as_username`).
+    pub fn login_certificate(&self, cn: &str) -> Arc<str> {
+        self.stats.logins.fetch_add(1, Ordering::Relaxed);
+        Arc::from(cn)
+    }
+
+    /// Whether `who` may do `op` (always, without an ACL file). A denial is counted.
+    pub fn allows(&self, who: &Who<'_>, op: Op<'_>) -> bool {
+        let loaded = self.current();
+        let ok = loaded.acl.as_ref().is_none_or(|acl| acl.allows(who, op));
+        if !ok {
+            let i = match op {
+                Op::Publish(_) => 0,
+                Op::Subscribe(_) => 1,
+                Op::Produce(_) => 2,
+                Op::Consume(_) => 3,
+                Op::Admin => 4,
+            };
+            self.stats.denied[i].fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Whether an HTTP request for `path` with this `Authorization` header value may be
+    /// answered: `/healthz` always, `/metrics` unless `metrics_need_token`, the rest with the
+    /// token when one is configured.
+    pub fn http_allows(&self, path: &str, authorization: Option<&str>) -> bool {
+        if path == "/healthz" || (path == "/metrics" && !self.config.metrics_need_token) {
+            return true;
+        }
+        let loaded = self.current();
+        let Some(token) = loaded.http_token.as_deref() else {
+            return true;
+        };
+        authorization
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
+    }
+}
+
+/// A connection's identity: who logged in (None: anonymous), its client id, and the rules it
+/// is held to. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    auth: Arc<Auth>,
+    pub user: Option<Arc<str>>,
+    pub client_id: Arc<str>,
+}
+
+impl Principal {
+    pub fn new(auth: Arc<Auth>, user: Option<Arc<str>>, client_id: &str) -> Principal {
+        Principal {
+            auth,
+            user,
+            client_id: Arc::from(client_id),
+        }
+    }
+
+    /// Whether this client may do `op` (a denial is counted).
+    pub fn allows(&self, op: Op<'_>) -> bool {
+        self.auth.allows(
+            &Who {
+                user: self.user.as_deref(),
+                client_id: &self.client_id,
+            },
+            op,
+        )
+    }
+
+    /// The user name for logs: the name, or "anonymous".
+    pub fn name(&self) -> &str {
+        self.user.as_deref().unwrap_or("anonymous")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Listeners;
+
+    fn lan() -> Listeners {
+        Listeners {
+            native: "0.0.0.0:7420".into(),
+            http: "127.0.0.1:7421".into(),
+            mqtt: "127.0.0.1:1883".into(),
+            kafka: "127.0.0.1:9092".into(),
+            ..Listeners::default()
+        }
+    }
+
+    #[test]
+    fn a_network_listener_needs_a_login_or_an_explicit_open_door() {
+        assert!(
+            AuthConfig::default()
+                .validate(&Listeners::default(), &Default::default())
+                .is_ok()
+        );
+        let e = AuthConfig::default()
+            .validate(&lan(), &Default::default())
+            .unwrap_err();
+        assert!(
+            e.contains("listeners.native") && e.contains("allow_anonymous = true"),
+            "{e}"
+        );
+        assert!(e.contains("brook passwd"), "{e}");
+        let with_users = AuthConfig {
+            users_file: Some("users".into()),
+            ..AuthConfig::default()
+        };
+        assert!(with_users.validate(&lan(), &Default::default()).is_ok());
+        assert!(!with_users.anonymous_allowed());
+        let open = AuthConfig {
+            allow_anonymous: Some(true),
+            ..AuthConfig::default()
+        };
+        assert!(open.validate(&lan(), &Default::default()).is_ok());
+        let l = Listeners {
+            http: "[::]:7421".into(),
+            ..Listeners::default()
+        };
+        let e = with_users.validate(&l, &Default::default()).unwrap_err();
+        assert!(e.contains("auth.http_token_file"), "{e}");
+        let l = Listeners {
+            kafka: "10.0.0.1:9092".into(),
+            ..Listeners::default()
+        };
+        let e = with_users.validate(&l, &Default::default()).unwrap_err();
+        assert!(e.contains("listeners.kafka"), "{e}");
+        let e = AuthConfig {
+            allow_anonymous: Some(false),
+            ..AuthConfig::default()
+        }
+        .validate(&Listeners::default(), &Default::default())
+        .unwrap_err();
+        assert!(e.contains("no client could log in"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn logins_against_a_users_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let users = dir.path().join("users");
+        let mut u = Users::default();
+        u.set("alice", PasswordHash::new(b"wonderland", 10).unwrap());
+        std::fs::write(&users, u.render()).unwrap();
+        let config = AuthConfig {
+            users_file: Some(users.clone()),
+            failed_login_delay: HumanDuration(std::time::Duration::ZERO),
+            ..AuthConfig::default()
+        };
+        let auth = Auth::open(&config).unwrap();
+        assert_eq!(
+            auth.login(Some("alice"), Some(b"wonderland")).await,
+            Ok(Some(Arc::from("alice")))
+        );
+        assert_eq!(
+            auth.login(Some("alice"), Some(b"x")).await,
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(
+            auth.login(Some("bob"), Some(b"wonderland")).await,
+            Err(Refusal::BadCredentials)
+        );
+        assert_eq!(auth.login(None, None).await, Err(Refusal::LoginRequired));
+        // A reload picks up a new user; a broken file leaves the old users in force.
+        u.set("bob", PasswordHash::new(b"builder", 10).unwrap());
+        std::fs::write(&users, u.render()).unwrap();
+        auth.reload().unwrap();
+        assert!(auth.login(Some("bob"), Some(b"builder")).await.is_ok());
+        std::fs::write(&users, "garbage\n").unwrap();
+        assert!(auth.reload().is_err());
+        assert!(auth.login(Some("bob"), Some(b"builder")).await.is_ok());
+        assert_eq!(auth.stats.logins_failed.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn without_users_every_client_is_anonymous() {
+        let auth = Auth::open(&AuthConfig::default()).unwrap();
+        assert_eq!(auth.login(Some("any"), Some(b"thing")).await, Ok(None));
+        assert_eq!(auth.login(None, None).await, Ok(None));
+    }
+
+    #[test]
+    fn the_http_token_guards_the_api_but_not_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        let auth = Auth::open(&AuthConfig {
+            http_token_file: Some(f.clone()),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        assert!(auth.http_allows("/healthz", None));
+        assert!(auth.http_allows("/metrics", None));
+        assert!(!auth.http_allows("/api/topics", None));
+        assert!(!auth.http_allows("/api/topics", Some("Bearer wrong")));
+        assert!(auth.http_allows("/api/topics", Some("Bearer 0123456789abcdef0123")));
+        std::fs::write(&f, "short").unwrap();
+        let e = Auth::open(&AuthConfig {
+            http_token_file: Some(f),
+            ..AuthConfig::default()
+        })
+        .unwrap_err();
+        assert!(e.contains("shorter than 16"), "{e}");
+    }
+}

@@ -1,0 +1,336 @@
+//! TLS for the listeners (rustls with the ring provider, pure Rust but for ring's assembly).
+//!
+//! `[tls]` names one certificate chain and key that every TLS listener presents
+//! (`listeners.native_tls`, `mqtt_tls`, `http_tls`), and optionally a CA bundle to verify
+//! client certificates against (mutual TLS; `require_client_cert` refuses clients without
+//! one). With `cert_cn_as_username`, a verified client certificate's subject CN logs the
+//! client in as that user, without a password (a fleet of devices with their own
+//! certificates). The files are re-read on SIGHUP; connections already open keep the session
+//! they negotiated.
+//!
+//! A connection's streams are [`ReadHalf`] and [`WriteHalf`]: plain TCP halves (no locking)
+//! or the two halves of a TLS stream.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Time a new connection has for its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[tls]` in brook.toml.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain the TLS listeners present (the server's certificate first).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA bundle client certificates are verified against (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// Refuse TLS clients that present no valid certificate. Needs client_ca_file.
+    pub require_client_cert: bool,
+    /// A verified client certificate's subject CN is the user name (no password asked).
+    pub cert_cn_as_username: bool,
+}
+
+impl TlsConfig {
+    /// Checks the section; `wanted` says whether any TLS listener is configured.
+    pub fn validate(&self, wanted: bool) -> Result<(), String> {
+        if wanted && (self.cert_file.is_none() || self.key_file.is_none()) {
+            return Err(
+                "a TLS listener is configured (listeners.*_tls): set tls.cert_file and tls.key_file"
+                    .into(),
+            );
+        }
+        if (self.require_client_cert || self.cert_cn_as_username) && self.client_ca_file.is_none() {
+            return Err(
+                "tls.require_client_cert / tls.cert_cn_as_username: set tls.client_ca_file (the CA that signs client certificates)".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{key} = {:?}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{key} = {:?}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key} = {:?}: no PEM certificate in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The rustls provider every TLS user in Brook shares (ring).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server side from the files; errors name the key and the file.
+fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, String> {
+    let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) else {
+        return Err("tls.cert_file and tls.key_file are required".into());
+    };
+    let chain = read_certs(cert, "tls.cert_file")?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("tls.key_file = {:?}: {e}", key.display()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?;
+    let builder = match &cfg.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs(ca, "tls.client_ca_file")? {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("tls.client_ca_file = {:?}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            );
+            let verifier = if cfg.require_client_cert {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| format!("tls.client_ca_file = {:?}: {e}", ca.display()))?,
+            )
+        }
+    };
+    builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("tls.cert_file / tls.key_file: {e}"))
+}
+
+/// The TLS side of the listeners: the acceptor (replaced on reload) and the CN rule.
+pub struct TlsServer {
+    config: TlsConfig,
+    acceptor: RwLock<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for TlsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsServer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsServer {
+    /// Reads the certificate, key and CA files.
+    pub fn open(config: &TlsConfig) -> Result<TlsServer, String> {
+        let server = server_config(config)?;
+        Ok(TlsServer {
+            config: config.clone(),
+            acceptor: RwLock::new(TlsAcceptor::from(Arc::new(server))),
+        })
+    }
+
+    /// Re-reads the files (SIGHUP); on an error the old ones stay in force.
+    pub fn reload(&self) -> Result<(), String> {
+        let server = server_config(&self.config)?;
+        match self.acceptor.write() {
+            Ok(mut g) => *g = TlsAcceptor::from(Arc::new(server)),
+            Err(p) => *p.into_inner() = TlsAcceptor::from(Arc::new(server)),
+        }
+        Ok(())
+    }
+
+    fn acceptor(&self) -> TlsAcceptor {
+        match self.acceptor.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Runs the TLS handshake within `timeout`. Returns the stream and, with
+    /// `cert_cn_as_username`, the verified client certificate's CN.
+    pub async fn accept(
+        &self,
+        stream: TcpStream,
+        timeout: Duration,
+    ) -> Result<(TlsStream<TcpStream>, Option<String>), String> {
+        let tls = tokio::time::timeout(timeout, self.acceptor().accept(stream))
+            .await
+            .map_err(|_| format!("no TLS handshake within {timeout:?}"))?
+            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        let cn = if self.config.cert_cn_as_username {
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| subject_cn(c.as_ref()))
+        } else {
+            None
+        };
+        Ok((tls, cn))
+    }
+}
+
+// ---- a minimal DER walk to find the subject's commonName (OID 2.5.4.3) -------------------
+
+/// One DER element: (tag, contents, rest).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&len0, rest) = rest.split_first()?;
+    let (len, rest) = if len0 < 0x80 {
+        (usize::from(len0), rest)
+    } else {
+        let n = usize::from(len0 & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
+/// The subject CN of a DER X.509 certificate.
+pub fn subject_cn(cert: &[u8]) -> Option<String> {
+    let (_, certificate, _) = der(cert)?;
+    let (_, mut tbs, _) = der(certificate)?;
+    // TBSCertificate: [0] version (optional), serial, signature, issuer, validity, subject.
+    let mut fields = Vec::new();
+    while let Some((tag, body, rest)) = der(tbs) {
+        fields.push((tag, body));
+        tbs = rest;
+    }
+    let skip = usize::from(fields.first()?.0 == 0xa0);
+    let (tag, mut subject) = *fields.get(skip + 4)?;
+    if tag != 0x30 {
+        return None;
+    }
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    let mut found = None;
+    while let Some((_, set, rest)) = der(subject) {
+        subject = rest;
+        let (_, attr, _) = der(set)?;
+        let (oid_tag, oid, value) = der(attr)?;
+        if oid_tag == 0x06 && oid == CN {
+            let (_, v, _) = der(value)?;
+            found = Some(String::from_utf8_lossy(v).into_owned());
+        }
+    }
+    found
+}
+
+// ---- connection halves -------------------------------------------------------------------
+
+/// The reading half of a connection: plain TCP or TLS.
+pub enum ReadHalf {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The writing half of a connection: plain TCP or TLS.
+pub enum WriteHalf {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+}
+
+/// A connection as it was accepted: plain, or after its TLS handshake.
+pub enum Accepted {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Accepted {
+    pub fn split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Accepted::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+            Accepted::Tls(s) => {
+                let (r, w) = tokio::io::split(*s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Tls(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Tls(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteHalf::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            WriteHalf::Plain(w) => w.is_write_vectored(),
+            WriteHalf::Tls(w) => w.is_write_vectored(),
+        }
+    }
+}
