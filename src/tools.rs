@@ -96,8 +96,8 @@ pub fn passwd(file: &std::path::Path, user: &str, delete: bool, iterations: u32)
         if password.is_empty() {
             return Err("empty password".into());
         }
-        if password.len() > password::MAX_NAME * 4 {
-            return Err("password longer than 1024 bytes".into());
+        if password.len() > password::MAX_PASSWORD {
+            return Err(format!("password longer than {} bytes", password::MAX_PASSWORD).into());
         }
         users.set(user, PasswordHash::new(password.as_bytes(), iterations)?);
     }

@@ -284,17 +284,6 @@ impl Auth {
         })
     }
 
-    /// Everyone may connect and do everything (no config): for in-process use and tests.
-    pub fn open_to_all() -> Auth {
-        let config = AuthConfig::default();
-        Auth {
-            checks: Arc::new(Semaphore::new(config.login_concurrency)),
-            config,
-            loaded: RwLock::new(Arc::new(Loaded::default())),
-            stats: AuthStats::default(),
-        }
-    }
-
     fn current(&self) -> Arc<Loaded> {
         match self.loaded.read() {
             Ok(g) => Arc::clone(&g),

@@ -24,8 +24,10 @@ use sha2::{Digest, Sha512};
 /// enough for a fleet reconnecting through `auth.login_concurrency` checks at a time.
 pub const DEFAULT_ITERATIONS: u32 = 10_000;
 
-/// Longest user name and password accepted (MQTT allows 65,535 bytes; no one needs that).
+/// Longest user name accepted (MQTT allows 65,535 bytes; no one needs that).
 pub const MAX_NAME: usize = 256;
+/// Longest password `brook passwd` takes.
+pub const MAX_PASSWORD: usize = 1024;
 const SALT_LEN: usize = 12;
 const HASH_LEN: usize = 64;
 
