@@ -35,7 +35,8 @@
 //! Shared subscriptions (`$share/GROUP/filter`) are delivered live only: each message goes to
 //! one connected member (the next one whose queue has room); with no member able to take it,
 //! it is counted in `brook_mqtt_dropped_total{reason="shared_full"}` (it stays in the log).
-//! Usernames and passwords are accepted and not checked yet (the security issue adds them).
+//! Logins and the ACL come from [`crate::auth`]: the CONNECT's user name and password (or a
+//! TLS client certificate's CN), then every PUBLISH, will and SUBSCRIBE is checked.
 //! A broker shutdown sends 5.0 clients DISCONNECT 0x8B, keeps their sessions and publishes no
 //! wills (the clients are not gone; the broker is).
 
