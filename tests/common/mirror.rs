@@ -352,3 +352,25 @@ pub fn wait_saved(rt: &tokio::runtime::Runtime, http: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sent bytes per topic, a snapshot time and how many partitions have sent anything yet,
+/// from the local Brook's `/api/mirrors`.
+pub fn sent_bytes_by_topic(
+    rt: &tokio::runtime::Runtime,
+    http: &str,
+) -> (Instant, BTreeMap<String, u64>, usize) {
+    let body = rt
+        .block_on(brook::tools::http_get(http, "/api/mirrors", None))
+        .expect("/api/mirrors");
+    let at = Instant::now();
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+    let mut out = BTreeMap::new();
+    let mut moving = 0;
+    for r in rows {
+        let sent = r["sent_bytes"].as_u64().expect("sent_bytes");
+        moving += usize::from(sent > 0);
+        *out.entry(r["topic"].as_str().expect("topic").to_string())
+            .or_default() += sent;
+    }
+    (at, out, moving)
+}
