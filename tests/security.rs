@@ -436,3 +436,69 @@ fn start_mosquitto(dir: &Path, port: u16, password_file: &Path) -> std::process:
     }
     child
 }
+
+/// Reads until the server closes `stream` (EOF or reset); panics if it is still open after
+/// `within`.
+fn closed_by_server(mut stream: std::net::TcpStream, within: Duration) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).expect("timeout");
+    let mut buf = [0u8; 64];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the server kept the connection open: {e}"),
+        }
+    }
+}
+
+/// `max_connections_per_address` (over all listeners together) closes the connection past the
+/// limit at once; a connection that never finishes its handshake is closed after
+/// `handshake_timeout`; both are counted, and the freed room takes new clients.
+#[test]
+fn per_address_limit_and_handshake_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("brook.toml");
+    std::fs::write(
+        &config,
+        "[auth]\nmax_connections_per_address = 2\nlimit_loopback = true\nhandshake_timeout = \"1s\"\n",
+    )
+    .expect("config");
+    let (mut server, addrs) =
+        common::serve_with(&dir.path().join("data"), Some(&config), "127.0.0.1:0");
+    let connect = |addr: &str| std::net::TcpStream::connect(addr).expect("connect");
+    // Two silent native connections hold this address's two slots; a third, on another
+    // listener, is closed at once (well before the handshake timeout could close it).
+    let first = connect(&addrs.native);
+    let second = connect(&addrs.native);
+    let t0 = Instant::now();
+    closed_by_server(connect(&addrs.mqtt), Duration::from_secs(30));
+    let refused_after = t0.elapsed();
+    // The two silent ones are closed once their second is up.
+    closed_by_server(first, Duration::from_secs(30));
+    closed_by_server(second, Duration::from_secs(30));
+    assert!(
+        refused_after < t0.elapsed(),
+        "the refused connection was not closed first"
+    );
+    let body = http(&addrs.http, "/metrics", None).expect("metrics");
+    assert_eq!(metric(&body, "brook_auth_address_limit_refusals_total "), 1);
+    assert_eq!(metric(&body, "brook_auth_handshake_timeouts_total "), 2);
+    // A silent MQTT connection: no CONNECT within the second.
+    closed_by_server(connect(&addrs.mqtt), Duration::from_secs(30));
+    let body = http(&addrs.http, "/metrics", None).expect("metrics");
+    assert_eq!(metric(&body, "brook_auth_handshake_timeouts_total "), 3);
+    assert_eq!(metric(&body, "brook_auth_address_limit_refusals_total "), 1);
+    // The slots are free again: a real client gets in and works.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let c = Client::connect(&addrs.native, "after")
+            .await
+            .expect("connect");
+        c.create_topic("t", TopicSettings::default())
+            .await
+            .expect("create");
+    });
+    common::mirror::stop(&mut server);
+}

@@ -17,20 +17,28 @@
 //! Password checks are slow on purpose, so they run on the blocking pool, at most
 //! `login_concurrency` at once (a reconnect storm queues instead of exhausting CPU and memory),
 //! and a refused login is answered only after `failed_login_delay`.
+//!
+//! Before any of that, [`admission`] caps the connections one client address holds open
+//! (`max_connections_per_address`, over every listener), and every new connection must finish
+//! its handshakes (TLS, then MQTT CONNECT or the native handshake) within `handshake_timeout`.
+//! Each refusal is counted in `brook_auth_*` metrics.
 
 pub mod acl;
+pub mod admission;
 pub mod password;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 pub use acl::{Acl, Op, Who};
+pub use admission::{Admission, Slot};
 pub use password::{PasswordHash, Users};
 
 use crate::units::HumanDuration;
@@ -53,6 +61,14 @@ pub struct AuthConfig {
     pub login_concurrency: usize,
     /// How long a refused login waits for its answer. Default "1s".
     pub failed_login_delay: HumanDuration,
+    /// Time a new connection has to finish its handshakes (TLS, then MQTT CONNECT or the
+    /// native handshake). Default "10s".
+    pub handshake_timeout: HumanDuration,
+    /// Connections one client address may hold open at once, over every listener. Default 64;
+    /// 0: no limit.
+    pub max_connections_per_address: usize,
+    /// Whether loopback clients count against that limit too. Default false.
+    pub limit_loopback: bool,
 }
 
 impl Default for AuthConfig {
@@ -65,6 +81,9 @@ impl Default for AuthConfig {
             metrics_need_token: false,
             login_concurrency: 2,
             failed_login_delay: HumanDuration::secs(1),
+            handshake_timeout: HumanDuration::secs(10),
+            max_connections_per_address: 64,
+            limit_loopback: false,
         }
     }
 }
@@ -87,6 +106,9 @@ impl AuthConfig {
         listeners: &crate::config::Listeners,
         tls: &crate::auth::tls::TlsConfig,
     ) -> Result<(), String> {
+        if self.handshake_timeout.0.is_zero() {
+            return Err("auth.handshake_timeout: must be greater than zero".into());
+        }
         if self.login_concurrency == 0 || self.login_concurrency > 64 {
             return Err(format!(
                 "auth.login_concurrency = {} is outside 1..=64",
@@ -174,6 +196,10 @@ pub struct AuthStats {
     pub denied: [AtomicU64; 5],
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Connections closed at once: their address already held `max_connections_per_address`.
+    pub address_limit_refusals: AtomicU64,
+    /// Connections closed for not finishing their handshakes within `handshake_timeout`.
+    pub handshake_timeouts: AtomicU64,
 }
 
 impl AuthStats {
@@ -209,6 +235,18 @@ impl AuthStats {
              {name}{{outcome=\"ok\"}} {}\n{name}{{outcome=\"failed\"}} {}",
             g(&self.reloads),
             g(&self.reload_failures)
+        );
+        let name = "brook_auth_address_limit_refusals_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections closed at once: their address held max_connections_per_address.\n# TYPE {name} counter\n{name} {}",
+            g(&self.address_limit_refusals)
+        );
+        let name = "brook_auth_handshake_timeouts_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections closed for not finishing their handshakes within handshake_timeout.\n# TYPE {name} counter\n{name} {}",
+            g(&self.handshake_timeouts)
         );
     }
 }
@@ -255,6 +293,7 @@ pub struct Auth {
     config: AuthConfig,
     loaded: RwLock<Arc<Loaded>>,
     checks: Arc<Semaphore>,
+    admission: Admission,
     pub stats: AuthStats,
 }
 
@@ -280,8 +319,56 @@ impl Auth {
             config: config.clone(),
             loaded: RwLock::new(Arc::new(loaded)),
             checks: Arc::new(Semaphore::new(config.login_concurrency.max(1))),
+            admission: Admission::new(config.max_connections_per_address, config.limit_loopback),
             stats: AuthStats::default(),
         })
+    }
+
+    /// A slot for a new connection from `ip`, or `None` (counted and logged) when that address
+    /// holds `max_connections_per_address` already: close the connection at once.
+    pub fn admit(&self, listener: &str, ip: IpAddr) -> Option<Slot> {
+        let slot = self.admission.admit(ip);
+        if slot.is_none() {
+            self.stats
+                .address_limit_refusals
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                %ip, listener,
+                "connection refused: {} connections open from this address (auth.max_connections_per_address)",
+                self.config.max_connections_per_address
+            );
+        }
+        slot
+    }
+
+    /// Time a new connection has to finish its handshakes.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.config.handshake_timeout.0
+    }
+
+    /// Counts a connection closed for a handshake that took too long.
+    pub fn handshake_timed_out(&self) {
+        self.stats
+            .handshake_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The TLS handshake of a new connection on `tls`, within `handshake_timeout` (a timeout
+    /// is counted). Returns the stream and the client certificate's CN (with
+    /// `cert_cn_as_username`), or why the connection is to be closed.
+    pub async fn accept_tls(
+        &self,
+        tls: &tls::TlsServer,
+        stream: tokio::net::TcpStream,
+    ) -> Result<(tls::ServerStream, Option<String>), String> {
+        tls.accept(stream, self.handshake_timeout())
+            .await
+            .map_err(|e| {
+                if let tls::HandshakeError::TimedOut(_) = e {
+                    self.handshake_timed_out();
+                }
+                e.to_string()
+            })
     }
 
     fn current(&self) -> Arc<Loaded> {

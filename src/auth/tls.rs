@@ -27,8 +27,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
-/// Time a new connection has for its TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A server-side TLS connection.
+pub type ServerStream = TlsStream<TcpStream>;
 
 /// `[tls]` in brook.toml.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,11 +171,11 @@ impl TlsServer {
         &self,
         stream: TcpStream,
         timeout: Duration,
-    ) -> Result<(TlsStream<TcpStream>, Option<String>), String> {
+    ) -> Result<(TlsStream<TcpStream>, Option<String>), HandshakeError> {
         let tls = tokio::time::timeout(timeout, self.acceptor().accept(stream))
             .await
-            .map_err(|_| format!("no TLS handshake within {timeout:?}"))?
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            .map_err(|_| HandshakeError::TimedOut(timeout))?
+            .map_err(|e| HandshakeError::Failed(e.to_string()))?;
         let cn = if self.config.cert_cn_as_username {
             tls.get_ref()
                 .1
@@ -186,6 +186,24 @@ impl TlsServer {
             None
         };
         Ok((tls, cn))
+    }
+}
+
+/// Why a TLS handshake did not complete.
+#[derive(Debug)]
+pub enum HandshakeError {
+    /// The client did not finish it in time (counted in `brook_auth_handshake_timeouts_total`).
+    TimedOut(Duration),
+    /// A protocol error, an untrusted or expired certificate, plaintext on a TLS port...
+    Failed(String),
+}
+
+impl std::fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeError::TimedOut(t) => write!(f, "no TLS handshake within {t:?}"),
+            HandshakeError::Failed(e) => write!(f, "TLS handshake failed: {e}"),
+        }
     }
 }
 

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::native::NativeStats;
-use crate::auth::tls::{HANDSHAKE_TIMEOUT, TlsServer};
+use crate::auth::tls::TlsServer;
 use crate::broker::Broker;
 use crate::log::partition::FSYNC_BUCKETS_US;
 
@@ -42,7 +42,7 @@ pub async fn run(
             r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        let (stream, _) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!("http listener: accept failed: {e}");
@@ -50,13 +50,17 @@ pub async fn run(
                 continue;
             }
         };
+        let Some(admitted) = state.auth.admit("http", peer.ip()) else {
+            continue;
+        };
         let state = Arc::clone(&state);
         let tls = tls.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), async {
+            // One request per connection: the handshakes and the request within the timeout.
+            let served = tokio::time::timeout(state.auth.handshake_timeout(), async {
                 match &tls {
                     None => serve_one(stream, &state).await,
-                    Some(t) => match t.accept(stream, HANDSHAKE_TIMEOUT).await {
+                    Some(t) => match state.auth.accept_tls(t, stream).await {
                         Ok((s, _)) => serve_one(s, &state).await,
                         Err(e) => {
                             tracing::debug!("http: {e}");
@@ -66,6 +70,11 @@ pub async fn run(
                 }
             })
             .await;
+            if served.is_err() {
+                state.auth.handshake_timed_out();
+                tracing::debug!(%peer, "http: no complete request within the handshake timeout");
+            }
+            drop(admitted);
         });
     }
 }

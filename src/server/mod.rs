@@ -218,6 +218,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         Arc::clone(&broker),
         kafka_config,
         kafka_stats,
+        Arc::clone(&auth),
         kafka_addr,
     ));
     let b = Arc::clone(&broker);

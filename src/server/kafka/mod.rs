@@ -173,6 +173,8 @@ pub struct Ctx {
     pub broker: Arc<Broker>,
     pub config: KafkaConfig,
     pub stats: Arc<KafkaStats>,
+    /// Asked for the per-address connection limit (the Kafka API has no logins yet).
+    pub auth: Arc<crate::auth::Auth>,
     pub producers: producers::Producers,
     /// Host and port in Metadata and FindCoordinator answers.
     pub advertised_host: String,
@@ -184,6 +186,7 @@ impl Ctx {
         broker: Arc<Broker>,
         config: KafkaConfig,
         stats: Arc<KafkaStats>,
+        auth: Arc<crate::auth::Auth>,
         local: SocketAddr,
     ) -> Ctx {
         let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
@@ -207,6 +210,7 @@ impl Ctx {
             broker,
             config,
             stats,
+            auth,
             producers: producers::Producers::default(),
             advertised_host,
             advertised_port,
@@ -242,6 +246,9 @@ pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Rece
                 continue;
             }
         };
+        let Some(admitted) = ctx.auth.admit("kafka", peer.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             ctx.stats
@@ -261,6 +268,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Rece
             }
             ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(admitted);
         });
         while connections.try_join_next().is_some() {}
     }

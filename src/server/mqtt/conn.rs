@@ -25,8 +25,6 @@ use crate::auth::{Op, Principal, Refusal};
 use crate::broker::BrokerError;
 use crate::log::{Durability, LogError};
 
-/// Time a new connection has to send CONNECT.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages waiting in a connection's channel before it is marked lagged.
 const CHANNEL: usize = 1024;
 /// How often a refused (log full) 3.1.1 QoS 1/2 message is offered to the log again.
@@ -98,8 +96,9 @@ pub async fn serve(
     let (mut rd, mut wr) = stream.split();
     let max = hub.config.max_packet_size.bytes() as usize;
     let mut inbuf = BytesMut::with_capacity(4096);
+    let connect_timeout = hub.auth.handshake_timeout();
     let connect = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
+        connect_timeout,
         read_connect(&mut rd, &mut inbuf, max),
     )
     .await
@@ -115,7 +114,8 @@ pub async fn serve(
             return;
         }
         Err(_) => {
-            tracing::info!(%peer, "mqtt: closing connection: no CONNECT within {CONNECT_TIMEOUT:?}");
+            hub.auth.handshake_timed_out();
+            tracing::info!(%peer, "mqtt: closing connection: no CONNECT within {connect_timeout:?}");
             return;
         }
     };

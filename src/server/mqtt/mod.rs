@@ -56,7 +56,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
-use crate::auth::tls::{Accepted, HANDSHAKE_TIMEOUT, TlsServer};
+use crate::auth::tls::{Accepted, TlsServer};
 use crate::log::Durability;
 use crate::units::{ByteSize, HumanDuration};
 use hub::Hub;
@@ -315,6 +315,9 @@ pub async fn run(
                 continue;
             }
         };
+        let Some(admitted) = hub.auth.admit("mqtt", peer.ip()) else {
+            continue;
+        };
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             hub.stats
                 .connections_refused
@@ -331,7 +334,7 @@ pub async fn run(
             let _ = stream.set_nodelay(true);
             match &tls {
                 None => conn::serve(Accepted::Plain(stream), None, peer, hub, stop).await,
-                Some(t) => match t.accept(stream, HANDSHAKE_TIMEOUT).await {
+                Some(t) => match hub.auth.accept_tls(t, stream).await {
                     Ok((s, cn)) => {
                         conn::serve(Accepted::Tls(Box::new(s)), cn, peer, hub, stop).await
                     }
@@ -342,6 +345,7 @@ pub async fn run(
                 },
             }
             drop(permit);
+            drop(admitted);
         });
         while connections.try_join_next().is_some() {}
     }

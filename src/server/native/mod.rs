@@ -11,9 +11,11 @@
 //! A malformed, oversized or undecodable frame, or a request before the handshake, gets an
 //! `Error` answer (correlation id 0 when it could not be read) and closes that one connection,
 //! with the reason logged. Connections beyond `max_connections` are answered with an error and
-//! closed; a connection silent for `idle_timeout` is closed, one that has not completed its
-//! handshake within 10 s (the TLS handshake included, on the TLS listener) too. On shutdown the listener stops
-//! accepting, every connection stops reading, and the answers in flight are still sent.
+//! closed, and so is one from an address that holds `auth.max_connections_per_address`
+//! already; a connection silent for `idle_timeout` is closed, one that has not completed its
+//! handshake (and before it, on the TLS listener, its TLS handshake) within
+//! `auth.handshake_timeout` too. On shutdown the listener stops accepting, every connection
+//! stops reading, and the answers in flight are still sent.
 
 mod handle;
 
@@ -26,7 +28,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::auth::tls::{Accepted, HANDSHAKE_TIMEOUT, TlsServer};
+use crate::auth::tls::{Accepted, TlsServer};
 use crate::auth::{Auth, Principal};
 use crate::broker::Broker;
 use crate::proto::{
@@ -89,6 +91,9 @@ pub async fn run(
                 continue;
             }
         };
+        let Some(admitted) = auth.admit("native", peer.ip()) else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             stats.connections_refused.fetch_add(1, Ordering::Relaxed);
@@ -114,8 +119,8 @@ pub async fn run(
             stats.connections_open.fetch_add(1, Ordering::Relaxed);
             let accepted = match &tls {
                 None => Ok((Accepted::Plain(stream), None)),
-                Some(t) => t
-                    .accept(stream, HANDSHAKE_TIMEOUT)
+                Some(t) => auth
+                    .accept_tls(t, stream)
                     .await
                     .map(|(s, cn)| (Accepted::Tls(Box::new(s)), cn)),
             };
@@ -131,6 +136,7 @@ pub async fn run(
             }
             stats.connections_open.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(admitted);
         });
         while connections.try_join_next().is_some() {}
     }
@@ -348,9 +354,9 @@ async fn connection(
         }
         let len = buf.len();
         buf.resize(buf.capacity(), 0);
-        // Until the handshake, a connection gets HANDSHAKE_TIMEOUT, not the idle timeout.
+        // Until the handshake, a connection gets the handshake timeout, not the idle timeout.
         let wait = if client_id.is_none() {
-            HANDSHAKE_TIMEOUT.min(limits.idle_timeout)
+            auth.handshake_timeout().min(limits.idle_timeout)
         } else {
             limits.idle_timeout
         };
@@ -377,6 +383,7 @@ async fn connection(
             Err(_) => {
                 buf.truncate(len);
                 if client_id.is_none() {
+                    auth.handshake_timed_out();
                     break 'conn Err(format!("no handshake within {wait:?}"));
                 }
                 tracing::info!(%peer, "native connection idle for {:?}; closing", limits.idle_timeout);
