@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use heapless::Vec as HVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -77,38 +77,16 @@ impl ClientTls {
         ca_file: &std::path::Path,
         cert_key: Option<(&std::path::Path, &std::path::Path)>,
     ) -> std::result::Result<ClientTls, String> {
-        use rustls::pki_types::pem::PemObject;
-        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let mut roots = rustls::RootCertStore::empty();
-        let certs =
-            |p: &std::path::Path| -> std::result::Result<Vec<CertificateDer<'static>>, String> {
-                CertificateDer::pem_file_iter(p)
-                    .and_then(|i| i.collect::<std::result::Result<Vec<_>, _>>())
-                    .map_err(|e| format!("{}: {e}", p.display()))
-            };
-        for c in certs(ca_file)? {
-            roots
-                .add(c)
-                .map_err(|e| format!("{}: {e}", ca_file.display()))?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(crate::auth::tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots);
-        let config = match cert_key {
-            None => builder.with_no_client_auth(),
-            Some((cert, key)) => builder
-                .with_client_auth_cert(
-                    certs(cert)?,
-                    PrivateKeyDer::from_pem_file(key)
-                        .map_err(|e| format!("{}: {e}", key.display()))?,
-                )
-                .map_err(|e| format!("{}: {e}", cert.display()))?,
-        };
-        Ok(ClientTls {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+        let config = crate::auth::tls::client_config(ca_file, cert_key)?;
+        Ok(ClientTls::with_config(Arc::new(config)))
+    }
+
+    /// From a ready rustls configuration (shared by every connection that uses it).
+    pub fn with_config(config: Arc<rustls::ClientConfig>) -> ClientTls {
+        ClientTls {
+            connector: tokio_rustls::TlsConnector::from(config),
             server_name: None,
-        })
+        }
     }
 }
 
@@ -127,7 +105,10 @@ async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
                 break;
             }
         }
-        if wr.write_all(&buf).await.is_err() {
+        if crate::auth::tls::write_flushed(&mut wr, &buf)
+            .await
+            .is_err()
+        {
             return;
         }
     }

@@ -361,6 +361,10 @@ struct MqttArgs {
     /// Unacknowledged QoS 1/2 messages per publisher.
     #[arg(long, default_value_t = 100)]
     inflight: u32,
+    /// Over TLS: DIR holds ca.pem (trusted by the clients) and, for the server the bench
+    /// starts, server.pem / server.key (valid for 127.0.0.1); with --target, a TLS listener.
+    #[arg(long, value_name = "DIR")]
+    tls: Option<PathBuf>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
@@ -398,6 +402,10 @@ struct NativeArgs {
     /// What an acknowledgement means: none, written or durable.
     #[arg(long, default_value = "written")]
     durability: Durability,
+    /// Over TLS: DIR holds ca.pem (trusted by the clients) and server.pem / server.key (the
+    /// started server's, valid for 127.0.0.1).
+    #[arg(long, value_name = "DIR")]
+    tls: Option<PathBuf>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
@@ -722,6 +730,7 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
                 batch: a.batch,
                 inflight: a.inflight,
                 durability: a.durability,
+                tls: a.tls.map(|dir| brook::bench::BenchTls { dir }),
             };
             let report = block_on(bench.run())?;
             report.print(a.json)?;
@@ -750,6 +759,7 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
                 payload: a.payload,
                 messages: a.messages,
                 inflight: a.inflight,
+                tls: a.tls.map(|dir| brook::bench::BenchTls { dir }),
             };
             let report = block_on(bench.run())?;
             report.print(a.json)?;

@@ -3,6 +3,7 @@
 #   - Debian's mosquitto (the broker the MQTT benchmark compares with) and mosquitto-clients
 #     (mosquitto_pub / mosquitto_sub), installed with apt-get when missing and we are root;
 #   - Debian's kcat (a librdkafka Kafka client), installed with apt-get when missing;
+#   - Debian's socat (with OpenSSL): TLS in front of tansu, which has none of its own;
 #   - paho-mqtt 2.2.0, confluent-kafka 2.16.1 and kafka-python 3.0.12 in a venv under
 #     ${BROOK_CACHE:-~/.cache/brook-ci}, reused when present;
 #   - tansu 0.6.0 (a Kafka-API broker: the mirror's Kafka upstream), built with cargo install
@@ -25,16 +26,18 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto >/dev/nu
   fi
 fi
 
-if ! command -v kcat >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    peer_step "installing kcat (Kafka client for the tests and benchmarks)"
-    apt-get update -qq || true
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat >/dev/null
-  else
-    echo "brook tests: kcat not found; apt-get install kcat" >&2
-    exit 1
+for tool in kcat socat; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      peer_step "installing $tool (kcat: Kafka client; socat: TLS in front of tansu)"
+      apt-get update -qq || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
+    else
+      echo "brook tests: $tool not found; apt-get install $tool" >&2
+      exit 1
+    fi
   fi
-fi
+done
 
 cache="${BROOK_CACHE:-$HOME/.cache/brook-ci}"
 venv="$cache/venv"

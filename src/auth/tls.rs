@@ -189,6 +189,54 @@ impl TlsServer {
     }
 }
 
+/// A client-side TLS configuration (ring) trusting the CAs in `ca_file` (PEM) and presenting
+/// `cert_key` (certificate chain and key files, PEM) when given. Errors name the file.
+pub fn client_config(
+    ca_file: &Path,
+    cert_key: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, String> {
+    let certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        CertificateDer::pem_file_iter(p)
+            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(ca_file)? {
+        roots
+            .add(c)
+            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in it", ca_file.display()));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots);
+    match cert_key {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                certs(cert)?,
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?,
+            )
+            .map_err(|e| format!("{}: {e}", cert.display())),
+    }
+}
+
+/// Writes `buf` and flushes it. Over TLS a write can leave encrypted bytes in rustls's buffer
+/// when the socket is full (the write still reports them taken); only a flush (or a later
+/// write) sends them, so every writer that then waits for its peer must flush, or both sides
+/// wait for each other. On plain TCP the flush costs nothing.
+pub async fn write_flushed<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut W,
+    buf: &[u8],
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    w.write_all(buf).await?;
+    w.flush().await
+}
+
 /// Why a TLS handshake did not complete.
 #[derive(Debug)]
 pub enum HandshakeError {

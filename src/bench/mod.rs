@@ -28,6 +28,49 @@ pub trait Report: serde::Serialize {
     }
 }
 
+/// `--tls DIR`: the benchmark's clients speak TLS, trusting `DIR/ca.pem`; a `brook serve` the
+/// benchmark starts presents `DIR/server.pem` and `DIR/server.key` (valid for 127.0.0.1) on its
+/// TLS listeners. Make them as README's "Securing Brook" shows.
+#[derive(Clone, Debug)]
+pub struct BenchTls {
+    pub dir: PathBuf,
+}
+
+impl BenchTls {
+    /// The client side: trusts `ca.pem`.
+    pub fn client_config(&self) -> BenchResult<std::sync::Arc<rustls::ClientConfig>> {
+        Ok(std::sync::Arc::new(crate::auth::tls::client_config(
+            &self.dir.join("ca.pem"),
+            None,
+        )?))
+    }
+
+    /// A config file turning on the native and MQTT TLS listeners with the server certificate;
+    /// removed when the returned guard drops.
+    fn server_config(&self, name: &str) -> BenchResult<TempFile> {
+        let path = std::env::temp_dir().join(format!(
+            "brook-bench-{name}-{}-tls.toml",
+            std::process::id()
+        ));
+        let text = format!(
+            "[listeners]\nnative_tls = \"127.0.0.1:0\"\nmqtt_tls = \"127.0.0.1:0\"\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            self.dir.join("server.pem"),
+            self.dir.join("server.key")
+        );
+        std::fs::write(&path, text)?;
+        Ok(TempFile(path))
+    }
+}
+
+/// A file removed on drop.
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Where a benchmark's broker is: a `brook serve` child it started, or `--target`.
 pub struct Broker {
     /// Keeps the child running (and removes its data directory) until dropped.
@@ -35,27 +78,64 @@ pub struct Broker {
     pub mqtt_addr: String,
     /// Process to read CPU time and memory of, when known.
     pub pid: Option<u32>,
+    /// The clients' TLS settings (`--tls`), when the MQTT address is a TLS listener.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Broker {
-    /// `target` (with `target_pid`) when given, else a fresh `brook serve` named `name`.
-    pub fn mqtt(name: &str, target: Option<&str>, target_pid: Option<u32>) -> BenchResult<Broker> {
+    /// `target` (with `target_pid`) when given, else a fresh `brook serve` named `name`; over
+    /// TLS with `tls`.
+    pub fn mqtt(
+        name: &str,
+        target: Option<&str>,
+        target_pid: Option<u32>,
+        tls: Option<&BenchTls>,
+    ) -> BenchResult<Broker> {
+        let client_tls = tls.map(BenchTls::client_config).transpose()?;
         Ok(match target {
             Some(t) => Broker {
                 child: None,
                 mqtt_addr: t.to_string(),
                 pid: target_pid,
+                tls: client_tls,
             },
             None => {
-                let child = start_server(name, None, None)?;
+                let child = start_server_tls(name, None, tls)?;
+                let mqtt_addr = match (&child.mqtt_tls_addr, tls) {
+                    (Some(a), Some(_)) => a.clone(),
+                    _ => child.mqtt_addr.clone(),
+                };
                 Broker {
-                    mqtt_addr: child.mqtt_addr.clone(),
+                    mqtt_addr,
                     pid: Some(child.child.id()),
                     child: Some(child),
+                    tls: client_tls,
                 }
             }
         })
     }
+}
+
+/// A client connection, plain or TLS, for the benchmarks' own lean clients.
+pub trait BenchStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> BenchStream for T {}
+
+/// Connects to `addr` (an IP address and port), over TLS with `tls`.
+pub async fn connect_stream(
+    addr: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> BenchResult<Box<dyn BenchStream>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let Some(config) = tls else {
+        return Ok(Box::new(stream));
+    };
+    let ip: std::net::SocketAddr = addr.parse()?;
+    let name = rustls::pki_types::ServerName::IpAddress(ip.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(config))
+        .connect(name, stream)
+        .await?;
+    Ok(Box::new(tls))
 }
 
 /// The `q` quantile (0..=1) of sorted `values`; 0 when empty.
@@ -73,6 +153,9 @@ pub struct ServerChild {
     pub mqtt_addr: String,
     pub kafka_addr: String,
     pub http_addr: String,
+    /// The TLS listeners' addresses, when the config turned them on.
+    pub native_tls_addr: Option<String>,
+    pub mqtt_tls_addr: Option<String>,
     dir: PathBuf,
     remove_dir: bool,
 }
@@ -83,6 +166,21 @@ impl Drop for ServerChild {
         let _ = self.child.wait();
         if self.remove_dir {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// [`start_server`] with the native and MQTT TLS listeners on when `tls` is given.
+pub fn start_server_tls(
+    name: &str,
+    dir: Option<PathBuf>,
+    tls: Option<&BenchTls>,
+) -> BenchResult<ServerChild> {
+    match tls {
+        None => start_server(name, dir, None),
+        Some(t) => {
+            let config = t.server_config(name)?;
+            start_server(name, dir, Some(&config.0))
         }
     }
 }
@@ -135,7 +233,7 @@ pub fn start_server(
             .and_then(|rest| rest.split_whitespace().next())
             .map(str::to_string)
     };
-    let (addr, mqtt_addr, kafka_addr, http_addr) = loop {
+    let (addr, mqtt_addr, kafka_addr, http_addr, line) = loop {
         let Some(line) = lines.next() else {
             return Err("brook serve exited before listening".into());
         };
@@ -146,9 +244,11 @@ pub fn start_server(
             field(&line, "kafka="),
             field(&line, "http="),
         ) {
-            break (n, m, k, h);
+            break (n, m, k, h, line);
         }
     };
+    let tls_addr = |name: &str| field(&line, name).filter(|a| a != "-");
+    let (native_tls_addr, mqtt_tls_addr) = (tls_addr("native_tls="), tls_addr("mqtt_tls="));
     std::thread::spawn(move || for _ in lines {});
     Ok(ServerChild {
         child,
@@ -156,6 +256,8 @@ pub fn start_server(
         mqtt_addr,
         kafka_addr,
         http_addr,
+        native_tls_addr,
+        mqtt_tls_addr,
         dir,
         remove_dir,
     })

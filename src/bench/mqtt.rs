@@ -18,10 +18,13 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Connect, Packet, PubAck, Publish, Subscribe};
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 
-use super::{BenchResult, Broker, cpu_seconds, quantile, rss_kib};
+use super::{BenchResult, BenchStream, BenchTls, Broker, cpu_seconds, quantile, rss_kib};
+
+type Rd = ReadHalf<Box<dyn BenchStream>>;
+type Wr = WriteHalf<Box<dyn BenchStream>>;
+type Tls = Option<std::sync::Arc<rustls::ClientConfig>>;
 
 /// A subscriber that hears nothing for this long stops and reports what arrived (a broker
 /// that dropped messages never sends them).
@@ -39,11 +42,14 @@ pub struct MqttBench {
     pub payload: usize,
     pub messages: u64,
     pub inflight: u32,
+    /// Over TLS (`--tls DIR`).
+    pub tls: Option<BenchTls>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct MqttReport {
     pub broker: String,
+    pub tls: bool,
     pub publishers: u32,
     pub subscribers: u32,
     pub qos: u8,
@@ -64,8 +70,9 @@ pub struct MqttReport {
 impl super::Report for MqttReport {
     fn render(&self) -> String {
         format!(
-            "mqtt bench against {}: {} messages x {} B, QoS {}, {} publishers ({} in flight each), {} subscribers\n  publish: {:.0} msgs/s; delivered {} at {:.0} msgs/s\n  publish-to-deliver latency: p50 {} us, p99 {} us, max {} us\n  broker CPU: {} per message; broker peak RSS: {}\n",
+            "mqtt bench against {}{}: {} messages x {} B, QoS {}, {} publishers ({} in flight each), {} subscribers\n  publish: {:.0} msgs/s; delivered {} at {:.0} msgs/s\n  publish-to-deliver latency: p50 {} us, p99 {} us, max {} us\n  broker CPU: {} per message; broker peak RSS: {}\n",
             self.broker,
+            if self.tls { " over TLS" } else { "" },
             self.messages,
             self.payload,
             self.qos,
@@ -96,7 +103,7 @@ fn qos(q: u8) -> QoS {
 
 /// Reads packets into `buf` until `f` says stop; `f` sees each packet.
 async fn read_packets(
-    s: &mut tokio::net::tcp::OwnedReadHalf,
+    s: &mut Rd,
     buf: &mut BytesMut,
     mut f: impl FnMut(Packet) -> bool,
 ) -> BenchResult<()> {
@@ -118,22 +125,14 @@ async fn read_packets(
     }
 }
 
-async fn connect(
-    addr: &str,
-    id: &str,
-) -> BenchResult<(
-    tokio::net::tcp::OwnedReadHalf,
-    tokio::net::tcp::OwnedWriteHalf,
-    BytesMut,
-)> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (mut rd, mut wr) = stream.into_split();
+async fn connect(addr: &str, id: &str, tls: &Tls) -> BenchResult<(Rd, Wr, BytesMut)> {
+    let stream = super::connect_stream(addr, tls.as_ref()).await?;
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut out = BytesMut::new();
     let mut c = Connect::new(id);
     c.keep_alive = 60;
     Packet::Connect(c).write(&mut out, usize::MAX)?;
-    wr.write_all(&out).await?;
+    crate::auth::tls::write_flushed(&mut wr, &out).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut ok = false;
     read_packets(&mut rd, &mut buf, |p| {
@@ -155,8 +154,13 @@ impl MqttBench {
         if self.payload < 16 {
             return Err("--payload must be at least 16 bytes (send time and sequence)".into());
         }
-        let broker = Broker::mqtt("mqtt", self.target.as_deref(), self.target_pid)?;
-        let (addr, pid) = (broker.mqtt_addr.clone(), broker.pid);
+        let broker = Broker::mqtt(
+            "mqtt",
+            self.target.as_deref(),
+            self.target_pid,
+            self.tls.as_ref(),
+        )?;
+        let (addr, pid, tls) = (broker.mqtt_addr.clone(), broker.pid, broker.tls.clone());
         let base = Instant::now();
         let per_pub = self.messages / u64::from(self.publishers);
         let total = per_pub * u64::from(self.publishers);
@@ -165,7 +169,7 @@ impl MqttBench {
         let mut subs = Vec::new();
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(self.subscribers.max(1) as usize);
         for i in 0..self.subscribers {
-            let (mut rd, mut wr, mut buf) = connect(&addr, &format!("bench-sub-{i}")).await?;
+            let (mut rd, mut wr, mut buf) = connect(&addr, &format!("bench-sub-{i}"), &tls).await?;
             let q = self.qos;
             let ready = ready_tx.clone();
             subs.push(tokio::spawn(async move {
@@ -173,7 +177,7 @@ impl MqttBench {
                 let mut sub = Subscribe::new("bench/#", qos(q));
                 sub.pkid = 1;
                 Packet::Subscribe(sub).write(&mut out, usize::MAX)?;
-                wr.write_all(&out).await?;
+                crate::auth::tls::write_flushed(&mut wr, &out).await?;
                 out.clear();
                 read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::SubAck(_))).await?;
                 let _ = ready.send(()).await;
@@ -213,7 +217,7 @@ impl MqttBench {
                         }
                     }
                     if !out.is_empty() {
-                        wr.write_all(&out).await?;
+                        crate::auth::tls::write_flushed(&mut wr, &out).await?;
                         out.clear();
                     }
                     last = Instant::now();
@@ -241,7 +245,7 @@ impl MqttBench {
         let start = Instant::now();
         let mut pubs = Vec::new();
         for i in 0..self.publishers {
-            let (mut rd, mut wr, mut buf) = connect(&addr, &format!("bench-pub-{i}")).await?;
+            let (mut rd, mut wr, mut buf) = connect(&addr, &format!("bench-pub-{i}"), &tls).await?;
             let (q, size, inflight) = (self.qos, self.payload, self.inflight);
             pubs.push(tokio::spawn(async move {
                 let topic = format!("bench/{i}");
@@ -265,7 +269,7 @@ impl MqttBench {
                         Packet::Publish(p).write(&mut out, usize::MAX)?;
                         sent += 1;
                     }
-                    wr.write_all(&out).await?;
+                    crate::auth::tls::write_flushed(&mut wr, &out).await?;
                     out.clear();
                     if q > 0 && (unacked >= inflight || sent == per_pub) {
                         let mut rel = Vec::new();
@@ -300,14 +304,14 @@ impl MqttBench {
                             .write(&mut out, usize::MAX)?;
                     }
                     if !out.is_empty() {
-                        wr.write_all(&out).await?;
+                        crate::auth::tls::write_flushed(&mut wr, &out).await?;
                         out.clear();
                     }
                 }
                 if q == 0 {
                     // The broker answers a PINGREQ after everything sent before it.
                     Packet::PingReq.write(&mut out, usize::MAX)?;
-                    wr.write_all(&out).await?;
+                    crate::auth::tls::write_flushed(&mut wr, &out).await?;
                     read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::PingResp)).await?;
                 }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Instant::now())
@@ -337,6 +341,7 @@ impl MqttBench {
                 Some(t) => t.clone(),
                 None => "brook serve (child)".into(),
             },
+            tls: self.tls.is_some(),
             publishers: self.publishers,
             subscribers: self.subscribers,
             qos: self.qos,
@@ -446,13 +451,13 @@ async fn device(
     ready: tokio::sync::mpsc::Sender<()>,
     mut go: tokio::sync::watch::Receiver<Option<Instant>>,
 ) -> BenchResult<DeviceResult> {
-    let (mut rd, mut wr, mut buf) = connect(&addr, &format!("fleet-{i}")).await?;
+    let (mut rd, mut wr, mut buf) = connect(&addr, &format!("fleet-{i}"), &None).await?;
     let topic = format!("fleet/{i}");
     let mut out = BytesMut::new();
     let mut sub = Subscribe::new(topic.as_str(), QoS::AtLeastOnce);
     sub.pkid = 1;
     Packet::Subscribe(sub).write(&mut out, usize::MAX)?;
-    wr.write_all(&out).await?;
+    crate::auth::tls::write_flushed(&mut wr, &out).await?;
     out.clear();
     read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::SubAck(_))).await?;
     let _ = ready.send(()).await;
@@ -504,7 +509,7 @@ async fn device(
             _ = tokio::time::sleep_until(drain_until.into()), if !publishing => break,
         }
         if !out.is_empty() {
-            wr.write_all(&out).await?;
+            crate::auth::tls::write_flushed(&mut wr, &out).await?;
             out.clear();
         }
     }
@@ -517,7 +522,7 @@ impl MqttFleet {
             return Err("need clients >= publishers and a rate of at least 1/s".into());
         }
         raise_nofile();
-        let broker = Broker::mqtt("mqtt-fleet", self.target.as_deref(), self.target_pid)?;
+        let broker = Broker::mqtt("mqtt-fleet", self.target.as_deref(), self.target_pid, None)?;
         let (addr, pid) = (broker.mqtt_addr.clone(), broker.pid);
         let base = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / f64::from(self.rate));

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientError, ClientTls};
 use crate::log::clock::wall_clock_ms;
 use crate::log::{BatchBuilder, Durability};
 use crate::proto::{Acks, TopicSettings};
@@ -33,10 +33,13 @@ pub struct NativeBench {
     pub batch: u32,
     pub inflight: u32,
     pub durability: Durability,
+    /// Over TLS (`--tls DIR`).
+    pub tls: Option<super::BenchTls>,
 }
 
 #[derive(Clone, Debug, Serialize)]
 pub struct NativeReport {
+    pub tls: bool,
     pub records: u64,
     pub record_size: usize,
     pub producers: u32,
@@ -62,7 +65,8 @@ impl super::Report for NativeReport {
         let kib =
             |v: Option<u64>| v.map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         format!(
-            "native bench: {} records x {} B, {} producers, {} consumers, {} partitions, batch {}, {} in flight, durability {:?}\n  produce: {:.0} records/s, {:.1} MB/s; ack latency p50 {} us, p99 {} us\n  consume: {:.0} records/s, {:.1} MB/s\n  server RSS: idle {}, after load {}, peak {}\n",
+            "native bench{}: {} records x {} B, {} producers, {} consumers, {} partitions, batch {}, {} in flight, durability {:?}\n  produce: {:.0} records/s, {:.1} MB/s; ack latency p50 {} us, p99 {} us\n  consume: {:.0} records/s, {:.1} MB/s\n  server RSS: idle {}, after load {}, peak {}\n",
+            if self.tls { " over TLS" } else { "" },
             self.records,
             self.record_size,
             self.producers,
@@ -84,7 +88,7 @@ impl super::Report for NativeReport {
     }
 }
 
-use super::{BenchResult, rss_kib, start_server};
+use super::{BenchResult, rss_kib, start_server_tls};
 
 impl NativeBench {
     pub async fn run(&self) -> BenchResult<NativeReport> {
@@ -93,15 +97,26 @@ impl NativeBench {
         }
         let server = match &self.broker {
             Some(_) => None,
-            None => Some(start_server("native", self.dir.clone(), None)?),
+            None => Some(start_server_tls(
+                "native",
+                self.dir.clone(),
+                self.tls.as_ref(),
+            )?),
         };
         let addr = match (&self.broker, &server) {
             (Some(a), _) => a.clone(),
-            (None, Some(s)) => s.addr.clone(),
-            _ => unreachable!("either a broker address or a started server"),
+            (None, Some(s)) => match (&self.tls, &s.native_tls_addr) {
+                (Some(_), Some(a)) => a.clone(),
+                _ => s.addr.clone(),
+            },
+            _ => return Err("neither a broker address nor a started server".into()),
+        };
+        let tls = match &self.tls {
+            Some(t) => Some(ClientTls::with_config(t.client_config()?)),
+            None => None,
         };
         let pid = server.as_ref().map(|s| s.child.id());
-        let admin = Client::connect(&addr, "bench-admin").await?;
+        let admin = Client::connect_with(&addr, "bench-admin", tls.as_ref()).await?;
         let idle = pid.and_then(rss_kib);
         let topic = format!("bench-{}", std::process::id());
         admin
@@ -125,12 +140,15 @@ impl NativeBench {
         for p in 0..self.producers {
             let quota = self.records / u64::from(self.producers)
                 + u64::from(u64::from(p) < self.records % u64::from(self.producers));
-            let addr = addr.clone();
+            let client = Client::connect_with(&addr, "bench-producer", tls.as_ref()).await?;
             let topic = topic.clone();
             let (batch, size, inflight) = (self.batch, self.record_size, self.inflight.max(1));
             let partition = p % self.partitions;
             tasks.push(tokio::spawn(async move {
-                produce(&addr, &topic, partition, quota, batch, size, inflight, acks).await
+                produce(
+                    client, &topic, partition, quota, batch, size, inflight, acks,
+                )
+                .await
             }));
         }
         let mut latencies = Vec::new();
@@ -147,10 +165,10 @@ impl NativeBench {
             let parts: Vec<u32> = (0..self.partitions)
                 .filter(|p| p % self.consumers == c)
                 .collect();
-            let addr = addr.clone();
+            let client = Client::connect_with(&addr, "bench-consumer", tls.as_ref()).await?;
             let topic = topic.clone();
             tasks.push(tokio::spawn(
-                async move { consume(&addr, &topic, parts).await },
+                async move { consume(client, &topic, parts).await },
             ));
         }
         let mut consumed = 0;
@@ -166,6 +184,7 @@ impl NativeBench {
         drop(server);
         let bytes = self.records as f64 * self.record_size as f64;
         Ok(NativeReport {
+            tls: self.tls.is_some(),
             records: self.records,
             record_size: self.record_size,
             producers: self.producers,
@@ -189,7 +208,7 @@ impl NativeBench {
 
 #[allow(clippy::too_many_arguments)]
 async fn produce(
-    addr: &str,
+    client: Client,
     topic: &str,
     partition: u32,
     quota: u64,
@@ -198,7 +217,7 @@ async fn produce(
     inflight: u32,
     acks: Acks,
 ) -> BenchResult<Vec<u64>> {
-    let client = Arc::new(Client::connect(addr, "bench-producer").await?);
+    let client = Arc::new(client);
     let mut value = vec![0u8; size];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(partition);
     let mut pending = std::collections::VecDeque::new();
@@ -244,8 +263,7 @@ async fn produce(
     Ok(latencies)
 }
 
-async fn consume(addr: &str, topic: &str, partitions: Vec<u32>) -> BenchResult<u64> {
-    let client = Client::connect(addr, "bench-consumer").await?;
+async fn consume(client: Client, topic: &str, partitions: Vec<u32>) -> BenchResult<u64> {
     let mut total = 0u64;
     let mut positions: Vec<(u32, u64, u64)> = Vec::new(); // partition, next, end
     for p in partitions {

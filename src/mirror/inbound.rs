@@ -60,6 +60,7 @@ struct Fetched {
 enum Source {
     Kafka {
         upstream: Vec<String>,
+        link: Arc<super::Link>,
         client: Option<Arc<rskafka::client::Client>>,
         partitions: std::collections::HashMap<
             (String, u32),
@@ -68,7 +69,7 @@ enum Source {
     },
     Brook {
         upstream: Vec<String>,
-        login: Option<(String, String)>,
+        link: Arc<super::Link>,
         client: Option<Arc<crate::client::Client>>,
     },
 }
@@ -78,12 +79,13 @@ impl Source {
         match cfg.kind.as_str() {
             "kafka" => Source::Kafka {
                 upstream: cfg.upstream.clone(),
+                link: super::Link::for_mirror(cfg),
                 client: None,
                 partitions: Default::default(),
             },
             _ => Source::Brook {
                 upstream: cfg.upstream.clone(),
-                login: super::credentials(cfg),
+                link: super::Link::for_mirror(cfg),
                 client: None,
             },
         }
@@ -103,25 +105,26 @@ impl Source {
 
     async fn kafka(
         upstream: &[String],
+        link: &super::Link,
         client: &mut Option<Arc<rskafka::client::Client>>,
     ) -> Result<Arc<rskafka::client::Client>, String> {
         if let Some(c) = client {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(connect_kafka(upstream, "brook-mirror-in").await?);
+        let c = Arc::new(connect_kafka(upstream, "brook-mirror-in", link).await?);
         *client = Some(Arc::clone(&c));
         Ok(c)
     }
 
     async fn brook(
         upstream: &[String],
-        login: Option<&(String, String)>,
+        link: &super::Link,
         client: &mut Option<Arc<crate::client::Client>>,
     ) -> Result<Arc<crate::client::Client>, String> {
         if let Some(c) = client {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(connect_brook(upstream, "brook-mirror-in", login).await?);
+        let c = Arc::new(connect_brook(upstream, "brook-mirror-in", link).await?);
         *client = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -130,9 +133,12 @@ impl Source {
     async fn topics(&mut self) -> Result<Vec<(String, u32)>, String> {
         let r = match self {
             Source::Kafka {
-                upstream, client, ..
+                upstream,
+                link,
+                client,
+                ..
             } => {
-                let c = Self::kafka(upstream, client).await?;
+                let c = Self::kafka(upstream, link, client).await?;
                 timed("list topics", c.list_topics()).await.map(|ts| {
                     ts.into_iter()
                         .map(|t| (t.name, t.partitions.len() as u32))
@@ -141,10 +147,10 @@ impl Source {
             }
             Source::Brook {
                 upstream,
-                login,
+                link,
                 client,
             } => {
-                let c = Self::brook(upstream, login.as_ref(), client).await?;
+                let c = Self::brook(upstream, link, client).await?;
                 let names = timed("list topics", c.list_topics()).await;
                 match names {
                     Ok(names) => {
@@ -190,6 +196,7 @@ impl Source {
         match self {
             Source::Kafka {
                 upstream,
+                link,
                 client,
                 partitions,
             } => {
@@ -198,7 +205,7 @@ impl Source {
                 let pc = match partitions.get(&k) {
                     Some(pc) => Arc::clone(pc),
                     None => {
-                        let c = Self::kafka(upstream, client).await.map_err(Err)?;
+                        let c = Self::kafka(upstream, link, client).await.map_err(Err)?;
                         let pc = timed(
                             "partition leader",
                             c.partition_client(
@@ -268,12 +275,10 @@ impl Source {
             }
             Source::Brook {
                 upstream,
-                login,
+                link,
                 client,
             } => {
-                let c = Self::brook(upstream, login.as_ref(), client)
-                    .await
-                    .map_err(Err)?;
+                let c = Self::brook(upstream, link, client).await.map_err(Err)?;
                 let got = timed(
                     "fetch",
                     c.fetch(topic, partition, offset, FETCH_BYTES, 1, FETCH_WAIT),
@@ -670,10 +675,15 @@ impl MqttSession<'_> {
             .rsplit_once(':')
             .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
             .unwrap_or((upstream.clone(), 1883));
+        let link = super::Link::for_mirror(self.cfg);
+        if let Err(e) = link.usable() {
+            return Some(e);
+        }
         let mut o = MqttOptions::new(self.client_id, host, port);
         o.set_keep_alive(Duration::from_secs(30));
-        if let Some((user, password)) = super::credentials(self.cfg) {
-            o.set_credentials(user, password);
+        o.set_transport(link.mqtt_transport());
+        if let Some((user, password)) = link.login() {
+            o.set_credentials(user.clone(), password.clone());
         }
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));

@@ -26,9 +26,11 @@
 //! proportion to their `priority` ([`shaper`]), so alarms drain first and telemetry still moves.
 //!
 //! The other direction, `direction = "in"` (upstream topics into local ones), is [`inbound`].
+//! Both directions reach the upstream through [`link`]: TLS and the login (SASL for Kafka).
 
 pub mod cursor;
 pub mod inbound;
+pub mod link;
 pub mod shaper;
 pub mod sink;
 pub mod status;
@@ -47,6 +49,7 @@ use crate::log::{Header, Record, Visibility};
 use crate::units::ByteSize;
 use crate::units::HumanDuration;
 use cursor::{CursorKey, Cursors};
+pub use link::Link;
 use shaper::Shaper;
 use sink::{BrookSink, KafkaSink, MqttSink, Sink};
 pub use status::{MirrorStatus, PartitionState, StatusRow};
@@ -86,13 +89,23 @@ pub struct MirrorConfig {
     /// Bytes per second for the whole mirror (record key, value and headers, before
     /// compression); `0` or `"none"`: as fast as the upstream takes them.
     pub bandwidth_limit: ByteSize,
-    /// MQTT and Brook: the user name to log in with upstream (empty: anonymous).
+    /// The user name to log in with upstream (Kafka: over SASL; empty: anonymous).
     pub username: String,
-    /// MQTT and Brook: a file holding the password (its first line), rather than the config
-    /// in plain text.
+    /// A file holding the password (its first line), rather than the config in plain text.
     pub password_file: Option<std::path::PathBuf>,
-    /// MQTT and Brook: an environment variable holding the password.
+    /// An environment variable holding the password.
     pub password_env: String,
+    /// Kafka: the SASL mechanism for `username`: `plain` (default), `scram-sha-256` or
+    /// `scram-sha-512`.
+    pub sasl_mechanism: String,
+    /// Encrypt the link with TLS. Default false.
+    pub tls: bool,
+    /// With `tls`: the CAs (PEM) to trust. Unset: the system bundle
+    /// (`/etc/ssl/certs/ca-certificates.crt`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// With `tls`: a client certificate chain and its key (PEM), for upstreams that require one.
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
     /// Share of the bandwidth limit per topic name or pattern (1 to 1000; unlisted topics: 1).
     /// The longest matching pattern wins. Topics with backlog split the limit in proportion.
     pub priority: BTreeMap<String, u32>,
@@ -119,6 +132,11 @@ impl Default for MirrorConfig {
             username: String::new(),
             password_file: None,
             password_env: String::new(),
+            sasl_mechanism: "plain".into(),
+            tls: false,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
             priority: BTreeMap::new(),
         }
     }
@@ -209,10 +227,27 @@ impl MirrorConfig {
         if self.backoff_max.0 < self.backoff_min.0 {
             return Err(format!("{at}.backoff_max is below backoff_min"));
         }
-        if !self.username.is_empty() && self.kind == "kafka" {
+        if !matches!(
+            self.sasl_mechanism.as_str(),
+            "plain" | "scram-sha-256" | "scram-sha-512"
+        ) {
             return Err(format!(
-                "{at}.username: Kafka upstreams have no login yet (SASL comes with the security work)"
+                "{at}.sasl_mechanism = {:?}: plain, scram-sha-256 or scram-sha-512",
+                self.sasl_mechanism
             ));
+        }
+        if self.sasl_mechanism != "plain" && self.kind != "kafka" {
+            return Err(format!("{at}.sasl_mechanism: only for kind = \"kafka\""));
+        }
+        if !self.tls
+            && (self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some())
+        {
+            return Err(format!(
+                "{at}: ca_file, cert_file and key_file are for a TLS link: set tls = true"
+            ));
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(format!("{at}: cert_file and key_file go together"));
         }
         if (self.password_file.is_some() || !self.password_env.is_empty())
             && self.username.is_empty()
@@ -226,7 +261,7 @@ impl MirrorConfig {
                 "{at}: password_file and password_env both set; choose one"
             ));
         }
-        self.credentials().map_err(|e| format!("{at}.{e}"))?;
+        Link::load(self).map_err(|e| format!("{at}.{e}"))?;
         if self.linger.0 > Duration::from_secs(3600) {
             return Err(format!("{at}.linger = {}: at most 1h", self.linger));
         }
@@ -528,15 +563,6 @@ async fn back_off(
     !stopped
 }
 
-/// The mirror's upstream login (checked when the config was loaded; a password file that went
-/// away since is logged and the login tried without it, so the status shows the refusal).
-fn credentials(cfg: &MirrorConfig) -> Option<(String, String)> {
-    cfg.credentials().unwrap_or_else(|e| {
-        tracing::error!(mirror = %cfg.name, "{e}");
-        Some((cfg.username.clone(), String::new()))
-    })
-}
-
 /// A pseudo-random fraction in [0, 1) for jitter (no need for a real RNG).
 fn jitter() -> f64 {
     let n = std::time::SystemTime::now()
@@ -581,15 +607,16 @@ async fn run_partition(
     let mut sink = match cfg.kind.as_str() {
         "kafka" => Sink::Kafka(KafkaSink::new(
             cfg.upstream.clone(),
+            Link::for_mirror(&cfg),
             &cfg.compression,
             cfg.create_topics,
         )),
         "mqtt" => Sink::Mqtt(Box::new(MqttSink::new(
             &cfg.upstream[0],
             format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
-            credentials(&cfg),
+            Link::for_mirror(&cfg),
         ))),
-        _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), credentials(&cfg))),
+        _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), Link::for_mirror(&cfg))),
     };
     let mut backoff = cfg.backoff_min.0;
     status.update(&key, |s| s.state = "starting".into());
@@ -807,5 +834,51 @@ mod tests {
         inward.topic_template = "{topic}".into();
         assert!(validate(&[inward]).unwrap_err().contains("topic_template"));
         assert!(validate(&[m.clone(), m]).unwrap_err().contains("twice"));
+    }
+
+    #[test]
+    fn link_keys_are_checked_and_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = || MirrorConfig {
+            name: "cloud".into(),
+            kind: "kafka".into(),
+            upstream: vec!["central.example:9093".into()],
+            topics: vec!["telemetry".into()],
+            ..MirrorConfig::default()
+        };
+        let err = |m: MirrorConfig| validate(&[m]).unwrap_err();
+        let mut m = base();
+        m.ca_file = Some(dir.path().join("ca.pem"));
+        assert!(err(m).contains("set tls = true"));
+        let mut m = base();
+        m.tls = true;
+        m.ca_file = Some(dir.path().join("missing.pem"));
+        let e = err(m);
+        assert!(e.contains("ca_file") && e.contains("missing.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let mut m = base();
+        m.tls = true;
+        m.ca_file = Some(empty);
+        assert!(err(m).contains("no certificate"));
+        let mut m = base();
+        m.tls = true;
+        m.cert_file = Some(dir.path().join("c.pem"));
+        assert!(err(m).contains("cert_file and key_file go together"));
+        let mut m = base();
+        m.sasl_mechanism = "scram-md5".into();
+        assert!(err(m).contains("sasl_mechanism"));
+        let mut m = base();
+        m.kind = "mqtt".into();
+        m.sasl_mechanism = "scram-sha-256".into();
+        assert!(err(m).contains("only for kind"));
+        let mut m = base();
+        m.username = "gw1".into();
+        m.password_env = "BROOK_TEST_SURELY_UNSET_VARIABLE".into();
+        assert!(err(m).contains("password_env"));
+        let mut m = base();
+        m.username = "gw1".into();
+        m.sasl_mechanism = "scram-sha-512".into();
+        validate(&[m]).expect("a Kafka login is valid now");
     }
 }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::Link;
 use crate::log::partitioner::partition_for_key;
 use crate::log::{BatchBuilder, Record};
 use crate::proto::{Acks, TopicSettings};
@@ -31,39 +32,46 @@ pub(super) async fn timed<T, E: std::fmt::Display>(
     }
 }
 
-/// A Kafka client for `upstream` (bootstrap servers); rskafka's retries end after 10 s.
+/// A Kafka client for `upstream` (bootstrap servers) over `link` (TLS, SASL); rskafka's
+/// retries end after 10 s.
 pub(super) async fn connect_kafka(
     upstream: &[String],
     client_id: &str,
+    link: &Link,
 ) -> Result<rskafka::client::Client, String> {
+    link.usable()?;
     let backoff = rskafka::BackoffConfig {
         init_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),
         base: 2.0,
         deadline: Some(Duration::from_secs(10)),
     };
-    timed(
-        "connect",
-        rskafka::client::ClientBuilder::new(upstream.to_vec())
-            .client_id(client_id)
-            .backoff_config(backoff)
-            .build(),
-    )
-    .await
+    let mut builder = rskafka::client::ClientBuilder::new(upstream.to_vec())
+        .client_id(client_id)
+        .backoff_config(backoff);
+    if let Some(tls) = link.kafka_tls() {
+        builder = builder.tls_config(tls);
+    }
+    if let Some(sasl) = link.kafka_sasl() {
+        builder = builder.sasl_config(sasl);
+    }
+    timed("connect", builder.build()).await
 }
 
-/// A native client on the first of `upstream` that answers.
+/// A native client on the first of `upstream` that answers, over `link` (TLS, login).
 pub(super) async fn connect_brook(
     upstream: &[String],
     client_id: &str,
-    login: Option<&(String, String)>,
+    link: &Link,
 ) -> Result<crate::client::Client, String> {
+    link.usable()?;
     let mut last = String::from("no upstream address");
-    let login = login.map(|(u, p)| (u.as_str(), p.as_bytes()));
+    let login = link.login().map(|(u, p)| (u.as_str(), p.as_bytes()));
+    let tls = link.brook_tls();
     for addr in upstream {
         match timed(
             "connect",
-            crate::client::Client::connect_as(addr, client_id, login),
+            crate::client::Client::connect_secure(addr, client_id, tls.as_ref(), login),
         )
         .await
         {
@@ -102,6 +110,7 @@ pub(super) fn groups(
 
 pub struct KafkaSink {
     upstream: Vec<String>,
+    link: Arc<Link>,
     compression: rskafka::client::partition::Compression,
     create_topics: bool,
     client: Option<Arc<rskafka::client::Client>>,
@@ -110,7 +119,12 @@ pub struct KafkaSink {
 }
 
 impl KafkaSink {
-    pub fn new(upstream: Vec<String>, compression: &str, create_topics: bool) -> KafkaSink {
+    pub fn new(
+        upstream: Vec<String>,
+        link: Arc<Link>,
+        compression: &str,
+        create_topics: bool,
+    ) -> KafkaSink {
         use rskafka::client::partition::Compression;
         let compression = match compression {
             "gzip" => Compression::Gzip,
@@ -119,6 +133,7 @@ impl KafkaSink {
         };
         KafkaSink {
             upstream,
+            link,
             compression,
             create_topics,
             client: None,
@@ -137,7 +152,7 @@ impl KafkaSink {
         if let Some(c) = &self.client {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(connect_kafka(&self.upstream, "brook-mirror").await?);
+        let c = Arc::new(connect_kafka(&self.upstream, "brook-mirror", &self.link).await?);
         self.client = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -244,16 +259,16 @@ impl KafkaSink {
 
 pub struct BrookSink {
     upstream: Vec<String>,
-    login: Option<(String, String)>,
+    link: Arc<Link>,
     client: Option<Arc<crate::client::Client>>,
     counts: HashMap<String, u32>,
 }
 
 impl BrookSink {
-    pub fn new(upstream: Vec<String>, login: Option<(String, String)>) -> BrookSink {
+    pub fn new(upstream: Vec<String>, link: Arc<Link>) -> BrookSink {
         BrookSink {
             upstream,
-            login,
+            link,
             client: None,
             counts: HashMap::new(),
         }
@@ -263,7 +278,7 @@ impl BrookSink {
         if let Some(c) = &self.client {
             return Ok(Arc::clone(c));
         }
-        let c = Arc::new(connect_brook(&self.upstream, "brook-mirror", self.login.as_ref()).await?);
+        let c = Arc::new(connect_brook(&self.upstream, "brook-mirror", &self.link).await?);
         self.client = Some(Arc::clone(&c));
         Ok(c)
     }
@@ -335,16 +350,12 @@ pub struct MqttSink {
     host: String,
     port: u16,
     client_id: String,
-    credentials: Option<(String, String)>,
+    link: Arc<Link>,
     conn: Option<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop)>,
 }
 
 impl MqttSink {
-    pub fn new(
-        upstream: &str,
-        client_id: String,
-        credentials: Option<(String, String)>,
-    ) -> MqttSink {
+    pub fn new(upstream: &str, client_id: String, link: Arc<Link>) -> MqttSink {
         let (host, port) = upstream
             .rsplit_once(':')
             .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
@@ -353,7 +364,7 @@ impl MqttSink {
             host,
             port,
             client_id,
-            credentials,
+            link,
             conn: None,
         }
     }
@@ -383,9 +394,11 @@ impl MqttSink {
         use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
         use rumqttc::v5::{AsyncClient, Event, MqttOptions};
         if self.conn.is_none() {
+            self.link.usable()?;
             let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
             o.set_keep_alive(Duration::from_secs(30));
-            if let Some((user, password)) = &self.credentials {
+            o.set_transport(self.link.mqtt_transport());
+            if let Some((user, password)) = self.link.login() {
                 o.set_credentials(user.clone(), password.clone());
             }
             o.set_clean_start(true);

@@ -172,8 +172,15 @@ pub fn tansu() -> std::path::PathBuf {
 /// headers takes minutes and clients time out. The index it lacks is added here (to the peer's
 /// database, through Python's sqlite3; tansu itself is unchanged).
 pub fn start_tansu(dir: &Path, addr: &str) -> Child {
+    start_tansu_with(dir, addr, addr, &[])
+}
+
+/// [`start_tansu`] telling clients to come to `advertised` (e.g. a TLS proxy in front), with
+/// more broker arguments (e.g. `--authentication`).
+pub fn start_tansu_with(dir: &Path, addr: &str, advertised: &str, more: &[&str]) -> Child {
     std::fs::create_dir_all(dir).expect("tansu dir");
     let url = format!("tcp://{addr}");
+    let advertised = format!("tcp://{advertised}");
     // tansu reads the SQLite path relative to its working directory.
     let child = std::process::Command::new(tansu())
         .current_dir(dir)
@@ -182,9 +189,10 @@ pub fn start_tansu(dir: &Path, addr: &str) -> Child {
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
         .args(["--storage-engine", "sqlite://tansu.db"])
+        .args(more)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -218,15 +226,32 @@ pub fn kafka_records(
     topic: &str,
     want: usize,
 ) -> BTreeMap<u32, Vec<(u32, u64, String)>> {
+    kafka_records_as(rt, origin, addr, None, None, topic, want)
+}
+
+/// [`kafka_records`] over TLS and logging in with `sasl`, when given.
+pub fn kafka_records_as(
+    rt: &tokio::runtime::Runtime,
+    origin: &str,
+    addr: &str,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    sasl: Option<rskafka::client::SaslConfig>,
+    topic: &str,
+    want: usize,
+) -> BTreeMap<u32, Vec<(u32, u64, String)>> {
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let mut out: BTreeMap<u32, Vec<(u32, u64, String)>> = BTreeMap::new();
             let read = async {
-                let client = rskafka::client::ClientBuilder::new(vec![addr.to_string()])
-                    .build()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut builder = rskafka::client::ClientBuilder::new(vec![addr.to_string()]);
+                if let Some(tls) = tls.clone() {
+                    builder = builder.tls_config(tls);
+                }
+                if let Some(sasl) = sasl.clone() {
+                    builder = builder.sasl_config(sasl);
+                }
+                let client = builder.build().await.map_err(|e| e.to_string())?;
                 let topics = client.list_topics().await.map_err(|e| e.to_string())?;
                 let Some(t) = topics.into_iter().find(|t| t.name == topic) else {
                     return Ok::<_, String>(());
@@ -373,4 +398,32 @@ pub fn sent_bytes_by_topic(
             .or_default() += sent;
     }
     (at, out, moving)
+}
+
+/// Waits until mirror `good` has sent `n` records (over all its partitions) and every partition
+/// of mirror `bad` is backing off having sent nothing; returns bad's last errors.
+pub fn good_sent_bad_refused(rt: &tokio::runtime::Runtime, http: &str, n: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let body = rt
+            .block_on(brook::tools::http_get(http, "/api/mirrors", None))
+            .expect("/api/mirrors");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
+        let of = |m: &str| rows.iter().filter(|r| r["mirror"] == m).collect::<Vec<_>>();
+        let sent = |rows: &[&serde_json::Value]| {
+            rows.iter()
+                .map(|r| r["sent_records"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+        };
+        let (good, bad) = (of("good"), of("bad"));
+        if sent(&good) == n && !bad.is_empty() && bad.iter().all(|r| r["state"] == "backing_off") {
+            assert_eq!(sent(&bad), 0, "{bad:?}");
+            return bad
+                .iter()
+                .map(|r| r["last_error"].as_str().expect("an error").to_string())
+                .collect();
+        }
+        assert!(Instant::now() < deadline, "{rows:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -16,6 +16,7 @@ use brook::units::{ByteSize, HumanDuration};
 
 pub mod auth;
 pub mod mirror;
+pub mod pki;
 
 pub const T0: i64 = 1_780_000_000_000; // a wall clock in 2026
 

@@ -21,6 +21,7 @@ use super::hub::{Delivery, Hub, Takeover};
 use super::message;
 use super::session::{Ack, Action, AppendOutcome, Limits, Session, SessionState};
 use super::topic;
+use crate::auth::tls::write_flushed;
 use crate::auth::{Op, Principal, Refusal};
 use crate::broker::BrokerError;
 use crate::log::{Durability, LogError};
@@ -70,7 +71,7 @@ async fn refuse(wr: &mut WriteHalf, version: Version, code: u8) {
         }),
         &mut buf,
     );
-    let _ = wr.write_all(&buf).await;
+    let _ = write_flushed(wr, &buf).await;
     let _ = wr.shutdown().await;
 }
 
@@ -109,7 +110,7 @@ pub async fn serve(
             tracing::info!(%peer, "mqtt: closing connection: {why}");
             if why.contains("unsupported protocol") {
                 // 3.1.1 form: return code 1, unacceptable protocol version.
-                let _ = wr.write_all(&[0x20, 2, 0, 1]).await;
+                let _ = write_flushed(&mut wr, &[0x20, 2, 0, 1]).await;
             }
             return;
         }
@@ -126,7 +127,7 @@ pub async fn serve(
     if client_id.is_empty() {
         if version == Version::V311 && !connect.clean_start {
             // MQTT-3.1.3-8: identifier rejected.
-            let _ = wr.write_all(&[0x20, 2, 0, 2]).await;
+            let _ = write_flushed(&mut wr, &[0x20, 2, 0, 2]).await;
             tracing::info!(%peer, "mqtt: empty client id with clean session = 0 refused");
             return;
         }
@@ -329,7 +330,7 @@ impl Conn {
                 }
             }
             if !self.out.is_empty() {
-                if let Err(e) = self.wr.write_all(&self.out).await {
+                if let Err(e) = write_flushed(&mut self.wr, &self.out).await {
                     tracing::debug!(peer = %self.peer, "mqtt: write: {e}");
                     return End::Abnormal;
                 }
@@ -341,12 +342,12 @@ impl Conn {
                 biased;
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                     self.send(Out::Disconnect(reason::SERVER_SHUTTING_DOWN));
-                    let _ = self.wr.write_all(&self.out).await;
+                    let _ = write_flushed(&mut self.wr, &self.out).await;
                     return End::Shutdown;
                 }
                 Some(reply) = takeover_rx.recv() => {
                     self.send(Out::Disconnect(reason::SESSION_TAKEN_OVER));
-                    let _ = self.wr.write_all(&self.out).await;
+                    let _ = write_flushed(&mut self.wr, &self.out).await;
                     tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: session taken over");
                     return End::TakenOver(reply);
                 }
@@ -377,7 +378,7 @@ impl Conn {
                 _ = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() => {
                     tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: keep-alive expired");
                     self.send(Out::Disconnect(reason::KEEP_ALIVE_TIMEOUT));
-                    let _ = self.wr.write_all(&self.out).await;
+                    let _ = write_flushed(&mut self.wr, &self.out).await;
                     return End::Abnormal;
                 }
                 Some(d) = rx.recv(), if !catching_up && wants => {
@@ -436,7 +437,7 @@ impl Conn {
             _ => reason::PROTOCOL_ERROR,
         };
         self.send(Out::Disconnect(rc));
-        let _ = self.wr.write_all(&self.out).await;
+        let _ = write_flushed(&mut self.wr, &self.out).await;
         End::Abnormal
     }
 
@@ -622,7 +623,7 @@ impl Conn {
                         if let Some(rc) = reason {
                             self.send(Out::Disconnect(rc));
                         }
-                        let _ = self.wr.write_all(&self.out).await;
+                        let _ = write_flushed(&mut self.wr, &self.out).await;
                         self.out.clear();
                         if graceful {
                             tracing::debug!(peer = %self.peer, "mqtt: {why}");

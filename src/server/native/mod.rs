@@ -165,7 +165,10 @@ async fn connection(
             out.extend_from_slice(&bytes);
             // Send now unless more answers are ready to go in the same write.
             if out.len() >= 256 * 1024 || rx.is_empty() {
-                if wr.write_all(&out).await.is_err() {
+                if crate::auth::tls::write_flushed(&mut wr, &out)
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 out.clear();
