@@ -75,17 +75,17 @@ enum Source {
 }
 
 impl Source {
-    fn new(cfg: &MirrorConfig) -> Source {
+    fn new(cfg: &MirrorConfig, link: Arc<super::Link>) -> Source {
         match cfg.kind.as_str() {
             "kafka" => Source::Kafka {
                 upstream: cfg.upstream.clone(),
-                link: super::Link::for_mirror(cfg),
+                link,
                 client: None,
                 partitions: Default::default(),
             },
             _ => Source::Brook {
                 upstream: cfg.upstream.clone(),
-                link: super::Link::for_mirror(cfg),
+                link,
                 client: None,
             },
         }
@@ -437,7 +437,9 @@ pub(super) async fn run_offsets(
     status: Arc<MirrorStatus>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut source = Source::new(&cfg);
+    // The CA bundle, certificates and password are read once per mirror, not per partition.
+    let link = super::Link::for_mirror(&cfg);
+    let mut source = Source::new(&cfg, Arc::clone(&link));
     let mut running: HashSet<(String, u32)> = HashSet::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut warned = false;
@@ -459,6 +461,7 @@ pub(super) async fn run_offsets(
                             tasks.spawn(run_partition(
                                 Arc::clone(&broker),
                                 Arc::clone(&cfg),
+                                Arc::clone(&link),
                                 name.clone(),
                                 p,
                                 local.clone(),
@@ -490,6 +493,7 @@ pub(super) async fn run_offsets(
 async fn run_partition(
     broker: Arc<Broker>,
     cfg: Arc<MirrorConfig>,
+    link: Arc<super::Link>,
     topic: String,
     partition: u32,
     local: String,
@@ -498,7 +502,7 @@ async fn run_partition(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let key: CursorKey = (cfg.name.clone(), topic.clone(), partition);
-    let mut source = Source::new(&cfg);
+    let mut source = Source::new(&cfg, link);
     let mut backoff = cfg.backoff_min.0;
     status.update(&key, |s| s.state = "starting".into());
     let Some(mut next) = load_cursor(&broker, &cursors, &key).await else {

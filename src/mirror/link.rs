@@ -3,9 +3,10 @@
 //! Brook: user name and password; Kafka: SASL PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512), the
 //! password read from a file or an environment variable rather than the config.
 //!
-//! The files are read when the mirror's connections start; a problem then (a CA file gone
-//! since the config was checked) fails every connection attempt with that reason, shown in
-//! the mirror's status, and never falls back to plaintext or to no login.
+//! The files are read once when the mirror starts (shared by all its partition tasks); a
+//! problem then (a CA file gone since the config was checked) fails every connection attempt
+//! with that reason, shown in the mirror's status, and never falls back to plaintext or to no
+//! login.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -496,6 +496,8 @@ async fn run_mirror(
     let mut running: std::collections::HashSet<String> = Default::default();
     let mut parts = tokio::task::JoinSet::new();
     let shaper = Shaper::new(cfg.bandwidth_limit.0);
+    // The CA bundle, certificates and password are read once per mirror, not per partition.
+    let link = Link::for_mirror(&cfg);
     loop {
         for t in broker.topics() {
             let name = t.name().to_string();
@@ -507,6 +509,7 @@ async fn run_mirror(
                 parts.spawn(run_partition(
                     Arc::clone(&broker),
                     Arc::clone(&cfg),
+                    Arc::clone(&link),
                     Arc::clone(&node),
                     name.clone(),
                     p,
@@ -590,6 +593,7 @@ async fn load_cursor(broker: &Arc<Broker>, cursors: &Arc<Cursors>, key: &CursorK
 async fn run_partition(
     broker: Arc<Broker>,
     cfg: Arc<MirrorConfig>,
+    link: Arc<Link>,
     node: Arc<str>,
     topic: String,
     partition: u32,
@@ -607,16 +611,16 @@ async fn run_partition(
     let mut sink = match cfg.kind.as_str() {
         "kafka" => Sink::Kafka(KafkaSink::new(
             cfg.upstream.clone(),
-            Link::for_mirror(&cfg),
+            link,
             &cfg.compression,
             cfg.create_topics,
         )),
         "mqtt" => Sink::Mqtt(Box::new(MqttSink::new(
             &cfg.upstream[0],
             format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
-            Link::for_mirror(&cfg),
+            link,
         ))),
-        _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), Link::for_mirror(&cfg))),
+        _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), link)),
     };
     let mut backoff = cfg.backoff_min.0;
     status.update(&key, |s| s.state = "starting".into());
