@@ -93,7 +93,9 @@ fn confluent_kafka_produces_with_every_codec() {
 }
 
 /// A group of three confluent-kafka consumers, members joining and one leaving while it
-/// consumes 6,000 records from 6 partitions: each record is processed once, in partition order.
+/// consumes 6,000 records from 6 partitions (paced, so partitions change hands part-way): each
+/// record is processed once, in partition order, and every commit, periodic or at a hand-over,
+/// is accepted. A failure prints the hand-overs that led to it.
 #[test]
 fn three_member_group_processes_each_record_once() {
     python_scenario("group");

@@ -9,7 +9,8 @@
 //! gets every member's subscription) and the group waits in `CompletingRebalance` for the
 //! leader's SyncGroup, whose assignment answers every member's SyncGroup; then `Stable`.
 //! Heartbeats tell members of a rebalance (`RebalanceInProgress`); a member silent for its
-//! session timeout is removed and the others rebalance. Offsets are committed through the broker
+//! session timeout is removed and the others rebalance. Waiting in JoinGroup or SyncGroup is not
+//! silence, and every member's session restarts when a join completes (as in Kafka). Offsets are committed through the broker
 //! into the same store as native groups' once [`KafkaGroups::check_commit`] accepts the member.
 //!
 //! No I/O: a waiting join or sync is a oneshot the caller awaits; [`KafkaGroups::tick`] runs
@@ -226,7 +227,7 @@ impl KafkaGroups {
         if g.state != State::PreparingRebalance {
             start_rebalance(g, now);
         }
-        try_complete_join(g);
+        try_complete_join(g, now);
         Ok(rx)
     }
 
@@ -386,7 +387,9 @@ impl KafkaGroups {
                         // time is gone.
                         m.join.is_none() && rebalance_over
                     } else {
-                        now.duration_since(m.last_seen) > m.session_timeout
+                        // A member waiting in SyncGroup for the leader is alive.
+                        let syncing = m.sync.as_ref().is_some_and(|s| !s.is_closed());
+                        !syncing && now.duration_since(m.last_seen) > m.session_timeout
                     }
                 })
                 .map(|(id, _)| id.clone())
@@ -398,7 +401,7 @@ impl KafkaGroups {
             if !dead.is_empty() {
                 after_removal(g, now);
             } else if rebalance_over {
-                try_complete_join(g);
+                try_complete_join(g, now);
             }
         }
         self.groups
@@ -499,11 +502,11 @@ fn after_removal(g: &mut Group, now: Instant) {
     if g.state != State::PreparingRebalance {
         start_rebalance(g, now);
     }
-    try_complete_join(g);
+    try_complete_join(g, now);
 }
 
 /// Completes the join phase once every member has rejoined.
-fn try_complete_join(g: &mut Group) {
+fn try_complete_join(g: &mut Group, now: Instant) {
     if g.state != State::PreparingRebalance || g.members.values().any(|m| m.join.is_none()) {
         return;
     }
@@ -544,6 +547,9 @@ fn try_complete_join(g: &mut Group) {
         .collect();
     for (id, m) in &mut g.members {
         m.assignment.clear();
+        // Every session restarts here, as in Kafka: a member that joined first and waited for
+        // the others has not been silent, and must not expire before its SyncGroup arrives.
+        m.last_seen = now;
         if let Some(tx) = m.join.take() {
             let _ = tx.send(Ok(JoinOutcome {
                 generation: g.generation,
@@ -676,6 +682,51 @@ mod tests {
         assert!(!gs.has_members("g"));
         gs.check_commit("g", "", -1, t1)
             .expect("simple commit on an empty group");
+    }
+
+    #[test]
+    fn waiting_in_join_or_sync_is_not_silence() {
+        let mut gs = KafkaGroups::default();
+        let t0 = Instant::now();
+        let ja = done(&mut gs.join("g", req("", "a"), t0).expect("a")).expect("a");
+        drop(gs.sync("g", &ja.member_id, 1, vec![], t0).expect("sync"));
+        // b joins at once; a is busy (handing over its partitions) and rejoins 15 s later,
+        // past b's 10 s session timeout.
+        let mut b = gs.join("g", req("", "b"), t0).expect("b");
+        let t1 = t0 + Duration::from_secs(15);
+        gs.heartbeat("g", &ja.member_id, 1, t1)
+            .expect_err("a hears of the rebalance");
+        let mut a = gs
+            .join("g", req(&ja.member_id, "a"), t1)
+            .expect("a rejoins");
+        let (ja, jb) = (done(&mut a).expect("a"), done(&mut b).expect("b"));
+        assert!(
+            gs.tick(t1 + Duration::from_secs(1)).is_empty(),
+            "b waited, it was not silent"
+        );
+        // b waits in SyncGroup for the leader, longer than its session timeout.
+        let mut sb = gs
+            .sync(
+                "g",
+                &jb.member_id,
+                jb.generation,
+                vec![],
+                t1 + Duration::from_secs(1),
+            )
+            .expect("b syncs");
+        let t2 = t1 + Duration::from_secs(12);
+        gs.heartbeat("g", &ja.member_id, ja.generation, t2)
+            .expect("the leader is alive");
+        assert!(
+            gs.tick(t2 + Duration::from_secs(1)).is_empty(),
+            "b is waiting, not silent"
+        );
+        let assignment = vec![(jb.member_id.clone(), b"p0".to_vec())];
+        drop(
+            gs.sync("g", &ja.member_id, ja.generation, assignment, t2)
+                .expect("leader"),
+        );
+        assert_eq!(done(&mut sb), Ok(b"p0".to_vec()));
     }
 
     #[test]

@@ -114,7 +114,7 @@ def scenario_codecs(bootstrap):
 
 def scenario_group(bootstrap):
     """Three members join and leave one group while it consumes: every record once, in order."""
-    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
     topic = "grouped"
     create(bootstrap, topic, 6)
@@ -129,6 +129,24 @@ def scenario_group(bootstrap):
     seen = {}  # (partition, offset) -> count
     last = {}  # partition -> last value processed (order check)
     processed = {}  # consumer -> {partition: next offset}
+    trace = []  # hand-over events, printed when a check fails
+
+    def note(event):
+        trace.append(f"{time.monotonic() - t0:7.3f} {event}")
+
+    def checked(cond, msg):
+        check(cond, msg + "\nhand-overs:\n" + "\n".join(trace[-40:]))
+
+    def committed_ok(name, what, commit):
+        # A refused hand-over commit would make the next owner re-process: a refusal (raised,
+        # or carried by a partition) fails the scenario with the hand-overs so far.
+        try:
+            result = commit()
+        except KafkaException as e:
+            checked(False, f"{name}: {what} commit failed: {e}")
+        bad = [(tp.partition, str(tp.error)) for tp in result if tp.error is not None]
+        note(f"{name} {what} commit {[(tp.partition, tp.offset) for tp in result]}")
+        checked(not bad, f"{name}: {what} commit refused: {bad}")
 
     def make(name):
         c = Consumer(
@@ -144,50 +162,72 @@ def scenario_group(bootstrap):
         )
         processed[name] = {}
 
+        def on_assign(consumer, partitions):
+            note(f"{name} assigned {sorted(tp.partition for tp in partitions)}")
+
         def on_revoke(consumer, partitions):
             # Hand over exactly what was processed.
             done = [TopicPartition(topic, tp.partition, processed[name][tp.partition])
                     for tp in partitions if tp.partition in processed[name]]
+            note(f"{name} revoked {sorted(tp.partition for tp in partitions)}")
             if done:
-                consumer.commit(offsets=done, asynchronous=False)
+                committed_ok(name, "hand-over", lambda: consumer.commit(offsets=done, asynchronous=False))
             for tp in partitions:
                 processed[name].pop(tp.partition, None)
 
-        c.subscribe([topic], on_revoke=on_revoke)
+        c.subscribe([topic], on_assign=on_assign, on_revoke=on_revoke)
         return c
 
+    t0 = time.monotonic()
     members = {"c1": make("c1")}
     closed = set()
     total = 0
     deadline = time.time() + 120
+    by_member = {}  # consumer -> records processed
+    resumed = []  # (consumer, partition, offset): partitions taken over part-way
     while total < n and time.time() < deadline:
+        round_start = time.monotonic()
         for name, c in list(members.items()):
-            m = c.poll(0.05)
-            if m is None:
-                continue
-            check(m.error() is None, f"{name}: {m.error()}")
-            key = (m.partition(), m.offset())
-            seen[key] = seen.get(key, 0) + 1
-            v = int(m.value())
-            check(v > last.get(m.partition(), -1), f"partition {m.partition()}: {v} after {last.get(m.partition())}")
-            last[m.partition()] = v
-            processed[name][m.partition()] = m.offset() + 1
-            total += 1
-            if total % 200 == 0:
-                c.commit(asynchronous=False)
+            # Up to 20 records from each member per round of at least 20 ms: the group
+            # consumes at most about 1,000 records/s per member, so members join and leave
+            # while partitions are part-way through and hand-overs really happen.
+            for _ in range(20):
+                m = c.poll(0.005)
+                if m is None:
+                    break
+                checked(m.error() is None, f"{name}: {m.error()}")
+                key = (m.partition(), m.offset())
+                if m.partition() not in processed[name]:
+                    note(f"{name} starts partition {m.partition()} at offset {m.offset()}")
+                    if m.offset() > 0:
+                        resumed.append((name, m.partition(), m.offset()))
+                by_member[name] = by_member.get(name, 0) + 1
+                seen[key] = seen.get(key, 0) + 1
+                v = int(m.value())
+                checked(v > last.get(m.partition(), -1), f"partition {m.partition()}: {v} after {last.get(m.partition())}")
+                last[m.partition()] = v
+                processed[name][m.partition()] = m.offset() + 1
+                total += 1
+                if total % 200 == 0:
+                    committed_ok(name, "periodic", lambda: c.commit(asynchronous=False))
+        time.sleep(max(0.0, 0.02 - (time.monotonic() - round_start)))
         if total >= 1000 and "c2" not in members and "c2" not in closed:
+            note("c2 joins")
             members["c2"] = make("c2")
         if total >= 2000 and "c3" not in members:
+            note("c3 joins")
             members["c3"] = make("c3")
         if total >= 3500 and "c2" in members:
+            note("c2 closes")
             members.pop("c2").close()  # leaves the group; its partitions move
             closed.add("c2")
-    for c in members.values():
-        c.close()
     dups = [k for k, v in seen.items() if v > 1]
-    check(not dups, f"{len(dups)} records processed twice, e.g. {dups[:3]}")
-    check(len(seen) == n, f"processed {len(seen)} of {n}")
-    print(f"group: {n} records over 6 partitions, 3 members joining and leaving, each once, in order", flush=True)
+    checked(not dups, f"{len(dups)} records processed twice, e.g. {dups[:3]}")
+    checked(len(seen) == n, f"processed {len(seen)} of {n}")
+    checked(all(by_member.get(m, 0) > 0 for m in ("c1", "c2", "c3")), f"records per member: {by_member}")
+    checked(resumed, "no partition was handed over part-way")
+    print(f"group: {n} records over 6 partitions, 3 members joining and leaving ({by_member}), "
+          f"{len(resumed)} partitions taken over part-way, each record once, in order", flush=True)
 
 
 def scenario_admin(bootstrap):

@@ -215,6 +215,9 @@ pub fn offset_commit(
         r.generation_id_or_member_epoch,
         Instant::now(),
     );
+    if let Err(e) = &allowed {
+        tracing::debug!(group, member = %r.member_id.as_str(), "Kafka offset commit refused: {e}");
+    }
     // Per partition: Some(code) is decided; None is committed below.
     let mut plan: Vec<(usize, i32, Option<i16>)> = Vec::new();
     let mut offsets = Vec::new();
