@@ -337,6 +337,133 @@ fn mqtt_upstream_gets_everything_across_outages_and_kill_9() {
     stop(&mut up);
 }
 
+/// An MQTT 3.1.1 upstream (`mqtt_version = "3.1.1"`, for brokers without MQTT 5): Mosquitto logs
+/// the mirror's sessions as protocol 3.1.1 and the values arrive bare (3.1.1 has no
+/// properties). Records produced while Mosquitto is down all arrive once it starts, a `kill -9`
+/// of the local Brook mid-drain loses nothing, and each key (one partition, one MQTT topic)
+/// keeps its order.
+#[test]
+fn mqtt_3_1_1_upstream_across_outage_and_kill_9() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Multi-threaded: the subscriber task runs between block_on calls.
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let up_addr = free_addr();
+    let port: u16 = up_addr
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("port");
+    let mosq = dir.path().join("mosq");
+    let (mut up, log) = start_mosquitto_logged(&mosq, port);
+
+    // A persistent 3.1.1 subscriber: (MQTT topic, record index) in arrival order.
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, u64)>::new()));
+    let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+    {
+        let got = std::sync::Arc::clone(&got);
+        rt.spawn(async move {
+            let mut o = MqttOptions::new("checker311", "127.0.0.1", port);
+            o.set_clean_session(false);
+            o.set_keep_alive(Duration::from_secs(5));
+            let (client, mut el) = AsyncClient::new(o, 100);
+            client
+                .subscribe("site/#", QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let value = String::from_utf8_lossy(&p.payload).into_owned();
+                        let index = value
+                            .get(1..9)
+                            .and_then(|d| d.parse().ok())
+                            .unwrap_or_else(|| panic!("a bare record value: {value:?}"));
+                        got.lock().expect("lock").push((p.topic, index));
+                    }
+                    Ok(_) => {}
+                    // Mosquitto restarting: rumqttc reconnects on the next poll.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+    }
+    subscribed_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("subscribed");
+    stop(&mut up);
+
+    let cfg = mirror_config(dir.path(), "mqtt", &up_addr);
+    let text = std::fs::read_to_string(&cfg).expect("config")
+        + "topic_template = \"site/{node}/{key}\"\nmqtt_version = \"3.1.1\"\n";
+    std::fs::write(&cfg, text).expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    create_telemetry(&rt, &laddrs.native);
+    // Every index 0..want arrived, on its key's topic, in order per topic (an index seen again
+    // is a re-send after the kill -9); returns the re-sends.
+    let wait_for = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let g = got.lock().expect("lock").clone();
+            let mut first_seen = std::collections::HashSet::new();
+            let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+            let mut resent = 0;
+            for (topic, i) in &g {
+                assert_eq!(
+                    topic,
+                    &format!("site/gw1/k{}", i % 10),
+                    "record {i}'s topic"
+                );
+                if !first_seen.insert(*i) {
+                    resent += 1;
+                    continue;
+                }
+                if let Some(prev) = last.insert(topic, *i) {
+                    assert!(*i > prev, "{topic}: record {i} after {prev}");
+                }
+            }
+            if first_seen.len() as u64 >= want {
+                assert!(
+                    first_seen.iter().all(|i| *i < want),
+                    "records beyond {want}"
+                );
+                return resent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {want} records through Mosquitto",
+                first_seen.len()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    produce(&rt, &laddrs.native, "telemetry", 0, 2_000);
+    let (mut up, _) = start_mosquitto_logged(&mosq, port);
+    assert_eq!(wait_for(2_000), 0, "no failure, no re-sends");
+
+    wait_saved(&rt, &laddrs.http);
+    produce(&rt, &laddrs.native, "telemetry", 2_000, 2_000);
+    kill_9(&mut local);
+    let (mut local, _) = common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    wait_for(4_000);
+    let protocols = mosquitto_protocols(&log, "brook-gw1-up-telemetry-");
+    assert!(
+        !protocols.is_empty(),
+        "the mirror's sessions are in Mosquitto's log"
+    );
+    assert!(
+        protocols.iter().all(|p| p == "p2"),
+        "the mirror spoke MQTT 3.1.1 (p2): {protocols:?}"
+    );
+    kill_9(&mut local);
+    stop(&mut up);
+}
+
 /// Retention meets mirroring, upstream down: a `reject` topic keeps every segment not yet
 /// mirrored even past its retention time (a control topic that is not mirrored expires), and
 /// everything arrives once the upstream starts; a `drop_oldest` topic over its size bound loses

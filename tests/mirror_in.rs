@@ -357,3 +357,56 @@ fn mqtt_upstream_in_across_outages_and_kill_9() {
     kill_9(&mut local);
     stop(&mut up);
 }
+
+/// An MQTT 3.1.1 subscription brought in (`mqtt_version = "3.1.1"`): Mosquitto logs the
+/// mirror's session as protocol 3.1.1; with clean session off it queues while the local Brook
+/// is away (`kill -9`), and everything arrives once it starts, in order; a `kill -9` mid-drain
+/// loses nothing (each message is stored durably before its PUBACK).
+#[test]
+fn mqtt_3_1_1_upstream_in_across_kill_9() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let up_addr = free_addr();
+    let port: u16 = up_addr
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .parse()
+        .expect("port");
+    let (mut up, log) = start_mosquitto_logged(&dir.path().join("mosq"), port);
+    let cfg = in_config(dir.path(), "mqtt", &up_addr, "\"cmd/#\"", "commands");
+    let text = std::fs::read_to_string(&cfg).expect("config")
+        + "node = \"gw1\"\nmqtt_version = \"3.1.1\"\n";
+    std::fs::write(&cfg, text).expect("config");
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    wait_subscribed(&rt, &laddrs.http);
+    mosquitto_pub(port, 0, 1);
+    wait_mqtt_complete(&rt, &laddrs.native, 1);
+
+    // Away: Mosquitto queues for the session.
+    kill_9(&mut local);
+    mosquitto_pub(port, 1, 1_999);
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    assert_eq!(wait_mqtt_complete(&rt, &laddrs.native, 2_000), 0);
+
+    // kill -9 mid-drain: what was stored stays, what was not comes again.
+    kill_9(&mut local);
+    mosquitto_pub(port, 2_000, 10_000);
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    wait_values(&rt, &laddrs.native, 2_500);
+    kill_9(&mut local);
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    wait_mqtt_complete(&rt, &laddrs.native, 12_000);
+    let protocols = mosquitto_protocols(&log, "brook-gw1-down-in");
+    assert!(protocols.len() >= 4, "the mirror's sessions: {protocols:?}");
+    assert!(
+        protocols.iter().all(|p| p == "p2"),
+        "the mirror spoke MQTT 3.1.1 (p2): {protocols:?}"
+    );
+    kill_9(&mut local);
+    stop(&mut up);
+}

@@ -18,16 +18,7 @@
 //! two devices never share a group's partitions. Records the upstream deleted before they were
 //! fetched are counted as dropped, as on the way out.
 //!
-//! **MQTT upstreams**: one persistent session (MQTT 5, clean start off, the session kept for
-//! 30 days of absence) subscribes to the `topics` filters at QoS 1, with manual
-//! acknowledgements: each message is appended durably to the local topic (`topic_template`,
-//! one name: the record key is the MQTT topic, as for MQTT publishes into Brook) before its
-//! PUBACK goes back, so a message is never acknowledged unstored; the broker queues what
-//! arrives while the link is down. Messages that arrive together (at most the session's
-//! Receive Maximum, 100, should be unacknowledged at a time) are stored in one append. A crash
-//! between an append and the broker reading its PUBACKs brings those messages again (MQTT's
-//! at-least-once); a broker that ignores the Receive Maximum (Mosquitto 2.0.11 does for a
-//! returning session's queue) can have sent, and so send again, thousands.
+//! **MQTT upstreams**: see [`super::inbound_mqtt`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -309,14 +300,14 @@ impl Source {
 }
 
 /// The local topic an upstream topic comes down into.
-fn local_name(cfg: &MirrorConfig, node: &str, upstream_topic: &str) -> String {
+pub(super) fn local_name(cfg: &MirrorConfig, node: &str, upstream_topic: &str) -> String {
     cfg.topic_template
         .replace("{node}", node)
         .replace("{topic}", upstream_topic)
 }
 
 /// Makes sure the local topic exists (with `partitions` when created here).
-fn ensure_local(
+pub(super) fn ensure_local(
     broker: &Broker,
     cfg: &MirrorConfig,
     name: &str,
@@ -346,7 +337,7 @@ fn ensure_local(
 }
 
 /// Appends `records` (from upstream partition `partition`) durably to the local topic.
-async fn append_local(
+pub(super) async fn append_local(
     broker: &Broker,
     local: &str,
     partition: u32,
@@ -595,220 +586,5 @@ async fn run_partition(
         if !back_off(&cfg, &key, &status, &mut backoff, failure, &mut shutdown).await {
             return;
         }
-    }
-}
-
-/// Runs an `in` mirror of an MQTT broker: one persistent session subscribed to the filters,
-/// each message stored durably before its PUBACK.
-pub(super) async fn run_mqtt(
-    broker: Arc<Broker>,
-    cfg: Arc<MirrorConfig>,
-    node: Arc<str>,
-    status: Arc<MirrorStatus>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let local = local_name(&cfg, &node, "");
-    let key: CursorKey = (cfg.name.clone(), local.clone(), 0);
-    let client_id = format!("brook-{node}-{}-in", cfg.name);
-    let mut backoff = cfg.backoff_min.0;
-    status.update(&key, |s| s.state = "starting".into());
-    loop {
-        let session = MqttSession {
-            broker: &broker,
-            cfg: &cfg,
-            local: &local,
-            key: &key,
-            status: &status,
-            client_id: &client_id,
-        };
-        let Some(failure) = session.run(&mut backoff, &mut shutdown).await else {
-            return;
-        };
-        let failure = format!("bringing in failed: {failure}");
-        if !back_off(&cfg, &key, &status, &mut backoff, failure, &mut shutdown).await {
-            return;
-        }
-    }
-}
-
-/// One connection of an MQTT mirror in.
-struct MqttSession<'a> {
-    broker: &'a Broker,
-    cfg: &'a MirrorConfig,
-    local: &'a str,
-    key: &'a CursorKey,
-    status: &'a MirrorStatus,
-    client_id: &'a str,
-}
-
-/// What the MQTT event loop task hands the session.
-enum Incoming {
-    Publish(rumqttc::v5::mqttbytes::v5::Publish),
-    /// Every filter acknowledged (or why not).
-    Subscribed(Result<(), String>),
-    Failed(String),
-}
-
-/// How long the broker keeps the session (and queues for it) while the device is away: 30
-/// days. Not "never" (0xFFFFFFFF): Mosquitto 2.0.11 then saves no queue when it restarts.
-const SESSION_EXPIRY_SECS: u32 = 30 * 24 * 3600;
-
-/// Messages in flight from the broker to us at most (MQTT 5 Receive Maximum): bounds what one
-/// append holds, and what a crash between an append and its PUBACKs brings again.
-const RECEIVE_MAXIMUM: u16 = 100;
-
-impl MqttSession<'_> {
-    /// Connects, subscribes and stores messages until a failure (returned) or shutdown (`None`).
-    /// The event loop runs in its own task (it must keep polling for acknowledgements to go
-    /// out); messages that arrived together are stored as one durable append, then
-    /// acknowledged.
-    async fn run(
-        &self,
-        backoff: &mut Duration,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<String> {
-        use rumqttc::v5::mqttbytes::QoS;
-        use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
-        use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-
-        if let Err(e) = ensure_local(self.broker, self.cfg, self.local, 1) {
-            return Some(e);
-        }
-        let upstream = &self.cfg.upstream[0];
-        let (host, port) = upstream
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
-            .unwrap_or((upstream.clone(), 1883));
-        let link = super::Link::for_mirror(self.cfg);
-        if let Err(e) = link.usable() {
-            return Some(e);
-        }
-        let mut o = MqttOptions::new(self.client_id, host, port);
-        o.set_keep_alive(Duration::from_secs(30));
-        o.set_transport(link.mqtt_transport());
-        if let Some((user, password)) = link.login() {
-            o.set_credentials(user.clone(), password.clone());
-        }
-        o.set_clean_start(false);
-        o.set_session_expiry_interval(Some(SESSION_EXPIRY_SECS));
-        o.set_manual_acks(true);
-        o.set_receive_maximum(Some(RECEIVE_MAXIMUM));
-        let (client, mut events) =
-            AsyncClient::new(o, self.cfg.topics.len() + usize::from(RECEIVE_MAXIMUM));
-        // Queued now, sent once connected (every time: the broker may have lost the session).
-        for f in &self.cfg.topics {
-            if let Err(e) = client.subscribe(f.clone(), QoS::AtLeastOnce).await {
-                return Some(format!("subscribe {f:?}: {e}"));
-            }
-        }
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let poller = tokio::spawn(async move {
-            loop {
-                let item = match events.poll().await {
-                    Ok(Event::Incoming(Packet::Publish(p))) => Incoming::Publish(p),
-                    Ok(Event::Incoming(Packet::SubAck(a))) => Incoming::Subscribed(
-                        match a
-                            .return_codes
-                            .iter()
-                            .find(|r| !matches!(r, SubscribeReasonCode::Success(_)))
-                        {
-                            Some(r) => Err(format!("subscription refused: {r:?}")),
-                            None => Ok(()),
-                        },
-                    ),
-                    Ok(_) => continue,
-                    Err(e) => Incoming::Failed(format!("mqtt: {e}")),
-                };
-                let failed = matches!(item, Incoming::Failed(_));
-                if tx.send(item).is_err() || failed {
-                    return;
-                }
-            }
-        });
-        let failure = loop {
-            let item = tokio::select! {
-                item = rx.recv() => item,
-                _ = shutdown.wait_for(|s| *s) => None,
-            };
-            let first = match item {
-                None if *shutdown.borrow() => {
-                    let _ = client.disconnect().await;
-                    poller.abort();
-                    return None;
-                }
-                None => break "mqtt event loop ended".to_string(),
-                Some(Incoming::Failed(e)) => break e,
-                Some(Incoming::Subscribed(Err(e))) => break e,
-                Some(Incoming::Subscribed(Ok(()))) => {
-                    *backoff = self.cfg.backoff_min.0;
-                    self.status
-                        .update(self.key, |s| s.state = "connected".into());
-                    continue;
-                }
-                Some(Incoming::Publish(p)) => p,
-            };
-            // Whatever else already arrived goes in the same append.
-            let mut publishes = vec![first];
-            let mut after: Option<Incoming> = None;
-            while publishes.len() < usize::from(RECEIVE_MAXIMUM) {
-                match rx.try_recv() {
-                    Ok(Incoming::Publish(p)) => publishes.push(p),
-                    Ok(other) => {
-                        after = Some(other);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            let records: Vec<Record> = publishes.iter().map(record_of).collect();
-            let bytes: u64 = records.iter().map(record_bytes).sum();
-            if let Err(e) = append_local(self.broker, self.local, u32::MAX, &records).await {
-                break e;
-            }
-            let mut acked = Ok(());
-            for p in &publishes {
-                if let Err(e) = client.ack(p).await {
-                    acked = Err(format!("ack: {e}"));
-                    break;
-                }
-            }
-            if let Err(e) = acked {
-                break e;
-            }
-            self.status.update(self.key, |s| {
-                s.state = "connected".into();
-                s.read(records.len() as u64, bytes);
-                s.sent(records.len() as u64, bytes, now_ms());
-            });
-            match after {
-                Some(Incoming::Failed(e)) | Some(Incoming::Subscribed(Err(e))) => break e,
-                _ => {}
-            }
-        };
-        poller.abort();
-        Some(failure)
-    }
-}
-
-/// The local record of an MQTT message: key = the MQTT topic, user properties as headers plus
-/// `brook.upstream.topic`.
-fn record_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> Record {
-    let mqtt_topic = String::from_utf8_lossy(&p.topic).into_owned();
-    let mut headers: Vec<Header> = p
-        .properties
-        .as_ref()
-        .map(|pr| {
-            pr.user_properties
-                .iter()
-                .map(|(k, v)| Header::new(k.clone(), v.as_bytes()))
-                .collect()
-        })
-        .unwrap_or_default();
-    headers.push(Header::new("brook.upstream.topic", mqtt_topic.as_bytes()));
-    Record {
-        timestamp: now_ms(),
-        key: Some(mqtt_topic.into_bytes()),
-        value: p.payload.to_vec(),
-        headers,
     }
 }

@@ -30,6 +30,7 @@
 
 pub mod cursor;
 pub mod inbound;
+mod inbound_mqtt;
 pub mod link;
 pub mod shaper;
 pub mod sink;
@@ -98,6 +99,9 @@ pub struct MirrorConfig {
     /// Kafka: the SASL mechanism for `username`: `plain` (default), `scram-sha-256` or
     /// `scram-sha-512`.
     pub sasl_mechanism: String,
+    /// MQTT: the protocol spoken upstream, `5` (default) or `3.1.1` (for brokers without MQTT 5;
+    /// no origin headers then, 3.1.1 has nowhere to carry them).
+    pub mqtt_version: String,
     /// Encrypt the link with TLS. Default false.
     pub tls: bool,
     /// With `tls`: the CAs (PEM) to trust. Unset: the system bundle
@@ -133,6 +137,7 @@ impl Default for MirrorConfig {
             password_file: None,
             password_env: String::new(),
             sasl_mechanism: "plain".into(),
+            mqtt_version: "5".into(),
             tls: false,
             ca_file: None,
             cert_file: None,
@@ -238,6 +243,15 @@ impl MirrorConfig {
         }
         if self.sasl_mechanism != "plain" && self.kind != "kafka" {
             return Err(format!("{at}.sasl_mechanism: only for kind = \"kafka\""));
+        }
+        if !matches!(self.mqtt_version.as_str(), "5" | "3.1.1") {
+            return Err(format!(
+                "{at}.mqtt_version = {:?}: \"5\" or \"3.1.1\"",
+                self.mqtt_version
+            ));
+        }
+        if self.mqtt_version != "5" && self.kind != "mqtt" {
+            return Err(format!("{at}.mqtt_version: only for kind = \"mqtt\""));
         }
         if !self.tls
             && (self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some())
@@ -395,7 +409,7 @@ impl Mirrors {
                 );
                 let cfg = Arc::new(cfg);
                 if cfg.kind == "mqtt" {
-                    tasks.spawn(inbound::run_mqtt(b, cfg, node, st, sd));
+                    tasks.spawn(inbound_mqtt::run_mqtt(b, cfg, node, st, sd));
                 } else {
                     tasks.spawn(inbound::run_offsets(b, cfg, node, c, st, sd));
                 }
@@ -619,6 +633,7 @@ async fn run_partition(
             &cfg.upstream[0],
             format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
             link,
+            cfg.mqtt_version == "3.1.1",
         ))),
         _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), link)),
     };
@@ -876,6 +891,12 @@ mod tests {
         m.kind = "mqtt".into();
         m.sasl_mechanism = "scram-sha-256".into();
         assert!(err(m).contains("only for kind"));
+        let mut m = base();
+        m.mqtt_version = "3".into();
+        assert!(err(m).contains("mqtt_version = \"3\""));
+        let mut m = base();
+        m.mqtt_version = "3.1.1".into();
+        assert!(err(m).contains("mqtt_version: only for kind"));
         let mut m = base();
         m.username = "gw1".into();
         m.password_env = "BROOK_TEST_SURELY_UNSET_VARIABLE".into();

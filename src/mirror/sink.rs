@@ -1,5 +1,5 @@
 //! Where a mirror sends: a Kafka cluster (rskafka; acks=all), another Brook (the native client;
-//! durable), or an MQTT broker (rumqttc, MQTT 5, QoS 1, PUBACK per message). A send returns once the upstream
+//! durable), or an MQTT broker (rumqttc, MQTT 5 or 3.1.1, QoS 1, PUBACK per message). A send returns once the upstream
 //! acknowledged every record of the batch; any error drops the connection, and the next send
 //! reconnects.
 //!
@@ -343,19 +343,27 @@ impl BrookSink {
     }
 }
 
-/// An MQTT broker upstream (MQTT 5, QoS 1): each record is one PUBLISH to the topic the
-/// template gives it (`{key}` is the record key), origin headers as user properties; the batch
-/// counts as sent once every PUBACK is in.
+/// An MQTT broker upstream (QoS 1): each record is one PUBLISH to the topic the template gives
+/// it (`{key}` is the record key); the batch counts as sent once every PUBACK is in. MQTT 5
+/// carries the origin headers as user properties; MQTT 3.1.1 (`mqtt_version = "3.1.1"`, for
+/// brokers that speak nothing newer) has nowhere to put them and sends the value alone.
 pub struct MqttSink {
     host: String,
     port: u16,
     client_id: String,
     link: Arc<Link>,
-    conn: Option<(rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop)>,
+    v311: bool,
+    conn: Option<MqttConn>,
+}
+
+/// A connection (rumqttc queues and reconnects inside it) in either protocol version.
+enum MqttConn {
+    V5(rumqttc::v5::AsyncClient, Box<rumqttc::v5::EventLoop>),
+    V311(rumqttc::AsyncClient, Box<rumqttc::EventLoop>),
 }
 
 impl MqttSink {
-    pub fn new(upstream: &str, client_id: String, link: Arc<Link>) -> MqttSink {
+    pub fn new(upstream: &str, client_id: String, link: Arc<Link>, v311: bool) -> MqttSink {
         let (host, port) = upstream
             .rsplit_once(':')
             .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
@@ -365,6 +373,7 @@ impl MqttSink {
             port,
             client_id,
             link,
+            v311,
             conn: None,
         }
     }
@@ -389,72 +398,44 @@ impl MqttSink {
         }
     }
 
-    async fn try_send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {
-        use rumqttc::v5::mqttbytes::QoS;
-        use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-        use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-        if self.conn.is_none() {
-            self.link.usable()?;
-            let mut o = MqttOptions::new(self.client_id.clone(), self.host.clone(), self.port);
+    fn connect(&self) -> Result<MqttConn, String> {
+        self.link.usable()?;
+        let login = self.link.login();
+        if self.v311 {
+            let mut o = rumqttc::MqttOptions::new(&self.client_id, &self.host, self.port);
             o.set_keep_alive(Duration::from_secs(30));
             o.set_transport(self.link.mqtt_transport());
-            if let Some((user, password)) = self.link.login() {
+            if let Some((user, password)) = login {
+                o.set_credentials(user.clone(), password.clone());
+            }
+            o.set_clean_session(true);
+            let (client, events) = rumqttc::AsyncClient::new(o, 64);
+            Ok(MqttConn::V311(client, Box::new(events)))
+        } else {
+            let mut o = rumqttc::v5::MqttOptions::new(&self.client_id, &self.host, self.port);
+            o.set_keep_alive(Duration::from_secs(30));
+            o.set_transport(self.link.mqtt_transport());
+            if let Some((user, password)) = login {
                 o.set_credentials(user.clone(), password.clone());
             }
             o.set_clean_start(true);
-            self.conn = Some(AsyncClient::new(o, 64));
+            let (client, events) = rumqttc::v5::AsyncClient::new(o, 64);
+            Ok(MqttConn::V5(client, Box::new(events)))
+        }
+    }
+
+    async fn try_send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {
+        if self.conn.is_none() {
+            self.conn = Some(self.connect()?);
         }
         let topics: Vec<String> = records.iter().map(|r| Self::topic_of(base, r)).collect();
-        let Some((client, events)) = self.conn.as_mut() else {
-            return Err("not connected".into());
-        };
-        let client = client.clone();
-        let publish = async move {
-            for (r, topic) in records.iter().zip(topics) {
-                let props = PublishProperties {
-                    user_properties: r
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.clone(),
-                                String::from_utf8_lossy(&h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                    ..PublishProperties::default()
-                };
-                client
-                    .publish_with_properties(topic, QoS::AtLeastOnce, false, r.value.clone(), props)
-                    .await
-                    .map_err(|e| format!("publish: {e}"))?;
+        match self.conn.as_mut() {
+            Some(MqttConn::V5(client, events)) => send_v5(client, events, records, topics).await,
+            Some(MqttConn::V311(client, events)) => {
+                send_v311(client, events, records, topics).await
             }
-            Ok::<(), String>(())
-        };
-        let want = records.len();
-        let acks = async move {
-            let mut acked = 0;
-            while acked < want {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::PubAck(a))) => {
-                        use rumqttc::v5::mqttbytes::v5::PubAckReason;
-                        if !matches!(
-                            a.reason,
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                        ) {
-                            return Err(format!("PUBACK refused: {:?}", a.reason));
-                        }
-                        acked += 1;
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Err(format!("mqtt: {e}")),
-                }
-            }
-            Ok(())
-        };
-        // The first error ends both: a refused connection must not leave the publishing half
-        // waiting on a full request queue.
-        tokio::try_join!(publish, acks).map(|_| ())
+            None => Err("not connected".into()),
+        }
     }
 
     pub async fn send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {
@@ -467,6 +448,97 @@ impl MqttSink {
         }
         r
     }
+}
+
+/// Publishes `records` over MQTT 5 (origin headers as user properties) and waits for every
+/// PUBACK. The first error ends both halves: a refused connection must not leave the
+/// publishing half waiting on a full request queue.
+async fn send_v5(
+    client: &rumqttc::v5::AsyncClient,
+    events: &mut rumqttc::v5::EventLoop,
+    records: &[Record],
+    topics: Vec<String>,
+) -> Result<(), String> {
+    use rumqttc::v5::Event;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
+    let client = client.clone();
+    let publish = async move {
+        for (r, topic) in records.iter().zip(topics) {
+            let props = PublishProperties {
+                user_properties: r
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.clone(),
+                            String::from_utf8_lossy(&h.value).into_owned(),
+                        )
+                    })
+                    .collect(),
+                ..PublishProperties::default()
+            };
+            client
+                .publish_with_properties(topic, QoS::AtLeastOnce, false, r.value.clone(), props)
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    let want = records.len();
+    let acks = async move {
+        let mut acked = 0;
+        while acked < want {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(a))) => {
+                    if !matches!(
+                        a.reason,
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                    ) {
+                        return Err(format!("PUBACK refused: {:?}", a.reason));
+                    }
+                    acked += 1;
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("mqtt: {e}")),
+            }
+        }
+        Ok(())
+    };
+    tokio::try_join!(publish, acks).map(|_| ())
+}
+
+/// As [`send_v5`] over MQTT 3.1.1: the value alone (no properties), a PUBACK is always a yes.
+async fn send_v311(
+    client: &rumqttc::AsyncClient,
+    events: &mut rumqttc::EventLoop,
+    records: &[Record],
+    topics: Vec<String>,
+) -> Result<(), String> {
+    use rumqttc::{Event, Packet, QoS};
+    let client = client.clone();
+    let publish = async move {
+        for (r, topic) in records.iter().zip(topics) {
+            client
+                .publish(topic, QoS::AtLeastOnce, false, r.value.clone())
+                .await
+                .map_err(|e| format!("publish: {e}"))?;
+        }
+        Ok::<(), String>(())
+    };
+    let want = records.len();
+    let acks = async move {
+        let mut acked = 0;
+        while acked < want {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
+                Ok(_) => {}
+                Err(e) => return Err(format!("mqtt: {e}")),
+            }
+        }
+        Ok(())
+    };
+    tokio::try_join!(publish, acks).map(|_| ())
 }
 
 /// A mirror's upstream.

@@ -427,3 +427,26 @@ pub fn good_sent_bad_refused(rt: &tokio::runtime::Runtime, http: &str, n: u64) -
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Mosquitto with its log in `dir/mosquitto.log` (connection messages on); returns the child
+/// and the log's path.
+pub fn start_mosquitto_logged(dir: &Path, port: u16) -> (Child, std::path::PathBuf) {
+    let log = dir.join("mosquitto.log");
+    let lines = format!(
+        "allow_anonymous true\nlog_dest file {}\nconnection_messages true\n",
+        log.display()
+    );
+    (start_mosquitto_with(dir, port, &lines), log)
+}
+
+/// The protocol versions Mosquitto logged for clients whose id starts with `client`: from
+/// "New client connected from ... as ID (p2, c1, k30)", where p2 is MQTT 3.1.1 and p5 MQTT 5.
+pub fn mosquitto_protocols(log: &Path, client: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split(&format!(" as {client}")).nth(1))
+        .filter_map(|rest| rest.split(" (").nth(1))
+        .filter_map(|rest| rest.split(',').next())
+        .map(str::to_string)
+        .collect()
+}
