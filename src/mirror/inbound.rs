@@ -18,7 +18,7 @@
 //! two devices never share a group's partitions. Records the upstream deleted before they were
 //! fetched are counted as dropped, as on the way out.
 //!
-//! **MQTT upstreams**: see [`super::inbound_mqtt`].
+//! **MQTT upstreams**: see the `inbound_mqtt` module.
 
 use std::collections::HashSet;
 use std::sync::Arc;
