@@ -212,13 +212,7 @@ fn mqtt_upstream_gets_everything_across_outages_and_kill_9() {
     use rumqttc::v5::mqttbytes::v5::Packet;
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let up_addr = free_addr();
-    let port: u16 = up_addr
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("port");
+    let (up_addr, port) = free_port();
     let mut up = start_mosquitto(&dir.path().join("mosq"), port);
 
     // A persistent subscriber: Mosquitto keeps its messages while it is away.
@@ -348,13 +342,7 @@ fn mqtt_3_1_1_upstream_across_outage_and_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Multi-threaded: the subscriber task runs between block_on calls.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let up_addr = free_addr();
-    let port: u16 = up_addr
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("port");
+    let (up_addr, port) = free_port();
     let mosq = dir.path().join("mosq");
     let (mut up, log) = start_mosquitto_logged(&mosq, port);
 
@@ -451,15 +439,7 @@ fn mqtt_3_1_1_upstream_across_outage_and_kill_9() {
     kill_9(&mut local);
     let (mut local, _) = common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
     wait_for(4_000);
-    let protocols = mosquitto_protocols(&log, "brook-gw1-up-telemetry-");
-    assert!(
-        !protocols.is_empty(),
-        "the mirror's sessions are in Mosquitto's log"
-    );
-    assert!(
-        protocols.iter().all(|p| p == "p2"),
-        "the mirror spoke MQTT 3.1.1 (p2): {protocols:?}"
-    );
+    assert_mosquitto_protocol(&log, "brook-gw1-up-telemetry-", 1, "p2");
     kill_9(&mut local);
     stop(&mut up);
 }
@@ -647,13 +627,7 @@ fn linger_gathers_a_trickle_into_one_batch() {
 fn mqtt_upstream_login_with_a_password_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
-    let up_addr = free_addr();
-    let port: u16 = up_addr
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("port");
+    let (up_addr, port) = free_port();
     let mosq = dir.path().join("mosq");
     std::fs::create_dir_all(&mosq).expect("dir");
     let passwd = mosq.join("passwd");

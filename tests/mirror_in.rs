@@ -305,13 +305,7 @@ fn mosquitto_pub(port: u16, first: u64, n: u64) {
 fn mqtt_upstream_in_across_outages_and_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
-    let up_addr = free_addr();
-    let port: u16 = up_addr
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("port");
+    let (up_addr, port) = free_port();
     let mut up = start_mosquitto(&dir.path().join("mosq"), port);
     let cfg = in_config(dir.path(), "mqtt", &up_addr, "\"cmd/#\"", "commands");
     let (mut local, laddrs) =
@@ -366,13 +360,7 @@ fn mqtt_upstream_in_across_outages_and_kill_9() {
 fn mqtt_3_1_1_upstream_in_across_kill_9() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime();
-    let up_addr = free_addr();
-    let port: u16 = up_addr
-        .rsplit(':')
-        .next()
-        .expect("port")
-        .parse()
-        .expect("port");
+    let (up_addr, port) = free_port();
     let (mut up, log) = start_mosquitto_logged(&dir.path().join("mosq"), port);
     let cfg = in_config(dir.path(), "mqtt", &up_addr, "\"cmd/#\"", "commands");
     let text = std::fs::read_to_string(&cfg).expect("config")
@@ -401,12 +389,7 @@ fn mqtt_3_1_1_upstream_in_across_kill_9() {
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
     wait_mqtt_complete(&rt, &laddrs.native, 12_000);
-    let protocols = mosquitto_protocols(&log, "brook-gw1-down-in");
-    assert!(protocols.len() >= 4, "the mirror's sessions: {protocols:?}");
-    assert!(
-        protocols.iter().all(|p| p == "p2"),
-        "the mirror spoke MQTT 3.1.1 (p2): {protocols:?}"
-    );
+    assert_mosquitto_protocol(&log, "brook-gw1-down-in", 4, "p2");
     kill_9(&mut local);
     stop(&mut up);
 }

@@ -28,13 +28,6 @@ fn create_topic(rt: &tokio::runtime::Runtime, native: &str, topic: &str) {
     });
 }
 
-fn port_of(addr: &str) -> u16 {
-    addr.rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("port")
-}
-
 fn write_config(dir: &Path, mirrors: &str) -> std::path::PathBuf {
     let cfg = dir.join("brook.toml");
     std::fs::write(

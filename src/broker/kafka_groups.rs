@@ -10,8 +10,9 @@
 //! leader's SyncGroup, whose assignment answers every member's SyncGroup; then `Stable`.
 //! Heartbeats tell members of a rebalance (`RebalanceInProgress`); a member silent for its
 //! session timeout is removed and the others rebalance. Waiting in JoinGroup or SyncGroup is not
-//! silence, and every member's session restarts when a join completes (as in Kafka). Offsets are committed through the broker
-//! into the same store as native groups' once [`KafkaGroups::check_commit`] accepts the member.
+//! silence, and every member's session restarts when a join completes (as in Kafka). Offsets
+//! are committed through the broker into the same store as native groups' once
+//! [`KafkaGroups::check_commit`] accepts the member.
 //!
 //! No I/O: a waiting join or sync is a oneshot the caller awaits; [`KafkaGroups::tick`] runs
 //! the timeouts. State is in memory: after a restart members get `UnknownMember` and rejoin.

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::cursor::CursorKey;
 use super::inbound::{append_local, ensure_local, local_name};
+use super::sink::mqtt_host_port;
 use super::status::MirrorStatus;
 use super::{Link, MirrorConfig, back_off, now_ms, record_bytes};
 use crate::broker::Broker;
@@ -129,14 +130,6 @@ fn forward(tx: &mpsc::UnboundedSender<Incoming>, item: Incoming) -> bool {
 }
 
 impl MqttSession<'_> {
-    fn host_port(&self) -> (String, u16) {
-        let upstream = &self.cfg.upstream[0];
-        upstream
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
-            .unwrap_or((upstream.clone(), 1883))
-    }
-
     /// An MQTT 5 session; its event loop runs in the returned task, feeding `tx`.
     async fn connect_v5(
         &self,
@@ -145,7 +138,7 @@ impl MqttSession<'_> {
         use rumqttc::v5::mqttbytes::QoS;
         use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
         use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-        let (host, port) = self.host_port();
+        let (host, port) = mqtt_host_port(&self.cfg.upstream[0]);
         let mut o = MqttOptions::new(self.client_id, host, port);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_transport(self.link.mqtt_transport());
@@ -196,7 +189,7 @@ impl MqttSession<'_> {
         tx: mpsc::UnboundedSender<Incoming>,
     ) -> Result<(Client, JoinHandle<()>), String> {
         use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
-        let (host, port) = self.host_port();
+        let (host, port) = mqtt_host_port(&self.cfg.upstream[0]);
         let mut o = MqttOptions::new(self.client_id, host, port);
         o.set_keep_alive(Duration::from_secs(30));
         o.set_transport(self.link.mqtt_transport());
@@ -254,7 +247,7 @@ impl MqttSession<'_> {
             return Some(e);
         }
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let connected = if self.cfg.mqtt_version == "3.1.1" {
+        let connected = if self.cfg.mqtt_311() {
             self.connect_v311(tx).await
         } else {
             self.connect_v5(tx).await

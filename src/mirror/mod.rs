@@ -148,6 +148,11 @@ impl Default for MirrorConfig {
 }
 
 impl MirrorConfig {
+    /// MQTT 3.1.1 upstream rather than MQTT 5 (`mqtt_version`, checked at load).
+    pub fn mqtt_311(&self) -> bool {
+        self.mqtt_version == "3.1.1"
+    }
+
     /// Checks one entry; errors name the key.
     pub fn validate(&self, i: usize) -> Result<(), String> {
         let at = if self.name.is_empty() {
@@ -633,7 +638,7 @@ async fn run_partition(
             &cfg.upstream[0],
             format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
             link,
-            cfg.mqtt_version == "3.1.1",
+            cfg.mqtt_311(),
         ))),
         _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), link)),
     };

@@ -1,7 +1,7 @@
 //! Where a mirror sends: a Kafka cluster (rskafka; acks=all), another Brook (the native client;
-//! durable), or an MQTT broker (rumqttc, MQTT 5 or 3.1.1, QoS 1, PUBACK per message). A send returns once the upstream
-//! acknowledged every record of the batch; any error drops the connection, and the next send
-//! reconnects.
+//! durable), or an MQTT broker (rumqttc, MQTT 5 or 3.1.1, QoS 1, PUBACK per message). A send
+//! returns once the upstream acknowledged every record of the batch; any error drops the
+//! connection, and the next send reconnects.
 //!
 //! Placement upstream (Kafka and Brook): a record keeps its partition number when the upstream
 //! topic has enough partitions, otherwise it goes by its key (Kafka's murmur2; no key: the local
@@ -356,6 +356,14 @@ pub struct MqttSink {
     conn: Option<MqttConn>,
 }
 
+/// An MQTT upstream's host and port (the config check made sure it is `host:port`; 1883 if not).
+pub(super) fn mqtt_host_port(upstream: &str) -> (String, u16) {
+    upstream
+        .rsplit_once(':')
+        .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
+        .unwrap_or((upstream.to_string(), 1883))
+}
+
 /// A connection (rumqttc queues and reconnects inside it) in either protocol version.
 enum MqttConn {
     V5(rumqttc::v5::AsyncClient, Box<rumqttc::v5::EventLoop>),
@@ -364,10 +372,7 @@ enum MqttConn {
 
 impl MqttSink {
     pub fn new(upstream: &str, client_id: String, link: Arc<Link>, v311: bool) -> MqttSink {
-        let (host, port) = upstream
-            .rsplit_once(':')
-            .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(1883)))
-            .unwrap_or((upstream.to_string(), 1883));
+        let (host, port) = mqtt_host_port(upstream);
         MqttSink {
             host,
             port,

@@ -20,6 +20,21 @@ pub fn free_addr() -> String {
     l.local_addr().expect("addr").to_string()
 }
 
+/// The port of a `host:port` address.
+pub fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port")
+}
+
+/// A free loopback address and its port, for an upstream the test starts.
+pub fn free_port() -> (String, u16) {
+    let addr = free_addr();
+    let port = port_of(&addr);
+    (addr, port)
+}
+
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -439,9 +454,20 @@ pub fn start_mosquitto_logged(dir: &Path, port: u16) -> (Child, std::path::PathB
     (start_mosquitto_with(dir, port, &lines), log)
 }
 
+/// Asserts Mosquitto logged at least `min` sessions of clients whose id starts with `client`,
+/// every one with protocol `want` (`p2`: MQTT 3.1.1, `p5`: MQTT 5).
+pub fn assert_mosquitto_protocol(log: &Path, client: &str, min: usize, want: &str) {
+    let protocols = mosquitto_protocols(log, client);
+    assert!(protocols.len() >= min, "{client}'s sessions: {protocols:?}");
+    assert!(
+        protocols.iter().all(|p| p == want),
+        "{client} spoke {want}: {protocols:?}"
+    );
+}
+
 /// The protocol versions Mosquitto logged for clients whose id starts with `client`: from
 /// "New client connected from ... as ID (p2, c1, k30)", where p2 is MQTT 3.1.1 and p5 MQTT 5.
-pub fn mosquitto_protocols(log: &Path, client: &str) -> Vec<String> {
+fn mosquitto_protocols(log: &Path, client: &str) -> Vec<String> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split(&format!(" as {client}")).nth(1))
