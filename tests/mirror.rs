@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use brook::client::Client;
@@ -130,7 +129,11 @@ fn create_telemetry(rt: &tokio::runtime::Runtime, native: &str) {
 /// topic is created there, named by the template); the upstream killed (`kill -9`) and
 /// restarted mid-drain, and the local Brook killed mid-drain, lose nothing and keep order;
 /// duplicates are only re-sends after the local crash.
-fn kafka_upstream_scenario(dir: &Path, up_addr: &str, start_upstream: impl Fn() -> Child) {
+fn kafka_upstream_scenario(
+    dir: &Path,
+    up_addr: &str,
+    start_upstream: impl Fn() -> common::Process,
+) {
     let rt = runtime();
     let cfg = kafka_mirror_config(dir, up_addr);
     let (mut local, laddrs) = common::serve_with(&dir.join("local"), Some(&cfg), "127.0.0.1:0");
@@ -190,7 +193,7 @@ fn kafka_upstream_across_outage_upstream_crash_and_local_kill_9() {
             .arg(&data)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
-        let child = c.spawn().expect("upstream brook");
+        let child = common::Process::new(c.spawn().expect("upstream brook"));
         let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(&up_addr).is_err() {
             assert!(Instant::now() < deadline, "upstream did not start");

@@ -6,7 +6,6 @@
 //! crash (at-least-once).
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use brook::client::Client;
@@ -41,7 +40,7 @@ fn in_config(
 fn offset_scenario(
     dir: &Path,
     cfg: &Path,
-    start_upstream: impl Fn() -> Child,
+    start_upstream: impl Fn() -> common::Process,
     write: impl Fn(u64, u64),
 ) {
     let rt = runtime();

@@ -131,16 +131,18 @@ fn kafka_upstream_over_tls_with_sasl_scram() {
     assert!(made.success(), "tansu user create");
     stop(&mut up);
     let mut up = start_tansu_with(&tansu_dir, &plain_addr, &tls_addr, &["--authentication"]);
-    let mut proxy = std::process::Command::new("socat")
-        .arg(format!(
-            "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
-            port_of(&tls_addr),
-            pki.server_cert.display(),
-            pki.server_key.display()
-        ))
-        .arg(format!("TCP:{plain_addr}"))
-        .spawn()
-        .expect("socat (apt-get install socat)");
+    let mut proxy = common::Process::new(
+        std::process::Command::new("socat")
+            .arg(format!(
+                "OPENSSL-LISTEN:{},bind=127.0.0.1,reuseaddr,fork,cert={},key={},verify=0",
+                port_of(&tls_addr),
+                pki.server_cert.display(),
+                pki.server_key.display()
+            ))
+            .arg(format!("TCP:{plain_addr}"))
+            .spawn()
+            .expect("socat (apt-get install socat)"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(&tls_addr).is_err() {
         assert!(Instant::now() < deadline, "socat did not start");

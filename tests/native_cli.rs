@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 
 mod common;
 use common::brook;
 
-fn serve(data: &Path) -> (Child, String) {
+fn serve(data: &Path) -> (common::Process, String) {
     let (child, addrs) = common::serve(data);
     (child, addrs.native)
 }

@@ -403,7 +403,7 @@ fn brook_passwd_files_work_in_mosquitto() {
     let _ = mq.wait();
 }
 
-fn start_mosquitto(dir: &Path, port: u16, password_file: &Path) -> std::process::Child {
+fn start_mosquitto(dir: &Path, port: u16, password_file: &Path) -> common::Process {
     let mut perms = std::fs::metadata(dir).expect("dir").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
     std::fs::set_permissions(dir, perms.clone()).expect("chmod");
@@ -422,13 +422,15 @@ fn start_mosquitto(dir: &Path, port: u16, password_file: &Path) -> std::process:
         ),
     )
     .expect("conf");
-    let child = require("mosquitto", "apt-get install mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
+    let child = common::Process::new(
+        require("mosquitto", "apt-get install mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "mosquitto did not start");

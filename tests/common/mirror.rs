@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Child;
+
+use super::Process;
 use std::time::{Duration, Instant};
 
 use brook::client::Client;
@@ -186,32 +188,34 @@ pub fn tansu() -> std::path::PathBuf {
 /// scans all headers ever stored: a fetch of a few thousand records with the four origin
 /// headers takes minutes and clients time out. The index it lacks is added here (to the peer's
 /// database, through Python's sqlite3; tansu itself is unchanged).
-pub fn start_tansu(dir: &Path, addr: &str) -> Child {
+pub fn start_tansu(dir: &Path, addr: &str) -> Process {
     start_tansu_with(dir, addr, addr, &[])
 }
 
 /// [`start_tansu`] telling clients to come to `advertised` (e.g. a TLS proxy in front), with
 /// more broker arguments (e.g. `--authentication`).
-pub fn start_tansu_with(dir: &Path, addr: &str, advertised: &str, more: &[&str]) -> Child {
+pub fn start_tansu_with(dir: &Path, addr: &str, advertised: &str, more: &[&str]) -> Process {
     std::fs::create_dir_all(dir).expect("tansu dir");
     let url = format!("tcp://{addr}");
     let advertised = format!("tcp://{advertised}");
     // tansu reads the SQLite path relative to its working directory.
-    let child = std::process::Command::new(tansu())
-        .current_dir(dir)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &advertised,
-        ])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .args(more)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn tansu");
+    let child = Process::new(
+        std::process::Command::new(tansu())
+            .current_dir(dir)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(more)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn tansu"),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(addr).is_err() {
         assert!(Instant::now() < deadline, "tansu did not start on {addr}");
@@ -322,12 +326,12 @@ pub fn kafka_records_as(
 }
 
 /// Mosquitto on `port` with its persistence in `dir` (stopped with SIGTERM, so it saves).
-pub fn start_mosquitto(dir: &Path, port: u16) -> Child {
+pub fn start_mosquitto(dir: &Path, port: u16) -> Process {
     start_mosquitto_with(dir, port, "allow_anonymous true\n")
 }
 
 /// Mosquitto as [`start_mosquitto`] with `auth` as its authentication lines.
-pub fn start_mosquitto_with(dir: &Path, port: u16, auth: &str) -> Child {
+pub fn start_mosquitto_with(dir: &Path, port: u16, auth: &str) -> Process {
     std::fs::create_dir_all(dir).expect("dir");
     // Started as root, Mosquitto drops to its own user: let it write its database here.
     let mut perms = std::fs::metadata(dir).expect("dir").permissions();
@@ -342,13 +346,15 @@ pub fn start_mosquitto_with(dir: &Path, port: u16, auth: &str) -> Child {
         ),
     )
     .expect("conf");
-    let child = std::process::Command::new("mosquitto")
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto (apt-get install mosquitto)");
+    let child = Process::new(
+        std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt-get install mosquitto)"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "mosquitto did not start");
@@ -445,7 +451,7 @@ pub fn good_sent_bad_refused(rt: &tokio::runtime::Runtime, http: &str, n: u64) -
 
 /// Mosquitto with its log in `dir/mosquitto.log` (connection messages on); returns the child
 /// and the log's path.
-pub fn start_mosquitto_logged(dir: &Path, port: u16) -> (Child, std::path::PathBuf) {
+pub fn start_mosquitto_logged(dir: &Path, port: u16) -> (Process, std::path::PathBuf) {
     let log = dir.join("mosquitto.log");
     let lines = format!(
         "allow_anonymous true\nlog_dest file {}\nconnection_messages true\n",

@@ -20,6 +20,39 @@ pub mod pki;
 
 pub const T0: i64 = 1_780_000_000_000; // a wall clock in 2026
 
+/// A child process a test started (`brook serve`, Mosquitto, tansu), killed and reaped when
+/// dropped if it still runs, so a test that fails part-way leaves nothing behind. Derefs to the
+/// [`Child`] for the tests' own signals and waits.
+pub struct Process(Child);
+
+impl Process {
+    pub fn new(child: Child) -> Self {
+        Process(child)
+    }
+}
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A topic with 64 KiB segments, no retention, 4 KiB batches at most.
 pub fn small_topic(partitions: u32) -> TopicConfig {
     TopicConfig {
@@ -189,20 +222,20 @@ impl Addrs {
 
 /// Starts `brook serve` on ephemeral loopback ports with data in `data`; returns the child and
 /// its addresses, read from its "listening" log line (no sleeping).
-pub fn serve(data: &Path) -> (Child, Addrs) {
+pub fn serve(data: &Path) -> (Process, Addrs) {
     serve_with(data, None, "127.0.0.1:0")
 }
 
 /// As [`serve`], with a config file and the native listener on `native`.
-pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Child, Addrs) {
+pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Process, Addrs) {
     let mut cmd = brook();
     if let Some(c) = config {
         cmd.arg("serve").arg("--config").arg(c);
     } else {
         cmd.arg("serve");
     }
-    let mut child = cmd
-        .args([
+    let mut child = Process::new(
+        cmd.args([
             "--native",
             native,
             "--http",
@@ -218,7 +251,8 @@ pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Child, A
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
-        .expect("spawn brook serve");
+        .expect("spawn brook serve"),
+    );
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
     let mut seen = String::new();
