@@ -16,15 +16,24 @@ have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok ins
 
 dpkg --add-architecture arm64
 dpkg --add-architecture armhf
-# A mirror caught mid-sync fails one index now and then: retry, then go on with what loaded.
-for try in 1 2 3; do
+versions() { apt-cache madison "rustc-web:$1" 2>/dev/null | awk '{print $3}' | sort -u; }
+common_version() {
+  comm -12 <(versions amd64) <(versions arm64) | comm -12 - <(versions armhf) | sort -V | tail -n 1
+}
+# A mirror caught mid-sync fails an index now and then (Debian's security mirror, which carries
+# rustc-web, more than once): if the indexes that did load already name a common rustc-web, go
+# on with them; otherwise retry for up to about two and a half minutes.
+for try in 1 2 3 4 5 6; do
   if apt-get update -qq; then break; fi
+  if [ -n "$(common_version)" ]; then
+    echo "apt-get update failed (try $try); the loaded indexes have rustc-web, going on" >&2
+    break
+  fi
   echo "apt-get update failed (try $try); retrying" >&2
-  sleep $((try * 5))
+  sleep $((try * 10))
 done
 
-versions() { apt-cache madison "rustc-web:$1" 2>/dev/null | awk '{print $3}' | sort -u; }
-V=$(comm -12 <(versions amd64) <(versions arm64) | comm -12 - <(versions armhf) | sort -V | tail -n 1)
+V=$(common_version)
 if [ -z "$V" ]; then
   echo "cross/install-toolchain.sh: no rustc-web version is available for amd64, arm64 and armhf alike" >&2
   exit 1
