@@ -22,7 +22,7 @@ common_version() {
 }
 # A mirror caught mid-sync fails an index now and then (Debian's security mirror, which carries
 # rustc-web, more than once): if the indexes that did load already name a common rustc-web, go
-# on with them; otherwise retry for up to about two and a half minutes.
+# on with them; otherwise retry for up to about three and a half minutes.
 for try in 1 2 3 4 5 6; do
   if apt-get update -qq; then break; fi
   if [ -n "$(common_version)" ]; then
