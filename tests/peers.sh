@@ -56,7 +56,7 @@ export BROOK_TEST_PYTHON="$venv/bin/python"
 
 tansu_bin="$cache/tansu/bin/tansu"
 if [ ! -x "$tansu_bin" ]; then
-  peer_step "building tansu 0.6.0 into $cache/tansu (Kafka upstream for the mirror tests; ~9 min, once)"
+  peer_step "building tansu 0.6.0 into $cache/tansu (Kafka upstream for the mirror tests; 13-20+ min on 2 cores, once)"
   cargo install tansu --locked --version 0.6.0 --features libsql --root "$cache/tansu" --quiet
 fi
 export BROOK_TANSU="$tansu_bin"
