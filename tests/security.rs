@@ -383,10 +383,7 @@ fn brook_passwd_files_work_in_mosquitto() {
     let copy = dir.path().join("mq").join("passwd");
     std::fs::create_dir_all(copy.parent().expect("parent")).expect("mkdir");
     std::fs::write(&copy, &text).expect("copy");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let (_, port) = common::mirror::free_port();
     let mut mq = start_mosquitto(&dir.path().join("mq"), port, &copy);
     let p = port.to_string();
     let publish = |user: &str, password: &str| {
@@ -403,40 +400,21 @@ fn brook_passwd_files_work_in_mosquitto() {
     let _ = mq.wait();
 }
 
+/// Mosquitto with logins from `password_file` (made readable for Mosquitto's own user).
 fn start_mosquitto(dir: &Path, port: u16, password_file: &Path) -> common::Process {
-    let mut perms = std::fs::metadata(dir).expect("dir").permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o777);
-    std::fs::set_permissions(dir, perms.clone()).expect("chmod");
-    std::fs::set_permissions(password_file, {
-        let mut p = perms;
-        std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o644);
-        p
-    })
-    .expect("chmod");
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+    let mut perms = std::fs::metadata(password_file)
+        .expect("passwd")
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
+    std::fs::set_permissions(password_file, perms).expect("chmod");
+    common::mirror::start_mosquitto_with(
+        dir,
+        port,
+        &format!(
+            "allow_anonymous false\npassword_file {}\n",
             password_file.display()
         ),
     )
-    .expect("conf");
-    let child = common::Process::new(
-        require("mosquitto", "apt-get install mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "mosquitto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
 }
 
 /// Reads until the server closes `stream` (EOF or reset); panics if it is still open after

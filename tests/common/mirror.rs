@@ -4,11 +4,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Child;
-
-use super::Process;
 use std::time::{Duration, Instant};
 
 use brook::client::Client;
+
+use super::Process;
 
 pub fn kill_9(child: &mut Child) {
     // SAFETY: signalling our own child.
