@@ -8,17 +8,24 @@
 //! | exit | meaning |
 //! |---|---|
 //! | 0 | clean |
-//! | 1 | only repairable problems: a torn tail in an active segment, a missing or stale index (`--repair` cuts the tail and rewrites the index) |
+//! | 1 | only repairable problems: a torn tail in an active segment, a missing or stale index (`--repair` cuts the tail and rewrites the index), a missing or damaged topic descriptor (`brook serve` rewrites it from the metadata store) |
 //! | 2 | a sealed segment is corrupt (never repaired automatically: data would be lost) |
+//! | 8 | the check could not run (the directory is missing, or a running Brook holds it) |
+//!
+//! It takes the data directory's lock ([`crate::log::lock`]) for its whole run, so it never
+//! reads files a running Brook is writing and `--repair` never cuts under a live broker. A
+//! read-only copy that has no lock file can still be checked (not repaired).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::log::error::{LogError, Result};
 use crate::log::fs::{Fs, StdFs};
+use crate::log::lock::DirLock;
 use crate::log::segment::{
     self, SEGMENT_HEADER_LEN, SegmentIndex, index_file_name, log_file_name, parse_file_name,
 };
+use crate::log::topic_file;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -55,6 +62,8 @@ pub struct PartitionReport {
 
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// Findings about topics as a whole (their descriptors).
+    pub topics: Vec<Finding>,
     pub partitions: Vec<PartitionReport>,
 }
 
@@ -65,6 +74,7 @@ impl Report {
             .partitions
             .iter()
             .flat_map(|p| &p.findings)
+            .chain(&self.topics)
             .map(|f| f.severity)
             .max()
         {
@@ -77,6 +87,9 @@ impl Report {
     /// A human-readable summary, one line per partition plus one per finding.
     pub fn render(&self) -> String {
         let mut out = String::new();
+        for f in &self.topics {
+            let _ = writeln!(out, "{}: {}", f.path.display(), f.what);
+        }
         for p in &self.partitions {
             let status = match p.findings.iter().map(|f| f.severity).max() {
                 None => "ok",
@@ -136,6 +149,16 @@ pub fn check(dir: &Path, repair: bool) -> Result<Report> {
             what: "no such directory".into(),
         });
     }
+    let data_dir = if topics_dir == dir {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    let _lock = match DirLock::acquire(data_dir) {
+        Ok(lock) => Some(lock),
+        Err(LogError::Io { .. }) if !repair => None,
+        Err(e) => return Err(e),
+    };
     let mut report = Report::default();
     let list = |p: &Path| {
         fs.list_dir(p)
@@ -143,8 +166,30 @@ pub fn check(dir: &Path, repair: bool) -> Result<Report> {
     };
     for topic in list(&topics_dir)? {
         let tdir = topics_dir.join(&topic);
-        if !tdir.is_dir() {
+        if topic.starts_with('@') || !tdir.is_dir() {
             continue;
+        }
+        let descriptor = |what: String, severity| Finding {
+            path: tdir.join(topic_file::TOPIC_FILE),
+            position: 0,
+            what,
+            severity,
+            repaired: false,
+        };
+        match topic_file::read(&fs, &tdir)? {
+            Some(Ok(_)) => {}
+            None => report.topics.push(descriptor(
+                "no topic descriptor: brook serve writes it from the metadata store, or serves the topic with default settings".into(),
+                Severity::Repairable,
+            )),
+            Some(Err(topic_file::Unusable::Damaged(why))) => report.topics.push(descriptor(
+                format!("topic descriptor damaged ({why}): brook serve rewrites it from the metadata store"),
+                Severity::Repairable,
+            )),
+            Some(Err(topic_file::Unusable::NewerVersion(v))) => report.topics.push(descriptor(
+                format!("topic descriptor has format version {v}, newer than this build understands"),
+                Severity::Corrupt,
+            )),
         }
         let mut parts: Vec<(u32, String)> = list(&tdir)?
             .into_iter()

@@ -120,7 +120,8 @@ enum Command {
               value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
         iterations: u32,
     },
-    /// Verify every segment of a data directory (exit 0 clean, 1 repairable, 2 corrupt).
+    /// Verify every segment of a data directory (exit 0 clean, 1 repairable, 2 corrupt, 8 not
+    /// checked: missing, or in use by a running Brook).
     Check {
         /// The data directory (holding topics/) or a topics directory.
         dir: PathBuf,
@@ -665,11 +666,16 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { dir, repair } => {
-            let report = brook::check::check(&dir, repair)?;
-            print!("{}", report.render());
-            Ok(ExitCode::from(report.exit_code() as u8))
-        }
+        Command::Check { dir, repair } => match brook::check::check(&dir, repair) {
+            Ok(report) => {
+                print!("{}", report.render());
+                Ok(ExitCode::from(report.exit_code() as u8))
+            }
+            Err(e) => {
+                eprintln!("brook check: {e}");
+                Ok(ExitCode::from(8))
+            }
+        },
         #[cfg(feature = "bench")]
         Command::Bench(cmd) => run_bench(cmd),
         Command::Config(ConfigCommand::Default) => {

@@ -11,7 +11,11 @@
 //! added later). The `format` key of the default tree holds the metadata format version; a
 //! newer one than this build understands is refused.
 
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::log::TopicConfig;
 
@@ -21,6 +25,13 @@ pub const META_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MetaError {
+    #[error("metadata store {path}: {op}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("metadata store {path}: {source}")]
     Sled {
         path: PathBuf,
@@ -81,10 +92,38 @@ pub trait MetaStore: Send + Sync {
     fn flush(&self) -> Result<()>;
 }
 
-/// [`MetaStore`] on sled.
+/// [`MetaStore`] on sled, made durable (see the module's "Durability").
 pub struct SledMeta {
     path: PathBuf,
     db: sled::Db,
+    /// sled's `db` file, opened again for the fsync sled leaves out.
+    db_file: File,
+    /// The entries of the store and `blobs` directories at their last fsync.
+    synced: Mutex<SyncedEntries>,
+}
+
+#[derive(Default)]
+struct SyncedEntries {
+    dir: BTreeSet<String>,
+    blobs: BTreeSet<String>,
+}
+
+/// The names in a directory.
+fn entries(dir: &Path) -> io::Result<BTreeSet<String>> {
+    std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect()
+}
+
+/// fsync of a file or directory by path.
+fn sync_path(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|source| MetaError::Io {
+            op: "fsync",
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 impl SledMeta {
@@ -94,6 +133,7 @@ impl SledMeta {
             path: dir.to_path_buf(),
             source,
         };
+        let created = !dir.exists();
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(4 * 1024 * 1024)
@@ -101,10 +141,27 @@ impl SledMeta {
             .flush_every_ms(None)
             .open()
             .map_err(err)?;
+        let db_path = dir.join("db");
+        let db_file = File::open(&db_path).map_err(|source| MetaError::Io {
+            op: "open",
+            path: db_path.clone(),
+            source,
+        })?;
         let meta = SledMeta {
             path: dir.to_path_buf(),
             db,
+            db_file,
+            synced: Mutex::new(SyncedEntries::default()),
         };
+        // sled wrote `conf` (when it was missing) without a sync, and may have created the
+        // directory, `db` and `blobs`: make all of that durable before anything relies on it.
+        sync_path(&dir.join("conf"))?;
+        meta.sync_files()?;
+        if created {
+            if let Some(parent) = dir.parent() {
+                sync_path(parent)?;
+            }
+        }
         match meta.db.get(b"format").map_err(err)? {
             Some(v) => {
                 let found = v
@@ -124,10 +181,45 @@ impl SledMeta {
                 meta.db
                     .insert(b"format", &META_FORMAT_VERSION.to_le_bytes())
                     .map_err(err)?;
-                meta.db.flush().map_err(err)?;
+                meta.flush()?;
             }
         }
         Ok(meta)
+    }
+
+    /// What sled's flush leaves out: fsync of `db`, of new blob files, and of the directories
+    /// whose entries changed since their last fsync (snapshots are renamed into place, blobs
+    /// created and removed).
+    fn sync_files(&self) -> Result<()> {
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| MetaError::Io { op, path, source }
+        };
+        self.db_file
+            .sync_all()
+            .map_err(io("fsync", &self.path.join("db")))?;
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        let blobs_dir = self.path.join("blobs");
+        let blobs = entries(&blobs_dir).map_err(io("list", &blobs_dir))?;
+        if blobs != synced.blobs {
+            for name in blobs.difference(&synced.blobs) {
+                let blob = blobs_dir.join(name);
+                match File::open(&blob).and_then(|f| f.sync_all()) {
+                    Ok(()) => {}
+                    // Removed by sled since the listing: nothing to keep.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io("fsync", &blob)(e)),
+                }
+            }
+            sync_path(&blobs_dir)?;
+            synced.blobs = blobs;
+        }
+        let names = entries(&self.path).map_err(io("list", &self.path))?;
+        if names != synced.dir {
+            sync_path(&self.path)?;
+            synced.dir = names;
+        }
+        Ok(())
     }
 
     fn tree(&self, ns: Namespace) -> Result<sled::Tree> {
@@ -174,7 +266,8 @@ impl MetaStore for SledMeta {
             .collect()
     }
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(|e| self.err(e)).map(drop)
+        self.db.flush().map_err(|e| self.err(e))?;
+        self.sync_files()
     }
 }
 

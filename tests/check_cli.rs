@@ -1,5 +1,7 @@
 //! `brook check` on real data directories, through the real binary: exit 0 clean, 1 for a torn
-//! tail or a missing index (what `--repair` fixes), 2 for a corrupt sealed segment.
+//! tail or a missing index (what `--repair` fixes), 2 for a corrupt sealed segment, 8 when it
+//! cannot check (a running Brook holds the directory). And topics whose metadata entry is gone,
+//! found again by `brook serve` from their files.
 
 mod common;
 
@@ -146,6 +148,105 @@ fn missing_index_exits_1_and_is_rebuilt() {
 #[test]
 fn missing_directory_is_a_clear_error() {
     let (code, out) = brook_check(Path::new("/nonexistent/brook-data"), false);
-    assert_eq!(code, 2);
+    assert_eq!(code, 8);
     assert!(out.contains("no such directory"), "{out}");
+}
+
+/// `brook CMD ARGS --broker ADDR`, its exit code and output.
+fn brook_cli(addr: &str, args: &[&str]) -> (i32, String) {
+    let out = brook()
+        .args(args)
+        .env("BROOK_BROKER", addr)
+        .output()
+        .expect("run brook");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().expect("exit code"), text)
+}
+
+#[test]
+fn check_and_a_second_serve_are_refused_beside_a_running_brook() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_store(dir.path());
+    let (server, addrs) = serve(dir.path());
+    for repair in [false, true] {
+        let (code, out) = brook_check(dir.path(), repair);
+        assert_eq!(code, 8, "repair={repair}: {out}");
+        assert!(
+            out.contains("in use by process") && out.contains(&server.id().to_string()),
+            "repair={repair}: {out}"
+        );
+    }
+    // The topics directory named directly is guarded too.
+    let (code, out) = brook_check(&dir.path().join("topics"), true);
+    assert_eq!(code, 8, "{out}");
+    let second = brook()
+        .args(["serve", "--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "--mqtt",
+            "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .expect("second serve");
+    let text = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second serve started: {text}");
+    assert!(text.contains("in use by process"), "{text}");
+    // The first one still serves its data.
+    let (code, out) = brook_cli(&addrs.native, &["topics", "list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains('t'), "{out}");
+    drop(server);
+    let (code, out) = brook_check(dir.path(), false);
+    assert_eq!(code, 0, "after the server stopped: {out}");
+}
+
+/// A data directory whose metadata store knows nothing (lost in a power cut, or deleted): the
+/// topics are found by their files and every record is served again.
+#[test]
+fn topics_without_metadata_are_served_again() {
+    for keep_descriptor in [true, false] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        make_store(dir.path());
+        let descriptor = dir.path().join("topics/t/@topic");
+        assert!(descriptor.exists(), "the store wrote no descriptor");
+        if !keep_descriptor {
+            std::fs::remove_file(&descriptor).expect("remove descriptor");
+            let (code, out) = brook_check(dir.path(), false);
+            assert_eq!(code, 1, "{out}");
+            assert!(out.contains("no topic descriptor"), "{out}");
+        }
+        let (server, addrs) = serve(dir.path());
+        let (code, out) = brook_cli(&addrs.native, &["topics", "describe", "t"]);
+        assert_eq!(
+            code,
+            0,
+            "descriptor={keep_descriptor}: {out}\n{}",
+            addrs.log_tail()
+        );
+        assert!(
+            out.contains("partitions: 2") || out.contains("2 partitions"),
+            "{out}"
+        );
+        let (code, out) = brook_cli(
+            &addrs.native,
+            &["consume", "--topic", "t", "--partition", "0"],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out.lines().count(), 2400, "descriptor={keep_descriptor}");
+        let log = addrs.log_tail();
+        assert!(log.contains("serving it again"), "{log}");
+        drop(server);
+        // Recorded in the metadata store again: a restart does not need to adopt it twice.
+        let (server, addrs) = serve(dir.path());
+        let (code, out) = brook_cli(&addrs.native, &["topics", "describe", "t"]);
+        assert_eq!(code, 0, "{out}");
+        assert!(!addrs.log_tail().contains("serving it again"));
+        drop(server);
+        let (code, out) = brook_check(dir.path(), false);
+        assert_eq!(code, 0, "{out}");
+    }
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::log::lock::DirLock;
 use crate::log::{
     AppendTicket, Appended, Batch, Durability, LogError, OnFull, PartitionChoice, ReadResult,
     Store, StoreRecovery, Topic, TopicConfig, Visibility,
@@ -115,6 +116,8 @@ pub struct GroupSnapshot {
 }
 
 pub struct Broker {
+    /// The data directory's lock, held for the broker's life.
+    _lock: DirLock,
     config: Config,
     store: Arc<Store>,
     meta: Meta,
@@ -142,19 +145,27 @@ fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
 impl Broker {
     /// Opens the metadata and the log of `config.data_dir`, recovering both. Blocking.
     pub fn open(config: Config) -> Result<(Broker, StoreRecovery)> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| LogError::Io {
-            op: "create directory",
-            path: config.data_dir.clone(),
-            source: e,
-        })?;
+        crate::log::fs::create_dir_durably(&crate::log::fs::StdFs, &config.data_dir).map_err(
+            |e| LogError::Io {
+                op: "create directory",
+                path: config.data_dir.clone(),
+                source: e,
+            },
+        )?;
+        let lock = DirLock::acquire(&config.data_dir)?;
         let meta = Meta::open(&config.meta_dir())?;
         let topics = meta.topics()?;
         let (store, recovery) = Store::open(config.topics_dir(), config.log.clone(), &topics)?;
+        // Topics the metadata store had lost, found on disk by their files: recorded again.
+        for (name, cfg) in &recovery.adopted {
+            meta.put_topic(name, cfg)?;
+        }
         Ok((
             Broker {
                 config,
                 store: Arc::new(store),
                 meta,
+                _lock: lock,
                 groups: std::sync::Mutex::new(Groups::default()),
                 kafka_groups: std::sync::Mutex::new(KafkaGroups::default()),
                 counters: Default::default(),

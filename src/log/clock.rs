@@ -171,23 +171,10 @@ impl LogClock {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        let tmp = path.with_extension("tmp");
         let mut bytes = [0u8; 16];
         bytes[..8].copy_from_slice(b"BRKCLOCK");
         bytes[8..].copy_from_slice(&correction.to_le_bytes());
-        let f = fs
-            .create(&tmp)
-            .map_err(|e| LogError::io("create", &tmp, e))?;
-        f.write_all_at(&bytes, 0)
-            .map_err(|e| LogError::io("write", &tmp, e))?;
-        f.sync_data().map_err(|e| LogError::io("fsync", &tmp, e))?;
-        fs.rename(&tmp, path)
-            .map_err(|e| LogError::io("rename", &tmp, e))?;
-        if let Some(dir) = path.parent() {
-            fs.sync_dir(dir)
-                .map_err(|e| LogError::io("fsync directory", dir, e))?;
-        }
-        Ok(())
+        super::fs::replace_durably(fs, path, &bytes)
     }
 }
 

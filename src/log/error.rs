@@ -77,6 +77,10 @@ pub enum LogError {
     },
     #[error("{path}: {what}")]
     BadFile { path: PathBuf, what: String },
+    #[error(
+        "data directory {dir} is in use by {holder} (a running brook serve?); stop it first, or work on a copy"
+    )]
+    DirLocked { dir: PathBuf, holder: String },
     #[error("{path}: format version {found} is newer than this build understands ({supported})")]
     UnsupportedVersion {
         path: PathBuf,

@@ -129,6 +129,55 @@ impl Fs for StdFs {
     }
 }
 
+/// Replaces the file `path` with `bytes` so that a power cut leaves the old file or the new
+/// one, never a torn one: written to `<path>.tmp`, fsynced, renamed into place, and the
+/// directory fsynced.
+pub fn replace_durably(fs: &dyn Fs, path: &Path, bytes: &[u8]) -> super::Result<()> {
+    use super::LogError;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let f = fs
+        .create(&tmp)
+        .map_err(|e| LogError::io("create", &tmp, e))?;
+    f.write_all_at(bytes, 0)
+        .map_err(|e| LogError::io("write", &tmp, e))?;
+    f.sync_data().map_err(|e| LogError::io("fsync", &tmp, e))?;
+    fs.rename(&tmp, path)
+        .map_err(|e| LogError::io("rename", &tmp, e))?;
+    if let Some(dir) = path.parent() {
+        fs.sync_dir(dir)
+            .map_err(|e| LogError::io("fsync directory", dir, e))?;
+    }
+    Ok(())
+}
+
+/// Creates `path` and its missing parents, and fsyncs the parent of every directory it
+/// created, so the new directories survive a power cut.
+pub fn create_dir_durably(fs: &dyn Fs, path: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut p = path;
+    while !fs.exists(p) {
+        missing.push(p);
+        match p.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+            _ => break,
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs.create_dir_all(path)?;
+    for dir in missing.iter().rev() {
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs.sync_dir(parent)?;
+    }
+    Ok(())
+}
+
 /// `statvfs(path)`: blocks available to unprivileged users times the fragment size.
 pub fn available_space(path: &Path) -> io::Result<u64> {
     use std::ffi::CString;

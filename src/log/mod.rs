@@ -6,8 +6,10 @@
 //! | [`segment`] | one `.log` file and its `.idx`: layouts, scan, reads |
 //! | [`partition`] | ordered segments, roll, group commit, recovery, retention by size |
 //! | [`store`] | topics, global budget, free-space floor, time retention, open everything |
+//! | [`topic_file`] | the topic descriptor: each topic's existence and settings beside its data |
 //! | [`clock`] | the retention timeline that clock steps cannot jump |
 //! | [`fs`] | the filesystem seam (real, fault-injecting, slow-fsync) |
+//! | [`lock`] | the exclusive lock on a data directory |
 //! | [`partitioner`] | Kafka's murmur2 key partitioner |
 //!
 //! # Files
@@ -15,6 +17,7 @@
 //! ```text
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.log
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.idx   (sealed segments only)
+//! <data_dir>/topics/<topic>/@topic                                    (topic descriptor, see topic_file)
 //! <data_dir>/topics/@clock                                            (retention timeline)
 //! ```
 //!
@@ -82,11 +85,13 @@
 pub mod clock;
 pub mod error;
 pub mod fs;
+pub mod lock;
 pub mod partition;
 pub mod partitioner;
 pub mod record;
 pub mod segment;
 pub mod store;
+pub mod topic_file;
 
 use serde::{Deserialize, Serialize};
 

@@ -14,6 +14,7 @@ use super::partition::{Appended, Partition, ReadResult, Recovery, Usage, Visibil
 use super::partitioner::partition_for_key;
 use super::record::Batch;
 use super::segment::SEGMENT_HEADER_LEN;
+use super::topic_file;
 use super::{Durability, OnFull, StoreOptions, TopicConfig};
 
 type OpenResult = Result<(Partition, Recovery)>;
@@ -75,6 +76,9 @@ impl Topic {
 /// What opening the store found and repaired.
 #[derive(Clone, Debug, Default)]
 pub struct StoreRecovery {
+    /// Topics found on disk that the caller's list (the metadata store) did not name, with the
+    /// settings they are served with: the caller records them again.
+    pub adopted: Vec<(String, TopicConfig)>,
     pub partitions: usize,
     pub truncated_bytes: u64,
     pub indexes_rebuilt: u32,
@@ -110,6 +114,101 @@ impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Store({})", self.dir.display())
     }
+}
+
+/// Topic names and their settings.
+type Topics = Vec<(String, TopicConfig)>;
+
+/// The prefix of a deleted topic's directory while its files are removed; leftovers of a crash
+/// are removed at open.
+const DELETING_PREFIX: &str = "@deleting.";
+
+/// The topics to open: those `known` names (the metadata store's list) and those the directory
+/// holds, by their descriptors ([`topic_file`]). Writes the descriptor of a known topic that has
+/// none (a directory from before descriptors, or a create cut short) or a damaged one. A topic
+/// directory that `known` does not name is adopted with its descriptor's settings, or without
+/// one with default settings (but no time retention) and as many partitions as it has
+/// directories, and logged: nothing acknowledged is left unreachable. Returns the list and the adopted topics.
+pub fn discover_topics(
+    fs: &dyn Fs,
+    dir: &Path,
+    known: &[(String, TopicConfig)],
+) -> Result<(Topics, Topics)> {
+    let mut all: BTreeMap<String, TopicConfig> = known.iter().cloned().collect();
+    let mut adopted = Vec::new();
+    let names = fs.list_dir(dir).map_err(|e| LogError::io("list", dir, e))?;
+    for name in names {
+        let tdir = dir.join(&name);
+        if name.starts_with(DELETING_PREFIX) {
+            fs.remove_dir_all(&tdir)
+                .map_err(|e| LogError::io("remove", &tdir, e))?;
+            tracing::info!(dir = %tdir.display(), "removed the rest of a deleted topic");
+            continue;
+        }
+        if validate_topic_name(&name).is_err() || !tdir.is_dir() {
+            continue;
+        }
+        let on_disk = match topic_file::read(fs, &tdir)? {
+            Some(Ok(cfg)) => Some(cfg),
+            Some(Err(topic_file::Unusable::NewerVersion(v))) => {
+                return Err(LogError::UnsupportedVersion {
+                    path: tdir.join(topic_file::TOPIC_FILE),
+                    found: v,
+                    supported: topic_file::TOPIC_FILE_VERSION,
+                });
+            }
+            Some(Err(topic_file::Unusable::Damaged(why))) => {
+                tracing::warn!(topic = %name, "topic descriptor damaged ({why}); rewriting it");
+                None
+            }
+            None => None,
+        };
+        match (all.get(&name), on_disk) {
+            (Some(known), Some(disk)) => {
+                if *known != disk {
+                    tracing::warn!(topic = %name, "the metadata store's settings differ from the topic descriptor's; using the descriptor's");
+                    all.insert(name, disk);
+                }
+            }
+            (Some(known), None) => topic_file::write(fs, &tdir, known)?,
+            (None, Some(disk)) => {
+                tracing::warn!(topic = %name, partitions = disk.partitions, "topic found on disk without a metadata entry; serving it again");
+                adopted.push((name.clone(), disk.clone()));
+                all.insert(name, disk);
+            }
+            (None, None) => {
+                let partitions = fs
+                    .list_dir(&tdir)
+                    .map_err(|e| LogError::io("list", &tdir, e))?
+                    .iter()
+                    .filter_map(|n| n.parse::<u32>().ok())
+                    .max()
+                    .map_or(1, |m| m + 1);
+                // Its settings are lost: default ones, but no time retention, which could
+                // delete what it holds before an operator has looked.
+                let cfg = TopicConfig {
+                    partitions,
+                    retention: crate::units::HumanDuration(std::time::Duration::ZERO),
+                    ..TopicConfig::default()
+                };
+                tracing::warn!(topic = %name, partitions, "topic directory without descriptor or metadata entry; serving it again with default settings and no time retention");
+                topic_file::write(fs, &tdir, &cfg)?;
+                adopted.push((name.clone(), cfg.clone()));
+                all.insert(name, cfg);
+            }
+        }
+    }
+    // Known topics with no directory yet (a create cut short before its files): created on
+    // open with their descriptor.
+    for (name, cfg) in &all {
+        let tdir = dir.join(name);
+        if !fs.exists(&tdir) {
+            super::fs::create_dir_durably(fs, &tdir)
+                .map_err(|e| LogError::io("create directory", &tdir, e))?;
+            topic_file::write(fs, &tdir, cfg)?;
+        }
+    }
+    Ok((all.into_iter().collect(), adopted))
 }
 
 /// Checks a topic name: 1 to 249 of `A-Z a-z 0-9 . _ -`, not `.` or `..` (as Kafka).
@@ -170,7 +269,8 @@ impl Store {
     }
 
     /// Opens the store with an explicit filesystem and time source (tests, benchmarks).
-    /// Every partition of `topics` is opened (in parallel) and recovered.
+    /// Every partition of `topics` is opened (in parallel) and recovered, and so is every topic
+    /// the directory holds that `topics` does not name (see [`discover_topics`]).
     pub fn open_with(
         dir: impl Into<PathBuf>,
         fs: Arc<dyn Fs>,
@@ -180,13 +280,22 @@ impl Store {
     ) -> Result<(Store, StoreRecovery)> {
         let started = Instant::now();
         let dir = dir.into();
-        fs.create_dir_all(&dir)
+        super::fs::create_dir_durably(fs.as_ref(), &dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
-        for (name, cfg) in topics {
-            validate_topic_name(name)?;
-            cfg.validate(name)?;
+        let check = |topics: &[(String, TopicConfig)]| -> Result<()> {
+            for (name, cfg) in topics {
+                validate_topic_name(name)?;
+                cfg.validate(name)?;
+            }
+            check_budget(&opts, topics.iter().map(|(n, c)| (n.as_str(), c)))
+        };
+        // Before anything is written for them, and again with the topics found on disk.
+        check(topics)?;
+        let (topics, adopted) = discover_topics(fs.as_ref(), &dir, topics)?;
+        let topics = topics.as_slice();
+        if !adopted.is_empty() {
+            check(topics)?;
         }
-        check_budget(&opts, topics.iter().map(|(n, c)| (n.as_str(), c)))?;
 
         let usage = Arc::new(Usage::default());
         let jobs: Vec<(usize, u32)> = topics
@@ -221,7 +330,10 @@ impl Store {
                 });
             }
         });
-        let mut recovery = StoreRecovery::default();
+        let mut recovery = StoreRecovery {
+            adopted,
+            ..StoreRecovery::default()
+        };
         let mut opened: Vec<Vec<Arc<Partition>>> = topics.iter().map(|_| Vec::new()).collect();
         for (slot, &(t, _)) in results.into_iter().zip(&jobs) {
             let r = slot
@@ -288,8 +400,8 @@ impl Store {
         &self.opts
     }
 
-    /// Creates a topic's directories and opens its partitions. The caller persists the config
-    /// (in `meta`) before calling this, so a crash in between leaves a topic that reopens empty.
+    /// Creates a topic's directory, its descriptor ([`topic_file`]) and its partitions, all
+    /// durably before it returns.
     pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>> {
         validate_topic_name(name)?;
         config.validate(name)?;
@@ -305,6 +417,9 @@ impl Store {
                 .chain(std::iter::once((name, &config))),
         )?;
         let tdir = self.dir.join(name);
+        super::fs::create_dir_durably(self.fs.as_ref(), &tdir)
+            .map_err(|e| LogError::io("create directory", &tdir, e))?;
+        topic_file::write(self.fs.as_ref(), &tdir, &config)?;
         let mut partitions = Vec::with_capacity(config.partitions as usize);
         for p in 0..config.partitions {
             let (part, _) = Partition::open(
@@ -342,10 +457,19 @@ impl Store {
         for p in &topic.partitions {
             p.release_usage();
         }
+        // One atomic step makes the topic gone (a rename to a name no topic can have), so a
+        // power cut during the removal of its files cannot bring back part of it.
         let tdir = self.dir.join(name);
+        let doomed = self.dir.join(format!("{DELETING_PREFIX}{name}"));
         self.fs
-            .remove_dir_all(&tdir)
-            .map_err(|e| LogError::io("remove", &tdir, e))?;
+            .rename(&tdir, &doomed)
+            .map_err(|e| LogError::io("rename", &tdir, e))?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.dir, e))?;
+        self.fs
+            .remove_dir_all(&doomed)
+            .map_err(|e| LogError::io("remove", &doomed, e))?;
         self.fs
             .sync_dir(&self.dir)
             .map_err(|e| LogError::io("fsync directory", &self.dir, e))

@@ -30,7 +30,7 @@ impl Partition {
         write_buffer: usize,
         usage: Arc<Usage>,
     ) -> Result<(Partition, Recovery)> {
-        fs.create_dir_all(&dir)
+        super::super::fs::create_dir_durably(fs.as_ref(), &dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
         let mut recovery = Recovery::default();
         let names = fs
