@@ -17,20 +17,6 @@ fn partition_dir(root: &Path, topic: &str, p: u32) -> PathBuf {
     root.join(topic).join(p.to_string())
 }
 
-/// A tiny deterministic PRNG so failures reproduce from the seed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// Records acknowledged as durable survive a power cut at any point; what is readable after
 /// recovery is exactly an intact prefix of what was appended (no gap, no garbage), whatever part
 /// of the unsynced tail the cut left behind.

@@ -53,6 +53,20 @@ impl Drop for Process {
     }
 }
 
+/// A tiny deterministic PRNG so failures reproduce from the seed.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
 /// A topic with 64 KiB segments, no retention, 4 KiB batches at most.
 pub fn small_topic(partitions: u32) -> TopicConfig {
     TopicConfig {
