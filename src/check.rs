@@ -9,7 +9,7 @@
 //! |---|---|
 //! | 0 | clean |
 //! | 1 | only repairable problems: a torn tail in an active segment, a missing or stale index (`--repair` cuts the tail and rewrites the index), a missing or damaged topic descriptor (`brook serve` rewrites it from the metadata store) |
-//! | 2 | a sealed segment is corrupt (never repaired automatically: data would be lost) |
+//! | 2 | corruption: a damaged frame with intact frames after it (in any segment), or damage at the end of a sealed segment; reported with the offsets it held and never "repaired" (that would delete acknowledged data), while `brook serve` keeps and serves the intact records on both sides |
 //! | 8 | the check could not run (the directory is missing, or a running Brook holds it) |
 //!
 //! It takes the data directory's lock ([`crate::log::lock`]) for its whole run, so it never
@@ -275,13 +275,20 @@ fn check_partition(fs: &StdFs, dir: &Path, repair: bool) -> Result<PartitionRepo
                 ));
             }
         }
-        let scan = segment::scan(file.as_ref(), &path, len, base, 4096, true)?;
+        let scan = segment::scan_resync(file.as_ref(), &path, len, base, 4096, true)?;
         r.batches += scan.batches;
         r.records += scan.records;
         r.next_offset = scan.next_offset;
         expected_next = Some(scan.next_offset);
         let index = segment::read_index(fs, &idx_path)?;
         let sealed = !last || matches!(&index, Some(Ok(idx)) if idx.log_len == len);
+        for d in &scan.damage {
+            r.findings.push(finding(
+                d.start,
+                format!("{d}; the intact frames after it are kept (brook serve skips the range)"),
+                Severity::Corrupt,
+            ));
+        }
         if let Some((pos, why)) = &scan.stop {
             if sealed {
                 r.findings
@@ -305,6 +312,10 @@ fn check_partition(fs: &StdFs, dir: &Path, repair: bool) -> Result<PartitionRepo
                 r.bytes -= cut;
             }
             r.findings.push(f);
+            continue;
+        }
+        if !scan.damage.is_empty() {
+            // Brook keeps no index for a damaged segment (it scans it at every start).
             continue;
         }
         if !sealed {

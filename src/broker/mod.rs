@@ -67,6 +67,7 @@ impl BrokerError {
                 LogError::BatchTooLarge { .. } => ErrorCode::BatchTooLarge,
                 LogError::LogFull { .. } => ErrorCode::LogFull,
                 LogError::Poisoned { .. } => ErrorCode::StorageFailed,
+                LogError::DataLost { .. } => ErrorCode::DataLost,
                 _ => ErrorCode::Io,
             },
             BrokerError::Meta(_) => ErrorCode::Io,

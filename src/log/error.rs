@@ -78,6 +78,15 @@ pub enum LogError {
     #[error("{path}: {what}")]
     BadFile { path: PathBuf, what: String },
     #[error(
+        "{topic}/{partition}: offsets {first}..{next} were lost to corruption of the stored data; read on from {next}"
+    )]
+    DataLost {
+        topic: String,
+        partition: u32,
+        first: u64,
+        next: u64,
+    },
+    #[error(
         "data directory {dir} is in use by {holder} (a running brook serve?); stop it first, or work on a copy"
     )]
     DirLocked { dir: PathBuf, holder: String },

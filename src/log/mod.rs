@@ -69,9 +69,15 @@
 //! - **Durability** is chosen per append ([`Durability`]). `Durable` returns after `fdatasync`;
 //!   concurrent appenders share one write and one fsync (group commit, see [`partition`]).
 //! - **Recovery**: sealed segments are trusted through their index (rebuilt if missing or not
-//!   matching); the active segment is scanned and cut at the first frame whose length, CRC or
-//!   offset is wrong, and every cut is logged with its bytes and offsets. Damage in a sealed
-//!   segment is reported and makes reads that reach it fail; it is never skipped.
+//!   matching); the active segment is scanned. Only a damaged *last* frame of the active
+//!   segment is a torn write: it is cut, and the cut logged with its bytes and offsets.
+//! - **Damage is not a torn tail**: a damaged frame with intact frames after it (found by a
+//!   scan at open, or by a read whose CRC check fails) is corruption. The bytes stay; the
+//!   intact frames on both sides are kept and served; a read from inside the range fails with
+//!   [`LogError::DataLost`] naming the offsets lost (the Kafka API skips them, as compaction
+//!   gaps); the range is logged once (WARN), counted and listed by `/healthz` (see
+//!   [`partition::Usage::damage`]). A segment with damage keeps no index, so every start scans
+//!   it and reports it again. Nothing acknowledged is deleted because of it.
 //! - **Limits**: `retention` (time) and `retention_size` (bytes per partition) per topic,
 //!   `max_size` and `min_free` for the store. Space is reclaimed by deleting whole sealed
 //!   segments, oldest first. At a limit, `on_full = drop_oldest` deletes and `reject` refuses the

@@ -236,6 +236,33 @@ impl std::fmt::Display for ScanStop {
     }
 }
 
+/// A damaged range inside a segment with intact frames after it: corruption (bit rot, a bad
+/// block), not a torn write. The bytes stay on disk; readers skip the range and are told which
+/// offsets it held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    /// File position of the first damaged byte.
+    pub start: u64,
+    /// File position of the next intact frame (or the end of the file).
+    pub end: u64,
+    /// First offset the range held.
+    pub first_offset: u64,
+    /// First offset after it (the next intact frame's base offset).
+    pub next_offset: u64,
+    /// What was wrong with the first damaged frame.
+    pub why: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "bytes {}..{} damaged ({}): offsets {}..{} lost",
+            self.start, self.end, self.why, self.first_offset, self.next_offset
+        )
+    }
+}
+
 /// What a full scan of a segment file found.
 #[derive(Clone, Debug)]
 pub struct Scan {
@@ -248,7 +275,9 @@ pub struct Scan {
     pub max_append_time: i64,
     /// The sparse index of the intact part.
     pub index: Vec<IndexEntry>,
-    /// Where and why the scan stopped early, if it did.
+    /// Damaged ranges with intact frames after them (only from [`scan_resync`]).
+    pub damage: Vec<Damage>,
+    /// Where and why the scan stopped early, if it did: the damaged tail.
     pub stop: Option<(u64, ScanStop)>,
     /// What the first bad frame claimed to hold, when its header was still readable.
     pub torn_batch: Option<(u64, u32)>,
@@ -303,22 +332,38 @@ pub fn scan(
     index_interval: u32,
     verify_records: bool,
 ) -> Result<Scan> {
+    let from = (SEGMENT_HEADER_LEN, base);
+    scan_range(file, path, len, base, from, index_interval, verify_records)
+}
+
+/// [`scan`] from file position `from.0`, where a frame with base offset `from.1` is expected;
+/// index entries are relative to the segment's `base`.
+fn scan_range(
+    file: &dyn File,
+    path: &Path,
+    len: u64,
+    base: u64,
+    (start, expected): (u64, u64),
+    index_interval: u32,
+    verify_records: bool,
+) -> Result<Scan> {
     const CHUNK: usize = 1 << 20;
     let mut out = Scan {
-        valid_len: SEGMENT_HEADER_LEN.min(len),
-        next_offset: base,
+        valid_len: start.min(len),
+        next_offset: expected,
         batches: 0,
         records: 0,
         max_timestamp: i64::MIN,
         max_append_time: i64::MIN,
         index: Vec::new(),
+        damage: Vec::new(),
         stop: None,
         torn_batch: None,
     };
     let mut idx = IndexBuilder::new(index_interval);
     let mut buf: Vec<u8> = Vec::new();
-    let mut buf_pos = SEGMENT_HEADER_LEN; // file position of buf[0]
-    let mut pos = SEGMENT_HEADER_LEN;
+    let mut buf_pos = start; // file position of buf[0]
+    let mut pos = start;
     while pos < len {
         let in_buf = (pos - buf_pos) as usize;
         let have = buf.len() - in_buf;
@@ -392,6 +437,100 @@ pub fn scan(
     }
     out.index = idx.entries;
     Ok(out)
+}
+
+/// [`scan`], but a damaged frame followed by intact ones is corruption, not a torn tail: the scan
+/// looks for the next intact frame (length in range, CRC right, base offset not behind), records
+/// the range between as [`Damage`] and goes on from there. Only damage with no intact frame
+/// after it ends the scan (`stop`): that is the tail a crash can tear.
+pub fn scan_resync(
+    file: &dyn File,
+    path: &Path,
+    len: u64,
+    base: u64,
+    index_interval: u32,
+    verify_records: bool,
+) -> Result<Scan> {
+    let mut out = scan(file, path, len, base, index_interval, verify_records)?;
+    while let Some((pos, why)) = out.stop.clone() {
+        let next = match why {
+            // An intact frame that starts later than expected: the offsets between are lost.
+            ScanStop::OffsetGap { expected, found } if found > expected => Some((pos, found)),
+            _ => next_intact_frame(file, path, pos, len, out.next_offset)?,
+        };
+        let Some((next_pos, next_base)) = next else {
+            break;
+        };
+        out.damage.push(Damage {
+            start: pos,
+            end: next_pos,
+            first_offset: out.next_offset,
+            next_offset: next_base,
+            why: why.to_string(),
+        });
+        let from = (next_pos, next_base);
+        let rest = scan_range(file, path, len, base, from, index_interval, verify_records)?;
+        out.index.extend(rest.index);
+        out.valid_len = rest.valid_len;
+        out.next_offset = rest.next_offset;
+        out.batches += rest.batches;
+        out.records += rest.records;
+        out.max_timestamp = out.max_timestamp.max(rest.max_timestamp);
+        out.max_append_time = out.max_append_time.max(rest.max_append_time);
+        out.stop = rest.stop;
+        out.torn_batch = rest.torn_batch;
+    }
+    Ok(out)
+}
+
+/// The position and base offset of the first intact frame after the damaged one at `from`:
+/// its length is in range and inside the file, its CRC and batch header are right, and its
+/// base offset is at or after `expected` (Brook never writes an offset twice).
+fn next_intact_frame(
+    file: &dyn File,
+    path: &Path,
+    from: u64,
+    len: u64,
+    expected: u64,
+) -> Result<Option<(u64, u64)>> {
+    const WINDOW: u64 = 1 << 20;
+    let mut window = Vec::new();
+    let mut window_pos = from + 1;
+    let mut pos = from + 1;
+    while pos + (FRAME_HEADER_LEN as u64) < len {
+        if pos < window_pos
+            || pos + (FRAME_HEADER_LEN + 1 + super::record::MAX_HEADER_LEN) as u64
+                > window_pos + window.len() as u64
+        {
+            window_pos = pos;
+            let n = WINDOW.min(len - pos) as usize;
+            window.resize(n, 0);
+            file.read_exact_at(&mut window, pos)
+                .map_err(|e| LogError::io("read", path, e))?;
+        }
+        let at = &window[(pos - window_pos) as usize..];
+        if let Ok(n) = frame_len(at) {
+            let fits = pos + n as u64 <= len;
+            let header = at
+                .get(FRAME_HEADER_LEN + 1..)
+                .and_then(|b| postcard::take_from_bytes::<super::record::BatchHeader>(b).ok())
+                .map(|(h, _)| h);
+            let plausible = at.get(FRAME_HEADER_LEN) == Some(&super::record::BATCH_FORMAT_VERSION)
+                && header.is_some_and(|h| h.base_offset >= expected && h.record_count > 0);
+            if fits && plausible {
+                let mut frame = vec![0u8; n];
+                file.read_exact_at(&mut frame, pos)
+                    .map_err(|e| LogError::io("read", path, e))?;
+                if let (Ok(view), Some(h)) = (BatchView::parse(&frame), header) {
+                    if view.header == h {
+                        return Ok(Some((pos, h.base_offset)));
+                    }
+                }
+            }
+        }
+        pos += 1;
+    }
+    Ok(None)
 }
 
 /// Best effort: the base offset and record count a damaged frame claims, for the log message.

@@ -82,7 +82,8 @@ pub struct StoreRecovery {
     pub partitions: usize,
     pub truncated_bytes: u64,
     pub indexes_rebuilt: u32,
-    pub corrupt_segments: Vec<(PathBuf, u64, String)>,
+    /// Damaged ranges with intact frames after them (kept and skipped; see `Usage::damage`).
+    pub damage: Vec<super::partition::DamageReport>,
     pub took: Duration,
 }
 
@@ -349,7 +350,7 @@ impl Store {
             recovery.partitions += 1;
             recovery.truncated_bytes += rec.truncated_bytes;
             recovery.indexes_rebuilt += rec.indexes_rebuilt;
-            recovery.corrupt_segments.extend(rec.corrupt_segments);
+            recovery.damage.extend(rec.damage);
             opened[t].push(Arc::new(p));
         }
         let mut map = BTreeMap::new();

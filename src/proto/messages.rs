@@ -48,6 +48,9 @@ pub enum ErrorCode {
     StorageFailed = 21,
     /// A disk or metadata error.
     Io = 22,
+    /// The offsets asked for were lost to corruption of the stored data; the message names
+    /// the range, and reading on from its end works.
+    DataLost = 23,
     UnknownMember = 30,
     /// The member's generation is not the group's current one: rejoin.
     IllegalGeneration = 31,
@@ -79,6 +82,7 @@ impl ErrorCode {
             20 => ErrorCode::LogFull,
             21 => ErrorCode::StorageFailed,
             22 => ErrorCode::Io,
+            23 => ErrorCode::DataLost,
             30 => ErrorCode::UnknownMember,
             31 => ErrorCode::IllegalGeneration,
             32 => ErrorCode::RebalanceInProgress,

@@ -194,6 +194,9 @@ pub fn health(state: &HttpState) -> Vec<String> {
         }
         None => problems.push(format!("cannot stat {}", dir.display())),
     }
+    for d in store.usage().damage() {
+        problems.push(d.to_string());
+    }
     for t in store.topics() {
         for p in t.partitions() {
             if let Some(cause) = p.status().poisoned {
@@ -289,6 +292,17 @@ pub fn metrics(state: &HttpState) -> String {
         "Records deleted by retention or to make room.",
     );
     let _ = writeln!(m, "brook_records_dropped_total {}", store.records_dropped());
+    family(
+        &mut m,
+        "brook_corrupt_frames_total",
+        "counter",
+        "Damaged ranges found in the log (at start or by a read): their offsets are lost, the intact records on both sides are kept.",
+    );
+    let _ = writeln!(
+        m,
+        "brook_corrupt_frames_total {}",
+        store.usage().damage().len()
+    );
     family(&mut m, "brook_segments", "gauge", "Segments per partition.");
     for t in &topics {
         for p in t.partitions() {

@@ -145,7 +145,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         partitions = recovery.partitions,
         truncated_bytes = recovery.truncated_bytes,
         indexes_rebuilt = recovery.indexes_rebuilt,
-        corrupt_segments = recovery.corrupt_segments.len(),
+        damaged_ranges = recovery.damage.len(),
         "log opened in {:?}",
         recovery.took
     );

@@ -298,7 +298,11 @@ impl Inner {
             .bytes
             .fetch_add(idx_len + SEGMENT_HEADER_LEN, Ordering::Relaxed);
         st.sealed.push_back(Arc::new(Sealed::new(
-            idx, idx_len, old.path, old.file, None,
+            idx,
+            idx_len,
+            old.path,
+            old.file,
+            Vec::new(),
         )));
         Ok(())
     }

@@ -38,6 +38,7 @@ use super::segment::{self, IndexBuilder, SEGMENT_HEADER_LEN, index_file_name, lo
 use super::{Durability, OnFull, TopicConfig};
 
 pub use flush::WriteFailure;
+pub use segment::Damage;
 
 /// Store-wide counters shared by every partition.
 #[derive(Debug, Default)]
@@ -54,6 +55,53 @@ pub struct Usage {
     /// fsync latency histogram (see [`FSYNC_BUCKETS_US`]); the last bucket is +Inf.
     pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS_US.len() + 1],
     pub fsync_micros_total: AtomicU64,
+    /// Damaged ranges found since open (at open and by reads), each counted once.
+    pub damage: Mutex<Vec<DamageReport>>,
+}
+
+/// A damaged range of a partition's log, for `/healthz`, metrics and logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamageReport {
+    pub topic: String,
+    pub partition: u32,
+    pub path: PathBuf,
+    pub damage: segment::Damage,
+}
+
+impl std::fmt::Display for DamageReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}: offsets {}..{} lost to corruption ({} bytes {}..{}: {})",
+            self.topic,
+            self.partition,
+            self.damage.first_offset,
+            self.damage.next_offset,
+            self.path.display(),
+            self.damage.start,
+            self.damage.end,
+            self.damage.why
+        )
+    }
+}
+
+impl Usage {
+    /// Records damage found (once per range) and logs it.
+    pub fn report_damage(&self, report: DamageReport) {
+        let mut all = self.damage.lock().unwrap_or_else(|e| e.into_inner());
+        if !all.contains(&report) {
+            tracing::warn!("{report}; the intact records on both sides are kept and served");
+            all.push(report);
+        }
+    }
+
+    /// Damaged ranges found so far.
+    pub fn damage(&self) -> Vec<DamageReport> {
+        self.damage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }
 
 /// Upper bounds (microseconds) of the fsync latency histogram's buckets.
@@ -84,8 +132,9 @@ pub(crate) struct Sealed {
     pub path: PathBuf,
     pub file: Arc<dyn File>,
     pub index: Arc<[segment::IndexEntry]>,
-    /// Where a scan found damage in this sealed segment; reads reaching it fail.
-    pub corrupt_at: Option<u64>,
+    /// Damaged ranges a scan found in this segment: readers skip them and are told the
+    /// offsets they held. A segment with damage has no index file (it is scanned at each open).
+    pub damage: Vec<segment::Damage>,
 }
 
 /// The segment being appended to.
@@ -129,7 +178,7 @@ impl Sealed {
         idx_len: u64,
         path: PathBuf,
         file: Arc<dyn File>,
-        corrupt_at: Option<u64>,
+        damage: Vec<segment::Damage>,
     ) -> Sealed {
         Sealed {
             base: idx.base_offset,
@@ -141,7 +190,7 @@ impl Sealed {
             path,
             file,
             index: idx.entries.into(),
-            corrupt_at,
+            damage,
         }
     }
 }
@@ -265,8 +314,8 @@ pub struct Recovery {
     pub truncated_bytes: u64,
     /// Indexes rebuilt because they were missing or unusable.
     pub indexes_rebuilt: u32,
-    /// Sealed segments with damage (reads reaching it fail).
-    pub corrupt_segments: Vec<(PathBuf, u64, String)>,
+    /// Damaged ranges with intact frames after them (kept, skipped by readers).
+    pub damage: Vec<DamageReport>,
 }
 
 /// What the partition and its flusher thread share.
@@ -319,6 +368,75 @@ impl Drop for Partition {
 }
 
 impl Inner {
+    /// Scans the sealed segment at `path` for damage a read ran into, and serves it from then
+    /// on as a damaged segment: its damage reported and skipped, its index file removed (so the
+    /// next open scans it again instead of trusting it).
+    fn locate_damage(&self, path: &Path) -> Result<()> {
+        let seg = {
+            let st = self.lock();
+            match st.sealed.iter().position(|s| s.path == path) {
+                Some(i) if st.sealed[i].damage.is_empty() => Arc::clone(&st.sealed[i]),
+                // Not sealed (the active segment is scanned at open), or already located.
+                _ => return Ok(()),
+            }
+        };
+        let interval = self.cfg.index_interval.bytes().min(u64::from(u32::MAX)) as u32;
+        let mut scan = segment::scan_resync(
+            seg.file.as_ref(),
+            &seg.path,
+            seg.log_len,
+            seg.base,
+            interval,
+            false,
+        )?;
+        if let Some((pos, why)) = scan.stop.take() {
+            scan.damage.push(segment::Damage {
+                start: pos,
+                end: seg.log_len,
+                first_offset: scan.next_offset,
+                next_offset: seg.next_offset,
+                why: why.to_string(),
+            });
+        }
+        if scan.damage.is_empty() {
+            return Ok(());
+        }
+        let idx_path = self.dir.join(index_file_name(seg.base));
+        match self.fs.remove_file(&idx_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io("remove", &idx_path, e)),
+        }
+        for d in &scan.damage {
+            self.usage.report_damage(DamageReport {
+                topic: self.topic.clone(),
+                partition: self.id,
+                path: seg.path.clone(),
+                damage: d.clone(),
+            });
+        }
+        let damaged = Sealed {
+            base: seg.base,
+            next_offset: seg.next_offset,
+            log_len: seg.log_len,
+            idx_len: 0,
+            max_timestamp: seg.max_timestamp,
+            max_append_time: seg.max_append_time,
+            path: seg.path.clone(),
+            file: Arc::clone(&seg.file),
+            index: scan.index.into(),
+            damage: scan.damage,
+        };
+        let mut st = self.lock();
+        let st = &mut *st;
+        if let Some(slot) = st.sealed.iter_mut().find(|s| s.path == path) {
+            st.size -= slot.idx_len.min(st.size);
+            self.usage.bytes.fetch_sub(slot.idx_len, Ordering::Relaxed);
+            *slot = Arc::new(damaged);
+        }
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // State is consistent at every unlock; a panic elsewhere does not invalidate it.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -616,7 +734,21 @@ impl Partition {
     }
 
     /// Reads whole batches starting with the one that holds `from`, up to about `max_bytes`.
+    /// Damage in a sealed segment is skipped: the intact records before and after it are
+    /// served, and a read from inside it fails with [`LogError::DataLost`] naming the offsets
+    /// lost. Damage a read finds first (a frame whose CRC fails in a segment opened through
+    /// its index) is located by a scan of that segment, reported, and skipped the same way.
     pub fn read(&self, from: u64, max_bytes: usize, visibility: Visibility) -> Result<ReadResult> {
+        match self.read_once(from, max_bytes, visibility) {
+            Err(LogError::Corrupt { path, .. }) => {
+                self.inner.locate_damage(&path)?;
+                self.read_once(from, max_bytes, visibility)
+            }
+            r => r,
+        }
+    }
+
+    fn read_once(&self, from: u64, max_bytes: usize, visibility: Visibility) -> Result<ReadResult> {
         let st = self.inner.lock();
         let log_start = st.sealed.front().map_or(st.active.base, |s| s.base);
         let hw = match visibility {
@@ -655,17 +787,22 @@ impl Partition {
         } else {
             let i = st.sealed.partition_point(|s| s.base <= from) - 1;
             let seg = &st.sealed[i];
-            let start = segment::index_position(&seg.index, seg.base, from);
-            let end = seg.corrupt_at.unwrap_or(seg.log_len);
-            if let Some(pos) = seg.corrupt_at {
-                if start >= pos || from >= seg.next_offset {
-                    return Err(LogError::Corrupt {
-                        path: seg.path.clone(),
-                        position: pos,
-                        source: super::FrameError::BadHeader(
-                            "damaged sealed segment (see brook check)".into(),
-                        ),
+            let mut start = segment::index_position(&seg.index, seg.base, from);
+            let mut end = seg.log_len;
+            for d in &seg.damage {
+                if (d.first_offset..d.next_offset).contains(&from) {
+                    return Err(LogError::DataLost {
+                        topic: self.inner.topic.clone(),
+                        partition: self.inner.id,
+                        first: d.first_offset,
+                        next: d.next_offset,
                     });
+                }
+                if d.next_offset <= from {
+                    // The index entry may lie before this damage: start after it.
+                    start = start.max(d.end);
+                } else if d.start >= start {
+                    end = end.min(d.start);
                 }
             }
             (Arc::clone(&seg.file), seg.path.clone(), start, end)
@@ -688,7 +825,13 @@ impl Partition {
         for seg in &st.sealed {
             if seg.max_timestamp >= ts {
                 let start = segment::index_position_for_time(&seg.index, ts);
-                let end = seg.corrupt_at.unwrap_or(seg.log_len);
+                let end = seg
+                    .damage
+                    .iter()
+                    .map(|d| d.start)
+                    .filter(|&d| d >= start)
+                    .min()
+                    .unwrap_or(seg.log_len);
                 target = Some((Arc::clone(&seg.file), seg.path.clone(), start, end));
                 break;
             }

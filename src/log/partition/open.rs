@@ -1,11 +1,14 @@
 //! Opening a partition: recovery from whatever a crash or power cut left on disk.
 //!
 //! Sealed segments are trusted through their index when it matches the log file (length and
-//! base offset); otherwise the index is rebuilt from a scan, and damage found by that scan is
-//! reported and fenced off (reads reaching it fail). The last segment is the active one: it is
-//! scanned frame by frame and cut at the first frame whose length, CRC or offset is wrong, and
-//! the cut is logged with the bytes and offsets removed. A last segment that already has a valid
-//! index was sealed just before the crash; a new active segment is started after it.
+//! base offset); otherwise the index is rebuilt from a scan. The last segment is the active
+//! one: it is scanned frame by frame, and a damaged frame with no intact frame after it (the
+//! only thing a crash can tear) is cut, logged with the bytes and offsets removed. A damaged
+//! frame *followed* by intact frames, in any segment, is corruption ([`segment::scan_resync`]):
+//! the intact frames are kept, the damaged range is reported ([`Usage::report_damage`]) and
+//! readers skip it; an active segment with such damage is sealed as it is (without an index)
+//! and a new active segment starts after it. A last segment that already has a valid index was
+//! sealed just before the crash; a new active segment is started after it.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -16,7 +19,30 @@ use super::super::TopicConfig;
 use super::super::error::{LogError, Result};
 use super::super::fs::Fs;
 use super::super::segment::{self, IndexBuilder, SegmentIndex, index_file_name, log_file_name};
-use super::{Active, Inner, Partition, Recovery, Sealed, State, Usage, create_segment, flush};
+use super::{
+    Active, Damage, DamageReport, Inner, Partition, Recovery, Sealed, State, Usage, create_segment,
+    flush,
+};
+
+/// Damage found in a segment at open: logged once, counted, kept for `/healthz`.
+fn report(
+    recovery: &mut Recovery,
+    usage: &Usage,
+    (topic, partition): (&str, u32),
+    path: &std::path::Path,
+    damage: &[Damage],
+) {
+    for d in damage {
+        let r = DamageReport {
+            topic: topic.to_string(),
+            partition,
+            path: path.to_path_buf(),
+            damage: d.clone(),
+        };
+        usage.report_damage(r.clone());
+        recovery.damage.push(r);
+    }
+}
 
 impl Partition {
     /// Opens (or creates) the partition stored in `dir`, recovering from whatever state a crash
@@ -66,7 +92,7 @@ impl Partition {
                         });
                     }
                     let idx_len = idx.encoded_len() as u64;
-                    sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, None)));
+                    sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, Vec::new())));
                     continue;
                 }
                 Some(Ok(_)) | Some(Err(_)) => {
@@ -87,35 +113,36 @@ impl Partition {
                         what: "sealed segment shorter than its header".into(),
                     });
                 }
-                let scan = segment::scan(file.as_ref(), &path, len, base, interval, false)?;
-                let corrupt_at = scan.stop.as_ref().map(|(pos, why)| {
-                    tracing::error!(segment = %path.display(), position = pos, "corrupt sealed segment: {why}");
-                    recovery
-                        .corrupt_segments
-                        .push((path.clone(), *pos, why.to_string()));
-                    *pos
-                });
-                let next_offset = if corrupt_at.is_some() {
-                    bases[i + 1]
-                } else {
-                    scan.next_offset
-                };
+                let mut scan =
+                    segment::scan_resync(file.as_ref(), &path, len, base, interval, false)?;
+                if let Some((pos, why)) = scan.stop.take() {
+                    // A sealed segment has no torn tail: damage up to its end is corruption.
+                    scan.damage.push(Damage {
+                        start: pos,
+                        end: len,
+                        first_offset: scan.next_offset,
+                        next_offset: bases[i + 1],
+                        why: why.to_string(),
+                    });
+                    scan.next_offset = bases[i + 1];
+                }
                 let idx = SegmentIndex {
                     base_offset: base,
-                    next_offset,
+                    next_offset: scan.next_offset,
                     log_len: len,
                     max_timestamp: scan.max_timestamp,
                     max_append_time: scan.max_append_time,
                     entries: scan.index,
                 };
-                let idx_len = if corrupt_at.is_none() {
+                let idx_len = if scan.damage.is_empty() {
                     segment::write_index(fs.as_ref(), &dir, &idx)?;
                     recovery.indexes_rebuilt += 1;
                     idx.encoded_len() as u64
                 } else {
+                    report(&mut recovery, &usage, (topic, id), &path, &scan.damage);
                     0
                 };
-                sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, corrupt_at)));
+                sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, scan.damage)));
                 continue;
             }
             // The last segment is the active one: scan it and cut a torn tail.
@@ -133,7 +160,7 @@ impl Partition {
                 active = Some(Active::empty(base, path, file, interval));
                 continue;
             }
-            let scan = segment::scan(file.as_ref(), &path, len, base, interval, false)?;
+            let scan = segment::scan_resync(file.as_ref(), &path, len, base, interval, false)?;
             if let Some((pos, why)) = &scan.stop {
                 let cut = len - pos;
                 let claimed = match scan.torn_batch {
@@ -156,6 +183,23 @@ impl Partition {
                 file.sync_data()
                     .map_err(|e| LogError::io("fsync", &path, e))?;
                 recovery.truncated_bytes += cut;
+            }
+            if !scan.damage.is_empty() {
+                // Corruption, not a torn write: everything intact is kept. The segment is
+                // sealed as it is (without an index, so the next open scans it again) and a
+                // new active segment starts after it.
+                report(&mut recovery, &usage, (topic, id), &path, &scan.damage);
+                let valid_len = scan.valid_len;
+                let idx = SegmentIndex {
+                    base_offset: base,
+                    next_offset: scan.next_offset,
+                    log_len: valid_len,
+                    max_timestamp: scan.max_timestamp,
+                    max_append_time: scan.max_append_time,
+                    entries: scan.index,
+                };
+                sealed.push_back(Arc::new(Sealed::new(idx, 0, path, file, scan.damage)));
+                continue;
             }
             let mut index = IndexBuilder::new(interval);
             index.entries = scan.index;

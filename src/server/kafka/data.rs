@@ -239,11 +239,29 @@ async fn read_partition(
     let (Ok(p), Ok(offset)) = (u32::try_from(partition), u64::try_from(offset)) else {
         return (pd.with_error_code(err::OFFSET_OUT_OF_RANGE), 0);
     };
-    match ctx
+    // Offsets lost to corruption are skipped, as a compacted topic's gaps are: Kafka clients
+    // move on to the next batch they are given (the loss is logged and on /healthz).
+    let mut offset = offset;
+    let mut fetched = ctx
         .broker
         .fetch(topic, p, offset, max_bytes, 0, Duration::ZERO)
-        .await
-    {
+        .await;
+    for _ in 0..16 {
+        let Err(BrokerError::Log(LogError::DataLost { first, next, .. })) = &fetched else {
+            break;
+        };
+        tracing::warn!(
+            topic,
+            partition,
+            "fetch at offset {offset}: offsets {first}..{next} were lost to corruption; serving from {next}"
+        );
+        offset = *next;
+        fetched = ctx
+            .broker
+            .fetch(topic, p, offset, max_bytes, 0, Duration::ZERO)
+            .await;
+    }
+    match fetched {
         Ok(r) => {
             let mut out = Vec::with_capacity(r.frames.len() + r.frames.len() / 4);
             for b in r.batches() {
