@@ -659,6 +659,17 @@ impl Client {
 }
 
 /// Decodes an answer.
+/// The range `first..next` a `DataLost` answer names ("...: offsets 120..160 were lost ...").
+pub fn lost_range(message: &str) -> Option<(u64, u64)> {
+    let range = message
+        .split("offsets ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    let (a, b) = range.split_once("..")?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
 pub fn decode(bytes: &[u8]) -> Result<ResponseFrame<'_>> {
     postcard::from_bytes(bytes)
         .map_err(|e| ClientError::Protocol(format!("undecodable answer: {e}")))
@@ -1067,6 +1078,26 @@ impl Consumer {
                             .list_offsets(&self.topic, p, OffsetSpec::Earliest)
                             .await?;
                         self.positions.insert(p, at.clamp(earliest, latest));
+                        continue;
+                    }
+                    (
+                        None,
+                        Response::Error {
+                            code: ErrorCode::DataLost,
+                            message,
+                        },
+                    ) => {
+                        // Offsets lost to corruption on the server: say so, and read on after
+                        // them (as Kafka clients do).
+                        let Some((first, next)) = lost_range(message) else {
+                            return Err(server_error(&r));
+                        };
+                        tracing::warn!(
+                            topic = %self.topic,
+                            partition = p,
+                            "offsets {first}..{next} were lost to corruption on the server; reading on from {next}"
+                        );
+                        self.positions.insert(p, next.max(at + 1));
                         continue;
                     }
                     (None, other) => return Err(server_error(other)),

@@ -288,13 +288,7 @@ fn read_past_damage(addr: &str, topic: &str, p: u32) -> (Vec<u64>, Vec<(u64, u64
                 }
                 Err(brook::client::ClientError::Server { code, message }) => {
                     assert_eq!(code, brook::proto::ErrorCode::DataLost, "{message}");
-                    // "...: offsets A..B were lost to corruption ..."
-                    let range = message
-                        .split("offsets ")
-                        .nth(1)
-                        .and_then(|r| r.split_whitespace().next())
-                        .and_then(|r| r.split_once(".."))
-                        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                    let range = brook::client::lost_range(&message)
                         .unwrap_or_else(|| panic!("no range in {message:?}"));
                     assert_eq!(range.0, next, "{message}");
                     lost.push(range);
@@ -401,6 +395,22 @@ fn damaged_range_is_kept_and_reported(
             read_with_kafka(&addrs.kafka, "t", 0),
             want,
             "Kafka moves past the loss"
+        );
+        // The CLI's consumer reads on past the loss and says so.
+        let out = brook()
+            .args(["consume", "--topic", "t", "--partition", "0"])
+            .env("BROOK_BROKER", &addrs.native)
+            .output()
+            .expect("brook consume");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            want.len()
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("offsets {a}..{b} were lost to corruption")),
+            "{err}"
         );
         let health = http_raw(&addrs.http, "/healthz");
         assert!(
