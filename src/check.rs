@@ -12,6 +12,10 @@
 //! | 2 | corruption: a damaged frame with intact frames after it (in any segment), or damage at the end of a sealed segment; reported with the offsets it held and never "repaired" (that would delete acknowledged data), while `brook serve` keeps and serves the intact records on both sides |
 //! | 8 | the check could not run (the directory is missing, or a running Brook holds it) |
 //!
+//! `--repair --drop-corrupt` records each damaged range as dropped (`<base>.dropped` beside the
+//! segment) and counts it as repaired (exit 1): its offsets stay lost and the bytes stay where
+//! they are, but `brook serve` and `brook check` stop reporting it. Nothing intact is touched.
+//!
 //! It takes the data directory's lock ([`crate::log::lock`]) for its whole run, so it never
 //! reads files a running Brook is writing and `--repair` never cuts under a live broker. A
 //! read-only copy that has no lock file can still be checked (not repaired).
@@ -136,7 +140,20 @@ impl Report {
 
 /// Checks (and with `repair`, fixes the repairable problems of) the data directory `dir`, which
 /// is either a Brook data directory (holding `topics/`) or a topics directory itself.
-pub fn check(dir: &Path, repair: bool) -> Result<Report> {
+/// What `brook check` may change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Repair {
+    /// Nothing: report only.
+    #[default]
+    No,
+    /// Cut torn tails of active segments, rewrite missing or stale indexes.
+    Safe,
+    /// Also record every damaged range as dropped (`--drop-corrupt`): its offsets stay lost,
+    /// but `brook serve` and `brook check` stop reporting them.
+    DropCorrupt,
+}
+
+pub fn check(dir: &Path, repair: Repair) -> Result<Report> {
     let fs = StdFs;
     let topics_dir = if fs.exists(&dir.join("topics")) {
         dir.join("topics")
@@ -156,7 +173,7 @@ pub fn check(dir: &Path, repair: bool) -> Result<Report> {
     };
     let _lock = match DirLock::acquire(data_dir) {
         Ok(lock) => Some(lock),
-        Err(LogError::Io { .. }) if !repair => None,
+        Err(LogError::Io { .. }) if repair == Repair::No => None,
         Err(e) => return Err(e),
     };
     let mut report = Report::default();
@@ -207,7 +224,8 @@ pub fn check(dir: &Path, repair: bool) -> Result<Report> {
     Ok(report)
 }
 
-fn check_partition(fs: &StdFs, dir: &Path, repair: bool) -> Result<PartitionReport> {
+fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionReport> {
+    let repair = mode != Repair::No;
     let mut r = PartitionReport::default();
     let mut bases: Vec<u64> = fs
         .list_dir(dir)
@@ -282,17 +300,59 @@ fn check_partition(fs: &StdFs, dir: &Path, repair: bool) -> Result<PartitionRepo
         expected_next = Some(scan.next_offset);
         let index = segment::read_index(fs, &idx_path)?;
         let sealed = !last || matches!(&index, Some(Ok(idx)) if idx.log_len == len);
+        let mut dropped = segment::read_dropped(fs, dir, base)?;
+        let before = dropped.len();
         for d in &scan.damage {
-            r.findings.push(finding(
+            let range = (d.first_offset, d.next_offset);
+            if dropped.contains(&range) {
+                continue;
+            }
+            let mut f = finding(
                 d.start,
                 format!("{d}; the intact frames after it are kept (brook serve skips the range)"),
                 Severity::Corrupt,
-            ));
+            );
+            if mode == Repair::DropCorrupt {
+                dropped.push(range);
+                f.what
+                    .push_str("; dropped: no longer reported, the offsets stay lost");
+                f.severity = Severity::Repairable;
+                f.repaired = true;
+            }
+            r.findings.push(f);
+        }
+        // Damage running to the end of a sealed segment: its offsets reach the next one.
+        let sealed_tail = match (&scan.stop, bases.get(i + 1)) {
+            (Some((pos, why)), Some(&next)) if sealed => Some((*pos, why.to_string(), next)),
+            _ => None,
+        };
+        if let Some((pos, why, next)) = &sealed_tail {
+            let range = (scan.next_offset, *next);
+            if !dropped.contains(&range) {
+                let mut f = finding(
+                    *pos,
+                    format!("{why}: offsets {}..{next} lost", scan.next_offset),
+                    Severity::Corrupt,
+                );
+                if mode == Repair::DropCorrupt {
+                    dropped.push(range);
+                    f.what
+                        .push_str("; dropped: no longer reported, the offsets stay lost");
+                    f.severity = Severity::Repairable;
+                    f.repaired = true;
+                }
+                r.findings.push(f);
+            }
+        }
+        if dropped.len() != before {
+            segment::write_dropped(fs, dir, base, &dropped)?;
         }
         if let Some((pos, why)) = &scan.stop {
             if sealed {
-                r.findings
-                    .push(finding(*pos, format!("{why}"), Severity::Corrupt));
+                if sealed_tail.is_none() {
+                    r.findings
+                        .push(finding(*pos, format!("{why}"), Severity::Corrupt));
+                }
                 continue;
             }
             let cut = len - pos;

@@ -128,6 +128,10 @@ enum Command {
         /// Cut torn tails of active segments and rewrite missing or stale indexes.
         #[arg(long)]
         repair: bool,
+        /// With --repair: record every damaged range as dropped, so it is no longer reported
+        /// (its offsets stay lost; nothing intact is touched).
+        #[arg(long, requires = "repair")]
+        drop_corrupt: bool,
     },
     /// Measure Brook's speed and footprint (not in builds without the `bench` feature).
     #[cfg(feature = "bench")]
@@ -666,7 +670,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check { dir, repair } => match brook::check::check(&dir, repair) {
+        Command::Check {
+            dir,
+            repair,
+            drop_corrupt,
+        } => match brook::check::check(
+            &dir,
+            match (repair, drop_corrupt) {
+                (_, true) => brook::check::Repair::DropCorrupt,
+                (true, false) => brook::check::Repair::Safe,
+                (false, false) => brook::check::Repair::No,
+            },
+        ) {
             Ok(report) => {
                 print!("{}", report.render());
                 Ok(ExitCode::from(report.exit_code() as u8))

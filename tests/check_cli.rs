@@ -431,6 +431,45 @@ fn damaged_range_is_kept_and_reported(
         }
         drop(server);
     }
+
+    // The operator drops the range explicitly: no longer reported, still skipped, nothing
+    // intact touched.
+    let mut cmd = brook();
+    let out = cmd
+        .args(["check", "--drop-corrupt"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    assert!(
+        !out.status.success(),
+        "--drop-corrupt without --repair was accepted"
+    );
+    let out = brook()
+        .args(["check", "--repair", "--drop-corrupt"])
+        .arg(dir.path())
+        .output()
+        .expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("dropped"), "{text}");
+    assert_eq!(
+        std::fs::metadata(&seg).expect("stat").len(),
+        len,
+        "data was cut"
+    );
+    let (code, out) = brook_check(dir.path(), false);
+    assert_eq!(code, 0, "{out}");
+    let (server, addrs) = serve(dir.path());
+    let (offsets, lost) = read_past_damage(&addrs.native, "t", 0);
+    assert_eq!((offsets.len(), lost.len()), (2360, 1));
+    let health = http_raw(&addrs.http, "/healthz");
+    assert!(!health.contains("degraded"), "{health}");
+    let metrics = http_raw(&addrs.http, "/metrics");
+    assert!(
+        metrics.contains("brook_corrupt_frames_total 0"),
+        "{metrics}"
+    );
+    drop(server);
 }
 
 #[test]

@@ -31,6 +31,65 @@ pub fn index_file_name(base: u64) -> String {
     format!("{base:020}.idx")
 }
 
+/// `<base offset, 20 digits>.dropped`: the damaged ranges of a segment an operator dropped
+/// (`brook check --repair --drop-corrupt`).
+pub fn dropped_file_name(base: u64) -> String {
+    format!("{base:020}.dropped")
+}
+
+const DROPPED_MAGIC: &[u8; 8] = b"BROOKDRP";
+
+/// The offset ranges recorded as dropped for the segment at `base` in `dir` (none when the file
+/// is missing; a damaged file counts as none, so its ranges are reported again).
+pub fn read_dropped(fs: &dyn Fs, dir: &Path, base: u64) -> Result<Vec<(u64, u64)>> {
+    let path = dir.join(dropped_file_name(base));
+    if !fs.exists(&path) {
+        return Ok(Vec::new());
+    }
+    let f = fs
+        .open(&path, false)
+        .map_err(|e| LogError::io("open", &path, e))?;
+    let len = f.size().map_err(|e| LogError::io("stat", &path, e))?;
+    if !(16..=1 << 20).contains(&len) {
+        return Ok(Vec::new());
+    }
+    let mut buf = vec![0u8; len as usize];
+    f.read_exact_at(&mut buf, 0)
+        .map_err(|e| LogError::io("read", &path, e))?;
+    let (body, crc) = buf.split_at(buf.len() - 4);
+    let intact = &body[..8] == DROPPED_MAGIC
+        && super::record::CRC32C.checksum(body)
+            == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
+        && (body.len() - 12) % 16 == 0;
+    if !intact {
+        tracing::warn!(file = %path.display(), "damaged list of dropped ranges ignored");
+        return Ok(Vec::new());
+    }
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&body[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    Ok((12..body.len())
+        .step_by(16)
+        .map(|i| (u64_at(i), u64_at(i + 8)))
+        .collect())
+}
+
+/// Records `ranges` as dropped for the segment at `base` in `dir` (replacing the list).
+pub fn write_dropped(fs: &dyn Fs, dir: &Path, base: u64, ranges: &[(u64, u64)]) -> Result<()> {
+    let mut out = Vec::with_capacity(16 + ranges.len() * 16);
+    out.extend_from_slice(DROPPED_MAGIC);
+    out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    for (first, next) in ranges {
+        out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(&next.to_le_bytes());
+    }
+    let crc = super::record::CRC32C.checksum(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    super::fs::replace_durably(fs, &dir.join(dropped_file_name(base)), &out)
+}
+
 /// The base offset named by a segment or index file name, if it is one.
 pub fn parse_file_name(name: &str) -> Option<(u64, &str)> {
     let (stem, ext) = name.split_once('.')?;

@@ -491,10 +491,15 @@ impl Inner {
         self.fs
             .remove_file(&seg.path)
             .map_err(|e| LogError::io("remove", &seg.path, e))?;
-        if self.fs.exists(&idx_path) {
-            self.fs
-                .remove_file(&idx_path)
-                .map_err(|e| LogError::io("remove", &idx_path, e))?;
+        for path in [
+            idx_path,
+            self.dir.join(segment::dropped_file_name(seg.base)),
+        ] {
+            if self.fs.exists(&path) {
+                self.fs
+                    .remove_file(&path)
+                    .map_err(|e| LogError::io("remove", &path, e))?;
+            }
         }
         st.sealed.pop_front();
         let freed = seg.log_len + seg.idx_len;

@@ -24,15 +24,23 @@ use super::{
     flush,
 };
 
-/// Damage found in a segment at open: logged once, counted, kept for `/healthz`.
+/// Damage found in a segment at open: logged once, counted, kept for `/healthz`; unless an
+/// operator dropped it (`brook check --repair --drop-corrupt`): then it is only skipped.
 fn report(
     recovery: &mut Recovery,
     usage: &Usage,
     (topic, partition): (&str, u32),
-    path: &std::path::Path,
+    (fs, path, base): (&dyn Fs, &std::path::Path, u64),
     damage: &[Damage],
-) {
+) -> Result<()> {
+    let dropped = match path.parent() {
+        Some(dir) => segment::read_dropped(fs, dir, base)?,
+        None => Vec::new(),
+    };
     for d in damage {
+        if dropped.contains(&(d.first_offset, d.next_offset)) {
+            continue;
+        }
         let r = DamageReport {
             topic: topic.to_string(),
             partition,
@@ -42,6 +50,7 @@ fn report(
         usage.report_damage(r.clone());
         recovery.damage.push(r);
     }
+    Ok(())
 }
 
 impl Partition {
@@ -139,7 +148,13 @@ impl Partition {
                     recovery.indexes_rebuilt += 1;
                     idx.encoded_len() as u64
                 } else {
-                    report(&mut recovery, &usage, (topic, id), &path, &scan.damage);
+                    report(
+                        &mut recovery,
+                        &usage,
+                        (topic, id),
+                        (fs.as_ref(), &path, base),
+                        &scan.damage,
+                    )?;
                     0
                 };
                 sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, scan.damage)));
@@ -188,7 +203,13 @@ impl Partition {
                 // Corruption, not a torn write: everything intact is kept. The segment is
                 // sealed as it is (without an index, so the next open scans it again) and a
                 // new active segment starts after it.
-                report(&mut recovery, &usage, (topic, id), &path, &scan.damage);
+                report(
+                    &mut recovery,
+                    &usage,
+                    (topic, id),
+                    (fs.as_ref(), &path, base),
+                    &scan.damage,
+                )?;
                 let valid_len = scan.valid_len;
                 let idx = SegmentIndex {
                     base_offset: base,
