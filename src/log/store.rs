@@ -461,7 +461,11 @@ impl Store {
         // One atomic step makes the topic gone (a rename to a name no topic can have), so a
         // power cut during the removal of its files cannot bring back part of it.
         let tdir = self.dir.join(name);
-        let doomed = self.dir.join(format!("{DELETING_PREFIX}{name}"));
+        // Unique, in case the rest of an earlier deletion of the same name is still there.
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let doomed = self.dir.join(format!("{DELETING_PREFIX}{name}.{stamp}"));
         self.fs
             .rename(&tdir, &doomed)
             .map_err(|e| LogError::io("rename", &tdir, e))?;
