@@ -302,16 +302,29 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
         let sealed = !last || matches!(&index, Some(Ok(idx)) if idx.log_len == len);
         let mut dropped = segment::read_dropped(fs, dir, base)?;
         let before = dropped.len();
-        for d in &scan.damage {
-            let range = (d.first_offset, d.next_offset);
+        // Damage running to the end of a sealed segment: its offsets reach the next one.
+        let sealed_tail = match (&scan.stop, bases.get(i + 1)) {
+            (Some((pos, why)), Some(&next)) if sealed => Some((*pos, why.to_string(), next)),
+            _ => None,
+        };
+        let damaged = scan
+            .damage
+            .iter()
+            .map(|d| {
+                let what = format!(
+                    "{d}; the intact frames after it are kept (brook serve skips the range)"
+                );
+                (d.start, (d.first_offset, d.next_offset), what)
+            })
+            .chain(sealed_tail.iter().map(|(pos, why, next)| {
+                let what = format!("{why}: offsets {}..{next} lost", scan.next_offset);
+                (*pos, (scan.next_offset, *next), what)
+            }));
+        for (pos, range, what) in damaged {
             if dropped.contains(&range) {
                 continue;
             }
-            let mut f = finding(
-                d.start,
-                format!("{d}; the intact frames after it are kept (brook serve skips the range)"),
-                Severity::Corrupt,
-            );
+            let mut f = finding(pos, what, Severity::Corrupt);
             if mode == Repair::DropCorrupt {
                 dropped.push(range);
                 f.what
@@ -320,29 +333,6 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
                 f.repaired = true;
             }
             r.findings.push(f);
-        }
-        // Damage running to the end of a sealed segment: its offsets reach the next one.
-        let sealed_tail = match (&scan.stop, bases.get(i + 1)) {
-            (Some((pos, why)), Some(&next)) if sealed => Some((*pos, why.to_string(), next)),
-            _ => None,
-        };
-        if let Some((pos, why, next)) = &sealed_tail {
-            let range = (scan.next_offset, *next);
-            if !dropped.contains(&range) {
-                let mut f = finding(
-                    *pos,
-                    format!("{why}: offsets {}..{next} lost", scan.next_offset),
-                    Severity::Corrupt,
-                );
-                if mode == Repair::DropCorrupt {
-                    dropped.push(range);
-                    f.what
-                        .push_str("; dropped: no longer reported, the offsets stay lost");
-                    f.severity = Severity::Repairable;
-                    f.repaired = true;
-                }
-                r.findings.push(f);
-            }
         }
         if dropped.len() != before {
             segment::write_dropped(fs, dir, base, &dropped)?;
@@ -402,15 +392,7 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
         if let Some(what) = problem {
             let mut f = finding(0, what, Severity::Repairable);
             if repair {
-                let idx = SegmentIndex {
-                    base_offset: base,
-                    next_offset: scan.next_offset,
-                    log_len: len,
-                    max_timestamp: scan.max_timestamp,
-                    max_append_time: scan.max_append_time,
-                    entries: scan.index.clone(),
-                };
-                segment::write_index(fs, dir, &idx)?;
+                segment::write_index(fs, dir, &scan.segment_index(base, len))?;
                 f.repaired = true;
             }
             r.findings.push(f);

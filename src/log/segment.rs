@@ -342,6 +342,21 @@ pub struct Scan {
     pub torn_batch: Option<(u64, u32)>,
 }
 
+impl Scan {
+    /// The index of the segment at `base` that this scan read, for a log file of `log_len`
+    /// bytes.
+    pub fn segment_index(&self, base: u64, log_len: u64) -> SegmentIndex {
+        SegmentIndex {
+            base_offset: base,
+            next_offset: self.next_offset,
+            log_len,
+            max_timestamp: self.max_timestamp,
+            max_append_time: self.max_append_time,
+            entries: self.index.clone(),
+        }
+    }
+}
+
 /// Builds a sparse index while frames are appended or scanned.
 #[derive(Clone, Debug)]
 pub struct IndexBuilder {

@@ -18,7 +18,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use super::super::TopicConfig;
 use super::super::error::{LogError, Result};
 use super::super::fs::Fs;
-use super::super::segment::{self, IndexBuilder, SegmentIndex, index_file_name, log_file_name};
+use super::super::segment::{self, IndexBuilder, index_file_name, log_file_name};
 use super::{
     Active, Damage, DamageReport, Inner, Partition, Recovery, Sealed, State, Usage, create_segment,
     flush,
@@ -135,14 +135,7 @@ impl Partition {
                     });
                     scan.next_offset = bases[i + 1];
                 }
-                let idx = SegmentIndex {
-                    base_offset: base,
-                    next_offset: scan.next_offset,
-                    log_len: len,
-                    max_timestamp: scan.max_timestamp,
-                    max_append_time: scan.max_append_time,
-                    entries: scan.index,
-                };
+                let idx = scan.segment_index(base, len);
                 let idx_len = if scan.damage.is_empty() {
                     segment::write_index(fs.as_ref(), &dir, &idx)?;
                     recovery.indexes_rebuilt += 1;
@@ -210,15 +203,7 @@ impl Partition {
                     (fs.as_ref(), &path, base),
                     &scan.damage,
                 )?;
-                let valid_len = scan.valid_len;
-                let idx = SegmentIndex {
-                    base_offset: base,
-                    next_offset: scan.next_offset,
-                    log_len: valid_len,
-                    max_timestamp: scan.max_timestamp,
-                    max_append_time: scan.max_append_time,
-                    entries: scan.index,
-                };
+                let idx = scan.segment_index(base, scan.valid_len);
                 sealed.push_back(Arc::new(Sealed::new(idx, 0, path, file, scan.damage)));
                 continue;
             }
