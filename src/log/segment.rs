@@ -812,4 +812,87 @@ mod tests {
         assert_eq!(index_position_for_time(&entries, 1), 24);
         assert_eq!(index_position_for_time(&entries, 100), 900);
     }
+
+    /// A segment of five 10-record batches in memory.
+    fn segment() -> (Vec<u8>, Vec<u64>) {
+        use super::super::record::{BatchBuilder, BatchHeader, encode_frame};
+        let mut file = encode_segment_header(100).to_vec();
+        let mut starts = Vec::new();
+        for b in 0..5u64 {
+            let mut batch = BatchBuilder::new();
+            for r in 0..10 {
+                batch.push(1_000, None, format!("v{b}-{r}").as_bytes(), &[]);
+            }
+            let h = BatchHeader {
+                base_offset: 100 + b * 10,
+                record_count: 10,
+                first_timestamp: 1_000,
+                max_timestamp: 1_000,
+                append_time: 1_000,
+                attributes: 0,
+            };
+            starts.push(file.len() as u64);
+            encode_frame(&mut file, &h, batch.records_bytes());
+        }
+        (file, starts)
+    }
+
+    struct Mem(Vec<u8>);
+    impl File for Mem {
+        fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+            let start = (pos as usize).min(self.0.len());
+            let n = buf.len().min(self.0.len() - start);
+            buf[..n].copy_from_slice(&self.0[start..start + n]);
+            Ok(n)
+        }
+        fn write_all_at(&self, _: &[u8], _: u64) -> std::io::Result<()> {
+            unreachable!()
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn size(&self) -> std::io::Result<u64> {
+            Ok(self.0.len() as u64)
+        }
+        fn set_len(&self, _: u64) -> std::io::Result<()> {
+            unreachable!()
+        }
+    }
+
+    #[test]
+    fn any_flipped_byte_of_a_middle_frame_loses_that_frame_only() {
+        let (clean, starts) = segment();
+        let len = clean.len() as u64;
+        let path = Path::new("mem.log");
+        for pos in starts[2]..starts[3] {
+            let mut bytes = clean.clone();
+            bytes[pos as usize] ^= 0x10;
+            let scan = scan_resync(&Mem(bytes), path, len, 100, 64, true).expect("scan");
+            assert_eq!(
+                scan.stop, None,
+                "byte {pos}: the intact tail was taken as torn"
+            );
+            assert_eq!(scan.next_offset, 150, "byte {pos}");
+            assert_eq!(scan.records, 40, "byte {pos}: every intact record is kept");
+            assert_eq!(scan.damage.len(), 1, "byte {pos}");
+            let d = &scan.damage[0];
+            assert_eq!((d.first_offset, d.next_offset), (120, 130), "byte {pos}");
+            assert_eq!((d.start, d.end), (starts[2], starts[3]), "byte {pos}");
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_of_the_last_frame_is_a_torn_tail() {
+        let (clean, starts) = segment();
+        let len = clean.len() as u64;
+        for pos in starts[4]..len {
+            let mut bytes = clean.clone();
+            bytes[pos as usize] ^= 0x10;
+            let scan =
+                scan_resync(&Mem(bytes), Path::new("mem.log"), len, 100, 64, true).expect("scan");
+            assert!(scan.damage.is_empty(), "byte {pos}: {:?}", scan.damage);
+            assert_eq!(scan.stop.map(|(p, _)| p), Some(starts[4]), "byte {pos}");
+            assert_eq!(scan.next_offset, 140);
+        }
+    }
 }
