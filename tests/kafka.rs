@@ -208,3 +208,93 @@ async fn a_group_id_serves_one_protocol_at_a_time() {
     );
     r.stop().await.expect("stop");
 }
+
+/// The encoded request header alone (with the size prefix left for the body).
+fn header_only(key: i16, version: i16, id: i32) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.put_i32(0);
+    let header = RequestHeader::default()
+        .with_request_api_key(key)
+        .with_request_api_version(version)
+        .with_correlation_id(id)
+        .with_client_id(Some(StrBytes::from_static_str("raw")));
+    encode_request_header_into_buffer(&mut buf, &header).expect("header");
+    buf
+}
+
+/// Counts and lengths that claim far more than the request carries, for every API and version
+/// Brook serves (its ApiVersions answer says which): the first array count or length of each
+/// body says 2^31-1 (or the largest compact varint). One such 21-byte Metadata request used to
+/// abort the whole process (`Vec::with_capacity(2147483647)` in the Kafka crate). Each gets an
+/// error or a closed connection; Brook stays up and answers a valid client afterwards; and this
+/// test process, which runs the server, is not aborted.
+#[tokio::test]
+async fn claimed_counts_and_lengths_allocate_nothing_that_was_not_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(common::server_config(dir.path()))
+        .await
+        .expect("start");
+    let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+    s.write_all(&request(
+        ApiKey::ApiVersions,
+        0,
+        1,
+        &ApiVersionsRequest::default(),
+    ))
+    .await
+    .expect("write");
+    let mut b = response(&mut s).await.expect("api versions");
+    ResponseHeader::decode(&mut b, 0).expect("header");
+    let apis = ApiVersionsResponse::decode(&mut b, 0)
+        .expect("api versions")
+        .api_keys;
+    assert!(apis.len() > 10, "{apis:?}");
+    let bodies: [&[u8]; 4] = [
+        &[0x7f, 0xff, 0xff, 0xff],
+        &[
+            0x7f, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff, 0x7f, 0xff, 0xff, 0xff,
+        ],
+        &[0xff, 0xff, 0xff, 0xff, 0x0f],
+        &[
+            0x00, 0x01, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x7f, 0xff,
+        ],
+    ];
+    let mut sent = 0;
+    for api in &apis {
+        for version in [api.min_version, api.max_version] {
+            for body in bodies {
+                let mut buf = header_only(api.api_key, version, 9);
+                buf.put_slice(body);
+                let n = (buf.len() - 4) as i32;
+                buf[..4].copy_from_slice(&n.to_be_bytes());
+                let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+                s.write_all(&buf).await.expect("write");
+                // An error answer or a closed connection; either way, no abort.
+                let _ = response(&mut s).await;
+                sent += 1;
+            }
+        }
+    }
+    assert!(sent >= 80, "{sent} requests");
+    // Still up, and a valid client is answered.
+    let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+    s.write_all(&request(
+        ApiKey::Metadata,
+        9,
+        5,
+        &MetadataRequest::default(),
+    ))
+    .await
+    .expect("write");
+    let mut b = response(&mut s)
+        .await
+        .expect("answer after the hostile requests");
+    let hv = ApiKey::Metadata.response_header_version(9);
+    assert_eq!(
+        ResponseHeader::decode(&mut b, hv)
+            .expect("h")
+            .correlation_id,
+        5
+    );
+    r.stop().await.expect("stop");
+}

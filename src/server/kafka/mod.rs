@@ -20,7 +20,10 @@
 //!
 //! A malformed request, an oversized one (`max_request_size`), an unknown API, or a version
 //! Brook does not implement closes that one connection with the reason logged and counted
-//! (an ApiVersions of an unknown version is answered, see [`codec`]).
+//! (an ApiVersions of an unknown version is answered, see [`codec`]). Requests are decoded by
+//! the `kafka-protocol` crate, used in a copy whose decoders never allocate more than a request
+//! carries (`vendor/kafka-protocol/BROOK.md`: the release sized buffers to claimed counts, and
+//! one 21-byte request aborted the process); [`records`] checks claimed counts likewise.
 
 pub mod admin;
 pub mod codec;

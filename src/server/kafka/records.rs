@@ -139,6 +139,14 @@ pub fn parse_batch(b: &[u8]) -> Result<ParsedBatch, RecordsError> {
             &decompressed[..]
         }
     };
+    // Every record takes several bytes: a count beyond the bytes present is a lie, and would
+    // size the buffer below to it.
+    if count as usize > records.len() {
+        return Err(RecordsError::Invalid(format!(
+            "record count {count} in {} bytes of records",
+            records.len()
+        )));
+    }
     let mut batch = BatchBuilder::with_capacity(records.len() + 16 * count as usize);
     let mut rd = Reader { b: records, at: 0 };
     let mut headers: Vec<Header> = Vec::new();
@@ -589,6 +597,23 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// A batch whose header claims 2^31-1 records (with its CRC made right again) is refused
+    /// before anything is sized to the claim.
+    #[test]
+    fn a_claimed_record_count_beyond_the_bytes_is_refused() {
+        let recs: Vec<Rec> = vec![(0, None, b"v".to_vec(), vec![])];
+        let mut bytes = kafka_encode(1_700_000_000_000, &recs, (-1, -1, -1));
+        // last offset delta (at 23) and record count (at 57) agree on the lie.
+        bytes[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
+        bytes[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
+        let crc = CRC32C.checksum(&bytes[21..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        match parse_batch(&bytes) {
+            Err(RecordsError::Invalid(why)) => assert!(why.contains("record count"), "{why}"),
+            other => panic!("accepted: {:?}", other.map(|_| ())),
         }
     }
 
