@@ -326,9 +326,16 @@ async fn connection(
                 "request of {size} bytes (kafka.max_request_size is {max})"
             ));
         }
-        let mut body = vec![0u8; size as usize];
-        if let Err(e) = rd.read_exact(&mut body).await {
-            break Err(format!("connection lost inside a request: {e}"));
+        // The buffer grows with the bytes that arrive, never to the size the peer claims.
+        let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
+        match (&mut rd).take(size as u64).read_to_end(&mut body).await {
+            Ok(n) if n == size as usize => {}
+            Ok(n) => {
+                break Err(format!(
+                    "connection lost inside a request ({n} of {size} bytes)"
+                ));
+            }
+            Err(e) => break Err(format!("connection lost inside a request: {e}")),
         }
         ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
