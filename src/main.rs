@@ -484,7 +484,9 @@ fn main() -> ExitCode {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                .with_ansi(
+                    cfg!(feature = "color") && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                ),
         )
         .with(filter)
         .init();
