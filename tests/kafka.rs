@@ -18,14 +18,7 @@ mod common;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn request<R: Encodable>(key: ApiKey, version: i16, id: i32, r: &R) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    buf.put_i32(0);
-    let header = RequestHeader::default()
-        .with_request_api_key(key as i16)
-        .with_request_api_version(version)
-        .with_correlation_id(id)
-        .with_client_id(Some(StrBytes::from_static_str("raw")));
-    encode_request_header_into_buffer(&mut buf, &header).expect("header");
+    let mut buf = header_only(key as i16, version, id);
     r.encode(&mut buf, version).expect("body");
     let n = (buf.len() - 4) as i32;
     buf[..4].copy_from_slice(&n.to_be_bytes());
