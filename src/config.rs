@@ -47,7 +47,7 @@ pub struct RuntimeConfig {
     pub worker_threads: usize,
 }
 
-/// Listener addresses. Loopback by default.
+/// Listener addresses. Loopback by default; `""` turns a listener off.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Listeners {
@@ -65,12 +65,17 @@ pub struct Listeners {
     pub mqtt_tls: String,
     /// HTTP over TLS (`[tls]`). Default "": none.
     pub http_tls: String,
+    /// Kafka API over TLS (`[tls]`), e.g. "0.0.0.0:9093". Default "": none.
+    pub kafka_tls: String,
 }
 
 impl Listeners {
     /// Whether any TLS listener is configured.
     pub fn any_tls(&self) -> bool {
-        !(self.native_tls.is_empty() && self.mqtt_tls.is_empty() && self.http_tls.is_empty())
+        !(self.native_tls.is_empty()
+            && self.mqtt_tls.is_empty()
+            && self.http_tls.is_empty()
+            && self.kafka_tls.is_empty())
     }
 }
 
@@ -84,6 +89,7 @@ impl Default for Listeners {
             native_tls: String::new(),
             mqtt_tls: String::new(),
             http_tls: String::new(),
+            kafka_tls: String::new(),
         }
     }
 }
@@ -204,9 +210,10 @@ impl Config {
             ("listeners.native_tls", &self.listeners.native_tls),
             ("listeners.mqtt_tls", &self.listeners.mqtt_tls),
             ("listeners.http_tls", &self.listeners.http_tls),
+            ("listeners.kafka_tls", &self.listeners.kafka_tls),
         ] {
-            if key.ends_with("_tls") && addr.is_empty() {
-                continue;
+            if addr.is_empty() {
+                continue; // off
             }
             if addr.parse::<std::net::SocketAddr>().is_err() {
                 return Err(format!(

@@ -5,7 +5,7 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`auth`] | TLS, users (password hashes), ACL rules, the HTTP token: every front end asks here |
+//! | [`auth`] | TLS, users (password hashes), SASL, ACL rules, login backoff, connection admission, the HTTP token: every front end asks here |
 //! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std) |

@@ -43,7 +43,9 @@ async fn api_versions_answers_what_is_implemented_and_refuses_unknown_versions()
     let r = start(common::server_config(dir.path()))
         .await
         .expect("start");
-    let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.kafka_addr.expect("kafka listener"))
+        .await
+        .expect("connect");
 
     // v3 (flexible request header, v0 response header as the protocol says).
     s.write_all(&request(
@@ -93,7 +95,9 @@ async fn bad_requests_close_only_their_own_connection() {
     let r = start(common::server_config(dir.path()))
         .await
         .expect("start");
-    let mut good = TcpStream::connect(r.kafka_addr).await.expect("connect");
+    let mut good = TcpStream::connect(r.kafka_addr.expect("kafka listener"))
+        .await
+        .expect("connect");
     for bad in [
         // an unknown API key
         {
@@ -124,7 +128,9 @@ async fn bad_requests_close_only_their_own_connection() {
             b
         },
     ] {
-        let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+        let mut s = TcpStream::connect(r.kafka_addr.expect("kafka listener"))
+            .await
+            .expect("connect");
         s.write_all(&bad).await.expect("write");
         assert!(response(&mut s).await.is_none(), "closed without an answer");
     }
@@ -147,7 +153,10 @@ async fn bad_requests_close_only_their_own_connection() {
     );
     let m = MetadataResponse::decode(&mut b, 9).expect("metadata");
     assert_eq!(m.brokers.len(), 1);
-    assert_eq!(m.brokers[0].port, i32::from(r.kafka_addr.port()));
+    assert_eq!(
+        m.brokers[0].port,
+        i32::from(r.kafka_addr.expect("kafka listener").port())
+    );
     assert!(!b.has_remaining());
     r.stop().await.expect("stop");
 }
@@ -227,7 +236,9 @@ async fn claimed_counts_and_lengths_allocate_nothing_that_was_not_sent() {
     let r = start(common::server_config(dir.path()))
         .await
         .expect("start");
-    let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.kafka_addr.expect("kafka listener"))
+        .await
+        .expect("connect");
     s.write_all(&request(
         ApiKey::ApiVersions,
         0,
@@ -260,7 +271,9 @@ async fn claimed_counts_and_lengths_allocate_nothing_that_was_not_sent() {
                 buf.put_slice(body);
                 let n = (buf.len() - 4) as i32;
                 buf[..4].copy_from_slice(&n.to_be_bytes());
-                let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+                let mut s = TcpStream::connect(r.kafka_addr.expect("kafka listener"))
+                    .await
+                    .expect("connect");
                 s.write_all(&buf).await.expect("write");
                 // An error answer or a closed connection; either way, no abort.
                 let _ = response(&mut s).await;
@@ -270,7 +283,9 @@ async fn claimed_counts_and_lengths_allocate_nothing_that_was_not_sent() {
     }
     assert!(sent >= 80, "{sent} requests");
     // Still up, and a valid client is answered.
-    let mut s = TcpStream::connect(r.kafka_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.kafka_addr.expect("kafka listener"))
+        .await
+        .expect("connect");
     s.write_all(&request(
         ApiKey::Metadata,
         9,

@@ -73,7 +73,8 @@ struct V4 {
 }
 
 fn v4_options(r: &Running, id: &str) -> rumqttc::MqttOptions {
-    let mut o = rumqttc::MqttOptions::new(id, "127.0.0.1", r.mqtt_addr.port());
+    let mut o =
+        rumqttc::MqttOptions::new(id, "127.0.0.1", r.mqtt_addr.expect("mqtt listener").port());
     o.set_keep_alive(Duration::from_secs(30));
     o
 }
@@ -150,7 +151,8 @@ struct V5 {
 }
 
 fn v5_options(r: &Running, id: &str) -> rumqttc::v5::MqttOptions {
-    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", r.mqtt_addr.port());
+    let mut o =
+        rumqttc::v5::MqttOptions::new(id, "127.0.0.1", r.mqtt_addr.expect("mqtt listener").port());
     o.set_keep_alive(Duration::from_secs(30));
     o
 }
@@ -360,7 +362,9 @@ async fn publish_subscribe_all_qos_both_versions_routed_into_the_log() {
 }
 
 async fn reqwest_metrics(r: &Running) -> String {
-    let mut s = TcpStream::connect(r.http_addr).await.expect("http");
+    let mut s = TcpStream::connect(r.http_addr.expect("http listener"))
+        .await
+        .expect("http");
     s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .expect("send");
@@ -728,7 +732,9 @@ async fn session_takeover_and_keep_alive() {
         m5::DisconnectReasonCode::SessionTakenOver
     );
     // Keep-alive of 1 s and then silence: closed after 1.5 s.
-    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
     s.write_all(&[
         0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 1, 0, 2, b'k', b'a',
     ])
@@ -751,7 +757,9 @@ async fn session_takeover_and_keep_alive() {
 }
 
 async fn raw_connect(r: &Running, id: &[u8], clean: bool) -> TcpStream {
-    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
     let mut body = vec![
         0,
         4,
@@ -797,7 +805,9 @@ async fn bad_input_closes_only_that_connection_and_stores_nothing() {
     let mut watcher = v4(v4_options(&r, "watcher")).await;
     watcher.subscribe("#", QoS::AtMostOnce).await;
     // PUBLISH before CONNECT.
-    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
     s.write_all(&[0x30, 5, 0, 1, b'a', b'h', b'i'])
         .await
         .expect("send");
@@ -816,7 +826,9 @@ async fn bad_input_closes_only_that_connection_and_stores_nothing() {
     closed(&mut s).await;
     // Oversized packet: a 5.0 client gets DISCONNECT 0x95 (packet too large) as soon as the
     // fixed header announces it.
-    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
     s.write_all(&[
         0x10, 15, 0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 0, 2, b'b', b'g',
     ])
@@ -834,7 +846,9 @@ async fn bad_input_closes_only_that_connection_and_stores_nothing() {
     );
     closed(&mut s).await;
     // 3.1.1 with an empty client id and a persistent session: identifier rejected.
-    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
     s.write_all(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60, 0, 0])
         .await
         .expect("send");
@@ -842,7 +856,9 @@ async fn bad_input_closes_only_that_connection_and_stores_nothing() {
     s.read_exact(&mut ack).await.expect("connack");
     assert_eq!(ack, [0x20, 2, 0, 2]);
     // MQTT 3.1 (MQIsdp) is refused with "unacceptable protocol version".
-    let mut s = TcpStream::connect(r.mqtt_addr).await.expect("connect");
+    let mut s = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
     s.write_all(&[
         0x10, 14, 0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60, 0, 0,
     ])
@@ -967,7 +983,9 @@ async fn connection_limit_refuses_the_extra_connection() {
     let r = start(cfg).await.expect("start");
     let _a = raw_connect(&r, b"a", true).await;
     let _b = raw_connect(&r, b"b", true).await;
-    let mut c = TcpStream::connect(r.mqtt_addr).await.expect("tcp");
+    let mut c = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("tcp");
     let mut ack = [0u8; 4];
     c.read_exact(&mut ack).await.expect("refusal");
     assert_eq!(ack, [0x20, 2, 0, 3], "server unavailable");

@@ -20,7 +20,7 @@ fn config(dir: &std::path::Path) -> Config {
 
 async fn client(r: &Running) -> Arc<Client> {
     Arc::new(
-        Client::connect(&r.native_addr.to_string(), "test")
+        Client::connect(&r.native_addr.expect("native listener").to_string(), "test")
             .await
             .expect("connect"),
     )
@@ -338,7 +338,7 @@ async fn malformed_frames_close_only_their_connection() {
     let server = start(cfg).await.expect("start");
     let good = client(&server).await;
     good.create_topic("t", settings(1)).await.expect("create");
-    let addr = server.native_addr;
+    let addr = server.native_addr.expect("native listener");
 
     // Random bytes.
     let mut seed = 0x1234_5678_9abc_def0u64;
@@ -442,7 +442,7 @@ async fn metrics_and_health_over_http() {
         .await
         .expect("commit");
     let get = |path: &'static str| {
-        let addr = server.http_addr;
+        let addr = server.http_addr.expect("http listener");
         async move {
             let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
             s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())

@@ -26,10 +26,10 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto >/dev/nu
   fi
 fi
 
-for tool in kcat socat; do
+for tool in kcat socat openssl; do
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      peer_step "installing $tool (kcat: Kafka client; socat: TLS in front of tansu)"
+      peer_step "installing $tool (kcat: Kafka client; socat: TLS in front of tansu; openssl: the README's certificate recipe)"
       apt-get update -qq || true
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$tool" >/dev/null
     else

@@ -393,3 +393,90 @@ fn a_qos1_stream_over_tls_arrives_whole() {
     assert_eq!(report["tls"], true);
     assert_eq!(report["delivered"], 100_000, "{report}");
 }
+
+/// The README's certificate recipe ("Securing Brook") makes certificates Brook accepts: its
+/// `openssl` lines run as written (the server's address made 127.0.0.1), Brook presents the
+/// server certificate, and mosquitto_pub logs in over TLS with the device certificate.
+#[test]
+fn the_readme_certificate_recipe_works() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let start = readme
+        .find("Certificates for a fleet, with OpenSSL:")
+        .expect("the recipe in the README");
+    let block = &readme[start..];
+    let block = &block[block.find("```sh\n").expect("sh block") + 6..];
+    let recipe = &block[..block.find("mosquitto_pub").expect("recipe ends")];
+    assert!(recipe.contains("openssl x509"), "{recipe}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let script = recipe.replace("192.168.1.10", "127.0.0.1");
+    ok(
+        require("openssl", "apt-get install openssl")
+            .arg("version")
+            .output()
+            .expect("openssl"),
+        "openssl version",
+    );
+    ok(
+        Command::new("bash")
+            .args(["-euc", &script])
+            .current_dir(dir.path())
+            .output()
+            .expect("bash"),
+        "the README's openssl lines",
+    );
+    let d = dir.path();
+    let config = d.join("brook.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[listeners]\nmqtt_tls = \"127.0.0.1:0\"\n[tls]\ncert_file = {:?}\nkey_file = {:?}\nclient_ca_file = {:?}\nrequire_client_cert = true\ncert_cn_as_username = true\n",
+            d.join("server.pem"),
+            d.join("server.key"),
+            d.join("ca.pem")
+        ),
+    )
+    .expect("config");
+    let mut server = common::brook()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args([
+            "--mqtt",
+            "127.0.0.1:0",
+            "--kafka",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(d.join("data"))
+        .env("BROOK_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map(common::Process::new)
+        .expect("brook serve");
+    let port = {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
+        loop {
+            let line = lines.next().expect("brook serve exited").expect("line");
+            if line.contains("listening") {
+                break common::auth::port(&field(&line, "mqtt_tls="));
+            }
+        }
+    };
+    let out = mosquitto_pub(
+        &port,
+        &[
+            "sensors/sensor-17/temp",
+            "-m",
+            "21.5",
+            "--cafile",
+            d.join("ca.pem").to_str().expect("utf-8"),
+            "--cert",
+            d.join("sensor-17.pem").to_str().expect("utf-8"),
+            "--key",
+            d.join("sensor-17.key").to_str().expect("utf-8"),
+        ],
+    );
+    ok(out, "mosquitto_pub with the recipe's certificates");
+}

@@ -10,9 +10,15 @@
 //! publish = ["sensors/%u/#"]     # MQTT topic filters it may publish to
 //! subscribe = ["commands/%c/#"]  # MQTT filters; a subscription must lie inside one
 //! produce = ["telemetry"]        # log topics (names or `*` patterns)
-//! consume = ["telemetry"]        # fetch, offsets, groups, describe
+//! consume = ["telemetry"]        # fetch, offsets, describe
+//! groups = ["dashboard-%u"]      # consumer groups it may join, commit and fetch offsets for
 //! admin = false                  # create and delete topics, list and describe groups
 //! ```
+//!
+//! A topic is visible to a client (in topic listings: native, Kafka Metadata) when it may
+//! produce to it or consume from it, or is an admin. Reading a group's offsets, joining it or
+//! committing to it needs both the group (`groups`) and `consume` on each of its topics, on
+//! every protocol.
 //!
 //! `%u` stands for the user name and `%c` for the client id. A name that holds a character
 //! with a meaning in the pattern (`/ + # *`) matches no pattern that uses it, so a client
@@ -37,6 +43,10 @@ pub enum Op<'a> {
     Produce(&'a str),
     /// Read this log topic: fetch, offsets, describe, join a group over it, commit.
     Consume(&'a str),
+    /// Join, commit to, fetch the offsets of, heartbeat in or leave this consumer group.
+    Group(&'a str),
+    /// See that this log topic exists (listings, metadata): produce, consume or admin.
+    Describe(&'a str),
     /// Create or delete topics, list and describe groups.
     Admin,
 }
@@ -49,6 +59,8 @@ impl Op<'_> {
             Op::Subscribe(_) => "subscribe",
             Op::Produce(_) => "produce",
             Op::Consume(_) => "consume",
+            Op::Group(_) => "use group",
+            Op::Describe(_) => "describe",
             Op::Admin => "admin",
         }
     }
@@ -73,6 +85,8 @@ struct Rule {
     produce: Vec<String>,
     #[serde(default)]
     consume: Vec<String>,
+    #[serde(default)]
+    groups: Vec<String>,
     #[serde(default)]
     admin: bool,
 }
@@ -144,7 +158,11 @@ impl Acl {
                     })?;
                 }
             }
-            for (key, list) in [("produce", &r.produce), ("consume", &r.consume)] {
+            for (key, list) in [
+                ("produce", &r.produce),
+                ("consume", &r.consume),
+                ("groups", &r.groups),
+            ] {
                 for p in list {
                     if p.is_empty() {
                         return Err(format!("rule[{i}].{key}: empty topic pattern"));
@@ -194,6 +212,17 @@ impl Acl {
                     .consume
                     .iter()
                     .any(|p| substitute(p, who, &['*']).is_some_and(|p| glob(&p, t))),
+                Op::Group(g) => r
+                    .groups
+                    .iter()
+                    .any(|p| substitute(p, who, &['*']).is_some_and(|p| glob(&p, g))),
+                Op::Describe(t) => {
+                    r.admin
+                        || r.produce
+                            .iter()
+                            .chain(&r.consume)
+                            .any(|p| substitute(p, who, &['*']).is_some_and(|p| glob(&p, t)))
+                }
                 Op::Admin => r.admin,
             })
     }
@@ -232,6 +261,7 @@ publish = ["sensors/%u/#"]
 subscribe = ["commands/%c/#", "public/+"]
 produce = ["telemetry"]
 consume = ["cmd-*"]
+groups = ["g-%u"]
 
 [[rule]]
 user = "ops"
@@ -259,10 +289,17 @@ subscribe = ["public/#"]
         assert!(!acl.allows(&s, Op::Produce("telemetry2")));
         assert!(acl.allows(&s, Op::Consume("cmd-a")));
         assert!(!acl.allows(&s, Op::Admin));
+        assert!(acl.allows(&s, Op::Group("g-sensor-1")));
+        assert!(!acl.allows(&s, Op::Group("g-sensor-2")));
+        assert!(acl.allows(&s, Op::Describe("telemetry")));
+        assert!(acl.allows(&s, Op::Describe("cmd-x")));
+        assert!(!acl.allows(&s, Op::Describe("secret")));
         let ops = who(Some("ops"), "x");
         assert!(acl.allows(&ops, Op::Admin));
         assert!(acl.allows(&ops, Op::Consume("anything")));
         assert!(!acl.allows(&ops, Op::Produce("anything")));
+        assert!(acl.allows(&ops, Op::Describe("anything")));
+        assert!(!acl.allows(&ops, Op::Group("any")));
         let anon = who(None, "x");
         assert!(acl.allows(&anon, Op::Subscribe("public/#")));
         assert!(!acl.allows(&anon, Op::Publish("public/a")));

@@ -5,10 +5,116 @@
 //!
 //! Loopback peers are not counted unless `limit_loopback = true`: they are the device's own
 //! applications, and the default configuration listens on loopback only.
+//!
+//! Each listener also has its [`ListenerSlots`]: `max_connections` in all, of which at most
+//! half are held by connections that have not logged in yet; past that, the oldest of those is
+//! closed to make room, so clients that never log in can neither fill the listener nor keep a
+//! new client from logging in.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// A listener's connection slots.
+#[derive(Debug)]
+pub struct ListenerSlots {
+    all: Arc<Semaphore>,
+    max_pending: usize,
+    pending: Arc<Mutex<Pending>>,
+}
+
+/// Connections that have not logged in, oldest first.
+#[derive(Debug, Default)]
+struct Pending {
+    next: u64,
+    queue: std::collections::VecDeque<(u64, Arc<Notify>)>,
+}
+
+/// Why a listener refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    /// `max_connections` are open.
+    All,
+}
+
+/// A connection's hold on its listener's slots.
+#[derive(Debug)]
+pub struct ConnSlot {
+    _all: OwnedSemaphorePermit,
+    /// Until the login: its place among the pending connections, and how it is told to go.
+    pending: Option<(u64, Arc<Mutex<Pending>>)>,
+    evict: Arc<Notify>,
+}
+
+fn lock_pending(m: &Mutex<Pending>) -> MutexGuard<'_, Pending> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl ConnSlot {
+    /// The connection has logged in: it no longer counts against the pre-login half.
+    pub fn logged_in(&mut self) {
+        if let Some((id, pending)) = self.pending.take() {
+            lock_pending(&pending).queue.retain(|(i, _)| *i != id);
+        }
+    }
+
+    /// Whether it has logged in.
+    pub fn is_logged_in(&self) -> bool {
+        self.pending.is_none()
+    }
+
+    /// Completes when a newer connection needed this one's pre-login place: close it.
+    pub async fn evicted(&self) {
+        self.evict.notified().await
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.logged_in();
+    }
+}
+
+impl ListenerSlots {
+    pub fn new(max_connections: usize) -> ListenerSlots {
+        ListenerSlots {
+            all: Arc::new(Semaphore::new(max_connections.max(1))),
+            max_pending: (max_connections / 2).max(1),
+            pending: Arc::default(),
+        }
+    }
+
+    /// A slot for a new connection, not logged in yet. When half the slots are held by
+    /// connections that have not logged in, the oldest of them is told to close
+    /// ([`ConnSlot::evicted`]); `Ok(true)` then.
+    pub fn take(&self) -> Result<(ConnSlot, bool), Full> {
+        let all = Arc::clone(&self.all)
+            .try_acquire_owned()
+            .map_err(|_| Full::All)?;
+        let mut pending = lock_pending(&self.pending);
+        let mut evicted = false;
+        while pending.queue.len() >= self.max_pending {
+            if let Some((_, oldest)) = pending.queue.pop_front() {
+                oldest.notify_one();
+                evicted = true;
+            }
+        }
+        let id = pending.next;
+        pending.next += 1;
+        let evict = Arc::new(Notify::new());
+        pending.queue.push_back((id, Arc::clone(&evict)));
+        Ok((
+            ConnSlot {
+                _all: all,
+                pending: Some((id, Arc::clone(&self.pending))),
+                evict,
+            },
+            evicted,
+        ))
+    }
+}
 
 /// Connections open per client address.
 type Counts = Arc<Mutex<HashMap<IpAddr, usize>>>;
@@ -86,6 +192,29 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn connections_not_logged_in_hold_at_most_half_the_slots() {
+        let l = ListenerSlots::new(4);
+        let (a, evicted) = l.take().expect("1");
+        assert!(!evicted);
+        let (mut b, _) = l.take().expect("2");
+        // A third pending one makes the oldest (a) go.
+        let (c, evicted) = l.take().expect("3");
+        assert!(evicted);
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.evicted())
+            .await
+            .expect("a is told to close");
+        drop(a);
+        b.logged_in();
+        let (mut d, _) = l.take().expect("4");
+        d.logged_in();
+        let (_e, evicted) = l.take().expect("5: c and e pending");
+        assert!(!evicted);
+        assert_eq!(l.take().unwrap_err(), Full::All);
+        drop(c);
+        let _f = l.take().expect("room again");
+    }
 
     #[test]
     fn an_address_gets_its_limit_and_a_closed_slot_frees_room() {

@@ -6,6 +6,8 @@
 //! | [`password`] | the users file (Mosquitto 2.x format), password hashes |
 //! | [`acl`] | access rules per user: MQTT publish/subscribe, log produce/consume/admin |
 //! | [`tls`] | TLS for the listeners (rustls, ring): certificates, client certificates, streams |
+//! | [`sasl`] | SASL PLAIN and SCRAM-SHA-512 for the Kafka listener |
+//! | [`backoff`] | failed logins back off per user name and per address |
 //!
 //! `[auth]` in brook.toml names a users file and an ACL file; both are read at start and again
 //! on SIGHUP (a file that fails to load then is logged and the old contents stay in force;
@@ -16,16 +18,22 @@
 //!
 //! Password checks are slow on purpose, so they run on the blocking pool, at most
 //! `login_concurrency` at once (a reconnect storm queues instead of exhausting CPU and memory),
-//! and a refused login is answered only after `failed_login_delay`.
+//! a refused login is answered only after `failed_login_delay`, and failures back off per user
+//! name and per address ([`backoff`]).
 //!
 //! Before any of that, [`admission`] caps the connections one client address holds open
-//! (`max_connections_per_address`, over every listener), and every new connection must finish
-//! its handshakes (TLS, then MQTT CONNECT or the native handshake) within `handshake_timeout`.
-//! Each refusal is counted in `brook_auth_*` metrics.
+//! (`max_connections_per_address`, over every listener); every new connection must finish its
+//! handshakes and its login (TLS, then MQTT CONNECT, the native handshake and Authenticate, or
+//! Kafka's SASL exchange) within one `handshake_timeout` from its accept, sending frames of at
+//! most `max_frame_before_login` until then, and connections that have not logged in hold at
+//! most half of a listener's `max_connections` (past that the oldest is closed). Each refusal
+//! is counted in `brook_auth_*` metrics.
 
 pub mod acl;
 pub mod admission;
+pub mod backoff;
 pub mod password;
+pub mod sasl;
 pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
@@ -38,10 +46,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 pub use acl::{Acl, Op, Who};
-pub use admission::{Admission, Slot};
+pub use admission::{Admission, ConnSlot, Full, ListenerSlots, Slot};
 pub use password::{PasswordHash, Users};
 
-use crate::units::HumanDuration;
+use crate::units::{ByteSize, HumanDuration};
 
 /// `[auth]` in brook.toml.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,9 +69,18 @@ pub struct AuthConfig {
     pub login_concurrency: usize,
     /// How long a refused login waits for its answer. Default "1s".
     pub failed_login_delay: HumanDuration,
-    /// Time a new connection has to finish its handshakes (TLS, then MQTT CONNECT or the
-    /// native handshake). Default "10s".
+    /// First wait after a failed login for the same user name or address; it doubles with
+    /// each failure in a row. Default "1s"; "0s": no backoff.
+    pub login_backoff: HumanDuration,
+    /// Longest backoff. Default "1m".
+    pub login_backoff_max: HumanDuration,
+    /// Time a new connection has to finish its handshakes and login (TLS, then MQTT CONNECT,
+    /// the native handshake and Authenticate, or Kafka SASL), counted once from the accept.
+    /// Default "10s".
     pub handshake_timeout: HumanDuration,
+    /// Largest frame (native), packet (MQTT CONNECT) or request (Kafka) a connection may send
+    /// before it has logged in. Default "64KiB".
+    pub max_frame_before_login: ByteSize,
     /// Connections one client address may hold open at once, over every listener. Default 64;
     /// 0: no limit.
     pub max_connections_per_address: usize,
@@ -81,7 +98,10 @@ impl Default for AuthConfig {
             metrics_need_token: false,
             login_concurrency: 2,
             failed_login_delay: HumanDuration::secs(1),
+            login_backoff: HumanDuration::secs(1),
+            login_backoff_max: HumanDuration::secs(60),
             handshake_timeout: HumanDuration::secs(10),
+            max_frame_before_login: ByteSize::kib(64),
             max_connections_per_address: 64,
             limit_loopback: false,
         }
@@ -118,6 +138,19 @@ impl AuthConfig {
         if self.failed_login_delay.0 > std::time::Duration::from_secs(60) {
             return Err("auth.failed_login_delay: at most 60s".into());
         }
+        if self.login_backoff_max.0 < self.login_backoff.0 {
+            return Err(format!(
+                "auth.login_backoff_max = {} is below auth.login_backoff = {}",
+                self.login_backoff_max, self.login_backoff
+            ));
+        }
+        let frame = self.max_frame_before_login.bytes();
+        if !(1024..=16 << 20).contains(&frame) {
+            return Err(format!(
+                "auth.max_frame_before_login = {} is outside 1KiB..=16MiB",
+                self.max_frame_before_login
+            ));
+        }
         if self.allow_anonymous == Some(false) && self.users_file.is_none() {
             return Err(
                 "auth.allow_anonymous = false without auth.users_file: no client could log in"
@@ -132,8 +165,10 @@ impl AuthConfig {
         for (key, addr, by_cert) in [
             ("listeners.native", &listeners.native, false),
             ("listeners.mqtt", &listeners.mqtt, false),
+            ("listeners.kafka", &listeners.kafka, false),
             ("listeners.native_tls", &listeners.native_tls, certs_log_in),
             ("listeners.mqtt_tls", &listeners.mqtt_tls, certs_log_in),
+            ("listeners.kafka_tls", &listeners.kafka_tls, certs_log_in),
         ] {
             if !addr.is_empty()
                 && !is_loopback(addr)
@@ -157,13 +192,6 @@ impl AuthConfig {
                 ));
             }
         }
-        if !is_loopback(&listeners.kafka) && !open {
-            return Err(format!(
-                "listeners.kafka = {:?} is reachable from the network, and the Kafka listener has \
-                 no login yet: keep it on loopback or set auth.allow_anonymous = true",
-                listeners.kafka
-            ));
-        }
         Ok(())
     }
 }
@@ -175,6 +203,8 @@ pub enum Refusal {
     BadCredentials,
     /// No login, and anonymous clients are not allowed.
     LoginRequired,
+    /// Too many failed logins for this user name or address: held back this long.
+    BackedOff(Duration),
 }
 
 impl std::fmt::Display for Refusal {
@@ -182,6 +212,7 @@ impl std::fmt::Display for Refusal {
         f.write_str(match self {
             Refusal::BadCredentials => "bad user name or password",
             Refusal::LoginRequired => "a login is required",
+            Refusal::BackedOff(_) => "too many failed logins, try again later",
         })
     }
 }
@@ -192,14 +223,20 @@ pub struct AuthStats {
     pub logins: AtomicU64,
     pub logins_failed: AtomicU64,
     pub anonymous_refused: AtomicU64,
-    /// Denials by operation: publish, subscribe, produce, consume, admin.
-    pub denied: [AtomicU64; 5],
+    /// Denials by operation: publish, subscribe, produce, consume, admin, group (topics
+    /// left out of a listing are not counted).
+    pub denied: [AtomicU64; 6],
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
     /// Connections closed at once: their address already held `max_connections_per_address`.
     pub address_limit_refusals: AtomicU64,
     /// Connections closed for not finishing their handshakes within `handshake_timeout`.
     pub handshake_timeouts: AtomicU64,
+    /// Logins refused unchecked: their user name or address was backing off.
+    pub logins_backed_off: AtomicU64,
+    /// Connections closed before their login to make room for a newer one (half a
+    /// listener's slots were held by connections that had not logged in).
+    pub pending_evictions: AtomicU64,
 }
 
 impl AuthStats {
@@ -212,19 +249,27 @@ impl AuthStats {
             out,
             "# HELP {name} Logins by outcome.\n# TYPE {name} counter\n\
              {name}{{outcome=\"ok\"}} {}\n{name}{{outcome=\"bad_credentials\"}} {}\n\
-             {name}{{outcome=\"login_required\"}} {}",
+             {name}{{outcome=\"login_required\"}} {}\n{name}{{outcome=\"backed_off\"}} {}",
             g(&self.logins),
             g(&self.logins_failed),
-            g(&self.anonymous_refused)
+            g(&self.anonymous_refused),
+            g(&self.logins_backed_off)
         );
         let name = "brook_auth_denied_total";
         let _ = writeln!(
             out,
             "# HELP {name} Requests the ACL refused, by operation.\n# TYPE {name} counter"
         );
-        for (i, op) in ["publish", "subscribe", "produce", "consume", "admin"]
-            .iter()
-            .enumerate()
+        for (i, op) in [
+            "publish",
+            "subscribe",
+            "produce",
+            "consume",
+            "admin",
+            "group",
+        ]
+        .iter()
+        .enumerate()
         {
             let _ = writeln!(out, "{name}{{op=\"{op}\"}} {}", g(&self.denied[i]));
         }
@@ -247,6 +292,12 @@ impl AuthStats {
             out,
             "# HELP {name} Connections closed for not finishing their handshakes within handshake_timeout.\n# TYPE {name} counter\n{name} {}",
             g(&self.handshake_timeouts)
+        );
+        let name = "brook_auth_pending_evictions_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Connections closed before their login to make room: half the listener's slots had not logged in.\n# TYPE {name} counter\n{name} {}",
+            g(&self.pending_evictions)
         );
     }
 }
@@ -294,6 +345,7 @@ pub struct Auth {
     loaded: RwLock<Arc<Loaded>>,
     checks: Arc<Semaphore>,
     admission: Admission,
+    backoff: backoff::Backoff,
     pub stats: AuthStats,
 }
 
@@ -320,6 +372,11 @@ impl Auth {
             loaded: RwLock::new(Arc::new(loaded)),
             checks: Arc::new(Semaphore::new(config.login_concurrency.max(1))),
             admission: Admission::new(config.max_connections_per_address, config.limit_loopback),
+            backoff: backoff::Backoff::new(
+                config.login_backoff.0,
+                config.login_backoff_max.0,
+                config.limit_loopback,
+            ),
             stats: AuthStats::default(),
         })
     }
@@ -344,6 +401,30 @@ impl Auth {
     /// Time a new connection has to finish its handshakes.
     pub fn handshake_timeout(&self) -> Duration {
         self.config.handshake_timeout.0
+    }
+
+    /// Largest frame a connection may send before it has logged in.
+    pub fn max_frame_before_login(&self) -> usize {
+        self.config.max_frame_before_login.bytes() as usize
+    }
+
+    /// Whether a users file is configured (the Kafka listener then asks for SASL).
+    pub fn has_users(&self) -> bool {
+        self.config.users_file.is_some()
+    }
+
+    /// Whether clients without a login are let in.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.config.anonymous_allowed()
+    }
+
+    /// Counts a connection closed before its login to make room for a newer one.
+    pub fn pending_evicted(&self, listener: &str) {
+        self.stats.pending_evictions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            listener,
+            "half the listener's connections had not logged in: the oldest of them is closed"
+        );
     }
 
     /// Counts a connection closed for a handshake that took too long.
@@ -407,9 +488,15 @@ impl Auth {
         &self,
         username: Option<&str>,
         password: Option<&[u8]>,
+        peer: IpAddr,
     ) -> Result<Option<Arc<str>>, Refusal> {
         let loaded = self.current();
+        let held = match (username, loaded.users.as_ref()) {
+            (Some(name), Some(_)) => self.held_back(name, peer),
+            _ => None,
+        };
         let refusal = match (username, loaded.users.as_ref()) {
+            _ if held.is_some() => Refusal::BackedOff(held.unwrap_or_default()),
             (Some(name), Some(users)) => {
                 let hash = users.get(name).cloned();
                 let known = hash.is_some();
@@ -426,10 +513,9 @@ impl Auth {
                     Err(_) => false,
                 };
                 if known && matched {
-                    self.stats.logins.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Some(Arc::from(name)));
+                    return Ok(Some(self.logged_in(name, peer)));
                 }
-                self.stats.logins_failed.fetch_add(1, Ordering::Relaxed);
+                self.failed(name, peer);
                 Refusal::BadCredentials
             }
             _ if self.config.anonymous_allowed() => {
@@ -443,6 +529,67 @@ impl Auth {
         };
         tokio::time::sleep(self.config.failed_login_delay.0).await;
         Err(refusal)
+    }
+
+    /// How long logins as `name` from `peer` are still held back; counts and logs a refusal.
+    fn held_back(&self, name: &str, peer: IpAddr) -> Option<Duration> {
+        let wait = self.backoff.wait(name, peer, std::time::Instant::now())?;
+        self.stats.logins_backed_off.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(user = name, %peer, "login refused unchecked: backing off for {wait:?} after failed logins");
+        Some(wait)
+    }
+
+    fn logged_in(&self, name: &str, peer: IpAddr) -> Arc<str> {
+        self.stats.logins.fetch_add(1, Ordering::Relaxed);
+        self.backoff.succeeded(name, peer);
+        Arc::from(name)
+    }
+
+    fn failed(&self, name: &str, peer: IpAddr) {
+        self.stats.logins_failed.fetch_add(1, Ordering::Relaxed);
+        self.backoff.failed(name, peer, std::time::Instant::now());
+    }
+
+    /// Starts a SCRAM-SHA-512 login as `name`: the user's secret (`None` for an unknown user,
+    /// or one whose hash is not PBKDF2-SHA512: the exchange goes on and fails at its end), or
+    /// a refusal while the name or address backs off.
+    pub fn scram_secret(
+        &self,
+        name: &str,
+        peer: IpAddr,
+    ) -> Result<Option<sasl::ScramSecret>, Refusal> {
+        if self.held_back(name, peer).is_some() {
+            return Err(Refusal::BackedOff(Duration::ZERO));
+        }
+        let loaded = self.current();
+        Ok(match loaded.users.as_ref().and_then(|u| u.get(name)) {
+            Some(PasswordHash::Pbkdf2Sha512 {
+                iterations,
+                salt,
+                hash,
+            }) => Some(sasl::ScramSecret {
+                salt: salt.clone(),
+                iterations: *iterations,
+                salted: *hash,
+            }),
+            _ => None,
+        })
+    }
+
+    /// The end of a SCRAM login: counts it; a failure is answered after
+    /// `failed_login_delay`.
+    pub async fn scram_done(
+        &self,
+        name: &str,
+        peer: IpAddr,
+        ok: bool,
+    ) -> Result<Arc<str>, Refusal> {
+        if ok {
+            return Ok(self.logged_in(name, peer));
+        }
+        self.failed(name, peer);
+        tokio::time::sleep(self.config.failed_login_delay.0).await;
+        Err(Refusal::BadCredentials)
     }
 
     /// Logs in the holder of a verified client certificate as its CN (`cert_cn_as_username`).
@@ -462,6 +609,8 @@ impl Auth {
                 Op::Produce(_) => 2,
                 Op::Consume(_) => 3,
                 Op::Admin => 4,
+                Op::Group(_) => 5,
+                Op::Describe(_) => return false,
             };
             self.stats.denied[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -525,6 +674,8 @@ mod tests {
     use super::*;
     use crate::config::Listeners;
 
+    const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     fn lan() -> Listeners {
         Listeners {
             native: "0.0.0.0:7420".into(),
@@ -567,11 +718,15 @@ mod tests {
         };
         let e = with_users.validate(&l, &Default::default()).unwrap_err();
         assert!(e.contains("auth.http_token_file"), "{e}");
+        // The Kafka listener has logins (SASL) like the others.
         let l = Listeners {
             kafka: "10.0.0.1:9092".into(),
             ..Listeners::default()
         };
-        let e = with_users.validate(&l, &Default::default()).unwrap_err();
+        assert!(with_users.validate(&l, &Default::default()).is_ok());
+        let e = AuthConfig::default()
+            .validate(&l, &Default::default())
+            .unwrap_err();
         assert!(e.contains("listeners.kafka"), "{e}");
         let e = AuthConfig {
             allow_anonymous: Some(false),
@@ -592,38 +747,42 @@ mod tests {
         let config = AuthConfig {
             users_file: Some(users.clone()),
             failed_login_delay: HumanDuration(std::time::Duration::ZERO),
+            login_backoff: HumanDuration(std::time::Duration::ZERO),
             ..AuthConfig::default()
         };
         let auth = Auth::open(&config).unwrap();
         assert_eq!(
-            auth.login(Some("alice"), Some(b"wonderland")).await,
+            auth.login(Some("alice"), Some(b"wonderland"), LO).await,
             Ok(Some(Arc::from("alice")))
         );
         assert_eq!(
-            auth.login(Some("alice"), Some(b"x")).await,
+            auth.login(Some("alice"), Some(b"x"), LO).await,
             Err(Refusal::BadCredentials)
         );
         assert_eq!(
-            auth.login(Some("bob"), Some(b"wonderland")).await,
+            auth.login(Some("bob"), Some(b"wonderland"), LO).await,
             Err(Refusal::BadCredentials)
         );
-        assert_eq!(auth.login(None, None).await, Err(Refusal::LoginRequired));
+        assert_eq!(
+            auth.login(None, None, LO).await,
+            Err(Refusal::LoginRequired)
+        );
         // A reload picks up a new user; a broken file leaves the old users in force.
         u.set("bob", PasswordHash::new(b"builder", 10).unwrap());
         std::fs::write(&users, u.render()).unwrap();
         auth.reload().unwrap();
-        assert!(auth.login(Some("bob"), Some(b"builder")).await.is_ok());
+        assert!(auth.login(Some("bob"), Some(b"builder"), LO).await.is_ok());
         std::fs::write(&users, "garbage\n").unwrap();
         assert!(auth.reload().is_err());
-        assert!(auth.login(Some("bob"), Some(b"builder")).await.is_ok());
+        assert!(auth.login(Some("bob"), Some(b"builder"), LO).await.is_ok());
         assert_eq!(auth.stats.logins_failed.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
     async fn without_users_every_client_is_anonymous() {
         let auth = Auth::open(&AuthConfig::default()).unwrap();
-        assert_eq!(auth.login(Some("any"), Some(b"thing")).await, Ok(None));
-        assert_eq!(auth.login(None, None).await, Ok(None));
+        assert_eq!(auth.login(Some("any"), Some(b"thing"), LO).await, Ok(None));
+        assert_eq!(auth.login(None, None, LO).await, Ok(None));
     }
 
     #[test]

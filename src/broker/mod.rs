@@ -68,6 +68,7 @@ impl BrokerError {
                 LogError::LogFull { .. } => ErrorCode::LogFull,
                 LogError::Poisoned { .. } => ErrorCode::StorageFailed,
                 LogError::DataLost { .. } => ErrorCode::DataLost,
+                LogError::TooMany { .. } => ErrorCode::LimitReached,
                 _ => ErrorCode::Io,
             },
             BrokerError::Meta(_) => ErrorCode::Io,

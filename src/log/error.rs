@@ -128,6 +128,12 @@ pub enum LogError {
     InvalidTopicName { name: String, reason: &'static str },
     #[error("invalid topic config for {topic:?}: {reason}")]
     InvalidTopicConfig { topic: String, reason: String },
+    #[error("{what}: the broker holds {limit} at most ({key}); delete some or raise the limit")]
+    TooMany {
+        what: &'static str,
+        key: &'static str,
+        limit: usize,
+    },
     #[error(
         "{what}: budget of {budget} bytes is below two segments per partition ({needed} bytes)"
     )]

@@ -250,6 +250,12 @@ pub struct StoreOptions {
     pub write_buffer: ByteSize,
     /// How often buffered data is written and fsynced, and time retention runs. Default 1s.
     pub flush_interval: HumanDuration,
+    /// Topics the broker holds at most; creating one more (by any protocol, auto-creation
+    /// included) is refused. Default 256; 0: no limit.
+    pub max_topics: usize,
+    /// Partitions of all topics together, likewise (each holds open files and, today, a
+    /// thread). Default 1024; 0: no limit.
+    pub max_partitions: usize,
 }
 
 impl Default for StoreOptions {
@@ -259,6 +265,8 @@ impl Default for StoreOptions {
             min_free: ByteSize::mib(256),
             write_buffer: ByteSize::kib(256),
             flush_interval: HumanDuration::secs(1),
+            max_topics: 256,
+            max_partitions: 1024,
         }
     }
 }

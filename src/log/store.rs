@@ -410,6 +410,22 @@ impl Store {
         if topics.contains_key(name) {
             return Err(LogError::TopicExists(name.to_string()));
         }
+        let max = (self.opts.max_topics, self.opts.max_partitions);
+        if max.0 > 0 && topics.len() >= max.0 {
+            return Err(LogError::TooMany {
+                what: "topics",
+                key: "log.max_topics",
+                limit: max.0,
+            });
+        }
+        let partitions: usize = topics.values().map(|t| t.partitions.len()).sum();
+        if max.1 > 0 && partitions + config.partitions as usize > max.1 {
+            return Err(LogError::TooMany {
+                what: "partitions",
+                key: "log.max_partitions",
+                limit: max.1,
+            });
+        }
         check_budget(
             &self.opts,
             topics

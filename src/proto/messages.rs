@@ -51,6 +51,8 @@ pub enum ErrorCode {
     /// The offsets asked for were lost to corruption of the stored data; the message names
     /// the range, and reading on from its end works.
     DataLost = 23,
+    /// A limit of the broker (`log.max_topics`, `log.max_partitions`) would be passed.
+    LimitReached = 24,
     UnknownMember = 30,
     /// The member's generation is not the group's current one: rejoin.
     IllegalGeneration = 31,
@@ -83,6 +85,7 @@ impl ErrorCode {
             21 => ErrorCode::StorageFailed,
             22 => ErrorCode::Io,
             23 => ErrorCode::DataLost,
+            24 => ErrorCode::LimitReached,
             30 => ErrorCode::UnknownMember,
             31 => ErrorCode::IllegalGeneration,
             32 => ErrorCode::RebalanceInProgress,

@@ -9,7 +9,9 @@
 //! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
 //! | MQTT 3.1.1 and 5.0 | [`mqtt`] | 127.0.0.1:1883 |
 //! | Kafka API | [`kafka`] | 127.0.0.1:9092 |
-//! | native, MQTT, HTTP over TLS ([`crate::auth::tls`]) | the same modules | off (`listeners.*_tls`) |
+//! | native, MQTT, Kafka, HTTP over TLS ([`crate::auth::tls`]) | the same modules | off (`listeners.*_tls`) |
+//!
+//! Any listener is turned off with `""` (in brook.toml or on the command line).
 //!
 //! Every listener asks [`crate::auth`] who a client is and what it may do; SIGHUP re-reads the
 //! users, ACL and HTTP token files.
@@ -55,30 +57,36 @@ pub enum ServeError {
     Task(String),
 }
 
-/// A running broker.
+/// A running broker. A listener turned off (`""`) has no address.
 pub struct Running {
     pub broker: Arc<Broker>,
-    pub native_addr: SocketAddr,
-    pub http_addr: SocketAddr,
-    pub mqtt_addr: SocketAddr,
-    pub kafka_addr: SocketAddr,
-    /// The TLS listeners, when configured.
+    pub native_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
+    pub mqtt_addr: Option<SocketAddr>,
+    pub kafka_addr: Option<SocketAddr>,
     pub native_tls_addr: Option<SocketAddr>,
     pub mqtt_tls_addr: Option<SocketAddr>,
     pub http_tls_addr: Option<SocketAddr>,
+    pub kafka_tls_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Binds a TLS listener when `addr` is set.
-async fn bind_tls(
-    what: &'static str,
-    addr: &str,
-) -> Result<Option<(TcpListener, SocketAddr)>, ServeError> {
+/// A bound listener and its address.
+type Bound = Option<(TcpListener, SocketAddr)>;
+
+/// Binds a listener when `addr` is set (`""`: the listener is off).
+async fn bind(what: &'static str, addr: &str) -> Result<Bound, ServeError> {
     if addr.is_empty() {
         return Ok(None);
     }
-    let l = bind(what, addr).await?;
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })?;
     let a = l
         .local_addr()
         .map_err(|e| ServeError::Task(e.to_string()))?;
@@ -89,14 +97,22 @@ fn show(addr: Option<SocketAddr>) -> String {
     addr.map_or_else(|| "-".to_string(), |a| a.to_string())
 }
 
-async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            what,
-            addr: addr.to_string(),
-            source,
-        })
+/// The plain and TLS listeners of one front end, each with the TLS server it needs (the first
+/// one runs the front end's housekeeping).
+fn pair(
+    plain: Bound,
+    tls_bound: Bound,
+    tls: &Option<Arc<crate::auth::tls::TlsServer>>,
+) -> Vec<(TcpListener, Option<Arc<crate::auth::tls::TlsServer>>, bool)> {
+    let mut out = Vec::new();
+    if let Some((l, _)) = plain {
+        out.push((l, None, true));
+    }
+    if let Some((l, _)) = tls_bound {
+        let first = out.is_empty();
+        out.push((l, tls.clone(), first));
+    }
+    out
 }
 
 /// Opens the broker and starts every listener and the housekeeping.
@@ -109,30 +125,22 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     } else {
         None
     };
-    let native_tls = bind_tls("native over TLS", &config.listeners.native_tls).await?;
-    let mqtt_tls = bind_tls("mqtt over TLS", &config.listeners.mqtt_tls).await?;
-    let http_tls = bind_tls("http over TLS", &config.listeners.http_tls).await?;
-    let native_tls_addr = native_tls.as_ref().map(|x| x.1);
-    let mqtt_tls_addr = mqtt_tls.as_ref().map(|x| x.1);
-    let http_tls_addr = http_tls.as_ref().map(|x| x.1);
-    let native_listener = bind("native", &config.listeners.native).await?;
-    let http_listener = bind("http", &config.listeners.http).await?;
-    let mqtt_listener = bind("mqtt", &config.listeners.mqtt).await?;
-    let mqtt_addr = mqtt_listener
-        .local_addr()
-        .map_err(|e| ServeError::Task(e.to_string()))?;
+    let l = &config.listeners;
+    let native = bind("native", &l.native).await?;
+    let native_tls = bind("native over TLS", &l.native_tls).await?;
+    let http = bind("http", &l.http).await?;
+    let http_tls = bind("http over TLS", &l.http_tls).await?;
+    let mqtt = bind("mqtt", &l.mqtt).await?;
+    let mqtt_tls = bind("mqtt over TLS", &l.mqtt_tls).await?;
+    let kafka = bind("kafka", &l.kafka).await?;
+    let kafka_tls = bind("kafka over TLS", &l.kafka_tls).await?;
+    let addr = |b: &Bound| b.as_ref().map(|x| x.1);
+    let (native_addr, native_tls_addr) = (addr(&native), addr(&native_tls));
+    let (http_addr, http_tls_addr) = (addr(&http), addr(&http_tls));
+    let (mqtt_addr, mqtt_tls_addr) = (addr(&mqtt), addr(&mqtt_tls));
+    let (kafka_addr, kafka_tls_addr) = (addr(&kafka), addr(&kafka_tls));
     let mqtt_config = config.mqtt.clone();
-    let kafka_listener = bind("kafka", &config.listeners.kafka).await?;
-    let kafka_addr = kafka_listener
-        .local_addr()
-        .map_err(|e| ServeError::Task(e.to_string()))?;
     let kafka_config = config.kafka.clone();
-    let native_addr = native_listener
-        .local_addr()
-        .map_err(|e| ServeError::Task(e.to_string()))?;
-    let http_addr = http_listener
-        .local_addr()
-        .map_err(|e| ServeError::Task(e.to_string()))?;
     let flush_interval = config.log.flush_interval.0;
     let limits = config.native.limits();
     let data_dir = config.data_dir.clone();
@@ -161,20 +169,18 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         mqtt::hub::Hub::start(b, Arc::clone(&auth), mqtt_config, st, stop)?
     };
     let mut tasks = Vec::new();
-    for (listener, tls) in [
-        Some((native_listener, None)),
-        native_tls.map(|(l, _)| (l, tls.clone())),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let native_shared = Arc::new(native::Shared {
+        broker: Arc::clone(&broker),
+        auth: Arc::clone(&auth),
+        slots: crate::auth::ListenerSlots::new(limits.max_connections),
+        limits,
+        stats: Arc::clone(&stats),
+    });
+    for (listener, tls, _) in pair(native, native_tls, &tls) {
         tasks.push(tokio::spawn(native::run(
             listener,
             tls,
-            Arc::clone(&broker),
-            Arc::clone(&auth),
-            limits.clone(),
-            Arc::clone(&stats),
+            Arc::clone(&native_shared),
             rx.clone(),
         )));
     }
@@ -186,13 +192,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         mirrors: Arc::clone(&mirrors.status),
         auth: Arc::clone(&auth),
     });
-    for (listener, tls) in [
-        Some((http_listener, None)),
-        http_tls.map(|(l, _)| (l, tls.clone())),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    for (listener, tls, _) in pair(http, http_tls, &tls) {
         tasks.push(tokio::spawn(http::run(
             listener,
             tls,
@@ -200,17 +200,31 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             rx.clone(),
         )));
     }
-    for (listener, tls) in [
-        Some((mqtt_listener, None)),
-        mqtt_tls.map(|(l, _)| (l, tls.clone())),
-    ]
-    .into_iter()
-    .flatten()
-    {
+    let mqtt_listeners = pair(mqtt, mqtt_tls, &tls);
+    if mqtt_listeners.is_empty() {
+        // No MQTT listener: the hub's housekeeping (session expiry) still runs.
+        let (h, mut stop) = (Arc::clone(&hub), rx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                    _ = tick.tick() => {
+                        let h = Arc::clone(&h);
+                        let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;
+                    }
+                }
+            }
+        }));
+    }
+    let mqtt_slots = Arc::new(crate::auth::ListenerSlots::new(hub.config.max_connections));
+    for (listener, tls, owner) in mqtt_listeners {
         tasks.push(tokio::spawn(mqtt::run(
             listener,
             tls,
+            owner,
             Arc::clone(&hub),
+            Arc::clone(&mqtt_slots),
             rx.clone(),
         )));
     }
@@ -219,15 +233,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         kafka_config,
         kafka_stats,
         Arc::clone(&auth),
-        kafka_addr,
+        [kafka_addr, kafka_tls_addr],
     ));
     let b = Arc::clone(&broker);
     tasks.push(tokio::spawn(async move { mirrors.join(&b).await }));
-    tasks.push(tokio::spawn(kafka::run(
-        kafka_listener,
-        kafka_ctx,
-        rx.clone(),
-    )));
+    for (listener, tls, owner) in pair(kafka, kafka_tls, &tls) {
+        tasks.push(tokio::spawn(kafka::run(
+            listener,
+            tls,
+            owner,
+            Arc::clone(&kafka_ctx),
+            rx.clone(),
+        )));
+    }
     tasks.push(tokio::spawn(reload_on_sighup(
         Arc::clone(&auth),
         tls.clone(),
@@ -265,17 +283,22 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
     }));
     tracing::info!(
-        native = %native_addr,
-        http = %http_addr,
-        mqtt = %mqtt_addr,
-        kafka = %kafka_addr,
+        native = %show(native_addr),
+        http = %show(http_addr),
+        mqtt = %show(mqtt_addr),
+        kafka = %show(kafka_addr),
         native_tls = %show(native_tls_addr),
         mqtt_tls = %show(mqtt_tls_addr),
         http_tls = %show(http_tls_addr),
+        kafka_tls = %show(kafka_tls_addr),
         "listening"
     );
     if let Err(e) = systemd::notify(&format!(
-        "READY=1\nSTATUS=listening: native {native_addr}, http {http_addr}, mqtt {mqtt_addr}, kafka {kafka_addr}"
+        "READY=1\nSTATUS=listening: native {}, http {}, mqtt {}, kafka {}",
+        show(native_addr),
+        show(http_addr),
+        show(mqtt_addr),
+        show(kafka_addr)
     )) {
         tracing::warn!("cannot notify systemd: {e}");
     }
@@ -288,6 +311,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         native_tls_addr,
         mqtt_tls_addr,
         http_tls_addr,
+        kafka_tls_addr,
         shutdown,
         tasks,
     })

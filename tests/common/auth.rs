@@ -14,6 +14,7 @@ publish = ["sensors/%u/#"]
 subscribe = ["commands/%c/#", "public/+"]
 produce = ["telemetry"]
 consume = ["telemetry"]
+groups = ["g-%u"]
 
 [[rule]]
 user = "ops"
@@ -21,6 +22,7 @@ publish = ["commands/#", "public/#"]
 subscribe = ["#"]
 produce = ["*"]
 consume = ["*"]
+groups = ["*"]
 admin = true
 
 [[rule]]
@@ -96,7 +98,7 @@ pub fn secured_config(dir: &Path, allow_anonymous: Option<bool>) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[auth]\nusers_file = {:?}\nacl_file = {:?}\nhttp_token_file = {:?}\n{anonymous}failed_login_delay = \"50ms\"\n",
+            "[auth]\nusers_file = {:?}\nacl_file = {:?}\nhttp_token_file = {:?}\n{anonymous}failed_login_delay = \"50ms\"\nlogin_backoff = \"0s\"\n",
             users,
             dir.join("acl.toml"),
             dir.join("token"),

@@ -21,6 +21,7 @@ use kafka_protocol::protocol::StrBytes;
 
 use super::Ctx;
 use super::codec::{self, err};
+use crate::auth::{Op, Principal};
 use crate::broker::BrokerError;
 use crate::log::{LogError, OnFull, TopicConfig};
 use crate::proto::TopicSettings;
@@ -44,6 +45,7 @@ pub(super) fn code_of(e: &BrokerError) -> i16 {
             LogError::OffsetOutOfRange { .. } => err::OFFSET_OUT_OF_RANGE,
             LogError::InvalidBatch(_) => err::CORRUPT_MESSAGE,
             LogError::BatchTooLarge { .. } => err::MESSAGE_TOO_LARGE,
+            LogError::TooMany { .. } => err::POLICY_VIOLATION,
             _ => err::KAFKA_STORAGE_ERROR,
         },
         BrokerError::Invalid(_) => err::INVALID_REQUEST,
@@ -99,8 +101,17 @@ fn topic_entry(ctx: &Ctx, name: &str) -> MetadataResponseTopic {
     }
 }
 
-pub fn metadata(ctx: &Ctx, r: MetadataRequest, version: i16, id: i32) -> Result<Vec<u8>, String> {
-    // v0: an empty list means every topic; v1+: null does.
+/// `listener`: 0 plain, 1 TLS (the address the answer names).
+pub fn metadata(
+    ctx: &Ctx,
+    who: &Principal,
+    listener: usize,
+    r: MetadataRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    // v0: an empty list means every topic; v1+: null does. A listing holds only the topics
+    // the client may describe; a named one it may not is answered TOPIC_AUTHORIZATION_FAILED.
     let names: Vec<String> = match &r.topics {
         Some(ts) if !(version == 0 && ts.is_empty()) => ts
             .iter()
@@ -111,12 +122,23 @@ pub fn metadata(ctx: &Ctx, r: MetadataRequest, version: i16, id: i32) -> Result<
             .topics()
             .iter()
             .map(|t| t.name().to_string())
+            .filter(|n| who.allows(Op::Describe(n)))
             .collect(),
     };
     let auto = ctx.config.auto_create_topics && (version < 4 || r.allow_auto_topic_creation);
     let mut topics = Vec::with_capacity(names.len());
     for name in names {
-        if auto && ctx.broker.topic(&name).is_err() {
+        if !who.allows(Op::Describe(&name)) {
+            topics.push(
+                MetadataResponseTopic::default()
+                    .with_name(Some(TopicName(s(&name))))
+                    .with_error_code(err::TOPIC_AUTHORIZATION_FAILED),
+            );
+            continue;
+        }
+        // Creating a topic on the fly takes the right to produce to it (or admin).
+        let may_create = who.allows(Op::Produce(&name)) || who.allows(Op::Admin);
+        if auto && may_create && ctx.broker.topic(&name).is_err() {
             match ctx.broker.create_topic(&name, &TopicSettings::default()) {
                 Ok(_) => tracing::info!(topic = %name, "topic created for a Kafka client"),
                 Err(BrokerError::Log(LogError::TopicExists(_))) => {}
@@ -137,8 +159,8 @@ pub fn metadata(ctx: &Ctx, r: MetadataRequest, version: i16, id: i32) -> Result<
         .with_brokers(vec![
             MetadataResponseBroker::default()
                 .with_node_id(BrokerId(0))
-                .with_host(s(&ctx.advertised_host))
-                .with_port(ctx.advertised_port),
+                .with_host(s(&ctx.advertised[listener].0))
+                .with_port(ctx.advertised[listener].1),
         ])
         .with_cluster_id(Some(s("brook")))
         .with_controller_id(BrokerId(0))
@@ -203,10 +225,12 @@ fn settings(
 
 pub fn create_topics(
     ctx: &Ctx,
+    who: &Principal,
     r: CreateTopicsRequest,
     version: i16,
     id: i32,
 ) -> Result<Vec<u8>, String> {
+    let admin = who.allows(Op::Admin);
     let mut results = Vec::with_capacity(r.topics.len());
     for t in &r.topics {
         let name = t.name.0.to_string();
@@ -216,7 +240,12 @@ pub fn create_topics(
             .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
             .collect();
         let res = CreatableTopicResult::default().with_name(TopicName(s(&name)));
-        let outcome = if !t.assignments.is_empty() {
+        let outcome = if !admin {
+            Err((
+                err::TOPIC_AUTHORIZATION_FAILED,
+                format!("user {:?} may not create topics (admin)", who.name()),
+            ))
+        } else if !t.assignments.is_empty() {
             Err((
                 err::INVALID_REQUEST,
                 "manual replica assignment is not supported".to_string(),
@@ -259,10 +288,12 @@ pub fn create_topics(
 
 pub fn delete_topics(
     ctx: &Ctx,
+    who: &Principal,
     r: DeleteTopicsRequest,
     version: i16,
     id: i32,
 ) -> Result<Vec<u8>, String> {
+    let admin = who.allows(Op::Admin);
     // v0-5 name topics in topic_names; v6 in topics (by name; ids are not supported).
     let mut names: Vec<Option<String>> = r
         .topic_names
@@ -284,6 +315,14 @@ pub fn delete_topics(
                     .with_error_code(err::UNKNOWN_TOPIC_OR_PARTITION)
                     .with_error_message(Some(s("topic ids are not supported; name the topic")));
             };
+            if !admin {
+                return res
+                    .with_error_code(err::TOPIC_AUTHORIZATION_FAILED)
+                    .with_error_message(Some(s(format!(
+                        "user {:?} may not delete topics (admin)",
+                        who.name()
+                    ))));
+            }
             match ctx.broker.delete_topic(&name) {
                 Ok(()) => {
                     ctx.producers.forget_topic(&name);
@@ -328,6 +367,7 @@ const TOPIC_RESOURCE: i8 = 2;
 
 pub fn describe_configs(
     ctx: &Ctx,
+    who: &Principal,
     r: DescribeConfigsRequest,
     version: i16,
     id: i32,
@@ -344,6 +384,9 @@ pub fn describe_configs(
                 return out
                     .with_error_code(err::INVALID_REQUEST)
                     .with_error_message(Some(s("only topic configs can be described")));
+            }
+            if !who.allows(Op::Describe(&name)) {
+                return out.with_error_code(err::TOPIC_AUTHORIZATION_FAILED);
             }
             match ctx.broker.topic(&name) {
                 Ok(t) => {
@@ -377,11 +420,13 @@ pub fn describe_configs(
 
 pub fn find_coordinator(
     ctx: &Ctx,
+    listener: usize,
     r: FindCoordinatorRequest,
     version: i16,
     id: i32,
 ) -> Result<Vec<u8>, String> {
-    let host = s(&ctx.advertised_host);
+    let (host, port) = &ctx.advertised[listener];
+    let host = s(host);
     let resp = if version >= 4 {
         FindCoordinatorResponse::default().with_coordinators(
             r.coordinator_keys
@@ -391,7 +436,7 @@ pub fn find_coordinator(
                         .with_key(k.clone())
                         .with_node_id(BrokerId(0))
                         .with_host(host.clone())
-                        .with_port(ctx.advertised_port)
+                        .with_port(*port)
                 })
                 .collect(),
         )
@@ -399,7 +444,7 @@ pub fn find_coordinator(
         FindCoordinatorResponse::default()
             .with_node_id(BrokerId(0))
             .with_host(host)
-            .with_port(ctx.advertised_port)
+            .with_port(*port)
     };
     codec::response(ApiKey::FindCoordinator, version, id, &resp)
 }

@@ -27,6 +27,7 @@ use super::codec::{self, err};
 use super::producers::{Seq, SeqCheck};
 use super::records::{self, RecordsError};
 use super::{Answer, Ctx, Started};
+use crate::auth::{Op, Principal};
 use crate::broker::BrokerError;
 use crate::log::{AppendTicket, Durability, LogError, PartitionChoice};
 use crate::proto::OffsetSpec;
@@ -84,7 +85,13 @@ fn produce_partition(
             format!("{} record batches; exactly one is accepted", batches.len()),
         );
     };
-    let parsed = match records::parse_batch(one) {
+    // Decompression stops at twice the topic's batch bound (Kafka's record encoding is a
+    // little larger than Brook's): a small batch inflating to far more is refused early.
+    let limit = match ctx.broker.topic(topic) {
+        Ok(t) => (t.config().max_batch_size.bytes() as usize).saturating_mul(2),
+        Err(e) => return failed(code_of(&e), e.to_string()),
+    };
+    let parsed = match records::parse_batch_within(one, limit) {
         Ok(p) => p,
         Err(e) => return records_error(&e),
     };
@@ -136,6 +143,7 @@ fn produce_partition(
 
 pub fn produce(
     ctx: &Arc<Ctx>,
+    who: &Principal,
     r: ProduceRequest,
     version: i16,
     id: i32,
@@ -149,11 +157,17 @@ pub fn produce(
     let mut outcomes: Vec<(TopicName, Vec<(i32, Outcome)>)> = Vec::new();
     for t in &r.topic_data {
         let topic = t.name.0.to_string();
+        let allowed = who.allows(Op::Produce(&topic));
         let parts = t
             .partition_data
             .iter()
             .map(|p| {
-                let o = if r.transactional_id.is_some() {
+                let o = if !allowed {
+                    failed(
+                        err::TOPIC_AUTHORIZATION_FAILED,
+                        format!("user {:?} may not produce to {topic:?}", who.name()),
+                    )
+                } else if r.transactional_id.is_some() {
                     failed(err::INVALID_REQUEST, "transactions are not supported")
                 } else {
                     match durability {
@@ -297,7 +311,12 @@ async fn read_partition(
     }
 }
 
-pub fn fetch(ctx: Arc<Ctx>, r: FetchRequest, version: i16, id: i32) -> Answer {
+pub fn fetch(ctx: Arc<Ctx>, who: &Principal, r: FetchRequest, version: i16, id: i32) -> Answer {
+    let allowed: Vec<bool> = r
+        .topics
+        .iter()
+        .map(|t| who.allows(Op::Consume(t.topic.0.as_str())))
+        .collect();
     Box::pin(async move {
         let max_wait = Duration::from_millis(r.max_wait_ms.clamp(0, 60_000) as u64);
         let deadline = tokio::time::Instant::now() + max_wait;
@@ -310,7 +329,7 @@ pub fn fetch(ctx: Arc<Ctx>, r: FetchRequest, version: i16, id: i32) -> Answer {
         loop {
             // Watch every partition's end before reading, so growth in between is not missed.
             let mut watches = tokio::task::JoinSet::new();
-            for t in &r.topics {
+            for t in r.topics.iter().zip(&allowed).filter(|x| *x.1).map(|x| x.0) {
                 if let Ok(topic) = ctx.broker.topic(t.topic.0.as_str()) {
                     for p in &t.partitions {
                         if let Ok(part) = topic.partition(p.partition.max(0) as u32) {
@@ -333,7 +352,15 @@ pub fn fetch(ctx: Arc<Ctx>, r: FetchRequest, version: i16, id: i32) -> Answer {
                     } else {
                         (p.partition_max_bytes.max(0) as usize).min(total_max.saturating_sub(total))
                     };
-                    let (data, n) = if budget == 0 {
+                    let (data, n) = if !allowed[ti] {
+                        (
+                            PartitionData::default()
+                                .with_partition_index(p.partition)
+                                .with_error_code(err::TOPIC_AUTHORIZATION_FAILED)
+                                .with_high_watermark(-1),
+                            0,
+                        )
+                    } else if budget == 0 {
                         (
                             PartitionData::default()
                                 .with_partition_index(p.partition)
@@ -380,6 +407,7 @@ pub fn fetch(ctx: Arc<Ctx>, r: FetchRequest, version: i16, id: i32) -> Answer {
 
 pub fn list_offsets(
     ctx: &Ctx,
+    who: &Principal,
     r: ListOffsetsRequest,
     version: i16,
     id: i32,
@@ -389,6 +417,7 @@ pub fn list_offsets(
         .iter()
         .map(|t| {
             let name = t.name.0.as_str();
+            let allowed = who.allows(Op::Consume(name));
             let partitions = t
                 .partitions
                 .iter()
@@ -397,6 +426,9 @@ pub fn list_offsets(
                         .with_partition_index(p.partition_index)
                         .with_timestamp(-1)
                         .with_offset(-1);
+                    if !allowed {
+                        return out.with_error_code(err::TOPIC_AUTHORIZATION_FAILED);
+                    }
                     let spec = match p.timestamp {
                         -2 => OffsetSpec::Earliest,
                         // -1 latest; -3 (max timestamp) is answered with the latest as well.

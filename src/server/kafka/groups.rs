@@ -25,7 +25,44 @@ use kafka_protocol::messages::*;
 use super::admin::{code_of, s};
 use super::codec::{self, err};
 use super::{Answer, Ctx};
+use crate::auth::{Op, Principal};
 use crate::broker::kafka_groups::{JoinRequest, KafkaGroupError, State};
+
+/// The answer to a group request the ACL refuses (JoinGroup, SyncGroup, Heartbeat,
+/// LeaveGroup): GROUP_AUTHORIZATION_FAILED, nothing else.
+pub fn group_denied(key: ApiKey, version: i16, id: i32) -> Result<Vec<u8>, String> {
+    let c = err::GROUP_AUTHORIZATION_FAILED;
+    match key {
+        ApiKey::JoinGroup => codec::response(
+            key,
+            version,
+            id,
+            &JoinGroupResponse::default()
+                .with_error_code(c)
+                .with_generation_id(-1)
+                .with_protocol_name(Some(s(""))),
+        ),
+        ApiKey::SyncGroup => codec::response(
+            key,
+            version,
+            id,
+            &SyncGroupResponse::default().with_error_code(c),
+        ),
+        ApiKey::Heartbeat => codec::response(
+            key,
+            version,
+            id,
+            &HeartbeatResponse::default().with_error_code(c),
+        ),
+        ApiKey::LeaveGroup => codec::response(
+            key,
+            version,
+            id,
+            &LeaveGroupResponse::default().with_error_code(c),
+        ),
+        other => Err(format!("no group denial for {other:?}")),
+    }
+}
 
 fn code(e: &KafkaGroupError) -> i16 {
     match e {
@@ -204,11 +241,13 @@ pub fn leave(ctx: &Ctx, r: LeaveGroupRequest, version: i16, id: i32) -> Result<V
 
 pub fn offset_commit(
     ctx: &Ctx,
+    who: &Principal,
     r: OffsetCommitRequest,
     version: i16,
     id: i32,
 ) -> Result<Vec<u8>, String> {
     let group = r.group_id.0.as_str();
+    let group_ok = who.allows(Op::Group(group));
     let allowed = ctx.broker.kafka_groups().check_commit(
         group,
         r.member_id.as_str(),
@@ -224,8 +263,11 @@ pub fn offset_commit(
     for (ti, t) in r.topics.iter().enumerate() {
         let topic = t.name.0.as_str();
         let partitions = ctx.broker.topic(topic).map(|t| t.partitions().len());
+        let topic_ok = group_ok && who.allows(Op::Consume(topic));
         for p in &t.partitions {
             let decided = match (&allowed, &partitions) {
+                _ if !group_ok => Some(err::GROUP_AUTHORIZATION_FAILED),
+                _ if !topic_ok => Some(err::TOPIC_AUTHORIZATION_FAILED),
                 (Err(e), _) => Some(code(e)),
                 (_, Err(e)) => Some(code_of(e)),
                 (_, Ok(n)) if p.partition_index < 0 || p.partition_index as usize >= *n => {
@@ -273,11 +315,39 @@ pub fn offset_commit(
 
 pub fn offset_fetch(
     ctx: &Ctx,
+    who: &Principal,
     r: OffsetFetchRequest,
     version: i16,
     id: i32,
 ) -> Result<Vec<u8>, String> {
     let group = r.group_id.0.as_str();
+    if !who.allows(Op::Group(group)) {
+        let c = err::GROUP_AUTHORIZATION_FAILED;
+        let topics = r
+            .topics
+            .iter()
+            .flatten()
+            .map(|t| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(t.name.clone())
+                    .with_partitions(
+                        t.partition_indexes
+                            .iter()
+                            .map(|p| {
+                                OffsetFetchResponsePartition::default()
+                                    .with_partition_index(*p)
+                                    .with_committed_offset(-1)
+                                    .with_error_code(c)
+                            })
+                            .collect(),
+                    )
+            })
+            .collect();
+        let resp = OffsetFetchResponse::default()
+            .with_topics(topics)
+            .with_error_code(c);
+        return codec::response(ApiKey::OffsetFetch, version, id, &resp);
+    }
     // The topics asked about; null (v2+): every topic the group has offsets for.
     let wanted: Vec<(TopicName, Option<Vec<i32>>)> = match &r.topics {
         Some(ts) => ts
@@ -297,6 +367,7 @@ pub fn offset_fetch(
                 })
                 .unwrap_or_default();
             names.dedup();
+            names.retain(|n| who.allows(Op::Describe(n)));
             names.into_iter().map(|n| (TopicName(s(n)), None)).collect()
         }
     };
@@ -304,6 +375,21 @@ pub fn offset_fetch(
     let topics = wanted
         .into_iter()
         .map(|(name, parts)| {
+            if !who.allows(Op::Consume(name.0.as_str())) {
+                let partitions = parts
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| {
+                        OffsetFetchResponsePartition::default()
+                            .with_partition_index(p)
+                            .with_committed_offset(-1)
+                            .with_error_code(err::TOPIC_AUTHORIZATION_FAILED)
+                    })
+                    .collect();
+                return OffsetFetchResponseTopic::default()
+                    .with_name(name)
+                    .with_partitions(partitions);
+            }
             let committed = ctx.broker.fetch_offsets(group, name.0.as_str());
             let partitions = match (&committed, parts) {
                 (Ok(c), Some(ps)) => ps
@@ -363,15 +449,20 @@ pub fn offset_fetch(
 
 pub fn describe_groups(
     ctx: &Ctx,
+    who: &Principal,
     r: DescribeGroupsRequest,
     version: i16,
     id: i32,
 ) -> Result<Vec<u8>, String> {
+    let admin = who.allows(Op::Admin);
     let groups = r
         .groups
         .iter()
         .map(|g| {
             let out = DescribedGroup::default().with_group_id(g.clone());
+            if !admin {
+                return out.with_error_code(err::GROUP_AUTHORIZATION_FAILED);
+            }
             // Bound first: the guard must not be held while the broker looks further.
             let described = ctx.broker.kafka_groups().describe(g.0.as_str());
             match described {
@@ -409,10 +500,15 @@ pub fn describe_groups(
 
 pub fn list_groups(
     ctx: &Ctx,
+    who: &Principal,
     r: ListGroupsRequest,
     version: i16,
     id: i32,
 ) -> Result<Vec<u8>, String> {
+    if !who.allows(Op::Admin) {
+        let resp = ListGroupsResponse::default().with_error_code(err::CLUSTER_AUTHORIZATION_FAILED);
+        return codec::response(ApiKey::ListGroups, version, id, &resp);
+    }
     let kafka = ctx.broker.kafka_groups().list();
     let names = ctx.broker.list_groups().unwrap_or_default();
     let groups = names

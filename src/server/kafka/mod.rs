@@ -9,6 +9,7 @@
 //! | [`producers`] | idempotent producers: ids, epochs, per-partition sequences |
 //! | [`data`] | Produce, Fetch, ListOffsets, InitProducerId |
 //! | [`admin`] | ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator |
+//! | (this module) | the listener, the connection loop, SaslHandshake and SaslAuthenticate |
 //! | [`groups`] | JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit/Fetch, Describe/ListGroups |
 //!
 //! Each connection is read in order: a produce is put in the log by the reader itself, so
@@ -17,6 +18,17 @@
 //! out in request order, as Kafka clients expect. At most `max_in_flight` requests of one
 //! connection are open at once. acks: `0` is appended with durability `none` and gets no
 //! answer, `1` is answered once `written`, `-1` (all) once `durable` (fsynced).
+//!
+//! Logins and the ACL: with a users file every connection logs in with SASL (SaslHandshake v1,
+//! then SaslAuthenticate: PLAIN, or SCRAM-SHA-512 against the `$7$` hashes, see
+//! [`crate::auth::sasl`]) before anything but ApiVersions, unless anonymous clients are
+//! allowed; a TLS client certificate can be the login instead (`cert_cn_as_username`). Until
+//! the login a connection has one `auth.handshake_timeout` from its accept and requests of at
+//! most `auth.max_frame_before_login`; afterwards `idle_timeout` between requests. Every
+//! request is held to the ACL of who logged in: produce = `produce`, fetch and list offsets =
+//! `consume`, create and delete topics = `admin`, Metadata lists what the user may describe,
+//! the group APIs need the group (see [`crate::auth::acl`]). The plain listener and the TLS one
+//! (`listeners.kafka_tls`) share the handlers; each names itself in Metadata.
 //!
 //! A malformed request, an oversized one (`max_request_size`), an unknown API, or a version
 //! Brook does not implement closes that one connection with the reason logged and counted
@@ -38,15 +50,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kafka_protocol::messages::ApiKey;
+use kafka_protocol::messages::{
+    ApiKey, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    SyncGroupRequest,
+};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
 
+use crate::auth::sasl::{self, Mechanism, Scram};
+use crate::auth::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
+use crate::auth::{ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
-use crate::units::ByteSize;
-use codec::Parsed;
+use crate::units::{ByteSize, HumanDuration};
+use codec::{Parsed, err};
 
 /// `[kafka]`: the Kafka API listener.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,11 +75,15 @@ pub struct KafkaConfig {
     /// `host:port` clients are told to connect to (Metadata, FindCoordinator). Empty: the
     /// listener's own address (127.0.0.1 when it listens on every address).
     pub advertised: String,
+    /// The same for clients of the TLS listener (`listeners.kafka_tls`).
+    pub advertised_tls: String,
     pub max_connections: usize,
     /// Largest request accepted; larger ones close the connection.
     pub max_request_size: ByteSize,
     /// Requests of one connection processed at once.
     pub max_in_flight: usize,
+    /// A logged-in connection that sends no request for this long is closed. Default "10m".
+    pub idle_timeout: HumanDuration,
     /// Metadata requests for an unknown topic create it (with `topic_defaults`), as Kafka's
     /// `auto.create.topics.enable`.
     pub auto_create_topics: bool,
@@ -69,9 +93,11 @@ impl Default for KafkaConfig {
     fn default() -> Self {
         KafkaConfig {
             advertised: String::new(),
+            advertised_tls: String::new(),
             max_connections: 1024,
             max_request_size: ByteSize::mib(16),
             max_in_flight: 16,
+            idle_timeout: HumanDuration::secs(600),
             auto_create_topics: true,
         }
     }
@@ -79,15 +105,17 @@ impl Default for KafkaConfig {
 
 impl KafkaConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !self.advertised.is_empty() {
-            let ok = self
-                .advertised
-                .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        for (key, value) in [
+            ("kafka.advertised", &self.advertised),
+            ("kafka.advertised_tls", &self.advertised_tls),
+        ] {
+            let ok = value.is_empty()
+                || value
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if !ok {
                 return Err(format!(
-                    "kafka.advertised = {:?} is not host:port (e.g. \"gateway.local:9092\")",
-                    self.advertised
+                    "{key} = {value:?} is not host:port (e.g. \"gateway.local:9092\")"
                 ));
             }
         }
@@ -96,6 +124,9 @@ impl KafkaConfig {
         }
         if self.max_in_flight == 0 {
             return Err("kafka.max_in_flight: must be at least 1".into());
+        }
+        if self.idle_timeout.0.is_zero() {
+            return Err("kafka.idle_timeout: must be greater than zero".into());
         }
         if self.max_request_size.bytes() < 64 * 1024 {
             return Err(format!(
@@ -176,47 +207,57 @@ pub struct Ctx {
     pub broker: Arc<Broker>,
     pub config: KafkaConfig,
     pub stats: Arc<KafkaStats>,
-    /// Asked for the per-address connection limit (the Kafka API has no logins yet).
+    /// Logins (SASL), the ACL, the per-address connection limit.
     pub auth: Arc<crate::auth::Auth>,
     pub producers: producers::Producers,
-    /// Host and port in Metadata and FindCoordinator answers.
-    pub advertised_host: String,
-    pub advertised_port: i32,
+    /// The listeners' connection slots (plain and TLS together).
+    pub slots: ListenerSlots,
+    /// Host and port in Metadata and FindCoordinator answers: `[plain, TLS]`, each listener
+    /// naming itself, so a client stays on the listener (and security) it came in by.
+    pub advertised: [(String, i32); 2],
+}
+
+/// `host:port` for a listener: the configured one, else its own address.
+fn advertise(configured: &str, key: &str, local: Option<SocketAddr>) -> (String, i32) {
+    if let Some((h, p)) = configured.rsplit_once(':') {
+        return (h.to_string(), p.parse::<i32>().unwrap_or(9092));
+    }
+    let Some(local) = local else {
+        return ("127.0.0.1".to_string(), 9092);
+    };
+    let ip = if local.ip().is_unspecified() {
+        tracing::warn!(
+            "kafka listener on {local}: clients are told 127.0.0.1:{}; set {key} to the address they should use",
+            local.port()
+        );
+        "127.0.0.1".to_string()
+    } else {
+        local.ip().to_string()
+    };
+    (ip, i32::from(local.port()))
 }
 
 impl Ctx {
+    /// `local`: the plain and TLS listeners' addresses.
     pub fn new(
         broker: Arc<Broker>,
         config: KafkaConfig,
         stats: Arc<KafkaStats>,
         auth: Arc<crate::auth::Auth>,
-        local: SocketAddr,
+        local: [Option<SocketAddr>; 2],
     ) -> Ctx {
-        let (advertised_host, advertised_port) = match config.advertised.rsplit_once(':') {
-            Some((h, p)) if !config.advertised.is_empty() => {
-                (h.to_string(), p.parse::<i32>().unwrap_or(9092))
-            }
-            _ => {
-                let ip = if local.ip().is_unspecified() {
-                    tracing::warn!(
-                        "kafka listener on {local}: clients are told 127.0.0.1:{}; set kafka.advertised to the address they should use",
-                        local.port()
-                    );
-                    "127.0.0.1".to_string()
-                } else {
-                    local.ip().to_string()
-                };
-                (ip, i32::from(local.port()))
-            }
-        };
+        let advertised = [
+            advertise(&config.advertised, "kafka.advertised", local[0]),
+            advertise(&config.advertised_tls, "kafka.advertised_tls", local[1]),
+        ];
         Ctx {
             broker,
+            slots: ListenerSlots::new(config.max_connections),
             config,
             stats,
             auth,
             producers: producers::Producers::default(),
-            advertised_host,
-            advertised_port,
+            advertised,
         }
     }
 }
@@ -224,9 +265,15 @@ impl Ctx {
 /// An answer on its way: `None` for a request that gets none (produce with acks 0).
 type Pending = oneshot::Receiver<Option<Vec<u8>>>;
 
-/// Accepts Kafka connections until `shutdown` turns true; runs the group timeouts.
-pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(ctx.config.max_connections));
+/// Accepts Kafka connections (plain, or TLS with `tls`) until `shutdown` turns true; the
+/// `owner` also runs the group timeouts.
+pub async fn run(
+    listener: TcpListener,
+    tls: Option<Arc<TlsServer>>,
+    owner: bool,
+    ctx: Arc<Ctx>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut connections = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -234,7 +281,7 @@ pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Rece
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-            _ = tick.tick() => {
+            _ = tick.tick(), if owner => {
                 for (g, m) in ctx.broker.kafka_groups().tick(std::time::Instant::now()) {
                     tracing::info!(group = %g, member = %m, "Kafka member removed: session or rebalance timed out");
                 }
@@ -249,28 +296,58 @@ pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Rece
                 continue;
             }
         };
+        let deadline = Instant::now() + ctx.auth.handshake_timeout();
         let Some(admitted) = ctx.auth.admit("kafka", peer.ip()) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            ctx.stats
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "kafka connection refused: {} connections open", ctx.config.max_connections);
-            continue;
+        let slot = match ctx.slots.take() {
+            Ok((s, evicted)) => {
+                if evicted {
+                    ctx.auth.pending_evicted("kafka");
+                }
+                s
+            }
+            Err(Full::All) => {
+                ctx.stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "kafka connection refused: {} connections open", ctx.config.max_connections);
+                continue;
+            }
         };
         ctx.stats.connections_total.fetch_add(1, Ordering::Relaxed);
         let ctx = Arc::clone(&ctx);
         let stop = shutdown.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             ctx.stats.connections.fetch_add(1, Ordering::Relaxed);
-            if let Err(reason) = connection(stream, peer, &ctx, stop).await {
+            let accepted = match &tls {
+                None => Ok((Accepted::Plain(stream), None)),
+                Some(t) => ctx
+                    .auth
+                    .accept_tls(t, stream)
+                    .await
+                    .map(|(s, cn)| (Accepted::Tls(Box::new(s)), cn)),
+            };
+            let result = match accepted {
+                Ok((stream, cn)) => {
+                    let over_tls = tls.is_some();
+                    let conn = Conn {
+                        peer,
+                        slot,
+                        deadline,
+                        over_tls,
+                    };
+                    connection(stream, cn, conn, &ctx, stop).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(reason) = result {
                 ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%peer, "kafka connection closed: {reason}");
             }
             ctx.stats.connections.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
             drop(admitted);
         });
         while connections.try_join_next().is_some() {}
@@ -278,14 +355,62 @@ pub async fn run(listener: TcpListener, ctx: Arc<Ctx>, mut shutdown: watch::Rece
     while connections.join_next().await.is_some() {}
 }
 
+/// Reads one request (size prefix, then that many bytes). `Ok(None)`: the client closed the
+/// connection between requests.
+async fn read_request(rd: &mut ReadHalf, max: usize) -> Result<Option<Vec<u8>>, String> {
+    let mut size = [0u8; 4];
+    if rd.read_exact(&mut size).await.is_err() {
+        return Ok(None);
+    }
+    let size = i32::from_be_bytes(size);
+    if size < 0 || size as usize > max {
+        return Err(format!("request of {size} bytes (the limit here is {max})"));
+    }
+    // The buffer grows with the bytes that arrive, never to the size the peer claims.
+    let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
+    match rd.take(size as u64).read_to_end(&mut body).await {
+        Ok(n) if n == size as usize => Ok(Some(body)),
+        Ok(n) => Err(format!(
+            "connection lost inside a request ({n} of {size} bytes)"
+        )),
+        Err(e) => Err(format!("connection lost inside a request: {e}")),
+    }
+}
+
+/// Where a connection stands with its login.
+enum Login {
+    /// No login yet; `Some`: SaslHandshake chose this mechanism.
+    Waiting(Option<Mechanism>),
+    /// SCRAM's first message was answered.
+    Scram(Box<Scram>),
+    Done(Principal),
+}
+
+/// One accepted connection.
+struct Conn {
+    peer: SocketAddr,
+    /// Its hold on the listener: in the pre-login half until it has logged in.
+    slot: ConnSlot,
+    /// The end of the time for the TLS handshake and the login.
+    deadline: Instant,
+    over_tls: bool,
+}
+
 /// Serves one connection; `Err` carries the reason it was closed for.
 async fn connection(
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Accepted,
+    cert_user: Option<String>,
+    conn: Conn,
     ctx: &Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    let (mut rd, mut wr) = stream.into_split();
+    let Conn {
+        peer,
+        mut slot,
+        deadline,
+        over_tls,
+    } = conn;
+    let (mut rd, mut wr) = stream.split();
     let in_flight = ctx.config.max_in_flight;
     let (tx, mut rx) = mpsc::channel::<Pending>(in_flight);
     let writer = tokio::spawn(async move {
@@ -298,50 +423,75 @@ async fn connection(
                 Err(_) => break,
             }
             if out.len() >= 256 * 1024 || rx.is_empty() {
-                if wr.write_all(&out).await.is_err() {
+                if write_flushed(&mut wr, &out).await.is_err() {
                     return;
                 }
                 out.clear();
             }
         }
         if !out.is_empty() {
-            let _ = wr.write_all(&out).await;
+            let _ = write_flushed(&mut wr, &out).await;
         }
         let _ = wr.shutdown().await;
     });
+    let send_now = |bytes: Vec<u8>| {
+        let (done, pending) = oneshot::channel();
+        let _ = done.send(Some(bytes));
+        pending
+    };
+    let auth = &ctx.auth;
+    // A verified client certificate is the login (tls.cert_cn_as_username).
+    let mut login = match cert_user {
+        Some(cn) => {
+            slot.logged_in();
+            Login::Done(Principal::new(
+                Arc::clone(auth),
+                Some(auth.login_certificate(&cn)),
+                "",
+            ))
+        }
+        None => Login::Waiting(None),
+    };
     let slots = Arc::new(Semaphore::new(in_flight));
     let max = ctx.config.max_request_size.bytes() as usize;
+    let idle = ctx.config.idle_timeout.0;
     let result = loop {
-        let mut size = [0u8; 4];
-        let read = tokio::select! {
-            r = rd.read_exact(&mut size) => r,
-            _ = shutdown.wait_for(|s| *s) => break Ok(()),
+        // Until the login, one deadline from the accept and small requests; then the idle
+        // timeout between requests.
+        let logged_in = slot.is_logged_in();
+        let (limit, until) = if logged_in {
+            (max, Instant::now() + idle)
+        } else {
+            (max.min(auth.max_frame_before_login()), deadline)
         };
-        if read.is_err() {
-            break Ok(()); // closed by the client
-        }
-        let size = i32::from_be_bytes(size);
-        if size < 0 || size as usize > max {
-            break Err(format!(
-                "request of {size} bytes (kafka.max_request_size is {max})"
-            ));
-        }
-        // The buffer grows with the bytes that arrive, never to the size the peer claims.
-        let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
-        match (&mut rd).take(size as u64).read_to_end(&mut body).await {
-            Ok(n) if n == size as usize => {}
-            Ok(n) => {
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(until, read_request(&mut rd, limit)) => r,
+            _ = shutdown.wait_for(|s| *s) => break Ok(()),
+            _ = slot.evicted(), if !logged_in => {
+                break Err("closed before its login to make room for a newer connection".into());
+            }
+        };
+        let body = match read {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) => break Ok(()),
+            Ok(Err(reason)) => break Err(reason),
+            Err(_) if logged_in => {
+                tracing::info!(%peer, "kafka connection idle for {idle:?}; closing");
+                break Ok(());
+            }
+            Err(_) => {
+                auth.handshake_timed_out();
                 break Err(format!(
-                    "connection lost inside a request ({n} of {size} bytes)"
+                    "no login within {:?} (auth.handshake_timeout)",
+                    auth.handshake_timeout()
                 ));
             }
-            Err(e) => break Err(format!("connection lost inside a request: {e}")),
-        }
+        };
         ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break Ok(());
         };
-        let frame = match codec::parse(Bytes::from(body)) {
+        let mut frame = match codec::parse(Bytes::from(body)) {
             Ok(Parsed::Request(f)) => f,
             Ok(Parsed::ApiVersionsTooNew { correlation_id }) => {
                 let (done, pending) = oneshot::channel();
@@ -353,8 +503,111 @@ async fn connection(
             }
             Err(reason) => break Err(reason),
         };
+        let version = frame.header.request_api_version;
+        let id = frame.header.correlation_id;
+        // The login: SaslHandshake, then SaslAuthenticate once (PLAIN) or twice (SCRAM).
+        match frame.key {
+            ApiKey::SaslHandshake => {
+                let r: SaslHandshakeRequest = codec::body(&mut frame)?;
+                let chosen = Mechanism::parse(r.mechanism.as_str()).filter(|_| auth.has_users());
+                let code = match (&login, chosen) {
+                    (Login::Waiting(None), Some(_)) => err::NONE,
+                    (Login::Waiting(None), None) => err::UNSUPPORTED_SASL_MECHANISM,
+                    _ => err::ILLEGAL_SASL_STATE,
+                };
+                let names = if auth.has_users() {
+                    Mechanism::NAMES.iter().map(|n| admin::s(*n)).collect()
+                } else {
+                    Vec::new()
+                };
+                let resp = SaslHandshakeResponse::default()
+                    .with_error_code(code)
+                    .with_mechanisms(names);
+                let bytes = codec::response(ApiKey::SaslHandshake, version, id, &resp)?;
+                if tx.send(send_now(bytes)).await.is_err() {
+                    break Ok(());
+                }
+                if code != err::NONE {
+                    break Err(format!(
+                        "SASL mechanism {:?} refused{}",
+                        r.mechanism.as_str(),
+                        if auth.has_users() {
+                            ""
+                        } else {
+                            " (no users file: nothing to log in with)"
+                        }
+                    ));
+                }
+                login = Login::Waiting(chosen);
+                continue;
+            }
+            ApiKey::SaslAuthenticate => {
+                let r: SaslAuthenticateRequest = codec::body(&mut frame)?;
+                let client = frame.header.client_id.as_deref().unwrap_or("").to_string();
+                let (step, next) = sasl_step(auth, peer, &client, login, &r.auth_bytes).await;
+                login = next;
+                let (code, message, bytes) = match &step {
+                    Ok(b) => (err::NONE, None, b.clone()),
+                    Err(m) => (
+                        err::SASL_AUTHENTICATION_FAILED,
+                        Some(admin::s(m.clone())),
+                        Vec::new(),
+                    ),
+                };
+                let resp = SaslAuthenticateResponse::default()
+                    .with_error_code(code)
+                    .with_error_message(message)
+                    .with_auth_bytes(Bytes::from(bytes));
+                let bytes = codec::response(ApiKey::SaslAuthenticate, version, id, &resp)?;
+                if tx.send(send_now(bytes)).await.is_err() {
+                    break Ok(());
+                }
+                match step {
+                    Err(m) => break Err(format!("SASL login failed: {m}")),
+                    Ok(_) => {
+                        if let Login::Done(p) = &login {
+                            slot.logged_in();
+                            tracing::debug!(%peer, user = p.name(), "kafka: logged in");
+                        }
+                        continue;
+                    }
+                }
+            }
+            _ => {}
+        }
+        let who = match &login {
+            Login::Done(p) => p.clone(),
+            // Anonymous, where allowed, once a request other than ApiVersions arrives.
+            Login::Waiting(None) if frame.key == ApiKey::ApiVersions => {
+                let answer = admin::api_versions(version, id)?;
+                if tx.send(send_now(answer)).await.is_err() {
+                    break Ok(());
+                }
+                continue;
+            }
+            Login::Waiting(None) => {
+                let client = frame.header.client_id.as_deref().unwrap_or("");
+                match auth.login(None, None, peer.ip()).await {
+                    Ok(_) => {
+                        let p = Principal::new(Arc::clone(auth), None, client);
+                        slot.logged_in();
+                        login = Login::Done(p.clone());
+                        p
+                    }
+                    Err(refusal) => {
+                        break Err(format!(
+                            "{:?} before a login: {refusal} (SASL PLAIN or SCRAM-SHA-512)",
+                            frame.key
+                        ));
+                    }
+                }
+            }
+            Login::Waiting(Some(_)) | Login::Scram(_) => {
+                break Err(format!("{:?} in the middle of a SASL login", frame.key));
+            }
+        };
         let (done, pending) = oneshot::channel();
-        match start(ctx, frame, peer) {
+        match start(ctx, frame, peer, &who, over_tls) {
             Ok(Started::Now(answer)) => {
                 let _ = done.send(answer);
                 drop(permit);
@@ -384,6 +637,79 @@ async fn connection(
     result
 }
 
+/// One SaslAuthenticate: the bytes to answer (or why the login failed) and the next state.
+async fn sasl_step(
+    auth: &Arc<crate::auth::Auth>,
+    peer: SocketAddr,
+    client: &str,
+    login: Login,
+    bytes: &[u8],
+) -> (Result<Vec<u8>, String>, Login) {
+    let ip = peer.ip();
+    match login {
+        Login::Waiting(Some(Mechanism::Plain)) => {
+            let (user, password) = match sasl::parse_plain(bytes) {
+                Ok(x) => x,
+                Err(e) => return (Err(e), Login::Waiting(None)),
+            };
+            match auth.login(Some(&user), Some(&password), ip).await {
+                Ok(Some(u)) => (
+                    Ok(Vec::new()),
+                    Login::Done(Principal::new(Arc::clone(auth), Some(u), client)),
+                ),
+                Ok(None) => (
+                    Ok(Vec::new()),
+                    Login::Done(Principal::new(Arc::clone(auth), None, client)),
+                ),
+                Err(refusal) => (
+                    Err(format!("login as {user:?}: {refusal}")),
+                    Login::Waiting(None),
+                ),
+            }
+        }
+        Login::Waiting(Some(Mechanism::ScramSha512)) => {
+            let user = match Scram::user_of(bytes) {
+                Ok((u, _, _)) => u,
+                Err(e) => return (Err(e), Login::Waiting(None)),
+            };
+            let secret = match auth.scram_secret(&user, ip) {
+                Ok(s) => s,
+                Err(refusal) => {
+                    return (
+                        Err(format!("login as {user:?}: {refusal}")),
+                        Login::Waiting(None),
+                    );
+                }
+            };
+            match Scram::start(bytes, secret) {
+                Ok((scram, first)) => (Ok(first), Login::Scram(Box::new(scram))),
+                Err(e) => (Err(e), Login::Waiting(None)),
+            }
+        }
+        Login::Scram(scram) => {
+            let user = scram.user().to_string();
+            let outcome = scram.finish(bytes);
+            match auth.scram_done(&user, ip, outcome.is_ok()).await {
+                Ok(u) => (
+                    outcome,
+                    Login::Done(Principal::new(Arc::clone(auth), Some(u), client)),
+                ),
+                Err(refusal) => (
+                    Err(format!("login as {user:?}: {refusal}")),
+                    Login::Waiting(None),
+                ),
+            }
+        }
+        other => (
+            Err("SaslAuthenticate without a SaslHandshake naming a mechanism".into()),
+            match other {
+                Login::Done(p) => Login::Done(p),
+                _ => Login::Waiting(None),
+            },
+        ),
+    }
+}
+
 /// A boxed handler future: the encoded answer, `None` for no answer.
 pub type Answer = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>> + Send + 'static>,
@@ -398,46 +724,66 @@ pub enum Started {
 }
 
 /// Starts one request: quick ones are answered here, produces are appended here (in order).
-fn start(ctx: &Arc<Ctx>, mut frame: codec::Frame, peer: SocketAddr) -> Result<Started, String> {
+fn start(
+    ctx: &Arc<Ctx>,
+    mut frame: codec::Frame,
+    peer: SocketAddr,
+    who: &Principal,
+    over_tls: bool,
+) -> Result<Started, String> {
+    let listener = usize::from(over_tls);
+    use crate::auth::Op;
     let key = frame.key;
     let version = frame.header.request_api_version;
     let id = frame.header.correlation_id;
     let now = |r: Vec<u8>| Ok(Started::Now(Some(r)));
+    // JoinGroup, SyncGroup, Heartbeat and LeaveGroup need the group.
+    let denied = |group: &GroupId| -> Option<Result<Started, String>> {
+        (!who.allows(Op::Group(group.0.as_str())))
+            .then(|| groups::group_denied(key, version, id).map(|r| Started::Now(Some(r))))
+    };
+    let who = who.clone();
     match key {
         ApiKey::ApiVersions => now(admin::api_versions(version, id)?),
         ApiKey::Metadata => {
             let r = codec::body(&mut frame)?;
-            blocking(ctx, move |c| admin::metadata(c, r, version, id))
+            blocking(ctx, move |c| {
+                admin::metadata(c, &who, listener, r, version, id)
+            })
         }
         ApiKey::CreateTopics => {
             let r = codec::body(&mut frame)?;
-            blocking(ctx, move |c| admin::create_topics(c, r, version, id))
+            blocking(ctx, move |c| admin::create_topics(c, &who, r, version, id))
         }
         ApiKey::DeleteTopics => {
             let r = codec::body(&mut frame)?;
-            blocking(ctx, move |c| admin::delete_topics(c, r, version, id))
+            blocking(ctx, move |c| admin::delete_topics(c, &who, r, version, id))
         }
         ApiKey::DescribeConfigs => now(admin::describe_configs(
             ctx,
+            &who,
             codec::body(&mut frame)?,
             version,
             id,
         )?),
         ApiKey::FindCoordinator => now(admin::find_coordinator(
             ctx,
+            listener,
             codec::body(&mut frame)?,
             version,
             id,
         )?),
-        ApiKey::Produce => data::produce(ctx, codec::body(&mut frame)?, version, id),
+        ApiKey::Produce => data::produce(ctx, &who, codec::body(&mut frame)?, version, id),
         ApiKey::Fetch => Ok(Started::Later(data::fetch(
             Arc::clone(ctx),
+            &who,
             codec::body(&mut frame)?,
             version,
             id,
         ))),
         ApiKey::ListOffsets => now(data::list_offsets(
             ctx,
+            &who,
             codec::body(&mut frame)?,
             version,
             id,
@@ -453,46 +799,66 @@ fn start(ctx: &Arc<Ctx>, mut frame: codec::Frame, peer: SocketAddr) -> Result<St
                 .as_ref()
                 .map(|c| c.to_string())
                 .unwrap_or_default();
+            let r: JoinGroupRequest = codec::body(&mut frame)?;
+            if let Some(d) = denied(&r.group_id) {
+                return d;
+            }
             Ok(Started::Later(groups::join(
                 Arc::clone(ctx),
-                codec::body(&mut frame)?,
+                r,
                 version,
                 id,
                 client,
                 peer,
             )))
         }
-        ApiKey::SyncGroup => Ok(Started::Later(groups::sync(
-            Arc::clone(ctx),
-            codec::body(&mut frame)?,
-            version,
-            id,
-        ))),
-        ApiKey::Heartbeat => now(groups::heartbeat(
-            ctx,
-            codec::body(&mut frame)?,
-            version,
-            id,
-        )?),
-        ApiKey::LeaveGroup => now(groups::leave(ctx, codec::body(&mut frame)?, version, id)?),
+        ApiKey::SyncGroup => {
+            let r: SyncGroupRequest = codec::body(&mut frame)?;
+            if let Some(d) = denied(&r.group_id) {
+                return d;
+            }
+            Ok(Started::Later(groups::sync(
+                Arc::clone(ctx),
+                r,
+                version,
+                id,
+            )))
+        }
+        ApiKey::Heartbeat => {
+            let r: HeartbeatRequest = codec::body(&mut frame)?;
+            if let Some(d) = denied(&r.group_id) {
+                return d;
+            }
+            now(groups::heartbeat(ctx, r, version, id)?)
+        }
+        ApiKey::LeaveGroup => {
+            let r: LeaveGroupRequest = codec::body(&mut frame)?;
+            if let Some(d) = denied(&r.group_id) {
+                return d;
+            }
+            now(groups::leave(ctx, r, version, id)?)
+        }
         ApiKey::OffsetCommit => {
             let r = codec::body(&mut frame)?;
-            blocking(ctx, move |c| groups::offset_commit(c, r, version, id))
+            blocking(ctx, move |c| groups::offset_commit(c, &who, r, version, id))
         }
         ApiKey::OffsetFetch => now(groups::offset_fetch(
             ctx,
+            &who,
             codec::body(&mut frame)?,
             version,
             id,
         )?),
         ApiKey::DescribeGroups => now(groups::describe_groups(
             ctx,
+            &who,
             codec::body(&mut frame)?,
             version,
             id,
         )?),
         ApiKey::ListGroups => now(groups::list_groups(
             ctx,
+            &who,
             codec::body(&mut frame)?,
             version,
             id,

@@ -2,8 +2,9 @@
 //!
 //! In: a produce carries one Kafka batch per partition. [`parse_batch`] checks its header and
 //! CRC-32C, decompresses the records section when the producer compressed it (gzip, snappy
-//! raw or in Xerial framing, lz4 frame, zstd: all pure Rust, output bounded by
-//! [`MAX_DECOMPRESSED`]), and re-encodes every record (timestamp, key, value, headers) into a
+//! raw or in Xerial framing, lz4 frame, zstd: all pure Rust, streamed, and stopped as soon as
+//! the output passes the topic's bound ([`parse_batch_within`]; [`MAX_DECOMPRESSED`] at most)),
+//! and re-encodes every record (timestamp, key, value, headers) into a
 //! Brook [`BatchBuilder`]. The producer id, epoch and base sequence come along for the
 //! idempotence check.
 //!
@@ -97,6 +98,14 @@ pub fn split_batches(mut records: &[u8]) -> Result<Vec<&[u8]>, RecordsError> {
 
 /// Parses and checks one complete v2 batch (as cut by [`split_batches`]).
 pub fn parse_batch(b: &[u8]) -> Result<ParsedBatch, RecordsError> {
+    parse_batch_within(b, MAX_DECOMPRESSED)
+}
+
+/// As [`parse_batch`], decompressing at most `limit` bytes (the topic's batch bound): a small
+/// compressed batch that would inflate past it is refused as soon as it does, without the
+/// rest being inflated.
+pub fn parse_batch_within(b: &[u8], limit: usize) -> Result<ParsedBatch, RecordsError> {
+    let limit = limit.min(MAX_DECOMPRESSED);
     if b.len() < BATCH_HEADER_LEN {
         return Err(RecordsError::Truncated("batch header"));
     }
@@ -135,7 +144,7 @@ pub fn parse_batch(b: &[u8]) -> Result<ParsedBatch, RecordsError> {
     let records = match compression {
         0 => body,
         c => {
-            decompressed = decompress(c, body)?;
+            decompressed = decompress_within(c, body, limit)?;
             &decompressed[..]
         }
     };
@@ -258,20 +267,24 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads at most [`MAX_DECOMPRESSED`] bytes from a decompressing reader.
-fn read_bounded(codec: &'static str, r: impl std::io::Read) -> Result<Vec<u8>, RecordsError> {
+/// Reads at most `limit` bytes from a decompressing reader.
+fn read_bounded(
+    codec: &'static str,
+    r: impl std::io::Read,
+    limit: usize,
+) -> Result<Vec<u8>, RecordsError> {
     use std::io::Read;
     let mut out = Vec::new();
-    r.take(MAX_DECOMPRESSED as u64 + 1)
+    r.take(limit as u64 + 1)
         .read_to_end(&mut out)
         .map_err(|e| RecordsError::Decompress {
             codec,
             reason: e.to_string(),
         })?;
-    if out.len() > MAX_DECOMPRESSED {
+    if out.len() > limit {
         return Err(RecordsError::Decompress {
             codec,
-            reason: format!("output exceeds {MAX_DECOMPRESSED} bytes"),
+            reason: format!("output exceeds {limit} bytes"),
         });
     }
     Ok(out)
@@ -280,16 +293,16 @@ fn read_bounded(codec: &'static str, r: impl std::io::Read) -> Result<Vec<u8>, R
 /// The Xerial snappy-java stream header (Java and kafka-python producers frame snappy so).
 const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
 
-fn snappy_raw(data: &[u8], out: &mut Vec<u8>) -> Result<(), RecordsError> {
+fn snappy_raw(data: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), RecordsError> {
     let err = |e: snap::Error| RecordsError::Decompress {
         codec: "snappy",
         reason: e.to_string(),
     };
     let n = snap::raw::decompress_len(data).map_err(err)?;
-    if out.len() + n > MAX_DECOMPRESSED {
+    if out.len() + n > limit {
         return Err(RecordsError::Decompress {
             codec: "snappy",
-            reason: format!("output exceeds {MAX_DECOMPRESSED} bytes"),
+            reason: format!("output exceeds {limit} bytes"),
         });
     }
     let at = out.len();
@@ -302,8 +315,13 @@ fn snappy_raw(data: &[u8], out: &mut Vec<u8>) -> Result<(), RecordsError> {
 
 /// Decompresses a records section compressed with Kafka codec `codec` (1-4).
 pub fn decompress(codec: u8, data: &[u8]) -> Result<Vec<u8>, RecordsError> {
+    decompress_within(codec, data, MAX_DECOMPRESSED)
+}
+
+/// As [`decompress`], stopping with an error once the output passes `limit` bytes.
+pub fn decompress_within(codec: u8, data: &[u8], limit: usize) -> Result<Vec<u8>, RecordsError> {
     match codec {
-        1 => read_bounded("gzip", flate2::read::GzDecoder::new(data)),
+        1 => read_bounded("gzip", flate2::read::GzDecoder::new(data), limit),
         2 => {
             let mut out = Vec::new();
             if let Some(mut rest) = data.strip_prefix(XERIAL_MAGIC) {
@@ -321,15 +339,15 @@ pub fn decompress(codec: u8, data: &[u8]) -> Result<Vec<u8>, RecordsError> {
                     if rest.len() < n {
                         return Err(RecordsError::Truncated("xerial snappy block"));
                     }
-                    snappy_raw(&rest[..n], &mut out)?;
+                    snappy_raw(&rest[..n], &mut out, limit)?;
                     rest = &rest[n..];
                 }
             } else {
-                snappy_raw(data, &mut out)?;
+                snappy_raw(data, &mut out, limit)?;
             }
             Ok(out)
         }
-        3 => read_bounded("lz4", lz4_flex::frame::FrameDecoder::new(data)),
+        3 => read_bounded("lz4", lz4_flex::frame::FrameDecoder::new(data), limit),
         4 => {
             let d = ruzstd::decoding::StreamingDecoder::new(data).map_err(|e| {
                 RecordsError::Decompress {
@@ -337,7 +355,7 @@ pub fn decompress(codec: u8, data: &[u8]) -> Result<Vec<u8>, RecordsError> {
                     reason: e.to_string(),
                 }
             })?;
-            read_bounded("zstd", d)
+            read_bounded("zstd", d, limit)
         }
         c => Err(RecordsError::Invalid(format!("compression codec {c}"))),
     }
@@ -680,5 +698,17 @@ mod tests {
         assert!(small.len() < 1 << 20);
         let e = decompress(1, &small).expect_err("bounded");
         assert!(e.to_string().contains("exceeds"), "{e}");
+        // With a topic's bound (2 MiB here) the same bomb stops there, every codec.
+        let e = decompress_within(1, &small, 2 << 20).expect_err("bounded");
+        assert!(e.to_string().contains("exceeds 2097152 bytes"), "{e}");
+        let mut lz = lz4_flex::frame::FrameEncoder::new(Vec::new());
+        std::io::Write::write_all(&mut lz, &vec![0u8; 3 << 20]).expect("lz4");
+        let lz = lz.finish().expect("lz4");
+        assert!(decompress_within(3, &lz, 2 << 20).is_err());
+        assert!(decompress_within(3, &lz, 4 << 20).is_ok());
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(&vec![0u8; 3 << 20])
+            .expect("snappy");
+        assert!(decompress_within(2, &raw, 2 << 20).is_err());
     }
 }

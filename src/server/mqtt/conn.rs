@@ -19,10 +19,10 @@ use tokio::time::Instant;
 use super::codec::{self, CodecError, Connect, Out, Publish, Version, reason};
 use super::hub::{Delivery, Hub, Takeover};
 use super::message;
-use super::session::{Ack, Action, AppendOutcome, Limits, Session, SessionState};
+use super::session::{Ack, Action, AppendOutcome, Limits, Owner, Session, SessionState};
 use super::topic;
 use crate::auth::tls::write_flushed;
-use crate::auth::{Op, Principal, Refusal};
+use crate::auth::{ConnSlot, Op, Principal, Refusal};
 use crate::broker::BrokerError;
 use crate::log::{Durability, LogError};
 
@@ -87,10 +87,14 @@ enum End {
 }
 
 /// Serves one accepted connection to its end.
+/// `slot` is the connection's hold on the listener (released from the pre-login half once
+/// the CONNECT is accepted); `deadline` ends the time for the TLS handshake, CONNECT and login.
 pub async fn serve(
     stream: Accepted,
     cert_user: Option<String>,
     peer: SocketAddr,
+    mut slot: ConnSlot,
+    deadline: Instant,
     hub: Arc<Hub>,
     stop: watch::Receiver<bool>,
 ) {
@@ -98,12 +102,12 @@ pub async fn serve(
     let max = hub.config.max_packet_size.bytes() as usize;
     let mut inbuf = BytesMut::with_capacity(4096);
     let connect_timeout = hub.auth.handshake_timeout();
-    let connect = match tokio::time::timeout(
-        connect_timeout,
-        read_connect(&mut rd, &mut inbuf, max),
-    )
-    .await
-    {
+    let before_login = max.min(hub.auth.max_frame_before_login());
+    let read = tokio::select! {
+        r = tokio::time::timeout_at(deadline, read_connect(&mut rd, &mut inbuf, before_login)) => r,
+        _ = slot.evicted() => Ok(Err("closed before its CONNECT to make room for a newer connection".into())),
+    };
+    let connect = match read {
         Ok(Ok(c)) => c,
         Ok(Err(why)) => {
             hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -142,6 +146,7 @@ pub async fn serve(
                 .login(
                     connect.username.as_deref(),
                     connect.password.as_deref().map(str::as_bytes),
+                    peer.ip(),
                 )
                 .await
         }
@@ -150,7 +155,9 @@ pub async fn serve(
         Ok(user) => user,
         Err(refusal) => {
             let code = match refusal {
-                Refusal::BadCredentials => reason::BAD_USER_NAME_OR_PASSWORD,
+                Refusal::BadCredentials | Refusal::BackedOff(_) => {
+                    reason::BAD_USER_NAME_OR_PASSWORD
+                }
                 Refusal::LoginRequired => reason::NOT_AUTHORIZED,
             };
             refuse(&mut wr, version, code).await;
@@ -166,9 +173,18 @@ pub async fn serve(
             return;
         }
     }
+    slot.logged_in();
+    let owner = Owner::of(grants.user.as_deref());
     let (takeover_tx, mut takeover_rx) = mpsc::channel(1);
-    let previous = hub.claim(&client_id, conn, takeover_tx).await;
-    let (state, present) = match previous {
+    let previous = match hub.claim(&client_id, conn, &owner, takeover_tx).await {
+        Ok(p) => p,
+        Err(held_by) => {
+            refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
+            tracing::warn!(%peer, client = %client_id, user = grants.name(), "mqtt: connection refused: client id {client_id:?} is the session of user {held_by}");
+            return;
+        }
+    };
+    let (mut state, present) = match previous {
         Some(s) if !connect.clean_start => (s, true),
         prev => {
             if prev.is_some() || !connect.clean_start {
@@ -179,6 +195,12 @@ pub async fn serve(
             (SessionState::new(client_id.clone(), 0), false)
         }
     };
+    state.owner = owner;
+    // In-flight messages are sent again only where the ACL still lets this client read them.
+    let dropped = state.retain_outbound(|t| grants.allows(Op::Subscribe(t)));
+    if dropped > 0 {
+        tracing::info!(client = %client_id, dropped, "mqtt: in-flight messages not sent again: the ACL no longer allows them");
+    }
     let limits = Limits {
         max_inflight: hub.config.max_inflight,
         topic_alias_max: hub.config.topic_alias_max,

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{MessageProps, Publish, Will};
 use super::message::{self, LogMessage};
-use super::session::{PersistedSession, SessionState};
+use super::session::{Owner, PersistedSession, SessionState};
 use super::topic::{self, Trie};
 use super::{MqttConfig, MqttStats};
 use crate::broker::{Broker, BrokerError};
@@ -56,6 +56,7 @@ struct Target {
 enum Slot {
     Online {
         conn: u64,
+        owner: Owner,
         takeover: mpsc::Sender<Takeover>,
     },
     Offline {
@@ -146,10 +147,7 @@ impl Hub {
     ) -> Result<Arc<Hub>, BrokerError> {
         let mut sessions = HashMap::new();
         for (k, v) in broker.meta().scan(Namespace::MqttSessions)? {
-            let (Ok(id), Ok(p)) = (
-                String::from_utf8(k),
-                postcard::from_bytes::<PersistedSession>(&v),
-            ) else {
+            let (Ok(id), Ok(p)) = (String::from_utf8(k), PersistedSession::decode(&v)) else {
                 tracing::warn!("mqtt: skipping an unreadable persisted session");
                 continue;
             };
@@ -423,23 +421,41 @@ impl Hub {
             .remove(name);
     }
 
-    /// Claims client id `id` for connection `conn`: returns the session state it had (from a
-    /// connection it takes over, or kept while the client was away).
+    /// Claims client id `id` for connection `conn` of `owner`: returns the session state it
+    /// had (from a connection it takes over, or kept while the client was away). `Err` names
+    /// the owner when the session belongs to another user; nothing is changed then.
     pub async fn claim(
         &self,
         id: &str,
         conn: u64,
+        owner: &Owner,
         takeover: mpsc::Sender<Takeover>,
-    ) -> Option<SessionState> {
+    ) -> Result<Option<SessionState>, Owner> {
         let waiting = {
             let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let prev = s.insert(id.to_owned(), Slot::Online { conn, takeover });
+            let held_by = match s.get(id) {
+                Some(Slot::Online { owner, .. }) => Some(owner),
+                Some(Slot::Offline { state, .. }) => Some(&state.owner),
+                None => None,
+            };
+            if let Some(held_by) = held_by.filter(|h| !h.admits(owner)) {
+                self.stats.foreign_refused.fetch_add(1, Ordering::Relaxed);
+                return Err(held_by.clone());
+            }
+            let prev = s.insert(
+                id.to_owned(),
+                Slot::Online {
+                    conn,
+                    owner: owner.clone(),
+                    takeover,
+                },
+            );
             match prev {
                 None => {
                     self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-                    return None;
+                    return Ok(None);
                 }
-                Some(Slot::Offline { state, .. }) => return Some(*state),
+                Some(Slot::Offline { state, .. }) => return Ok(Some(*state)),
                 Some(Slot::Online { takeover: old, .. }) => {
                     let (tx, rx) = oneshot::channel();
                     // Sent under the lock: the old connection finds it even while exiting.
@@ -451,12 +467,14 @@ impl Hub {
                 }
             }
         };
-        let rx = waiting?;
+        let Some(rx) = waiting else {
+            return Ok(None);
+        };
         self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-        tokio::time::timeout(Duration::from_secs(5), rx)
+        Ok(tokio::time::timeout(Duration::from_secs(5), rx)
             .await
             .ok()
-            .and_then(Result::ok)
+            .and_then(Result::ok))
     }
 
     /// Connection `conn` ends. Hands the state to a connection that took over, keeps it while

@@ -54,9 +54,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::auth::tls::{Accepted, TlsServer};
+use crate::auth::{Full, ListenerSlots};
 use crate::log::Durability;
 use crate::units::{ByteSize, HumanDuration};
 use hub::Hub;
@@ -165,6 +166,8 @@ pub struct MqttStats {
     pub dropped_shared: AtomicU64,
     pub wills: AtomicU64,
     pub takeovers: AtomicU64,
+    /// Connections refused: their client id's session belongs to another user.
+    pub foreign_refused: AtomicU64,
     /// Times a connection's queue overflowed and it read the log back instead.
     pub read_back: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -231,6 +234,12 @@ impl MqttStats {
                 &self.takeovers,
             ),
             (
+                "brook_mqtt_foreign_session_refusals_total",
+                "counter",
+                "Connections refused: their client id's session belongs to another user.",
+                &self.foreign_refused,
+            ),
+            (
                 "brook_mqtt_read_back_total",
                 "counter",
                 "Times a subscriber too slow for live delivery read the log back instead.",
@@ -289,11 +298,11 @@ impl MqttStats {
 pub async fn run(
     listener: TcpListener,
     tls: Option<Arc<TlsServer>>,
+    owner: bool,
     hub: Arc<Hub>,
+    slots: Arc<ListenerSlots>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let owner = tls.is_none();
-    let slots = Arc::new(Semaphore::new(hub.config.max_connections));
     let mut connections = tokio::task::JoinSet::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -315,17 +324,26 @@ pub async fn run(
                 continue;
             }
         };
+        let deadline = tokio::time::Instant::now() + hub.auth.handshake_timeout();
         let Some(admitted) = hub.auth.admit("mqtt", peer.ip()) else {
             continue;
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            hub.stats
-                .connections_refused
-                .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "mqtt connection refused: {} connections open", hub.config.max_connections);
-            // CONNACK "server unavailable" (3.1.1 code 3, read by 5.0 clients as a refusal).
-            let _ = stream.write_all(&[0x20, 2, 0, 3]).await;
-            continue;
+        let slot = match slots.take() {
+            Ok((s, evicted)) => {
+                if evicted {
+                    hub.auth.pending_evicted("mqtt");
+                }
+                s
+            }
+            Err(Full::All) => {
+                hub.stats
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "mqtt connection refused: {} connections open", hub.config.max_connections);
+                // CONNACK "server unavailable" (3.1.1 code 3, read by 5.0 clients as a refusal).
+                let _ = stream.write_all(&[0x20, 2, 0, 3]).await;
+                continue;
+            }
         };
         let hub = Arc::clone(&hub);
         let stop = shutdown.clone();
@@ -333,10 +351,22 @@ pub async fn run(
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
             match &tls {
-                None => conn::serve(Accepted::Plain(stream), None, peer, hub, stop).await,
+                None => {
+                    conn::serve(
+                        Accepted::Plain(stream),
+                        None,
+                        peer,
+                        slot,
+                        deadline,
+                        hub,
+                        stop,
+                    )
+                    .await
+                }
                 Some(t) => match hub.auth.accept_tls(t, stream).await {
                     Ok((s, cn)) => {
-                        conn::serve(Accepted::Tls(Box::new(s)), cn, peer, hub, stop).await
+                        let s = Accepted::Tls(Box::new(s));
+                        conn::serve(s, cn, peer, slot, deadline, hub, stop).await
                     }
                     Err(e) => {
                         hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -344,7 +374,6 @@ pub async fn run(
                     }
                 },
             }
-            drop(permit);
             drop(admitted);
         });
         while connections.try_join_next().is_some() {}

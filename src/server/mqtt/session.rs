@@ -56,11 +56,44 @@ struct Queued {
     source: Option<(PartitionKey, u64)>,
 }
 
+/// Who a session belongs to: the user that made it. Another user connecting with the same
+/// client id is refused, so nobody takes over (or wipes) someone else's session.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Owner {
+    /// A session stored before owners were recorded: the next login claims it.
+    #[default]
+    Unknown,
+    Anonymous,
+    User(String),
+}
+
+impl Owner {
+    pub fn of(user: Option<&str>) -> Owner {
+        user.map_or(Owner::Anonymous, |u| Owner::User(u.to_string()))
+    }
+
+    /// Whether `other` may take this session.
+    pub fn admits(&self, other: &Owner) -> bool {
+        *self == Owner::Unknown || self == other
+    }
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Owner::Unknown => f.write_str("(unknown)"),
+            Owner::Anonymous => f.write_str("anonymous"),
+            Owner::User(u) => write!(f, "{u:?}"),
+        }
+    }
+}
+
 /// What outlives a connection (kept in memory while the client is away, and its persistent
 /// part in the metadata store).
 #[derive(Clone, Debug, Default)]
 pub struct SessionState {
     pub client_id: String,
+    pub owner: Owner,
     /// Seconds the session is kept after a disconnect; `u32::MAX`: until the client cleans it.
     pub expiry: u32,
     /// Raw filter (including `$share/...`) to its options.
@@ -82,6 +115,33 @@ pub struct PersistedSession {
     pub positions: Vec<(String, u32, u64)>,
     /// (filter, log topic, partition, offset) of [`SessionState::since`].
     pub since: Vec<(String, String, u32, u64)>,
+    /// Added after the first release: sessions stored before it read as [`Owner::Unknown`]
+    /// ([`PersistedSession::decode`]).
+    pub owner: Owner,
+}
+
+/// A session as stored before owners were recorded.
+#[derive(Deserialize)]
+struct PersistedSessionV1 {
+    expiry: u32,
+    subscriptions: Vec<(String, SubOptions)>,
+    positions: Vec<(String, u32, u64)>,
+    since: Vec<(String, String, u32, u64)>,
+}
+
+impl PersistedSession {
+    /// Reads a stored session, of this version or the one before.
+    pub fn decode(bytes: &[u8]) -> Result<PersistedSession, postcard::Error> {
+        postcard::from_bytes::<PersistedSession>(bytes).or_else(|_| {
+            postcard::from_bytes::<PersistedSessionV1>(bytes).map(|v| PersistedSession {
+                expiry: v.expiry,
+                subscriptions: v.subscriptions,
+                positions: v.positions,
+                since: v.since,
+                owner: Owner::Unknown,
+            })
+        })
+    }
 }
 
 impl SessionState {
@@ -97,6 +157,7 @@ impl SessionState {
     pub fn restore(client_id: String, p: PersistedSession) -> Self {
         SessionState {
             client_id,
+            owner: p.owner,
             expiry: p.expiry,
             subscriptions: p.subscriptions.into_iter().collect(),
             positions: p
@@ -115,6 +176,14 @@ impl SessionState {
                 }),
             ..SessionState::default()
         }
+    }
+
+    /// Drops in-flight messages whose topic `keep` refuses (the ACL changed while the client
+    /// was away); returns how many.
+    pub fn retain_outbound(&mut self, mut keep: impl FnMut(&str) -> bool) -> usize {
+        let before = self.outbound.len();
+        self.outbound.retain(|i| keep(&i.publish.topic));
+        before - self.outbound.len()
     }
 
     /// Lowest offset per partition not yet acknowledged.
@@ -324,6 +393,7 @@ impl Session {
                         .map(move |((t, p), o)| (f.clone(), t.to_string(), *p, *o))
                 })
                 .collect(),
+            owner: self.state.owner.clone(),
         }
     }
 

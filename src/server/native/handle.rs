@@ -37,9 +37,10 @@ fn broker_error(correlation_id: u32, e: &BrokerError) -> Vec<u8> {
 }
 
 /// Checks `request` against the ACL; `Err` names what was refused ("produce to \"t\"").
-/// Listing topics, heartbeats and leaving a group need no grant; reading a topic, its offsets,
-/// or joining and committing a group over it need `consume`; creating and deleting topics,
-/// listing and describing groups need `admin`.
+/// Listing topics needs no grant (the list holds only what the client may describe); reading a
+/// topic or its offsets needs `consume`; joining a group, committing to it or reading its
+/// offsets needs the group and `consume` on its topics; heartbeats and leaving need the group;
+/// creating and deleting topics, listing and describing groups need `admin`.
 pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
     let topic_op = |op: Op<'_>, topic: &str| {
         if who.allows(op) {
@@ -51,16 +52,25 @@ pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
     match request {
         Request::Produce(p) => topic_op(Op::Produce(p.topic), p.topic),
         Request::Fetch(f) => topic_op(Op::Consume(f.topic), f.topic),
-        Request::ListOffsets { topic, .. } | Request::FetchOffsets { topic, .. } => {
+        Request::ListOffsets { topic, .. } => topic_op(Op::Consume(topic), topic),
+        Request::FetchOffsets { group, topic, .. } => {
+            topic_op(Op::Group(group), group)?;
             topic_op(Op::Consume(topic), topic)
         }
         Request::DescribeTopic { name } => topic_op(Op::Consume(name), name),
-        Request::JoinGroup { topics, .. } => {
+        Request::JoinGroup { group, topics, .. } => {
+            topic_op(Op::Group(group), group)?;
             topics.iter().try_for_each(|t| topic_op(Op::Consume(t), t))
         }
-        Request::CommitOffsets { offsets, .. } => offsets
-            .iter()
-            .try_for_each(|c| topic_op(Op::Consume(c.topic), c.topic)),
+        Request::CommitOffsets { group, offsets, .. } => {
+            topic_op(Op::Group(group), group)?;
+            offsets
+                .iter()
+                .try_for_each(|c| topic_op(Op::Consume(c.topic), c.topic))
+        }
+        Request::Heartbeat { group, .. } | Request::LeaveGroup { group, .. } => {
+            topic_op(Op::Group(group), group)
+        }
         Request::CreateTopic { .. }
         | Request::DeleteTopic { .. }
         | Request::ListGroups
@@ -71,21 +81,18 @@ pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
                 Err("administer topics and groups (admin)".into())
             }
         }
-        Request::Handshake { .. }
-        | Request::Authenticate { .. }
-        | Request::ListTopics
-        | Request::Heartbeat { .. }
-        | Request::LeaveGroup { .. } => Ok(()),
+        Request::Handshake { .. } | Request::Authenticate { .. } | Request::ListTopics => Ok(()),
     }
 }
 
 /// Handles one request (not the handshake) and returns the framed answer.
 pub async fn handle(
     broker: &Arc<Broker>,
-    client_id: &str,
+    who: &Principal,
     id: u32,
     request: Request<'_>,
 ) -> Vec<u8> {
+    let client_id: &str = &who.client_id;
     let result = match request {
         Request::Handshake { .. } => Err(BrokerError::Invalid("handshake sent twice".into())),
         Request::Authenticate { .. } => Err(BrokerError::Invalid(
@@ -123,7 +130,7 @@ pub async fn handle(
             let topics = broker.topics();
             let mut names: HVec<&str, { proto::MAX_TOPICS }> = HVec::new();
             let mut truncated = false;
-            for t in &topics {
+            for t in topics.iter().filter(|t| who.allows(Op::Describe(t.name()))) {
                 if names.push(t.name()).is_err() {
                     truncated = true;
                     break;

@@ -12,9 +12,12 @@
 //! `Error` answer (correlation id 0 when it could not be read) and closes that one connection,
 //! with the reason logged. Connections beyond `max_connections` are answered with an error and
 //! closed, and so is one from an address that holds `auth.max_connections_per_address`
-//! already; a connection silent for `idle_timeout` is closed, one that has not completed its
-//! handshake (and before it, on the TLS listener, its TLS handshake) within
-//! `auth.handshake_timeout` too. On shutdown the listener stops accepting, every connection
+//! already. Until its login (the handshake, then `Authenticate` where users are required) a
+//! connection has one `auth.handshake_timeout` from its accept, TLS handshake included, and
+//! frames of at most `auth.max_frame_before_login`; it may be closed to make room when half
+//! the listener's slots have not logged in ([`crate::auth::ListenerSlots`]). After it, a
+//! connection silent for `idle_timeout` is closed. Requests are checked against the ACL
+//! (`handle::authorize`), and topic listings hold only what the client may see. On shutdown the listener stops accepting, every connection
 //! stops reading, and the answers in flight are still sent.
 
 mod handle;
@@ -29,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::auth::tls::{Accepted, TlsServer};
-use crate::auth::{Auth, Principal};
+use crate::auth::{Auth, ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
 use crate::proto::{
     self, ErrorCode, FrameError, PROTOCOL_VERSION, Request, RequestFrame, Response,
@@ -66,17 +69,30 @@ pub struct NativeStats {
     pub protocol_errors: AtomicU64,
 }
 
+/// What the native listeners (plain and TLS) share.
+#[derive(Debug)]
+pub struct Shared {
+    pub broker: Arc<Broker>,
+    pub auth: Arc<Auth>,
+    pub limits: NativeLimits,
+    pub stats: Arc<NativeStats>,
+    pub slots: ListenerSlots,
+}
+
 /// Accepts connections until `shutdown` turns true.
 pub async fn run(
     listener: TcpListener,
     tls: Option<Arc<TlsServer>>,
-    broker: Arc<Broker>,
-    auth: Arc<Auth>,
-    limits: NativeLimits,
-    stats: Arc<NativeStats>,
+    shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let Shared {
+        broker,
+        auth,
+        limits,
+        stats,
+        slots,
+    } = &*shared;
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -91,29 +107,38 @@ pub async fn run(
                 continue;
             }
         };
+        let deadline = tokio::time::Instant::now() + auth.handshake_timeout();
         let Some(admitted) = auth.admit("native", peer.ip()) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
-            stats.connections_refused.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "native connection refused: {} connections open", limits.max_connections);
-            let mut stream = stream;
-            let _ = stream
-                .write_all(&handle::error(
-                    0,
-                    ErrorCode::Unknown,
-                    "too many connections",
-                ))
-                .await;
-            continue;
+        let slot = match slots.take() {
+            Ok((s, evicted)) => {
+                if evicted {
+                    auth.pending_evicted("native");
+                }
+                s
+            }
+            Err(Full::All) => {
+                stats.connections_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, "native connection refused: {} connections open", limits.max_connections);
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(&handle::error(
+                        0,
+                        ErrorCode::Unknown,
+                        "too many connections",
+                    ))
+                    .await;
+                continue;
+            }
         };
         stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        let broker = Arc::clone(&broker);
-        let auth = Arc::clone(&auth);
+        let broker = Arc::clone(broker);
+        let auth = Arc::clone(auth);
         let tls = tls.clone();
         let limits = limits.clone();
-        let stats = Arc::clone(&stats);
+        let stats = Arc::clone(stats);
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             stats.connections_open.fetch_add(1, Ordering::Relaxed);
@@ -126,7 +151,15 @@ pub async fn run(
             };
             let result = match accepted {
                 Ok((stream, cn)) => {
-                    connection(stream, cn, peer, broker, auth, limits, &stats, shutdown).await
+                    let conn = Conn {
+                        peer,
+                        broker,
+                        auth,
+                        limits,
+                        slot,
+                        deadline,
+                    };
+                    connection(stream, cn, conn, shutdown).await
                 }
                 Err(e) => Err(e),
             };
@@ -135,7 +168,6 @@ pub async fn run(
                 tracing::warn!(%peer, "native connection closed: {reason}");
             }
             stats.connections_open.fetch_sub(1, Ordering::Relaxed);
-            drop(permit);
             drop(admitted);
         });
         while connections.try_join_next().is_some() {}
@@ -144,18 +176,33 @@ pub async fn run(
     while connections.join_next().await.is_some() {}
 }
 
-/// Serves one connection. `Err` carries the reason it was closed for a protocol violation.
-#[allow(clippy::too_many_arguments)]
-async fn connection(
-    stream: Accepted,
-    cert_user: Option<String>,
+/// What one connection is served with.
+struct Conn {
     peer: SocketAddr,
     broker: Arc<Broker>,
     auth: Arc<Auth>,
     limits: NativeLimits,
-    _stats: &NativeStats,
+    /// Its hold on the listener: in the pre-login half until it has logged in.
+    slot: ConnSlot,
+    /// The end of the time for the TLS handshake, the handshake and the login.
+    deadline: tokio::time::Instant,
+}
+
+/// Serves one connection. `Err` carries the reason it was closed for a protocol violation.
+async fn connection(
+    stream: Accepted,
+    cert_user: Option<String>,
+    conn: Conn,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let Conn {
+        peer,
+        broker,
+        auth,
+        limits,
+        mut slot,
+        deadline,
+    } = conn;
     let (mut rd, mut wr) = stream.split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
     let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
@@ -187,7 +234,12 @@ async fn connection(
     let result: Result<(), String> = 'conn: loop {
         // Cut every complete frame out of the buffer.
         loop {
-            match proto::decode_frame(&buf[start..], limits.max_frame) {
+            let max_frame = if slot.is_logged_in() {
+                limits.max_frame
+            } else {
+                limits.max_frame.min(auth.max_frame_before_login())
+            };
+            match proto::decode_frame(&buf[start..], max_frame) {
                 Ok((msg, total)) => {
                     let owned = msg.to_vec();
                     start += total;
@@ -229,6 +281,10 @@ async fn connection(
                         if let Some(cn) = &cert_user {
                             let user = auth.login_certificate(cn);
                             principal = Some(Principal::new(Arc::clone(&auth), Some(user), c));
+                            slot.logged_in();
+                        } else if auth.anonymous_allowed() {
+                            // Nothing more to prove (a login may still follow).
+                            slot.logged_in();
                         }
                         let server = concat!("brook ", env!("CARGO_PKG_VERSION"));
                         let bytes = handle::answer(
@@ -253,9 +309,10 @@ async fn connection(
                                 .await;
                             break 'conn Err(reason.to_string());
                         }
-                        match auth.login(Some(username), Some(password)).await {
+                        match auth.login(Some(username), Some(password), peer.ip()).await {
                             Ok(user) => {
                                 principal = Some(Principal::new(Arc::clone(&auth), user, &client));
+                                slot.logged_in();
                                 if tx.send(handle::answer(id, &Response::Done)).await.is_err() {
                                     break 'conn Ok(());
                                 }
@@ -277,7 +334,7 @@ async fn connection(
                     }
                     let who = match &principal {
                         Some(p) => p.clone(),
-                        None => match auth.login(None, None).await {
+                        None => match auth.login(None, None, peer.ip()).await {
                             Ok(_) => {
                                 let p = Principal::new(Arc::clone(&auth), None, &client);
                                 principal = Some(p.clone());
@@ -328,7 +385,7 @@ async fn connection(
                     let work = async move {
                         match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
                             Ok(r) => {
-                                handle::handle(&broker, &client, r.correlation_id, r.request).await
+                                handle::handle(&broker, &who, r.correlation_id, r.request).await
                             }
                             Err(e) => handle::error(id, ErrorCode::InvalidRequest, &e.to_string()),
                         }
@@ -357,14 +414,19 @@ async fn connection(
         }
         let len = buf.len();
         buf.resize(buf.capacity(), 0);
-        // Until the handshake, a connection gets the handshake timeout, not the idle timeout.
-        let wait = if client_id.is_none() {
-            auth.handshake_timeout().min(limits.idle_timeout)
+        // Until the handshake and login, one deadline from the accept; then the idle timeout.
+        let logged_in = slot.is_logged_in();
+        let until = if logged_in {
+            tokio::time::Instant::now() + limits.idle_timeout
         } else {
-            limits.idle_timeout
+            deadline
         };
         let read = tokio::select! {
-            r = tokio::time::timeout(wait, rd.read(&mut buf[len..])) => r,
+            _ = slot.evicted(), if !logged_in => {
+                buf.truncate(len);
+                break 'conn Err("closed before its login to make room for a newer connection".into());
+            }
+            r = tokio::time::timeout_at(until, rd.read(&mut buf[len..])) => r,
             _ = shutdown.wait_for(|s| *s) => {
                 buf.truncate(len);
                 break 'conn Ok(());
@@ -385,9 +447,12 @@ async fn connection(
             }
             Err(_) => {
                 buf.truncate(len);
-                if client_id.is_none() {
+                if !logged_in {
                     auth.handshake_timed_out();
-                    break 'conn Err(format!("no handshake within {wait:?}"));
+                    break 'conn Err(format!(
+                        "no handshake and login within {:?} (auth.handshake_timeout)",
+                        auth.handshake_timeout()
+                    ));
                 }
                 tracing::info!(%peer, "native connection idle for {:?}; closing", limits.idle_timeout);
                 break 'conn Ok(());
