@@ -685,6 +685,38 @@ async fn authorization_matrix_is_the_same_on_every_protocol() {
             );
         }
     }
+    // Debian's kcat (librdkafka 2.0) logs in with SCRAM-SHA-512 too (its client-final nonce
+    // repeats the client's part, as Kafka's broker tolerates), and lists what ops may see.
+    for mechanism in ["SCRAM-SHA-512", "PLAIN"] {
+        let out = require("kcat", "apt-get install kcat")
+            .args(["-b", &kafka, "-L", "-m", "10"])
+            .args(["-X", "security.protocol=SASL_PLAINTEXT"])
+            .args(["-X", &format!("sasl.mechanisms={mechanism}")])
+            .args(["-X", "sasl.username=ops", "-X", "sasl.password=pw-ops"])
+            .output()
+            .expect("kcat");
+        let listed = ok(out, &format!("kcat -L with {mechanism}"));
+        assert!(listed.contains("\"secret\""), "{listed}");
+    }
+    // A SaslHandshake v0 client sends its token bare: PLAIN, then an empty answer, then
+    // requests as usual.
+    let mut s = std::net::TcpStream::connect(&kafka).expect("kafka");
+    let mut body = (5i16).to_be_bytes().to_vec();
+    body.extend_from_slice(b"PLAIN");
+    std::io::Write::write_all(&mut s, &kafka_request(17, 0, 1, &body)).expect("handshake v0");
+    let r = kafka_response(&mut s);
+    assert_eq!(&r[4..6], &[0, 0], "SaslHandshake v0");
+    let token = b"\0ops\0pw-ops";
+    let mut framed = (token.len() as i32).to_be_bytes().to_vec();
+    framed.extend_from_slice(token);
+    std::io::Write::write_all(&mut s, &framed).expect("bare token");
+    assert!(kafka_response(&mut s).is_empty(), "PLAIN's empty answer");
+    std::io::Write::write_all(&mut s, &kafka_request(3, 0, 2, &0i32.to_be_bytes())).expect("md");
+    let r = kafka_response(&mut s);
+    assert!(
+        r.windows(6).any(|w| w == b"secret"),
+        "Metadata after a v0 login"
+    );
     // The HTTP API is the operator's: its token sees everything, no token nothing.
     let h = http_addr.clone();
     let topics =
@@ -1325,4 +1357,48 @@ async fn send_each(addr: &str, inputs: Vec<Vec<u8>>, parallel: usize) {
         }
         while tasks.join_next().await.is_some() {}
     }
+}
+
+/// Any listener can be turned off with `""`: in the config (the Kafka and MQTT listeners here)
+/// and on the command line (`brook serve --kafka ""`); the others serve as before.
+#[test]
+fn listeners_can_be_turned_off() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let mut config = common::server_config(&dir.path().join("data"));
+        config.listeners.kafka = String::new();
+        config.listeners.mqtt = String::new();
+        config.validate().expect("off is valid");
+        let server = brook::server::start(config).await.expect("start");
+        assert_eq!((server.kafka_addr, server.mqtt_addr), (None, None));
+        let native = server.native_addr.expect("native listener").to_string();
+        let c = Client::connect(&native, "c").await.expect("native serves");
+        c.create_topic("t", TopicSettings::default())
+            .await
+            .expect("create");
+        server.stop().await.expect("stop");
+    });
+    let mut child = common::brook()
+        .args(["serve", "--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--mqtt", "127.0.0.1:0", "--kafka", "", "--data-dir"])
+        .arg(dir.path().join("cli"))
+        .env("BROOK_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(common::Process::new)
+        .expect("brook serve");
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let line = loop {
+        let line = lines
+            .next()
+            .expect("brook serve --kafka \"\" exited")
+            .expect("line");
+        if line.contains("listening") {
+            break line;
+        }
+    };
+    assert!(line.contains("kafka=-"), "{line}");
+    common::mirror::stop(&mut child);
 }

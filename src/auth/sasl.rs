@@ -191,7 +191,10 @@ impl Scram {
         if !matches!(binding, Some("biws") | Some("eSws")) {
             return Err("SCRAM: channel binding is not supported".into());
         }
-        if nonce != Some(self.nonce.as_str()) {
+        // The nonce must end with the one the server sent (so it holds this exchange's server
+        // part): librdkafka up to 2.0 sends the client's part twice in front of it, and Kafka's
+        // own broker checks it so as well.
+        if !nonce.is_some_and(|n| n.ends_with(self.nonce.as_str())) {
             return Err("SCRAM: the nonce does not match".into());
         }
         let proof = B64
@@ -296,6 +299,11 @@ mod tests {
         assert_eq!(Scram::user_of(b"n,,n=a=2Cb=3D,r=x").expect("ok").0, "a,b=");
         let (s, _) = Scram::start(b"n,,n=a,r=x", Some(secret(b"p"))).expect("start");
         assert!(s.finish(b"c=biws,r=other,p=AAAA").is_err());
+        let (s, _) = Scram::start(b"n,,n=a,r=x", Some(secret(b"p"))).expect("start");
+        assert!(
+            s.finish(b"c=biws,r=x,p=AAAA").is_err(),
+            "the server's part missing"
+        );
         assert_eq!(
             parse_plain(b"\0bob\0pw").expect("plain"),
             ("bob".into(), b"pw".to_vec())

@@ -70,7 +70,8 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::InitProducerId, 0, 4),
-    (ApiKey::SaslHandshake, 1, 1),
+    // v0: the tokens follow bare (librdkafka 2.0 wants v0 listed before it logs in at all).
+    (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
 

@@ -19,8 +19,9 @@
 //! connection are open at once. acks: `0` is appended with durability `none` and gets no
 //! answer, `1` is answered once `written`, `-1` (all) once `durable` (fsynced).
 //!
-//! Logins and the ACL: with a users file every connection logs in with SASL (SaslHandshake v1,
-//! then SaslAuthenticate: PLAIN, or SCRAM-SHA-512 against the `$7$` hashes, see
+//! Logins and the ACL: with a users file every connection logs in with SASL (SaslHandshake,
+//! then SaslAuthenticate, or after a v0 handshake the bare tokens as librdkafka 2.0 and older
+//! clients send them: PLAIN, or SCRAM-SHA-512 against the `$7$` hashes, see
 //! [`crate::auth::sasl`]) before anything but ApiVersions, unless anonymous clients are
 //! allowed; a TLS client certificate can be the login instead (`cert_cn_as_username`). Until
 //! the login a connection has one `auth.handshake_timeout` from its accept and requests of at
@@ -455,6 +456,7 @@ async fn connection(
     let slots = Arc::new(Semaphore::new(in_flight));
     let max = ctx.config.max_request_size.bytes() as usize;
     let idle = ctx.config.idle_timeout.0;
+    let mut raw_sasl = false;
     let result = loop {
         // Until the login, one deadline from the accept and small requests; then the idle
         // timeout between requests.
@@ -491,6 +493,28 @@ async fn connection(
         let Ok(permit) = Arc::clone(&slots).acquire_owned().await else {
             break Ok(());
         };
+        // After a SaslHandshake v0 the SASL tokens come and go bare, each behind its size.
+        if raw_sasl && matches!(login, Login::Waiting(Some(_)) | Login::Scram(_)) {
+            let client = "";
+            let (step, next) = sasl_step(auth, peer, client, login, &body).await;
+            login = next;
+            match step {
+                Ok(token) => {
+                    let mut framed = (token.len() as i32).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&token);
+                    if tx.send(send_now(framed)).await.is_err() {
+                        break Ok(());
+                    }
+                    if let Login::Done(_) = &login {
+                        slot.logged_in();
+                        raw_sasl = false;
+                    }
+                    continue;
+                }
+                // SASL v0 has no way to say why: the connection closes.
+                Err(m) => break Err(format!("SASL login failed: {m}")),
+            }
+        }
         let mut frame = match codec::parse(Bytes::from(body)) {
             Ok(Parsed::Request(f)) => f,
             Ok(Parsed::ApiVersionsTooNew { correlation_id }) => {
@@ -539,6 +563,7 @@ async fn connection(
                     ));
                 }
                 login = Login::Waiting(chosen);
+                raw_sasl = version == 0;
                 continue;
             }
             ApiKey::SaslAuthenticate => {
