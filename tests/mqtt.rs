@@ -1051,3 +1051,90 @@ async fn a_subscriber_too_slow_for_live_delivery_loses_nothing() {
     );
     r.stop().await.expect("stop");
 }
+
+/// A raw CONNECT of `version` (4: 3.1.1, 5) with `keep_alive`; returns the stream and the
+/// CONNACK packet.
+async fn connect_keep_alive(r: &Running, version: u8, keep_alive: u16) -> (TcpStream, Vec<u8>) {
+    let mut s = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', version, 2];
+    body.extend_from_slice(&keep_alive.to_be_bytes());
+    if version == 5 {
+        body.push(0); // no properties
+    }
+    body.extend_from_slice(&[0, 2, b'k', b'a']);
+    let mut pkt = vec![0x10, body.len() as u8];
+    pkt.extend(body);
+    s.write_all(&pkt).await.expect("CONNECT");
+    let connack = read_packet(&mut s).await;
+    (s, connack)
+}
+
+/// `mqtt.max_keepalive`: a 3.1.1 client asking for more (or for none: 0) is refused with
+/// CONNACK 2, as Mosquitto does; a 5.0 client is accepted and told the bound as Server Keep
+/// Alive (0x13) in its CONNACK; a client within the bound is told nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_is_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.mqtt.max_keepalive = 100;
+    let r = start(cfg).await.expect("start");
+    for asked in [0u16, 101] {
+        let (mut s, connack) = connect_keep_alive(&r, 4, asked).await;
+        assert_eq!(connack, [0x20, 2, 0, 2], "3.1.1 keep-alive {asked}");
+        closed(&mut s).await;
+        let (_s, connack) = connect_keep_alive(&r, 5, asked).await;
+        assert_eq!(connack[3], 0, "5.0 keep-alive {asked} accepted");
+        assert!(
+            connack.windows(3).any(|w| w == [0x13, 0, 100]),
+            "Server Keep Alive 100 in {connack:?}"
+        );
+    }
+    let (_s, connack) = connect_keep_alive(&r, 4, 100).await;
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let (_s, connack) = connect_keep_alive(&r, 5, 60).await;
+    assert_eq!(connack[3], 0);
+    assert!(!connack.windows(1).any(|w| w == [0x13]), "{connack:?}");
+    r.stop().await.expect("stop");
+}
+
+/// Inbound QoS 2 flow control: a 5.0 publisher's QoS 2 messages hold their place in the
+/// Receive Maximum (64) until PUBCOMP, not PUBREC; the 65th unreleased one gets DISCONNECT
+/// 0x93; the 64 before it were stored once each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_qos2_quota_is_released_at_pubcomp() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let (mut s, connack) = connect_keep_alive(&r, 5, 60).await;
+    assert_eq!(connack[3], 0);
+    let publish = |id: u16| {
+        let mut body = vec![0, 1, b'q'];
+        body.extend_from_slice(&id.to_be_bytes());
+        body.push(0); // no properties
+        body.extend_from_slice(b"m");
+        let mut pkt = vec![0x34, body.len() as u8];
+        pkt.extend(body);
+        pkt
+    };
+    // One released at once: its place is free again.
+    s.write_all(&publish(1)).await.expect("publish");
+    assert_eq!(read_packet(&mut s).await[..4], [0x50, 2, 0, 1], "PUBREC 1");
+    s.write_all(&[0x62, 2, 0, 1]).await.expect("PUBREL");
+    assert_eq!(read_packet(&mut s).await[..4], [0x70, 2, 0, 1], "PUBCOMP 1");
+    for id in 2..=65u16 {
+        s.write_all(&publish(id)).await.expect("publish");
+        let rec = read_packet(&mut s).await;
+        assert_eq!(rec[0], 0x50, "PUBREC {id}: {rec:?}");
+    }
+    s.write_all(&publish(66)).await.expect("one too many");
+    assert_eq!(
+        read_packet(&mut s).await[..3],
+        [0xe0, 2, 0x93],
+        "DISCONNECT receive maximum exceeded"
+    );
+    closed(&mut s).await;
+    let recs = records(&r, "mqtt").await;
+    assert_eq!(recs.len(), 65, "each stored once");
+    r.stop().await.expect("stop");
+}

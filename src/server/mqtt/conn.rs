@@ -138,6 +138,15 @@ pub async fn serve(
         client_id = format!("brook-{conn:x}-{:x}", now_ms());
         assigned = Some(client_id.clone());
     }
+    // A 3.1.1 client asking for a longer keep-alive than mqtt.max_keepalive (or none) is
+    // refused, as Mosquitto does (3.1.1 cannot be told another); 5.0 clients are told the bound.
+    if version == Version::V311
+        && super::session::bounded_keepalive(connect.keep_alive, hub.config.max_keepalive).is_some()
+    {
+        let _ = write_flushed(&mut wr, &[0x20, 2, 0, 2]).await;
+        tracing::info!(%peer, client = %client_id, keep_alive = connect.keep_alive, "mqtt: connection refused: keep-alive over mqtt.max_keepalive ({} s; 0 is none)", hub.config.max_keepalive);
+        return;
+    }
     // A verified client certificate is the login (tls.cert_cn_as_username).
     let login = match &cert_user {
         Some(cn) => Ok(Some(hub.auth.login_certificate(cn))),
@@ -206,6 +215,7 @@ pub async fn serve(
         topic_alias_max: hub.config.topic_alias_max,
         max_packet_size: max as u32,
         max_session_expiry: hub.config.max_session_expiry_secs(),
+        max_keepalive: hub.config.max_keepalive,
     };
     let mut sm = Session::start(&connect, state, present, assigned, limits);
     // A resumed session keeps only the subscriptions the ACL still allows.

@@ -86,6 +86,10 @@ pub struct MqttConfig {
     pub topic_alias_max: u16,
     /// Cap on session expiry; "none": no cap. Default "none".
     pub max_session_expiry: HumanDuration,
+    /// Longest keep-alive a client may ask for, seconds (Mosquitto's `max_keepalive`); a
+    /// keep-alive of 0 (none) counts as longer. 5.0 clients are told this as Server Keep Alive,
+    /// 3.1.1 clients asking for more are refused (CONNACK 2). 0: no bound. Default 65535.
+    pub max_keepalive: u16,
     /// Log topic for unrouted messages. Default "mqtt".
     pub default_topic: String,
     /// Routing rules, first match wins.
@@ -101,6 +105,7 @@ impl Default for MqttConfig {
             max_inflight: 64,
             topic_alias_max: 64,
             max_session_expiry: HumanDuration(Duration::ZERO),
+            max_keepalive: u16::MAX,
             default_topic: "mqtt".into(),
             route: Vec::new(),
         }

@@ -221,6 +221,14 @@ pub struct Limits {
     pub max_packet_size: u32,
     /// Cap on a session's expiry interval, seconds (`u32::MAX`: no cap).
     pub max_session_expiry: u32,
+    /// Longest keep-alive, seconds (0: no bound); a client's 0 counts as longer.
+    pub max_keepalive: u16,
+}
+
+/// The keep-alive a client gets: its own, or `max` when it asks for more (or for none).
+/// `None` when `max` is 0 (no bound) or the client's is within it.
+pub fn bounded_keepalive(asked: u16, max: u16) -> Option<u16> {
+    (max > 0 && (asked == 0 || asked > max)).then_some(max)
 }
 
 /// What the connection task must do, in order.
@@ -309,11 +317,13 @@ impl Session {
         let expiry = connect.session_expiry.min(limits.max_session_expiry);
         state.expiry = expiry;
         let window = usize::from(connect.receive_maximum.min(limits.max_inflight).max(1));
+        // 3.1.1 clients over the bound were refused before; 5.0 clients are told the bound.
+        let server_keep_alive = bounded_keepalive(connect.keep_alive, limits.max_keepalive);
         let mut s = Session {
             grants: None,
             version: connect.version,
             will: connect.will.clone(),
-            keep_alive: connect.keep_alive,
+            keep_alive: server_keep_alive.unwrap_or(connect.keep_alive),
             window,
             client_max_packet: connect.max_packet_size,
             aliases: HashMap::new(),
@@ -332,7 +342,7 @@ impl Session {
             max_packet_size: v5.then_some(s.limits.max_packet_size),
             assigned_client_id: if v5 { assigned_client_id } else { None },
             topic_alias_max: v5.then_some(s.limits.topic_alias_max),
-            server_keep_alive: None,
+            server_keep_alive: if v5 { server_keep_alive } else { None },
             reason_string: None,
         })));
         // Unacknowledged deliveries go again, in their order: PUBLISH with DUP, or PUBREL.
@@ -565,7 +575,15 @@ impl Session {
             }
             return;
         }
-        if p.qos > 0 && self.inbound_unacked >= usize::from(self.limits.max_inflight) {
+        if p.qos == 2 && self.state.inbound_qos2.contains(&p.pkid) {
+            // Already stored: a resend before PUBREL. Answer again, store nothing.
+            self.actions.push_back(Action::Send(Out::PubRec(p.pkid, 0)));
+            return;
+        }
+        // The quota (Receive Maximum) counts a QoS 1 publish until its PUBACK and a QoS 2
+        // one until its PUBCOMP: a PUBREC does not free its place.
+        let used = self.inbound_unacked + self.state.inbound_qos2.len();
+        if p.qos > 0 && used >= usize::from(self.limits.max_inflight) {
             self.close(
                 reason::RECEIVE_MAXIMUM_EXCEEDED,
                 "more unacknowledged QoS 1/2 publishes than Receive Maximum",
@@ -575,14 +593,7 @@ impl Session {
         let ack = match p.qos {
             0 => Ack::None,
             1 => Ack::PubAck(p.pkid),
-            _ => {
-                if self.state.inbound_qos2.contains(&p.pkid) {
-                    // Already stored: a resend before PUBREL. Answer again, store nothing.
-                    self.actions.push_back(Action::Send(Out::PubRec(p.pkid, 0)));
-                    return;
-                }
-                Ack::PubRec(p.pkid)
-            }
+            _ => Ack::PubRec(p.pkid),
         };
         if ack != Ack::None {
             self.inbound_unacked += 1;
@@ -839,6 +850,7 @@ mod tests {
             topic_alias_max: 4,
             max_packet_size: 1 << 20,
             max_session_expiry: u32::MAX,
+            max_keepalive: 100,
         }
     }
 
@@ -972,6 +984,79 @@ mod tests {
             sent(&mut s),
             vec![Out::PubComp(9, reason::PACKET_ID_NOT_FOUND)]
         );
+    }
+
+    #[test]
+    fn keep_alive_is_bounded_and_5_0_clients_are_told() {
+        assert_eq!(bounded_keepalive(30, 100), None);
+        assert_eq!(bounded_keepalive(100, 100), None);
+        assert_eq!(bounded_keepalive(101, 100), Some(100));
+        assert_eq!(
+            bounded_keepalive(0, 100),
+            Some(100),
+            "none is longer than any"
+        );
+        assert_eq!(bounded_keepalive(0, 0), None, "0: no bound");
+        for (asked, told, got) in [(0, Some(100), 100), (500, Some(100), 100), (30, None, 30)] {
+            let mut s = Session::start(
+                &Connect {
+                    keep_alive: asked,
+                    ..connect(Version::V5)
+                },
+                SessionState::new("c".into(), 0),
+                false,
+                None,
+                limits(),
+            );
+            match s.take_actions().next() {
+                Some(Action::Send(Out::ConnAck(c))) => assert_eq!(c.server_keep_alive, told),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(s.keep_alive, got);
+        }
+    }
+
+    #[test]
+    fn a_qos2_publish_holds_its_quota_place_until_pubcomp() {
+        let mut s = new_session(Version::V5);
+        let max = s.limits.max_inflight;
+        let publish = |pkid: u16| Publish {
+            dup: false,
+            qos: 2,
+            retain: false,
+            topic: "t".into(),
+            pkid,
+            payload: Bytes::new(),
+            props: MessageProps::default(),
+        };
+        for id in 1..=max {
+            s.handle(Packet::Publish(publish(id)));
+            let _ = s.take_actions().count();
+            s.appended(Ack::PubRec(id), AppendOutcome::Stored);
+            assert_eq!(sent(&mut s), vec![Out::PubRec(id, 0)]);
+        }
+        // A resend of one already held is answered again and takes no new place.
+        s.handle(Packet::Publish(publish(1)));
+        assert_eq!(sent(&mut s), vec![Out::PubRec(1, 0)]);
+        // PUBREL/PUBCOMP frees one place: one more fits.
+        s.handle(Packet::PubRel(1));
+        assert_eq!(sent(&mut s), vec![Out::PubComp(1, 0)]);
+        s.handle(Packet::Publish(publish(max + 1)));
+        assert!(matches!(
+            s.take_actions().next(),
+            Some(Action::Append { .. })
+        ));
+        s.appended(Ack::PubRec(max + 1), AppendOutcome::Stored);
+        let _ = sent(&mut s);
+        // Past the quota: DISCONNECT 0x93.
+        s.handle(Packet::Publish(publish(max + 2)));
+        assert!(matches!(
+            s.take_actions().next(),
+            Some(Action::Close {
+                reason: Some(reason::RECEIVE_MAXIMUM_EXCEEDED),
+                ..
+            })
+        ));
     }
 
     #[test]
