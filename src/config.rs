@@ -245,6 +245,13 @@ impl Config {
             return Err("native.idle_timeout: must be greater than zero".into());
         }
         self.mqtt.validate()?;
+        let need = crate::server::mqtt::message::batch_bound(self.mqtt.max_packet_size.bytes());
+        if need > self.topic_defaults.segment_size.bytes() {
+            return Err(format!(
+                "mqtt.max_packet_size = {} does not fit topic_defaults.segment_size = {}: a packet becomes one log batch of up to {need} bytes (headers included); lower the one or raise the other",
+                self.mqtt.max_packet_size, self.topic_defaults.segment_size
+            ));
+        }
         self.kafka.validate()?;
         crate::mirror::validate(&self.mirror)?;
         if let Some(max) = self.log.max_size.limit() {
@@ -278,6 +285,23 @@ mod tests {
     fn embedded_default_matches_code_default() {
         let parsed = Config::parse(DEFAULT_CONFIG, Path::new("default")).expect("default parses");
         assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn limits_the_reader_cannot_serve_are_refused() {
+        let e = Config::parse(
+            "[mqtt]\nmax_packet_size = \"256MiB\"\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("over MQTT's and the log's maximum");
+        assert!(e.to_string().contains("mqtt.max_packet_size"), "{e}");
+        assert!(Config::parse("[mqtt]\nmax_packet_size = \"50MiB\"\n", Path::new("x")).is_ok());
+        let e = Config::parse(
+            "[topic_defaults]\nsegment_size = \"256MiB\"\nmax_batch_size = \"100MiB\"\n",
+            Path::new("x.toml"),
+        )
+        .expect_err("over the reader's frame cap");
+        assert!(e.to_string().contains("max_batch_size"), "{e}");
     }
 
     #[test]

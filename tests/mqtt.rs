@@ -930,6 +930,8 @@ async fn full_log_v5_gets_quota_exceeded_v311_is_held_until_the_log_accepts() {
     let mut cfg = config(dir.path());
     cfg.topic_defaults.segment_size = ByteSize::kib(64);
     cfg.topic_defaults.max_batch_size = ByteSize::kib(16);
+    // A packet becomes one batch: the MQTT limit fits the log's.
+    cfg.mqtt.max_packet_size = ByteSize::kib(8);
     cfg.topic_defaults.retention_size = ByteSize::kib(130);
     cfg.validate().expect("valid config");
     cfg.topic_defaults.on_full = brook::log::OnFull::Reject;
@@ -1136,5 +1138,139 @@ async fn the_qos2_quota_is_released_at_pubcomp() {
     closed(&mut s).await;
     let recs = records(&r, "mqtt").await;
     assert_eq!(recs.len(), 65, "each stored once");
+    r.stop().await.expect("stop");
+}
+
+/// Reads one MQTT packet of any size: (first byte, body).
+async fn read_whole_packet(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut first = [0u8; 1];
+    tokio::time::timeout(WAIT, s.read_exact(&mut first))
+        .await
+        .expect("in time")
+        .expect("read");
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await.expect("length");
+        len |= usize::from(b[0] & 0x7f) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.expect("body");
+    (first[0], body)
+}
+
+use common::mqtt_varint as varint;
+
+/// A QoS 1 PUBLISH to "big/<tag>" of exactly `total` bytes; 5.0 ones carry `user_props` empty
+/// user properties (the costliest to store: one more byte each as record headers).
+fn publish_of_size(total: usize, v5: bool, user_props: usize, tag: &str) -> Vec<u8> {
+    let topic = format!("big/{tag}");
+    let mut props = Vec::new();
+    for _ in 0..user_props {
+        props.extend_from_slice(&[0x26, 0, 0, 0, 0]);
+    }
+    let mut head = Vec::new();
+    head.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+    head.extend_from_slice(topic.as_bytes());
+    head.extend_from_slice(&[0, 7]);
+    if v5 {
+        varint(props.len(), &mut head);
+        head.extend_from_slice(&props);
+    }
+    // 1 byte of type and flags, 3 bytes of remaining length (up to 2 MiB).
+    let remaining = total - 4;
+    let payload = remaining - head.len();
+    let mut pkt = vec![0x32];
+    varint(remaining, &mut pkt);
+    assert_eq!(pkt.len(), 4);
+    pkt.extend_from_slice(&head);
+    pkt.extend(std::iter::repeat_n(b'p', payload));
+    assert_eq!(pkt.len(), total);
+    pkt
+}
+
+/// Every packet `mqtt.max_packet_size` admits fits the log: a 5.0 PUBLISH of exactly the
+/// limit (from a client with a 256-byte id, the longest, half its bytes empty user properties) and a
+/// 3.1.1 one are acknowledged, delivered to a subscriber, and read back after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_at_the_size_limit_fit_the_log_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let limit = cfg.mqtt.max_packet_size.bytes() as usize;
+    let r = start(cfg.clone()).await.expect("start");
+    let mut sub = raw_connect(&r, b"big-sub", true).await;
+    let mut subscribe = vec![0, 1, 0, 5];
+    subscribe.extend_from_slice(b"big/#");
+    subscribe.push(1);
+    let mut pkt = vec![0x82, subscribe.len() as u8];
+    pkt.extend(subscribe);
+    sub.write_all(&pkt).await.expect("SUBSCRIBE");
+    assert_eq!(read_whole_packet(&mut sub).await.0, 0x90, "SUBACK");
+    // 5.0, the longest client id.
+    let id = "i".repeat(256);
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0];
+    body.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    body.extend_from_slice(id.as_bytes());
+    let mut connect = vec![0x10];
+    varint(body.len(), &mut connect);
+    connect.extend(body);
+    let mut v5 = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
+    v5.write_all(&connect).await.expect("CONNECT");
+    let (kind, ack) = read_whole_packet(&mut v5).await;
+    assert_eq!((kind, ack[1]), (0x20, 0), "CONNACK");
+    // One byte longer: refused, 0x85 (client identifier not valid).
+    let mut long = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0, 1, 1];
+    body.extend(std::iter::repeat_n(b'i', 257));
+    let mut connect = vec![0x10];
+    varint(body.len(), &mut connect);
+    connect.extend(body);
+    long.write_all(&connect).await.expect("CONNECT");
+    let (kind, ack) = read_whole_packet(&mut long).await;
+    assert_eq!((kind, ack[1]), (0x20, 0x85), "a 257-byte client id");
+    v5.write_all(&publish_of_size(limit, true, limit / 10, "v5"))
+        .await
+        .expect("PUBLISH");
+    let (kind, ack) = read_whole_packet(&mut v5).await;
+    assert_eq!(kind, 0x40, "PUBACK");
+    assert!(ack.len() == 2 || ack[2] == 0, "PUBACK reason {ack:?}");
+    let mut v3 = raw_connect(&r, b"big-v3", true).await;
+    v3.write_all(&publish_of_size(limit, false, 0, "v3"))
+        .await
+        .expect("PUBLISH");
+    assert_eq!(read_whole_packet(&mut v3).await.0, 0x40, "PUBACK");
+    for _ in 0..2 {
+        let (kind, body) = read_whole_packet(&mut sub).await;
+        assert_eq!(kind & 0xf0, 0x30, "delivered");
+        // The 5.0 one's user properties do not go to a 3.1.1 subscriber: half its size.
+        assert!(body.len() > limit / 2 - 1000, "{} bytes", body.len());
+        let at = 2 + usize::from(body[1]);
+        let pkid = [body[at], body[at + 1]];
+        sub.write_all(&[0x40, 2, pkid[0], pkid[1]])
+            .await
+            .expect("PUBACK");
+    }
+    let sizes = |recs: Vec<brook::log::Record>| {
+        let mut v: Vec<usize> = recs.iter().map(|r| r.value.len()).collect();
+        v.sort();
+        v
+    };
+    let before = sizes(records(&r, "mqtt").await);
+    assert_eq!(before.len(), 2);
+    r.stop().await.expect("stop");
+    let r = start(cfg).await.expect("restart");
+    assert_eq!(
+        sizes(records(&r, "mqtt").await),
+        before,
+        "both read back after a restart"
+    );
     r.stop().await.expect("stop");
 }

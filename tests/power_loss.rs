@@ -61,6 +61,7 @@ retention = "none"
 
 [mqtt]
 durability = "durable"
+max_packet_size = "32KiB"
 
 [[mirror]]
 name = "up"

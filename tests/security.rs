@@ -898,18 +898,7 @@ fn mqtt_str(out: &mut Vec<u8>, s: &str) {
 
 fn mqtt_packet(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![kind];
-    let mut n = body.len();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            break;
-        }
-    }
+    common::mqtt_varint(body.len(), &mut out);
     out.extend_from_slice(body);
     out
 }

@@ -326,7 +326,12 @@ impl Broker {
 
     /// Creates a topic: the config is made durable in `meta` first, then the files exist.
     pub fn create_topic(&self, name: &str, settings: &TopicSettings) -> Result<Arc<Topic>> {
-        let cfg = self.topic_config(settings);
+        self.create_topic_with(name, self.topic_config(settings))
+    }
+
+    /// Creates a topic with a whole config (front ends that size a topic to their own
+    /// limits, as MQTT does for its largest packet).
+    pub fn create_topic_with(&self, name: &str, cfg: TopicConfig) -> Result<Arc<Topic>> {
         crate::log::store::validate_topic_name(name)?;
         cfg.validate(name)?;
         if cfg.partitions as usize > crate::proto::MAX_PARTITIONS {

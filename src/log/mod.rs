@@ -215,6 +215,14 @@ impl TopicConfig {
                 self.max_batch_size, self.segment_size
             ));
         }
+        // A batch the reader would refuse must never be accepted: it would be acknowledged,
+        // never delivered, and cut at the next start with everything after it.
+        if self.max_batch_size.bytes() > record::MAX_FRAME_LEN as u64 {
+            return bad(format!(
+                "max_batch_size = {} is above 64MiB, the largest frame a reader takes",
+                self.max_batch_size
+            ));
+        }
         if !(64..=1 << 20).contains(&self.index_interval.bytes()) {
             return bad(format!(
                 "index_interval = {} is outside 64B..=1MiB",

@@ -314,3 +314,18 @@ pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Process,
     });
     (child, addrs)
 }
+
+/// Appends `n` as an MQTT variable byte integer (remaining lengths, property lengths).
+pub fn mqtt_varint(mut n: usize, out: &mut Vec<u8>) {
+    loop {
+        let mut b = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if n == 0 {
+            return;
+        }
+    }
+}

@@ -128,6 +128,13 @@ pub async fn serve(
     let mut client_id = connect.client_id.clone();
     let mut assigned = None;
     let conn = hub.next_conn_id();
+    if client_id.len() > message::MAX_CLIENT_ID {
+        // Every record a client publishes carries its id: a bound on it keeps any packet
+        // mqtt.max_packet_size admits within one log batch.
+        refuse(&mut wr, version, reason::CLIENT_ID_NOT_VALID).await;
+        tracing::info!(%peer, len = client_id.len(), "mqtt: connection refused: client id longer than {} bytes", message::MAX_CLIENT_ID);
+        return;
+    }
     if client_id.is_empty() {
         if version == Version::V311 && !connect.clean_start {
             // MQTT-3.1.3-8: identifier rejected.

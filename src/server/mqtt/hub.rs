@@ -27,6 +27,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::log::{AppendTicket, Durability, LogError, PartitionChoice, Visibility};
 use crate::meta::Namespace;
 use crate::proto::TopicSettings;
+use crate::units::ByteSize;
 
 /// A message for one connection.
 #[derive(Clone, Debug)]
@@ -202,8 +203,16 @@ impl Hub {
             background: Mutex::new(tokio::task::JoinSet::new()),
             me: me.clone(),
         });
+        let need = message::batch_bound(hub.config.max_packet_size.bytes());
         for t in hub.log_topics() {
-            if hub.broker.topic(&t).is_ok() {
+            if let Ok(topic) = hub.broker.topic(&t) {
+                let max = topic.config().max_batch_size.bytes();
+                if max < need {
+                    tracing::warn!(
+                        topic = %t,
+                        "mqtt: log topic's max_batch_size ({max} bytes) is below what a packet of mqtt.max_packet_size can take ({need} bytes): larger messages will be refused; recreate the topic or lower mqtt.max_packet_size"
+                    );
+                }
                 hub.dispatch(&t);
             }
         }
@@ -251,7 +260,14 @@ impl Hub {
         match self.broker.topic(name) {
             Ok(_) => {}
             Err(BrokerError::Log(LogError::UnknownTopic(_))) => {
-                match self.broker.create_topic(name, &TopicSettings::default()) {
+                // Sized so that any packet mqtt.max_packet_size admits fits one batch.
+                let mut cfg = self.broker.topic_config(&TopicSettings::default());
+                let need = message::batch_bound(self.config.max_packet_size.bytes());
+                // (Config validation holds `need` within topic_defaults.segment_size.)
+                if cfg.max_batch_size.bytes() < need {
+                    cfg.max_batch_size = ByteSize(need.min(cfg.segment_size.bytes()));
+                }
+                match self.broker.create_topic_with(name, cfg) {
                     Ok(_) => tracing::info!(topic = name, "mqtt: created log topic"),
                     Err(BrokerError::Log(LogError::TopicExists(_))) => {}
                     Err(e) => return Err(e),

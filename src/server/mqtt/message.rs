@@ -36,6 +36,18 @@ pub struct LogMessage {
     pub props: MessageProps,
 }
 
+/// The longest client id accepted (MQTT requires 23 at least; AWS and Azure IoT stop at 128).
+pub const MAX_CLIENT_ID: usize = 256;
+
+/// The largest log batch (frame included) a PUBLISH of `max_packet` bytes can become: its
+/// topic and payload as they are, plus the headers Brook adds (names such as `mqtt.qos`, and
+/// the client id, at most [`MAX_CLIENT_ID`]), plus at most one byte in five for user
+/// properties (5 bytes each at the least in MQTT, one more as a record header), plus the
+/// record and batch framing.
+pub fn batch_bound(max_packet: u64) -> u64 {
+    max_packet + max_packet / 5 + 1024
+}
+
 /// The record headers of `publish` from client `client_id`.
 pub fn headers(publish: &Publish, client_id: &str) -> Vec<Header> {
     let p = &publish.props;

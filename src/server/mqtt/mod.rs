@@ -128,10 +128,14 @@ impl MqttConfig {
             return Err("mqtt.max_connections: must be at least 1".into());
         }
         let size = self.max_packet_size.bytes();
-        if !(1024..=256 << 20).contains(&size) {
+        // The largest packet must fit one log batch a reader takes (64 MiB, headers and
+        // framing included): about 53 MiB. (MQTT itself stops at 268,435,455 bytes.)
+        let max = (crate::log::record::MAX_FRAME_LEN as u64 - 1024) * 5 / 6;
+        if !(1024..=max).contains(&size) {
             return Err(format!(
-                "mqtt.max_packet_size = {} is outside 1KiB..=256MiB",
-                self.max_packet_size
+                "mqtt.max_packet_size = {} is outside 1KiB..={}: a packet becomes one log batch, and a batch is at most 64MiB with its headers",
+                self.max_packet_size,
+                ByteSize(max)
             ));
         }
         if self.max_inflight == 0 {
