@@ -951,18 +951,34 @@ async fn full_log_v5_gets_quota_exceeded_v311_is_held_until_the_log_accepts() {
     }
     assert!(refused.is_some(), "the log filled up and said so");
     let stored = records(&r, "mqtt").await.len();
-    // 3.1.1 QoS 1: no PUBACK while full.
-    let mut p3 = v4(v4_options(&r, "p3")).await;
-    p3.client
-        .publish("fill", QoS::AtLeastOnce, false, vec![b'w'; 2000])
-        .await
-        .expect("publish");
-    p3.inbox
-        .quiet(Duration::from_millis(800), |p| match p {
-            Incoming::PubAck(a) => Some(a),
-            _ => None,
-        })
-        .await;
+    // 3.1.1 QoS 1 from a client with a 1 s keep-alive: no PUBACK while full, and no close
+    // either: its PINGREQs are answered for the 3 s it waits (twice its keep-alive), the
+    // refusal is counted once, not at every retry.
+    let refused = || async {
+        let h = r.http_addr.expect("http listener").to_string();
+        let body = brook::tools::http_get(&h, "/metrics", None)
+            .await
+            .expect("metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix("brook_mqtt_refused_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("brook_mqtt_refused_total")
+    };
+    let before = refused().await;
+    let (mut p3, connack) = connect_keep_alive(&r, 4, 1).await;
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut publish = vec![0x32];
+    varint(2 + 4 + 2 + 2000, &mut publish);
+    publish.extend_from_slice(&[0, 4, b'f', b'i', b'l', b'l', 0, 1]);
+    publish.extend(std::iter::repeat_n(b'w', 2000));
+    p3.write_all(&publish).await.expect("PUBLISH");
+    for _ in 0..6 {
+        p3.write_all(&[0xc0, 0]).await.expect("PINGREQ");
+        let answer = read_packet(&mut p3).await;
+        assert_eq!(answer, [0xd0, 0], "PINGRESP, not a PUBACK or a close");
+        tokio::time::sleep(Duration::from_millis(500)).await; // the client's own pace
+    }
+    assert_eq!(refused().await, before + 1, "counted once");
     assert_eq!(
         records(&r, "mqtt").await.len(),
         stored,
@@ -970,7 +986,11 @@ async fn full_log_v5_gets_quota_exceeded_v311_is_held_until_the_log_accepts() {
     );
     // Space comes back (here: the operator deletes the topic; it is created again on use).
     r.broker.delete_topic("mqtt").expect("delete");
-    p3.puback().await;
+    assert_eq!(
+        read_packet(&mut p3).await,
+        [0x40, 2, 0, 1],
+        "the PUBACK at last"
+    );
     let recs = records(&r, "mqtt").await;
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0].value, vec![b'w'; 2000]);

@@ -30,6 +30,8 @@ use crate::log::{Durability, LogError};
 const CHANNEL: usize = 1024;
 /// How often a refused (log full) 3.1.1 QoS 1/2 message is offered to the log again.
 const RETRY: Duration = Duration::from_millis(250);
+/// Bytes read from a paused connection (for its PINGREQs) before reading stops altogether.
+const PAUSED_READ: usize = 4096;
 /// Bytes read back from the log per step when catching up.
 const CATCH_UP_BYTES: usize = 256 * 1024;
 
@@ -250,6 +252,7 @@ pub async fn serve(
         lagged: Arc::new(AtomicBool::new(false)),
         acks: VecDeque::new(),
         held: None,
+        retrying: false,
         catch_up: Vec::new(),
         dirty: false,
     };
@@ -310,6 +313,8 @@ struct Conn {
     acks: VecDeque<(Ack, AckWait)>,
     /// A 3.1.1 QoS 1/2 message the log refused: reading stops until it is accepted.
     held: Option<(Publish, Ack)>,
+    /// Set while a held publish is offered to the log again (it is counted and logged once).
+    retrying: bool,
     /// Log partitions still to read back: (topic, partition, end).
     catch_up: Vec<(Arc<str>, u32, u64)>,
     /// Positions moved since the session was last persisted.
@@ -375,6 +380,9 @@ impl Conn {
                 }
                 self.out.clear();
             }
+            if self.paused() {
+                deadline = Instant::now() + keep_alive;
+            }
             let catching_up = !self.catch_up.is_empty();
             let wants = self.sm.wants_more();
             tokio::select! {
@@ -400,7 +408,11 @@ impl Conn {
                         self.sm.appended(ack, outcome);
                     }
                 }
-                r = rd.read_buf(&mut inbuf), if !self.paused() => {
+                // While a publish is held (log full, 3.1.1) or the inbound quota is used up,
+                // the connection is read only a little: enough to answer the PINGREQs that
+                // come next, so the client sees a live server that is not acknowledging,
+                // rather than a dead one to reconnect to and resend everything.
+                r = rd.read_buf(&mut inbuf), if !self.paused() || inbuf.len() < PAUSED_READ => {
                     match r {
                         Ok(0) => {
                             tracing::debug!(peer = %self.peer, "mqtt: connection closed by the client without DISCONNECT");
@@ -412,9 +424,16 @@ impl Conn {
                             return End::Abnormal;
                         }
                     }
+                    if self.paused() {
+                        while inbuf.starts_with(&[0xc0, 0]) {
+                            let _ = inbuf.split_to(2);
+                            self.send(Out::PingResp);
+                        }
+                    }
                     continue;
                 }
-                _ = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() => {
+                // The keep-alive is the client's to keep only while the server reads it.
+                _ = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() && !self.paused() => {
                     tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: keep-alive expired");
                     self.send(Out::Disconnect(reason::KEEP_ALIVE_TIMEOUT));
                     let _ = write_flushed(&mut self.wr, &self.out).await;
@@ -445,7 +464,12 @@ impl Conn {
                 }
                 _ = retry.tick(), if self.held.is_some() => {
                     if let Some((publish, ack)) = self.held.take() {
+                        self.retrying = true;
                         self.append(publish, ack);
+                        if self.held.is_none() {
+                            tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: the log accepts again: the held publish is stored, reading on");
+                        }
+                        self.retrying = false;
                     }
                 }
                 _ = persist_tick.tick() => {
@@ -587,13 +611,15 @@ impl Conn {
                     self.hub.stats.dropped_qos0.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                self.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
                 if self.sm.version == Version::V311 {
-                    if self.held.is_none() {
-                        tracing::info!(peer = %self.peer, %topic, "mqtt: log full ({reason}): holding a 3.1.1 publish, not reading until the log accepts it");
+                    // Counted and logged once per message, not at every retry.
+                    if !self.retrying {
+                        self.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, %topic, "mqtt: log full ({reason}): holding a 3.1.1 publish unacknowledged, reading nothing more from this client until the log accepts it");
                     }
                     self.held = Some((publish, ack));
                 } else {
+                    self.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
                     self.acks
                         .push_back((ack, Box::pin(async { AppendOutcome::QuotaExceeded })));
                 }
