@@ -67,6 +67,10 @@ pub struct Listeners {
     pub http_tls: String,
     /// Kafka API over TLS (`[tls]`), e.g. "0.0.0.0:9093". Default "": none.
     pub kafka_tls: String,
+    /// MQTT over WebSockets (subprotocol `mqtt`), e.g. "0.0.0.0:8080". Default "": none.
+    pub mqtt_ws: String,
+    /// MQTT over WebSockets over TLS (`[tls]`), e.g. "0.0.0.0:8081". Default "": none.
+    pub mqtt_wss: String,
 }
 
 impl Listeners {
@@ -75,7 +79,8 @@ impl Listeners {
         !(self.native_tls.is_empty()
             && self.mqtt_tls.is_empty()
             && self.http_tls.is_empty()
-            && self.kafka_tls.is_empty())
+            && self.kafka_tls.is_empty()
+            && self.mqtt_wss.is_empty())
     }
 }
 
@@ -90,6 +95,8 @@ impl Default for Listeners {
             mqtt_tls: String::new(),
             http_tls: String::new(),
             kafka_tls: String::new(),
+            mqtt_ws: String::new(),
+            mqtt_wss: String::new(),
         }
     }
 }
@@ -211,6 +218,8 @@ impl Config {
             ("listeners.mqtt_tls", &self.listeners.mqtt_tls),
             ("listeners.http_tls", &self.listeners.http_tls),
             ("listeners.kafka_tls", &self.listeners.kafka_tls),
+            ("listeners.mqtt_ws", &self.listeners.mqtt_ws),
+            ("listeners.mqtt_wss", &self.listeners.mqtt_wss),
         ] {
             if addr.is_empty() {
                 continue; // off
@@ -295,7 +304,16 @@ mod tests {
         )
         .expect_err("over MQTT's and the log's maximum");
         assert!(e.to_string().contains("mqtt.max_packet_size"), "{e}");
-        assert!(Config::parse("[mqtt]\nmax_packet_size = \"50MiB\"\n", Path::new("x")).is_ok());
+        let e = Config::parse("[mqtt]\nmax_packet_size = \"50MiB\"\n", Path::new("x"))
+            .expect_err("a packet larger than a segment");
+        assert!(e.to_string().contains("topic_defaults.segment_size"), "{e}");
+        assert!(
+            Config::parse(
+                "[mqtt]\nmax_packet_size = \"50MiB\"\n[topic_defaults]\nsegment_size = \"64MiB\"\n",
+                Path::new("x")
+            )
+            .is_ok()
+        );
         let e = Config::parse(
             "[topic_defaults]\nsegment_size = \"256MiB\"\nmax_batch_size = \"100MiB\"\n",
             Path::new("x.toml"),

@@ -274,3 +274,50 @@ fn a_thousand_clients_each_get_every_own_message_back() {
     assert_eq!(r["delivered"], r["published"], "{r}");
     assert_eq!(r["acknowledged"], r["published"], "{r}");
 }
+
+/// MQTT over WebSockets (`listeners.mqtt_ws`, and `mqtt_wss` over TLS) with paho-mqtt's
+/// websockets transport (`tests/mqtt/paho_ws.py`): 5.0 and 3.1.1 clients log in, subscribe and
+/// get their own messages; a TCP subscriber gets what a WebSocket client published; a wrong
+/// password is refused. A browser-style upgrade without the `mqtt` subprotocol gets HTTP 400.
+#[test]
+fn mqtt_over_websockets_with_paho() {
+    use std::io::Read;
+    let python = std::env::var("BROOK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = common::pki::pki(dir.path());
+    let config = common::auth::secured_config(dir.path(), Some(true));
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str(&format!(
+        "[listeners]\nmqtt_ws = \"127.0.0.1:0\"\nmqtt_wss = \"127.0.0.1:0\"\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        pki.server_cert, pki.server_key
+    ));
+    std::fs::write(&config, text).expect("config");
+    let (mut server, line) = common::serve_listening(&config, &dir.path().join("data"));
+    let field = |name: &str| port(&common::log_field(&line, name));
+    let (ws, wss, tcp) = (field("mqtt_ws="), field("mqtt_wss="), field("mqtt="));
+    // An upgrade that does not offer the mqtt subprotocol.
+    let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{ws}")).expect("connect");
+    s.write_all(
+        b"GET /mqtt HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("upgrade");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt/paho_ws.py");
+    let out = Command::new(&python)
+        .arg(script)
+        .args(["--ws", &ws, "--wss", &wss, "--tcp", &tcp])
+        .arg("--ca")
+        .arg(&pki.ca)
+        .output()
+        .expect("run python");
+    kill_9(&mut server);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all websocket checks passed"),
+        "paho websocket checks failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -437,33 +437,8 @@ fn the_readme_certificate_recipe_works() {
         ),
     )
     .expect("config");
-    let mut server = common::brook()
-        .args(["serve", "--config"])
-        .arg(&config)
-        .args(["--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-        .args([
-            "--mqtt",
-            "127.0.0.1:0",
-            "--kafka",
-            "127.0.0.1:0",
-            "--data-dir",
-        ])
-        .arg(d.join("data"))
-        .env("BROOK_LOG", "info")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map(common::Process::new)
-        .expect("brook serve");
-    let port = {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(server.stderr.take().expect("stderr")).lines();
-        loop {
-            let line = lines.next().expect("brook serve exited").expect("line");
-            if line.contains("listening") {
-                break common::auth::port(&field(&line, "mqtt_tls="));
-            }
-        }
-    };
+    let (_server, line) = common::serve_listening(&config, &d.join("data"));
+    let port = common::auth::port(&common::log_field(&line, "mqtt_tls="));
     let out = mosquitto_pub(
         &port,
         &[

@@ -166,7 +166,9 @@ impl AuthConfig {
             ("listeners.native", &listeners.native, false),
             ("listeners.mqtt", &listeners.mqtt, false),
             ("listeners.kafka", &listeners.kafka, false),
+            ("listeners.mqtt_ws", &listeners.mqtt_ws, false),
             ("listeners.native_tls", &listeners.native_tls, certs_log_in),
+            ("listeners.mqtt_wss", &listeners.mqtt_wss, certs_log_in),
             ("listeners.mqtt_tls", &listeners.mqtt_tls, certs_log_in),
             ("listeners.kafka_tls", &listeners.kafka_tls, certs_log_in),
         ] {

@@ -310,22 +310,30 @@ pub fn subject_cn(cert: &[u8]) -> Option<String> {
 
 // ---- connection halves -------------------------------------------------------------------
 
-/// The reading half of a connection: plain TCP or TLS.
+/// A byte stream carried some other way (MQTT over WebSockets).
+pub trait Carried: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Carried for T {}
+
+/// The reading half of a connection: plain TCP, TLS, or carried.
 pub enum ReadHalf {
     Plain(OwnedReadHalf),
     Tls(tokio::io::ReadHalf<TlsStream<TcpStream>>),
+    Carried(tokio::io::ReadHalf<Box<dyn Carried>>),
 }
 
-/// The writing half of a connection: plain TCP or TLS.
+/// The writing half of a connection: plain TCP, TLS, or carried.
 pub enum WriteHalf {
     Plain(OwnedWriteHalf),
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    Carried(tokio::io::WriteHalf<Box<dyn Carried>>),
 }
 
-/// A connection as it was accepted: plain, or after its TLS handshake.
+/// A connection as it was accepted: plain, after its TLS handshake, or inside another
+/// protocol (WebSockets).
 pub enum Accepted {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Carried(Box<dyn Carried>),
 }
 
 impl Accepted {
@@ -339,6 +347,54 @@ impl Accepted {
                 let (r, w) = tokio::io::split(*s);
                 (ReadHalf::Tls(r), WriteHalf::Tls(w))
             }
+            Accepted::Carried(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Carried(r), WriteHalf::Carried(w))
+            }
+        }
+    }
+}
+
+impl AsyncRead for Accepted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Accepted::Carried(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Accepted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Accepted::Carried(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_flush(cx),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Accepted::Carried(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Accepted::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Accepted::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Accepted::Carried(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -352,6 +408,7 @@ impl AsyncRead for ReadHalf {
         match self.get_mut() {
             ReadHalf::Plain(r) => Pin::new(r).poll_read(cx, buf),
             ReadHalf::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Carried(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -365,6 +422,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Plain(w) => Pin::new(w).poll_write(cx, buf),
             WriteHalf::Tls(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Carried(w) => Pin::new(w).poll_write(cx, buf),
         }
     }
 
@@ -372,6 +430,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Plain(w) => Pin::new(w).poll_flush(cx),
             WriteHalf::Tls(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Carried(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
@@ -379,6 +438,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Plain(w) => Pin::new(w).poll_shutdown(cx),
             WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Carried(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 
@@ -390,6 +450,7 @@ impl AsyncWrite for WriteHalf {
         match self.get_mut() {
             WriteHalf::Plain(w) => Pin::new(w).poll_write_vectored(cx, bufs),
             WriteHalf::Tls(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            WriteHalf::Carried(w) => Pin::new(w).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -397,6 +458,7 @@ impl AsyncWrite for WriteHalf {
         match self {
             WriteHalf::Plain(w) => w.is_write_vectored(),
             WriteHalf::Tls(w) => w.is_write_vectored(),
+            WriteHalf::Carried(w) => w.is_write_vectored(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! | MQTT 3.1.1 and 5.0 | [`mqtt`] | 127.0.0.1:1883 |
 //! | Kafka API | [`kafka`] | 127.0.0.1:9092 |
 //! | native, MQTT, Kafka, HTTP over TLS ([`crate::auth::tls`]) | the same modules | off (`listeners.*_tls`) |
+//! | MQTT over WebSockets, plain and TLS ([`mqtt::ws`]) | [`mqtt`] | off (`listeners.mqtt_ws`, `mqtt_wss`) |
 //!
 //! Any listener is turned off with `""` (in brook.toml or on the command line).
 //!
@@ -68,6 +69,8 @@ pub struct Running {
     pub mqtt_tls_addr: Option<SocketAddr>,
     pub http_tls_addr: Option<SocketAddr>,
     pub kafka_tls_addr: Option<SocketAddr>,
+    pub mqtt_ws_addr: Option<SocketAddr>,
+    pub mqtt_wss_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -134,11 +137,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let mqtt_tls = bind("mqtt over TLS", &l.mqtt_tls).await?;
     let kafka = bind("kafka", &l.kafka).await?;
     let kafka_tls = bind("kafka over TLS", &l.kafka_tls).await?;
+    let mqtt_ws = bind("mqtt over WebSockets", &l.mqtt_ws).await?;
+    let mqtt_wss = bind("mqtt over WebSockets over TLS", &l.mqtt_wss).await?;
     let addr = |b: &Bound| b.as_ref().map(|x| x.1);
     let (native_addr, native_tls_addr) = (addr(&native), addr(&native_tls));
     let (http_addr, http_tls_addr) = (addr(&http), addr(&http_tls));
     let (mqtt_addr, mqtt_tls_addr) = (addr(&mqtt), addr(&mqtt_tls));
     let (kafka_addr, kafka_tls_addr) = (addr(&kafka), addr(&kafka_tls));
+    let (mqtt_ws_addr, mqtt_wss_addr) = (addr(&mqtt_ws), addr(&mqtt_wss));
     let mqtt_config = config.mqtt.clone();
     let kafka_config = config.kafka.clone();
     let flush_interval = config.log.flush_interval.0;
@@ -200,7 +206,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             rx.clone(),
         )));
     }
-    let mqtt_listeners = pair(mqtt, mqtt_tls, &tls);
+    let mut mqtt_listeners: Vec<_> = pair(mqtt, mqtt_tls, &tls)
+        .into_iter()
+        .map(|(l, t, o)| (l, t, o, false))
+        .collect();
+    for (l, t, o) in pair(mqtt_ws, mqtt_wss, &tls) {
+        let owner = o && mqtt_listeners.is_empty();
+        mqtt_listeners.push((l, t, owner, true));
+    }
     if mqtt_listeners.is_empty() {
         // No MQTT listener: the hub's housekeeping (session expiry) still runs.
         let (h, mut stop) = (Arc::clone(&hub), rx.clone());
@@ -218,11 +231,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }));
     }
     let mqtt_slots = Arc::new(crate::auth::ListenerSlots::new(hub.config.max_connections));
-    for (listener, tls, owner) in mqtt_listeners {
+    for (listener, tls, owner, ws) in mqtt_listeners {
         tasks.push(tokio::spawn(mqtt::run(
             listener,
             tls,
             owner,
+            ws,
             Arc::clone(&hub),
             Arc::clone(&mqtt_slots),
             rx.clone(),
@@ -291,6 +305,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         mqtt_tls = %show(mqtt_tls_addr),
         http_tls = %show(http_tls_addr),
         kafka_tls = %show(kafka_tls_addr),
+        mqtt_ws = %show(mqtt_ws_addr),
+        mqtt_wss = %show(mqtt_wss_addr),
         "listening"
     );
     if let Err(e) = systemd::notify(&format!(
@@ -312,6 +328,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         mqtt_tls_addr,
         http_tls_addr,
         kafka_tls_addr,
+        mqtt_ws_addr,
+        mqtt_wss_addr,
         shutdown,
         tasks,
     })

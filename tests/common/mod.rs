@@ -329,3 +329,43 @@ pub fn mqtt_varint(mut n: usize, out: &mut Vec<u8>) {
         }
     }
 }
+
+/// Starts `brook serve --config CONFIG` (other listeners on ephemeral loopback ports, data in
+/// `data`) and returns it with its "listening" log line, to read any listener's address from
+/// (`field(&line, "mqtt_ws=")`). Its later log is not read.
+pub fn serve_listening(config: &Path, data: &Path) -> (Process, String) {
+    let mut server = Process::new(
+        brook()
+            .args(["serve", "--config"])
+            .arg(config)
+            .args(["--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .args([
+                "--mqtt",
+                "127.0.0.1:0",
+                "--kafka",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(data)
+            .env("BROOK_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("brook serve"),
+    );
+    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
+    loop {
+        let line = lines.next().expect("brook serve exited").expect("line");
+        if line.contains("listening") {
+            return (server, line);
+        }
+    }
+}
+
+/// The value after `name` (e.g. `"mqtt_ws="`) in a log line.
+pub fn log_field(line: &str, name: &str) -> String {
+    line.split(name)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+        .to_string()
+}

@@ -46,6 +46,7 @@ pub mod hub;
 pub mod message;
 pub mod session;
 pub mod topic;
+pub mod ws;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -302,12 +303,14 @@ impl MqttStats {
     }
 }
 
-/// Accepts MQTT connections until `shutdown` turns true. The plain listener (`tls` None) also
-/// runs the hub's housekeeping and, at shutdown, waits for its background tasks.
+/// Accepts MQTT connections until `shutdown` turns true: over TLS with `tls`, over WebSockets
+/// with `ws`. The `owner` also runs the hub's housekeeping and, at shutdown, waits for its
+/// background tasks.
 pub async fn run(
     listener: TcpListener,
     tls: Option<Arc<TlsServer>>,
     owner: bool,
+    ws: bool,
     hub: Arc<Hub>,
     slots: Arc<ListenerSlots>,
     mut shutdown: watch::Receiver<bool>,
@@ -359,29 +362,35 @@ pub async fn run(
         let tls = tls.clone();
         connections.spawn(async move {
             let _ = stream.set_nodelay(true);
-            match &tls {
-                None => {
-                    conn::serve(
-                        Accepted::Plain(stream),
-                        None,
-                        peer,
-                        slot,
-                        deadline,
-                        hub,
-                        stop,
-                    )
+            let accepted = match &tls {
+                None => Ok((Accepted::Plain(stream), None)),
+                Some(t) => hub
+                    .auth
+                    .accept_tls(t, stream)
                     .await
+                    .map(|(s, cn)| (Accepted::Tls(Box::new(s)), cn)),
+            };
+            // Over WebSockets: the upgrade too, within the same deadline.
+            let accepted = match accepted {
+                Ok((s, cn)) if ws => {
+                    let max = hub.config.max_packet_size.bytes() as usize + 1024;
+                    match tokio::time::timeout_at(deadline, ws::accept(s, max)).await {
+                        Ok(Ok(w)) => Ok((Accepted::Carried(Box::new(w)), cn)),
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => {
+                            hub.auth.handshake_timed_out();
+                            Err("no WebSocket upgrade within auth.handshake_timeout".into())
+                        }
+                    }
                 }
-                Some(t) => match hub.auth.accept_tls(t, stream).await {
-                    Ok((s, cn)) => {
-                        let s = Accepted::Tls(Box::new(s));
-                        conn::serve(s, cn, peer, slot, deadline, hub, stop).await
-                    }
-                    Err(e) => {
-                        hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(%peer, "mqtt: closing connection: {e}");
-                    }
-                },
+                other => other,
+            };
+            match accepted {
+                Ok((s, cn)) => conn::serve(s, cn, peer, slot, deadline, hub, stop).await,
+                Err(e) => {
+                    hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(%peer, "mqtt: closing connection: {e}");
+                }
             }
             drop(admitted);
         });
