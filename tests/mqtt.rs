@@ -1294,3 +1294,89 @@ async fn packets_at_the_size_limit_fit_the_log_and_survive_a_restart() {
     );
     r.stop().await.expect("stop");
 }
+
+/// `$SYS/#`: Mosquitto's topics and Brook's own are published every `mqtt.sys_interval`; a
+/// new subscriber gets the latest at once (retained), and the next round live; the counters
+/// count; nothing lands in the log; `#` does not match them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sys_topics_are_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    cfg.mqtt.sys_interval = brook::units::HumanDuration::secs(1);
+    let r = start(cfg).await.expect("start");
+    let mut all = v4(v4_options(&r, "everything")).await;
+    all.client
+        .subscribe("#", QoS::AtMostOnce)
+        .await
+        .expect("subscribe #");
+    let mut p = v4(v4_options(&r, "pub")).await;
+    for _ in 0..3 {
+        p.client
+            .publish("plain/t", QoS::AtLeastOnce, false, b"x".to_vec())
+            .await
+            .expect("publish");
+        p.inbox.expect(|p| matches!(p, Incoming::PubAck(_))).await;
+    }
+    let mut sys = v4(v4_options(&r, "sys")).await;
+    sys.client
+        .subscribe("$SYS/#", QoS::AtLeastOnce)
+        .await
+        .expect("subscribe $SYS/#");
+    let mut seen = std::collections::BTreeMap::new();
+    let wanted = [
+        "$SYS/broker/version",
+        "$SYS/broker/uptime",
+        "$SYS/broker/clients/connected",
+        "$SYS/broker/messages/received",
+        "$SYS/broker/bytes/received",
+        "$SYS/broker/subscriptions/count",
+        "$SYS/broker/load/messages/received/1min",
+        "$SYS/brook/log/bytes",
+        "$SYS/brook/partitions",
+    ];
+    // The retained round comes at once (it may predate these clients); a later one counts them.
+    let counted = |seen: &std::collections::BTreeMap<String, String>| {
+        wanted.iter().all(|t| seen.contains_key(*t))
+            && seen["$SYS/broker/clients/connected"] == "3"
+            && seen["$SYS/broker/messages/received"]
+                .parse::<u64>()
+                .is_ok_and(|n| n >= 3)
+            && seen["$SYS/brook/partitions"] != "0"
+    };
+    while !counted(&seen) {
+        let p = sys
+            .inbox
+            .next(|p| match p {
+                Incoming::Publish(p) => Some(p),
+                _ => None,
+            })
+            .await;
+        seen.insert(
+            p.topic.clone(),
+            String::from_utf8_lossy(&p.payload).into_owned(),
+        );
+    }
+    assert!(
+        seen["$SYS/broker/version"].starts_with("brook "),
+        "{seen:?}"
+    );
+    assert_ne!(seen["$SYS/broker/bytes/received"], "0", "{seen:?}");
+    // `#` saw the plain messages only.
+    let got = all
+        .inbox
+        .next(|p| match p {
+            Incoming::Publish(p) => Some(p.topic),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got, "plain/t");
+    all.inbox
+        .quiet(Duration::from_millis(1500), |p| match p {
+            Incoming::Publish(p) if p.topic.starts_with("$SYS") => Some(p.topic),
+            _ => None,
+        })
+        .await;
+    let recs = records(&r, "mqtt").await;
+    assert_eq!(recs.len(), 3, "no $SYS message in the log");
+    r.stop().await.expect("stop");
+}

@@ -172,7 +172,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let mirrors = crate::mirror::Mirrors::start(Arc::clone(&broker), mirror_configs, rx.clone());
     let hub = {
         let (b, st, stop) = (Arc::clone(&broker), Arc::clone(&mqtt_stats), rx.clone());
-        mqtt::hub::Hub::start(b, Arc::clone(&auth), mqtt_config, st, stop)?
+        let m = Arc::clone(&mirrors.status);
+        mqtt::hub::Hub::start(b, Arc::clone(&auth), mqtt_config, st, m, stop)?
     };
     let mut tasks = Vec::new();
     let native_shared = Arc::new(native::Shared {

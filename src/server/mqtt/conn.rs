@@ -47,6 +47,7 @@ async fn read_connect(
     rd: &mut ReadHalf,
     buf: &mut BytesMut,
     max: usize,
+    bytes_in: &std::sync::atomic::AtomicU64,
 ) -> Result<Connect, String> {
     loop {
         match codec::read_connect(buf, max) {
@@ -56,7 +57,9 @@ async fn read_connect(
         }
         match rd.read_buf(buf).await {
             Ok(0) => return Err("closed before CONNECT".into()),
-            Ok(_) => {}
+            Ok(n) => {
+                bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Err(e) => return Err(format!("read: {e}")),
         }
     }
@@ -106,7 +109,7 @@ pub async fn serve(
     let connect_timeout = hub.auth.handshake_timeout();
     let before_login = max.min(hub.auth.max_frame_before_login());
     let read = tokio::select! {
-        r = tokio::time::timeout_at(deadline, read_connect(&mut rd, &mut inbuf, before_login)) => r,
+        r = tokio::time::timeout_at(deadline, read_connect(&mut rd, &mut inbuf, before_login, &hub.stats.bytes_in)) => r,
         _ = slot.evicted() => Ok(Err("closed before its CONNECT to make room for a newer connection".into())),
     };
     let connect = match read {
@@ -374,6 +377,10 @@ impl Conn {
                 }
             }
             if !self.out.is_empty() {
+                self.hub
+                    .stats
+                    .bytes_out
+                    .fetch_add(self.out.len() as u64, Ordering::Relaxed);
                 if let Err(e) = write_flushed(&mut self.wr, &self.out).await {
                     tracing::debug!(peer = %self.peer, "mqtt: write: {e}");
                     return End::Abnormal;
@@ -418,7 +425,10 @@ impl Conn {
                             tracing::debug!(peer = %self.peer, "mqtt: connection closed by the client without DISCONNECT");
                             return End::Abnormal;
                         }
-                        Ok(_) => deadline = Instant::now() + keep_alive,
+                        Ok(n) => {
+                            self.hub.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                            deadline = Instant::now() + keep_alive;
+                        }
                         Err(e) => {
                             tracing::debug!(peer = %self.peer, "mqtt: read: {e}");
                             return End::Abnormal;
@@ -454,6 +464,7 @@ impl Conn {
                             }
                         }
                         Delivery::Shared(m, raw) => self.sm.offer_shared(&m, &raw, now),
+                        Delivery::Unlogged(m) => self.sm.offer_unlogged(&m, now),
                     }
                 }
                 _ = std::future::ready(()), if catching_up && wants => {

@@ -36,6 +36,8 @@ pub enum Delivery {
     Log(Arc<LogMessage>),
     /// Picked for it as a member of shared subscription `filter` (raw `$share/...`).
     Shared(Arc<LogMessage>, Arc<str>),
+    /// A message that is not in the log (`$SYS`), at QoS 0.
+    Unlogged(Arc<LogMessage>),
 }
 
 /// Asks a connection to hand its session over to a new connection with the same client id.
@@ -120,6 +122,11 @@ pub struct Hub {
     /// Log topics with running dispatchers (looked up on every publish: read-locked).
     dispatching: RwLock<HashSet<String>>,
     retained: RwLock<BTreeMap<String, Arc<LogMessage>>>,
+    /// The latest `$SYS` messages (retained in memory only), the load averages, when the hub
+    /// started and last published them.
+    sys: Mutex<SysState>,
+    /// Mirror backlogs for `$SYS/brook/mirror/...`.
+    mirrors: Arc<crate::mirror::status::MirrorStatus>,
     next_conn: AtomicU64,
     meta_dirty: AtomicBool,
     shutdown: watch::Receiver<bool>,
@@ -128,6 +135,14 @@ pub struct Hub {
     background: Mutex<tokio::task::JoinSet<()>>,
     /// Itself, for the dispatcher tasks it starts.
     me: std::sync::Weak<Hub>,
+}
+
+#[derive(Debug)]
+struct SysState {
+    retained: BTreeMap<String, Arc<LogMessage>>,
+    load: super::sys::Load,
+    started: Instant,
+    last: Option<Instant>,
 }
 
 fn now_ms() -> i64 {
@@ -144,6 +159,7 @@ impl Hub {
         auth: Arc<crate::auth::Auth>,
         config: MqttConfig,
         stats: Arc<MqttStats>,
+        mirrors: Arc<crate::mirror::status::MirrorStatus>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Arc<Hub>, BrokerError> {
         let mut sessions = HashMap::new();
@@ -197,6 +213,13 @@ impl Hub {
             sessions: Mutex::new(sessions),
             dispatching: RwLock::new(HashSet::new()),
             retained: RwLock::new(retained),
+            sys: Mutex::new(SysState {
+                retained: BTreeMap::new(),
+                load: super::sys::Load::default(),
+                started: Instant::now(),
+                last: None,
+            }),
+            mirrors,
             next_conn: AtomicU64::new(1),
             meta_dirty: AtomicBool::new(false),
             shutdown,
@@ -335,13 +358,109 @@ impl Hub {
         Ok(())
     }
 
-    /// Retained messages whose topic matches `filter`.
+    /// Retained messages whose topic matches `filter` (the latest `$SYS` ones included).
     pub fn retained_matching(&self, filter: &str) -> Vec<Arc<LogMessage>> {
-        let map = self.retained.read().unwrap_or_else(|e| e.into_inner());
-        map.values()
-            .filter(|m| topic::matches(filter, &m.topic))
-            .cloned()
-            .collect()
+        let mut out: Vec<Arc<LogMessage>> = {
+            let map = self.retained.read().unwrap_or_else(|e| e.into_inner());
+            map.values()
+                .filter(|m| topic::matches(filter, &m.topic))
+                .cloned()
+                .collect()
+        };
+        if filter.starts_with('$') {
+            let sys = self.sys.lock().unwrap_or_else(|e| e.into_inner());
+            out.extend(
+                sys.retained
+                    .values()
+                    .filter(|m| topic::matches(filter, &m.topic))
+                    .cloned(),
+            );
+        }
+        out
+    }
+
+    /// Publishes `$SYS/#` when `mqtt.sys_interval` has passed since the last time (called
+    /// from the housekeeping, every second).
+    fn publish_sys(&self) {
+        let interval = self.config.sys_interval.0;
+        if interval.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let mut sys = self.sys.lock().unwrap_or_else(|e| e.into_inner());
+        if sys.last.is_some_and(|t| now.duration_since(t) < interval) {
+            return;
+        }
+        sys.last = Some(now);
+        sys.load.sample(&self.stats, now);
+        let away = {
+            let s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            s.values()
+                .filter(|slot| matches!(slot, Slot::Offline { .. }))
+                .count() as u64
+        };
+        let store = self.broker.store();
+        let mut brook = vec![
+            (
+                "$SYS/brook/log/bytes".to_string(),
+                store.used_bytes().to_string(),
+            ),
+            (
+                "$SYS/brook/partitions".to_string(),
+                store
+                    .topics()
+                    .iter()
+                    .map(|t| t.partitions().len())
+                    .sum::<usize>()
+                    .to_string(),
+            ),
+        ];
+        if let Ok(free) = crate::log::fs::available_space(store.dir()) {
+            brook.push(("$SYS/brook/log/free_bytes".to_string(), free.to_string()));
+        }
+        let mut backlog: BTreeMap<String, u64> = BTreeMap::new();
+        for row in self.mirrors.rows() {
+            *backlog.entry(row.mirror.clone()).or_default() += row.backlog_records;
+        }
+        for (name, n) in backlog {
+            brook.push((format!("$SYS/brook/mirror/{name}/backlog"), n.to_string()));
+        }
+        let uptime = now.duration_since(sys.started).as_secs();
+        let messages = super::sys::messages(&self.stats, &sys.load, uptime, away, &brook);
+        let ts = now_ms();
+        let mut fresh = Vec::with_capacity(messages.len());
+        for (topic, payload) in messages {
+            let msg = Arc::new(LogMessage {
+                log_topic: Arc::from("$SYS"),
+                partition: 0,
+                offset: 0,
+                timestamp: ts,
+                topic: topic.clone(),
+                payload: bytes::Bytes::from(payload),
+                qos: 0,
+                retain: true,
+                publisher: None,
+                props: MessageProps::default(),
+            });
+            sys.retained.insert(topic, Arc::clone(&msg));
+            fresh.push(msg);
+        }
+        drop(sys);
+        let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
+        for msg in fresh {
+            let mut targets: Vec<(u64, &Target)> = Vec::new();
+            subs.for_each_match(&msg.topic, |k, t| {
+                if !t.shared {
+                    targets.push((k.conn, t));
+                }
+            });
+            targets.sort_unstable_by_key(|(c, _)| *c);
+            targets.dedup_by_key(|(c, _)| *c);
+            for (_, t) in targets {
+                // QoS 0, and the next one comes soon: a full channel just misses this one.
+                let _ = t.tx.try_send(Delivery::Unlogged(Arc::clone(&msg)));
+            }
+        }
     }
 
     /// Registers connection `conn`'s subscription `raw` for live delivery.
@@ -633,6 +752,7 @@ impl Hub {
     /// client has been away longer than their expiry interval, and flushes metadata written
     /// since the last call. Blocking.
     pub fn housekeeping(&self) {
+        self.publish_sys();
         // A log topic created by another front end (native, Kafka) after start has no
         // dispatcher yet: start one from its first record (nothing was delivered from it).
         for t in self.log_topics() {

@@ -15,6 +15,8 @@
 //! | [`session`] | the session state machine (no I/O) |
 //! | [`hub`] | routing, dispatchers, session registry, retained messages |
 //! | [`conn`] | one connection's task: bytes in and out, actions carried out |
+//! | [`sys`] | `$SYS/#`: the broker's figures, Mosquitto's topics and Brook's own |
+//! | [`ws`] | MQTT over WebSockets: the upgrade, messages as a byte stream |
 //!
 //! Acknowledgements: QoS 0 is appended without waiting; the PUBACK (QoS 1) and PUBREC (QoS 2)
 //! go out once the record has `mqtt.durability` (default `durable`: fsynced; concurrent
@@ -45,6 +47,7 @@ pub mod conn;
 pub mod hub;
 pub mod message;
 pub mod session;
+pub mod sys;
 pub mod topic;
 pub mod ws;
 
@@ -91,6 +94,8 @@ pub struct MqttConfig {
     /// keep-alive of 0 (none) counts as longer. 5.0 clients are told this as Server Keep Alive,
     /// 3.1.1 clients asking for more are refused (CONNACK 2). 0: no bound. Default 65535.
     pub max_keepalive: u16,
+    /// How often `$SYS/#` is published ([`sys`]). Default "10s"; "0s": never.
+    pub sys_interval: HumanDuration,
     /// Log topic for unrouted messages. Default "mqtt".
     pub default_topic: String,
     /// Routing rules, first match wins.
@@ -107,6 +112,7 @@ impl Default for MqttConfig {
             topic_alias_max: 64,
             max_session_expiry: HumanDuration(Duration::ZERO),
             max_keepalive: u16::MAX,
+            sys_interval: HumanDuration::secs(10),
             default_topic: "mqtt".into(),
             route: Vec::new(),
         }
@@ -176,6 +182,9 @@ pub struct MqttStats {
     pub dropped_shared: AtomicU64,
     pub wills: AtomicU64,
     pub takeovers: AtomicU64,
+    /// MQTT bytes read from and written to clients.
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
     /// Connections refused: their client id's session belongs to another user.
     pub foreign_refused: AtomicU64,
     /// Times a connection's queue overflowed and it read the log back instead.

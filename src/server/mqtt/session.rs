@@ -746,6 +746,22 @@ impl Session {
         self.enqueue(msg, qos, false, ids, None, now_ms);
     }
 
+    /// A message that is not in the log (`$SYS`): sent at QoS 0 to the matching
+    /// subscriptions, no position kept.
+    pub fn offer_unlogged(&mut self, msg: &LogMessage, now_ms: i64) {
+        let mut ids = Vec::new();
+        let mut matched = false;
+        for (filter, o) in &self.state.subscriptions {
+            if !filter.starts_with("$share/") && topic::matches(filter, &msg.topic) {
+                matched = true;
+                ids.extend(o.subscription_id);
+            }
+        }
+        if matched {
+            self.enqueue(msg, 0, false, ids, None, now_ms);
+        }
+    }
+
     /// A retained message for a new subscription with `options`: sent with retain set.
     pub fn offer_retained(&mut self, msg: &LogMessage, options: &SubOptions, now_ms: i64) {
         let ids = options.subscription_id.into_iter().collect();
