@@ -134,13 +134,28 @@ impl SledMeta {
             source,
         };
         let created = !dir.exists();
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(4 * 1024 * 1024)
             .mode(sled::Mode::LowSpace)
-            .flush_every_ms(None)
-            .open()
-            .map_err(err)?;
+            .flush_every_ms(None);
+        // A store this process closed a moment ago may still be locked by sled's own threads
+        // as they wind down: wait for them (up to a second). Another process never gets here:
+        // the data directory's lock (log::lock) is taken first.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::Other
+                        && e.to_string().contains("could not acquire lock")
+                        && tries < 50 =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.map_err(err)?,
+            }
+        };
         let db_path = dir.join("db");
         let db_file = File::open(&db_path).map_err(|source| MetaError::Io {
             op: "open",
