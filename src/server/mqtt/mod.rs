@@ -140,9 +140,9 @@ impl MqttConfig {
         let max = (crate::log::record::MAX_FRAME_LEN as u64 - 1024) * 5 / 6;
         if !(1024..=max).contains(&size) {
             return Err(format!(
-                "mqtt.max_packet_size = {} is outside 1KiB..={}: a packet becomes one log batch, and a batch is at most 64MiB with its headers",
+                "mqtt.max_packet_size = {} is outside 1KiB..={max} bytes (about {}MiB): a packet becomes one log batch, and a batch is at most 64MiB with its headers",
                 self.max_packet_size,
-                ByteSize(max)
+                max >> 20
             ));
         }
         if self.max_inflight == 0 {
