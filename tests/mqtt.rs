@@ -1380,3 +1380,38 @@ async fn sys_topics_are_published() {
     assert_eq!(recs.len(), 3, "no $SYS message in the log");
     r.stop().await.expect("stop");
 }
+
+/// A QoS 2 PUBLISH stored just before the broker went down, whose PUBREC the client never
+/// got, is resent (DUP) after the restart with the same packet id: it is acknowledged and not
+/// stored a second time. A new message under that packet id afterwards (DUP clear) is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos2_resend_after_a_restart_is_not_stored_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(dir.path());
+    let r = start(cfg.clone()).await.expect("start");
+    let publish = [0x34u8, 10, 0, 3, b'q', b'/', b'r', 0, 5, b'o', b'n', b'e'];
+    let mut s = raw_connect(&r, b"q2-restart", false).await;
+    s.write_all(&publish).await.expect("publish");
+    // Stored and acknowledged; the client is taken to have missed the PUBREC.
+    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 5], "PUBREC");
+    drop(s);
+    r.stop().await.expect("stop");
+    let r = start(cfg).await.expect("restart");
+    let mut s = raw_connect(&r, b"q2-restart", false).await;
+    let mut dup = publish;
+    dup[0] |= 0x08;
+    s.write_all(&dup).await.expect("resend");
+    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 5], "PUBREC again");
+    s.write_all(&[0x62, 2, 0, 5]).await.expect("pubrel");
+    assert_eq!(read_packet(&mut s).await, [0x70, 2, 0, 5], "PUBCOMP");
+    assert_eq!(records(&r, "mqtt").await.len(), 1, "stored once");
+    // The packet id is free again: a new message under it is stored.
+    s.write_all(&publish).await.expect("a new message, same id");
+    assert_eq!(read_packet(&mut s).await, [0x50, 2, 0, 5], "PUBREC");
+    assert_eq!(
+        records(&r, "mqtt").await.len(),
+        2,
+        "a new message is stored"
+    );
+    r.stop().await.expect("stop");
+}

@@ -575,6 +575,17 @@ impl Conn {
     }
 
     fn append(&mut self, publish: Publish, ack: Ack) {
+        // A QoS 2 resend whose first copy the log has (the session's state was lost in a
+        // broker restart between the append and the PUBREC): acknowledged, not stored again.
+        if publish.dup
+            && matches!(ack, Ack::PubRec(_))
+            && self.hub.stored_recently(&publish, &self.sm.state.client_id)
+        {
+            tracing::debug!(peer = %self.peer, pkid = publish.pkid, "mqtt: a QoS 2 resend already stored; not stored again");
+            self.acks
+                .push_back((ack, Box::pin(async { AppendOutcome::Stored })));
+            return;
+        }
         let durability = if ack == Ack::None {
             Durability::Written
         } else {

@@ -321,6 +321,48 @@ impl Hub {
         Ok(ticket)
     }
 
+    /// Whether `publish` (a QoS 2 resend, DUP set, whose packet id the session does not hold:
+    /// its state was lost in a broker restart) is already in the log: a record among the last
+    /// 4,096 of its partition (4 MiB at most) from `client_id` with the same packet id, topic
+    /// and payload. Then it is acknowledged again and not stored twice.
+    pub fn stored_recently(&self, publish: &Publish, client_id: &str) -> bool {
+        let Ok(topic) = self.broker.topic(self.route(&publish.topic)) else {
+            return false;
+        };
+        let n = topic.partitions().len() as u32;
+        let p = crate::log::partitioner::partition_for_key(publish.topic.as_bytes(), n);
+        let Ok(part) = topic.partition(p) else {
+            return false;
+        };
+        let pkid = publish.pkid.to_string();
+        let mut from = part.end_offset().saturating_sub(4096).max(part.log_start());
+        let mut budget: usize = 4 << 20;
+        while budget > 0 {
+            let Ok(read) = part.read(from, budget.min(1 << 20), Visibility::Written) else {
+                return false;
+            };
+            if read.frames.is_empty() {
+                return false;
+            }
+            budget = budget.saturating_sub(read.frames.len());
+            for b in read.batches() {
+                for r in b.records().flatten() {
+                    from = r.offset + 1;
+                    let header =
+                        |name: &str| r.headers.iter().find(|h| h.name == name).map(|h| h.value);
+                    if header("mqtt.pkid") == Some(pkid.as_bytes())
+                        && header("mqtt.client") == Some(client_id.as_bytes())
+                        && r.key == Some(publish.topic.as_bytes())
+                        && r.value == &publish.payload[..]
+                    {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
     /// Stores (or, for an empty payload, clears) the retained message of `publish`'s topic.
     /// Durable after the next [`Hub::flush_meta`].
     pub fn retain(&self, publish: &Publish, client_id: &str) -> Result<(), BrokerError> {

@@ -7,6 +7,7 @@
 //! | header `mqtt.qos` | `0`, `1` or `2` as published |
 //! | header `mqtt.retain` | `1` when the retain flag was set (absent otherwise) |
 //! | header `mqtt.client` | the publishing client id (for the 5.0 No Local option) |
+//! | header `mqtt.pkid` | a QoS 2 message's packet id (a resend after a restart is recognised) |
 //! | headers `mqtt.content_type`, `mqtt.response_topic`, `mqtt.correlation_data`, `mqtt.payload_format` | 5.0 properties |
 //! | header `mqtt.expiry` | 5.0 Message Expiry Interval in seconds, counted from the record's timestamp |
 //! | any other header | a 5.0 user property (name and value as sent) |
@@ -53,6 +54,10 @@ pub fn headers(publish: &Publish, client_id: &str) -> Vec<Header> {
     let p = &publish.props;
     let mut h = Vec::with_capacity(3 + p.user.len());
     h.push(Header::new("mqtt.qos", [b'0' + publish.qos]));
+    if publish.qos == 2 {
+        // To recognise the same message resent after a broker restart (Hub::stored_recently).
+        h.push(Header::new("mqtt.pkid", publish.pkid.to_string()));
+    }
     if publish.retain {
         h.push(Header::new("mqtt.retain", *b"1"));
     }
