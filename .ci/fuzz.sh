@@ -22,11 +22,13 @@ for target in $(cargo fuzz list); do
   mkdir -p "$work/$target"
   cp fuzz/regressions/"$target"/* "$work/$target/" 2>/dev/null || true
   echo "fuzzing $target for ${seconds} s"
-  cargo fuzz run -s none "$target" "$work/$target" -- -max_total_time="$seconds" -print_final_stats=1 2>&1 \
-    | grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|==|SUMMARY|Done)' || true
-  # cargo fuzz run exits non-zero on a crash; the pipe above hides it, so check the artifacts.
-  if ls fuzz/artifacts/"$target"/crash-* fuzz/artifacts/"$target"/oom-* >/dev/null 2>&1; then
-    echo "fuzz target $target found a crash: fuzz/artifacts/$target/" >&2
+  # Any failure fails the step: a crash (its input is left in fuzz/artifacts/<target>/), or a
+  # target that does not build or run.
+  if ! cargo fuzz run -s none "$target" "$work/$target" -- -max_total_time="$seconds" \
+    -print_final_stats=1 > "$work/$target.log" 2>&1; then
+    tail -n 40 "$work/$target.log" >&2
+    echo "fuzz target $target failed; a crashing input is in fuzz/artifacts/$target/" >&2
     exit 1
   fi
+  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)' "$work/$target.log" || true
 done
