@@ -292,8 +292,9 @@ fn mqtt_over_websockets_with_paho() {
         pki.server_cert, pki.server_key
     ));
     std::fs::write(&config, text).expect("config");
-    let (mut server, line) = common::serve_listening(&config, &dir.path().join("data"));
-    let field = |name: &str| port(&common::log_field(&line, name));
+    let (mut server, addrs) =
+        common::serve_with(&dir.path().join("data"), Some(&config), "127.0.0.1:0");
+    let field = |name: &str| port(&common::log_field(&addrs.listening, name));
     let (ws, wss, tcp) = (field("mqtt_ws="), field("mqtt_wss="), field("mqtt="));
     // An upgrade that does not offer the mqtt subprotocol.
     let mut s = std::net::TcpStream::connect(format!("127.0.0.1:{ws}")).expect("connect");

@@ -358,6 +358,7 @@ fn addrs_clone(a: &Addrs) -> Addrs {
         http: a.http.clone(),
         mqtt: a.mqtt.clone(),
         kafka: a.kafka.clone(),
+        listening: a.listening.clone(),
         log: Arc::clone(&a.log),
     }
 }

@@ -437,8 +437,8 @@ fn the_readme_certificate_recipe_works() {
         ),
     )
     .expect("config");
-    let (_server, line) = common::serve_listening(&config, &d.join("data"));
-    let port = common::auth::port(&common::log_field(&line, "mqtt_tls="));
+    let (_server, addrs) = common::serve_with(&d.join("data"), Some(&config), "127.0.0.1:0");
+    let port = common::auth::port(&common::log_field(&addrs.listening, "mqtt_tls="));
     let out = mosquitto_pub(
         &port,
         &[

@@ -222,6 +222,9 @@ pub struct Addrs {
     pub http: String,
     pub mqtt: String,
     pub kafka: String,
+    /// The whole "listening" log line, for the addresses of the other listeners
+    /// ([`log_field`]: `mqtt_ws=`, `mqtt_tls=`, ...).
+    pub listening: String,
     /// The server's log so far (the last 200 lines), for failure messages.
     pub log: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
 }
@@ -294,6 +297,7 @@ pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Process,
                 http,
                 mqtt,
                 kafka,
+                listening: line.clone(),
                 log: Default::default(),
             };
         }
@@ -326,37 +330,6 @@ pub fn mqtt_varint(mut n: usize, out: &mut Vec<u8>) {
         out.push(b);
         if n == 0 {
             return;
-        }
-    }
-}
-
-/// Starts `brook serve --config CONFIG` (other listeners on ephemeral loopback ports, data in
-/// `data`) and returns it with its "listening" log line, to read any listener's address from
-/// (`field(&line, "mqtt_ws=")`). Its later log is not read.
-pub fn serve_listening(config: &Path, data: &Path) -> (Process, String) {
-    let mut server = Process::new(
-        brook()
-            .args(["serve", "--config"])
-            .arg(config)
-            .args(["--native", "127.0.0.1:0", "--http", "127.0.0.1:0"])
-            .args([
-                "--mqtt",
-                "127.0.0.1:0",
-                "--kafka",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
-            .arg(data)
-            .env("BROOK_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("brook serve"),
-    );
-    let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
-    loop {
-        let line = lines.next().expect("brook serve exited").expect("line");
-        if line.contains("listening") {
-            return (server, line);
         }
     }
 }
