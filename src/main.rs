@@ -366,6 +366,10 @@ struct MqttArgs {
     /// Unacknowledged QoS 1/2 messages per publisher.
     #[arg(long, default_value_t = 100)]
     inflight: u32,
+    /// Subscribers keep persistent sessions (clean session 0), so the broker stores what it
+    /// delivers.
+    #[arg(long)]
+    persistent: bool,
     /// Over TLS: DIR holds ca.pem (trusted by the clients) and, for the server the bench
     /// starts, server.pem / server.key (valid for 127.0.0.1); with --target, a TLS listener.
     #[arg(long, value_name = "DIR")]
@@ -782,6 +786,7 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
                 payload: a.payload,
                 messages: a.messages,
                 inflight: a.inflight,
+                persistent: a.persistent,
                 tls: a.tls.map(|dir| brook::bench::BenchTls { dir }),
             };
             let report = block_on(bench.run())?;

@@ -5,7 +5,8 @@
 //! explicit `flush`), implemented on sled by [`SledMeta`]. sled runs with a small cache
 //! (4 MiB), `Mode::LowSpace` and no background flush timer: nothing reaches the card until
 //! [`MetaStore::flush`] is called, which callers do before answering an operation whose effect
-//! the client relies on (a topic created, an offset committed).
+//! the client relies on (a topic created, an offset committed, an MQTT message about to be
+//! sent to a persistent session). Flushes asked for at the same time are one group commit.
 //!
 //! Layout: one sled tree per [`Namespace`]; values are JSON (self-describing, so fields can be
 //! added later). The `format` key of the default tree holds the metadata format version; a
@@ -15,7 +16,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use crate::log::TopicConfig;
 
@@ -100,6 +101,22 @@ pub struct SledMeta {
     db_file: File,
     /// The entries of the store and `blobs` directories at their last fsync.
     synced: Mutex<SyncedEntries>,
+    /// Flushes asked for at the same time share one (see [`SledMeta::flush`]).
+    commits: Mutex<Commits>,
+    flushed: Condvar,
+}
+
+/// The group commit's bookkeeping: flushes are numbered in the order they start.
+#[derive(Default)]
+struct Commits {
+    /// Flushes started so far.
+    started: u64,
+    /// The highest-numbered flush that has finished.
+    finished: u64,
+    /// Whether a flush is running.
+    running: bool,
+    /// The number and error of the last flush that failed.
+    failed: Option<(u64, String)>,
 }
 
 #[derive(Default)]
@@ -167,6 +184,8 @@ impl SledMeta {
             db,
             db_file,
             synced: Mutex::new(SyncedEntries::default()),
+            commits: Mutex::new(Commits::default()),
+            flushed: Condvar::new(),
         };
         // sled wrote `conf` (when it was missing) without a sync, and may have created the
         // directory, `db` and `blobs`: make all of that durable before anything relies on it.
@@ -280,9 +299,47 @@ impl MetaStore for SledMeta {
             })
             .collect()
     }
+    /// A group commit: a caller needs a flush that starts after its call (so it covers every
+    /// write made before); callers arriving while one runs wait for the next, which one of
+    /// them runs for all. Many sessions and consumers committing at once cost one flush.
     fn flush(&self) -> Result<()> {
-        self.db.flush().map_err(|e| self.err(e))?;
-        self.sync_files()
+        let mut c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        let need = c.started + 1;
+        loop {
+            if c.finished >= need {
+                return match &c.failed {
+                    Some((n, e)) if *n >= need => Err(MetaError::Io {
+                        op: "flush",
+                        path: self.path.clone(),
+                        source: io::Error::other(e.clone()),
+                    }),
+                    _ => Ok(()),
+                };
+            }
+            if !c.running {
+                c.running = true;
+                c.started += 1;
+                let number = c.started;
+                drop(c);
+                let result = self
+                    .db
+                    .flush()
+                    .map_err(|e| self.err(e))
+                    .and_then(|_| self.sync_files());
+                c = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+                c.running = false;
+                c.finished = number;
+                if let Err(e) = &result {
+                    c.failed = Some((number, e.to_string()));
+                }
+                self.flushed.notify_all();
+                if number >= need {
+                    return result;
+                }
+                continue;
+            }
+            c = self.flushed.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
     }
 }
 
@@ -343,6 +400,37 @@ impl Meta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Flushes from many threads at once (shared in a group commit) each cover their own
+    /// writes: every key is there after a reopen.
+    #[test]
+    fn concurrent_flushes_cover_every_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = std::sync::Arc::new(SledMeta::open(dir.path()).expect("open"));
+            let threads: Vec<_> = (0..8u32)
+                .map(|t| {
+                    let store = std::sync::Arc::clone(&store);
+                    std::thread::spawn(move || {
+                        for i in 0..50u32 {
+                            let key = format!("{t}/{i}");
+                            store
+                                .put(Namespace::Kafka, key.as_bytes(), &i.to_le_bytes())
+                                .expect("put");
+                            store.flush().expect("flush");
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("thread");
+            }
+            let c = store.commits.lock().expect("commits");
+            assert!(!c.running && c.finished == c.started && c.failed.is_none());
+        }
+        let store = SledMeta::open(dir.path()).expect("reopen");
+        assert_eq!(store.scan(Namespace::Kafka).expect("scan").len(), 400);
+    }
 
     #[test]
     fn topics_round_trip_across_reopen() {

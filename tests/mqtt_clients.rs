@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod common;
-use common::auth::{ok, port, require};
+use common::auth::{ok, port, python, require};
 
 fn mosquitto(program: &str) -> Command {
     require(program, "apt-get install mosquitto-clients")
@@ -226,15 +226,7 @@ fn wait_for(mut cond: impl FnMut() -> bool) {
 /// The paho-mqtt scenarios in `tests/mqtt/paho_check.py` (3.1.1 and 5.0), against the binary.
 #[test]
 fn paho_clients_v311_and_v5() {
-    let python = std::env::var("BROOK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_paho = Command::new(&python)
-        .args(["-c", "import paho.mqtt.client"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        has_paho,
-        "paho-mqtt is missing for {python}: run tests/run.sh (it makes a venv with paho-mqtt and sets BROOK_TEST_PYTHON)"
-    );
+    let python = python();
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut server, addrs) = common::serve(&dir.path().join("data"));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt/paho_check.py");
@@ -282,7 +274,7 @@ fn a_thousand_clients_each_get_every_own_message_back() {
 #[test]
 fn mqtt_over_websockets_with_paho() {
     use std::io::Read;
-    let python = std::env::var("BROOK_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = common::pki::pki(dir.path());
     let config = common::auth::secured_config(dir.path(), Some(true));
@@ -321,4 +313,121 @@ fn mqtt_over_websockets_with_paho() {
         "paho websocket checks failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs tests/mqtt/exactly_once.py (a QoS 2 publisher, persistent 3.1.1 and 5.0 subscribers at
+/// `sub_qos`, 5,000 messages) while Brook is killed with `kill -9` and restarted on the same
+/// port after 1,000, 2,000, 3,000 and 4,000 acknowledgements. Returns the script's report and
+/// how often each message is stored in the log.
+fn delivery_across_kill_9(
+    sub_qos: u8,
+) -> (serde_json::Value, std::collections::HashMap<String, usize>) {
+    use std::io::BufRead;
+    const COUNT: usize = 5000;
+    let python = python();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (mut server, addrs) = common::serve(&data);
+    let mqtt = addrs.mqtt.clone();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mqtt/exactly_once.py");
+    let mut run = common::Process::new(
+        Command::new(&python)
+            .arg(script)
+            .args(["--port", &port(&mqtt), "--count", &COUNT.to_string()])
+            .args(["--sub-qos", &sub_qos.to_string(), "--timeout", "240"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run python"),
+    );
+    let lines = std::io::BufReader::new(run.stdout.take().expect("stdout")).lines();
+    let mut kills = [1000, 2000, 3000, 4000].into_iter().peekable();
+    let mut seen = String::new();
+    let mut report = None;
+    let mut native = addrs.native.clone();
+    for line in lines.map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        let acked = line
+            .strip_prefix("acked ")
+            .and_then(|n| n.parse::<usize>().ok());
+        if let (Some(n), Some(k)) = (acked, kills.peek()) {
+            if n >= *k {
+                kills.next();
+                kill_9(&mut server);
+                let (s, a) = common::serve_on(&data, None, "127.0.0.1:0", &mqtt);
+                server = s;
+                native = a.native;
+            }
+        }
+        if let Some(j) = line.strip_prefix("result ") {
+            report = Some(serde_json::from_str::<serde_json::Value>(j).expect("report"));
+        }
+    }
+    let status = run.wait().expect("wait");
+    let mut stderr = String::new();
+    if let Some(mut e) = run.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert!(
+        status.success() && kills.peek().is_none(),
+        "the run failed or ended before 4 restarts:\n{seen}\n{stderr}"
+    );
+    let report = report.unwrap_or_else(|| panic!("no report:\n{seen}"));
+    eprintln!("sub_qos {sub_qos}: {report}");
+    // What the log holds: every message stored exactly once.
+    let out = common::brook()
+        .args(["consume", "--topic", "mqtt", "--format", "json"])
+        .env("BROOK_BROKER", &native)
+        .output()
+        .expect("brook consume");
+    let json = ok(out, "brook consume");
+    let mut stored = std::collections::HashMap::new();
+    for line in json.lines() {
+        let r: serde_json::Value = serde_json::from_str(line).expect("json line");
+        let value = r["value"].as_str().expect("value").to_string();
+        *stored.entry(value).or_insert(0) += 1;
+    }
+    kill_9(&mut server);
+    assert_eq!(report["acked"], COUNT, "{report}");
+    for n in 0..COUNT {
+        assert_eq!(
+            stored.get(&n.to_string()).copied(),
+            Some(1),
+            "message {n} stored once"
+        );
+    }
+    (report, stored)
+}
+
+/// QoS 2 across 4 crashes: every acknowledged message reaches each persistent subscriber (3.1.1
+/// and 5.0) exactly once, and is stored exactly once.
+#[test]
+fn qos2_is_exactly_once_across_kill_9() {
+    let (report, _) = delivery_across_kill_9(2);
+    for (name, r) in report["subscribers"].as_object().expect("subscribers") {
+        assert_eq!(r["distinct"], 5000, "{name}: every message: {report}");
+        assert_eq!(r["duplicates"], 0, "{name}: exactly once: {report}");
+        assert!(
+            r["epochs"].as_u64().unwrap_or(0) >= 5,
+            "{name}: reconnected after every restart: {report}"
+        );
+    }
+}
+
+/// QoS 1 across 4 crashes: every message arrives, and what arrives again after a crash was in
+/// flight then: at most the in-flight window (mqtt.max_inflight, 64) per crash.
+#[test]
+fn qos1_redelivers_at_most_the_window_across_kill_9() {
+    let (report, _) = delivery_across_kill_9(1);
+    for (name, r) in report["subscribers"].as_object().expect("subscribers") {
+        assert_eq!(r["distinct"], 5000, "{name}: every message: {report}");
+        for (epoch, dups) in r["dups_by_epoch"].as_object().expect("dups") {
+            assert!(
+                dups.as_u64().unwrap_or(u64::MAX) <= 64,
+                "{name}: {dups} re-deliveries after restart {epoch}: {report}"
+            );
+        }
+    }
 }

@@ -42,6 +42,9 @@ pub struct MqttBench {
     pub payload: usize,
     pub messages: u64,
     pub inflight: u32,
+    /// Subscribers keep a persistent session (clean session 0): the broker stores what it
+    /// delivers (for Brook, the durable delivery state before every QoS 1/2 send).
+    pub persistent: bool,
     /// Over TLS (`--tls DIR`).
     pub tls: Option<BenchTls>,
 }
@@ -56,6 +59,7 @@ pub struct MqttReport {
     pub payload: usize,
     pub messages: u64,
     pub inflight: u32,
+    pub persistent: bool,
     pub publish_msgs_per_sec: f64,
     pub deliver_msgs_per_sec: f64,
     pub delivered: u64,
@@ -70,7 +74,7 @@ pub struct MqttReport {
 impl super::Report for MqttReport {
     fn render(&self) -> String {
         format!(
-            "mqtt bench against {}{}: {} messages x {} B, QoS {}, {} publishers ({} in flight each), {} subscribers\n  publish: {:.0} msgs/s; delivered {} at {:.0} msgs/s\n  publish-to-deliver latency: p50 {} us, p99 {} us, max {} us\n  broker CPU: {} per message; broker peak RSS: {}\n",
+            "mqtt bench against {}{}: {} messages x {} B, QoS {}, {} publishers ({} in flight each), {} {}subscribers\n  publish: {:.0} msgs/s; delivered {} at {:.0} msgs/s\n  publish-to-deliver latency: p50 {} us, p99 {} us, max {} us\n  broker CPU: {} per message; broker peak RSS: {}\n",
             self.broker,
             if self.tls { " over TLS" } else { "" },
             self.messages,
@@ -79,6 +83,7 @@ impl super::Report for MqttReport {
             self.publishers,
             self.inflight,
             self.subscribers,
+            if self.persistent { "persistent " } else { "" },
             self.publish_msgs_per_sec,
             self.delivered,
             self.deliver_msgs_per_sec,
@@ -126,11 +131,29 @@ async fn read_packets(
 }
 
 async fn connect(addr: &str, id: &str, tls: &Tls) -> BenchResult<(Rd, Wr, BytesMut)> {
+    connect_session(addr, id, tls, true).await
+}
+
+/// Nanoseconds of the wall clock (a run's stamp in client ids).
+fn run_stamp() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Connects with MQTT 3.1.1's clean session flag `clean`.
+async fn connect_session(
+    addr: &str,
+    id: &str,
+    tls: &Tls,
+    clean: bool,
+) -> BenchResult<(Rd, Wr, BytesMut)> {
     let stream = super::connect_stream(addr, tls.as_ref()).await?;
     let (mut rd, mut wr) = tokio::io::split(stream);
     let mut out = BytesMut::new();
     let mut c = Connect::new(id);
     c.keep_alive = 60;
+    c.clean_session = clean;
     Packet::Connect(c).write(&mut out, usize::MAX)?;
     crate::auth::tls::write_flushed(&mut wr, &out).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -169,7 +192,14 @@ impl MqttBench {
         let mut subs = Vec::new();
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(self.subscribers.max(1) as usize);
         for i in 0..self.subscribers {
-            let (mut rd, mut wr, mut buf) = connect(&addr, &format!("bench-sub-{i}"), &tls).await?;
+            // A persistent session gets an id of its own: none left by an earlier run resumes.
+            let id = if self.persistent {
+                format!("bench-sub-{i}-{}-{}", std::process::id(), run_stamp())
+            } else {
+                format!("bench-sub-{i}")
+            };
+            let (mut rd, mut wr, mut buf) =
+                connect_session(&addr, &id, &tls, !self.persistent).await?;
             let q = self.qos;
             let ready = ready_tx.clone();
             subs.push(tokio::spawn(async move {
@@ -348,6 +378,7 @@ impl MqttBench {
             payload: self.payload,
             messages: total,
             inflight: self.inflight,
+            persistent: self.persistent,
             publish_msgs_per_sec: total as f64 / publish_secs.max(1e-9),
             deliver_msgs_per_sec: delivered as f64
                 / delivered_at.duration_since(start).as_secs_f64().max(1e-9),

@@ -245,6 +245,12 @@ pub fn serve(data: &Path) -> (Process, Addrs) {
 
 /// As [`serve`], with a config file and the native listener on `native`.
 pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Process, Addrs) {
+    serve_on(data, config, native, "127.0.0.1:0")
+}
+
+/// As [`serve_with`], with the MQTT listener on `mqtt` (a restart on the same port, for
+/// clients that reconnect by themselves).
+pub fn serve_on(data: &Path, config: Option<&Path>, native: &str, mqtt: &str) -> (Process, Addrs) {
     let mut cmd = brook();
     if let Some(c) = config {
         cmd.arg("serve").arg("--config").arg(c);
@@ -258,7 +264,7 @@ pub fn serve_with(data: &Path, config: Option<&Path>, native: &str) -> (Process,
             "--http",
             "127.0.0.1:0",
             "--mqtt",
-            "127.0.0.1:0",
+            mqtt,
             "--kafka",
             "127.0.0.1:0",
             "--data-dir",

@@ -34,6 +34,8 @@ const RETRY: Duration = Duration::from_millis(250);
 const PAUSED_READ: usize = 4096;
 /// Bytes read back from the log per step when catching up.
 const CATCH_UP_BYTES: usize = 256 * 1024;
+/// Deliveries taken from the channel in one turn of the connection loop.
+const DRAIN: usize = 64;
 
 type AckWait = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
 
@@ -217,6 +219,11 @@ pub async fn serve(
         }
     };
     state.owner = owner;
+    // Restored in-flight messages are read back from the log to be sent again.
+    let lost = hub.load_inflight(&mut state, version == Version::V5).await;
+    if lost > 0 {
+        tracing::warn!(client = %client_id, lost, "mqtt: in-flight messages the log no longer has are not sent again");
+    }
     // In-flight messages are sent again only where the ACL still lets this client read them.
     let dropped = state.retain_outbound(|t| grants.allows(Op::Subscribe(t)));
     if dropped > 0 {
@@ -377,15 +384,10 @@ impl Conn {
                 }
             }
             if !self.out.is_empty() {
-                self.hub
-                    .stats
-                    .bytes_out
-                    .fetch_add(self.out.len() as u64, Ordering::Relaxed);
-                if let Err(e) = write_flushed(&mut self.wr, &self.out).await {
+                if let Err(e) = self.write_out().await {
                     tracing::debug!(peer = %self.peer, "mqtt: write: {e}");
                     return End::Abnormal;
                 }
-                self.out.clear();
             }
             if self.paused() {
                 deadline = Instant::now() + keep_alive;
@@ -396,12 +398,12 @@ impl Conn {
                 biased;
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => {
                     self.send(Out::Disconnect(reason::SERVER_SHUTTING_DOWN));
-                    let _ = write_flushed(&mut self.wr, &self.out).await;
+                    let _ = self.write_out().await;
                     return End::Shutdown;
                 }
                 Some(reply) = takeover_rx.recv() => {
                     self.send(Out::Disconnect(reason::SESSION_TAKEN_OVER));
-                    let _ = write_flushed(&mut self.wr, &self.out).await;
+                    let _ = self.write_out().await;
                     tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: session taken over");
                     return End::TakenOver(reply);
                 }
@@ -446,25 +448,22 @@ impl Conn {
                 _ = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() && !self.paused() => {
                     tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: keep-alive expired");
                     self.send(Out::Disconnect(reason::KEEP_ALIVE_TIMEOUT));
-                    let _ = write_flushed(&mut self.wr, &self.out).await;
+                    let _ = self.write_out().await;
                     return End::Abnormal;
                 }
                 Some(d) = rx.recv(), if !catching_up && wants => {
+                    // What else is waiting goes in the same turn: one write (and for a
+                    // persistent session one store of its delivery state) for all of it.
                     let now = now_ms();
-                    match d {
-                        Delivery::Log(m) => {
-                            if self.lagged.swap(false, Ordering::SeqCst) {
-                                self.hub.stats.read_back.fetch_add(1, Ordering::Relaxed);
-                                // Some messages did not fit the channel: read them back from
-                                // the log (this one included).
-                                self.start_catch_up();
-                            } else {
-                                self.sm.offer(&m, now);
-                                self.dirty = true;
-                            }
+                    self.take_delivery(d, now);
+                    for _ in 1..DRAIN {
+                        if !self.catch_up.is_empty() || !self.sm.wants_more() {
+                            break;
                         }
-                        Delivery::Shared(m, raw) => self.sm.offer_shared(&m, &raw, now),
-                        Delivery::Unlogged(m) => self.sm.offer_unlogged(&m, now),
+                        match rx.try_recv() {
+                            Ok(d) => self.take_delivery(d, now),
+                            Err(_) => break,
+                        }
                     }
                 }
                 _ = std::future::ready(()), if catching_up && wants => {
@@ -498,6 +497,50 @@ impl Conn {
         }
     }
 
+    fn take_delivery(&mut self, d: Delivery, now: i64) {
+        match d {
+            Delivery::Log(m) => {
+                if self.lagged.swap(false, Ordering::SeqCst) {
+                    self.hub.stats.read_back.fetch_add(1, Ordering::Relaxed);
+                    // Some messages did not fit the channel: read them back from the log
+                    // (this one included).
+                    self.start_catch_up();
+                } else {
+                    self.sm.offer(&m, now);
+                    self.dirty = true;
+                }
+            }
+            Delivery::Shared(m, raw) => self.sm.offer_shared(&m, &raw, now),
+            Delivery::Unlogged(m) => self.sm.offer_unlogged(&m, now),
+        }
+    }
+
+    /// Writes what is queued for the client. When it includes a QoS 1/2 PUBLISH or a PUBREL
+    /// of a persistent session, the session is stored durably first (write-ahead; the
+    /// session module's "Durable delivery state"); sessions writing at the same time share one
+    /// flush of the metadata store.
+    async fn write_out(&mut self) -> std::io::Result<()> {
+        if self.sm.take_needs_sync()
+            && self.sm.state.expiry > 0
+            && self.hub.config.durability != Durability::None
+        {
+            let (id, p) = (&self.sm.state.client_id, self.sm.persisted());
+            if let Err(e) = self.hub.persist_durably(id, p).await {
+                // Sent anyway: the message is due, and a crash before the next store that
+                // works only sends it again.
+                tracing::error!(client = %id, "mqtt: cannot store the delivery state: {e}");
+            }
+            self.dirty = false;
+        }
+        self.hub
+            .stats
+            .bytes_out
+            .fetch_add(self.out.len() as u64, Ordering::Relaxed);
+        let r = write_flushed(&mut self.wr, &self.out).await;
+        self.out.clear();
+        r
+    }
+
     async fn protocol_error(&mut self, e: CodecError) -> End {
         self.hub
             .stats
@@ -511,7 +554,7 @@ impl Conn {
             _ => reason::PROTOCOL_ERROR,
         };
         self.send(Out::Disconnect(rc));
-        let _ = write_flushed(&mut self.wr, &self.out).await;
+        let _ = self.write_out().await;
         End::Abnormal
     }
 
@@ -710,7 +753,7 @@ impl Conn {
                         if let Some(rc) = reason {
                             self.send(Out::Disconnect(rc));
                         }
-                        let _ = write_flushed(&mut self.wr, &self.out).await;
+                        let _ = self.write_out().await;
                         self.out.clear();
                         if graceful {
                             tracing::debug!(peer = %self.peer, "mqtt: {why}");

@@ -169,13 +169,21 @@ impl Hub {
                 continue;
             };
             let mut state = SessionState::restore(id.clone(), p);
-            // A crash may have lost log tail a position pointed past: never skip new records.
+            // A power cut may have lost log tail a position pointed past: never skip new
+            // records, and forget in-flight messages that are no longer there (their offsets
+            // will be given to new records).
+            let mut ends = HashMap::new();
             for ((t, p), pos) in state.positions.iter_mut() {
                 if let Ok((start, end, _)) =
                     broker.list_offsets(t, *p, crate::proto::OffsetSpec::Latest)
                 {
                     *pos = (*pos).clamp(start, end);
+                    ends.insert((Arc::clone(t), *p), end);
                 }
+            }
+            let lost = state.retain_inflight_below(&ends);
+            if lost > 0 {
+                tracing::warn!(client = %id, lost, "mqtt: in-flight messages past the log's end after a restart are not sent again");
             }
             sessions.insert(
                 id,
@@ -694,6 +702,26 @@ impl Hub {
             );
         }
         false
+    }
+
+    /// Reads the restored in-flight messages of `state` back from the log, so they can be sent
+    /// again; returns how many the log no longer has (dropped).
+    pub async fn load_inflight(&self, state: &mut SessionState, v5: bool) -> usize {
+        let mut found = HashMap::new();
+        for (t, p, offset) in state.unloaded() {
+            let Ok(read) = self.broker.fetch(&t, p, offset, 1, 0, Duration::ZERO).await else {
+                continue;
+            };
+            let record = read
+                .batches()
+                .flat_map(|b| b.records())
+                .map_while(Result::ok)
+                .find(|r| r.offset == offset);
+            if let Some(m) = record.and_then(|r| message::from_record(&t, p, &r)) {
+                found.insert(((t, p), offset), m);
+            }
+        }
+        state.load(|k, o| found.remove(&(k.clone(), o)), v5)
     }
 
     /// Forgets a session's persisted part (clean start).

@@ -21,18 +21,21 @@
 //! Acknowledgements: QoS 0 is appended without waiting; the PUBACK (QoS 1) and PUBREC (QoS 2)
 //! go out once the record has `mqtt.durability` (default `durable`: fsynced; concurrent
 //! publishes share one fsync). QoS 2 is exactly-once within a session: a packet id whose
-//! PUBREC was sent is remembered until PUBREL, so a resent PUBLISH is not stored twice; this
-//! memory is kept across reconnects while the broker runs, not across a broker crash (a
-//! crash after the append and before PUBREC reached the client can store the message twice).
+//! PUBREC was sent is remembered until PUBREL, so a resent PUBLISH is not stored twice; across
+//! a broker crash, a resent PUBLISH (DUP) is recognised in the log ([`hub::Hub::stored_recently`]).
 //! When the log refuses an append (`reject` policy at its budget): QoS 0 is dropped and
 //! counted; 5.0 QoS 1/2 get reason code 0x97; 3.1.1 QoS 1/2 get no acknowledgement and the
 //! connection is not read until the log accepts the message, so it stays with the client.
 //!
 //! Persistent sessions (3.1.1 clean session = 0; 5.0 session expiry > 0) keep their
-//! subscriptions and one position per log partition in the metadata store (written and
-//! flushed before SUBACK and at disconnect, written every second while delivering). After a
-//! broker restart a session resumes from the lowest unacknowledged position: messages that
-//! were in flight are delivered again (QoS 2 included: the in-flight packet ids live in memory).
+//! subscriptions, one position per log partition (the lowest offset not sent) and the QoS 1/2
+//! messages in flight (packet id, stage, log position) in the metadata store: flushed before
+//! SUBACK, at disconnect, and before the connection writes a QoS 1/2 PUBLISH or a PUBREL
+//! (write-ahead, one group-committed flush per turn of the connection loop; written every second
+//! otherwise). After a crash the session resumes: messages in flight are read back from the log
+//! and sent again with their packet ids and DUP (PUBREL where PUBREC had come), nothing that
+//! completed is sent again, and the rest is read from the stored positions ([`session`]'s
+//! "Durable delivery state").
 //!
 //! Shared subscriptions (`$share/GROUP/filter`) are delivered live only: each message goes to
 //! one connected member (the next one whose queue has room); with no member able to take it,

@@ -6,9 +6,20 @@
 //! Delivery positions: for every log partition carrying MQTT messages the session keeps the
 //! next offset it has not yet looked at. A message from the log (live, or read back after an
 //! absence) is considered only if its offset is at or past that position, so reading the same
-//! part of the log twice never delivers twice within a session. The position that is
-//! persisted is the lowest offset not yet acknowledged (queued or in flight), so a restart
-//! redelivers what was not acknowledged and nothing that was never delivered is skipped.
+//! part of the log twice never delivers twice within a session.
+//!
+//! Durable delivery state (persistent sessions): the stored session holds, per partition, the
+//! lowest offset not yet sent (queued messages are not sent), and every QoS 1/2 message sent
+//! and not completed, as (packet id, stage, log partition and offset). The connection stores
+//! it, durably, before it writes a QoS 1/2 PUBLISH or a PUBREL ([`Session::take_needs_sync`]):
+//! write-ahead, so after a crash every message the client may have seen is either completed
+//! (below the stored position, never sent again) or in the stored list, sent again with its
+//! packet id and DUP set (a PUBREL for one the client had acknowledged with PUBREC). A QoS 2
+//! message is therefore delivered exactly once across crashes, and a QoS 1 message is sent
+//! again only if it was in flight (at most the in-flight window). Acknowledgements need no
+//! write of their own: a completion the store missed costs at most a PUBREL or a QoS 1
+//! duplicate. Messages for shared subscriptions and retained messages sent on SUBSCRIBE are not
+//! in the list (the shared group's position and the retained store bring them back).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -42,12 +53,49 @@ enum Stage {
     Comp,
 }
 
+impl Stage {
+    fn code(self) -> u8 {
+        match self {
+            Stage::Ack => 1,
+            Stage::Rec => 2,
+            Stage::Comp => 3,
+        }
+    }
+
+    fn from_code(c: u8) -> Option<Stage> {
+        match c {
+            1 => Some(Stage::Ack),
+            2 => Some(Stage::Rec),
+            3 => Some(Stage::Comp),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Inflight {
     pkid: u16,
+    /// What was sent. An entry restored from the metadata store has only its QoS, retain
+    /// flag and subscription ids here until the message is read back from the log
+    /// ([`SessionState::unloaded`], [`SessionState::load`]).
     publish: Publish,
+    loaded: bool,
     stage: Stage,
     source: Option<(PartitionKey, u64)>,
+}
+
+/// A message sent and not completed, as stored: where it is in the log, and how it was sent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredInflight {
+    pub pkid: u16,
+    /// 1: waiting for PUBACK, 2: for PUBREC, 3: for PUBCOMP (PUBREL sent).
+    pub stage: u8,
+    pub qos: u8,
+    pub retain: bool,
+    pub log_topic: String,
+    pub partition: u32,
+    pub offset: u64,
+    pub subscription_ids: Vec<u32>,
 }
 
 #[derive(Clone, Debug)]
@@ -118,6 +166,21 @@ pub struct PersistedSession {
     /// Added after the first release: sessions stored before it read as [`Owner::Unknown`]
     /// ([`PersistedSession::decode`]).
     pub owner: Owner,
+    /// Added in the third version (with `next_pkid`): what was sent and not completed.
+    /// Sessions stored before have none (their positions were the lowest unacknowledged
+    /// offset, so what was in flight is read back from the log).
+    pub inflight: Vec<StoredInflight>,
+    pub next_pkid: u16,
+}
+
+/// A session as stored before in-flight messages were (the second version).
+#[derive(Deserialize)]
+struct PersistedSessionV2 {
+    expiry: u32,
+    subscriptions: Vec<(String, SubOptions)>,
+    positions: Vec<(String, u32, u64)>,
+    since: Vec<(String, String, u32, u64)>,
+    owner: Owner,
 }
 
 /// A session as stored before owners were recorded.
@@ -130,17 +193,31 @@ struct PersistedSessionV1 {
 }
 
 impl PersistedSession {
-    /// Reads a stored session, of this version or the one before.
+    /// Reads a stored session, of this version or one before (postcard is not
+    /// self-describing: a shorter version's bytes end before this version's fields).
     pub fn decode(bytes: &[u8]) -> Result<PersistedSession, postcard::Error> {
-        postcard::from_bytes::<PersistedSession>(bytes).or_else(|_| {
-            postcard::from_bytes::<PersistedSessionV1>(bytes).map(|v| PersistedSession {
-                expiry: v.expiry,
-                subscriptions: v.subscriptions,
-                positions: v.positions,
-                since: v.since,
-                owner: Owner::Unknown,
+        let v2 = |v: PersistedSessionV2| PersistedSession {
+            expiry: v.expiry,
+            subscriptions: v.subscriptions,
+            positions: v.positions,
+            since: v.since,
+            owner: v.owner,
+            inflight: Vec::new(),
+            next_pkid: 0,
+        };
+        postcard::from_bytes::<PersistedSession>(bytes)
+            .or_else(|_| postcard::from_bytes::<PersistedSessionV2>(bytes).map(v2))
+            .or_else(|_| {
+                postcard::from_bytes::<PersistedSessionV1>(bytes).map(|v| {
+                    v2(PersistedSessionV2 {
+                        expiry: v.expiry,
+                        subscriptions: v.subscriptions,
+                        positions: v.positions,
+                        since: v.since,
+                        owner: Owner::Unknown,
+                    })
+                })
             })
-        })
     }
 }
 
@@ -174,8 +251,124 @@ impl SessionState {
                         .insert((Arc::from(t), p), o);
                     m
                 }),
+            outbound: p
+                .inflight
+                .into_iter()
+                .filter_map(|i| {
+                    let stage = Stage::from_code(i.stage)?;
+                    Some(Inflight {
+                        pkid: i.pkid,
+                        publish: Publish {
+                            dup: true,
+                            qos: i.qos.min(2),
+                            retain: i.retain,
+                            topic: String::new(),
+                            pkid: i.pkid,
+                            payload: Bytes::new(),
+                            props: MessageProps {
+                                subscription_ids: i
+                                    .subscription_ids
+                                    .into_iter()
+                                    .map(|n| n as usize)
+                                    .collect(),
+                                ..MessageProps::default()
+                            },
+                        },
+                        loaded: false,
+                        stage,
+                        source: Some(((Arc::from(i.log_topic), i.partition), i.offset)),
+                    })
+                })
+                .collect(),
+            next_pkid: p.next_pkid,
             ..SessionState::default()
         }
+    }
+
+    /// Drops in-flight messages at or past their partition's end in `ends` (lost with the
+    /// log's tail); returns how many.
+    pub fn retain_inflight_below(&mut self, ends: &HashMap<PartitionKey, u64>) -> usize {
+        let before = self.outbound.len();
+        self.outbound.retain(|i| match &i.source {
+            Some((k, off)) => ends.get(k).is_none_or(|end| off < end),
+            None => true,
+        });
+        before - self.outbound.len()
+    }
+
+    /// Restored in-flight messages still to be read back from the log before they can be
+    /// sent again: (log topic, partition, offset). A PUBREL needs no message.
+    pub fn unloaded(&self) -> Vec<(Arc<str>, u32, u64)> {
+        self.outbound
+            .iter()
+            .filter(|i| !i.loaded && i.stage != Stage::Comp)
+            .filter_map(|i| i.source.as_ref())
+            .map(|((t, p), o)| (Arc::clone(t), *p, *o))
+            .collect()
+    }
+
+    /// Fills in restored in-flight messages from the log: `read` gives the message at a log
+    /// position, or `None` when the log no longer has it (retention, a power cut); those
+    /// entries are dropped (a PUBREL is still sent). `v5`: the client gets 5.0 properties.
+    /// Returns how many were dropped.
+    pub fn load(
+        &mut self,
+        mut read: impl FnMut(&PartitionKey, u64) -> Option<LogMessage>,
+        v5: bool,
+    ) -> usize {
+        let before = self.outbound.len();
+        self.outbound.retain_mut(|i| {
+            if i.loaded || i.stage == Stage::Comp {
+                return true;
+            }
+            let Some((key, offset)) = &i.source else {
+                return false;
+            };
+            let Some(m) = read(key, *offset) else {
+                return false;
+            };
+            let p = &mut i.publish;
+            p.topic = m.topic;
+            p.payload = m.payload;
+            if v5 {
+                let ids = std::mem::take(&mut p.props.subscription_ids);
+                p.props = MessageProps {
+                    subscription_ids: ids,
+                    ..m.props
+                };
+            } else {
+                p.props = MessageProps::default();
+            }
+            i.loaded = true;
+            true
+        });
+        before - self.outbound.len()
+    }
+
+    /// What the metadata store keeps of the in-flight messages (those with a log position).
+    fn stored_inflight(&self) -> Vec<StoredInflight> {
+        self.outbound
+            .iter()
+            .filter_map(|i| {
+                let ((t, partition), offset) = i.source.as_ref()?;
+                Some(StoredInflight {
+                    pkid: i.pkid,
+                    stage: i.stage.code(),
+                    qos: i.publish.qos,
+                    retain: i.publish.retain,
+                    log_topic: t.to_string(),
+                    partition: *partition,
+                    offset: *offset,
+                    subscription_ids: i
+                        .publish
+                        .props
+                        .subscription_ids
+                        .iter()
+                        .filter_map(|n| u32::try_from(*n).ok())
+                        .collect(),
+                })
+            })
+            .collect()
     }
 
     /// Drops in-flight messages whose topic `keep` refuses (the ACL changed while the client
@@ -186,16 +379,11 @@ impl SessionState {
         before - self.outbound.len()
     }
 
-    /// Lowest offset per partition not yet acknowledged.
+    /// Lowest offset per partition not yet sent (in-flight messages are stored beside).
     fn committed_positions(&self, queued: &VecDeque<Queued>) -> Vec<(String, u32, u64)> {
         let mut low: HashMap<&PartitionKey, u64> =
             self.positions.iter().map(|(k, v)| (k, *v)).collect();
-        let sources = self
-            .outbound
-            .iter()
-            .filter_map(|i| i.source.as_ref())
-            .chain(queued.iter().filter_map(|q| q.source.as_ref()));
-        for (k, off) in sources {
+        for (k, off) in queued.iter().filter_map(|q| q.source.as_ref()) {
             if let Some(v) = low.get_mut(k) {
                 *v = (*v).min(*off);
             }
@@ -299,6 +487,9 @@ pub struct Session {
     queued: VecDeque<Queued>,
     inbound_unacked: usize,
     actions: VecDeque<Action>,
+    /// A QoS 1/2 PUBLISH or a PUBREL was queued for sending since the last
+    /// [`Session::take_needs_sync`].
+    needs_sync: bool,
 }
 
 /// Queued deliveries a session takes before the connection stops pulling more.
@@ -330,6 +521,7 @@ impl Session {
             queued: VecDeque::new(),
             inbound_unacked: 0,
             actions: VecDeque::new(),
+            needs_sync: false,
             state,
             limits,
         };
@@ -346,6 +538,10 @@ impl Session {
             reason_string: None,
         })));
         // Unacknowledged deliveries go again, in their order: PUBLISH with DUP, or PUBREL.
+        // (Restored ones the log no longer had were dropped by SessionState::load.)
+        s.state
+            .outbound
+            .retain(|i| i.loaded || i.stage == Stage::Comp);
         let redo: Vec<Out> = s
             .state
             .outbound
@@ -378,6 +574,13 @@ impl Session {
         self.queued.len() < QUEUE_LIMIT
     }
 
+    /// Whether what was queued for sending since the last call includes a QoS 1/2 PUBLISH or
+    /// a PUBREL: a persistent session's state must then be stored durably before it is written
+    /// to the client (the module's "Durable delivery state").
+    pub fn take_needs_sync(&mut self) -> bool {
+        std::mem::take(&mut self.needs_sync)
+    }
+
     /// Unacknowledged inbound QoS 1/2 publishes (appends not yet answered).
     pub fn inbound_unacked(&self) -> usize {
         self.inbound_unacked
@@ -404,6 +607,8 @@ impl Session {
                 })
                 .collect(),
             owner: self.state.owner.clone(),
+            inflight: self.state.stored_inflight(),
+            next_pkid: self.state.next_pkid,
         }
     }
 
@@ -441,6 +646,7 @@ impl Session {
                 if let Some(pos) = self.find(id, Stage::Rec) {
                     if ok {
                         self.state.outbound[pos].stage = Stage::Comp;
+                        self.needs_sync = true;
                         self.actions.push_back(Action::Send(Out::PubRel(id, 0)));
                     } else {
                         self.state.outbound.remove(pos);
@@ -580,10 +786,13 @@ impl Session {
             self.actions.push_back(Action::Send(Out::PubRec(p.pkid, 0)));
             return;
         }
-        // The quota (Receive Maximum) counts a QoS 1 publish until its PUBACK and a QoS 2
-        // one until its PUBCOMP: a PUBREC does not free its place.
+        // The quota (5.0's Receive Maximum) counts a QoS 1 publish until its PUBACK and a QoS
+        // 2 one until its PUBCOMP: a PUBREC does not free its place. 3.1.1 has no quota to
+        // exceed: its clients are held back by not reading them while `max_inflight` appends
+        // wait (the connection's `paused`); packet ids bound the QoS 2 ones awaiting PUBREL.
         let used = self.inbound_unacked + self.state.inbound_qos2.len();
-        if p.qos > 0 && used >= usize::from(self.limits.max_inflight) {
+        if p.qos > 0 && self.version == Version::V5 && used >= usize::from(self.limits.max_inflight)
+        {
             self.close(
                 reason::RECEIVE_MAXIMUM_EXCEEDED,
                 "more unacknowledged QoS 1/2 publishes than Receive Maximum",
@@ -835,9 +1044,11 @@ impl Session {
             };
             if publish.qos > 0 {
                 publish.pkid = self.next_pkid();
+                self.needs_sync = true;
                 self.state.outbound.push_back(Inflight {
                     pkid: publish.pkid,
                     publish: publish.clone(),
+                    loaded: true,
                     stage: if publish.qos == 1 {
                         Stage::Ack
                     } else {
@@ -950,8 +1161,11 @@ mod tests {
         assert_eq!(p.qos, 1, "downgraded to the subscription's QoS");
         s.handle(Packet::PubAck(p.pkid));
         assert_eq!(sent(&mut s).len(), 1, "one more once acknowledged");
-        // Persisted position: lowest unacknowledged offset (1 in flight).
-        assert_eq!(s.persisted().positions, vec![("mqtt".to_string(), 0, 1)]);
+        // Persisted: the lowest offset not sent (3 is queued), and what is in flight (1, 2).
+        let p = s.persisted();
+        assert_eq!(p.positions, vec![("mqtt".to_string(), 0, 3)]);
+        let offsets: Vec<u64> = p.inflight.iter().map(|i| i.offset).collect();
+        assert_eq!(offsets, vec![1, 2]);
         // Offsets already looked at are not delivered twice.
         s.offer(&msg("a/b", 2, 1), 0);
         assert!(sent(&mut s).is_empty());
@@ -1075,6 +1289,29 @@ mod tests {
         ));
     }
 
+    /// A 3.1.1 client, told no Receive Maximum, may have more QoS 2 messages awaiting PUBREL.
+    #[test]
+    fn a_311_client_has_no_receive_maximum() {
+        let mut s = new_session(Version::V311);
+        for id in 1..=3 * s.limits.max_inflight {
+            s.handle(Packet::Publish(Publish {
+                dup: false,
+                qos: 2,
+                retain: false,
+                topic: "t".into(),
+                pkid: id,
+                payload: Bytes::new(),
+                props: MessageProps::default(),
+            }));
+            assert!(matches!(
+                s.take_actions().next(),
+                Some(Action::Append { .. })
+            ));
+            s.appended(Ack::PubRec(id), AppendOutcome::Stored);
+            assert_eq!(sent(&mut s), vec![Out::PubRec(id, 0)]);
+        }
+    }
+
     #[test]
     fn quota_exceeded_by_version() {
         let mut s = new_session(Version::V5);
@@ -1152,6 +1389,142 @@ mod tests {
         let out = sent(&mut s2);
         assert!(matches!(&out[0], Out::ConnAck(c) if c.session_present));
         assert!(matches!(&out[1], Out::Publish(p) if p.dup && p.qos == 1));
+    }
+
+    /// The stored delivery state across a crash: what completed is never sent again, what
+    /// was in flight goes again with its packet id and DUP (PUBREL once PUBREC came), and new
+    /// messages get packet ids the client cannot confuse with those.
+    #[test]
+    fn a_restored_session_resends_only_what_was_in_flight() {
+        let mut s = new_session(Version::V5);
+        s.state.expiry = 60;
+        subscribe(&mut s, "a", 2);
+        assert!(!s.take_needs_sync());
+        for off in 0..4 {
+            s.offer(&msg("a", off, 2), 0);
+        }
+        let out = sent(&mut s);
+        let ids: Vec<u16> = out
+            .iter()
+            .map(|o| match o {
+                Out::Publish(p) => p.pkid,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ids.len(), 2);
+        assert!(
+            s.take_needs_sync(),
+            "QoS 2 PUBLISHes need the state stored first"
+        );
+        assert!(!s.take_needs_sync());
+        // The first completes; the second is acknowledged with PUBREC only.
+        s.handle(Packet::PubRec(ids[0], true));
+        assert!(matches!(sent(&mut s)[..], [Out::PubRel(id, _)] if id == ids[0]));
+        assert!(s.take_needs_sync(), "a PUBREL needs the state stored first");
+        s.handle(Packet::PubComp(ids[0]));
+        let third = match &sent(&mut s)[..] {
+            [Out::Publish(p)] => p.pkid,
+            other => panic!("{other:?}"),
+        };
+        s.handle(Packet::PubRec(ids[1], true));
+        let _ = sent(&mut s);
+        let bytes = postcard::to_allocvec(&s.persisted()).expect("encode");
+        // The crash: only the stored bytes remain.
+        drop(s);
+        let stored = PersistedSession::decode(&bytes).expect("decode");
+        assert_eq!(stored.positions, vec![("mqtt".to_string(), 0, 3)]);
+        let mut state = SessionState::restore("c".into(), stored);
+        assert_eq!(state.unloaded(), vec![(Arc::from("mqtt"), 0, 2)]);
+        let dropped = state.load(|_, off| Some(msg("a", off, 2)), true);
+        assert_eq!(dropped, 0);
+        let mut c = connect(Version::V5);
+        c.clean_start = false;
+        c.session_expiry = 60;
+        let mut s = Session::start(&c, state, true, None, limits());
+        let out = sent(&mut s);
+        assert!(matches!(&out[0], Out::ConnAck(a) if a.session_present));
+        assert!(matches!(out[1], Out::PubRel(id, _) if id == ids[1]));
+        assert!(
+            matches!(&out[2], Out::Publish(p) if p.pkid == third && p.dup && p.topic == "a" && &p.payload[..] == b"x")
+        );
+        assert_eq!(out.len(), 3);
+        // Offsets below the stored position are not offered again; the next is, with a new id.
+        s.offer(&msg("a", 2, 2), 0);
+        assert!(sent(&mut s).is_empty());
+        s.handle(Packet::PubComp(ids[1]));
+        s.offer(&msg("a", 3, 2), 0);
+        let next = match &sent(&mut s)[..] {
+            [Out::Publish(p)] => p.pkid,
+            other => panic!("{other:?}"),
+        };
+        assert!(next != third && !ids.contains(&next));
+    }
+
+    /// A restored message the log no longer has is dropped; a PUBREL needs no message.
+    #[test]
+    fn restored_messages_the_log_lost_are_dropped() {
+        let stored = PersistedSession {
+            expiry: 60,
+            subscriptions: vec![],
+            positions: vec![("mqtt".into(), 0, 10)],
+            since: vec![],
+            owner: Owner::Anonymous,
+            inflight: [(1, 1, 5), (2, 3, 6), (3, 2, 12)]
+                .into_iter()
+                .map(|(pkid, stage, offset)| StoredInflight {
+                    pkid,
+                    stage,
+                    qos: 2,
+                    retain: false,
+                    log_topic: "mqtt".into(),
+                    partition: 0,
+                    offset,
+                    subscription_ids: vec![],
+                })
+                .collect(),
+            next_pkid: 3,
+        };
+        let mut state = SessionState::restore("c".into(), stored);
+        let ends = HashMap::from([((Arc::from("mqtt"), 0), 10)]);
+        assert_eq!(
+            state.retain_inflight_below(&ends),
+            1,
+            "offset 12 is past the end"
+        );
+        assert_eq!(state.load(|_, _| None, false), 1, "offset 5 is gone");
+        let s = Session::start(&connect(Version::V311), state, true, None, limits());
+        let mut s = s;
+        let out = sent(&mut s);
+        assert!(matches!(out[1..], [Out::PubRel(2, _)]));
+    }
+
+    /// Sessions stored by the two earlier versions still read.
+    #[test]
+    fn earlier_stored_sessions_decode() {
+        let subs = vec![(
+            "a".to_string(),
+            SubOptions {
+                qos: 1,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: 0,
+                subscription_id: None,
+            },
+        )];
+        let positions = vec![("mqtt".to_string(), 0u32, 7u64)];
+        let since: Vec<(String, String, u32, u64)> = vec![];
+        let v1 = postcard::to_allocvec(&(60u32, &subs, &positions, &since)).expect("v1");
+        let v2 =
+            postcard::to_allocvec(&(60u32, &subs, &positions, &since, Owner::User("u".into())))
+                .expect("v2");
+        let d1 = PersistedSession::decode(&v1).expect("decode v1");
+        assert_eq!(
+            (d1.owner, d1.positions.clone()),
+            (Owner::Unknown, positions.clone())
+        );
+        let d2 = PersistedSession::decode(&v2).expect("decode v2");
+        assert_eq!(d2.owner, Owner::User("u".into()));
+        assert!(d2.inflight.is_empty() && d2.subscriptions == subs);
     }
 
     #[test]
