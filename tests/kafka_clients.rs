@@ -108,6 +108,15 @@ fn admin_client_creates_describes_and_deletes_topics() {
     python_scenario("admin");
 }
 
+/// ListOffsets by time and MAX_TIMESTAMP answer the found record's offset and timestamp
+/// (confluent-kafka's admin client, kafka-python); a Produce over `kafka.max_request_size` is
+/// answered MESSAGE_TOO_LARGE at once and the connection goes on; a transactional producer fails
+/// at once with a fatal error that says why.
+#[test]
+fn list_offsets_by_time_oversized_produce_and_transactions() {
+    python_scenario("times-refusals");
+}
+
 /// kafka-python: an idempotent acks=all gzip producer; commit, restart from the committed
 /// offset, seek, seek to either end, offsets for times.
 #[test]

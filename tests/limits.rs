@@ -374,6 +374,17 @@ fn offset_for_timestamp() {
     }
     assert_eq!(p.offset_for_timestamp(T0 - 5).expect("lookup"), Some(0));
     assert_eq!(p.offset_for_timestamp(T0 + n as i64).expect("lookup"), None);
+    // The record found comes with its own timestamp; the largest is the last record's here.
+    assert_eq!(
+        p.record_for_timestamp(T0 + 49).expect("lookup"),
+        Some((49, T0 + 49))
+    );
+    assert_eq!(p.max_timestamp(), Some(T0 + n as i64 - 1));
+    let empty = open_std(&dir.path().join("empty"), &[("e", small_topic(1))]);
+    assert_eq!(
+        empty.topic("e").expect("e").partitions()[0].max_timestamp(),
+        None
+    );
 }
 
 /// Reads: from any offset, whole batches, at least one batch even when it exceeds max_bytes;

@@ -296,6 +296,22 @@ impl Broker {
         Ok((earliest, latest, answer))
     }
 
+    /// The first record of a partition whose timestamp is at or after `ts` (`None`: all are
+    /// older), or with `ts = None` the first record with the largest timestamp (`None`: the
+    /// partition is empty): its offset and timestamp.
+    pub fn record_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        ts: Option<i64>,
+    ) -> Result<Option<(u64, i64)>> {
+        let p = Arc::clone(self.store.topic(topic)?.partition(partition)?);
+        let Some(ts) = ts.or_else(|| p.max_timestamp()) else {
+            return Ok(None);
+        };
+        Ok(p.record_for_timestamp(ts)?)
+    }
+
     /// The config a new topic gets from `settings` and the server's `topic_defaults`.
     pub fn topic_config(&self, settings: &TopicSettings) -> TopicConfig {
         let mut cfg = self.config.topic_defaults.clone();

@@ -264,6 +264,69 @@ def scenario_admin(bootstrap):
     print("admin: create/describe/delete topics, bad requests refused with the right codes", flush=True)
 
 
+def scenario_times_and_refusals(bootstrap):
+    """ListOffsets by time and MAX_TIMESTAMP with the found record's timestamp (confluent-kafka's
+    admin client and kafka-python); a Produce over kafka.max_request_size answered
+    MESSAGE_TOO_LARGE at once, the connection still usable; a transactional producer failing at
+    once with the reason."""
+    from confluent_kafka import KafkaException, Producer, TopicPartition
+    from confluent_kafka.admin import OffsetSpec
+
+    create(bootstrap, "times", 1)
+    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 40_000_000})
+    stamps = [1_000, 5_000, 3_000, 4_000]
+    for i, ts in enumerate(stamps):
+        p.produce("times", str(i).encode(), timestamp=ts)
+    check(p.flush(10) == 0, "small records not delivered")
+    tp = TopicPartition("times", 0)
+    a = admin(bootstrap)
+
+    def listed(spec):
+        r = a.list_offsets({tp: spec})[tp].result(timeout=10)
+        return (r.offset, r.timestamp)
+
+    check(listed(OffsetSpec.for_timestamp(2_000)) == (1, 5_000), f"for 2000: {listed(OffsetSpec.for_timestamp(2_000))}")
+    check(listed(OffsetSpec.for_timestamp(3_500)) == (1, 5_000), "for 3500")
+    check(listed(OffsetSpec.for_timestamp(500)) == (0, 1_000), "for 500")
+    check(listed(OffsetSpec.for_timestamp(6_000))[0] == -1, "after every record")
+    check(listed(OffsetSpec.max_timestamp()) == (1, 5_000), f"max: {listed(OffsetSpec.max_timestamp())}")
+    check(listed(OffsetSpec.latest())[0] == 4, "latest")
+    check(listed(OffsetSpec.earliest())[0] == 0, "earliest")
+
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KTP
+
+    kc = KafkaConsumer(bootstrap_servers=bootstrap)
+    got = kc.offsets_for_times({KTP("times", 0): 3_500})[KTP("times", 0)]
+    check((got.offset, got.timestamp) == (1, 5_000), f"kafka-python offsets_for_times: {got}")
+    kc.close()
+
+    # 20 MB in one request, over kafka.max_request_size (16 MiB): refused, quickly.
+    errors = []
+    t0 = time.time()
+    p.produce("times", b"x" * 20_000_000, callback=lambda e, m: errors.append(e))
+    p.flush(30)
+    check(len(errors) == 1 and errors[0] is not None and errors[0].name() == "MSG_SIZE_TOO_LARGE",
+          f"oversized produce: {errors}")
+    check(time.time() - t0 < 10, f"oversized produce took {time.time() - t0:.1f} s")
+    done = []
+    p.produce("times", b"after", callback=lambda e, m: done.append(e))
+    p.flush(10)
+    check(done == [None], f"a produce after the refusal: {done}")
+
+    tp_ = Producer({"bootstrap.servers": bootstrap, "transactional.id": "tx-1"})
+    t0 = time.time()
+    try:
+        tp_.init_transactions(20)
+        fail("init_transactions succeeded")
+    except KafkaException as e:
+        err = e.args[0]
+        check(err.fatal() and not err.retriable(), f"transactions: {err}")
+        check("does not support Kafka transactions" in err.str(), f"no reason given: {err.str()}")
+    check(time.time() - t0 < 5, f"init_transactions took {time.time() - t0:.1f} s")
+    print("times and refusals: ListOffsets timestamps, MESSAGE_TOO_LARGE, transactions", flush=True)
+
+
 def scenario_commit_seek(bootstrap):
     """kafka-python: acks=all produce, group commit, restart at the commit, seek, offsets by time."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -374,6 +437,7 @@ SCENARIOS = {
     "group": scenario_group,
     "admin": scenario_admin,
     "commit-seek": scenario_commit_seek,
+    "times-refusals": scenario_times_and_refusals,
     "minute": scenario_minute,
 }
 

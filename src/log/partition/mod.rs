@@ -825,6 +825,22 @@ impl Partition {
     /// First offset whose record timestamp is at or after `ts`, or `None` if every stored record
     /// is older.
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<u64>> {
+        Ok(self.record_for_timestamp(ts)?.map(|(offset, _)| offset))
+    }
+
+    /// The largest record timestamp stored, or `None` when the partition is empty.
+    pub fn max_timestamp(&self) -> Option<i64> {
+        let st = self.inner.lock();
+        st.sealed
+            .iter()
+            .map(|s| s.max_timestamp)
+            .chain(std::iter::once(st.active.index.max_timestamp))
+            .max()
+            .filter(|&t| t != i64::MIN)
+    }
+
+    /// The first record whose timestamp is at or after `ts`: its offset and timestamp.
+    pub fn record_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
         let st = self.inner.lock();
         let mut target = None;
         for seg in &st.sealed {
@@ -874,7 +890,7 @@ impl Partition {
                             source,
                         })?;
                         if r.timestamp >= ts {
-                            return Ok(Some(r.offset));
+                            return Ok(Some((r.offset, r.timestamp)));
                         }
                     }
                 }

@@ -418,6 +418,10 @@ pub fn describe_configs(
     codec::response(ApiKey::DescribeConfigs, version, id, &resp)
 }
 
+/// Why a transactional producer is refused (FindCoordinator's error message).
+pub const NO_TRANSACTIONS: &str =
+    "Brook does not support Kafka transactions (transactional.id); idempotent producers work";
+
 pub fn find_coordinator(
     ctx: &Ctx,
     listener: usize,
@@ -427,19 +431,35 @@ pub fn find_coordinator(
 ) -> Result<Vec<u8>, String> {
     let (host, port) = &ctx.advertised[listener];
     let host = s(host);
+    // Key type 1 asks for a transaction coordinator: there is none. The error is one clients
+    // do not retry (a transactional producer fails at once), with the reason in the message.
+    let transactions = r.key_type == 1;
+    let refusal = || Some(s(NO_TRANSACTIONS));
     let resp = if version >= 4 {
         FindCoordinatorResponse::default().with_coordinators(
             r.coordinator_keys
                 .iter()
                 .map(|k| {
-                    Coordinator::default()
-                        .with_key(k.clone())
-                        .with_node_id(BrokerId(0))
-                        .with_host(host.clone())
-                        .with_port(*port)
+                    let c = Coordinator::default().with_key(k.clone());
+                    if transactions {
+                        c.with_node_id(BrokerId(-1))
+                            .with_port(-1)
+                            .with_error_code(err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+                            .with_error_message(refusal())
+                    } else {
+                        c.with_node_id(BrokerId(0))
+                            .with_host(host.clone())
+                            .with_port(*port)
+                    }
                 })
                 .collect(),
         )
+    } else if transactions {
+        FindCoordinatorResponse::default()
+            .with_node_id(BrokerId(-1))
+            .with_port(-1)
+            .with_error_code(err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+            .with_error_message(refusal())
     } else {
         FindCoordinatorResponse::default()
             .with_node_id(BrokerId(0))

@@ -429,25 +429,30 @@ pub fn list_offsets(
                     if !allowed {
                         return out.with_error_code(err::TOPIC_AUTHORIZATION_FAILED);
                     }
-                    let spec = match p.timestamp {
-                        -2 => OffsetSpec::Earliest,
-                        // -1 latest; -3 (max timestamp) is answered with the latest as well.
-                        -1 | -3 => OffsetSpec::Latest,
-                        ts => OffsetSpec::Timestamp(ts),
-                    };
                     let Ok(part) = u32::try_from(p.partition_index) else {
                         return out.with_error_code(err::UNKNOWN_TOPIC_OR_PARTITION);
                     };
-                    match ctx.broker.list_offsets(name, part, spec) {
-                        Ok((_, _, answer)) => {
-                            let out = out.with_offset(answer.map_or(-1, |o| o as i64));
-                            match spec {
-                                OffsetSpec::Timestamp(ts) if answer.is_some() => {
-                                    out.with_timestamp(ts)
+                    // -2 earliest, -1 latest (timestamp -1, as Kafka answers); a time or -3
+                    // (MAX_TIMESTAMP): the record found, with its own timestamp.
+                    let spec = match p.timestamp {
+                        // -4: earliest local (KIP-405; every record is local here).
+                        -2 | -4 => OffsetSpec::Earliest,
+                        -1 => OffsetSpec::Latest,
+                        // -5 (latest tiered) and other special values: nothing to find.
+                        ts if ts < -3 => return out,
+                        ts => {
+                            let ts = (ts != -3).then_some(ts);
+                            return match ctx.broker.record_for_timestamp(name, part, ts) {
+                                Ok(Some((offset, ts))) => {
+                                    out.with_offset(offset as i64).with_timestamp(ts)
                                 }
-                                _ => out,
-                            }
+                                Ok(None) => out,
+                                Err(e) => out.with_error_code(code_of(&e)),
+                            };
                         }
+                    };
+                    match ctx.broker.list_offsets(name, part, spec) {
+                        Ok((_, _, answer)) => out.with_offset(answer.map_or(-1, |o| o as i64)),
                         Err(e) => out.with_error_code(code_of(&e)),
                     }
                 })
@@ -469,7 +474,7 @@ pub fn init_producer_id(
 ) -> Result<Vec<u8>, String> {
     let resp = if r.transactional_id.is_some() {
         InitProducerIdResponse::default()
-            .with_error_code(err::INVALID_REQUEST)
+            .with_error_code(err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1)
     } else if r.producer_id.0 >= 0 && r.producer_epoch >= 0 && r.producer_epoch < i16::MAX {

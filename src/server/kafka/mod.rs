@@ -8,6 +8,7 @@
 //! | [`records`] | Kafka record batches (v2, compressed or not) to Brook batches and back |
 //! | [`producers`] | idempotent producers: ids, epochs, per-partition sequences |
 //! | [`data`] | Produce, Fetch, ListOffsets, InitProducerId |
+//! | [`oversize`] | a Produce over `max_request_size` read through and answered MESSAGE_TOO_LARGE |
 //! | [`admin`] | ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator |
 //! | (this module) | the listener, the connection loop, SaslHandshake and SaslAuthenticate |
 //! | [`groups`] | JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit/Fetch, Describe/ListGroups |
@@ -33,7 +34,10 @@
 //!
 //! A malformed request, an oversized one (`max_request_size`), an unknown API, or a version
 //! Brook does not implement closes that one connection with the reason logged and counted
-//! (an ApiVersions of an unknown version is answered, see [`codec`]). Requests are decoded by
+//! (an ApiVersions of an unknown version is answered, see [`codec`]; a Produce up to four
+//! times the limit is read through and answered MESSAGE_TOO_LARGE, see [`oversize`]).
+//! Transactions are refused: FindCoordinator for a transaction coordinator answers
+//! TRANSACTIONAL_ID_AUTHORIZATION_FAILED with the reason (clients fail at once). Requests are decoded by
 //! the `kafka-protocol` crate, used in a copy whose decoders never allocate more than a request
 //! carries (`vendor/kafka-protocol/BROOK.md`: the release sized buffers to claimed counts, and
 //! one 21-byte request aborted the process); [`records`] checks claimed counts likewise.
@@ -42,6 +46,7 @@ pub mod admin;
 pub mod codec;
 pub mod data;
 pub mod groups;
+pub mod oversize;
 pub mod producers;
 pub mod records;
 
@@ -358,19 +363,31 @@ pub async fn run(
 
 /// Reads one request (size prefix, then that many bytes). `Ok(None)`: the client closed the
 /// connection between requests.
-async fn read_request(rd: &mut ReadHalf, max: usize) -> Result<Option<Vec<u8>>, String> {
+/// What came off the socket.
+enum Read {
+    Request(Vec<u8>),
+    /// A request of this many bytes, over the limit; nothing of it read yet.
+    Oversized(u64),
+    /// The client closed the connection between requests.
+    Closed,
+}
+
+async fn read_request(rd: &mut ReadHalf, max: usize) -> Result<Read, String> {
     let mut size = [0u8; 4];
     if rd.read_exact(&mut size).await.is_err() {
-        return Ok(None);
+        return Ok(Read::Closed);
     }
     let size = i32::from_be_bytes(size);
-    if size < 0 || size as usize > max {
-        return Err(format!("request of {size} bytes (the limit here is {max})"));
+    if size < 0 {
+        return Err(format!("request of {size} bytes"));
+    }
+    if size as usize > max {
+        return Ok(Read::Oversized(size as u64));
     }
     // The buffer grows with the bytes that arrive, never to the size the peer claims.
     let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
     match rd.take(size as u64).read_to_end(&mut body).await {
-        Ok(n) if n == size as usize => Ok(Some(body)),
+        Ok(n) if n == size as usize => Ok(Read::Request(body)),
         Ok(n) => Err(format!(
             "connection lost inside a request ({n} of {size} bytes)"
         )),
@@ -474,8 +491,32 @@ async fn connection(
             }
         };
         let body = match read {
-            Ok(Ok(Some(b))) => b,
-            Ok(Ok(None)) => break Ok(()),
+            Ok(Ok(Read::Request(b))) => b,
+            Ok(Ok(Read::Closed)) => break Ok(()),
+            Ok(Ok(Read::Oversized(size))) => {
+                if !logged_in || size > (max * oversize::READ_THROUGH) as u64 {
+                    break Err(format!(
+                        "request of {size} bytes (the limit here is {limit})"
+                    ));
+                }
+                // A Produce a little over the limit is read through and answered
+                // MESSAGE_TOO_LARGE; anything else closes the connection.
+                let through = oversize::read_through(&mut rd, size, max);
+                match tokio::time::timeout(idle, through).await {
+                    Ok(Ok(answer)) => {
+                        ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, size, "kafka: a Produce over kafka.max_request_size answered MESSAGE_TOO_LARGE");
+                        if let Some(answer) = answer {
+                            if tx.send(send_now(answer)).await.is_err() {
+                                break Ok(());
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Err(reason)) => break Err(reason),
+                    Err(_) => break Err(format!("a request of {size} bytes took over {idle:?}")),
+                }
+            }
             Ok(Err(reason)) => break Err(reason),
             Err(_) if logged_in => {
                 tracing::info!(%peer, "kafka connection idle for {idle:?}; closing");
