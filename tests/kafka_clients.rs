@@ -117,6 +117,14 @@ fn list_offsets_by_time_oversized_produce_and_transactions() {
     python_scenario("times-refusals");
 }
 
+/// Static membership (KIP-345): a consumer with a `group.instance.id` that closes and comes
+/// back takes its old place at once, with the same partitions; the other member does not
+/// rebalance.
+#[test]
+fn a_static_member_comes_back_without_a_rebalance() {
+    python_scenario("static");
+}
+
 /// kafka-python: an idempotent acks=all gzip producer; commit, restart from the committed
 /// offset, seek, seek to either end, offsets for times.
 #[test]

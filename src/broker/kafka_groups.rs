@@ -10,14 +10,18 @@
 //! leader's SyncGroup, whose assignment answers every member's SyncGroup; then `Stable`.
 //! Heartbeats tell members of a rebalance (`RebalanceInProgress`); a member silent for its
 //! session timeout is removed and the others rebalance. Waiting in JoinGroup or SyncGroup is not
-//! silence, and every member's session restarts when a join completes (as in Kafka). Offsets
+//! silence, and every member's session restarts when a join completes (as in Kafka). Static
+//! members (KIP-345, a `group.instance.id`): one that joins under a new member id replaces the
+//! member with its instance id, whose id is fenced; in a `Stable` group with an unchanged
+//! subscription it is answered at once with the current generation and its old assignment, no
+//! rebalance (a returning leader gets `skip_assignment`). Offsets
 //! are committed through the broker into the same store as native groups' once
 //! [`KafkaGroups::check_commit`] accepts the member.
 //!
 //! No I/O: a waiting join or sync is a oneshot the caller awaits; [`KafkaGroups::tick`] runs
 //! the timeouts. State is in memory: after a restart members get `UnknownMember` and rejoin.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
@@ -35,6 +39,8 @@ pub enum KafkaGroupError {
     InconsistentProtocol,
     #[error("invalid group id")]
     InvalidGroupId,
+    #[error("another member has joined with this member's group.instance.id")]
+    FencedInstanceId,
     #[error("session timeout {0:?} is outside 1 s to 5 min")]
     InvalidSessionTimeout(Duration),
     #[error(
@@ -75,6 +81,9 @@ pub struct JoinOutcome {
     pub member_id: String,
     /// Every member and its metadata for the chosen protocol; only the leader gets them.
     pub members: Vec<(String, Option<String>, Vec<u8>)>,
+    /// A static leader back in a stable group: the assignment stands (JoinGroup v9's
+    /// `skip_assignment`).
+    pub skip_assignment: bool,
 }
 
 /// A member as described.
@@ -133,6 +142,23 @@ struct Group {
     leader: Option<String>,
     members: BTreeMap<String, Member>,
     rebalance_deadline: Instant,
+    /// Member ids whose static instance joined again under a new id (KIP-345): fenced.
+    fenced: BTreeSet<String>,
+}
+
+/// Fenced member ids a group remembers, the oldest forgotten first.
+const MAX_FENCED: usize = 1024;
+
+impl Group {
+    /// The member `id`, or why not: fenced (its instance came back under a new id) or unknown.
+    fn member(&mut self, id: &str) -> Result<&mut Member> {
+        if self.fenced.contains(id) {
+            return Err(KafkaGroupError::FencedInstanceId);
+        }
+        self.members
+            .get_mut(id)
+            .ok_or(KafkaGroupError::UnknownMember)
+    }
 }
 
 /// Every Kafka group of the broker.
@@ -183,7 +209,11 @@ impl KafkaGroups {
                 leader: None,
                 members: BTreeMap::new(),
                 rebalance_deadline: now,
+                fenced: BTreeSet::new(),
             });
+        if g.fenced.contains(&req.member_id) {
+            return Err(KafkaGroupError::FencedInstanceId);
+        }
         if !g.members.is_empty() {
             let common = req.protocols.iter().any(|(p, _)| {
                 g.members
@@ -203,6 +233,57 @@ impl KafkaGroups {
             return Err(KafkaGroupError::UnknownMember);
         };
         let (tx, rx) = oneshot::channel();
+        // A static member (KIP-345) back under a new member id takes its old place: the old
+        // id is fenced, and in a stable group with the same subscription it keeps its
+        // assignment and nobody rebalances.
+        if let Some(iid) = req.instance_id.as_deref() {
+            let old_id = g
+                .members
+                .iter()
+                .find(|(mid, m)| **mid != id && m.instance_id.as_deref() == Some(iid))
+                .map(|(mid, _)| mid.clone());
+            if let Some((old_id, mut old)) =
+                old_id.and_then(|o| g.members.remove(&o).map(|m| (o, m)))
+            {
+                if let Some(j) = old.join.take() {
+                    let _ = j.send(Err(KafkaGroupError::FencedInstanceId));
+                }
+                if let Some(s) = old.sync.take() {
+                    let _ = s.send(Err(KafkaGroupError::FencedInstanceId));
+                }
+                let was_leader = g.leader.as_deref() == Some(old_id.as_str());
+                if was_leader {
+                    g.leader = Some(id.clone());
+                }
+                if g.fenced.len() >= MAX_FENCED {
+                    g.fenced.pop_first();
+                }
+                g.fenced.insert(old_id);
+                if g.state == State::Stable && old.protocols == req.protocols {
+                    old.client_id = req.client_id;
+                    old.client_host = req.client_host;
+                    old.session_timeout = req.session_timeout;
+                    old.rebalance_timeout = req.rebalance_timeout.max(req.session_timeout);
+                    old.last_seen = now;
+                    g.members.insert(id.clone(), old);
+                    let members = if was_leader {
+                        current_members(g)
+                    } else {
+                        Vec::new()
+                    };
+                    let _ = tx.send(Ok(JoinOutcome {
+                        generation: g.generation,
+                        protocol_type: g.protocol_type.clone(),
+                        protocol: g.protocol.clone(),
+                        leader: g.leader.clone().unwrap_or_default(),
+                        member_id: id,
+                        members,
+                        skip_assignment: was_leader,
+                    }));
+                    return Ok(rx);
+                }
+            }
+        }
         let m = g.members.entry(id).or_insert_with(|| Member {
             instance_id: req.instance_id.clone(),
             client_id: req.client_id.clone(),
@@ -245,6 +326,7 @@ impl KafkaGroups {
             .groups
             .get_mut(group)
             .ok_or(KafkaGroupError::UnknownMember)?;
+        g.member(member_id)?;
         let m = g
             .members
             .get_mut(member_id)
@@ -297,11 +379,7 @@ impl KafkaGroups {
             .groups
             .get_mut(group)
             .ok_or(KafkaGroupError::UnknownMember)?;
-        let m = g
-            .members
-            .get_mut(member_id)
-            .ok_or(KafkaGroupError::UnknownMember)?;
-        m.last_seen = now;
+        g.member(member_id)?.last_seen = now;
         if g.state == State::PreparingRebalance {
             return Err(KafkaGroupError::RebalanceInProgress);
         }
@@ -320,11 +398,8 @@ impl KafkaGroups {
             .groups
             .get_mut(group)
             .ok_or(KafkaGroupError::UnknownMember)?;
-        let m = g
-            .members
-            .remove(member_id)
-            .ok_or(KafkaGroupError::UnknownMember)?;
-        drop(m);
+        g.member(member_id)?;
+        g.members.remove(member_id);
         after_removal(g, now);
         Ok(())
     }
@@ -355,11 +430,7 @@ impl KafkaGroups {
                 })
             };
         }
-        let m = g
-            .members
-            .get_mut(member_id)
-            .ok_or(KafkaGroupError::UnknownMember)?;
-        m.last_seen = now;
+        g.member(member_id)?.last_seen = now;
         if g.state == State::CompletingRebalance {
             return Err(KafkaGroupError::RebalanceInProgress);
         }
@@ -506,6 +577,23 @@ fn after_removal(g: &mut Group, now: Instant) {
     try_complete_join(g, now);
 }
 
+/// Every member, its instance id and its metadata for the group's protocol (what the leader
+/// assigns from).
+fn current_members(g: &Group) -> Vec<(String, Option<String>, Vec<u8>)> {
+    g.members
+        .iter()
+        .map(|(id, m)| {
+            let md = m
+                .protocols
+                .iter()
+                .find(|(p, _)| *p == g.protocol)
+                .map(|(_, md)| md.clone())
+                .unwrap_or_default();
+            (id.clone(), m.instance_id.clone(), md)
+        })
+        .collect()
+}
+
 /// Completes the join phase once every member has rejoined.
 fn try_complete_join(g: &mut Group, now: Instant) {
     if g.state != State::PreparingRebalance || g.members.values().any(|m| m.join.is_none()) {
@@ -533,19 +621,7 @@ fn try_complete_join(g: &mut Group, now: Instant) {
     g.leader = Some(leader.clone());
     g.protocol = protocol.clone();
     g.state = State::CompletingRebalance;
-    let members: Vec<(String, Option<String>, Vec<u8>)> = g
-        .members
-        .iter()
-        .map(|(id, m)| {
-            let md = m
-                .protocols
-                .iter()
-                .find(|(p, _)| *p == protocol)
-                .map(|(_, md)| md.clone())
-                .unwrap_or_default();
-            (id.clone(), m.instance_id.clone(), md)
-        })
-        .collect();
+    let members = current_members(g);
     for (id, m) in &mut g.members {
         m.assignment.clear();
         // Every session restarts here, as in Kafka: a member that joined first and waited for
@@ -563,6 +639,7 @@ fn try_complete_join(g: &mut Group, now: Instant) {
                 } else {
                     Vec::new()
                 },
+                skip_assignment: false,
             }));
         }
     }
@@ -656,6 +733,82 @@ mod tests {
         assert_eq!(
             (jb3.generation, jb3.leader.as_str()),
             (3, jb.member_id.as_str())
+        );
+    }
+
+    /// KIP-345: a static member that comes back under a new member id takes the old one's
+    /// place and assignment without a rebalance; the old id is fenced.
+    #[test]
+    fn a_static_member_rejoins_without_a_rebalance() {
+        let mut gs = KafkaGroups::default();
+        let t0 = Instant::now();
+        let stat = |member: &str, client: &str, iid: &str| JoinRequest {
+            instance_id: Some(iid.into()),
+            ..req(member, client)
+        };
+        let mut a = gs.join("g", stat("", "a", "ia"), t0).expect("join a");
+        let ja = done(&mut a).expect("a");
+        let mut b = gs.join("g", stat("", "b", "ib"), t0).expect("join b");
+        let mut a2 = gs
+            .join("g", stat(&ja.member_id, "a", "ia"), t0)
+            .expect("rejoin a");
+        let (ja, jb) = (done(&mut a2).expect("a"), done(&mut b).expect("b"));
+        assert_eq!(ja.generation, 2);
+        let plan = vec![
+            (ja.member_id.clone(), b"A".to_vec()),
+            (jb.member_id.clone(), b"B".to_vec()),
+        ];
+        let mut sb = gs.sync("g", &jb.member_id, 2, vec![], t0).expect("sync b");
+        let mut sa = gs.sync("g", &ja.member_id, 2, plan, t0).expect("sync a");
+        assert_eq!(done(&mut sa).expect("a"), b"A");
+        assert_eq!(done(&mut sb).expect("b"), b"B");
+
+        // b restarts: a new member id, the same instance id; no rebalance, same assignment.
+        let mut b2 = gs.join("g", stat("", "b", "ib"), t0).expect("b again");
+        let jb2 = done(&mut b2).expect("answered at once");
+        assert_ne!(jb2.member_id, jb.member_id);
+        assert_eq!(
+            (jb2.generation, jb2.leader.as_str()),
+            (2, ja.member_id.as_str())
+        );
+        assert!(!jb2.skip_assignment && jb2.members.is_empty());
+        let mut sb2 = gs.sync("g", &jb2.member_id, 2, vec![], t0).expect("sync");
+        assert_eq!(done(&mut sb2).expect("b"), b"B");
+        gs.heartbeat("g", &ja.member_id, 2, t0)
+            .expect("a is undisturbed");
+        assert_eq!(
+            gs.describe("g").expect("g").members.len(),
+            2,
+            "no duplicate"
+        );
+        for r in [
+            gs.heartbeat("g", &jb.member_id, 2, t0),
+            gs.check_commit("g", &jb.member_id, 2, t0),
+            gs.leave("g", &jb.member_id, t0),
+        ] {
+            assert_eq!(r, Err(KafkaGroupError::FencedInstanceId));
+        }
+        assert_eq!(
+            gs.join("g", stat(&jb.member_id, "b", "ib"), t0).err(),
+            Some(KafkaGroupError::FencedInstanceId)
+        );
+
+        // The leader comes back: it keeps leading and is told to skip the assignment.
+        let mut a3 = gs.join("g", stat("", "a", "ia"), t0).expect("a again");
+        let ja3 = done(&mut a3).expect("at once");
+        assert_eq!(ja3.leader, ja3.member_id);
+        assert!(ja3.skip_assignment && ja3.members.len() == 2);
+        gs.heartbeat("g", &jb2.member_id, 2, t0)
+            .expect("still stable");
+
+        // A changed subscription rebalances, still without a duplicate member.
+        let mut changed = stat("", "b", "ib");
+        changed.protocols = vec![("range".into(), b"other".to_vec())];
+        let _b3 = gs.join("g", changed, t0).expect("b changed");
+        let info = gs.describe("g").expect("g");
+        assert_eq!(
+            (info.state, info.members.len()),
+            (State::PreparingRebalance, 2)
         );
     }
 

@@ -327,6 +327,66 @@ def scenario_times_and_refusals(bootstrap):
     print("times and refusals: ListOffsets timestamps, MESSAGE_TOO_LARGE, transactions", flush=True)
 
 
+def scenario_static_membership(bootstrap):
+    """KIP-345 with confluent-kafka: two static members (group.instance.id); one closes and a new
+    consumer with its instance id takes its place at once, with the same partitions, while the
+    other keeps its own without a rebalance."""
+    from confluent_kafka import Consumer
+
+    create(bootstrap, "static", 4)
+
+    def member(iid, events):
+        c = Consumer({
+            "bootstrap.servers": bootstrap,
+            "group.id": "static-group",
+            "group.instance.id": iid,
+            "session.timeout.ms": 30000,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        })
+        c.subscribe(["static"],
+                    on_assign=lambda _c, ps: events.append(("assign", sorted(p.partition for p in ps))),
+                    on_revoke=lambda _c, ps: events.append(("revoke", sorted(p.partition for p in ps))))
+        return c
+
+    def poll_until(consumers, cond, timeout):
+        deadline = time.time() + timeout
+        while not cond():
+            if time.time() > deadline:
+                return False
+            for c in consumers:
+                c.poll(0.1)
+        return True
+
+    ea, eb = [], []
+    a, b = member("inst-a", ea), member("inst-b", eb)
+
+    def owned(events):
+        got = [e[1] for e in events if e[0] == "assign"]
+        return got[-1] if got else None
+
+    ok = poll_until([a, b], lambda: owned(ea) and owned(eb) and
+                    sorted(owned(ea) + owned(eb)) == [0, 1, 2, 3], 60)
+    check(ok, f"two static members assigned: a {ea} b {eb}")
+    first_b = owned(eb)
+    a_events = len(ea)
+    b.close()
+    eb2 = []
+    t0 = time.time()
+    b2 = member("inst-b", eb2)
+    ok = poll_until([a, b2], lambda: owned(eb2) is not None, 20)
+    took = time.time() - t0
+    check(ok, f"the returning static member got no assignment in 20 s: {eb2}")
+    check(took < 10, f"the returning static member waited {took:.1f} s")
+    check(owned(eb2) == first_b, f"returned with {owned(eb2)}, had {first_b}")
+    # The other member saw no rebalance (no revoke, no new assignment).
+    poll_until([a, b2], lambda: False, 1)
+    check(len(ea) == a_events, f"the other member rebalanced: {ea}")
+    a.close()
+    b2.close()
+    print(f"static membership: rejoined in {took:.1f} s with the same partitions, no rebalance", flush=True)
+
+
 def scenario_commit_seek(bootstrap):
     """kafka-python: acks=all produce, group commit, restart at the commit, seek, offsets by time."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -438,6 +498,7 @@ SCENARIOS = {
     "admin": scenario_admin,
     "commit-seek": scenario_commit_seek,
     "times-refusals": scenario_times_and_refusals,
+    "static": scenario_static_membership,
     "minute": scenario_minute,
 }
 

@@ -45,6 +45,7 @@ pub mod err {
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
+    pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }

@@ -73,6 +73,7 @@ fn code(e: &KafkaGroupError) -> i16 {
             err::INCONSISTENT_GROUP_PROTOCOL
         }
         KafkaGroupError::InvalidGroupId => err::INVALID_GROUP_ID,
+        KafkaGroupError::FencedInstanceId => err::FENCED_INSTANCE_ID,
         KafkaGroupError::InvalidSessionTimeout(_) => err::INVALID_SESSION_TIMEOUT,
     }
 }
@@ -129,6 +130,7 @@ pub fn join(
                 .with_protocol_name(Some(s(o.protocol)))
                 .with_leader(s(o.leader))
                 .with_member_id(s(o.member_id))
+                .with_skip_assignment(o.skip_assignment && version >= 9)
                 .with_members(
                     o.members
                         .into_iter()
