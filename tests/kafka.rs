@@ -306,3 +306,60 @@ async fn claimed_counts_and_lengths_allocate_nothing_that_was_not_sent() {
     );
     r.stop().await.expect("stop");
 }
+
+/// A broker shutdown does not wait for requests that wait on others: a JoinGroup held for the
+/// rest of its group (up to the rebalance timeout, 5 minutes for librdkafka) is dropped after
+/// a short grace, so `stop` returns in seconds.
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_held_join() {
+    use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+    use kafka_protocol::messages::{GroupId, JoinGroupRequest, JoinGroupResponse};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(common::server_config(dir.path()))
+        .await
+        .expect("start");
+    let addr = r.kafka_addr.expect("kafka listener");
+    let join = |client: &str| {
+        request(
+            ApiKey::JoinGroup,
+            5,
+            1,
+            &JoinGroupRequest::default()
+                .with_group_id(GroupId(StrBytes::from_static_str("held")))
+                .with_session_timeout_ms(10_000)
+                .with_rebalance_timeout_ms(300_000)
+                .with_member_id(StrBytes::from_string(client.into()))
+                .with_protocol_type(StrBytes::from_static_str("consumer"))
+                .with_protocols(vec![
+                    JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str("range"))
+                        .with_metadata(bytes::Bytes::new()),
+                ]),
+        )
+    };
+    let mut a = TcpStream::connect(addr).await.expect("connect");
+    a.write_all(&join("")).await.expect("write");
+    let mut b = response(&mut a).await.expect("a joins at once");
+    let _ = ResponseHeader::decode(&mut b, 0).expect("header");
+    let ja = JoinGroupResponse::decode(&mut b, 5).expect("join");
+    assert_eq!(ja.error_code, 0);
+    // b's join waits for a to rejoin, which it never does.
+    let mut b = TcpStream::connect(addr).await.expect("connect");
+    b.write_all(&join("")).await.expect("write");
+    let waiting = std::time::Instant::now();
+    while r
+        .broker
+        .kafka_groups()
+        .describe("held")
+        .is_none_or(|g| g.members.len() < 2)
+    {
+        assert!(waiting.elapsed() < WAIT, "b's join never arrived");
+        tokio::task::yield_now().await;
+    }
+    let t0 = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(20), r.stop())
+        .await
+        .expect("stop returned in time")
+        .expect("stop");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
+}

@@ -125,6 +125,14 @@ fn a_static_member_comes_back_without_a_rebalance() {
     python_scenario("static");
 }
 
+/// DeleteGroups (confluent-kafka): refused while the group has a member, done for an idle
+/// one, not found for an unknown one; OffsetDelete (kafka-python): refused for a topic a member
+/// is assigned, done for another; DescribeCluster names the one node.
+#[test]
+fn groups_are_deleted_and_the_cluster_described() {
+    python_scenario("group-admin");
+}
+
 /// kafka-python: an idempotent acks=all gzip producer; commit, restart from the committed
 /// offset, seek, seek to either end, offsets for times.
 #[test]

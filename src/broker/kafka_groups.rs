@@ -508,6 +508,18 @@ impl KafkaGroups {
         })
     }
 
+    /// Whether a member of `group` is assigned partitions of `topic` (OffsetDelete refuses to
+    /// delete offsets the group is using).
+    pub fn uses_topic(&self, group: &str, topic: &str) -> bool {
+        self.groups.get(group).is_some_and(|g| {
+            g.members.values().any(|m| {
+                assigned_partitions(&m.assignment)
+                    .iter()
+                    .any(|(t, _)| t == topic)
+            })
+        })
+    }
+
     /// `(name, protocol type, state)` of every group with members.
     pub fn list(&self) -> Vec<(String, String, State)> {
         self.groups

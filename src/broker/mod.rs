@@ -535,6 +535,52 @@ impl Broker {
         Ok(out)
     }
 
+    /// Whether `group` has members now (native or Kafka).
+    pub fn group_has_members(&self, group: &str) -> bool {
+        self.lock_groups()
+            .get(group)
+            .is_some_and(|g| !g.members.is_empty())
+            || self.kafka_groups().has_members(group)
+    }
+
+    /// Deletes a group's committed offsets: every partition's, or with `only` those of
+    /// (topic, partition). Durable before returning; returns how many were deleted. A group with
+    /// members is the caller's to refuse.
+    pub fn delete_group_offsets(
+        &self,
+        group: &str,
+        only: Option<&[(String, u32)]>,
+    ) -> Result<usize> {
+        let keys: Vec<Vec<u8>> = match only {
+            Some(list) => list.iter().map(|(t, p)| offset_key(group, t, *p)).collect(),
+            None => {
+                let mut prefix = group.as_bytes().to_vec();
+                prefix.push(0);
+                self.meta
+                    .store()
+                    .scan(Namespace::GroupOffsets)?
+                    .into_iter()
+                    .map(|(k, _)| k)
+                    .filter(|k| k.starts_with(&prefix))
+                    .collect()
+            }
+        };
+        let mut deleted = 0;
+        for k in keys {
+            if self
+                .meta
+                .store()
+                .get(Namespace::GroupOffsets, &k)?
+                .is_some()
+            {
+                self.meta.store().remove(Namespace::GroupOffsets, &k)?;
+                deleted += 1;
+            }
+        }
+        self.meta.store().flush()?;
+        Ok(deleted)
+    }
+
     /// Every group with members or committed offsets.
     pub fn list_groups(&self) -> Result<Vec<String>> {
         let mut names: Vec<String> = self.lock_groups().names().cloned().collect();

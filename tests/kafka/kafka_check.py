@@ -387,6 +387,71 @@ def scenario_static_membership(bootstrap):
     print(f"static membership: rejoined in {took:.1f} s with the same partitions, no rebalance", flush=True)
 
 
+def scenario_group_admin(bootstrap):
+    """DeleteGroups (confluent-kafka): a group with a member is refused, an idle one deleted, an
+    unknown one not found; OffsetDelete (kafka-python): refused for a topic a member is assigned,
+    done for one it is not; DescribeCluster: one node, cluster id brook."""
+    from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from kafka import TopicPartition as KTP
+    from kafka.admin import KafkaAdminClient
+
+    create(bootstrap, "ga", 2)
+    create(bootstrap, "gb", 1)
+    p = Producer({"bootstrap.servers": bootstrap})
+    for i in range(10):
+        p.produce("ga", str(i).encode(), partition=i % 2)
+        p.produce("gb", str(i).encode())
+    check(p.flush(10) == 0, "produce")
+
+    def commit_all(group, topic):
+        c = Consumer({"bootstrap.servers": bootstrap, "group.id": group,
+                      "auto.offset.reset": "earliest", "enable.auto.commit": False})
+        c.subscribe([topic])
+        n, deadline = 0, time.time() + 30
+        while n < 10 and time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                n += 1
+        c.commit(asynchronous=False)
+        return c
+
+    commit_all("idle", "ga").close()
+    # busy's offsets on gb, committed before it has members (a client outside the membership).
+    outside = Consumer({"bootstrap.servers": bootstrap, "group.id": "busy", "enable.auto.commit": False})
+    outside.commit(offsets=[TopicPartition("gb", 0, 10)], asynchronous=False)
+    outside.close()
+    busy = commit_all("busy", "ga")
+    a = admin(bootstrap)
+    committed = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions("idle")])["idle"].result(10)
+    check(all(tp.offset >= 0 for tp in committed.topic_partitions), f"idle commits {committed}")
+
+    fs = a.delete_consumer_groups(["idle", "busy", "nope"])
+    fs["idle"].result(10)
+    for g, want in [("busy", "NON_EMPTY_GROUP"), ("nope", "GROUP_ID_NOT_FOUND")]:
+        try:
+            fs[g].result(10)
+            fail(f"deleting {g} succeeded")
+        except KafkaException as e:
+            check(e.args[0].name() == want, f"{g}: {e.args[0].name()} instead of {want}")
+    after = a.list_consumer_group_offsets([ConsumerGroupTopicPartitions("idle", [TopicPartition("ga", 0)])])["idle"].result(10)
+    check(after.topic_partitions[0].offset < 0, f"idle still has offsets: {after}")
+
+    k = KafkaAdminClient(bootstrap_servers=bootstrap)
+    res = k.delete_group_offsets("busy", [KTP("ga", 0), KTP("gb", 0)])
+    codes = {tp.topic: getattr(err, "errno", err) for tp, err in res.items()}
+    check(codes.get("ga") == 86, f"offsets of an assigned topic deleted: {res}")
+    check(codes.get("gb") in (0, None), f"offsets of gb not deleted: {res}")
+    left = k.list_group_offsets("busy")
+    left = left.get("busy", left)
+    check(KTP("gb", 0) not in left and KTP("ga", 0) in left, f"busy offsets after: {left}")
+    cluster = k.describe_cluster()
+    check(cluster.get("cluster_id") == "brook" and len(cluster.get("brokers", [])) == 1, f"cluster {cluster}")
+    k.close()
+    busy.close()
+    print("group admin: DeleteGroups, OffsetDelete, DescribeCluster", flush=True)
+
+
 def scenario_commit_seek(bootstrap):
     """kafka-python: acks=all produce, group commit, restart at the commit, seek, offsets by time."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -499,6 +564,7 @@ SCENARIOS = {
     "commit-seek": scenario_commit_seek,
     "times-refusals": scenario_times_and_refusals,
     "static": scenario_static_membership,
+    "group-admin": scenario_group_admin,
     "minute": scenario_minute,
 }
 

@@ -418,6 +418,28 @@ pub fn describe_configs(
     codec::response(ApiKey::DescribeConfigs, version, id, &resp)
 }
 
+/// DescribeCluster: the one node, which is also the controller.
+pub fn describe_cluster(
+    ctx: &Ctx,
+    listener: usize,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+    let (host, port) = &ctx.advertised[listener];
+    let resp = DescribeClusterResponse::default()
+        .with_cluster_id(s("brook"))
+        .with_controller_id(BrokerId(0))
+        .with_brokers(vec![
+            DescribeClusterBroker::default()
+                .with_broker_id(BrokerId(0))
+                .with_host(s(host))
+                .with_port(*port),
+        ])
+        .with_cluster_authorized_operations(i32::MIN);
+    codec::response(ApiKey::DescribeCluster, version, id, &resp)
+}
+
 /// Why a transactional producer is refused (FindCoordinator's error message).
 pub const NO_TRANSACTIONS: &str =
     "Brook does not support Kafka transactions (transactional.id); idempotent producers work";

@@ -44,8 +44,10 @@ pub mod err {
     pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const SASL_AUTHENTICATION_FAILED: i16 = 58;
+    pub const NON_EMPTY_GROUP: i16 = 68;
     pub const GROUP_ID_NOT_FOUND: i16 = 69;
     pub const FENCED_INSTANCE_ID: i16 = 82;
+    pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
     pub const INVALID_RECORD: i16 = 87;
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
 }
@@ -72,6 +74,9 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::DescribeCluster, 0, 1),
     // v0: the tokens follow bare (librdkafka 2.0 wants v0 listed before it logs in at all).
     (ApiKey::SaslHandshake, 0, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
@@ -206,6 +211,9 @@ pub fn decode_request(bytes: &[u8]) -> Result<ApiKey, String> {
         ApiKey::DeleteTopics => drop(body::<DeleteTopicsRequest>(&mut f)?),
         ApiKey::DescribeConfigs => drop(body::<DescribeConfigsRequest>(&mut f)?),
         ApiKey::InitProducerId => drop(body::<InitProducerIdRequest>(&mut f)?),
+        ApiKey::DeleteGroups => drop(body::<DeleteGroupsRequest>(&mut f)?),
+        ApiKey::OffsetDelete => drop(body::<OffsetDeleteRequest>(&mut f)?),
+        ApiKey::DescribeCluster => drop(body::<DescribeClusterRequest>(&mut f)?),
         ApiKey::SaslHandshake => drop(body::<SaslHandshakeRequest>(&mut f)?),
         ApiKey::SaslAuthenticate => {
             let r: SaslAuthenticateRequest = body(&mut f)?;
@@ -262,6 +270,9 @@ mod tests {
             ApiKey::DeleteTopics => enc!(DeleteTopicsRequest),
             ApiKey::DescribeConfigs => enc!(DescribeConfigsRequest),
             ApiKey::InitProducerId => enc!(InitProducerIdRequest),
+            ApiKey::DeleteGroups => enc!(DeleteGroupsRequest),
+            ApiKey::OffsetDelete => enc!(OffsetDeleteRequest),
+            ApiKey::DescribeCluster => enc!(DescribeClusterRequest),
             ApiKey::SaslHandshake => enc!(SaslHandshakeRequest),
             ApiKey::SaslAuthenticate => enc!(SaslAuthenticateRequest),
             other => panic!("{other:?} has no seed"),

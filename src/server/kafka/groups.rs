@@ -545,3 +545,115 @@ pub fn list_groups(
     let resp = ListGroupsResponse::default().with_groups(groups);
     codec::response(ApiKey::ListGroups, version, id, &resp)
 }
+
+/// DeleteGroups (admin): a group's committed offsets go; a group with members is refused
+/// (NON_EMPTY_GROUP), one with neither members nor offsets is GROUP_ID_NOT_FOUND.
+pub fn delete_groups(
+    ctx: &Ctx,
+    who: &Principal,
+    r: DeleteGroupsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
+    let admin = who.allows(Op::Admin);
+    let results = r
+        .groups_names
+        .iter()
+        .map(|g| {
+            let name = g.0.as_str();
+            let code = if !admin {
+                err::GROUP_AUTHORIZATION_FAILED
+            } else if ctx.broker.group_has_members(name) {
+                err::NON_EMPTY_GROUP
+            } else {
+                match ctx.broker.delete_group_offsets(name, None) {
+                    Ok(0) => err::GROUP_ID_NOT_FOUND,
+                    Ok(_) => {
+                        tracing::info!(
+                            group = name,
+                            "kafka: group deleted (its committed offsets)"
+                        );
+                        err::NONE
+                    }
+                    Err(e) => code_of(&e),
+                }
+            };
+            DeletableGroupResult::default()
+                .with_group_id(g.clone())
+                .with_error_code(code)
+        })
+        .collect();
+    let resp = DeleteGroupsResponse::default().with_results(results);
+    codec::response(ApiKey::DeleteGroups, version, id, &resp)
+}
+
+/// OffsetDelete (admin): a group's committed offsets for some partitions; refused per topic
+/// while a member is assigned partitions of it (GROUP_SUBSCRIBED_TO_TOPIC).
+pub fn offset_delete(
+    ctx: &Ctx,
+    who: &Principal,
+    r: OffsetDeleteRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::offset_delete_response::{
+        OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
+    };
+    let group = r.group_id.0.as_str();
+    let whole = |code| {
+        codec::response(
+            ApiKey::OffsetDelete,
+            version,
+            id,
+            &OffsetDeleteResponse::default().with_error_code(code),
+        )
+    };
+    if !who.allows(Op::Admin) {
+        return whole(err::GROUP_AUTHORIZATION_FAILED);
+    }
+    let known = ctx
+        .broker
+        .list_groups()
+        .is_ok_and(|names| names.iter().any(|n| n == group));
+    if !known {
+        return whole(err::GROUP_ID_NOT_FOUND);
+    }
+    let mut topics = Vec::new();
+    for t in &r.topics {
+        let name = t.name.0.as_str();
+        let in_use = ctx.broker.kafka_groups().uses_topic(group, name);
+        let parts: Vec<(String, u32)> = t
+            .partitions
+            .iter()
+            .filter_map(|p| u32::try_from(p.partition_index).ok())
+            .map(|p| (name.to_string(), p))
+            .collect();
+        let code = if in_use {
+            err::GROUP_SUBSCRIBED_TO_TOPIC
+        } else if ctx.broker.topic(name).is_err() {
+            err::UNKNOWN_TOPIC_OR_PARTITION
+        } else {
+            match ctx.broker.delete_group_offsets(group, Some(&parts)) {
+                Ok(_) => err::NONE,
+                Err(e) => code_of(&e),
+            }
+        };
+        topics.push(
+            OffsetDeleteResponseTopic::default()
+                .with_name(t.name.clone())
+                .with_partitions(
+                    t.partitions
+                        .iter()
+                        .map(|p| {
+                            OffsetDeleteResponsePartition::default()
+                                .with_partition_index(p.partition_index)
+                                .with_error_code(code)
+                        })
+                        .collect(),
+                ),
+        );
+    }
+    let resp = OffsetDeleteResponse::default().with_topics(topics);
+    codec::response(ApiKey::OffsetDelete, version, id, &resp)
+}

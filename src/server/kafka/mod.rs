@@ -9,9 +9,9 @@
 //! | [`producers`] | idempotent producers: ids, epochs, per-partition sequences |
 //! | [`data`] | Produce, Fetch, ListOffsets, InitProducerId |
 //! | [`oversize`] | a Produce over `max_request_size` read through and answered MESSAGE_TOO_LARGE |
-//! | [`admin`] | ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator |
+//! | [`admin`] | ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator, DescribeCluster |
 //! | (this module) | the listener, the connection loop, SaslHandshake and SaslAuthenticate |
-//! | [`groups`] | JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit/Fetch, Describe/ListGroups |
+//! | [`groups`] | JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit/Fetch/Delete, Describe/List/DeleteGroups |
 //!
 //! Each connection is read in order: a produce is put in the log by the reader itself, so
 //! a producer's batches keep their order in each partition; its wait for durability, a fetch's
@@ -363,6 +363,9 @@ pub async fn run(
 
 /// Reads one request (size prefix, then that many bytes). `Ok(None)`: the client closed the
 /// connection between requests.
+/// How long answers still pending may take once the broker stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// What came off the socket.
 enum Read {
     Request(Vec<u8>),
@@ -431,10 +434,22 @@ async fn connection(
     let (mut rd, mut wr) = stream.split();
     let in_flight = ctx.config.max_in_flight;
     let (tx, mut rx) = mpsc::channel::<Pending>(in_flight);
+    // Once the broker stops, answers still pending get a short grace: a JoinGroup held for the
+    // rest of its group (up to its rebalance timeout) or a long Fetch must not hold the
+    // shutdown.
+    let mut stop = shutdown.clone();
+    let mut give_up = Box::pin(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    });
     let writer = tokio::spawn(async move {
         let mut out = Vec::with_capacity(64 * 1024);
         while let Some(pending) = rx.recv().await {
-            match pending.await {
+            let answer = tokio::select! {
+                a = pending => a,
+                _ = &mut give_up => break,
+            };
+            match answer {
                 Ok(Some(bytes)) => out.extend_from_slice(&bytes),
                 Ok(None) => {}
                 // The handler failed: the client cannot be answered in order any more.
@@ -929,6 +944,20 @@ fn start(
             version,
             id,
         )?),
+        ApiKey::DeleteGroups => {
+            let r = codec::body(&mut frame)?;
+            blocking(ctx, move |c| groups::delete_groups(c, &who, r, version, id))
+        }
+        ApiKey::OffsetDelete => {
+            let r = codec::body(&mut frame)?;
+            blocking(ctx, move |c| groups::offset_delete(c, &who, r, version, id))
+        }
+        ApiKey::DescribeCluster => {
+            drop(codec::body::<
+                kafka_protocol::messages::DescribeClusterRequest,
+            >(&mut frame)?);
+            now(admin::describe_cluster(ctx, listener, version, id)?)
+        }
         other => Err(format!("API {other:?} is not implemented")),
     }
 }
