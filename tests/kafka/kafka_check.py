@@ -261,6 +261,41 @@ def scenario_admin(bootstrap):
         fail("deleting a missing topic succeeded")
     except KafkaException as e:
         check(e.args[0].name() == "UNKNOWN_TOPIC_OR_PART", e.args[0].name())
+    # Configs Kafka clients set: a per-topic message size, and replication settings one node meets.
+    create(bootstrap, "large", 1, {"max.message.bytes": "5000000", "min.insync.replicas": "1",
+                                   "unclean.leader.election.enable": "false",
+                                   "compression.type": "producer",
+                                   "message.timestamp.type": "CreateTime"})
+    res = ConfigResource(ConfigResource.Type.TOPIC, "large")
+    cfg = a.describe_configs([res])[res].result(timeout=10)
+    check(cfg["max.message.bytes"].value == "5000000", f"max.message.bytes {cfg['max.message.bytes'].value}")
+    check(cfg["min.insync.replicas"].value == "1", "min.insync.replicas")
+    from confluent_kafka import Producer
+
+    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 10_000_000})
+    outcome = {}
+    big = b"y" * 2_000_000
+    for topic in ("large", "adm4"):
+        if topic == "adm4":
+            create(bootstrap, "adm4", 1)
+        p.produce(topic, big, callback=lambda e, m, t=topic: outcome.__setitem__(t, e))
+        p.flush(30)
+    check(outcome.get("large") is None and "large" in outcome, f"2 MB into max.message.bytes=5000000: {outcome}")
+    check(outcome.get("adm4") is not None and outcome["adm4"].name() == "MSG_SIZE_TOO_LARGE",
+          f"2 MB into a default topic: {outcome}")
+    got = consume_all(bootstrap, "large", 1)
+    check(got[0][3] == big, "the 2 MB record reads back")
+    brk = ConfigResource(ConfigResource.Type.BROKER, "0")
+    bc = a.describe_configs([brk])[brk].result(timeout=10)
+    check(bc["message.max.bytes"].value == str(1 << 20) and bc["broker.id"].value == "0",
+          f"broker configs {sorted(bc)}")
+    for k, v, name in [("min.insync.replicas", "2", "adm5"), ("message.timestamp.type", "LogAppendTime", "adm6"),
+                       ("flush.messages", "1", "adm7")]:
+        try:
+            create(bootstrap, name, 1, {k: v})
+            fail(f"{k}={v} accepted")
+        except KafkaException as e:
+            check(e.args[0].name() == "INVALID_CONFIG" and k in e.args[0].str(), f"{k}: {e.args[0]}")
     print("admin: create/describe/delete topics, bad requests refused with the right codes", flush=True)
 
 

@@ -169,12 +169,39 @@ pub fn metadata(
 }
 
 /// Topic settings from CreateTopics' configs; `Err((code, message))` names the bad key.
+/// A topic's configs as a Kafka client gives them: what the native settings carry, and the
+/// per-topic batch limit (`max.message.bytes`).
+#[derive(Debug, Default)]
+struct KafkaTopicConfigs {
+    settings: TopicSettings,
+    max_message_bytes: Option<u64>,
+}
+
+impl std::ops::Deref for KafkaTopicConfigs {
+    type Target = TopicSettings;
+    fn deref(&self) -> &TopicSettings {
+        &self.settings
+    }
+}
+
+impl KafkaTopicConfigs {
+    /// The topic's config: the server's defaults with these applied.
+    fn topic_config(&self, broker: &crate::broker::Broker) -> TopicConfig {
+        let mut cfg = broker.topic_config(&self.settings);
+        if let Some(m) = self.max_message_bytes {
+            cfg.max_batch_size = crate::units::ByteSize(m);
+        }
+        cfg
+    }
+}
+
 fn settings(
     partitions: i32,
     replication: i16,
     configs: &[(String, Option<String>)],
-) -> Result<TopicSettings, (i16, String)> {
-    let mut st = TopicSettings::default();
+) -> Result<KafkaTopicConfigs, (i16, String)> {
+    let mut out = KafkaTopicConfigs::default();
+    let st = &mut out.settings;
     match partitions {
         -1 => {}
         p if p >= 1 => st.partitions = Some(p as u32),
@@ -210,6 +237,32 @@ fn settings(
             }
             "cleanup.policy" if v == "delete" => {}
             "cleanup.policy" => return Err(bad("only \"delete\" is supported")),
+            "max.message.bytes" => {
+                out.max_message_bytes = Some(match num()? {
+                    n if n > 0 => n as u64,
+                    _ => return Err(bad("must be positive")),
+                })
+            }
+            // Meaningful for compacted topics only; accepted as Kafka does for others.
+            "delete.retention.ms" if num()? >= 0 => {}
+            "delete.retention.ms" => return Err(bad("must be 0 or more")),
+            // What one node already does.
+            "min.insync.replicas" if v == "1" => {}
+            "min.insync.replicas" => return Err(bad("Brook is one node: only 1")),
+            "unclean.leader.election.enable" if v == "true" || v == "false" => {}
+            "unclean.leader.election.enable" => return Err(bad("must be true or false")),
+            "compression.type" if v == "producer" || v == "uncompressed" => {}
+            "compression.type" => {
+                return Err(bad(
+                    "Brook stores records uncompressed: only \"producer\" or \"uncompressed\"",
+                ));
+            }
+            "message.timestamp.type" if v == "CreateTime" => {}
+            "message.timestamp.type" => {
+                return Err(bad(
+                    "only \"CreateTime\" (records keep the producer's timestamp)",
+                ));
+            }
             "brook.on_full" => {
                 st.reject_when_full = Some(match v {
                     "reject" => true,
@@ -220,7 +273,7 @@ fn settings(
             _ => return Err(bad("not a topic config Brook knows")),
         }
     }
-    Ok(st)
+    Ok(out)
 }
 
 pub fn create_topics(
@@ -252,8 +305,8 @@ pub fn create_topics(
             ))
         } else {
             settings(t.num_partitions, t.replication_factor, &configs).and_then(|st| {
+                let cfg = st.topic_config(&ctx.broker);
                 if r.validate_only {
-                    let cfg = ctx.broker.topic_config(&st);
                     crate::log::store::validate_topic_name(&name)
                         .map_err(|e| (err::INVALID_TOPIC_EXCEPTION, e.to_string()))?;
                     cfg.validate(&name)
@@ -263,8 +316,10 @@ pub fn create_topics(
                     }
                     Ok(cfg.partitions)
                 } else {
+                    cfg.validate(&name)
+                        .map_err(|e| (err::INVALID_CONFIG, e.to_string()))?;
                     ctx.broker
-                        .create_topic(&name, &st)
+                        .create_topic_with(&name, cfg)
                         .map(|t| t.partitions().len() as u32)
                         .map_err(|e| (code_of(&e), e.to_string()))
                 }
@@ -351,6 +406,11 @@ pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
         ("retention.bytes", opt(cfg.retention_size.limit())),
         ("segment.bytes", cfg.segment_size.bytes().to_string()),
         ("max.message.bytes", cfg.max_batch_size.bytes().to_string()),
+        ("delete.retention.ms", "86400000".into()),
+        ("min.insync.replicas", "1".into()),
+        ("unclean.leader.election.enable", "false".into()),
+        ("compression.type", "producer".into()),
+        ("message.timestamp.type", "CreateTime".into()),
         (
             "brook.on_full",
             match cfg.on_full {
@@ -364,6 +424,52 @@ pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
 
 /// Kafka's resource type for topics.
 const TOPIC_RESOURCE: i8 = 2;
+/// Kafka's resource type for brokers.
+const BROKER_RESOURCE: i8 = 4;
+
+/// The broker's effective settings under Kafka's names.
+fn broker_configs(ctx: &Ctx) -> Vec<(&'static str, String)> {
+    let d = &ctx.broker.config().topic_defaults;
+    let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
+    vec![
+        ("broker.id", "0".into()),
+        ("num.partitions", d.partitions.to_string()),
+        (
+            "log.retention.ms",
+            opt(d.retention.limit().map(|t| t.as_millis() as u64)),
+        ),
+        ("log.retention.bytes", opt(d.retention_size.limit())),
+        ("log.segment.bytes", d.segment_size.bytes().to_string()),
+        ("message.max.bytes", d.max_batch_size.bytes().to_string()),
+        (
+            "socket.request.max.bytes",
+            ctx.config.max_request_size.bytes().to_string(),
+        ),
+        (
+            "auto.create.topics.enable",
+            ctx.config.auto_create_topics.to_string(),
+        ),
+        (
+            "connections.max.idle.ms",
+            ctx.config.idle_timeout.0.as_millis().to_string(),
+        ),
+        ("default.replication.factor", "1".into()),
+        ("min.insync.replicas", "1".into()),
+        ("offsets.topic.replication.factor", "1".into()),
+        ("transaction.state.log.replication.factor", "1".into()),
+        ("log.cleanup.policy", "delete".into()),
+        ("compression.type", "producer".into()),
+    ]
+}
+
+/// One described config; `source` is Kafka's (1: the topic's own, 5: the broker's static).
+fn described(k: &str, v: String, source: i8) -> DescribeConfigsResourceResult {
+    DescribeConfigsResourceResult::default()
+        .with_name(s(k))
+        .with_value(Some(s(v)))
+        .with_read_only(true)
+        .with_config_source(source)
+}
 
 pub fn describe_configs(
     ctx: &Ctx,
@@ -380,34 +486,36 @@ pub fn describe_configs(
             let out = DescribeConfigsResult::default()
                 .with_resource_type(res.resource_type)
                 .with_resource_name(s(&name));
+            let wanted = res.configuration_keys.as_ref();
+            let asked = |k: &str| wanted.is_none_or(|w| w.iter().any(|x| x.as_str() == k));
+            if res.resource_type == BROKER_RESOURCE {
+                if !who.allows(Op::Admin) {
+                    return out.with_error_code(err::CLUSTER_AUTHORIZATION_FAILED);
+                }
+                return out.with_configs(
+                    broker_configs(ctx)
+                        .into_iter()
+                        .filter(|(k, _)| asked(k))
+                        .map(|(k, v)| described(k, v, 5))
+                        .collect(),
+                );
+            }
             if res.resource_type != TOPIC_RESOURCE {
                 return out
                     .with_error_code(err::INVALID_REQUEST)
-                    .with_error_message(Some(s("only topic configs can be described")));
+                    .with_error_message(Some(s("only topic and broker configs can be described")));
             }
             if !who.allows(Op::Describe(&name)) {
                 return out.with_error_code(err::TOPIC_AUTHORIZATION_FAILED);
             }
             match ctx.broker.topic(&name) {
-                Ok(t) => {
-                    let wanted = res.configuration_keys.as_ref();
-                    out.with_configs(
-                        kafka_configs(t.config())
-                            .into_iter()
-                            .filter(|(k, _)| {
-                                wanted.is_none_or(|w| w.iter().any(|x| x.as_str() == *k))
-                            })
-                            .map(|(k, v)| {
-                                DescribeConfigsResourceResult::default()
-                                    .with_name(s(k))
-                                    .with_value(Some(s(v)))
-                                    .with_read_only(true)
-                                    // 1: a topic's own config
-                                    .with_config_source(1)
-                            })
-                            .collect(),
-                    )
-                }
+                Ok(t) => out.with_configs(
+                    kafka_configs(t.config())
+                        .into_iter()
+                        .filter(|(k, _)| asked(k))
+                        .map(|(k, v)| described(k, v, 1))
+                        .collect(),
+                ),
                 Err(e) => out
                     .with_error_code(code_of(&e))
                     .with_error_message(Some(s(e.to_string()))),
@@ -506,9 +614,35 @@ mod tests {
                 .reject_when_full,
             Some(true)
         );
-        let (code, msg) = settings(1, 1, &c("compression.type", "zstd")).expect_err("unknown");
+        let (code, msg) = settings(1, 1, &c("compression.type", "zstd")).expect_err("zstd");
         assert_eq!(code, err::INVALID_CONFIG);
         assert!(msg.contains("compression.type"), "{msg}");
+        let (code, msg) = settings(1, 1, &c("flush.messages", "1")).expect_err("unknown");
+        assert_eq!(code, err::INVALID_CONFIG);
+        assert!(msg.contains("flush.messages"), "{msg}");
+        for (k, v) in [
+            ("min.insync.replicas", "1"),
+            ("unclean.leader.election.enable", "false"),
+            ("compression.type", "producer"),
+            ("message.timestamp.type", "CreateTime"),
+            ("delete.retention.ms", "1000"),
+        ] {
+            settings(1, 1, &c(k, v)).unwrap_or_else(|e| panic!("{k}={v}: {e:?}"));
+        }
+        for (k, v) in [
+            ("min.insync.replicas", "2"),
+            ("message.timestamp.type", "LogAppendTime"),
+            ("max.message.bytes", "0"),
+        ] {
+            let (code, msg) = settings(1, 1, &c(k, v)).expect_err(k);
+            assert!(code == err::INVALID_CONFIG && msg.contains(k), "{msg}");
+        }
+        assert_eq!(
+            settings(1, 1, &c("max.message.bytes", "5000000"))
+                .expect("ok")
+                .max_message_bytes,
+            Some(5_000_000)
+        );
         assert_eq!(
             settings(0, 1, &[]).expect_err("0").0,
             err::INVALID_PARTITIONS
