@@ -412,3 +412,41 @@ fn reads_from_any_offset() {
         .expect_err("past the end");
     assert!(matches!(err, LogError::OffsetOutOfRange { .. }), "{err}");
 }
+
+/// A topic grows: the new partitions take records, survive a reopen (the descriptor names the
+/// new count, even where the caller's list of known topics still has the old one), and a topic
+/// never shrinks or passes `log.max_partitions`.
+#[test]
+fn partitions_are_added_durably_and_only_ever_grow() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = open_std(dir.path(), &[("t", small_topic(2))]);
+        append(&store, "t", 1, 0, 10, Durability::Durable);
+        let t = store.add_partitions("t", 4).expect("grow");
+        assert_eq!(t.partitions().len(), 4);
+        append(&store, "t", 3, 0, 7, Durability::Durable);
+        assert!(store.add_partitions("t", 4).is_err(), "same count");
+        assert!(store.add_partitions("t", 3).is_err(), "shrink");
+        assert!(store.add_partitions("nope", 3).is_err(), "unknown");
+    }
+    let store = open_std(dir.path(), &[("t", small_topic(2))]);
+    let t = store.topic("t").expect("t");
+    assert_eq!(t.partitions().len(), 4, "the descriptor's count wins");
+    assert_eq!(read_all(&store, "t", 1).len(), 10);
+    assert_eq!(read_all(&store, "t", 3).len(), 7);
+    drop(store);
+    let mut opts = no_limits();
+    opts.max_partitions = 5;
+    let store = open(
+        dir.path(),
+        Arc::new(StdFs),
+        &ManualTime::new(T0),
+        opts,
+        &[("t", small_topic(4))],
+    );
+    assert!(matches!(
+        store.add_partitions("t", 6),
+        Err(brook::log::LogError::TooMany { .. })
+    ));
+    store.add_partitions("t", 5).expect("up to the cap");
+}

@@ -1415,3 +1415,49 @@ async fn a_qos2_resend_after_a_restart_is_not_stored_twice() {
     );
     r.stop().await.expect("stop");
 }
+
+/// Partitions added to a live MQTT log topic (Kafka's CreatePartitions, `Broker::add_partitions`)
+/// are delivered from too: the hub starts their dispatchers at its next housekeeping, from their
+/// first record, so messages routed to them reach subscribers.
+#[tokio::test]
+async fn partitions_added_to_an_mqtt_log_topic_are_delivered_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let mut sub = v4(v4_options(&r, "grow-sub")).await;
+    sub.subscribe("grow/#", QoS::AtLeastOnce).await;
+    let publ = v4(v4_options(&r, "grow-pub")).await;
+    publ.client
+        .publish("grow/first", QoS::AtLeastOnce, false, "first")
+        .await
+        .expect("publish");
+    assert_eq!(text(&sub.publish().await.payload), "first");
+    let log_topic = r.broker.config().mqtt.default_topic.clone();
+    let before = r
+        .broker
+        .topic(&log_topic)
+        .expect("log topic")
+        .partitions()
+        .len();
+    r.broker
+        .add_partitions(&log_topic, before as u32 + 3)
+        .expect("grow");
+    // Many MQTT topics (the record keys): some land in the new partitions.
+    let names: Vec<String> = (0..40).map(|i| format!("grow/{i}")).collect();
+    for n in &names {
+        publ.client
+            .publish(n.as_str(), QoS::AtLeastOnce, false, n.clone())
+            .await
+            .expect("publish");
+    }
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < names.len() {
+        got.insert(text(&sub.publish().await.payload));
+    }
+    let t = r.broker.topic(&log_topic).expect("log topic");
+    let in_new: u64 = t.partitions()[before..]
+        .iter()
+        .map(|p| p.end_offset())
+        .sum();
+    assert!(in_new > 0, "some messages went to the new partitions");
+    r.stop().await.expect("stop");
+}

@@ -373,6 +373,21 @@ impl Broker {
         }
     }
 
+    /// Grows a topic to `count` partitions ([`crate::log::Store::add_partitions`]), then
+    /// records the new count in `meta` (the topic's descriptor is the reference if a cut
+    /// comes between).
+    pub fn add_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>> {
+        if count as usize > crate::proto::MAX_PARTITIONS {
+            return Err(BrokerError::Invalid(format!(
+                "partitions = {count} exceeds the protocol's {} per topic",
+                crate::proto::MAX_PARTITIONS
+            )));
+        }
+        let topic = self.store.add_partitions(name, count)?;
+        self.meta.put_topic(name, topic.config())?;
+        Ok(topic)
+    }
+
     /// Deletes a topic: forgotten in `meta` first, then its files go.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.store.topic(name)?;

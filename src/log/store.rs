@@ -44,6 +44,23 @@ pub struct Topic {
 }
 
 impl Topic {
+    /// A topic of these partitions, entered (or replaced) in `topics` under `name`.
+    fn install(
+        topics: &mut BTreeMap<String, Arc<Topic>>,
+        name: &str,
+        config: TopicConfig,
+        partitions: Vec<Arc<Partition>>,
+    ) -> Arc<Topic> {
+        let topic = Arc::new(Topic {
+            name: name.to_string(),
+            config,
+            partitions,
+            round_robin: AtomicU32::new(0),
+        });
+        topics.insert(name.to_string(), Arc::clone(&topic));
+        topic
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -437,8 +454,22 @@ impl Store {
         super::fs::create_dir_durably(self.fs.as_ref(), &tdir)
             .map_err(|e| LogError::io("create directory", &tdir, e))?;
         topic_file::write(self.fs.as_ref(), &tdir, &config)?;
-        let mut partitions = Vec::with_capacity(config.partitions as usize);
-        for p in 0..config.partitions {
+        let partitions = self.open_partitions(name, &tdir, &config, 0..config.partitions)?;
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| LogError::io("fsync directory", &self.dir, e))?;
+        Ok(Topic::install(&mut topics, name, config, partitions))
+    }
+
+    /// Opens (creating where new) partitions `ids` of topic `name` in `tdir`.
+    fn open_partitions(
+        &self,
+        name: &str,
+        tdir: &Path,
+        config: &TopicConfig,
+        ids: std::ops::Range<u32>,
+    ) -> Result<Vec<Arc<Partition>>> {
+        ids.map(|p| {
             let (part, _) = Partition::open(
                 name,
                 p,
@@ -448,19 +479,59 @@ impl Store {
                 self.opts.write_buffer.bytes() as usize,
                 Arc::clone(&self.usage),
             )?;
-            partitions.push(Arc::new(part));
+            Ok(Arc::new(part))
+        })
+        .collect()
+    }
+
+    /// Grows a topic to `count` partitions: the new partitions' directories first, then the
+    /// descriptor that names them (the commit point: a cut before it leaves empty directories
+    /// the topic does not use, and a later growth opens them again). Keys are placed by
+    /// `murmur2(key) % partitions`, so keyed records written afterwards may go to another
+    /// partition than the same key's earlier ones (as in Kafka).
+    pub fn add_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>> {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let old = topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        let have = old.partitions.len() as u32;
+        if count <= have {
+            return Err(LogError::InvalidTopicConfig {
+                topic: name.to_string(),
+                reason: format!("it has {have} partitions and can only grow (asked for {count})"),
+            });
         }
+        let mut config = old.config.clone();
+        config.partitions = count;
+        config.validate(name)?;
+        let max = self.opts.max_partitions;
+        let total: usize = topics.values().map(|t| t.partitions.len()).sum();
+        if max > 0 && total + (count - have) as usize > max {
+            return Err(LogError::TooMany {
+                what: "partitions",
+                key: "log.max_partitions",
+                limit: max,
+            });
+        }
+        check_budget(
+            &self.opts,
+            topics.iter().map(|(n, t)| {
+                if n == name {
+                    (n.as_str(), &config)
+                } else {
+                    (n.as_str(), &t.config)
+                }
+            }),
+        )?;
+        let tdir = self.dir.join(name);
+        let mut partitions = old.partitions.clone();
+        partitions.extend(self.open_partitions(name, &tdir, &config, have..count)?);
         self.fs
-            .sync_dir(&self.dir)
-            .map_err(|e| LogError::io("fsync directory", &self.dir, e))?;
-        let topic = Arc::new(Topic {
-            name: name.to_string(),
-            config,
-            partitions,
-            round_robin: AtomicU32::new(0),
-        });
-        topics.insert(name.to_string(), Arc::clone(&topic));
-        Ok(topic)
+            .sync_dir(&tdir)
+            .map_err(|e| LogError::io("fsync directory", &tdir, e))?;
+        topic_file::write(self.fs.as_ref(), &tdir, &config)?;
+        Ok(Topic::install(&mut topics, name, config, partitions))
     }
 
     /// Removes a topic and its files.

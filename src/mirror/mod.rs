@@ -512,7 +512,8 @@ async fn run_mirror(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let node = node_of(&cfg);
-    let mut running: std::collections::HashSet<String> = Default::default();
+    // Topics mirrored, and how many of their partitions (partitions added later join).
+    let mut running: std::collections::HashMap<String, u32> = Default::default();
     let mut parts = tokio::task::JoinSet::new();
     let shaper = Shaper::new(cfg.bandwidth_limit.0);
     // The CA bundle, certificates and password are read once per mirror, not per partition.
@@ -520,11 +521,13 @@ async fn run_mirror(
     loop {
         for t in broker.topics() {
             let name = t.name().to_string();
-            if !cfg.matches(&name) || running.contains(&name) {
+            let count = t.partitions().len() as u32;
+            let started = running.get(&name).copied().unwrap_or(0);
+            if !cfg.matches(&name) || started >= count {
                 continue;
             }
-            tracing::info!(mirror = %cfg.name, topic = %name, partitions = t.partitions().len(), "mirroring");
-            for p in 0..t.partitions().len() as u32 {
+            tracing::info!(mirror = %cfg.name, topic = %name, partitions = count, "mirroring");
+            for p in started..count {
                 parts.spawn(run_partition(
                     Arc::clone(&broker),
                     Arc::clone(&cfg),
@@ -538,7 +541,7 @@ async fn run_mirror(
                     shutdown.clone(),
                 ));
             }
-            running.insert(name);
+            running.insert(name, count);
         }
         // New topics are picked up within a few seconds.
         tokio::select! {

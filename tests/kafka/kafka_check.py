@@ -296,6 +296,26 @@ def scenario_admin(bootstrap):
             fail(f"{k}={v} accepted")
         except KafkaException as e:
             check(e.args[0].name() == "INVALID_CONFIG" and k in e.args[0].str(), f"{k}: {e.args[0]}")
+    # CreatePartitions: grow, write to a new partition and read it back; never shrink.
+    from confluent_kafka.admin import NewPartitions
+
+    create(bootstrap, "grow", 2)
+    a.create_partitions([NewPartitions("grow", 8)], validate_only=True)["grow"].result(timeout=10)
+    check(len(a.list_topics("grow", timeout=10).topics["grow"].partitions) == 2, "validate_only grew it")
+    a.create_partitions([NewPartitions("grow", 4)])["grow"].result(timeout=10)
+    check(len(a.list_topics("grow", timeout=10).topics["grow"].partitions) == 4, "not grown to 4")
+    done = []
+    p.produce("grow", b"in-3", partition=3, callback=lambda e, m: done.append((e, m.partition())))
+    p.flush(10)
+    check(done == [(None, 3)], f"produce to the new partition 3: {done}")
+    got = consume_all(bootstrap, "grow", 1)
+    check(got[0][0] == 3 and got[0][3] == b"in-3", f"read back {got}")
+    for n in (4, 3):
+        try:
+            a.create_partitions([NewPartitions("grow", n)])["grow"].result(timeout=10)
+            fail(f"grow to {n} accepted")
+        except KafkaException as e:
+            check(e.args[0].name() == "INVALID_PARTITIONS", f"{n}: {e.args[0]}")
     print("admin: create/describe/delete topics, bad requests refused with the right codes", flush=True)
 
 

@@ -526,6 +526,72 @@ pub fn describe_configs(
     codec::response(ApiKey::DescribeConfigs, version, id, &resp)
 }
 
+/// CreatePartitions (admin): grows topics; a count not above the current one is
+/// INVALID_PARTITIONS, a manual assignment INVALID_REQUEST (one node holds every partition).
+/// Records already stored stay where they are; keyed records written afterwards are placed
+/// over the new count.
+pub fn create_partitions(
+    ctx: &Ctx,
+    who: &Principal,
+    r: CreatePartitionsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+    let admin = who.allows(Op::Admin);
+    let results = r
+        .topics
+        .iter()
+        .map(|t| {
+            let name = t.name.0.as_str();
+            let outcome = if !admin {
+                Err((
+                    err::TOPIC_AUTHORIZATION_FAILED,
+                    format!("user {:?} may not add partitions (admin)", who.name()),
+                ))
+            } else if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+                Err((
+                    err::INVALID_REQUEST,
+                    "manual replica assignment is not supported".to_string(),
+                ))
+            } else {
+                match (ctx.broker.topic(name), u32::try_from(t.count)) {
+                    (Err(e), _) => Err((code_of(&e), e.to_string())),
+                    (Ok(topic), Ok(n)) if n as usize > topic.partitions().len() => {
+                        if r.validate_only {
+                            Ok(())
+                        } else {
+                            ctx.broker
+                                .add_partitions(name, n)
+                                .map(|_| {
+                                    tracing::info!(topic = name, partitions = n, "partitions added by a Kafka client");
+                                })
+                                .map_err(|e| (code_of(&e), e.to_string()))
+                        }
+                    }
+                    (Ok(topic), _) => Err((
+                        err::INVALID_PARTITIONS,
+                        format!(
+                            "topic {name:?} has {} partitions; the count can only grow (asked for {})",
+                            topic.partitions().len(),
+                            t.count
+                        ),
+                    )),
+                }
+            };
+            let res = CreatePartitionsTopicResult::default().with_name(t.name.clone());
+            match outcome {
+                Ok(()) => res,
+                Err((code, message)) => res
+                    .with_error_code(code)
+                    .with_error_message(Some(s(message))),
+            }
+        })
+        .collect();
+    let resp = CreatePartitionsResponse::default().with_results(results);
+    codec::response(ApiKey::CreatePartitions, version, id, &resp)
+}
+
 /// DescribeCluster: the one node, which is also the controller.
 pub fn describe_cluster(
     ctx: &Ctx,

@@ -9,7 +9,7 @@
 //! | [`producers`] | idempotent producers: ids, epochs, per-partition sequences |
 //! | [`data`] | Produce, Fetch, ListOffsets, InitProducerId |
 //! | [`oversize`] | a Produce over `max_request_size` read through and answered MESSAGE_TOO_LARGE |
-//! | [`admin`] | ApiVersions, Metadata, CreateTopics, DeleteTopics, DescribeConfigs, FindCoordinator, DescribeCluster |
+//! | [`admin`] | ApiVersions, Metadata, Create/DeleteTopics, CreatePartitions, DescribeConfigs, FindCoordinator, DescribeCluster |
 //! | (this module) | the listener, the connection loop, SaslHandshake and SaslAuthenticate |
 //! | [`groups`] | JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit/Fetch/Delete, Describe/List/DeleteGroups |
 //!
@@ -944,6 +944,12 @@ fn start(
             version,
             id,
         )?),
+        ApiKey::CreatePartitions => {
+            let r = codec::body(&mut frame)?;
+            blocking(ctx, move |c| {
+                admin::create_partitions(c, &who, r, version, id)
+            })
+        }
         ApiKey::DeleteGroups => {
             let r = codec::body(&mut frame)?;
             blocking(ctx, move |c| groups::delete_groups(c, &who, r, version, id))

@@ -9,7 +9,7 @@
 //! the log itself. A slow subscriber therefore costs memory bounded by its channel, never
 //! holds up the others, and loses nothing the log still holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -120,7 +120,9 @@ pub struct Hub {
     subs: RwLock<Trie<SubKey, Target>>,
     sessions: Mutex<HashMap<String, Slot>>,
     /// Log topics with running dispatchers (looked up on every publish: read-locked).
-    dispatching: RwLock<HashSet<String>>,
+    /// Log topics with dispatchers, and for how many of their partitions (partitions added
+    /// later get theirs at the next housekeeping).
+    dispatching: RwLock<HashMap<String, usize>>,
     retained: RwLock<BTreeMap<String, Arc<LogMessage>>>,
     /// The latest `$SYS` messages (retained in memory only), the load averages, when the hub
     /// started and last published them.
@@ -219,7 +221,7 @@ impl Hub {
             stats,
             subs: RwLock::new(Trie::default()),
             sessions: Mutex::new(sessions),
-            dispatching: RwLock::new(HashSet::new()),
+            dispatching: RwLock::new(HashMap::new()),
             retained: RwLock::new(retained),
             sys: Mutex::new(SysState {
                 retained: BTreeMap::new(),
@@ -565,8 +567,13 @@ impl Hub {
     }
 
     /// As [`Hub::dispatch`]; `from_start`: from the first stored offset (a recreated topic).
+    /// Partitions added to a topic since its dispatchers started get theirs, from their start.
     fn dispatch_from(&self, name: &str, from_start: bool) {
-        let running = |d: &HashSet<String>| d.contains(name);
+        let Ok(topic) = self.broker.topic(name) else {
+            return;
+        };
+        let count = topic.partitions().len();
+        let running = |d: &HashMap<String, usize>| d.get(name).is_some_and(|n| *n >= count);
         if running(&self.dispatching.read().unwrap_or_else(|e| e.into_inner())) {
             return;
         }
@@ -574,17 +581,17 @@ impl Hub {
         if running(&d) {
             return;
         }
-        let Ok(topic) = self.broker.topic(name) else {
-            return;
-        };
-        d.insert(name.to_owned());
+        let first_new = d.insert(name.to_owned(), count);
         let Some(hub) = self.me.upgrade() else {
             return;
         };
         let name: Arc<str> = Arc::from(name);
         let mut bg = self.background.lock().unwrap_or_else(|e| e.into_inner());
         for (i, p) in topic.partitions().iter().enumerate() {
-            let start = if from_start {
+            if first_new.is_some_and(|n| i < n) {
+                continue;
+            }
+            let start = if from_start || first_new.is_some() {
                 p.log_start()
             } else {
                 p.end_offset()
