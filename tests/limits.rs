@@ -446,7 +446,55 @@ fn partitions_are_added_durably_and_only_ever_grow() {
     );
     assert!(matches!(
         store.add_partitions("t", 6),
-        Err(brook::log::LogError::TooMany { .. })
+        Err(LogError::TooMany { .. })
     ));
     store.add_partitions("t", 5).expect("up to the cap");
+}
+
+/// DeleteRecords: records before an offset inside a segment are gone (reads refused, offsets
+/// by time skip them), the segments wholly before it are deleted, and the start survives a
+/// reopen; an offset past the end is refused.
+#[test]
+fn records_deleted_before_an_offset_stay_deleted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n;
+    let cut;
+    {
+        let store = open_std(dir.path(), &[("t", small_topic(1))]);
+        n = fill(&store, "t", 0, 3 * SEG); // record k has timestamp T0 + k
+        let p = store.topic("t").expect("t").partitions()[0].clone();
+        let segments = p.status().segments;
+        cut = n / 2 + 7;
+        assert_eq!(p.delete_records_before(cut).expect("delete"), cut);
+        assert!(
+            p.status().segments < segments,
+            "whole segments before it went"
+        );
+        assert_eq!(p.log_start(), cut);
+        assert!(matches!(
+            p.read(cut - 1, 1 << 20, brook::log::Visibility::Written),
+            Err(LogError::OffsetOutOfRange { earliest, .. }) if earliest == cut
+        ));
+        let r = p
+            .read(cut, 1 << 20, brook::log::Visibility::Written)
+            .expect("read");
+        assert!(!r.frames.is_empty() && r.log_start == cut);
+        assert_eq!(
+            p.record_for_timestamp(T0).expect("by time"),
+            Some((cut, T0 + cut as i64)),
+            "offsets by time start at the cut"
+        );
+        assert_eq!(
+            p.delete_records_before(cut - 10).expect("below"),
+            cut,
+            "no change"
+        );
+        assert!(p.delete_records_before(n + 1).is_err(), "past the end");
+    }
+    let store = open_std(dir.path(), &[("t", small_topic(1))]);
+    let p = store.topic("t").expect("t").partitions()[0].clone();
+    assert_eq!(p.log_start(), cut, "kept across a reopen");
+    assert_eq!(p.end_offset(), n);
+    assert_eq!(p.delete_records_before(n).expect("all"), n);
+    assert_eq!(p.log_start(), n);
 }

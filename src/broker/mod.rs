@@ -388,6 +388,14 @@ impl Broker {
         Ok(topic)
     }
 
+    /// Deletes a partition's records before `offset` (`None`: all of them, up to its end);
+    /// returns the new log start ([`crate::log::Partition::delete_records_before`]).
+    pub fn delete_records(&self, topic: &str, partition: u32, offset: Option<u64>) -> Result<u64> {
+        let p = Arc::clone(self.store.topic(topic)?.partition(partition)?);
+        let offset = offset.unwrap_or_else(|| p.end_offset());
+        Ok(p.delete_records_before(offset)?)
+    }
+
     /// Deletes a topic: forgotten in `meta` first, then its files go.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         self.store.topic(name)?;

@@ -17,6 +17,8 @@
 //! ```text
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.log
 //! <data_dir>/topics/<topic>/<partition>/<base offset, 20 digits>.idx   (sealed segments only)
+//! <data_dir>/topics/<topic>/<partition>/start   (u64 LE: records before it were deleted on
+//!                                                request, Kafka's DeleteRecords; optional)
 //! <data_dir>/topics/<topic>/@topic                                    (topic descriptor, see topic_file)
 //! <data_dir>/topics/@clock                                            (retention timeline)
 //! ```

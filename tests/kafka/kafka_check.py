@@ -316,6 +316,24 @@ def scenario_admin(bootstrap):
             fail(f"grow to {n} accepted")
         except KafkaException as e:
             check(e.args[0].name() == "INVALID_PARTITIONS", f"{n}: {e.args[0]}")
+    # DeleteRecords: the records before an offset go; consumers start after them.
+    from confluent_kafka import TopicPartition
+
+    create(bootstrap, "dr", 1)
+    for i in range(10):
+        p.produce("dr", str(i).encode())
+    check(p.flush(10) == 0, "produce dr")
+    tp = TopicPartition("dr", 0, 6)
+    res = a.delete_records([tp])
+    low = list(res.values())[0].result(timeout=10)
+    check(low.low_watermark == 6, f"low watermark {low}")
+    left = consume_all(bootstrap, "dr", 4)
+    check([r[3] for r in left] == [b"6", b"7", b"8", b"9"], f"after DeleteRecords: {left}")
+    try:
+        list(a.delete_records([TopicPartition("dr", 0, 99)]).values())[0].result(timeout=10)
+        fail("DeleteRecords past the end accepted")
+    except KafkaException as e:
+        check(e.args[0].name() == "OFFSET_OUT_OF_RANGE", f"past the end: {e.args[0]}")
     print("admin: create/describe/delete topics, bad requests refused with the right codes", flush=True)
 
 

@@ -228,6 +228,22 @@ struct State {
     poisoned: Option<String>,
     /// Bytes of this partition's files, buffered appends included.
     size: u64,
+    /// Records below this offset were deleted on request (Kafka's DeleteRecords) though
+    /// their segment remains: the log starts here. Kept in [`START_FILE`].
+    start_floor: u64,
+}
+
+/// The file, in a partition's directory, holding the offset records were deleted up to.
+pub(super) const START_FILE: &str = "start";
+
+impl State {
+    /// The first offset served: the oldest segment's base, or the deleted-records floor.
+    fn log_start(&self) -> u64 {
+        self.sealed
+            .front()
+            .map_or(self.active.base, |s| s.base)
+            .max(self.start_floor)
+    }
 }
 
 /// An append whose batch is in the log's buffer, with its offsets assigned; [`finish`] waits
@@ -755,7 +771,7 @@ impl Partition {
 
     fn read_once(&self, from: u64, max_bytes: usize, visibility: Visibility) -> Result<ReadResult> {
         let st = self.inner.lock();
-        let log_start = st.sealed.front().map_or(st.active.base, |s| s.base);
+        let log_start = st.log_start();
         let hw = match visibility {
             Visibility::Written => st.written_offset,
             Visibility::Durable => st.durable_offset,
@@ -841,8 +857,11 @@ impl Partition {
 
     /// The first record whose timestamp is at or after `ts`: its offset and timestamp.
     pub fn record_for_timestamp(&self, ts: i64) -> Result<Option<(u64, i64)>> {
+        // The segments that may hold it, oldest first: the first is enough unless records
+        // at its start were deleted on request (the floor), which may hide its match.
         let st = self.inner.lock();
-        let mut target = None;
+        let floor = st.start_floor;
+        let mut targets = Vec::new();
         for seg in &st.sealed {
             if seg.max_timestamp >= ts {
                 let start = segment::index_position_for_time(&seg.index, ts);
@@ -853,13 +872,15 @@ impl Partition {
                     .filter(|&d| d >= start)
                     .min()
                     .unwrap_or(seg.log_len);
-                target = Some((Arc::clone(&seg.file), seg.path.clone(), start, end));
-                break;
+                targets.push((Arc::clone(&seg.file), seg.path.clone(), start, end));
+                if seg.base >= floor || targets.len() == 2 {
+                    break;
+                }
             }
         }
-        if target.is_none() && st.active.index.max_timestamp >= ts {
+        if targets.len() < 2 && st.active.index.max_timestamp >= ts {
             let start = segment::index_position_for_time(&st.active.index.entries, ts);
-            target = Some((
+            targets.push((
                 Arc::clone(&st.active.file),
                 st.active.path.clone(),
                 start,
@@ -867,29 +888,45 @@ impl Partition {
             ));
         }
         drop(st);
-        let Some((file, path, mut pos, end)) = target else {
-            return Ok(None);
-        };
+        for (file, path, pos, end) in targets {
+            if let Some(found) = Self::first_at_or_after(file.as_ref(), &path, pos, end, ts, floor)?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Scans one segment's frames from `pos` to `end` for the first record at or after time
+    /// `ts` and offset `floor`.
+    fn first_at_or_after(
+        file: &dyn crate::log::fs::File,
+        path: &Path,
+        mut pos: u64,
+        end: u64,
+        ts: i64,
+        floor: u64,
+    ) -> Result<Option<(u64, i64)>> {
         while pos < end {
-            let got = segment::read_frames(file.as_ref(), &path, pos, end, 0, 1 << 20)?;
+            let got = segment::read_frames(file, path, pos, end, 0, 1 << 20)?;
             if got.frames.is_empty() {
                 break;
             }
             let mut rest: &[u8] = &got.frames;
             while !rest.is_empty() {
                 let view = BatchView::parse(rest).map_err(|source| LogError::Corrupt {
-                    path: path.clone(),
+                    path: path.to_path_buf(),
                     position: pos,
                     source,
                 })?;
                 if view.header.max_timestamp >= ts {
                     for r in view.records() {
                         let r = r.map_err(|source| LogError::Corrupt {
-                            path: path.clone(),
+                            path: path.to_path_buf(),
                             position: pos,
                             source,
                         })?;
-                        if r.timestamp >= ts {
+                        if r.timestamp >= ts && r.offset >= floor {
                             return Ok(Some((r.offset, r.timestamp)));
                         }
                     }
@@ -903,8 +940,36 @@ impl Partition {
 
     /// First stored offset.
     pub fn log_start(&self) -> u64 {
-        let st = self.inner.lock();
-        st.sealed.front().map_or(st.active.base, |s| s.base)
+        self.inner.lock().log_start()
+    }
+
+    /// Deletes the records before `offset` (Kafka's DeleteRecords): the floor is stored first
+    /// ([`START_FILE`], durably), then the sealed segments wholly below it go. Returns the new
+    /// log start. An offset past the written end is refused; one at or below the start changes
+    /// nothing.
+    pub fn delete_records_before(&self, offset: u64) -> Result<u64> {
+        let mut st = self.inner.lock();
+        if offset > st.written_offset {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                earliest: st.log_start(),
+                latest: st.written_offset,
+            });
+        }
+        if offset <= st.log_start() {
+            return Ok(st.log_start());
+        }
+        super::fs::replace_durably(
+            self.inner.fs.as_ref(),
+            &self.inner.dir.join(START_FILE),
+            &offset.to_le_bytes(),
+        )?;
+        st.start_floor = offset;
+        while st.sealed.front().is_some_and(|s| s.next_offset <= offset) {
+            self.inner
+                .delete_oldest_locked(&mut st, "records deleted on request")?;
+        }
+        Ok(st.log_start())
     }
 
     /// Offset after the last readable (written) record.
@@ -915,7 +980,7 @@ impl Partition {
     pub fn status(&self) -> PartitionStatus {
         let st = self.inner.lock();
         PartitionStatus {
-            log_start: st.sealed.front().map_or(st.active.base, |s| s.base),
+            log_start: st.log_start(),
             next_offset: st.written_offset,
             durable_offset: st.durable_offset,
             segments: st.sealed.len() + 1,

@@ -244,6 +244,8 @@ impl Partition {
             }
         };
         let next_offset = active_next.unwrap_or(active.base);
+        // Records deleted on request below a floor inside the oldest segment.
+        let start_floor = read_start_floor(fs.as_ref(), &dir)?.min(next_offset);
         let size = sealed.iter().map(|s| s.log_len + s.idx_len).sum::<u64>() + active.size;
         usage.bytes.fetch_add(size, Ordering::Relaxed);
         let state = State {
@@ -262,6 +264,7 @@ impl Partition {
             stop: false,
             poisoned: None,
             size,
+            start_floor,
         };
         let inner = Arc::new(Inner {
             topic: topic.to_string(),
@@ -285,5 +288,24 @@ impl Partition {
             },
             recovery,
         ))
+    }
+}
+
+/// The deleted-records floor in the partition's [`super::START_FILE`] (0 without one).
+fn read_start_floor(fs: &dyn Fs, dir: &std::path::Path) -> Result<u64> {
+    let path = dir.join(super::START_FILE);
+    if !fs.exists(&path) {
+        return Ok(0);
+    }
+    let f = fs
+        .open(&path, false)
+        .map_err(|e| LogError::io("open", &path, e))?;
+    let mut b = [0u8; 8];
+    match f.read_exact_at(&mut b, 0) {
+        Ok(()) => Ok(u64::from_le_bytes(b)),
+        Err(e) => Err(LogError::BadFile {
+            path,
+            what: format!("deleted-records floor unreadable: {e}"),
+        }),
     }
 }

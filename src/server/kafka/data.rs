@@ -498,3 +498,64 @@ pub fn init_producer_id(
     };
     codec::response(ApiKey::InitProducerId, version, id, &resp)
 }
+
+/// DeleteRecords (`admin`): each partition's records before the given offset (-1: its end)
+/// go; the answer is the new low watermark.
+pub fn delete_records(
+    ctx: &Ctx,
+    who: &Principal,
+    r: DeleteRecordsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::delete_records_response::{
+        DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+    };
+    let admin = who.allows(Op::Admin);
+    let topics = r
+        .topics
+        .iter()
+        .map(|t| {
+            let name = t.name.0.as_str();
+            let partitions = t
+                .partitions
+                .iter()
+                .map(|p| {
+                    let out = DeleteRecordsPartitionResult::default()
+                        .with_partition_index(p.partition_index)
+                        .with_low_watermark(-1);
+                    if !admin {
+                        return out.with_error_code(err::TOPIC_AUTHORIZATION_FAILED);
+                    }
+                    let (Ok(part), offset) = (u32::try_from(p.partition_index), p.offset) else {
+                        return out.with_error_code(err::UNKNOWN_TOPIC_OR_PARTITION);
+                    };
+                    let upto = match offset {
+                        -1 => None,
+                        o => match u64::try_from(o) {
+                            Ok(o) => Some(o),
+                            Err(_) => return out.with_error_code(err::OFFSET_OUT_OF_RANGE),
+                        },
+                    };
+                    match ctx.broker.delete_records(name, part, upto) {
+                        Ok(low) => {
+                            tracing::info!(
+                                topic = name,
+                                partition = part,
+                                low_watermark = low,
+                                "records deleted by a Kafka client"
+                            );
+                            out.with_low_watermark(low as i64)
+                        }
+                        Err(e) => out.with_error_code(code_of(&e)),
+                    }
+                })
+                .collect();
+            DeleteRecordsTopicResult::default()
+                .with_name(t.name.clone())
+                .with_partitions(partitions)
+        })
+        .collect();
+    let resp = DeleteRecordsResponse::default().with_topics(topics);
+    codec::response(ApiKey::DeleteRecords, version, id, &resp)
+}

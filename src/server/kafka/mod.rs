@@ -7,7 +7,7 @@
 //! | [`codec`] | framing, request/response headers per API version, the implemented APIs |
 //! | [`records`] | Kafka record batches (v2, compressed or not) to Brook batches and back |
 //! | [`producers`] | idempotent producers: ids, epochs, per-partition sequences |
-//! | [`data`] | Produce, Fetch, ListOffsets, InitProducerId |
+//! | [`data`] | Produce, Fetch, ListOffsets, InitProducerId, DeleteRecords |
 //! | [`oversize`] | a Produce over `max_request_size` read through and answered MESSAGE_TOO_LARGE |
 //! | [`admin`] | ApiVersions, Metadata, Create/DeleteTopics, CreatePartitions, DescribeConfigs, FindCoordinator, DescribeCluster |
 //! | (this module) | the listener, the connection loop, SaslHandshake and SaslAuthenticate |
@@ -949,6 +949,10 @@ fn start(
             blocking(ctx, move |c| {
                 admin::create_partitions(c, &who, r, version, id)
             })
+        }
+        ApiKey::DeleteRecords => {
+            let r = codec::body(&mut frame)?;
+            blocking(ctx, move |c| data::delete_records(c, &who, r, version, id))
         }
         ApiKey::DeleteGroups => {
             let r = codec::body(&mut frame)?;
