@@ -133,6 +133,14 @@ fn groups_are_deleted_and_the_cluster_described() {
     python_scenario("group-admin");
 }
 
+/// IncrementalAlterConfigs (SET, DELETE) and AlterConfigs change a topic's configs at run time
+/// (a raised max.message.bytes admits the next large record), validate_only changes nothing,
+/// and broker configs, unknown keys and unknown topics are refused with Kafka's codes.
+#[test]
+fn topic_configs_change_at_run_time() {
+    python_scenario("alter-configs");
+}
+
 /// kafka-python: an idempotent acks=all gzip producer; commit, restart from the committed
 /// offset, seek, seek to either end, offsets for times.
 #[test]

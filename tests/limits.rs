@@ -498,3 +498,41 @@ fn records_deleted_before_an_offset_stay_deleted() {
     assert_eq!(p.delete_records_before(n).expect("all"), n);
     assert_eq!(p.log_start(), n);
 }
+
+/// A topic's config changes while it is open: the next append is held to the new batch limit,
+/// the descriptor keeps the change across a reopen, and the partition count cannot change
+/// this way.
+#[test]
+fn an_altered_topic_config_applies_at_once_and_is_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = || {
+        let mut b = brook::log::BatchBuilder::new();
+        b.push(T0, None, &vec![7u8; 20 * 1024], &[]);
+        b
+    };
+    {
+        let store = open_std(dir.path(), &[("t", small_topic(1))]);
+        let p = store.topic("t").expect("t").partitions()[0].clone();
+        assert!(matches!(
+            p.append(&big(), Durability::Written, T0),
+            Err(LogError::BatchTooLarge { .. })
+        ));
+        let mut cfg = small_topic(1);
+        cfg.max_batch_size = ByteSize::kib(32);
+        store.alter_topic("t", cfg.clone()).expect("alter");
+        p.append(&big(), Durability::Written, T0)
+            .expect("fits the new limit");
+        let mut more = cfg.clone();
+        more.partitions = 2;
+        assert!(
+            store.alter_topic("t", more).is_err(),
+            "partitions only grow by adding"
+        );
+    }
+    let store = open_std(dir.path(), &[("t", small_topic(1))]);
+    let t = store.topic("t").expect("t");
+    assert_eq!(t.config().max_batch_size, ByteSize::kib(32), "kept");
+    t.partitions()[0]
+        .append(&big(), Durability::Written, T0)
+        .expect("still fits after a reopen");
+}

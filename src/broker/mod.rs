@@ -388,6 +388,14 @@ impl Broker {
         Ok(topic)
     }
 
+    /// Changes a topic's config ([`crate::log::Store::alter_topic`]), then records it in
+    /// `meta` (the descriptor is the reference if a cut comes between).
+    pub fn alter_topic(&self, name: &str, cfg: TopicConfig) -> Result<Arc<Topic>> {
+        let topic = self.store.alter_topic(name, cfg)?;
+        self.meta.put_topic(name, topic.config())?;
+        Ok(topic)
+    }
+
     /// Deletes a partition's records before `offset` (`None`: all of them, up to its end);
     /// returns the new log start ([`crate::log::Partition::delete_records_before`]).
     pub fn delete_records(&self, topic: &str, partition: u32, offset: Option<u64>) -> Result<u64> {

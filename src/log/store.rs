@@ -229,6 +229,25 @@ pub fn discover_topics(
     Ok((all.into_iter().collect(), adopted))
 }
 
+/// [`check_budget`] with topic `name`'s config replaced by `config`.
+fn check_budget_with(
+    opts: &StoreOptions,
+    topics: &BTreeMap<String, Arc<Topic>>,
+    name: &str,
+    config: &TopicConfig,
+) -> Result<()> {
+    check_budget(
+        opts,
+        topics.iter().map(|(n, t)| {
+            if n == name {
+                (n.as_str(), config)
+            } else {
+                (n.as_str(), &t.config)
+            }
+        }),
+    )
+}
+
 /// Checks a topic name: 1 to 249 of `A-Z a-z 0-9 . _ -`, not `.` or `..` (as Kafka).
 pub fn validate_topic_name(name: &str) -> Result<()> {
     let bad = |reason| {
@@ -514,16 +533,7 @@ impl Store {
                 limit: max,
             });
         }
-        check_budget(
-            &self.opts,
-            topics.iter().map(|(n, t)| {
-                if n == name {
-                    (n.as_str(), &config)
-                } else {
-                    (n.as_str(), &t.config)
-                }
-            }),
-        )?;
+        check_budget_with(&self.opts, &topics, name, &config)?;
         let tdir = self.dir.join(name);
         let mut partitions = old.partitions.clone();
         partitions.extend(self.open_partitions(name, &tdir, &config, have..count)?);
@@ -531,6 +541,31 @@ impl Store {
             .sync_dir(&tdir)
             .map_err(|e| LogError::io("fsync directory", &tdir, e))?;
         topic_file::write(self.fs.as_ref(), &tdir, &config)?;
+        Ok(Topic::install(&mut topics, name, config, partitions))
+    }
+
+    /// Changes a topic's config (not its partition count: [`Store::add_partitions`]): the
+    /// descriptor first (the commit point), then every partition applies the new limits from
+    /// its next append, and time retention from the next maintenance.
+    pub fn alter_topic(&self, name: &str, config: TopicConfig) -> Result<Arc<Topic>> {
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let old = topics
+            .get(name)
+            .cloned()
+            .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
+        if config.partitions != old.config.partitions {
+            return Err(LogError::InvalidTopicConfig {
+                topic: name.to_string(),
+                reason: "the partition count changes only by adding partitions".into(),
+            });
+        }
+        config.validate(name)?;
+        check_budget_with(&self.opts, &topics, name, &config)?;
+        topic_file::write(self.fs.as_ref(), &self.dir.join(name), &config)?;
+        for p in &old.partitions {
+            p.set_limits(&config);
+        }
+        let partitions = old.partitions.clone();
         Ok(Topic::install(&mut topics, name, config, partitions))
     }
 

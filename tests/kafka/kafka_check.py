@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 import uuid
+import warnings
 
 
 def fail(msg):
@@ -525,6 +526,71 @@ def scenario_group_admin(bootstrap):
     print("group admin: DeleteGroups, OffsetDelete, DescribeCluster", flush=True)
 
 
+def scenario_alter_configs(bootstrap):
+    """IncrementalAlterConfigs and AlterConfigs (confluent-kafka): a raised max.message.bytes takes
+    effect for the next produce, DELETE returns a key to the server's default, AlterConfigs
+    replaces the whole set, validate_only changes nothing, broker configs are refused."""
+    from confluent_kafka import KafkaException, Producer
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    a = admin(bootstrap)
+    create(bootstrap, "alt", 1, {"segment.bytes": "4194304"})
+    res = ConfigResource(ConfigResource.Type.TOPIC, "alt")
+
+    def described():
+        return {k: v.value for k, v in a.describe_configs([res])[res].result(timeout=10).items()}
+
+    def incremental(*entries, validate_only=False):
+        r = ConfigResource(ConfigResource.Type.TOPIC, "alt", incremental_configs=list(entries))
+        a.incremental_alter_configs([r], validate_only=validate_only)[r].result(timeout=10)
+
+    p = Producer({"bootstrap.servers": bootstrap, "message.max.bytes": 10_000_000})
+
+    def produce_2mb():
+        out = []
+        p.produce("alt", b"z" * 2_000_000, callback=lambda e, m: out.append(e))
+        p.flush(30)
+        return out[0]
+
+    check(produce_2mb() is not None, "2 MB accepted at the default max.message.bytes")
+    set_ = AlterConfigOpType.SET
+    incremental(ConfigEntry("max.message.bytes", "4000000", incremental_operation=set_),
+                validate_only=True)
+    check(described()["max.message.bytes"] == str(1 << 20), "validate_only changed it")
+    incremental(ConfigEntry("max.message.bytes", "4000000", incremental_operation=set_),
+                ConfigEntry("retention.ms", "7200000", incremental_operation=set_))
+    d = described()
+    check(d["max.message.bytes"] == "4000000" and d["retention.ms"] == "7200000", f"after SET: {d}")
+    check(d["segment.bytes"] == "4194304", f"segment.bytes kept: {d}")
+    check(produce_2mb() is None, "2 MB refused after raising max.message.bytes")
+    incremental(ConfigEntry("max.message.bytes", None, incremental_operation=AlterConfigOpType.DELETE))
+    check(described()["max.message.bytes"] == str(1 << 20), "DELETE did not restore the default")
+    err = produce_2mb()
+    check(err is not None and err.name() == "MSG_SIZE_TOO_LARGE", f"after DELETE: {err}")
+    full = ConfigResource(ConfigResource.Type.TOPIC, "alt", set_config={"retention.bytes": "50000000"})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the API under test
+        a.alter_configs([full])[full].result(timeout=10)
+    d = described()
+    check(d["retention.bytes"] == "50000000", f"AlterConfigs: {d}")
+    check(d["retention.ms"] != "7200000" and d["segment.bytes"] != "4194304",
+          f"AlterConfigs replaces the whole set: {d}")
+    for bad, what in [
+        (ConfigResource(ConfigResource.Type.TOPIC, "alt", incremental_configs=[
+            ConfigEntry("flush.ms", "1", incremental_operation=set_)]), "INVALID_CONFIG"),
+        (ConfigResource(ConfigResource.Type.BROKER, "0", incremental_configs=[
+            ConfigEntry("log.retention.ms", "1", incremental_operation=set_)]), "INVALID_REQUEST"),
+        (ConfigResource(ConfigResource.Type.TOPIC, "missing", incremental_configs=[
+            ConfigEntry("retention.ms", "1", incremental_operation=set_)]), "UNKNOWN_TOPIC_OR_PART"),
+    ]:
+        try:
+            a.incremental_alter_configs([bad])[bad].result(timeout=10)
+            fail(f"{bad} accepted")
+        except KafkaException as e:
+            check(e.args[0].name() == what, f"{bad}: {e.args[0]} instead of {what}")
+    print("alter configs: incremental SET/DELETE, AlterConfigs, validate_only, refusals", flush=True)
+
+
 def scenario_commit_seek(bootstrap):
     """kafka-python: acks=all produce, group commit, restart at the commit, seek, offsets by time."""
     from kafka import KafkaConsumer, KafkaProducer, TopicPartition
@@ -638,6 +704,7 @@ SCENARIOS = {
     "times-refusals": scenario_times_and_refusals,
     "static": scenario_static_membership,
     "group-admin": scenario_group_admin,
+    "alter-configs": scenario_alter_configs,
     "minute": scenario_minute,
 }
 

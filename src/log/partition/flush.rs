@@ -99,15 +99,6 @@ fn complete(waiters: Vec<Waiter>, result: &std::result::Result<(), WriteFailure>
 }
 
 impl Inner {
-    pub(super) fn max_frame_len(&self) -> usize {
-        let seg_room = self
-            .cfg
-            .segment_size
-            .bytes()
-            .saturating_sub(SEGMENT_HEADER_LEN);
-        self.cfg.max_batch_size.bytes().min(seg_room) as usize
-    }
-
     /// One flush round. Takes the lock back before returning.
     fn round<'a>(
         &'a self,

@@ -231,6 +231,35 @@ struct State {
     /// Records below this offset were deleted on request (Kafka's DeleteRecords) though
     /// their segment remains: the log starts here. Kept in [`START_FILE`].
     start_floor: u64,
+    /// The topic's limits in force (they can change while the partition is open:
+    /// [`Partition::set_limits`]).
+    limits: Limits,
+}
+
+/// What of a topic's config a partition applies on every append, changeable at run time.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    segment_size: u64,
+    max_batch_size: u64,
+    retention_size: Option<u64>,
+    on_full: OnFull,
+}
+
+impl Limits {
+    pub(super) fn of(cfg: &TopicConfig) -> Limits {
+        Limits {
+            segment_size: cfg.segment_size.bytes(),
+            max_batch_size: cfg.max_batch_size.bytes(),
+            retention_size: cfg.retention_size.limit(),
+            on_full: cfg.on_full,
+        }
+    }
+
+    /// The largest frame an append may bring: the batch limit, within a segment.
+    fn max_frame_len(&self) -> usize {
+        let seg_room = self.segment_size.saturating_sub(SEGMENT_HEADER_LEN);
+        self.max_batch_size.min(seg_room) as usize
+    }
 }
 
 /// The file, in a partition's directory, holding the offset records were deleted up to.
@@ -340,6 +369,8 @@ struct Inner {
     id: u32,
     dir: PathBuf,
     fs: Arc<dyn Fs>,
+    /// The config the partition was opened with: its index interval (the limits that can
+    /// change are `State::limits`).
     cfg: TopicConfig,
     write_buffer: usize,
     usage: Arc<Usage>,
@@ -612,17 +643,15 @@ impl Partition {
             )));
         }
         let bound = batch.frame_len_bound();
-        let limit = inner.max_frame_len();
+        let mut st = inner.lock();
+        let limit = st.limits.max_frame_len();
         if bound > limit {
             return Err(LogError::BatchTooLarge { size: bound, limit });
         }
-        let mut st = inner.lock();
         if let Some(cause) = &st.poisoned {
             return Err(inner.poisoned(cause));
         }
-        while !st.active.is_empty()
-            && st.active.size + bound as u64 > inner.cfg.segment_size.bytes()
-        {
+        while !st.active.is_empty() && st.active.size + bound as u64 > st.limits.segment_size {
             if st.flushing {
                 // The roll must not race a flush; look again once the round is done.
                 st = inner.idle_cv.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -633,9 +662,9 @@ impl Partition {
             }
             inner.roll(&mut st)?;
         }
-        if let Some(limit) = inner.cfg.retention_size.limit() {
+        if let Some(limit) = st.limits.retention_size {
             while st.size + bound as u64 > limit {
-                let freed = match inner.cfg.on_full {
+                let freed = match st.limits.on_full {
                     OnFull::Reject => false,
                     OnFull::DropOldest => inner.delete_oldest_locked(&mut st, "retention_size")?,
                 };
@@ -737,11 +766,11 @@ impl Partition {
     /// Deletes sealed segments whose newest batch was appended before `cutoff` (timeline ms);
     /// under `reject`, never one holding records at or after the keep-from floor.
     pub(crate) fn expire(&self, cutoff: i64) -> Result<u32> {
-        let keep_from = match self.inner.cfg.on_full {
+        let mut st = self.inner.lock();
+        let keep_from = match st.limits.on_full {
             OnFull::Reject => self.inner.keep_from.load(Ordering::Relaxed),
             OnFull::DropOldest => u64::MAX,
         };
-        let mut st = self.inner.lock();
         let mut n = 0;
         while st
             .sealed
@@ -936,6 +965,12 @@ impl Partition {
             }
         }
         Ok(None)
+    }
+
+    /// Applies a changed topic config's limits (segment size, batch size, retention size, the
+    /// policy when full) from the next append on; what is stored stays as it is.
+    pub fn set_limits(&self, cfg: &TopicConfig) {
+        self.inner.lock().limits = Limits::of(cfg);
     }
 
     /// First stored offset.

@@ -265,6 +265,7 @@ impl Partition {
             poisoned: None,
             size,
             start_floor,
+            limits: super::Limits::of(&cfg),
         };
         let inner = Arc::new(Inner {
             topic: topic.to_string(),

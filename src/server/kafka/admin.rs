@@ -422,6 +422,169 @@ pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A topic's config with Kafka-named `pairs` applied to it: keys given set their value, keys
+/// absent take the server's `topic_defaults` (AlterConfigs replaces a topic's whole set); the
+/// partition count and Brook's own settings stay.
+fn altered(
+    ctx: &Ctx,
+    current: &TopicConfig,
+    pairs: &[(String, Option<String>)],
+) -> Result<TopicConfig, (i16, String)> {
+    let computed = settings(-1, -1, pairs)?.topic_config(&ctx.broker);
+    let mut cfg = current.clone();
+    cfg.retention = computed.retention;
+    cfg.retention_size = computed.retention_size;
+    cfg.segment_size = computed.segment_size;
+    cfg.max_batch_size = computed.max_batch_size;
+    cfg.on_full = computed.on_full;
+    Ok(cfg)
+}
+
+/// One resource of AlterConfigs or IncrementalAlterConfigs: `change` turns the topic's current
+/// Kafka-named configs into the wanted set. Returns the error code and message.
+fn alter_resource(
+    ctx: &Ctx,
+    who: &Principal,
+    resource_type: i8,
+    name: &str,
+    validate_only: bool,
+    change: impl FnOnce(&mut Vec<(String, Option<String>)>) -> Result<(), (i16, String)>,
+) -> (i16, Option<String>) {
+    let outcome = (|| {
+        if resource_type == BROKER_RESOURCE {
+            return Err((
+                err::INVALID_REQUEST,
+                "the broker's settings are in its config file (brook.toml)".to_string(),
+            ));
+        }
+        if resource_type != TOPIC_RESOURCE {
+            return Err((
+                err::INVALID_REQUEST,
+                "only topic configs can be altered".into(),
+            ));
+        }
+        if !who.allows(Op::Admin) {
+            return Err((
+                err::TOPIC_AUTHORIZATION_FAILED,
+                format!("user {:?} may not alter topics (admin)", who.name()),
+            ));
+        }
+        let topic = ctx
+            .broker
+            .topic(name)
+            .map_err(|e| (code_of(&e), e.to_string()))?;
+        let mut pairs: Vec<(String, Option<String>)> = kafka_configs(topic.config())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), Some(v)))
+            .collect();
+        change(&mut pairs)?;
+        let cfg = altered(ctx, topic.config(), &pairs)?;
+        cfg.validate(name)
+            .map_err(|e| (err::INVALID_CONFIG, e.to_string()))?;
+        if !validate_only {
+            ctx.broker
+                .alter_topic(name, cfg)
+                .map_err(|e| (code_of(&e), e.to_string()))?;
+            tracing::info!(topic = name, "topic config altered by a Kafka client");
+        }
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => (err::NONE, None),
+        Err((code, message)) => (code, Some(message)),
+    }
+}
+
+/// AlterConfigs (`admin`): a topic's configs become exactly those given (the others return to
+/// the server's defaults), as in Kafka.
+pub fn alter_configs(
+    ctx: &Ctx,
+    who: &Principal,
+    r: AlterConfigsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+    let responses = r
+        .resources
+        .iter()
+        .map(|res| {
+            let given: Vec<(String, Option<String>)> = res
+                .configs
+                .iter()
+                .map(|c| (c.name.to_string(), c.value.as_ref().map(|v| v.to_string())))
+                .collect();
+            let (code, message) = alter_resource(
+                ctx,
+                who,
+                res.resource_type,
+                res.resource_name.as_str(),
+                r.validate_only,
+                |pairs| {
+                    *pairs = given;
+                    Ok(())
+                },
+            );
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message.map(s))
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone())
+        })
+        .collect();
+    let resp = AlterConfigsResponse::default().with_responses(responses);
+    codec::response(ApiKey::AlterConfigs, version, id, &resp)
+}
+
+/// IncrementalAlterConfigs (`admin`): SET and DELETE (back to the server's default) per key;
+/// APPEND and SUBTRACT apply to list configs, and Brook's topic configs are not lists.
+pub fn incremental_alter_configs(
+    ctx: &Ctx,
+    who: &Principal,
+    r: IncrementalAlterConfigsRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, String> {
+    use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let responses = r
+        .resources
+        .iter()
+        .map(|res| {
+            let (code, message) = alter_resource(
+                ctx,
+                who,
+                res.resource_type,
+                res.resource_name.as_str(),
+                r.validate_only,
+                |pairs| {
+                    for c in &res.configs {
+                        let key = c.name.to_string();
+                        pairs.retain(|(k, _)| *k != key);
+                        match c.config_operation {
+                            0 => pairs.push((key, c.value.as_ref().map(|v| v.to_string()))),
+                            1 => {}
+                            op => {
+                                return Err((
+                                    err::INVALID_CONFIG,
+                                    format!("{key}: operation {op} (APPEND/SUBTRACT) applies to lists; it is not one"),
+                                ));
+                            }
+                        }
+                    }
+                    Ok(())
+                },
+            );
+            AlterConfigsResourceResponse::default()
+                .with_error_code(code)
+                .with_error_message(message.map(s))
+                .with_resource_type(res.resource_type)
+                .with_resource_name(res.resource_name.clone())
+        })
+        .collect();
+    let resp = IncrementalAlterConfigsResponse::default().with_responses(responses);
+    codec::response(ApiKey::IncrementalAlterConfigs, version, id, &resp)
+}
+
 /// Kafka's resource type for topics.
 const TOPIC_RESOURCE: i8 = 2;
 /// Kafka's resource type for brokers.
@@ -462,12 +625,21 @@ fn broker_configs(ctx: &Ctx) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The topic configs AlterConfigs and IncrementalAlterConfigs change.
+const ALTERABLE: &[&str] = &[
+    "retention.ms",
+    "retention.bytes",
+    "segment.bytes",
+    "max.message.bytes",
+    "brook.on_full",
+];
+
 /// One described config; `source` is Kafka's (1: the topic's own, 5: the broker's static).
 fn described(k: &str, v: String, source: i8) -> DescribeConfigsResourceResult {
     DescribeConfigsResourceResult::default()
         .with_name(s(k))
         .with_value(Some(s(v)))
-        .with_read_only(true)
+        .with_read_only(source != 1 || !ALTERABLE.contains(&k))
         .with_config_source(source)
 }
 

@@ -9,7 +9,7 @@
 //! | [`producers`] | idempotent producers: ids, epochs, per-partition sequences |
 //! | [`data`] | Produce, Fetch, ListOffsets, InitProducerId, DeleteRecords |
 //! | [`oversize`] | a Produce over `max_request_size` read through and answered MESSAGE_TOO_LARGE |
-//! | [`admin`] | ApiVersions, Metadata, Create/DeleteTopics, CreatePartitions, DescribeConfigs, FindCoordinator, DescribeCluster |
+//! | [`admin`] | ApiVersions, Metadata, Create/DeleteTopics, CreatePartitions, Describe/Alter/IncrementalAlterConfigs, FindCoordinator, DescribeCluster |
 //! | (this module) | the listener, the connection loop, SaslHandshake and SaslAuthenticate |
 //! | [`groups`] | JoinGroup, SyncGroup, Heartbeat, LeaveGroup, OffsetCommit/Fetch/Delete, Describe/List/DeleteGroups |
 //!
@@ -953,6 +953,16 @@ fn start(
         ApiKey::DeleteRecords => {
             let r = codec::body(&mut frame)?;
             blocking(ctx, move |c| data::delete_records(c, &who, r, version, id))
+        }
+        ApiKey::AlterConfigs => {
+            let r = codec::body(&mut frame)?;
+            blocking(ctx, move |c| admin::alter_configs(c, &who, r, version, id))
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let r = codec::body(&mut frame)?;
+            blocking(ctx, move |c| {
+                admin::incremental_alter_configs(c, &who, r, version, id)
+            })
         }
         ApiKey::DeleteGroups => {
             let r = codec::body(&mut frame)?;
