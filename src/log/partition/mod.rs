@@ -980,8 +980,8 @@ impl Partition {
 
     /// Deletes the records before `offset` (Kafka's DeleteRecords): the floor is stored first
     /// (the partition's `start` file, durably), then the sealed segments wholly below it go.
-    /// Returns the new log start. An offset past the written end is refused; one at or below the start changes
-    /// nothing.
+    /// Returns the new log start. An offset past the written end is refused; one at or below
+    /// the start changes nothing.
     pub fn delete_records_before(&self, offset: u64) -> Result<u64> {
         let mut st = self.inner.lock();
         if offset > st.written_offset {
