@@ -363,3 +363,43 @@ async fn shutdown_does_not_wait_for_a_held_join() {
         .expect("stop");
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
 }
+
+/// Without logins, a connection's first request may be as large as any other (a producer's
+/// first Produce often is): it is answered, not cut at the pre-login frame cap (64 KiB).
+#[tokio::test]
+async fn an_anonymous_connection_may_start_with_a_large_produce() {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, ProduceResponse, TopicName};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(common::server_config(dir.path()))
+        .await
+        .expect("start");
+    let mut s = TcpStream::connect(r.kafka_addr.expect("kafka listener"))
+        .await
+        .expect("connect");
+    let produce = ProduceRequest::default()
+        .with_acks(-1)
+        .with_timeout_ms(1000)
+        .with_topic_data(vec![
+            TopicProduceData::default()
+                .with_name(TopicName(StrBytes::from_static_str("first")))
+                .with_partition_data(vec![
+                    PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(bytes::Bytes::from(vec![0u8; 200 * 1024]))),
+                ]),
+        ]);
+    s.write_all(&request(ApiKey::Produce, 9, 3, &produce))
+        .await
+        .expect("write");
+    let mut b = response(&mut s).await.expect("answered, not closed");
+    let h =
+        ResponseHeader::decode(&mut b, ApiKey::Produce.response_header_version(9)).expect("header");
+    assert_eq!(h.correlation_id, 3);
+    let p = ProduceResponse::decode(&mut b, 9).expect("produce response");
+    assert_ne!(
+        p.responses[0].partition_responses[0].error_code, 0,
+        "garbage is refused"
+    );
+    r.stop().await.expect("stop");
+}

@@ -493,8 +493,13 @@ async fn connection(
         // Until the login, one deadline from the accept and small requests; then the idle
         // timeout between requests.
         let logged_in = slot.is_logged_in();
+        // Where anonymous clients are let in, the first request other than ApiVersions logs
+        // in, so it may be as large as any (a producer's first Produce often is).
+        let open = logged_in || auth.anonymous_allowed();
         let (limit, until) = if logged_in {
             (max, Instant::now() + idle)
+        } else if open {
+            (max, deadline)
         } else {
             (max.min(auth.max_frame_before_login()), deadline)
         };
@@ -509,7 +514,7 @@ async fn connection(
             Ok(Ok(Read::Request(b))) => b,
             Ok(Ok(Read::Closed)) => break Ok(()),
             Ok(Ok(Read::Oversized(size))) => {
-                if !logged_in || size > (max * oversize::READ_THROUGH) as u64 {
+                if !open || size > (max * oversize::READ_THROUGH) as u64 {
                     break Err(format!(
                         "request of {size} bytes (the limit here is {limit})"
                     ));
