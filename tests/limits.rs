@@ -26,6 +26,7 @@ fn topic(on_full: OnFull, retention_size: u64, retention: HumanDuration) -> Topi
         on_full,
         max_batch_size: ByteSize::kib(16),
         index_interval: ByteSize(512),
+        ..TopicConfig::default()
     }
 }
 
@@ -535,4 +536,47 @@ fn an_altered_topic_config_applies_at_once_and_is_kept() {
     t.partitions()[0]
         .append(&big(), Durability::Written, T0)
         .expect("still fits after a reopen");
+}
+
+/// A log-append-time topic: every record carries its batch's append time, whatever the
+/// producer gave, in reads, offsets by time and the largest timestamp, across a reopen.
+#[test]
+fn a_log_append_time_topic_stamps_records_at_append() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = small_topic(1);
+    cfg.timestamp_type = brook::log::TimestampType::LogAppend;
+    let check = |store: &brook::log::Store| {
+        let p = store.topic("t").expect("t").partitions()[0].clone();
+        let stamps: Vec<i64> = read_all_records(&p).into_iter().map(|(_, ts)| ts).collect();
+        assert_eq!(stamps, vec![T0 + 5, T0 + 5, T0 + 9]);
+        assert_eq!(p.max_timestamp(), Some(T0 + 9));
+        assert_eq!(
+            p.record_for_timestamp(T0 + 6).expect("by time"),
+            Some((2, T0 + 9))
+        );
+    };
+    {
+        let store = open_std(dir.path(), &[("t", cfg.clone())]);
+        let p = store.topic("t").expect("t").partitions()[0].clone();
+        let mut b = brook::log::BatchBuilder::new();
+        b.push(1_000, None, b"old", &[]);
+        b.push(2_000, None, b"older", &[]);
+        p.append(&b, Durability::Written, T0 + 5).expect("append");
+        let mut b = brook::log::BatchBuilder::new();
+        b.push(T0 + 100_000, None, b"future", &[]);
+        p.append(&b, Durability::Written, T0 + 9).expect("append");
+        check(&store);
+    }
+    check(&open_std(dir.path(), &[("t", cfg)]));
+}
+
+/// (offset, timestamp) of every record of a partition.
+fn read_all_records(p: &brook::log::Partition) -> Vec<(u64, i64)> {
+    let r = p
+        .read(p.log_start(), 1 << 20, brook::log::Visibility::Written)
+        .expect("read");
+    r.batches()
+        .flat_map(|b| b.records().map(|r| r.expect("record")))
+        .map(|r| (r.offset, r.timestamp))
+        .collect()
 }

@@ -46,6 +46,7 @@ fn topic(retention_size: Option<u64>, retention_ms: Option<u64>) -> TopicConfig 
         on_full: OnFull::DropOldest,
         max_batch_size: ByteSize::kib(16),
         index_interval: ByteSize(512),
+        ..TopicConfig::default()
     }
 }
 

@@ -40,7 +40,7 @@
 //! | 0..4 | `len` | u32 LE: bytes after this field (CRC + body) |
 //! | 4..8 | `crc` | u32 LE: CRC-32C (Castagnoli) of the body |
 //! | 8 | body: version | u8, currently 1; a larger one is refused |
-//! | 9.. | body: header | postcard [`BatchHeader`]: base offset (varint u64), record count (varint u32), first timestamp, max timestamp, append time (zigzag varint i64, ms), attributes (varint u16; bits 0-2 compression, 0 = none) |
+//! | 9.. | body: header | postcard [`BatchHeader`]: base offset (varint u64), record count (varint u32), first timestamp, max timestamp, append time (zigzag varint i64, ms), attributes (varint u16; bits 0-2 compression, 0 = none; bit 3 log append time: every record's timestamp is the append time, and so is the max timestamp) |
 //! | .. | body: records | `record count` postcard records, back to back |
 //!
 //! Each record: offset delta (varint u32, = its index in the batch), timestamp delta from the
@@ -152,6 +152,24 @@ pub enum OnFull {
     Reject,
 }
 
+/// Which time a topic's records carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestampType {
+    /// The producer's (Kafka's CreateTime).
+    #[default]
+    Create,
+    /// When the broker stored the batch (Kafka's LogAppendTime): every record of a batch
+    /// carries its append time; what the producer gave is not shown.
+    LogAppend,
+}
+
+impl TimestampType {
+    fn is_create(&self) -> bool {
+        *self == TimestampType::Create
+    }
+}
+
 /// Per-topic storage settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -173,6 +191,10 @@ pub struct TopicConfig {
     pub max_batch_size: ByteSize,
     /// Bytes of log between sparse index entries. Default 4KiB; 64B to 1MiB.
     pub index_interval: ByteSize,
+    /// "create" (default: the producer's time) or "log_append" (the broker's, at append).
+    /// Left out of descriptors when "create", so they stay readable by earlier versions.
+    #[serde(skip_serializing_if = "TimestampType::is_create")]
+    pub timestamp_type: TimestampType,
 }
 
 impl Default for TopicConfig {
@@ -185,6 +207,7 @@ impl Default for TopicConfig {
             on_full: OnFull::DropOldest,
             max_batch_size: ByteSize::mib(1),
             index_interval: ByteSize::kib(4),
+            timestamp_type: TimestampType::Create,
         }
     }
 }

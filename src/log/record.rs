@@ -61,9 +61,15 @@ pub struct BatchHeader {
     pub max_timestamp: i64,
     /// When the broker stored the batch, on its retention timeline (see `log::clock`).
     pub append_time: i64,
-    /// Bits 0-2: compression (0 = none; no other value is written yet). Others reserved, zero.
+    /// Bits 0-2: compression (0 = none; no other value is written yet). Bit 3
+    /// ([`ATTR_LOG_APPEND_TIME`]): every record's timestamp is `append_time`. Others reserved,
+    /// zero.
     pub attributes: u16,
 }
+
+/// [`BatchHeader::attributes`] bit: the batch's records carry its append time (a topic with
+/// `timestamp_type = "log_append"`), as Kafka's LogAppendTime.
+pub const ATTR_LOG_APPEND_TIME: u16 = 0x8;
 
 impl BatchHeader {
     /// Offset one past the last record of the batch.
@@ -441,12 +447,16 @@ impl<'a> Iterator for RecordIter<'a> {
         }
         self.rest = rest;
         self.index += 1;
+        let timestamp = if self.header.attributes & ATTR_LOG_APPEND_TIME != 0 {
+            self.header.append_time
+        } else {
+            self.header
+                .first_timestamp
+                .wrapping_add(rec.timestamp_delta)
+        };
         Some(Ok(RecordView {
             offset: self.header.base_offset + u64::from(rec.offset_delta),
-            timestamp: self
-                .header
-                .first_timestamp
-                .wrapping_add(rec.timestamp_delta),
+            timestamp,
             key: rec.key,
             value: rec.value,
             headers: rec.headers,

@@ -290,7 +290,7 @@ def scenario_admin(bootstrap):
     bc = a.describe_configs([brk])[brk].result(timeout=10)
     check(bc["message.max.bytes"].value == str(1 << 20) and bc["broker.id"].value == "0",
           f"broker configs {sorted(bc)}")
-    for k, v, name in [("min.insync.replicas", "2", "adm5"), ("message.timestamp.type", "LogAppendTime", "adm6"),
+    for k, v, name in [("min.insync.replicas", "2", "adm5"), ("message.timestamp.type", "BrokerTime", "adm6"),
                        ("flush.messages", "1", "adm7")]:
         try:
             create(bootstrap, name, 1, {k: v})
@@ -588,7 +588,38 @@ def scenario_alter_configs(bootstrap):
             fail(f"{bad} accepted")
         except KafkaException as e:
             check(e.args[0].name() == what, f"{bad}: {e.args[0]} instead of {what}")
+    # LogAppendTime: records carry the broker's time, and consumers are told so.
+    from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
+
+    create(bootstrap, "stamped", 1, {"message.timestamp.type": "LogAppendTime"})
+    p.produce("stamped", b"old", timestamp=1_000)
+    check(p.flush(10) == 0, "produce stamped")
+    (kind, ts) = consume_ts(bootstrap, "stamped")
+    check(kind == TIMESTAMP_LOG_APPEND_TIME and abs(ts - time.time() * 1000) < 60_000,
+          f"LogAppendTime record: type {kind}, timestamp {ts}")
+    incremental(ConfigEntry("message.timestamp.type", "LogAppendTime", incremental_operation=set_))
+    p.produce("alt", b"later", timestamp=2_000)
+    check(p.flush(10) == 0, "produce alt")
+    check(described()["message.timestamp.type"] == "LogAppendTime", "altered timestamp type")
     print("alter configs: incremental SET/DELETE, AlterConfigs, validate_only, refusals", flush=True)
+
+
+def consume_ts(bootstrap, topic):
+    """(timestamp type, timestamp) of the first record of `topic`."""
+    from confluent_kafka import Consumer
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ts-{uuid.uuid4()}",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe([topic])
+    deadline = time.time() + 30
+    try:
+        while time.time() < deadline:
+            m = c.poll(0.5)
+            if m is not None and m.error() is None:
+                return m.timestamp()
+        fail(f"nothing read from {topic}")
+    finally:
+        c.close()
 
 
 def scenario_commit_seek(bootstrap):

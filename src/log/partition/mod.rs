@@ -243,6 +243,7 @@ pub(super) struct Limits {
     max_batch_size: u64,
     retention_size: Option<u64>,
     on_full: OnFull,
+    log_append_time: bool,
 }
 
 impl Limits {
@@ -252,6 +253,7 @@ impl Limits {
             max_batch_size: cfg.max_batch_size.bytes(),
             retention_size: cfg.retention_size.limit(),
             on_full: cfg.on_full,
+            log_append_time: cfg.timestamp_type == crate::log::TimestampType::LogAppend,
         }
     }
 
@@ -673,13 +675,23 @@ impl Partition {
                 }
             }
         }
+        // A log-append-time topic: the records carry the append time (the time index too).
+        let log_append = st.limits.log_append_time;
         let header = BatchHeader {
             base_offset: st.next_offset,
             record_count: batch.count(),
             first_timestamp: batch.first_timestamp(),
-            max_timestamp: batch.max_timestamp(),
+            max_timestamp: if log_append {
+                append_time
+            } else {
+                batch.max_timestamp()
+            },
             append_time,
-            attributes: 0,
+            attributes: if log_append {
+                super::record::ATTR_LOG_APPEND_TIME
+            } else {
+                0
+            },
         };
         let position = st.active.size;
         let len = encode_frame(&mut st.buf, &header, batch.records_bytes()) as u64;
@@ -968,7 +980,8 @@ impl Partition {
     }
 
     /// Applies a changed topic config's limits (segment size, batch size, retention size, the
-    /// policy when full) from the next append on; what is stored stays as it is.
+    /// policy when full, the timestamp type) from the next append on; what is stored stays as
+    /// it is.
     pub fn set_limits(&self, cfg: &TopicConfig) {
         self.inner.lock().limits = Limits::of(cfg);
     }

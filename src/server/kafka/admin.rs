@@ -175,6 +175,7 @@ pub fn metadata(
 struct KafkaTopicConfigs {
     settings: TopicSettings,
     max_message_bytes: Option<u64>,
+    timestamp_type: Option<crate::log::TimestampType>,
 }
 
 impl std::ops::Deref for KafkaTopicConfigs {
@@ -190,6 +191,9 @@ impl KafkaTopicConfigs {
         let mut cfg = broker.topic_config(&self.settings);
         if let Some(m) = self.max_message_bytes {
             cfg.max_batch_size = crate::units::ByteSize(m);
+        }
+        if let Some(t) = self.timestamp_type {
+            cfg.timestamp_type = t;
         }
         cfg
     }
@@ -257,11 +261,12 @@ fn settings(
                     "Brook stores records uncompressed: only \"producer\" or \"uncompressed\"",
                 ));
             }
-            "message.timestamp.type" if v == "CreateTime" => {}
             "message.timestamp.type" => {
-                return Err(bad(
-                    "only \"CreateTime\" (records keep the producer's timestamp)",
-                ));
+                out.timestamp_type = Some(match v {
+                    "CreateTime" => crate::log::TimestampType::Create,
+                    "LogAppendTime" => crate::log::TimestampType::LogAppend,
+                    _ => return Err(bad("must be \"CreateTime\" or \"LogAppendTime\"")),
+                })
             }
             "brook.on_full" => {
                 st.reject_when_full = Some(match v {
@@ -410,7 +415,14 @@ pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
         ("min.insync.replicas", "1".into()),
         ("unclean.leader.election.enable", "false".into()),
         ("compression.type", "producer".into()),
-        ("message.timestamp.type", "CreateTime".into()),
+        (
+            "message.timestamp.type",
+            match cfg.timestamp_type {
+                crate::log::TimestampType::Create => "CreateTime",
+                crate::log::TimestampType::LogAppend => "LogAppendTime",
+            }
+            .into(),
+        ),
         (
             "brook.on_full",
             match cfg.on_full {
@@ -437,6 +449,7 @@ fn altered(
     cfg.segment_size = computed.segment_size;
     cfg.max_batch_size = computed.max_batch_size;
     cfg.on_full = computed.on_full;
+    cfg.timestamp_type = computed.timestamp_type;
     Ok(cfg)
 }
 
@@ -631,6 +644,7 @@ const ALTERABLE: &[&str] = &[
     "retention.bytes",
     "segment.bytes",
     "max.message.bytes",
+    "message.timestamp.type",
     "brook.on_full",
 ];
 
@@ -863,13 +877,14 @@ mod tests {
             ("unclean.leader.election.enable", "false"),
             ("compression.type", "producer"),
             ("message.timestamp.type", "CreateTime"),
+            ("message.timestamp.type", "LogAppendTime"),
             ("delete.retention.ms", "1000"),
         ] {
             settings(1, 1, &c(k, v)).unwrap_or_else(|e| panic!("{k}={v}: {e:?}"));
         }
         for (k, v) in [
             ("min.insync.replicas", "2"),
-            ("message.timestamp.type", "LogAppendTime"),
+            ("message.timestamp.type", "BrokerTime"),
             ("max.message.bytes", "0"),
         ] {
             let (code, msg) = settings(1, 1, &c(k, v)).expect_err(k);

@@ -403,7 +403,10 @@ pub fn encode_batch(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<(), Fram
     out.push(2); // magic
     out.extend_from_slice(&[0; 4]); // crc, set below
     let crc_from = out.len();
-    out.extend_from_slice(&0i16.to_be_bytes()); // attributes: no compression, CreateTime
+    // Attributes: no compression; the timestamp type (bit 3: LogAppendTime, whose clients take
+    // every record's time from the batch's max timestamp).
+    let log_append = h.attributes & crate::log::record::ATTR_LOG_APPEND_TIME != 0;
+    out.extend_from_slice(&(if log_append { 0x08i16 } else { 0 }).to_be_bytes());
     out.extend_from_slice(&(h.record_count as i32 - 1).to_be_bytes());
     out.extend_from_slice(&h.first_timestamp.to_be_bytes());
     out.extend_from_slice(&h.max_timestamp.to_be_bytes());
