@@ -561,8 +561,15 @@ impl Hub {
             .store(subs.len() as u64, Ordering::Relaxed);
     }
 
-    /// Starts the dispatcher of every partition of log topic `name` (once), from the end.
+    /// Starts the dispatcher of every partition of log topic `name` (once), from the end. On
+    /// every publish, so a topic already dispatched costs one lookup; partitions added later
+    /// are picked up by the housekeeping.
     fn dispatch(&self, name: &str) {
+        let d = self.dispatching.read().unwrap_or_else(|e| e.into_inner());
+        if d.contains_key(name) {
+            return;
+        }
+        drop(d);
         self.dispatch_from(name, false);
     }
 
