@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::log::record::RecordLayout;
 use crate::log::{BatchBuilder, BatchView, Record};
 use crate::proto::{
     self, Acks, Assignor, CommitEntry, ErrorCode, Fetch, OffsetSpec, PROTOCOL_VERSION, Produce,
@@ -52,6 +53,9 @@ pub struct Client {
     reader: JoinHandle<()>,
     writer: JoinHandle<()>,
     pub server: String,
+    /// The protocol version this connection speaks: ours, or 1 with a server that predates
+    /// version 2 (which cannot store null values).
+    pub protocol: u16,
 }
 
 /// TLS settings of a client connection: the CAs to trust and, for mutual TLS, a certificate.
@@ -254,11 +258,27 @@ impl Client {
         Client::connect_with(addr, client_id, None).await
     }
 
-    /// Connects (over TLS with `tls`) and performs the handshake.
+    /// Connects (over TLS with `tls`) and performs the handshake; a server that refuses our
+    /// protocol version as too new is asked again, on a new connection, with version 1.
     pub async fn connect_with(
         addr: &str,
         client_id: &str,
         tls: Option<&ClientTls>,
+    ) -> Result<Client> {
+        match Client::connect_version(addr, client_id, tls, PROTOCOL_VERSION).await {
+            Err(ClientError::Server {
+                code: ErrorCode::UnsupportedVersion,
+                ..
+            }) => Client::connect_version(addr, client_id, tls, 1).await,
+            other => other,
+        }
+    }
+
+    async fn connect_version(
+        addr: &str,
+        client_id: &str,
+        tls: Option<&ClientTls>,
+        version: u16,
     ) -> Result<Client> {
         let stream = TcpStream::connect(addr)
             .await
@@ -307,12 +327,10 @@ impl Client {
             reader,
             writer,
             server: String::new(),
+            protocol: version,
         };
         let bytes = client
-            .send(&Request::Handshake {
-                version: PROTOCOL_VERSION,
-                client_id,
-            })
+            .send(&Request::Handshake { version, client_id })
             .await?;
         match decode(&bytes)?.response {
             Response::Handshake { server, .. } => client.server = server.to_string(),
@@ -425,7 +443,7 @@ impl Client {
         acks: Acks,
         batch: &BatchBuilder,
     ) -> Result<oneshot::Receiver<Vec<u8>>> {
-        self.submit(&Request::Produce(Produce {
+        let produce = Produce {
             topic,
             partition,
             partition_key,
@@ -433,8 +451,21 @@ impl Client {
             record_count: batch.count(),
             first_timestamp: batch.first_timestamp(),
             records: batch.records_bytes(),
-        }))
-        .await
+        };
+        match batch.layout() {
+            RecordLayout::Plain => self.submit(&Request::Produce(produce)).await,
+            layout if self.protocol >= 2 => {
+                self.submit(&Request::ProduceBatch {
+                    layout: layout as u8,
+                    produce,
+                })
+                .await
+            }
+            _ => Err(ClientError::Protocol(format!(
+                "the server ({}) speaks protocol 1, which cannot store null values",
+                self.server
+            ))),
+        }
     }
 
     pub async fn fetch(

@@ -222,7 +222,7 @@ pub async fn produce(
         let record = Record {
             timestamp: wall_clock_ms(),
             key: key.map(|k| k.as_bytes().to_vec()),
-            value: line.into_bytes(),
+            value: Some(line.into_bytes()),
             headers: Vec::new(),
         };
         producer.send(partition, &record).await?;
@@ -299,7 +299,9 @@ pub async fn consume(
                 continue;
             }
             match o.format {
-                Format::Text => writeln!(out, "{}", String::from_utf8_lossy(&c.record.value))?,
+                Format::Text => {
+                    writeln!(out, "{}", String::from_utf8_lossy(c.record.value_bytes()))?
+                }
                 Format::Json => writeln!(
                     out,
                     "{}",
@@ -324,10 +326,10 @@ fn json_line(topic: &str, partition: u32, offset: u64, r: &Record) -> String {
         .headers
         .iter()
         .map(|Header { name, value }| {
-            (
-                name.clone(),
-                serde_json::Value::String(String::from_utf8_lossy(value).into_owned()),
-            )
+            let value = value.as_ref().map_or(serde_json::Value::Null, |v| {
+                serde_json::Value::String(String::from_utf8_lossy(v).into_owned())
+            });
+            (name.clone(), value)
         })
         .collect();
     serde_json::json!({
@@ -336,7 +338,7 @@ fn json_line(topic: &str, partition: u32, offset: u64, r: &Record) -> String {
         "offset": offset,
         "timestamp": r.timestamp,
         "key": r.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-        "value": String::from_utf8_lossy(&r.value),
+        "value": r.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
         "headers": headers,
     })
     .to_string()

@@ -141,6 +141,13 @@ fn topic_configs_change_at_run_time() {
     python_scenario("alter-configs");
 }
 
+/// Tombstones (null values) and null header values come back null, not empty, to confluent-kafka
+/// and kafka-python, from batches that mix them with ordinary records, compressed or not.
+#[test]
+fn tombstones_and_null_headers_stay_null() {
+    python_scenario("nulls");
+}
+
 /// kafka-python: an idempotent acks=all gzip producer; commit, restart from the committed
 /// offset, seek, seek to either end, offsets for times.
 #[test]

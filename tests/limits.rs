@@ -338,7 +338,7 @@ fn keys_pick_partitions_like_kafka() {
     cfg.partitions = 3;
     let store = open_std(dir.path(), &[("t", cfg)]);
     let mut b = brook::log::BatchBuilder::new();
-    b.push(T0, Some(b"foobar"), b"v", &[]);
+    b.push(T0, Some(&b"foobar"[..]), Some(&b"v"[..]), &[]);
     let (p, _) = store
         .append(
             "t",
@@ -508,7 +508,7 @@ fn an_altered_topic_config_applies_at_once_and_is_kept() {
     let dir = tempfile::tempdir().expect("tempdir");
     let big = || {
         let mut b = brook::log::BatchBuilder::new();
-        b.push(T0, None, &vec![7u8; 20 * 1024], &[]);
+        b.push(T0, None, Some(&vec![7u8; 20 * 1024]), &[]);
         b
     };
     {
@@ -559,11 +559,11 @@ fn a_log_append_time_topic_stamps_records_at_append() {
         let store = open_std(dir.path(), &[("t", cfg.clone())]);
         let p = store.topic("t").expect("t").partitions()[0].clone();
         let mut b = brook::log::BatchBuilder::new();
-        b.push(1_000, None, b"old", &[]);
-        b.push(2_000, None, b"older", &[]);
+        b.push(1_000, None, Some(&b"old"[..]), &[]);
+        b.push(2_000, None, Some(&b"older"[..]), &[]);
         p.append(&b, Durability::Written, T0 + 5).expect("append");
         let mut b = brook::log::BatchBuilder::new();
-        b.push(T0 + 100_000, None, b"future", &[]);
+        b.push(T0 + 100_000, None, Some(&b"future"[..]), &[]);
         p.append(&b, Durability::Written, T0 + 9).expect("append");
         check(&store);
     }

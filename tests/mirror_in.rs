@@ -197,7 +197,7 @@ fn local_values(rt: &tokio::runtime::Runtime, native: &str) -> Vec<String> {
                 }
                 for (off, r) in recs {
                     assert_eq!(r.key.as_deref(), Some(&b"cmd/dev1"[..]), "key = MQTT topic");
-                    out.push(String::from_utf8_lossy(&r.value).into_owned());
+                    out.push(String::from_utf8_lossy(r.value_bytes()).into_owned());
                     next = off + 1;
                 }
             }

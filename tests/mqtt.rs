@@ -340,11 +340,11 @@ async fn publish_subscribe_all_qos_both_versions_routed_into_the_log() {
         .iter()
         .map(|rec| {
             text(
-                &rec.headers
+                rec.headers
                     .iter()
                     .find(|h| h.name == "mqtt.qos")
                     .expect("qos header")
-                    .value,
+                    .bytes(),
             )
         })
         .collect();
@@ -993,7 +993,7 @@ async fn full_log_v5_gets_quota_exceeded_v311_is_held_until_the_log_accepts() {
     );
     let recs = records(&r, "mqtt").await;
     assert_eq!(recs.len(), 1);
-    assert_eq!(recs[0].value, vec![b'w'; 2000]);
+    assert_eq!(recs[0].value, Some(vec![b'w'; 2000]));
     r.stop().await.expect("stop");
 }
 
@@ -1279,7 +1279,7 @@ async fn packets_at_the_size_limit_fit_the_log_and_survive_a_restart() {
             .expect("PUBACK");
     }
     let sizes = |recs: Vec<brook::log::Record>| {
-        let mut v: Vec<usize> = recs.iter().map(|r| r.value.len()).collect();
+        let mut v: Vec<usize> = recs.iter().map(|r| r.value_bytes().len()).collect();
         v.sort();
         v
     };

@@ -37,7 +37,7 @@ fn record(v: &str) -> Record {
     Record {
         timestamp: 1_700_000_000_000,
         key: None,
-        value: v.as_bytes().to_vec(),
+        value: Some(v.as_bytes().to_vec()),
         headers: vec![],
     }
 }
@@ -91,7 +91,7 @@ async fn produce_and_consume_round_trip() {
             .iter()
             .filter(|g| g.record.key.as_deref() == Some(key.as_bytes()))
             .map(|g| {
-                String::from_utf8_lossy(&g.record.value)[1..]
+                String::from_utf8_lossy(g.record.value_bytes())[1..]
                     .parse()
                     .expect("number")
             })
@@ -131,7 +131,7 @@ async fn long_poll_wakes_on_new_data() {
     // The fetch is waiting (nothing there yet); now produce.
     let writer = client(&server).await;
     let mut b = BatchBuilder::new();
-    b.push(1, None, b"hello", &[]);
+    b.push(1, None, Some(&b"hello"[..]), &[]);
     writer
         .produce("t", Some(0), None, Acks::Written, &b)
         .await
@@ -139,7 +139,7 @@ async fn long_poll_wakes_on_new_data() {
     let got = fetch.await.expect("task").expect("fetch");
     let records = got.records(0).expect("records");
     assert_eq!(records.len(), 1, "the long poll returned the new record");
-    assert_eq!(records[0].1.value, b"hello");
+    assert_eq!(records[0].1.value.as_deref(), Some(&b"hello"[..]));
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "woken before max_wait"
@@ -257,7 +257,7 @@ async fn committed_offsets_survive_a_restart() {
     c.create_topic("t", settings(2)).await.expect("create");
     let mut b = BatchBuilder::new();
     for i in 0..10 {
-        b.push(i, None, format!("{i}").as_bytes(), &[]);
+        b.push(i, None, Some(format!("{i}").as_bytes()), &[]);
     }
     c.produce("t", Some(1), None, Acks::Durable, &b)
         .await
@@ -418,7 +418,7 @@ async fn malformed_frames_close_only_their_connection() {
 
     // Through all of it, the well-behaved connection kept working and nothing was stored.
     let mut b = BatchBuilder::new();
-    b.push(1, None, b"still fine", &[]);
+    b.push(1, None, Some(&b"still fine"[..]), &[]);
     let (_, base, _) = good
         .produce("t", Some(0), None, Acks::Durable, &b)
         .await
@@ -434,7 +434,7 @@ async fn metrics_and_health_over_http() {
     let c = client(&server).await;
     c.create_topic("t", settings(1)).await.expect("create");
     let mut b = BatchBuilder::new();
-    b.push(1, None, b"x", &[]);
+    b.push(1, None, Some(&b"x"[..]), &[]);
     c.produce("t", Some(0), None, Acks::Durable, &b)
         .await
         .expect("produce");
@@ -488,7 +488,7 @@ async fn auto_commit_commits_what_earlier_polls_returned() {
     c.create_topic("t", settings(1)).await.expect("create");
     let mut b = BatchBuilder::new();
     for i in 0..5 {
-        b.push(i, None, b"x", &[]);
+        b.push(i, None, Some(&b"x"[..]), &[]);
     }
     c.produce("t", Some(0), None, Acks::Durable, &b)
         .await
@@ -527,7 +527,7 @@ async fn pipelined_produces_keep_their_order() {
     let mut pending = Vec::new();
     for i in 0..300u32 {
         let mut b = BatchBuilder::new();
-        b.push(i64::from(i), None, i.to_string().as_bytes(), &[]);
+        b.push(i64::from(i), None, Some(i.to_string().as_bytes()), &[]);
         let acks = if i % 3 == 0 {
             Acks::Durable
         } else {
@@ -563,7 +563,11 @@ async fn pipelined_produces_keep_their_order() {
             .expect("records");
         let values: Vec<u32> = got
             .iter()
-            .map(|(_, r)| String::from_utf8_lossy(&r.value).parse().expect("number"))
+            .map(|(_, r)| {
+                String::from_utf8_lossy(r.value_bytes())
+                    .parse()
+                    .expect("number")
+            })
             .collect();
         assert_eq!(values.len(), 150);
         assert!(
@@ -594,7 +598,7 @@ async fn a_long_poll_does_not_block_later_answers() {
         .expect("submit long poll");
     // On the same connection: produce to partition 1 and read it back.
     let mut b = BatchBuilder::new();
-    b.push(1, None, b"p1", &[]);
+    b.push(1, None, Some(&b"p1"[..]), &[]);
     c.produce("t", Some(1), None, Acks::Durable, &b)
         .await
         .expect("produce");
@@ -612,7 +616,7 @@ async fn a_long_poll_does_not_block_later_answers() {
     );
     // Data on partition 0 wakes it.
     let mut b = BatchBuilder::new();
-    b.push(1, None, b"p0", &[]);
+    b.push(1, None, Some(&b"p0"[..]), &[]);
     c.produce("t", Some(0), None, Acks::Written, &b)
         .await
         .expect("produce");
@@ -641,4 +645,151 @@ async fn requests_after_the_server_went_away_fail_at_once() {
     })
     .await;
     assert!(failed.is_ok(), "a request hung on a closed connection");
+}
+
+/// Null values and null header values (Kafka tombstones) stay null through the log for a
+/// protocol 2 client; a client that said protocol 1 in its handshake gets the same batch in the
+/// plain layout, nulls as empty; a produce naming an unknown record layout is refused and the
+/// connection stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_values_stay_null_and_protocol_1_clients_read_them_empty() {
+    use brook::log::record::{BatchView, Header, RecordLayout};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await.expect("start");
+    let c = client(&server).await;
+    assert_eq!(c.protocol, proto::PROTOCOL_VERSION);
+    c.create_topic("t", settings(1)).await.expect("create");
+    let mut b = BatchBuilder::new();
+    b.push(
+        5,
+        Some(&b"plain"[..]),
+        Some(&b"x"[..]),
+        &[Header::new("e", "")],
+    );
+    b.push(
+        6,
+        Some(&b"gone"[..]),
+        None,
+        &[Header::null("h"), Header::new("e", "")],
+    );
+    b.push(7, Some(&b"empty"[..]), Some(&b""[..]), &[]);
+    assert_eq!(b.layout(), RecordLayout::Nullable);
+    c.produce("t", Some(0), None, Acks::Durable, &b)
+        .await
+        .expect("produce with nulls");
+    let got = c
+        .fetch("t", 0, 0, 1 << 20, 1, Duration::from_secs(5))
+        .await
+        .expect("fetch");
+    let recs: Vec<Record> = got
+        .records(0)
+        .expect("records")
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[0].value.as_deref(), Some(&b"x"[..]));
+    assert_eq!(recs[0].headers, vec![Header::new("e", "")]);
+    assert_eq!(recs[1].value, None, "a null value reads back null");
+    assert_eq!(
+        recs[1].headers,
+        vec![Header::null("h"), Header::new("e", "")]
+    );
+    assert_eq!(
+        recs[2].value.as_deref(),
+        Some(&b""[..]),
+        "empty is not null"
+    );
+
+    // A protocol 1 client: handshake with version 1, then a fetch, on a raw connection.
+    let addr = server.native_addr.expect("native listener");
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut out = proto::encode(&proto::RequestFrame {
+        correlation_id: 1,
+        request: proto::Request::Handshake {
+            version: 1,
+            client_id: "old",
+        },
+    });
+    out.extend(proto::encode(&proto::RequestFrame {
+        correlation_id: 2,
+        request: proto::Request::Fetch(proto::Fetch {
+            topic: "t",
+            partition: 0,
+            offset: 0,
+            max_bytes: 1 << 20,
+            min_bytes: 1,
+            max_wait_ms: 5_000,
+        }),
+    }));
+    // A produce in a layout nobody knows: refused, and the connection goes on.
+    out.extend(proto::encode(&proto::RequestFrame {
+        correlation_id: 3,
+        request: proto::Request::ProduceBatch {
+            layout: 9,
+            produce: proto::Produce {
+                topic: "t",
+                partition: Some(0),
+                partition_key: None,
+                acks: Acks::Durable,
+                record_count: 1,
+                first_timestamp: 0,
+                records: &[0, 0, 0, 0, 0],
+            },
+        },
+    }));
+    out.extend(proto::encode(&proto::RequestFrame {
+        correlation_id: 4,
+        request: proto::Request::ListTopics,
+    }));
+    s.write_all(&out).await.expect("write");
+    let mut buf = Vec::new();
+    let mut answers = std::collections::HashMap::new();
+    while answers.len() < 4 {
+        let mut chunk = [0u8; 65536];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("answers within 10 s")
+            .expect("read");
+        assert!(n > 0, "closed after {} answers", answers.len());
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok((msg, total)) = proto::decode_frame(&buf, usize::MAX) {
+            let msg = msg.to_vec();
+            buf.drain(..total);
+            let id = postcard::from_bytes::<proto::ResponseFrame<'_>>(&msg)
+                .expect("answer")
+                .correlation_id;
+            answers.insert(id, msg);
+        }
+    }
+    let fetched = postcard::from_bytes::<proto::ResponseFrame<'_>>(&answers[&2]).expect("fetch");
+    let proto::Response::Fetched { frames, .. } = fetched.response else {
+        panic!("fetch answered {:?}", fetched.response);
+    };
+    let view = BatchView::parse(frames).expect("a frame");
+    assert_eq!(
+        view.layout,
+        RecordLayout::Plain,
+        "a protocol 1 client gets layout 1"
+    );
+    let old: Vec<_> = view.records().collect::<Result<_, _>>().expect("records");
+    assert_eq!(old[1].value, Some(&b""[..]), "null reads as empty for it");
+    assert_eq!(old[1].headers[0].value, Some(&b""[..]));
+    assert_eq!(old[0].value, Some(&b"x"[..]));
+    assert_eq!(old[2].timestamp, 7);
+    let refused = postcard::from_bytes::<proto::ResponseFrame<'_>>(&answers[&3]).expect("answer");
+    assert!(
+        matches!(
+            refused.response,
+            proto::Response::Error {
+                code: ErrorCode::InvalidBatch,
+                ..
+            }
+        ),
+        "{:?}",
+        refused.response
+    );
+    let listed = postcard::from_bytes::<proto::ResponseFrame<'_>>(&answers[&4]).expect("answer");
+    assert!(matches!(listed.response, proto::Response::Topics { .. }));
+    server.stop().await.expect("stop");
 }

@@ -199,7 +199,7 @@ fn start_workload(
                 let values: Vec<String> = (0..10).map(|i| format!("n{cut}-{n}-{i}")).collect();
                 let mut b = BatchBuilder::new();
                 for v in &values {
-                    b.push(common::T0, None, v.as_bytes(), &[]);
+                    b.push(common::T0, None, Some(v.as_bytes()), &[]);
                 }
                 match c
                     .produce("nat", Some((n % 3) as u32), None, Acks::Durable, &b)
@@ -386,7 +386,7 @@ async fn read_topic(c: &Client, topic: &str) -> Vec<String> {
                     "{topic}/{p}: a gap or a repeat in the offsets"
                 );
                 next += 1;
-                values.push(String::from_utf8_lossy(&r.value).into_owned());
+                values.push(String::from_utf8_lossy(r.value_bytes()).into_owned());
             }
             if recs.is_empty() || next >= f.high_watermark {
                 break;

@@ -33,7 +33,7 @@ proptest! {
         n in any::<u32>(),
         o in any::<u64>(),
         t in any::<i64>(),
-        which in 0u8..15,
+        which in 0u8..16,
         topics in proptest::collection::vec("[a-z]{1,8}", 0..16),
     ) {
         let mut group_topics = heapless::Vec::<&str, { proto::MAX_GROUP_TOPICS }>::new();
@@ -65,6 +65,18 @@ proptest! {
             11 => Request::CommitOffsets { group: &topic, member: Some((&topic, n)), offsets: commits },
             12 => Request::FetchOffsets { group: &topic, topic: &topic },
             13 => Request::DescribeGroup { group: &topic },
+            14 => Request::ProduceBatch {
+                layout: n as u8,
+                produce: Produce {
+                    topic: &topic,
+                    partition: None,
+                    partition_key: None,
+                    acks: Acks::Written,
+                    record_count: n,
+                    first_timestamp: t,
+                    records: &bytes,
+                },
+            },
             _ => Request::Authenticate { username: &topic, password: &bytes },
         };
         round_trip_request(&RequestFrame { correlation_id: id, request });

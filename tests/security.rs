@@ -123,7 +123,7 @@ fn record(v: &str) -> Record {
     Record {
         timestamp: 1_700_000_000_000,
         key: None,
-        value: v.as_bytes().to_vec(),
+        value: Some(v.as_bytes().to_vec()),
         headers: vec![],
     }
 }
@@ -179,7 +179,7 @@ async fn native_logins_and_acl_with_the_brook_client() {
         .await
         .expect("sensor logs in (a mosquitto_passwd line)");
     let mut batch = BatchBuilder::new();
-    batch.push(1_700_000_000_000, None, b"r1", &[]);
+    batch.push(1_700_000_000_000, None, Some(&b"r1"[..]), &[]);
     sensor
         .produce("telemetry", Some(0), None, Acks::Durable, &batch)
         .await
@@ -544,7 +544,7 @@ async fn native_answers(
         out.insert(format!("list_sees_{t}"), seen.into());
     }
     let mut batch = BatchBuilder::new();
-    batch.push(1_700_000_000_000, None, b"matrix", &[]);
+    batch.push(1_700_000_000_000, None, Some(&b"matrix"[..]), &[]);
     for t in ["telemetry", "secret"] {
         let r = client
             .produce(t, Some(0), None, Acks::Durable, &batch)
@@ -600,7 +600,7 @@ async fn authorization_matrix_is_the_same_on_every_protocol() {
         .await
         .expect("ops");
     let mut batch = BatchBuilder::new();
-    batch.push(1_700_000_000_000, None, b"first", &[]);
+    batch.push(1_700_000_000_000, None, Some(&b"first"[..]), &[]);
     for t in ["telemetry", "secret"] {
         ops.create_topic(t, TopicSettings::default())
             .await
@@ -1127,7 +1127,7 @@ fn hostile_bases() -> [(&'static str, Vec<Vec<u8>>); 4] {
         },
     );
     let mut batch = BatchBuilder::new();
-    batch.push(1_700_000_000_000, Some(b"k"), b"value", &[]);
+    batch.push(1_700_000_000_000, Some(&b"k"[..]), Some(&b"value"[..]), &[]);
     let mut native = Vec::new();
     for request in [
         Request::ListTopics,

@@ -241,7 +241,7 @@ async fn native_and_http_over_tls() {
         .await
         .expect("certificate login");
     let mut batch = BatchBuilder::new();
-    batch.push(1, None, b"by-cert", &[]);
+    batch.push(1, None, Some(&b"by-cert"[..]), &[]);
     sensor
         .produce("telemetry", Some(0), None, Acks::Durable, &batch)
         .await

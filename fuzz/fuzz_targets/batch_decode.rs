@@ -21,8 +21,12 @@ fuzz_target!(|data: &[u8]| {
                 attributes: 0,
             };
             let mut out = Vec::new();
-            brook::log::record::encode_frame(&mut out, &h, b.records_bytes());
+            brook::log::record::encode_frame(&mut out, &h, b.layout(), b.records_bytes());
             assert_eq!(brook::log::record::decode_all(&out).ok(), Some(records));
+        }
+        // The conversion a protocol 1 client gets must read back too.
+        if let Ok(Some(plain)) = brook::log::record::frames_as_plain(data) {
+            assert!(brook::log::record::decode_all(&plain).is_ok());
         }
     }
 });

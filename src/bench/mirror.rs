@@ -89,7 +89,7 @@ fn record(i: u64, size: usize) -> Record {
     Record {
         timestamp: 1_700_000_000_000 + i as i64,
         key: Some(format!("key-{}", i % 64).into_bytes()),
-        value,
+        value: Some(value),
         headers: Vec::new(),
     }
 }
@@ -225,7 +225,7 @@ impl MirrorBench {
             .collect();
             per[p as usize].push(rskafka::record::Record {
                 key: r.key,
-                value: Some(r.value),
+                value: r.value,
                 headers,
                 timestamp: rskafka::chrono::DateTime::from_timestamp_millis(r.timestamp)
                     .unwrap_or_default(),

@@ -231,7 +231,7 @@ async fn produce(
             let ts = wall_clock_ms();
             for _ in 0..n {
                 super::fill_random(&mut seed, &mut value);
-                b.push(ts, None, &value, &[]);
+                b.push(ts, None, Some(&value), &[]);
             }
             let rx = client
                 .submit(&crate::proto::Request::Produce(crate::proto::Produce {

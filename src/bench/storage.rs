@@ -399,7 +399,7 @@ async fn produce(
         let ts = wall_clock_ms();
         for _ in 0..n {
             super::fill_random(&mut seed, &mut value);
-            builder.push(ts, None, &value, &[]);
+            builder.push(ts, None, Some(&value), &[]);
         }
         let t = Instant::now();
         store

@@ -39,7 +39,7 @@
 //! |---|---|---|
 //! | 0..4 | `len` | u32 LE: bytes after this field (CRC + body) |
 //! | 4..8 | `crc` | u32 LE: CRC-32C (Castagnoli) of the body |
-//! | 8 | body: version | u8, currently 1; a larger one is refused |
+//! | 8 | body: version | u8: the record layout, 1 plain or 2 nullable (below); a larger one is refused |
 //! | 9.. | body: header | postcard [`BatchHeader`]: base offset (varint u64), record count (varint u32), first timestamp, max timestamp, append time (zigzag varint i64, ms), attributes (varint u16; bits 0-2 compression, 0 = none; bit 3 log append time: every record's timestamp is the append time, and so is the max timestamp) |
 //! | .. | body: records | `record count` postcard records, back to back |
 //!
@@ -47,6 +47,11 @@
 //! first timestamp (zigzag varint i64), key (`0` = none, or `1` + varint length + bytes), value
 //! (varint length + bytes), headers (varint count, then per header: varint length + UTF-8 name,
 //! varint length + bytes). A 100-byte value with no key and no headers costs 105 bytes.
+//!
+//! Version 2, the nullable layout, is the same except that the value and every header value are
+//! options like the key (`0` = null, or `1` + varint length + bytes): a Kafka tombstone or null
+//! header. A batch is written in it only when one of its records has such a null, so a log
+//! without nulls stays readable by Brook versions that know only version 1.
 //!
 //! ## Index file (`.idx`), written once when the segment is sealed
 //!

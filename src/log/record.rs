@@ -8,9 +8,34 @@ use serde::{Deserialize, Serialize};
 
 use super::error::FrameError;
 
-/// Version of the batch body layout. A frame whose body starts with a larger number was written
-/// by a newer Brook and is refused, never guessed at.
-pub const BATCH_FORMAT_VERSION: u8 = 1;
+/// The newest batch body layout this Brook reads and writes (see [`RecordLayout`]). A frame whose
+/// body starts with a larger number was written by a newer Brook and is refused, never guessed at.
+pub const BATCH_FORMAT_VERSION: u8 = RecordLayout::Nullable as u8;
+
+/// How the records of a batch are laid out; the first byte of every batch body.
+///
+/// A batch is written in the plain layout unless one of its records has a null value or a null
+/// header value, so data without nulls reads on every Brook version, and a client that predates
+/// nulls never sees the nullable layout (the native server converts it for such clients).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RecordLayout {
+    /// Version 1: every value and header value is a byte string (possibly empty).
+    #[default]
+    Plain = 1,
+    /// Version 2: values and header values may be null (Kafka tombstones, null headers).
+    Nullable = 2,
+}
+
+impl RecordLayout {
+    /// The layout a batch body's first byte names; `None` for a version this Brook does not know.
+    pub fn from_version(version: u8) -> Option<RecordLayout> {
+        match version {
+            1 => Some(RecordLayout::Plain),
+            2 => Some(RecordLayout::Nullable),
+            _ => None,
+        }
+    }
+}
 
 /// `[len: u32 LE][crc32c: u32 LE]` in front of every batch body.
 pub const FRAME_HEADER_LEN: usize = 8;
@@ -23,19 +48,33 @@ pub const MAX_FRAME_LEN: usize = 64 * 1024 * 1024;
 pub static CRC32C: crc::Crc<u32, crc::Table<16>> =
     crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
-/// One named header value of a record (`mqtt.qos`, user properties, origin headers ...).
+/// One named header value of a record (`mqtt.qos`, user properties, origin headers ...). Kafka
+/// headers may have a null value (`None`), which is not the same as an empty one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Header {
     pub name: String,
-    pub value: Vec<u8>,
+    pub value: Option<Vec<u8>>,
 }
 
 impl Header {
     pub fn new(name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         Header {
             name: name.into(),
-            value: value.into(),
+            value: Some(value.into()),
         }
+    }
+
+    /// A header whose value is null.
+    pub fn null(name: impl Into<String>) -> Self {
+        Header {
+            name: name.into(),
+            value: None,
+        }
+    }
+
+    /// The value, with null read as empty (for protocols that cannot say null).
+    pub fn bytes(&self) -> &[u8] {
+        self.value.as_deref().unwrap_or_default()
     }
 }
 
@@ -45,8 +84,25 @@ pub struct Record {
     /// Milliseconds since the Unix epoch, as the producer saw it (Kafka's CreateTime).
     pub timestamp: i64,
     pub key: Option<Vec<u8>>,
-    pub value: Vec<u8>,
+    /// `None` is a null value: a Kafka tombstone, which compaction reads as "key deleted".
+    pub value: Option<Vec<u8>>,
     pub headers: Vec<Header>,
+}
+
+impl Record {
+    /// A record with this value, no key and no headers.
+    pub fn with_value(timestamp: i64, value: impl Into<Vec<u8>>) -> Self {
+        Record {
+            timestamp,
+            value: Some(value.into()),
+            ..Record::default()
+        }
+    }
+
+    /// The value, with null read as empty (for protocols that cannot say null).
+    pub fn value_bytes(&self) -> &[u8] {
+        self.value.as_deref().unwrap_or_default()
+    }
 }
 
 /// The per-batch fields that precede the records in a batch body (postcard-encoded).
@@ -78,18 +134,57 @@ impl BatchHeader {
     }
 }
 
-/// How a record is laid out inside a batch body (postcard).
+/// How a record is laid out inside a batch body (postcard), plain layout: a value and header
+/// values that are byte strings.
 #[derive(Serialize)]
-struct RecordOut<'a> {
+struct PlainOut<'a> {
     offset_delta: u32,
     timestamp_delta: i64,
     key: Option<&'a [u8]>,
     value: &'a [u8],
+    headers: PlainHeadersOut<'a>,
+}
+
+/// The nullable layout: as the plain one, with `0`/`1 + bytes` for the value and every header
+/// value.
+#[derive(Serialize)]
+struct NullableOut<'a> {
+    offset_delta: u32,
+    timestamp_delta: i64,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
     headers: &'a [Header],
 }
 
+/// Headers in the plain layout: `(name, bytes)` pairs.
+struct PlainHeadersOut<'a>(&'a [Header]);
+
+impl Serialize for PlainHeadersOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for h in self.0 {
+            seq.serialize_element(&(h.name.as_str(), serde_bytes_ref(h.bytes())))?;
+        }
+        seq.end()
+    }
+}
+
+/// A byte slice serialized as bytes (postcard: varint length + the bytes, as `Vec<u8>` is).
+struct BytesRef<'a>(&'a [u8]);
+
+fn serde_bytes_ref(b: &[u8]) -> BytesRef<'_> {
+    BytesRef(b)
+}
+
+impl Serialize for BytesRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(self.0)
+    }
+}
+
 #[derive(Deserialize)]
-struct RecordIn<'a> {
+struct PlainIn<'a> {
     offset_delta: u32,
     timestamp_delta: i64,
     #[serde(borrow)]
@@ -97,14 +192,65 @@ struct RecordIn<'a> {
     #[serde(borrow)]
     value: &'a [u8],
     #[serde(borrow)]
+    headers: PlainHeadersIn<'a>,
+}
+
+#[derive(Deserialize)]
+struct NullableIn<'a> {
+    offset_delta: u32,
+    timestamp_delta: i64,
+    #[serde(borrow)]
+    key: Option<&'a [u8]>,
+    #[serde(borrow)]
+    value: Option<&'a [u8]>,
+    #[serde(borrow)]
     headers: Vec<HeaderView<'a>>,
+}
+
+/// Plain-layout headers read straight into [`HeaderView`]s (no second list).
+struct PlainHeadersIn<'a>(Vec<HeaderView<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for PlainHeadersIn<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = PlainHeadersIn<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of (name, bytes) headers")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                // A peer's count is not trusted for the allocation: each header takes at least
+                // two bytes, and postcard stops at the end of the input anyway.
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(64));
+                while let Some((name, value)) = seq.next_element::<(&'de str, &'de [u8])>()? {
+                    out.push(HeaderView {
+                        name,
+                        value: Some(value),
+                    });
+                }
+                Ok(PlainHeadersIn(out))
+            }
+        }
+        d.deserialize_seq(Visit(std::marker::PhantomData))
+    }
 }
 
 /// A header borrowed from a stored batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 pub struct HeaderView<'a> {
     pub name: &'a str,
-    pub value: &'a [u8],
+    /// `None`: a null header value (Kafka).
+    pub value: Option<&'a [u8]>,
+}
+
+impl<'a> HeaderView<'a> {
+    /// The value, with null read as empty.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.value.unwrap_or_default()
+    }
 }
 
 /// A record borrowed from a stored batch.
@@ -113,33 +259,51 @@ pub struct RecordView<'a> {
     pub offset: u64,
     pub timestamp: i64,
     pub key: Option<&'a [u8]>,
-    pub value: &'a [u8],
+    /// `None`: a null value (a Kafka tombstone).
+    pub value: Option<&'a [u8]>,
     pub headers: Vec<HeaderView<'a>>,
 }
 
-impl RecordView<'_> {
+impl<'a> RecordView<'a> {
     pub fn to_record(&self) -> Record {
         Record {
             timestamp: self.timestamp,
             key: self.key.map(<[u8]>::to_vec),
-            value: self.value.to_vec(),
+            value: self.value.map(<[u8]>::to_vec),
             headers: self
                 .headers
                 .iter()
-                .map(|h| Header::new(h.name, h.value))
+                .map(|h| Header {
+                    name: h.name.to_string(),
+                    value: h.value.map(<[u8]>::to_vec),
+                })
                 .collect(),
         }
+    }
+
+    /// The value, with null read as empty (for protocols that cannot say null).
+    pub fn value_bytes(&self) -> &'a [u8] {
+        self.value.unwrap_or_default()
+    }
+
+    /// Whether the record needs the nullable layout.
+    pub fn has_null(&self) -> bool {
+        self.value.is_none() || self.headers.iter().any(|h| h.value.is_none())
     }
 }
 
 /// Collects records into the encoded records section of a batch. The partition adds the header
 /// and the frame when it appends, so a producer's encoding work is done outside any lock.
+///
+/// The section is in the plain layout until a record with a null value or null header value
+/// arrives; the records so far are then re-encoded in the nullable layout (once per batch).
 #[derive(Clone, Debug, Default)]
 pub struct BatchBuilder {
     records: Vec<u8>,
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
+    layout: RecordLayout,
 }
 
 impl BatchBuilder {
@@ -154,34 +318,101 @@ impl BatchBuilder {
         }
     }
 
-    /// Adds one record. Its offset is the batch's base offset plus the number of records before it.
-    pub fn push(&mut self, timestamp: i64, key: Option<&[u8]>, value: &[u8], headers: &[Header]) {
+    /// Adds one record (`value` `None`: a null value). Its offset is the batch's base offset plus
+    /// the number of records before it.
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[Header],
+    ) {
         if self.count == 0 {
             self.first_timestamp = timestamp;
             self.max_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let record = RecordOut {
-            offset_delta: self.count,
-            timestamp_delta: timestamp.wrapping_sub(self.first_timestamp),
-            key,
-            value,
-            headers,
-        };
+        let nulls = value.is_none() || headers.iter().any(|h| h.value.is_none());
+        if nulls && self.layout == RecordLayout::Plain {
+            self.make_nullable();
+        }
+        let offset_delta = self.count;
+        let timestamp_delta = timestamp.wrapping_sub(self.first_timestamp);
         // Serializing into a Vec cannot fail: every field is a plain integer, option or slice.
         let out = std::mem::take(&mut self.records);
-        self.records = match postcard::to_extend(&record, out) {
+        let encoded = match self.layout {
+            RecordLayout::Plain => postcard::to_extend(
+                &PlainOut {
+                    offset_delta,
+                    timestamp_delta,
+                    key,
+                    value: value.unwrap_or_default(),
+                    headers: PlainHeadersOut(headers),
+                },
+                out,
+            ),
+            RecordLayout::Nullable => postcard::to_extend(
+                &NullableOut {
+                    offset_delta,
+                    timestamp_delta,
+                    key,
+                    value,
+                    headers,
+                },
+                out,
+            ),
+        };
+        self.records = match encoded {
             Ok(v) => v,
             Err(_) => unreachable!("postcard to_extend into a Vec is infallible for records"),
         };
         self.count += 1;
     }
 
+    /// Re-encodes the records so far in the nullable layout.
+    fn make_nullable(&mut self) {
+        let plain = std::mem::take(&mut self.records);
+        let count = self.count;
+        self.count = 0;
+        self.layout = RecordLayout::Nullable;
+        let first = self.first_timestamp;
+        let max = self.max_timestamp;
+        let header = BatchHeader {
+            base_offset: 0,
+            record_count: count,
+            first_timestamp: first,
+            max_timestamp: max,
+            append_time: 0,
+            attributes: 0,
+        };
+        let iter = RecordIter {
+            header,
+            layout: RecordLayout::Plain,
+            rest: &plain,
+            index: 0,
+        };
+        for r in iter.flatten() {
+            let headers: Vec<Header> = r
+                .headers
+                .iter()
+                .map(|h| Header::new(h.name, h.bytes()))
+                .collect();
+            self.push(r.timestamp, r.key, r.value, &headers);
+        }
+        self.first_timestamp = first;
+        self.max_timestamp = max;
+    }
+
+    /// The layout of the records section so far.
+    pub fn layout(&self) -> RecordLayout {
+        self.layout
+    }
+
     pub fn push_record(&mut self, record: &Record) {
         self.push(
             record.timestamp,
             record.key.as_deref(),
-            &record.value,
+            record.value.as_deref(),
             &record.headers,
         );
     }
@@ -203,6 +434,7 @@ impl BatchBuilder {
     pub fn clear(&mut self) {
         self.records.clear();
         self.count = 0;
+        self.layout = RecordLayout::Plain;
     }
 
     pub fn first_timestamp(&self) -> i64 {
@@ -232,6 +464,8 @@ pub trait Batch: Send + Sync {
     fn count(&self) -> u32;
     fn first_timestamp(&self) -> i64;
     fn max_timestamp(&self) -> i64;
+    /// How [`Self::records_bytes`] is laid out.
+    fn layout(&self) -> RecordLayout;
     fn is_empty(&self) -> bool {
         self.count() == 0
     }
@@ -244,6 +478,9 @@ pub trait Batch: Send + Sync {
 impl Batch for BatchBuilder {
     fn records_bytes(&self) -> &[u8] {
         &self.records
+    }
+    fn layout(&self) -> RecordLayout {
+        self.layout
     }
     fn count(&self) -> u32 {
         self.count
@@ -264,22 +501,25 @@ pub struct EncodedBatch<'a> {
     count: u32,
     first_timestamp: i64,
     max_timestamp: i64,
+    layout: RecordLayout,
 }
 
 impl<'a> EncodedBatch<'a> {
-    /// Decodes every record of `records` (which must hold exactly `count`, with timestamps
-    /// relative to `first_timestamp`) to check it.
+    /// Decodes every record of `records` (which must hold exactly `count` in `layout`, with
+    /// timestamps relative to `first_timestamp`) to check it.
     pub fn parse(
         records: &'a [u8],
         count: u32,
         first_timestamp: i64,
+        layout: RecordLayout,
     ) -> Result<EncodedBatch<'a>, FrameError> {
-        let max_timestamp = validate_records(records, count, first_timestamp)?;
+        let max_timestamp = validate_records(records, count, first_timestamp, layout)?;
         Ok(EncodedBatch {
             records,
             count,
             first_timestamp,
             max_timestamp,
+            layout,
         })
     }
 }
@@ -287,6 +527,9 @@ impl<'a> EncodedBatch<'a> {
 impl Batch for EncodedBatch<'_> {
     fn records_bytes(&self) -> &[u8] {
         self.records
+    }
+    fn layout(&self) -> RecordLayout {
+        self.layout
     }
     fn count(&self) -> u32 {
         self.count
@@ -303,11 +546,16 @@ impl Batch for EncodedBatch<'_> {
 pub const MAX_HEADER_LEN: usize = 10 + 5 + 30 + 3;
 
 /// Appends one complete frame (`len`, `crc`, version, header, records) to `out` and returns its
-/// length.
-pub fn encode_frame(out: &mut Vec<u8>, header: &BatchHeader, records: &[u8]) -> usize {
+/// length. `records` must be laid out as `layout` says.
+pub fn encode_frame(
+    out: &mut Vec<u8>,
+    header: &BatchHeader,
+    layout: RecordLayout,
+    records: &[u8],
+) -> usize {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    out.push(BATCH_FORMAT_VERSION);
+    out.push(layout as u8);
     let buf = std::mem::take(out);
     *out = match postcard::to_extend(header, buf) {
         Ok(v) => v,
@@ -341,6 +589,7 @@ pub fn frame_len(buf: &[u8]) -> Result<usize, FrameError> {
 #[derive(Clone, Debug)]
 pub struct BatchView<'a> {
     pub header: BatchHeader,
+    pub layout: RecordLayout,
     records: &'a [u8],
     frame: &'a [u8],
 }
@@ -363,12 +612,12 @@ impl<'a> BatchView<'a> {
             });
         }
         let version = body[0];
-        if version != BATCH_FORMAT_VERSION {
+        let Some(layout) = RecordLayout::from_version(version) else {
             return Err(FrameError::UnsupportedVersion {
                 found: version,
                 supported: BATCH_FORMAT_VERSION,
             });
-        }
+        };
         let (header, records) = postcard::take_from_bytes::<BatchHeader>(&body[1..])
             .map_err(|e| FrameError::BadHeader(e.to_string()))?;
         if header.record_count == 0 {
@@ -383,6 +632,7 @@ impl<'a> BatchView<'a> {
         }
         Ok(BatchView {
             header,
+            layout,
             records,
             frame: &buf[..total],
         })
@@ -402,15 +652,22 @@ impl<'a> BatchView<'a> {
     pub fn records(&self) -> RecordIter<'a> {
         RecordIter {
             header: self.header,
+            layout: self.layout,
             rest: self.records,
             index: 0,
         }
+    }
+
+    /// The records section, as laid out by [`Self::layout`].
+    pub fn records_bytes(&self) -> &'a [u8] {
+        self.records
     }
 }
 
 /// Iterator over the records of a [`BatchView`].
 pub struct RecordIter<'a> {
     header: BatchHeader,
+    layout: RecordLayout,
     rest: &'a [u8],
     index: u32,
 }
@@ -429,7 +686,22 @@ impl<'a> Iterator for RecordIter<'a> {
             }
             return None;
         }
-        let (rec, rest) = match postcard::take_from_bytes::<RecordIn<'a>>(self.rest) {
+        let decoded = match self.layout {
+            RecordLayout::Plain => {
+                postcard::take_from_bytes::<PlainIn<'a>>(self.rest).map(|(r, rest)| {
+                    let rec = NullableIn {
+                        offset_delta: r.offset_delta,
+                        timestamp_delta: r.timestamp_delta,
+                        key: r.key,
+                        value: Some(r.value),
+                        headers: r.headers.0,
+                    };
+                    (rec, rest)
+                })
+            }
+            RecordLayout::Nullable => postcard::take_from_bytes::<NullableIn<'a>>(self.rest),
+        };
+        let (rec, rest) = match decoded {
             Ok(x) => x,
             Err(e) => {
                 self.index = self.header.record_count;
@@ -471,6 +743,7 @@ pub fn validate_records(
     records: &[u8],
     count: u32,
     first_timestamp: i64,
+    layout: RecordLayout,
 ) -> Result<i64, FrameError> {
     if count == 0 {
         return Err(FrameError::BadHeader("batch with no records".into()));
@@ -485,6 +758,7 @@ pub fn validate_records(
     };
     let iter = RecordIter {
         header,
+        layout,
         rest: records,
         index: 0,
     };
@@ -493,6 +767,70 @@ pub fn validate_records(
         max = max.max(r?.timestamp);
     }
     Ok(max)
+}
+
+/// Appends `batch` to `out` as a plain-layout frame (null values and header values become
+/// empty), with the same header: what a reader that predates the nullable layout can read.
+/// Returns the frame's length.
+pub fn encode_plain(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<usize, FrameError> {
+    if batch.layout == RecordLayout::Plain {
+        out.extend_from_slice(batch.frame());
+        return Ok(batch.frame().len());
+    }
+    let mut records = Vec::with_capacity(batch.records.len());
+    for (i, r) in batch.records().enumerate() {
+        let r = r?;
+        let headers: Vec<Header> = r
+            .headers
+            .iter()
+            .map(|h| Header::new(h.name, h.bytes()))
+            .collect();
+        let record = PlainOut {
+            offset_delta: i as u32,
+            // For a log-append batch this makes even a reader that ignores the attribute see
+            // the append time.
+            timestamp_delta: r.timestamp.wrapping_sub(batch.header.first_timestamp),
+            key: r.key,
+            value: r.value_bytes(),
+            headers: PlainHeadersOut(&headers),
+        };
+        records = match postcard::to_extend(&record, records) {
+            Ok(v) => v,
+            Err(_) => unreachable!("postcard to_extend into a Vec is infallible for records"),
+        };
+    }
+    Ok(encode_frame(
+        out,
+        &batch.header,
+        RecordLayout::Plain,
+        &records,
+    ))
+}
+
+/// `frames` (whole frames, as a fetch returns them) with every nullable-layout batch converted
+/// to the plain layout; `None` when all are plain already (the usual case: nothing is copied).
+pub fn frames_as_plain(frames: &[u8]) -> Result<Option<Vec<u8>>, FrameError> {
+    let mut rest = frames;
+    let mut any = false;
+    while !rest.is_empty() {
+        let n = frame_len(rest)?.min(rest.len());
+        if rest.get(FRAME_HEADER_LEN) != Some(&(RecordLayout::Plain as u8)) {
+            any = true;
+            break;
+        }
+        rest = &rest[n..];
+    }
+    if !any {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(frames.len());
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let batch = BatchView::parse(rest)?;
+        encode_plain(&mut out, &batch)?;
+        rest = &rest[batch.frame().len()..];
+    }
+    Ok(Some(out))
 }
 
 /// Walks every frame in `buf`, verifying each, until the buffer ends or a frame is bad.
@@ -527,10 +865,15 @@ mod tests {
     #[test]
     fn frame_round_trip() {
         let mut b = BatchBuilder::new();
-        b.push(10, Some(b"k"), b"v1", &[Header::new("mqtt.qos", vec![1])]);
-        b.push(12, None, b"v2", &[]);
+        b.push(
+            10,
+            Some(b"k"),
+            Some(b"v1"),
+            &[Header::new("mqtt.qos", vec![1])],
+        );
+        b.push(12, None, Some(b"v2"), &[]);
         let mut out = Vec::new();
-        let n = encode_frame(&mut out, &header(7, 2), b.records_bytes());
+        let n = encode_frame(&mut out, &header(7, 2), b.layout(), b.records_bytes());
         assert_eq!(n, out.len());
         let view = BatchView::parse(&out).expect("valid frame");
         let recs: Vec<_> = view.records().collect::<Result<_, _>>().expect("records");
@@ -545,24 +888,24 @@ mod tests {
     #[test]
     fn newer_version_is_refused() {
         let mut b = BatchBuilder::new();
-        b.push(1, None, b"x", &[]);
+        b.push(1, None, Some(b"x"), &[]);
         let mut out = Vec::new();
-        encode_frame(&mut out, &header(0, 1), b.records_bytes());
+        encode_frame(&mut out, &header(0, 1), b.layout(), b.records_bytes());
         out[FRAME_HEADER_LEN] = BATCH_FORMAT_VERSION + 1;
         let crc = CRC32C.checksum(&out[FRAME_HEADER_LEN..]);
         out[4..8].copy_from_slice(&crc.to_le_bytes());
         assert!(matches!(
             BatchView::parse(&out),
-            Err(FrameError::UnsupportedVersion { found: 2, .. })
+            Err(FrameError::UnsupportedVersion { found: 3, .. })
         ));
     }
 
     #[test]
     fn incomplete_and_bad_crc_are_told_apart() {
         let mut b = BatchBuilder::new();
-        b.push(1, None, b"hello", &[]);
+        b.push(1, None, Some(b"hello"), &[]);
         let mut out = Vec::new();
-        encode_frame(&mut out, &header(0, 1), b.records_bytes());
+        encode_frame(&mut out, &header(0, 1), b.layout(), b.records_bytes());
         assert!(matches!(
             BatchView::parse(&out[..out.len() - 1]),
             Err(FrameError::Incomplete { .. })

@@ -589,7 +589,9 @@ fn next_intact_frame(
                 .get(FRAME_HEADER_LEN + 1..)
                 .and_then(|b| postcard::take_from_bytes::<super::record::BatchHeader>(b).ok())
                 .map(|(h, _)| h);
-            let plausible = at.get(FRAME_HEADER_LEN) == Some(&super::record::BATCH_FORMAT_VERSION)
+            let plausible = at
+                .get(FRAME_HEADER_LEN)
+                .is_some_and(|v| super::record::RecordLayout::from_version(*v).is_some())
                 && header.is_some_and(|h| h.base_offset >= expected && h.record_count > 0);
             if fits && plausible {
                 let mut frame = vec![0u8; n];
@@ -821,7 +823,7 @@ mod tests {
         for b in 0..5u64 {
             let mut batch = BatchBuilder::new();
             for r in 0..10 {
-                batch.push(1_000, None, format!("v{b}-{r}").as_bytes(), &[]);
+                batch.push(1_000, None, Some(format!("v{b}-{r}").as_bytes()), &[]);
             }
             let h = BatchHeader {
                 base_offset: 100 + b * 10,
@@ -832,7 +834,7 @@ mod tests {
                 attributes: 0,
             };
             starts.push(file.len() as u64);
-            encode_frame(&mut file, &h, batch.records_bytes());
+            encode_frame(&mut file, &h, batch.layout(), batch.records_bytes());
         }
         (file, starts)
     }

@@ -233,7 +233,7 @@ impl Source {
                                     Record {
                                         timestamp: rec.timestamp.timestamp_millis(),
                                         key: rec.key,
-                                        value: rec.value.unwrap_or_default(),
+                                        value: rec.value,
                                         headers: rec
                                             .headers
                                             .into_iter()
@@ -400,7 +400,7 @@ fn appended_up_to(broker: &Broker, local: &str, topic: &str, partition: u32) -> 
                     rec.headers
                         .iter()
                         .find(|h| h.name == n)
-                        .map(|h| h.value.to_vec())
+                        .map(|h| h.bytes().to_vec())
                 };
                 if h("brook.upstream.topic").as_deref() == Some(topic.as_bytes())
                     && h("brook.upstream.partition") == Some(partition.to_string().into_bytes())

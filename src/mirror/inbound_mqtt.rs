@@ -344,7 +344,7 @@ fn record_of(p: &Publish) -> Record {
     Record {
         timestamp: now_ms(),
         key: Some(mqtt_topic.into_bytes()),
-        value: payload,
+        value: Some(payload),
         headers,
     }
 }

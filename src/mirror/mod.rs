@@ -554,8 +554,12 @@ async fn run_mirror(
 
 /// What a record weighs for the bandwidth limit and the status: key, value and header bytes.
 fn record_bytes(r: &Record) -> u64 {
-    let headers: usize = r.headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-    (r.key.as_ref().map_or(0, |k| k.len()) + r.value.len() + headers) as u64
+    let headers: usize = r
+        .headers
+        .iter()
+        .map(|h| h.name.len() + h.bytes().len())
+        .sum();
+    (r.key.as_ref().map_or(0, |k| k.len()) + r.value_bytes().len() + headers) as u64
 }
 
 fn now_ms() -> i64 {

@@ -227,11 +227,11 @@ impl KafkaSink {
                 .into_iter()
                 .map(|r| rskafka::record::Record {
                     key: r.key.clone(),
-                    value: Some(r.value.clone()),
+                    value: r.value.clone(),
                     headers: r
                         .headers
                         .iter()
-                        .map(|h| (h.name.clone(), h.value.clone()))
+                        .map(|h| (h.name.clone(), h.bytes().to_vec()))
                         .collect(),
                     timestamp: rskafka::chrono::DateTime::from_timestamp_millis(r.timestamp)
                         .unwrap_or_default(),
@@ -477,14 +477,20 @@ async fn send_v5(
                     .map(|h| {
                         (
                             h.name.clone(),
-                            String::from_utf8_lossy(&h.value).into_owned(),
+                            String::from_utf8_lossy(h.bytes()).into_owned(),
                         )
                     })
                     .collect(),
                 ..PublishProperties::default()
             };
             client
-                .publish_with_properties(topic, QoS::AtLeastOnce, false, r.value.clone(), props)
+                .publish_with_properties(
+                    topic,
+                    QoS::AtLeastOnce,
+                    false,
+                    r.value_bytes().to_vec(),
+                    props,
+                )
                 .await
                 .map_err(|e| format!("publish: {e}"))?;
         }
@@ -525,7 +531,7 @@ async fn send_v311(
     let publish = async move {
         for (r, topic) in records.iter().zip(topics) {
             client
-                .publish(topic, QoS::AtLeastOnce, false, r.value.clone())
+                .publish(topic, QoS::AtLeastOnce, false, r.value_bytes().to_vec())
                 .await
                 .map_err(|e| format!("publish: {e}"))?;
         }

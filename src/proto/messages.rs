@@ -14,8 +14,13 @@ use heapless::Vec as HVec;
 use serde::{Deserialize, Serialize};
 
 /// Version of the message layout; sent in the handshake. A server answers a newer client with
-/// [`ErrorCode::UnsupportedVersion`].
-pub const PROTOCOL_VERSION: u16 = 1;
+/// [`ErrorCode::UnsupportedVersion`] (a client may then connect again with an older version).
+///
+/// - 1: the first.
+/// - 2: [`Request::ProduceBatch`] carries records in the nullable layout (null values and header
+///   values); fetch answers hold batches in either layout. A version 1 client gets every batch in
+///   the plain layout (nulls as empty).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bounds of the lists in messages.
 pub const MAX_TOPICS: usize = 256;
@@ -238,6 +243,13 @@ pub enum Request<'a> {
     Authenticate {
         username: &'a str,
         password: &'a [u8],
+    },
+    /// Protocol 2: a produce whose records section is in the log batch layout `layout` (the
+    /// version byte of a batch body: 1 plain, 2 nullable). [`Request::Produce`] is layout 1.
+    ProduceBatch {
+        layout: u8,
+        #[serde(borrow)]
+        produce: Produce<'a>,
     },
 }
 

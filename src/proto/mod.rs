@@ -27,8 +27,10 @@
 //! (correlation id 0 when unknown), with the reason logged; nothing else is affected.
 //!
 //! A produce carries a batch's records section encoded exactly as in the log (see
-//! [`crate::log`]), so the server adds only the batch header. A fetch answer carries whole log
-//! frames, byte for byte as stored.
+//! [`crate::log`]), so the server adds only the batch header: `Produce` in the plain layout,
+//! `ProduceBatch` (protocol 2) in the layout it names. A fetch answer carries whole log frames,
+//! byte for byte as stored; a client that said version 1 in its handshake gets batches with nulls
+//! converted to the plain layout (nulls as empty), which is all it can read.
 //!
 //! `frame.rs` and `messages.rs` use no `std` and no allocator (bounded lists are
 //! `heapless::Vec`), so a microcontroller can encode a produce; `tests/no_std_proto` proves it.

@@ -57,7 +57,7 @@ pub fn produce(rt: &tokio::runtime::Runtime, addr: &str, topic: &str, first: u64
             let r = brook::log::Record {
                 timestamp: 1_700_000_000_000 + i as i64,
                 key: Some(format!("k{}", i % 10).into_bytes()),
-                value: format!("v{i:08}{:>90}", "x").into_bytes(),
+                value: Some(format!("v{i:08}{:>90}", "x").into_bytes()),
                 headers: Vec::new(),
             };
             p.send(None, &r).await.expect("send");
@@ -98,13 +98,13 @@ pub fn upstream_records(
                                 r.headers
                                     .iter()
                                     .find(|h| h.name == n)
-                                    .map(|h| String::from_utf8_lossy(&h.value).into_owned())
+                                    .map(|h| String::from_utf8_lossy(h.bytes()).into_owned())
                                     .expect("origin header")
                             };
                             out.entry(p).or_default().push((
                                 h(&format!("{origin}partition")).parse().expect("partition"),
                                 h(&format!("{origin}offset")).parse().expect("offset"),
-                                String::from_utf8_lossy(&r.value).into_owned(),
+                                String::from_utf8_lossy(r.value_bytes()).into_owned(),
                             ));
                             next = off + 1;
                         }

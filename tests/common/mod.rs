@@ -133,7 +133,7 @@ pub fn batch(first: u64, count: u64) -> BatchBuilder {
         b.push(
             T0 + n as i64,
             Some(format!("k{n}").as_bytes()),
-            &value(n),
+            Some(&value(n)),
             &[],
         );
     }
@@ -172,7 +172,7 @@ pub fn read_all(store: &Store, topic: &str, partition: u32) -> Vec<(u64, Vec<u8>
             for rec in b.records() {
                 let rec = rec.expect("record decodes");
                 if rec.offset >= from {
-                    out.push((rec.offset, rec.value.to_vec()));
+                    out.push((rec.offset, rec.value_bytes().to_vec()));
                 }
             }
         }

@@ -592,16 +592,69 @@ def scenario_alter_configs(bootstrap):
     from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME
 
     create(bootstrap, "stamped", 1, {"message.timestamp.type": "LogAppendTime"})
-    p.produce("stamped", b"old", timestamp=1_000)
+    reports = []
+    p.produce("stamped", b"old", timestamp=1_000, on_delivery=lambda e, m: reports.append(m.timestamp()))
     check(p.flush(10) == 0, "produce stamped")
     (kind, ts) = consume_ts(bootstrap, "stamped")
     check(kind == TIMESTAMP_LOG_APPEND_TIME and abs(ts - time.time() * 1000) < 60_000,
           f"LogAppendTime record: type {kind}, timestamp {ts}")
+    # The produce answer carries the append time too (log_append_time_ms), so the delivery
+    # report says what was stored.
+    check(reports == [(TIMESTAMP_LOG_APPEND_TIME, ts)], f"delivery report {reports}, stored {ts}")
     incremental(ConfigEntry("message.timestamp.type", "LogAppendTime", incremental_operation=set_))
     p.produce("alt", b"later", timestamp=2_000)
     check(p.flush(10) == 0, "produce alt")
     check(described()["message.timestamp.type"] == "LogAppendTime", "altered timestamp type")
     print("alter configs: incremental SET/DELETE, AlterConfigs, validate_only, refusals", flush=True)
+
+
+def scenario_nulls(bootstrap):
+    """Tombstones and null header values stay null (not empty) for confluent-kafka and kafka-python,
+    in batches that mix them with ordinary records, whatever the codec."""
+    from confluent_kafka import Producer
+    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+    create(bootstrap, "nulls", 1)
+    # (key, value, headers) in this order; lingering puts them in one batch per codec.
+    want = [
+        (b"a", b"1", [("h", b"v")]),
+        (b"a", None, [("h", None), ("e", b"")]),
+        (b"b", b"", [("n", None)]),
+        (b"c", b"3", []),
+    ]
+    for codec in ["none", "zstd"]:
+        p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                      "linger.ms": 50, "compression.type": codec})
+        for k, v, h in want:
+            p.produce("nulls", key=k, value=v, headers=h)
+        check(p.flush(10) == 0, f"confluent produce {codec}")
+    # kafka-python sends tombstones but no null header values (it refuses them locally).
+    kp_want = [(k, v, [(hk, b"x" if hv is None else hv) for hk, hv in h]) for k, v, h in want]
+    kp = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=50)
+    for k, v, h in kp_want:
+        kp.send("nulls", key=k, value=v, headers=h)
+    kp.flush(10)
+    kp.close()
+    all_want = want + want + kp_want
+    n = len(all_want)
+    got = consume_all(bootstrap, "nulls", n)
+    for i, (_, off, k, v, h) in enumerate(got):
+        wk, wv, wh = all_want[i]
+        check(off == i, f"offset {off} at {i}")
+        check((k, v) == (wk, wv), f"confluent read {i}: {(k, v)} wanted {(wk, wv)}")
+        check(list(h) == wh, f"confluent headers {i}: {h} wanted {wh}")
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                      auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    tp = TopicPartition("nulls", 0)
+    c.assign([tp])
+    seen = [m for _, m in zip(range(n), c)]
+    c.close()
+    check(len(seen) == n, f"kafka-python read {len(seen)} of {n}")
+    for i, m in enumerate(seen):
+        wk, wv, wh = all_want[i]
+        check((m.key, m.value) == (wk, wv), f"kafka-python read {i}: {(m.key, m.value)}")
+        check([(hk, hv) for hk, hv in m.headers] == wh, f"kafka-python headers {i}: {m.headers}")
+    print(f"nulls: {n} records, tombstones and null headers read back null by both clients", flush=True)
 
 
 def consume_ts(bootstrap, topic):
@@ -737,6 +790,7 @@ SCENARIOS = {
     "group-admin": scenario_group_admin,
     "alter-configs": scenario_alter_configs,
     "minute": scenario_minute,
+    "nulls": scenario_nulls,
 }
 
 

@@ -307,6 +307,9 @@ impl AppendTicket {
 pub struct Appended {
     pub base_offset: u64,
     pub next_offset: u64,
+    /// The append time the records carry, on a log-append-time topic (Kafka's
+    /// `log_append_time_ms` in a produce answer); `None` where they keep the producer's.
+    pub log_append_time: Option<i64>,
 }
 
 /// How far a reader may see.
@@ -694,7 +697,7 @@ impl Partition {
             },
         };
         let position = st.active.size;
-        let len = encode_frame(&mut st.buf, &header, batch.records_bytes()) as u64;
+        let len = encode_frame(&mut st.buf, &header, batch.layout(), batch.records_bytes()) as u64;
         let rel = (header.base_offset - st.active.base) as u32;
         st.active
             .index
@@ -708,6 +711,7 @@ impl Partition {
         let appended = Appended {
             base_offset: header.base_offset,
             next_offset: header.next_offset(),
+            log_append_time: log_append.then_some(append_time),
         };
         let done = match durability {
             Durability::None => {

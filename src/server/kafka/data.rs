@@ -202,9 +202,13 @@ pub fn produce(
         for (name, parts) in outcomes {
             let mut partition_responses = Vec::with_capacity(parts.len());
             for (index, o) in parts {
+                let mut append_time = -1;
                 let (code, base, message) = match o {
                     Outcome::Waiting(t) => match t.finish().await {
-                        Ok(a) => (err::NONE, a.base_offset as i64, None),
+                        Ok(a) => {
+                            append_time = a.log_append_time.unwrap_or(-1);
+                            (err::NONE, a.base_offset as i64, None)
+                        }
                         Err(e) => {
                             let e = BrokerError::Log(e);
                             (code_of(&e), -1, Some(e.to_string()))
@@ -221,7 +225,7 @@ pub fn produce(
                         .with_index(index)
                         .with_error_code(code)
                         .with_base_offset(base)
-                        .with_log_append_time_ms(-1)
+                        .with_log_append_time_ms(append_time)
                         .with_error_message(message.map(s)),
                 );
             }

@@ -174,7 +174,7 @@ pub fn parse_batch_within(b: &[u8], limit: usize) -> Result<ParsedBatch, Records
             )));
         }
         let key = rd.bytes()?;
-        let value = rd.bytes()?.unwrap_or(&[]);
+        let value = rd.bytes()?;
         let n = rd.varint()?;
         if n < 0 {
             return Err(RecordsError::Invalid(format!("header count {n}")));
@@ -186,8 +186,11 @@ pub fn parse_batch_within(b: &[u8], limit: usize) -> Result<ParsedBatch, Records
                 .ok_or_else(|| RecordsError::Invalid("null header key".into()))?;
             let name = std::str::from_utf8(name)
                 .map_err(|_| RecordsError::Invalid("header key is not UTF-8".into()))?;
-            let value = rd.bytes()?.unwrap_or(&[]);
-            headers.push(Header::new(name, value));
+            let value = rd.bytes()?;
+            headers.push(Header {
+                name: name.to_string(),
+                value: value.map(<[u8]>::to_vec),
+            });
         }
         if rd.at - start != len as usize {
             return Err(RecordsError::Invalid(format!(
@@ -428,21 +431,21 @@ pub fn encode_batch(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<(), Fram
             + varlong_len(ts_delta)
             + varlong_len(offset_delta)
             + bytes_len(r.key)
-            + bytes_len(Some(r.value))
+            + bytes_len(r.value)
             + varlong_len(r.headers.len() as i64);
         for hd in &r.headers {
-            len += bytes_len(Some(hd.name.as_bytes())) + bytes_len(Some(hd.value));
+            len += bytes_len(Some(hd.name.as_bytes())) + bytes_len(hd.value);
         }
         put_varlong(out, len as i64);
         out.push(0);
         put_varlong(out, ts_delta);
         put_varlong(out, offset_delta);
         put_bytes(out, r.key);
-        put_bytes(out, Some(r.value));
+        put_bytes(out, r.value);
         put_varlong(out, r.headers.len() as i64);
         for hd in &r.headers {
             put_bytes(out, Some(hd.name.as_bytes()));
-            put_bytes(out, Some(hd.value));
+            put_bytes(out, hd.value);
         }
     }
     let len = (out.len() - start - 12) as i32;
@@ -455,7 +458,7 @@ pub fn encode_batch(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<(), Fram
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::record::{BatchHeader, encode_frame};
+    use crate::log::record::{BatchHeader, RecordLayout, encode_frame};
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::indexmap::IndexMap;
     use kafka_protocol::protocol::StrBytes;
@@ -465,16 +468,25 @@ mod tests {
     };
     use proptest::prelude::*;
 
-    type Rec = (i64, Option<Vec<u8>>, Vec<u8>, Vec<(String, Vec<u8>)>);
+    /// Timestamp delta, key, value, headers: any of them but the header names may be null.
+    type Rec = (
+        i64,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Vec<(String, Option<Vec<u8>>)>,
+    );
 
     fn records() -> impl Strategy<Value = Vec<Rec>> {
         prop::collection::vec(
             (
                 -5_000i64..5_000,
                 prop::option::of(prop::collection::vec(any::<u8>(), 0..20)),
-                prop::collection::vec(any::<u8>(), 0..300),
+                prop::option::weighted(0.8, prop::collection::vec(any::<u8>(), 0..300)),
                 prop::collection::vec(
-                    ("[a-z.]{1,8}", prop::collection::vec(any::<u8>(), 0..10)),
+                    (
+                        "[a-z.]{1,8}",
+                        prop::option::weighted(0.8, prop::collection::vec(any::<u8>(), 0..10)),
+                    ),
                     0..3,
                 ),
             ),
@@ -498,15 +510,10 @@ mod tests {
                 sequence: producer.2 + i as i32,
                 timestamp: base_ts + ts,
                 key: k.clone().map(Bytes::from),
-                value: Some(Bytes::from(v.clone())),
+                value: v.clone().map(Bytes::from),
                 headers: h
                     .iter()
-                    .map(|(n, v)| {
-                        (
-                            StrBytes::from_string(n.clone()),
-                            Some(Bytes::from(v.clone())),
-                        )
-                    })
+                    .map(|(n, v)| (StrBytes::from_string(n.clone()), v.clone().map(Bytes::from)))
                     .collect::<IndexMap<_, _>>(),
             })
             .collect();
@@ -549,15 +556,20 @@ mod tests {
                 append_time: 0,
                 attributes: 0,
             };
-            encode_frame(&mut frame, &header, parsed.batch.records_bytes());
+            encode_frame(&mut frame, &header, parsed.batch.layout(), parsed.batch.records_bytes());
             let view = BatchView::parse(&frame).expect("frame");
+            let nulls = recs.iter().any(|(_, _, v, h)| v.is_none() || h.iter().any(|x| x.1.is_none()));
+            prop_assert_eq!(view.layout == RecordLayout::Nullable, nulls);
             for (r, (ts, k, v, h)) in view.records().zip(&recs) {
                 let r = r.expect("record");
                 prop_assert_eq!(r.timestamp, base + ts);
                 prop_assert_eq!(r.key, k.as_deref());
-                prop_assert_eq!(r.value, &v[..]);
-                let got: Vec<(String, Vec<u8>)> =
-                    r.headers.iter().map(|h| (h.name.to_string(), h.value.to_vec())).collect();
+                prop_assert_eq!(r.value, v.as_deref());
+                let got: Vec<(String, Option<Vec<u8>>)> = r
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.to_string(), h.value.map(<[u8]>::to_vec)))
+                    .collect();
                 prop_assert_eq!(&got, h);
             }
         }
@@ -568,8 +580,11 @@ mod tests {
         fn kafka_protocol_decodes_what_we_encode(base_offset in 0u64..1 << 40, recs in records()) {
             let mut b = BatchBuilder::new();
             for (ts, k, v, h) in &recs {
-                let hs: Vec<Header> = h.iter().map(|(n, v)| Header::new(n.clone(), v.clone())).collect();
-                b.push(1_700_000_000_000 + ts, k.as_deref(), v, &hs);
+                let hs: Vec<Header> = h
+                    .iter()
+                    .map(|(n, v)| Header { name: n.clone(), value: v.clone() })
+                    .collect();
+                b.push(1_700_000_000_000 + ts, k.as_deref(), v.as_deref(), &hs);
             }
             let header = BatchHeader {
                 base_offset,
@@ -580,7 +595,7 @@ mod tests {
                 attributes: 0,
             };
             let mut frame = Vec::new();
-            encode_frame(&mut frame, &header, b.records_bytes());
+            encode_frame(&mut frame, &header, b.layout(), b.records_bytes());
             let view = BatchView::parse(&frame).expect("frame");
             let mut out = Vec::new();
             encode_batch(&mut out, &view).expect("encode");
@@ -591,12 +606,12 @@ mod tests {
                 prop_assert_eq!(r.offset, (base_offset + i as u64) as i64);
                 prop_assert_eq!(r.timestamp, 1_700_000_000_000 + ts);
                 prop_assert_eq!(r.key.as_deref(), k.as_deref());
-                prop_assert_eq!(r.value.as_deref(), Some(&v[..]));
+                prop_assert_eq!(r.value.as_deref(), v.as_deref());
                 // Header names may repeat in Brook; kafka-protocol keeps the last of each.
                 for (n, val) in h {
                     let last = h.iter().rev().find(|(m, _)| m == n).map(|(_, v)| v);
-                    let got = r.headers.get(n.as_bytes()).and_then(|v| v.as_deref());
-                    prop_assert_eq!(got, last.map(|v| &v[..]));
+                    let got = r.headers.get(n.as_bytes()).map(|v| v.as_deref());
+                    prop_assert_eq!(got, last.map(|v| v.as_deref()));
                     let _ = val;
                 }
             }
@@ -625,7 +640,7 @@ mod tests {
     /// before anything is sized to the claim.
     #[test]
     fn a_claimed_record_count_beyond_the_bytes_is_refused() {
-        let recs: Vec<Rec> = vec![(0, None, b"v".to_vec(), vec![])];
+        let recs: Vec<Rec> = vec![(0, None, Some(b"v".to_vec()), vec![])];
         let mut bytes = kafka_encode(1_700_000_000_000, &recs, (-1, -1, -1));
         // last offset delta (at 23) and record count (at 57) agree on the lie.
         bytes[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());

@@ -358,12 +358,16 @@ impl Hub {
             for b in read.batches() {
                 for r in b.records().flatten() {
                     from = r.offset + 1;
-                    let header =
-                        |name: &str| r.headers.iter().find(|h| h.name == name).map(|h| h.value);
+                    let header = |name: &str| {
+                        r.headers
+                            .iter()
+                            .find(|h| h.name == name)
+                            .and_then(|h| h.value)
+                    };
                     if header("mqtt.pkid") == Some(pkid.as_bytes())
                         && header("mqtt.client") == Some(client_id.as_bytes())
                         && r.key == Some(publish.topic.as_bytes())
-                        && r.value == &publish.payload[..]
+                        && r.value == Some(&publish.payload[..])
                     {
                         return true;
                     }

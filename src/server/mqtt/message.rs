@@ -91,7 +91,7 @@ pub fn batch(publish: &Publish, client_id: &str, now_ms: i64) -> BatchBuilder {
     b.push(
         now_ms,
         Some(publish.topic.as_bytes()),
-        &publish.payload,
+        Some(&publish.payload),
         &headers(publish, client_id),
     );
     b
@@ -112,33 +112,33 @@ pub fn from_record(log_topic: &Arc<str>, partition: u32, r: &RecordView<'_>) -> 
         offset: r.offset,
         timestamp: r.timestamp,
         topic: topic.to_owned(),
-        payload: Bytes::copy_from_slice(r.value),
+        // MQTT has no null payload: a Kafka tombstone arrives empty.
+        payload: Bytes::copy_from_slice(r.value_bytes()),
         qos: 0,
         retain: false,
         publisher: None,
         props: MessageProps::default(),
     };
     for h in &r.headers {
+        let value = h.bytes();
         match h.name {
-            "mqtt.qos" => m.qos = h.value.first().map_or(0, |b| b.saturating_sub(b'0').min(2)),
-            "mqtt.retain" => m.retain = h.value == b"1",
-            "mqtt.client" => m.publisher = text(h.value),
-            "mqtt.content_type" => m.props.content_type = text(h.value),
-            "mqtt.response_topic" => m.props.response_topic = text(h.value),
+            "mqtt.qos" => m.qos = value.first().map_or(0, |b| b.saturating_sub(b'0').min(2)),
+            "mqtt.retain" => m.retain = value == b"1",
+            "mqtt.client" => m.publisher = text(value),
+            "mqtt.content_type" => m.props.content_type = text(value),
+            "mqtt.response_topic" => m.props.response_topic = text(value),
             "mqtt.correlation_data" => {
-                m.props.correlation_data = Some(Bytes::copy_from_slice(h.value))
+                m.props.correlation_data = Some(Bytes::copy_from_slice(value))
             }
             "mqtt.payload_format" => {
-                m.props.payload_format = h.value.first().map(|b| b.saturating_sub(b'0'))
+                m.props.payload_format = value.first().map(|b| b.saturating_sub(b'0'))
             }
             "mqtt.expiry" => {
-                m.props.expiry = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|s| s.parse().ok())
+                m.props.expiry = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok())
             }
             name if name.starts_with("mqtt.") || name.starts_with("brook.") => {}
             name => {
-                if let Some(v) = text(h.value) {
+                if let Some(v) = text(value) {
                     m.props.user.push((name.to_owned(), v));
                 }
             }
@@ -182,7 +182,7 @@ mod tests {
             attributes: 0,
         };
         let mut frame = Vec::new();
-        crate::log::record::encode_frame(&mut frame, &header, b.records_bytes());
+        crate::log::record::encode_frame(&mut frame, &header, b.layout(), b.records_bytes());
         let view = BatchView::parse(&frame).expect("valid frame");
         let rec = view.records().next().expect("one").expect("decodes");
         let topic: Arc<str> = Arc::from("mqtt");

@@ -8,6 +8,7 @@ use heapless::Vec as HVec;
 
 use crate::auth::{Op, Principal};
 use crate::broker::{Broker, BrokerError};
+use crate::log::record::{RecordLayout, frames_as_plain};
 use crate::log::{Durability, EncodedBatch, LogError, OnFull, PartitionChoice};
 use crate::proto::{
     self, Acks, Assigned, CommitEntry, ErrorCode, Fetch, MemberAssignment, MemberInfo, OffsetInfo,
@@ -50,7 +51,9 @@ pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
         }
     };
     match request {
-        Request::Produce(p) => topic_op(Op::Produce(p.topic), p.topic),
+        Request::Produce(p) | Request::ProduceBatch { produce: p, .. } => {
+            topic_op(Op::Produce(p.topic), p.topic)
+        }
         Request::Fetch(f) => topic_op(Op::Consume(f.topic), f.topic),
         Request::ListOffsets { topic, .. } => topic_op(Op::Consume(topic), topic),
         Request::FetchOffsets { group, topic, .. } => {
@@ -89,6 +92,7 @@ pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
 pub async fn handle(
     broker: &Arc<Broker>,
     who: &Principal,
+    client_version: u16,
     id: u32,
     request: Request<'_>,
 ) -> Vec<u8> {
@@ -98,11 +102,17 @@ pub async fn handle(
         Request::Authenticate { .. } => Err(BrokerError::Invalid(
             "Authenticate must come right after the handshake".into(),
         )),
-        Request::Produce(p) => match produce_start(broker, id, &p) {
+        Request::Produce(p) => match produce_start(broker, id, 1, &p) {
             Ok(done) => return done.await,
             Err(answer) => return answer,
         },
-        Request::Fetch(f) => return fetch(broker, id, f).await,
+        Request::ProduceBatch { layout, produce } => {
+            match produce_start(broker, id, layout, &produce) {
+                Ok(done) => return done.await,
+                Err(answer) => return answer,
+            }
+        }
+        Request::Fetch(f) => return fetch(broker, id, client_version, f).await,
         Request::ListOffsets {
             topic,
             partition,
@@ -286,9 +296,14 @@ pub async fn handle(
 pub fn produce_start(
     broker: &Broker,
     id: u32,
+    layout: u8,
     p: &Produce<'_>,
 ) -> Result<impl std::future::Future<Output = Vec<u8>> + Send + 'static, Vec<u8>> {
-    let batch = EncodedBatch::parse(p.records, p.record_count, p.first_timestamp)
+    let Some(layout) = RecordLayout::from_version(layout) else {
+        let reason = format!("record layout {layout} is unknown to this server");
+        return Err(error(id, ErrorCode::InvalidBatch, &reason));
+    };
+    let batch = EncodedBatch::parse(p.records, p.record_count, p.first_timestamp, layout)
         .map_err(|e| broker_error(id, &BrokerError::Log(LogError::InvalidBatch(e))))?;
     let choice = match (p.partition, p.partition_key) {
         (Some(n), _) => PartitionChoice::Id(n),
@@ -318,7 +333,8 @@ pub fn produce_start(
     })
 }
 
-async fn fetch(broker: &Broker, id: u32, f: Fetch<'_>) -> Vec<u8> {
+/// A fetch answer; a protocol 1 client gets batches with nulls in the plain layout.
+async fn fetch(broker: &Broker, id: u32, client_version: u16, f: Fetch<'_>) -> Vec<u8> {
     let max_wait = Duration::from_millis(u64::from(f.max_wait_ms.min(60_000)));
     match broker
         .fetch(
@@ -332,15 +348,26 @@ async fn fetch(broker: &Broker, id: u32, f: Fetch<'_>) -> Vec<u8> {
         )
         .await
     {
-        Ok(r) => answer(
-            id,
-            &Response::Fetched {
-                high_watermark: r.high_watermark,
-                log_start: r.log_start,
-                next_offset: r.next_offset,
-                frames: &r.frames,
-            },
-        ),
+        Ok(r) => {
+            let plain = match client_version {
+                1 => match frames_as_plain(&r.frames) {
+                    Ok(plain) => plain,
+                    Err(e) => {
+                        return broker_error(id, &BrokerError::Log(LogError::InvalidBatch(e)));
+                    }
+                },
+                _ => None,
+            };
+            answer(
+                id,
+                &Response::Fetched {
+                    high_watermark: r.high_watermark,
+                    log_start: r.log_start,
+                    next_offset: r.next_offset,
+                    frames: plain.as_deref().unwrap_or(&r.frames),
+                },
+            )
+        }
         Err(e) => broker_error(id, &e),
     }
 }

@@ -230,6 +230,8 @@ async fn connection(
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut start = 0usize;
     let mut client_id: Option<Arc<str>> = None;
+    // The protocol version the client said it speaks (what its fetch answers may hold).
+    let mut client_version = PROTOCOL_VERSION;
     let mut principal: Option<Principal> = None;
     let result: Result<(), String> = 'conn: loop {
         // Cut every complete frame out of the buffer.
@@ -277,6 +279,7 @@ async fn connection(
                             break 'conn Err(reason);
                         }
                         client_id = Some(Arc::from(c));
+                        client_version = version;
                         // A verified client certificate is the login (cert_cn_as_username).
                         if let Some(cn) = &cert_user {
                             let user = auth.login_certificate(cn);
@@ -370,8 +373,13 @@ async fn connection(
                     // Produces are put in the log right here, in request order (so a
                     // pipelining producer keeps its order within each partition); only the wait
                     // for durability runs concurrently.
-                    if let Request::Produce(p) = &frame.request {
-                        let sent = match handle::produce_start(&broker, id, p) {
+                    let produce = match &frame.request {
+                        Request::Produce(p) => Some((1, p)),
+                        Request::ProduceBatch { layout, produce } => Some((*layout, produce)),
+                        _ => None,
+                    };
+                    if let Some((layout, p)) = produce {
+                        let sent = match handle::produce_start(&broker, id, layout, p) {
                             Ok(done) => answer_later(&slots, &tx, done).await,
                             Err(answer) => tx.send(answer).await.is_ok(),
                         };
@@ -385,7 +393,14 @@ async fn connection(
                     let work = async move {
                         match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
                             Ok(r) => {
-                                handle::handle(&broker, &who, r.correlation_id, r.request).await
+                                handle::handle(
+                                    &broker,
+                                    &who,
+                                    client_version,
+                                    r.correlation_id,
+                                    r.request,
+                                )
+                                .await
                             }
                             Err(e) => handle::error(id, ErrorCode::InvalidRequest, &e.to_string()),
                         }
