@@ -193,8 +193,9 @@ pub fn check(dir: &Path, repair: Repair) -> Result<Report> {
             severity,
             repaired: false,
         };
+        let mut compacts = false;
         match topic_file::read(&fs, &tdir)? {
-            Some(Ok(_)) => {}
+            Some(Ok(cfg)) => compacts = cfg.cleanup.compacts(),
             None => report.topics.push(descriptor(
                 "no topic descriptor: brook serve writes it from the metadata store, or serves the topic with default settings".into(),
                 Severity::Repairable,
@@ -215,7 +216,7 @@ pub fn check(dir: &Path, repair: Repair) -> Result<Report> {
         parts.sort();
         for (_, part) in parts {
             let pdir = tdir.join(&part);
-            let mut r = check_partition(&fs, &pdir, repair)?;
+            let mut r = check_partition(&fs, &pdir, repair, compacts)?;
             r.topic = topic.clone();
             r.partition = part;
             report.partitions.push(r);
@@ -224,7 +225,14 @@ pub fn check(dir: &Path, repair: Repair) -> Result<Report> {
     Ok(report)
 }
 
-fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionReport> {
+/// `compacts`: the topic is compacted, so a segment may end before the next starts (its last
+/// records, or whole segments between, were compacted away).
+fn check_partition(
+    fs: &StdFs,
+    dir: &Path,
+    mode: Repair,
+    compacts: bool,
+) -> Result<PartitionReport> {
     let repair = mode != Repair::No;
     let mut r = PartitionReport::default();
     let mut bases: Vec<u64> = fs
@@ -239,6 +247,7 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
     r.segments = bases.len();
     r.first_offset = bases.first().copied().unwrap_or(0);
     let mut expected_next: Option<u64> = None;
+    let mut previous_compacted = false;
     for (i, &base) in bases.iter().enumerate() {
         let last = i + 1 == bases.len();
         let path = dir.join(log_file_name(base));
@@ -255,12 +264,12 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
             .map_err(|e| LogError::io("open", &path, e))?;
         let len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
         r.bytes += len;
-        match segment::read_segment_header(file.as_ref(), &path, len) {
-            Ok(Some(b)) if b == base => {}
-            Ok(Some(b)) => {
+        let compacted = match segment::read_segment_header(file.as_ref(), &path, len) {
+            Ok(Some(h)) if h.base == base => h.compacted,
+            Ok(Some(h)) => {
                 r.findings.push(finding(
                     16,
-                    format!("header says base offset {b}, file name says {base}"),
+                    format!("header says base offset {}, file name says {base}", h.base),
                     Severity::Corrupt,
                 ));
                 continue;
@@ -283,9 +292,11 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
                     .push(finding(0, e.to_string(), Severity::Corrupt));
                 continue;
             }
-        }
+        };
         if let Some(prev) = expected_next {
-            if prev != base {
+            // A compacted segment may end before the next one starts (its last records were
+            // superseded).
+            if prev > base || (prev < base && !previous_compacted && !compacts) {
                 r.findings.push(finding(
                     SEGMENT_HEADER_LEN,
                     format!("segment starts at offset {base}, the previous one ends at {prev}"),
@@ -293,7 +304,13 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
                 ));
             }
         }
-        let scan = segment::scan_resync(file.as_ref(), &path, len, base, 4096, true)?;
+        let opts = segment::ScanOptions {
+            index_interval: 4096,
+            verify_records: true,
+            gaps: compacted,
+        };
+        previous_compacted = compacted;
+        let scan = segment::scan_resync(file.as_ref(), &path, len, base, opts)?;
         r.batches += scan.batches;
         r.records += scan.records;
         r.next_offset = scan.next_offset;
@@ -384,15 +401,22 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
             }
             continue;
         }
+        // A compacted segment may end anywhere from its last record to the next segment's start.
+        let latest_end = match bases.get(i + 1) {
+            Some(&next) if compacted || compacts => next,
+            _ => scan.next_offset,
+        };
         let problem = match &index {
             None => Some("index missing".to_string()),
             Some(Err(why)) => Some(format!("index unusable: {why}")),
-            Some(Ok(idx)) => index_disagrees(file.as_ref(), idx, &scan, len),
+            Some(Ok(idx)) => index_disagrees(file.as_ref(), idx, &scan, len, latest_end),
         };
         if let Some(what) = problem {
             let mut f = finding(0, what, Severity::Repairable);
             if repair {
-                segment::write_index(fs, dir, &scan.segment_index(base, len))?;
+                let mut idx = scan.segment_index(base, len);
+                idx.next_offset = latest_end;
+                segment::write_index(fs, dir, &idx)?;
                 f.repaired = true;
             }
             r.findings.push(f);
@@ -401,12 +425,14 @@ fn check_partition(fs: &StdFs, dir: &Path, mode: Repair) -> Result<PartitionRepo
     Ok(r)
 }
 
-/// Why an index does not describe its log, if it does not.
+/// Why an index does not describe its log, if it does not. Its end offset must lie between the
+/// log's (one past its last record) and `latest_end`.
 fn index_disagrees(
     file: &dyn crate::log::fs::File,
     idx: &SegmentIndex,
     scan: &segment::Scan,
     len: u64,
+    latest_end: u64,
 ) -> Option<String> {
     if idx.log_len != len {
         return Some(format!(
@@ -414,7 +440,7 @@ fn index_disagrees(
             idx.log_len
         ));
     }
-    if idx.next_offset != scan.next_offset {
+    if idx.next_offset < scan.next_offset || idx.next_offset > latest_end {
         return Some(format!(
             "index says the segment ends at offset {}, the log at {}",
             idx.next_offset, scan.next_offset

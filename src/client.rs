@@ -20,7 +20,7 @@ use crate::log::record::RecordLayout;
 use crate::log::{BatchBuilder, BatchView, Record};
 use crate::proto::{
     self, Acks, Assignor, CommitEntry, ErrorCode, Fetch, OffsetSpec, PROTOCOL_VERSION, Produce,
-    Request, RequestFrame, Response, ResponseFrame, TopicSettings,
+    Request, RequestFrame, Response, ResponseFrame, TopicOptions, TopicSettings,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -518,6 +518,31 @@ impl Client {
     pub async fn create_topic(&self, name: &str, settings: TopicSettings) -> Result<()> {
         self.expect_done(&Request::CreateTopic { name, settings })
             .await
+    }
+
+    /// [`Client::create_topic`] with the settings of protocol 2 (a cleanup policy); with a
+    /// server that predates them, only default options are accepted.
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        settings: TopicSettings,
+        options: TopicOptions,
+    ) -> Result<()> {
+        if options == TopicOptions::default() {
+            return self.create_topic(name, settings).await;
+        }
+        if self.protocol < 2 {
+            return Err(ClientError::Protocol(format!(
+                "the server ({}) speaks protocol 1, which cannot set a cleanup policy",
+                self.server
+            )));
+        }
+        self.expect_done(&Request::CreateTopicWith {
+            name,
+            settings,
+            options,
+        })
+        .await
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<()> {

@@ -29,7 +29,9 @@
 //! the requested [`log::Durability`]; when the [`log::AppendTicket`] completes, the answer goes
 //! back. Consumers fetch (long poll)
 //! and get the stored frames back byte for byte; groups commit the next offset to read in
-//! [`meta`].
+//! [`meta`]. Housekeeping flushes and applies retention every `log.flush_interval`; a cleaner
+//! task compacts `cleanup = compact` topics ([`log::Store::compact`]) on a blocking thread every
+//! `log.compaction_interval`.
 //!
 //! Over MQTT ([`server::mqtt`]), a PUBLISH becomes a one-record batch (key = MQTT topic,
 //! properties as headers) appended to the log topic its route names, through the same

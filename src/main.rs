@@ -222,6 +222,13 @@ enum TopicsCommand {
         /// At a limit: drop_oldest or reject.
         #[arg(long)]
         on_full: Option<String>,
+        /// What happens to old records: delete (by retention), compact (keep the newest
+        /// record of each key) or compact_delete (both).
+        #[arg(long, value_parser = ["delete", "compact", "compact_delete"])]
+        cleanup: Option<String>,
+        /// On a compacted topic, how long tombstones (null values) stay (e.g. "1d").
+        #[arg(long)]
+        delete_retention: Option<HumanDuration>,
     },
     /// Partitions, offsets and sizes of a topic.
     Describe {
@@ -558,6 +565,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     retention_size,
                     segment_size,
                     on_full,
+                    cleanup,
+                    delete_retention,
                 } => {
                     let reject_when_full = match on_full.as_deref() {
                         None => None,
@@ -576,7 +585,15 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         segment_bytes: segment_size.map(|b| b.bytes()),
                         reject_when_full,
                     };
-                    brook::tools::topics_create(&client, &name, settings).await
+                    let options = brook::proto::TopicOptions {
+                        cleanup: cleanup.as_deref().map(|c| match c {
+                            "compact" => brook::proto::CleanupPolicy::Compact,
+                            "compact_delete" => brook::proto::CleanupPolicy::CompactDelete,
+                            _ => brook::proto::CleanupPolicy::Delete,
+                        }),
+                        delete_retention_ms: delete_retention.map(|d| d.as_millis()),
+                    };
+                    brook::tools::topics_create(&client, &name, settings, options).await
                 }
                 TopicsCommand::Describe { name, json } => {
                     brook::tools::topics_describe(&client, &name, json).await

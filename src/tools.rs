@@ -141,8 +141,13 @@ fn print_names(names: &[String], json: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn topics_create(client: &Client, name: &str, settings: TopicSettings) -> Result<()> {
-    client.create_topic(name, settings).await?;
+pub async fn topics_create(
+    client: &Client,
+    name: &str,
+    settings: TopicSettings,
+    options: crate::proto::TopicOptions,
+) -> Result<()> {
+    client.create_topic_with(name, settings, options).await?;
     Ok(())
 }
 

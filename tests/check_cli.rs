@@ -252,15 +252,6 @@ fn topics_without_metadata_are_served_again() {
 }
 
 /// The raw answer (status line, headers, body) of `GET path` on the HTTP listener.
-fn http_raw(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    out
-}
-
 /// Reads partition `p` of `topic` from offset 0 through the native client, reading on past
 /// each range the server reports lost. Returns the offsets read and the ranges lost.
 fn read_past_damage(addr: &str, topic: &str, p: u32) -> (Vec<u64>, Vec<(u64, u64)>) {
@@ -412,12 +403,12 @@ fn damaged_range_is_kept_and_reported(
             err.contains(&format!("offsets {a}..{b} were lost to corruption")),
             "{err}"
         );
-        let health = http_raw(&addrs.http, "/healthz");
+        let health = common::http_raw(&addrs.http, "/healthz");
         assert!(
             health.contains("degraded") && health.contains(&format!("t/0: offsets {a}..{b} lost")),
             "{health}"
         );
-        let metrics = http_raw(&addrs.http, "/metrics");
+        let metrics = common::http_raw(&addrs.http, "/metrics");
         assert!(
             metrics.contains("brook_corrupt_frames_total 1"),
             "{metrics}"
@@ -462,9 +453,9 @@ fn damaged_range_is_kept_and_reported(
     let (server, addrs) = serve(dir.path());
     let (offsets, lost) = read_past_damage(&addrs.native, "t", 0);
     assert_eq!((offsets.len(), lost.len()), (2360, 1));
-    let health = http_raw(&addrs.http, "/healthz");
+    let health = common::http_raw(&addrs.http, "/healthz");
     assert!(!health.contains("degraded"), "{health}");
-    let metrics = http_raw(&addrs.http, "/metrics");
+    let metrics = common::http_raw(&addrs.http, "/metrics");
     assert!(
         metrics.contains("brook_corrupt_frames_total 0"),
         "{metrics}"
@@ -502,7 +493,7 @@ fn damaged_index_is_rebuilt_and_loses_nothing() {
     let (offsets, lost) = read_past_damage(&addrs.native, "t", 0);
     assert!(lost.is_empty(), "{lost:?}");
     assert_eq!(offsets, (0..2400).collect::<Vec<_>>());
-    let health = http_raw(&addrs.http, "/healthz");
+    let health = common::http_raw(&addrs.http, "/healthz");
     assert!(
         health.contains("200") && !health.contains("degraded"),
         "{health}"

@@ -360,3 +360,383 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `(offset, key, value)` of a record.
+type KeyedRecord = (u64, Option<Vec<u8>>, Option<Vec<u8>>);
+/// Every record of partition 0 of a topic, in order.
+type Keyed = Vec<KeyedRecord>;
+/// A state a cut can leave: its name, how to make it in a partition directory, what it reads,
+/// and what it reads once compacted again.
+type CutCase<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, Keyed, Keyed);
+
+fn read_keyed(store: &Store, topic: &str) -> Keyed {
+    let p = Arc::clone(
+        store
+            .topic(topic)
+            .expect("topic")
+            .partition(0)
+            .expect("partition"),
+    );
+    let mut from = p.log_start();
+    let mut out = Vec::new();
+    loop {
+        let r = p
+            .read(from, 16 * 1024, brook::log::Visibility::Written)
+            .expect("read");
+        if r.frames.is_empty() {
+            assert!(
+                from >= r.high_watermark,
+                "a read at {from} below the end returned nothing"
+            );
+            return out;
+        }
+        for b in r.batches() {
+            for rec in b.records() {
+                let rec = rec.expect("record decodes");
+                if rec.offset >= from {
+                    let last = out.last().map(|(o, _, _)| *o);
+                    assert!(last < Some(rec.offset), "offsets only grow");
+                    out.push((
+                        rec.offset,
+                        rec.key.map(<[u8]>::to_vec),
+                        rec.value.map(<[u8]>::to_vec),
+                    ));
+                }
+            }
+        }
+        from = r.next_offset;
+    }
+}
+
+/// Asserts `got == want`, naming the first record where they part (not the whole lists).
+fn same(got: &Keyed, want: &Keyed, what: &str) {
+    let show = |r: Option<&KeyedRecord>| {
+        r.map(|(o, k, v)| {
+            let t = |b: &Option<Vec<u8>>| {
+                b.as_ref()
+                    .map(|b| String::from_utf8_lossy(b).trim().to_string())
+            };
+            format!("{o} {:?} {:?}", t(k), t(v))
+        })
+    };
+    if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "{what}: {} records read, {} wanted; first difference at {i}: read {:?}, wanted {:?}",
+            got.len(),
+            want.len(),
+            show(got.get(i)),
+            show(want.get(i))
+        );
+    }
+}
+
+/// What compaction must leave: every keyless record, and the newest record of each key (a
+/// tombstone too, unless `drop_tombstones`), at its offset.
+fn compacted_view(all: &Keyed, drop_tombstones: bool) -> Keyed {
+    let mut newest = std::collections::HashMap::new();
+    for (o, k, _) in all {
+        if let Some(k) = k {
+            newest.insert(k.clone(), *o);
+        }
+    }
+    all.iter()
+        .filter(|(o, k, v)| match k {
+            None => true,
+            Some(k) => newest[k] == *o && !(drop_tombstones && v.is_none()),
+        })
+        .cloned()
+        .collect()
+}
+
+fn compact_topic() -> brook::log::TopicConfig {
+    brook::log::TopicConfig {
+        cleanup: brook::log::Cleanup::Compact,
+        ..small_topic(1)
+    }
+}
+
+/// 30 keys written over and over (some deleted with a tombstone), keyless records between:
+/// compaction keeps exactly the newest record of each key and every keyless one, at their
+/// offsets, reads skip the gaps, the segments shrink, and appends go on at the right offset.
+/// Then every state a cut can leave is opened: the rewrite unfinished (its `.compacting` output
+/// present in part), the new segment in place beside the old index, and done; each reads the
+/// same records without reporting damage. Past `delete_retention`, tombstones go too.
+#[test]
+fn compaction_keeps_the_newest_of_each_key_and_survives_a_cut_anywhere() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    let topics = [("c", compact_topic())];
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    let mut rng = Rng(7);
+    for round in 0..400u64 {
+        let mut b = brook::log::BatchBuilder::new();
+        for i in 0..5u64 {
+            let n = round * 5 + i;
+            let key = format!("key-{}", rng.below(30));
+            let value = match rng.below(20) {
+                0 => None,
+                _ => Some(format!("{key}={n}{:>60}", "").into_bytes()),
+            };
+            let key = (rng.below(10) != 0).then_some(key);
+            b.push(
+                T0 + n as i64,
+                key.as_deref().map(str::as_bytes),
+                value.as_deref(),
+                &[],
+            );
+        }
+        store
+            .append("c", PartitionChoice::Id(0), &b, Durability::Written)
+            .expect("append");
+    }
+    store.flush_all(true).expect("flush");
+    let before = read_keyed(&store, "c");
+    assert_eq!(before.len(), 2000);
+    let pdir = partition_dir(dir.path(), "c", 0);
+    let untouched = tempfile::tempdir().expect("tempdir");
+    copy_dir(&pdir, untouched.path());
+    let bytes_before = store.used_bytes();
+
+    let done = store.compact().expect("compact");
+    assert!(done.segments_rewritten > 0, "{done:?}");
+    let after = read_keyed(&store, "c");
+    // What is left is what was there (same offsets, same contents), less what was removed ...
+    let kept: Keyed = before
+        .iter()
+        .filter(|r| after.contains(r))
+        .cloned()
+        .collect();
+    same(&after, &kept, "records kept as they were");
+    assert_eq!((before.len() - after.len()) as u64, done.records_removed);
+    // ... and it holds the newest record of each key and every keyless one.
+    let needed = compacted_view(&before, false);
+    let missing: Vec<_> = needed
+        .iter()
+        .filter(|r| !after.contains(r))
+        .map(|r| r.0)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "newest records lost at offsets {missing:?}"
+    );
+    assert!(done.records_removed > 500, "{done:?}");
+    assert!(store.used_bytes() < bytes_before, "the log shrank");
+    assert_eq!(store.records_compacted(), done.records_removed);
+    // Reading from inside a gap starts at the next record kept.
+    let p = Arc::clone(store.topic("c").expect("t").partition(0).expect("p"));
+    let gap = (0..2000u64)
+        .find(|o| !after.iter().any(|(a, _, _)| a == o))
+        .expect("a gap");
+    let r = p
+        .read(gap, 1024, brook::log::Visibility::Written)
+        .expect("read in a gap");
+    let first = r
+        .batches()
+        .flat_map(|b| b.records().flatten().map(|x| x.offset).collect::<Vec<_>>())
+        .find(|&o| o >= gap);
+    assert_eq!(first, after.iter().map(|x| x.0).find(|&o| o > gap));
+    // A second pass finds nothing worth rewriting.
+    assert_eq!(store.compact().expect("again").segments_rewritten, 0);
+    // Appends go on after the last offset.
+    let (_, a) = store
+        .append(
+            "c",
+            PartitionChoice::Id(0),
+            &batch(5000, 1),
+            Durability::Durable,
+        )
+        .expect("append after compaction");
+    assert_eq!(a.base_offset, 2000);
+    drop(store);
+    let done_dir = tempfile::tempdir().expect("tempdir");
+    copy_dir(&pdir, done_dir.path());
+
+    // The states a power cut can leave, each opened in the partition's place.
+    let rewritten: Vec<u64> = std::fs::read_dir(done_dir.path())
+        .expect("list")
+        .filter_map(|e| {
+            let name = e.expect("entry").file_name().into_string().expect("utf-8");
+            let base = name.strip_suffix(".log")?.parse::<u64>().ok()?;
+            // Rewritten by the compaction: segment format version 2.
+            let new = std::fs::read(done_dir.path().join(&name)).expect("read");
+            (new.get(8) == Some(&2)).then_some(base)
+        })
+        .collect();
+    assert!(!rewritten.is_empty());
+    let seg = |d: &Path, base: u64| d.join(log_file_name(base));
+    let mut appended = after.clone();
+    appended.push((2000, Some(b"k5000".to_vec()), Some(value(5000))));
+    let cases: [CutCase<'_>; 3] = [
+        (
+            "cut while writing the new segment",
+            Box::new(|d: &Path| {
+                copy_dir(untouched.path(), d);
+                for &b in &rewritten {
+                    let new = std::fs::read(seg(done_dir.path(), b)).expect("read");
+                    let tmp = d.join(format!("{}.compacting", log_file_name(b)));
+                    std::fs::write(tmp, &new[..new.len() / 2]).expect("write");
+                }
+            }),
+            before.clone(),
+            after.clone(),
+        ),
+        (
+            "cut between the segment's rename and the index's",
+            Box::new(|d: &Path| {
+                copy_dir(untouched.path(), d);
+                for &b in &rewritten {
+                    std::fs::copy(seg(done_dir.path(), b), seg(d, b)).expect("copy");
+                }
+            }),
+            after.clone(),
+            after.clone(),
+        ),
+        (
+            "cut after the compaction and an append",
+            Box::new(|d: &Path| copy_dir(done_dir.path(), d)),
+            appended.clone(),
+            appended,
+        ),
+    ];
+    for (what, make, want, compacted) in cases {
+        std::fs::remove_dir_all(&pdir).expect("clear");
+        std::fs::create_dir_all(&pdir).expect("mkdir");
+        make(&pdir);
+        let (store, recovery) = Store::open_with(
+            dir.path(),
+            Arc::new(StdFs),
+            Box::new(time.clone()) as Box<dyn brook::log::clock::TimeSource>,
+            no_limits(),
+            &[("c".to_string(), compact_topic())],
+        )
+        .expect("opens");
+        assert!(
+            recovery.damage.is_empty(),
+            "{what}: damage reported {:?}",
+            recovery.damage
+        );
+        same(&read_keyed(&store, "c"), &want, what);
+        let leftovers = std::fs::read_dir(&pdir)
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".compacting"))
+            })
+            .count();
+        assert_eq!(leftovers, 0, "{what}: unfinished output removed");
+        // And it compacts (again) to the same records.
+        store.compact().expect("compact after the cut");
+        same(&read_keyed(&store, "c"), &compacted, what);
+    }
+
+    // Past delete_retention, tombstones go as well (from sealed segments: keyless records
+    // first seal everything written so far).
+    time.advance(2 * 86_400_000);
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    let sealed_end = read_keyed(&store, "c").last().expect("records").0 + 1;
+    for n in 0..40 {
+        let mut b = brook::log::BatchBuilder::new();
+        b.push(T0, None, Some(&[b'f'; 4000][..]), &[]);
+        let _ = n;
+        store
+            .append("c", PartitionChoice::Id(0), &b, Durability::Written)
+            .expect("filler");
+    }
+    store.flush_all(true).expect("flush");
+    // Keys whose newest record is a tombstone: deleted.
+    let mut last = std::collections::HashMap::new();
+    for (_, k, v) in read_keyed(&store, "c") {
+        if let Some(k) = k {
+            last.insert(k, v.is_none());
+        }
+    }
+    let of_deleted_keys = |s: &Store| {
+        read_keyed(s, "c")
+            .iter()
+            .filter(|r| r.0 < sealed_end && r.1.as_ref().is_some_and(|k| last[k]))
+            .count()
+    };
+    assert!(of_deleted_keys(&store) > 0);
+    store.compact().expect("compact");
+    assert_eq!(
+        of_deleted_keys(&store),
+        0,
+        "past delete_retention a deleted key's tombstone goes, and every older value with it"
+    );
+}
+
+/// A segment compaction leaves empty is deleted, except the first (the log's start stays); reads
+/// from any offset, inside the deleted range too, go on at the next record kept.
+#[test]
+fn segments_compacted_to_nothing_are_deleted_but_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    let topics = [("c", compact_topic())];
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    // One key, written until five segments are sealed.
+    let mut n = 0u64;
+    while store
+        .topic("c")
+        .expect("t")
+        .partition(0)
+        .expect("p")
+        .status()
+        .segments
+        < 6
+    {
+        let mut b = brook::log::BatchBuilder::new();
+        for _ in 0..10 {
+            b.push(T0, Some(&b"only"[..]), Some(&value(n)), &[]);
+            n += 1;
+        }
+        store
+            .append("c", PartitionChoice::Id(0), &b, Durability::Written)
+            .expect("append");
+    }
+    store.flush_all(true).expect("flush");
+    let pdir = partition_dir(dir.path(), "c", 0);
+    let logs = |d: &Path| {
+        std::fs::read_dir(d)
+            .expect("list")
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            })
+            .count()
+    };
+    assert_eq!(logs(&pdir), 6);
+    let done = store.compact().expect("compact");
+    assert_eq!(done.segments_rewritten, 5, "{done:?}");
+    assert_eq!(
+        logs(&pdir),
+        2,
+        "the first (emptied) and the active segment are left"
+    );
+    let p = Arc::clone(store.topic("c").expect("t").partition(0).expect("p"));
+    assert_eq!(p.log_start(), 0, "the log still starts at 0");
+    let got = read_keyed(&store, "c");
+    assert_eq!(got.last().map(|r| r.2.clone()), Some(Some(value(n - 1))));
+    assert_eq!(got.last().map(|r| r.0), Some(n - 1));
+    for from in [0, 1, n / 2, got[0].0] {
+        let r = p
+            .read(from, 1024, brook::log::Visibility::Written)
+            .expect("read");
+        let first = r
+            .batches()
+            .flat_map(|b| b.records().flatten().map(|x| x.offset).collect::<Vec<_>>())
+            .find(|&o| o >= from);
+        assert_eq!(first, Some(got[0].0.max(from)), "read from {from}");
+    }
+    drop(store);
+    // Reopened: the gap between the first and the active segment is expected, not damage.
+    let (store, recovery) = Store::open_with(
+        dir.path(),
+        Arc::new(StdFs),
+        Box::new(time.clone()) as Box<dyn brook::log::clock::TimeSource>,
+        no_limits(),
+        &[("c".to_string(), compact_topic())],
+    )
+    .expect("opens");
+    assert!(recovery.damage.is_empty());
+    assert_eq!(read_keyed(&store, "c"), got);
+}

@@ -195,3 +195,51 @@ fn produce_sends_a_pausing_input_after_the_linger() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
 }
+
+/// `brook topics create --cleanup compact --delete-retention 1h` makes a compacted topic (as the
+/// HTTP API shows); a bad policy is refused by the CLI with the choices.
+#[test]
+fn topics_create_sets_the_cleanup_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, addrs) = common::serve(&dir.path().join("data"));
+    let args = ["topics", "create", "state", "--cleanup", "compact"];
+    run(&addrs.native, &args, None);
+    run(
+        &addrs.native,
+        &[
+            "topics",
+            "create",
+            "both",
+            "--cleanup",
+            "compact_delete",
+            "--delete-retention",
+            "1h",
+        ],
+        None,
+    );
+    let topics = common::http_raw(&addrs.http, "/api/topics");
+    let _ = server.kill();
+    let _ = server.wait();
+    let json = topics.split("\r\n\r\n").nth(1).expect("a body");
+    let v: serde_json::Value = serde_json::from_str(json).expect("json");
+    let cleanup = |name: &str| {
+        v.as_array()
+            .and_then(|a| a.iter().find(|t| t["name"] == name))
+            .map(|t| (t["cleanup"].clone(), t["delete_retention"].clone()))
+    };
+    assert_eq!(
+        cleanup("state"),
+        Some((serde_json::json!("compact"), serde_json::json!("1d")))
+    );
+    assert_eq!(
+        cleanup("both"),
+        Some((serde_json::json!("compact_delete"), serde_json::json!("1h")))
+    );
+    let out = brook()
+        .args(["topics", "create", "x", "--cleanup", "shred"])
+        .env("BROOK_BROKER", &addrs.native)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("compact_delete"));
+}

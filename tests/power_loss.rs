@@ -9,6 +9,9 @@
 //! - topic creates and deletes, and consumer-group offset commits (native);
 //! - an MQTT retained message replaced again and again, and a persistent MQTT session's
 //!   subscription (SUBACK);
+//! - keyed native produces with `acks = durable` to a compacted topic (`cmp`, compacted every
+//!   200 ms, so cuts land before, during and after rewrites): after every cut each key's newest
+//!   record is the last acknowledged one (or a later attempt), and compaction did remove records;
 //! - a mirror of `nat` to an upstream Brook (on an ordinary disk), whose cursor is saved every
 //!   `cursor_flush`: at the end the upstream holds every acknowledged record (no gap), and the
 //!   records sent twice are few (the cursor was not lost, only its last interval).
@@ -53,6 +56,7 @@ const CONFIG: &str = r#"
 [log]
 min_free = "none"
 flush_interval = "100ms"
+compaction_interval = "200ms"
 
 [topic_defaults]
 segment_size = "128KiB"
@@ -89,6 +93,11 @@ struct Acked {
     retained: Option<(u64, u64)>,
     /// The persistent session `sess` has an acknowledged subscription.
     session: bool,
+    /// Compacted topic `cmp`, per key: the newest sequence number acknowledged, and tried.
+    compact: BTreeMap<String, (u64, u64)>,
+    /// Records acknowledged on `cmp` in all, and read at the last check.
+    compact_acked: usize,
+    compact_read: usize,
 }
 
 type Shared = Arc<Mutex<Acked>>;
@@ -274,6 +283,51 @@ fn start_workload(
             }
         }));
     }
+    // Keyed durable produces to the compacted topic: 10 keys of 40 per batch.
+    {
+        let (addr, acked, stop) = (addrs.native.clone(), Arc::clone(acked), Arc::clone(stop));
+        tasks.push(rt.spawn(async move {
+            let Ok(c) = Client::connect(&addr, "pl-compact").await else {
+                return;
+            };
+            // Sequence numbers grow across cuts: the cut number leads.
+            let mut n = cut * 1_000_000;
+            while go(&stop) {
+                let mut b = BatchBuilder::new();
+                let mut tried = Vec::new();
+                for i in 0..10u64 {
+                    let key = format!("c{}", (n + i * 7) % 40);
+                    let value = format!("{}{:>400}", n + i, "");
+                    b.push(
+                        common::T0,
+                        Some(key.as_bytes()),
+                        Some(value.as_bytes()),
+                        &[],
+                    );
+                    tried.push((key, n + i));
+                }
+                {
+                    let mut a = lock(&acked);
+                    for (k, seq) in &tried {
+                        let e = a.compact.entry(k.clone()).or_insert((0, 0));
+                        e.1 = e.1.max(*seq);
+                    }
+                }
+                match c.produce("cmp", Some(0), None, Acks::Durable, &b).await {
+                    Ok(_) => {
+                        let mut a = lock(&acked);
+                        a.compact_acked += tried.len();
+                        for (k, seq) in tried {
+                            let e = a.compact.entry(k).or_insert((0, 0));
+                            e.0 = e.0.max(seq);
+                        }
+                    }
+                    Err(_) => return,
+                }
+                n += 10;
+            }
+        }));
+    }
     // Topic creates and deletes, offset commits.
     {
         let (addr, acked, stop) = (addrs.native.clone(), Arc::clone(acked), Arc::clone(stop));
@@ -451,6 +505,46 @@ async fn verify(addrs: &Addrs, acked: &Shared, cut: u64) -> [usize; 3] {
         );
         counts[i] = want.len();
     }
+    // The compacted topic: each key's newest record is its last acknowledged one (or a later
+    // attempt that landed); nothing is read twice.
+    let compact = lock(acked).compact.clone();
+    if !compact.is_empty() {
+        let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+        let mut read = 0usize;
+        let mut next = 0u64;
+        loop {
+            let f = c
+                .fetch("cmp", 0, next, 1 << 20, 1, Duration::ZERO)
+                .await
+                .unwrap_or_else(|e| panic!("after cut {cut}: fetch cmp at {next}: {e}"));
+            let recs = f.records(next).expect("records");
+            for (offset, r) in &recs {
+                assert!(*offset >= next, "after cut {cut}: cmp offsets go back");
+                next = offset + 1;
+                read += 1;
+                let key =
+                    String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+                let seq: u64 = String::from_utf8_lossy(r.value_bytes())
+                    .trim()
+                    .parse()
+                    .expect("a sequence number");
+                newest.insert(key, seq);
+            }
+            if recs.is_empty() || next >= f.high_watermark {
+                break;
+            }
+        }
+        for (key, (done, tried)) in &compact {
+            let got = newest.get(key).copied();
+            assert!(
+                got.is_some_and(|g| g >= *done && g <= *tried) || (*done == 0 && got.is_none()),
+                "after cut {cut}: key {key} of cmp reads {got:?}, acknowledged {done} (tried {tried})\n{}",
+                addrs.log_tail()
+            );
+        }
+        let mut a = lock(acked);
+        a.compact_read = read;
+    }
     let commit = lock(acked).commit;
     if let Some((done, tried)) = commit {
         let got = c.fetch_offsets("g", "nat").await.expect("fetch offsets");
@@ -575,6 +669,18 @@ fn nothing_acknowledged_is_lost_across_power_cuts() {
                 counts.iter().all(|&n| n > 0),
                 "every kind of record was acknowledged"
             );
+            let (acked_n, read_n) = {
+                let a = lock(&acked);
+                (a.compact_acked, a.compact_read)
+            };
+            println!(
+                "compacted topic: {acked_n} records acknowledged, {read_n} left after compaction; \
+                 the newest of each of its 40 keys checked after every cut"
+            );
+            assert!(
+                read_n < acked_n / 2,
+                "compaction removed too little: {read_n} of {acked_n} records left"
+            );
             let (sent, twice) = rt.block_on(mirrored(&up, &acked));
             println!(
                 "mirror: every acknowledged record upstream; {twice} of {sent} records upstream \
@@ -599,6 +705,13 @@ fn nothing_acknowledged_is_lost_across_power_cuts() {
                     };
                     c.create_topic(name, s).await.expect("create topic");
                 }
+                let options = brook::proto::TopicOptions {
+                    cleanup: Some(brook::proto::CleanupPolicy::Compact),
+                    delete_retention_ms: None,
+                };
+                c.create_topic_with("cmp", TopicSettings::default(), options)
+                    .await
+                    .expect("create the compacted topic");
             });
         }
         let stop = Arc::new(AtomicBool::new(false));

@@ -33,7 +33,7 @@ proptest! {
         n in any::<u32>(),
         o in any::<u64>(),
         t in any::<i64>(),
-        which in 0u8..16,
+        which in 0u8..17,
         topics in proptest::collection::vec("[a-z]{1,8}", 0..16),
     ) {
         let mut group_topics = heapless::Vec::<&str, { proto::MAX_GROUP_TOPICS }>::new();
@@ -65,6 +65,14 @@ proptest! {
             11 => Request::CommitOffsets { group: &topic, member: Some((&topic, n)), offsets: commits },
             12 => Request::FetchOffsets { group: &topic, topic: &topic },
             13 => Request::DescribeGroup { group: &topic },
+            15 => Request::CreateTopicWith {
+                name: &topic,
+                settings: TopicSettings::default(),
+                options: proto::TopicOptions {
+                    cleanup: Some(proto::CleanupPolicy::CompactDelete),
+                    delete_retention_ms: Some(o),
+                },
+            },
             14 => Request::ProduceBatch {
                 layout: n as u8,
                 produce: Produce {

@@ -28,7 +28,7 @@
 //! | bytes | field | notes |
 //! |---|---|---|
 //! | 0..8 | magic | `BROOKSEG` |
-//! | 8..12 | format version | u32 LE, currently 1; a larger one is refused |
+//! | 8..12 | format version | u32 LE: 1 as appended (offsets dense), 2 as compaction rewrote it (a batch may start after the previous one's end); a larger one is refused |
 //! | 12..16 | reserved | zero |
 //! | 16..24 | base offset | u64 LE, also in the file name |
 //! | 24.. | batch frames | back to back, no padding |
@@ -90,6 +90,9 @@
 //!   segments, oldest first. At a limit, `on_full = drop_oldest` deletes and `reject` refuses the
 //!   append with [`LogError::LogFull`]. At the store's limits, space comes from the oldest sealed
 //!   segments of `drop_oldest` topics. Budgets below two segments per partition are refused.
+//! - **Compaction** (`cleanup = compact`): sealed segments keep the newest record of each key,
+//!   at its offset; a segment is rewritten beside itself and renamed into place, so a cut leaves
+//!   the old or the new one (see `partition/compact.rs`, [`Partition::compact`]).
 //! - **Time**: retention is measured on a timeline that wall-clock steps cannot move (see
 //!   [`clock`]).
 //! - **Errors**: a failed write cuts the file back and fails the affected appends; a failed fsync
@@ -175,6 +178,49 @@ impl TimestampType {
     }
 }
 
+/// What happens to a topic's old records.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Cleanup {
+    /// Sealed segments older than `retention` are deleted whole (Kafka's `delete`).
+    #[default]
+    Delete,
+    /// Sealed segments keep only the newest record of each key; tombstones (null values) go
+    /// after `delete_retention`. No time retention (Kafka's `compact`).
+    Compact,
+    /// Both: compacted, and deleted when older than `retention` (`compact,delete`).
+    CompactDelete,
+}
+
+impl Cleanup {
+    fn is_delete(&self) -> bool {
+        *self == Cleanup::Delete
+    }
+
+    /// Whether sealed segments are compacted.
+    pub fn compacts(&self) -> bool {
+        matches!(self, Cleanup::Compact | Cleanup::CompactDelete)
+    }
+
+    /// Whether time retention deletes old segments.
+    pub fn deletes(&self) -> bool {
+        matches!(self, Cleanup::Delete | Cleanup::CompactDelete)
+    }
+
+    /// Kafka's name (`cleanup.policy`).
+    pub fn kafka_name(&self) -> &'static str {
+        match self {
+            Cleanup::Delete => "delete",
+            Cleanup::Compact => "compact",
+            Cleanup::CompactDelete => "compact,delete",
+        }
+    }
+}
+
+fn is_default_delete_retention(d: &HumanDuration) -> bool {
+    *d == TopicConfig::default().delete_retention
+}
+
 /// Per-topic storage settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -200,6 +246,14 @@ pub struct TopicConfig {
     /// Left out of descriptors when "create", so they stay readable by earlier versions.
     #[serde(skip_serializing_if = "TimestampType::is_create")]
     pub timestamp_type: TimestampType,
+    /// "delete" (default), "compact" or "compact_delete" (see [`Cleanup`]). Left out of
+    /// descriptors when "delete".
+    #[serde(skip_serializing_if = "Cleanup::is_delete")]
+    pub cleanup: Cleanup,
+    /// On a compacted topic, how long a tombstone stays readable after it was appended, so a
+    /// consumer that is behind still sees the delete (Kafka's `delete.retention.ms`). Default 1d.
+    #[serde(skip_serializing_if = "is_default_delete_retention")]
+    pub delete_retention: HumanDuration,
 }
 
 impl Default for TopicConfig {
@@ -213,6 +267,8 @@ impl Default for TopicConfig {
             max_batch_size: ByteSize::mib(1),
             index_interval: ByteSize::kib(4),
             timestamp_type: TimestampType::Create,
+            cleanup: Cleanup::Delete,
+            delete_retention: HumanDuration::secs(86_400),
         }
     }
 }
@@ -294,6 +350,9 @@ pub struct StoreOptions {
     /// Partitions of all topics together, likewise (each holds open files and, today, a
     /// thread). Default 1024; 0: no limit.
     pub max_partitions: usize,
+    /// How often compacted topics' sealed segments are looked at (and rewritten where at
+    /// least half of a segment's records are superseded). Default 30s.
+    pub compaction_interval: HumanDuration,
 }
 
 impl Default for StoreOptions {
@@ -305,6 +364,7 @@ impl Default for StoreOptions {
             flush_interval: HumanDuration::secs(1),
             max_topics: 256,
             max_partitions: 1024,
+            compaction_interval: HumanDuration::secs(30),
         }
     }
 }

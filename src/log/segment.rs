@@ -14,8 +14,11 @@ use super::record::{BatchView, FRAME_HEADER_LEN, frame_len};
 pub const SEGMENT_MAGIC: &[u8; 8] = b"BROOKSEG";
 /// Magic bytes at the start of every index file.
 pub const INDEX_MAGIC: &[u8; 8] = b"BROOKIDX";
-/// Version of the segment and index file layouts.
-pub const SEGMENT_FORMAT_VERSION: u32 = 1;
+/// The newest segment file layout: 1 for a segment as appended (offsets dense), 2 for one a
+/// compaction rewrote (offsets may skip: a batch may start after the previous one's end).
+pub const SEGMENT_FORMAT_VERSION: u32 = 2;
+/// Version of the index (and dropped-ranges) file layout.
+pub const INDEX_FORMAT_VERSION: u32 = 1;
 /// Bytes before the first frame of a segment file.
 pub const SEGMENT_HEADER_LEN: u64 = 24;
 const INDEX_HEADER_LEN: usize = 56;
@@ -80,7 +83,7 @@ pub fn read_dropped(fs: &dyn Fs, dir: &Path, base: u64) -> Result<Vec<(u64, u64)
 pub fn write_dropped(fs: &dyn Fs, dir: &Path, base: u64, ranges: &[(u64, u64)]) -> Result<()> {
     let mut out = Vec::with_capacity(16 + ranges.len() * 16);
     out.extend_from_slice(DROPPED_MAGIC);
-    out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
     for (first, next) in ranges {
         out.extend_from_slice(&first.to_le_bytes());
         out.extend_from_slice(&next.to_le_bytes());
@@ -104,17 +107,39 @@ pub fn parse_file_name(name: &str) -> Option<(u64, &str)> {
     stem.parse().ok().map(|b| (b, ext))
 }
 
+/// The header of a segment as appended (version 1: dense offsets).
 pub fn encode_segment_header(base: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    segment_header(base, 1)
+}
+
+/// The header of a segment a compaction wrote (version 2: offsets may skip).
+pub fn encode_compacted_segment_header(base: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+    segment_header(base, 2)
+}
+
+fn segment_header(base: u64, version: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
     let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
-    h[8..12].copy_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+    h[8..12].copy_from_slice(&version.to_le_bytes());
     h[16..24].copy_from_slice(&base.to_le_bytes());
     h
 }
 
+/// What a segment file's header says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub base: u64,
+    /// Written by a compaction: a batch may start after the previous one's end.
+    pub compacted: bool,
+}
+
 /// Checks a segment file header. `Ok(None)` means the file is shorter than a header (a segment
 /// whose creation was cut short).
-pub fn read_segment_header(file: &dyn File, path: &Path, len: u64) -> Result<Option<u64>> {
+pub fn read_segment_header(
+    file: &dyn File,
+    path: &Path,
+    len: u64,
+) -> Result<Option<SegmentHeader>> {
     if len < SEGMENT_HEADER_LEN {
         return Ok(None);
     }
@@ -137,7 +162,10 @@ pub fn read_segment_header(file: &dyn File, path: &Path, len: u64) -> Result<Opt
     }
     let mut b = [0u8; 8];
     b.copy_from_slice(&h[16..24]);
-    Ok(Some(u64::from_le_bytes(b)))
+    Ok(Some(SegmentHeader {
+        base: u64::from_le_bytes(b),
+        compacted: version >= 2,
+    }))
 }
 
 /// One sparse index entry: where a batch starts, and the largest record timestamp of every batch
@@ -173,7 +201,7 @@ impl SegmentIndex {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(INDEX_MAGIC);
-        out.extend_from_slice(&SEGMENT_FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
         out.extend_from_slice(&self.base_offset.to_le_bytes());
         out.extend_from_slice(&self.next_offset.to_le_bytes());
@@ -213,9 +241,9 @@ impl SegmentIndex {
             u64::from_le_bytes(b)
         };
         let version = u32_at(8);
-        if version > SEGMENT_FORMAT_VERSION {
+        if version > INDEX_FORMAT_VERSION {
             return Err(format!(
-                "format version {version} is newer than this build understands ({SEGMENT_FORMAT_VERSION})"
+                "format version {version} is newer than this build understands ({INDEX_FORMAT_VERSION})"
             ));
         }
         let count = u32_at(12) as usize;
@@ -398,16 +426,21 @@ impl IndexBuilder {
 
 /// Reads `file` frame by frame from the header to `len`, verifying lengths, CRCs, versions and
 /// offset continuity from `base`. `verify_records` also decodes every record.
-pub fn scan(
-    file: &dyn File,
-    path: &Path,
-    len: u64,
-    base: u64,
-    index_interval: u32,
-    verify_records: bool,
-) -> Result<Scan> {
+pub fn scan(file: &dyn File, path: &Path, len: u64, base: u64, opts: ScanOptions) -> Result<Scan> {
     let from = (SEGMENT_HEADER_LEN, base);
-    scan_range(file, path, len, base, from, index_interval, verify_records)
+    scan_range(file, path, len, base, from, opts)
+}
+
+/// How a scan reads a segment.
+#[derive(Clone, Copy, Debug)]
+pub struct ScanOptions {
+    /// Bytes of log between index entries of the index it builds.
+    pub index_interval: u32,
+    /// Decode every record too (not only each frame's CRC and header).
+    pub verify_records: bool,
+    /// The segment was compacted: a batch starting after the previous one's end is a gap
+    /// compaction left, not lost data.
+    pub gaps: bool,
 }
 
 /// [`scan`] from file position `from.0`, where a frame with base offset `from.1` is expected;
@@ -418,9 +451,13 @@ fn scan_range(
     len: u64,
     base: u64,
     (start, expected): (u64, u64),
-    index_interval: u32,
-    verify_records: bool,
+    opts: ScanOptions,
 ) -> Result<Scan> {
+    let ScanOptions {
+        index_interval,
+        verify_records,
+        gaps,
+    } = opts;
     const CHUNK: usize = 1 << 20;
     let mut out = Scan {
         valid_len: start.min(len),
@@ -479,7 +516,12 @@ fn scan_range(
             }
         };
         let h = view.header;
-        if h.base_offset != out.next_offset {
+        let continues = if gaps {
+            h.base_offset >= out.next_offset
+        } else {
+            h.base_offset == out.next_offset
+        };
+        if !continues {
             out.stop = Some((
                 pos,
                 ScanStop::OffsetGap {
@@ -522,10 +564,9 @@ pub fn scan_resync(
     path: &Path,
     len: u64,
     base: u64,
-    index_interval: u32,
-    verify_records: bool,
+    opts: ScanOptions,
 ) -> Result<Scan> {
-    let mut out = scan(file, path, len, base, index_interval, verify_records)?;
+    let mut out = scan(file, path, len, base, opts)?;
     while let Some((pos, why)) = out.stop.clone() {
         let next = match why {
             // An intact frame that starts later than expected: the offsets between are lost.
@@ -543,7 +584,7 @@ pub fn scan_resync(
             why: why.to_string(),
         });
         let from = (next_pos, next_base);
-        let rest = scan_range(file, path, len, base, from, index_interval, verify_records)?;
+        let rest = scan_range(file, path, len, base, from, opts)?;
         out.index.extend(rest.index);
         out.valid_len = rest.valid_len;
         out.next_offset = rest.next_offset;
@@ -723,17 +764,55 @@ pub fn read_frames(
     })
 }
 
+/// Calls `f` with every batch of `file` from position `start` to `end`, and the batch's
+/// position, in order, until it breaks.
+pub fn for_each_batch(
+    file: &dyn File,
+    path: &Path,
+    start: u64,
+    end: u64,
+    mut f: impl FnMut(&BatchView<'_>, u64) -> Result<std::ops::ControlFlow<()>>,
+) -> Result<()> {
+    let mut pos = start;
+    while pos < end {
+        let got = read_frames(file, path, pos, end, 0, 1 << 20)?;
+        if got.frames.is_empty() {
+            break;
+        }
+        let mut rest: &[u8] = &got.frames;
+        while !rest.is_empty() {
+            let view = BatchView::parse(rest).map_err(|source| LogError::Corrupt {
+                path: path.to_path_buf(),
+                position: pos,
+                source,
+            })?;
+            if f(&view, pos)?.is_break() {
+                return Ok(());
+            }
+            pos += view.frame().len() as u64;
+            rest = &rest[view.frame().len()..];
+        }
+    }
+    Ok(())
+}
+
 /// Writes a new index file and makes it durable.
 pub fn write_index(fs: &dyn Fs, dir: &Path, index: &SegmentIndex) -> Result<PathBuf> {
     let path = dir.join(index_file_name(index.base_offset));
+    write_index_at(fs, &path, index)?;
+    Ok(path)
+}
+
+/// Writes an index file at `path` and makes it durable.
+pub fn write_index_at(fs: &dyn Fs, path: &Path, index: &SegmentIndex) -> Result<()> {
     let bytes = index.encode();
     let f = fs
-        .create(&path)
-        .map_err(|e| LogError::io("create", &path, e))?;
+        .create(path)
+        .map_err(|e| LogError::io("create", path, e))?;
     f.write_all_at(&bytes, 0)
-        .map_err(|e| LogError::io("write", &path, e))?;
-    f.sync_data().map_err(|e| LogError::io("fsync", &path, e))?;
-    Ok(path)
+        .map_err(|e| LogError::io("write", path, e))?;
+    f.sync_data().map_err(|e| LogError::io("fsync", path, e))?;
+    Ok(())
 }
 
 /// Reads and checks an index file. `Ok(None)`: missing; an inner `Err(reason)`: unusable.
@@ -815,6 +894,12 @@ mod tests {
         assert_eq!(index_position_for_time(&entries, 100), 900);
     }
 
+    const OPTS: ScanOptions = ScanOptions {
+        index_interval: 64,
+        verify_records: true,
+        gaps: false,
+    };
+
     /// A segment of five 10-record batches in memory.
     fn segment() -> (Vec<u8>, Vec<u64>) {
         use super::super::record::{BatchBuilder, BatchHeader, encode_frame};
@@ -869,7 +954,7 @@ mod tests {
         for pos in starts[2]..starts[3] {
             let mut bytes = clean.clone();
             bytes[pos as usize] ^= 0x10;
-            let scan = scan_resync(&Mem(bytes), path, len, 100, 64, true).expect("scan");
+            let scan = scan_resync(&Mem(bytes), path, len, 100, OPTS).expect("scan");
             assert_eq!(
                 scan.stop, None,
                 "byte {pos}: the intact tail was taken as torn"
@@ -891,7 +976,7 @@ mod tests {
             let mut bytes = clean.clone();
             bytes[pos as usize] ^= 0x10;
             let scan =
-                scan_resync(&Mem(bytes), Path::new("mem.log"), len, 100, 64, true).expect("scan");
+                scan_resync(&Mem(bytes), Path::new("mem.log"), len, 100, OPTS).expect("scan");
             assert!(scan.damage.is_empty(), "byte {pos}: {:?}", scan.damage);
             assert_eq!(scan.stop.map(|(p, _)| p), Some(starts[4]), "byte {pos}");
             assert_eq!(scan.next_offset, 140);

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use super::clock::{LogClock, SystemTimeSource, TimeSource};
 use super::error::{FullReason, LogError, Result};
 use super::fs::{Fs, StdFs};
-use super::partition::{Appended, Partition, ReadResult, Recovery, Usage, Visibility};
+use super::partition::{Appended, Compacted, Partition, ReadResult, Recovery, Usage, Visibility};
 use super::partitioner::partition_for_key;
 use super::record::Batch;
 use super::segment::SEGMENT_HEADER_LEN;
@@ -777,6 +777,7 @@ impl Store {
                 .config
                 .retention
                 .limit()
+                .filter(|_| topic.config.cleanup.deletes())
                 .map(|r| now.saturating_sub(r.as_millis() as i64));
             for p in &topic.partitions {
                 if let Err(e) = p.flush(true) {
@@ -792,6 +793,34 @@ impl Store {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Compacts the sealed segments of every topic whose `cleanup` compacts (see
+    /// [`Partition::compact`]). Blocks on disk I/O for as long as the rewrites take: call it
+    /// every `compaction_interval` from a thread of its own, never from the flusher's.
+    pub fn compact(&self) -> Result<Compacted> {
+        let now = self.clock.now(self.fs.as_ref());
+        let mut total = Compacted::default();
+        let mut first_err = None;
+        for topic in self.topics() {
+            if !topic.config.cleanup.compacts() {
+                continue;
+            }
+            let horizon = now.saturating_sub(topic.config.delete_retention.as_millis() as i64);
+            for p in &topic.partitions {
+                match p.compact(horizon) {
+                    Ok(c) => total += c,
+                    Err(e) => {
+                        tracing::warn!(topic = %topic.name, partition = p.id(), "compaction failed: {e}");
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        self.usage
+            .records_compacted
+            .fetch_add(total.records_removed, Ordering::Relaxed);
+        first_err.map_or(Ok(total), Err)
+    }
+
     /// Writes (and with `sync`, fsyncs) everything buffered in every partition.
     pub fn flush_all(&self, sync: bool) -> Result<()> {
         for topic in self.topics() {
@@ -805,6 +834,11 @@ impl Store {
     /// Bytes of all segment and index files.
     pub fn used_bytes(&self) -> u64 {
         self.usage.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Records removed by compaction, since open.
+    pub fn records_compacted(&self) -> u64 {
+        self.usage.records_compacted.load(Ordering::Relaxed)
     }
 
     /// Records deleted by retention or to make room, since open.

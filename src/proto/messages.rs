@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 /// - 1: the first.
 /// - 2: [`Request::ProduceBatch`] carries records in the nullable layout (null values and header
 ///   values); fetch answers hold batches in either layout. A version 1 client gets every batch in
-///   the plain layout (nulls as empty).
+///   the plain layout (nulls as empty). [`Request::CreateTopicWith`] sets the cleanup policy.
 pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bounds of the lists in messages.
@@ -167,6 +167,23 @@ pub struct TopicSettings {
     pub reject_when_full: Option<bool>,
 }
 
+/// What happens to a topic's old records (as `log::Cleanup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CleanupPolicy {
+    Delete,
+    Compact,
+    CompactDelete,
+}
+
+/// Settings of a new topic beyond [`TopicSettings`] (protocol 2, [`Request::CreateTopicWith`]);
+/// `None` takes the server's `topic_defaults`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicOptions {
+    pub cleanup: Option<CleanupPolicy>,
+    /// How long a tombstone stays on a compacted topic.
+    pub delete_retention_ms: Option<u64>,
+}
+
 /// One committed offset: the next offset the group will read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommitEntry<'a> {
@@ -250,6 +267,12 @@ pub enum Request<'a> {
         layout: u8,
         #[serde(borrow)]
         produce: Produce<'a>,
+    },
+    /// Protocol 2: [`Request::CreateTopic`] with more settings.
+    CreateTopicWith {
+        name: &'a str,
+        settings: TopicSettings,
+        options: TopicOptions,
     },
 }
 

@@ -294,6 +294,17 @@ pub fn metrics(state: &HttpState) -> String {
     let _ = writeln!(m, "brook_records_dropped_total {}", store.records_dropped());
     family(
         &mut m,
+        "brook_records_compacted_total",
+        "counter",
+        "Records removed by compaction: superseded by a newer record of their key, or tombstones past delete_retention.",
+    );
+    let _ = writeln!(
+        m,
+        "brook_records_compacted_total {}",
+        store.records_compacted()
+    );
+    family(
+        &mut m,
         "brook_corrupt_frames_total",
         "counter",
         "Damaged ranges found in the log (at start or by a read): their offsets are lost, the intact records on both sides are kept.",
@@ -449,6 +460,8 @@ fn topics_json(state: &HttpState) -> String {
                 "retention_size": cfg.retention_size.bytes(),
                 "segment_size": cfg.segment_size.bytes(),
                 "on_full": cfg.on_full,
+                "cleanup": cfg.cleanup,
+                "delete_retention": cfg.delete_retention.to_string(),
                 "partitions": t.partitions().iter().map(|p| {
                     let s = p.status();
                     serde_json::json!({

@@ -266,6 +266,29 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         tls.clone(),
         rx.clone(),
     )));
+    // The cleaner: compaction on a blocking thread of its own, so a long rewrite never delays
+    // the housekeeping's flushes.
+    let store = Arc::clone(broker.store());
+    let compaction_interval = broker.config().log.compaction_interval.0;
+    let mut cleaner_stop = rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval(compaction_interval.max(std::time::Duration::from_millis(100)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = cleaner_stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            let s = Arc::clone(&store);
+            match tokio::task::spawn_blocking(move || s.compact()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!("compaction: {e}"),
+                Err(e) => tracing::error!("compaction task: {e}"),
+            }
+        }
+    }));
     let b = Arc::clone(&broker);
     let mut stop = rx;
     let watchdog = systemd::watchdog_period();

@@ -348,3 +348,14 @@ pub fn log_field(line: &str, name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {line}"))
         .to_string()
 }
+
+/// A plain HTTP/1.0 GET of `path` from `addr`: the whole answer, headers included.
+#[allow(dead_code)]
+pub fn http_raw(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect http");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").expect("send");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}

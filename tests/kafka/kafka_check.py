@@ -247,7 +247,7 @@ def scenario_admin(bootstrap):
     for bad, what in [
         (NewTopic("adm", num_partitions=1, replication_factor=1), "TOPIC_ALREADY_EXISTS"),
         (NewTopic("adm2", num_partitions=1, replication_factor=3), "INVALID_REPLICATION_FACTOR"),
-        (NewTopic("adm3", num_partitions=1, replication_factor=1, config={"cleanup.policy": "compact"}), "INVALID_CONFIG"),
+        (NewTopic("adm3", num_partitions=1, replication_factor=1, config={"cleanup.policy": "shred"}), "INVALID_CONFIG"),
         (NewTopic("bad/name", num_partitions=1, replication_factor=1), "TOPIC_EXCEPTION"),
     ]:
         try:
@@ -657,6 +657,117 @@ def scenario_nulls(bootstrap):
     print(f"nulls: {n} records, tombstones and null headers read back null by both clients", flush=True)
 
 
+COMPACT_KEYS = 40
+COMPACT_ROUNDS = 12
+COMPACT_DELETED = 5  # keys k0..k4 end with a tombstone
+
+
+def compact_value(key, round_):
+    return f"k{key}-{round_}".encode().ljust(1500, b".")
+
+
+def read_to_end(bootstrap, topic):
+    """(offset, key, value) of every record of partition 0, read with confluent-kafka from the
+    beginning to the end offset."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"compact-{uuid.uuid4()}",
+                  "enable.auto.commit": False})
+    _, end = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+    c.assign([TopicPartition(topic, 0, 0)])
+    out = []
+    deadline = time.time() + 30
+    while (not out or out[-1][0] < end - 1) and time.time() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            continue
+        check(m.error() is None, f"consumer error: {m.error()}")
+        out.append((m.offset(), m.key(), m.value()))
+    c.close()
+    check(out and out[-1][0] == end - 1, f"read to {out[-1][0] if out else None}, end {end}")
+    return out
+
+
+def check_compacted(bootstrap, topic, tombstones_gone):
+    """The newest value of every key is there, at increasing offsets, and superseded ones went."""
+    got = read_to_end(bootstrap, topic)
+    offsets = [o for o, _, _ in got]
+    check(offsets == sorted(set(offsets)), "offsets only grow")
+    newest = {}
+    for _, k, v in got:
+        newest[k] = v
+    for key in range(COMPACT_KEYS):
+        k = f"k{key}".encode()
+        if key < COMPACT_DELETED:
+            want = None
+            if tombstones_gone:
+                check(k not in newest or newest[k] is None, f"{k}: {newest.get(k)!r}")
+                continue
+        else:
+            want = compact_value(key, COMPACT_ROUNDS - 1)
+        got_k = newest.get(k, b"missing")
+        check(got_k == want, f"{k}: newest {got_k if got_k is None else got_k[:20]!r}")
+    return got
+
+
+def scenario_compact(bootstrap):
+    """cleanup.policy=compact: after compaction a consumer reads the newest value of every key
+    (tombstones as null, then gone past delete.retention.ms), skipping the gaps; kafka-python too."""
+    from confluent_kafka import Producer
+    from kafka import KafkaConsumer, TopicPartition
+
+    create(bootstrap, "compacted", 1, {"cleanup.policy": "compact", "segment.bytes": "65536",
+                                       "delete.retention.ms": "3000"})
+    # Batches well under the topic's 64 KiB segments (its largest batch).
+    p = Producer({"bootstrap.servers": bootstrap, "acks": "all", "linger.ms": 5,
+                  "batch.size": 16384})
+    failed = []
+
+    def report(err, _m):
+        if err is not None:
+            failed.append(err)
+
+    for r in range(COMPACT_ROUNDS):
+        for key in range(COMPACT_KEYS):
+            p.produce("compacted", key=f"k{key}".encode(), value=compact_value(key, r),
+                      on_delivery=report)
+    for key in range(COMPACT_DELETED):
+        p.produce("compacted", key=f"k{key}".encode(), value=None, on_delivery=report)
+    # Keyless filler seals the segment holding the tombstones (compaction works on sealed ones).
+    for _ in range(60):
+        p.produce("compacted", value=b"f" * 1500, on_delivery=report)
+    check(p.flush(10) == 0 and not failed, f"produce: {failed[:3]}")
+    produced = COMPACT_ROUNDS * COMPACT_KEYS + COMPACT_DELETED + 60
+    deadline = time.time() + 60
+    while True:
+        got = check_compacted(bootstrap, "compacted", tombstones_gone=False)
+        if len(got) < produced // 2:
+            break
+        check(time.time() < deadline, f"not compacted after 60 s: {len(got)} of {produced} records")
+        time.sleep(0.5)
+    # Past delete.retention.ms the tombstones go too.
+    deadline = time.time() + 60
+    while any(v is None and k is not None for _, k, v in got):
+        check(time.time() < deadline, "tombstones still there 60 s after delete.retention.ms")
+        time.sleep(0.5)
+        got = check_compacted(bootstrap, "compacted", tombstones_gone=True)
+    # kafka-python reads the same records.
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                      auto_offset_reset="earliest", consumer_timeout_ms=10000)
+    c.assign([TopicPartition("compacted", 0)])
+    seen = [(m.offset, m.key, m.value) for _, m in zip(range(len(got)), c)]
+    c.close()
+    check(seen == got, f"kafka-python read {len(seen)} records, confluent-kafka {len(got)}")
+    print(f"compact: {produced} records produced, {len(got)} after compaction; newest of each key kept",
+          flush=True)
+
+
+def scenario_compact_verify(bootstrap):
+    """Reads the topic scenario_compact left (after a restart) and checks it again."""
+    got = check_compacted(bootstrap, "compacted", tombstones_gone=True)
+    print(f"compact-verify: {len(got)} records, newest of each key", flush=True)
+
+
 def consume_ts(bootstrap, topic):
     """(timestamp type, timestamp) of the first record of `topic`."""
     from confluent_kafka import Consumer
@@ -791,6 +902,8 @@ SCENARIOS = {
     "alter-configs": scenario_alter_configs,
     "minute": scenario_minute,
     "nulls": scenario_nulls,
+    "compact": scenario_compact,
+    "compact-verify": scenario_compact_verify,
 }
 
 

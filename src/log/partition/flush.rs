@@ -294,6 +294,7 @@ impl Inner {
             old.path,
             old.file,
             Vec::new(),
+            old.compacted,
         )));
         Ok(())
     }

@@ -20,6 +20,7 @@
 //! batch that was buffered; an fsync error poisons the partition: fsync errors are not retryable
 //! on Linux, so it refuses writes until the store is reopened.
 
+mod compact;
 mod flush;
 mod open;
 
@@ -37,6 +38,7 @@ use super::record::{Batch, BatchHeader, BatchView, encode_frame};
 use super::segment::{self, IndexBuilder, SEGMENT_HEADER_LEN, index_file_name, log_file_name};
 use super::{Durability, OnFull, TopicConfig};
 
+pub use compact::{Compacted, MIN_CLEANABLE_RATIO};
 pub use flush::WriteFailure;
 pub use segment::Damage;
 
@@ -48,6 +50,8 @@ pub struct Usage {
     /// Records deleted by retention or to make room.
     pub records_dropped: AtomicU64,
     pub segments_deleted: AtomicU64,
+    /// Records removed by compaction (superseded, or tombstones past `delete_retention`).
+    pub records_compacted: AtomicU64,
     /// fsyncs of segment data (group commits and seals).
     pub fsyncs: AtomicU64,
     /// Write calls of segment data.
@@ -135,6 +139,8 @@ pub(crate) struct Sealed {
     /// Damaged ranges a scan found in this segment: readers skip them and are told the
     /// offsets they held. A segment with damage has no index file (it is scanned at each open).
     pub damage: Vec<segment::Damage>,
+    /// Rewritten by a compaction: offsets inside it may skip.
+    pub compacted: bool,
 }
 
 /// The segment being appended to.
@@ -150,6 +156,8 @@ struct Active {
     durable: u64,
     index: IndexBuilder,
     max_append_time: i64,
+    /// A compacted segment found last at open (offsets inside may skip).
+    compacted: bool,
 }
 
 impl Active {
@@ -164,6 +172,7 @@ impl Active {
             durable: SEGMENT_HEADER_LEN,
             index: IndexBuilder::new(index_interval),
             max_append_time: i64::MIN,
+            compacted: false,
         }
     }
 
@@ -179,6 +188,7 @@ impl Sealed {
         path: PathBuf,
         file: Arc<dyn File>,
         damage: Vec<segment::Damage>,
+        compacted: bool,
     ) -> Sealed {
         Sealed {
             base: idx.base_offset,
@@ -191,6 +201,7 @@ impl Sealed {
             file,
             index: idx.entries.into(),
             damage,
+            compacted,
         }
     }
 }
@@ -433,14 +444,13 @@ impl Inner {
             }
         };
         let interval = self.cfg.index_interval.bytes().min(u64::from(u32::MAX)) as u32;
-        let mut scan = segment::scan_resync(
-            seg.file.as_ref(),
-            &seg.path,
-            seg.log_len,
-            seg.base,
-            interval,
-            false,
-        )?;
+        let opts = segment::ScanOptions {
+            index_interval: interval,
+            verify_records: false,
+            gaps: seg.compacted,
+        };
+        let mut scan =
+            segment::scan_resync(seg.file.as_ref(), &seg.path, seg.log_len, seg.base, opts)?;
         if let Some((pos, why)) = scan.stop.take() {
             scan.damage.push(segment::Damage {
                 start: pos,
@@ -478,6 +488,7 @@ impl Inner {
             file: Arc::clone(&seg.file),
             index: scan.index.into(),
             damage: scan.damage,
+            compacted: seg.compacted,
         };
         let mut st = self.lock();
         let st = &mut *st;
@@ -815,6 +826,28 @@ impl Partition {
     }
 
     fn read_once(&self, from: u64, max_bytes: usize, visibility: Visibility) -> Result<ReadResult> {
+        let mut at = from;
+        loop {
+            let (got, segment_end) = self.read_segment(at, max_bytes, visibility)?;
+            match segment_end {
+                // Nothing left in this segment at or after `at` (compaction removed its last
+                // records): go on in the next one.
+                Some(end) if got.frames.is_empty() && end > at && at < got.high_watermark => {
+                    at = end;
+                }
+                _ => return Ok(got),
+            }
+        }
+    }
+
+    /// [`Self::read_once`] within the segment holding `from`; with the end offset of that
+    /// segment when it is sealed.
+    fn read_segment(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        visibility: Visibility,
+    ) -> Result<(ReadResult, Option<u64>)> {
         let st = self.inner.lock();
         let log_start = st.log_start();
         let hw = match visibility {
@@ -835,10 +868,10 @@ impl Partition {
             high_watermark: hw,
         };
         if from >= hw {
-            return Ok(empty);
+            return Ok((empty, None));
         }
         // Find the segment holding `from`.
-        let (file, path, start, end) = if from >= st.active.base {
+        let (file, path, start, end, segment_end) = if from >= st.active.base {
             let end = match visibility {
                 Visibility::Written => st.active.written,
                 Visibility::Durable => st.active.durable,
@@ -849,6 +882,7 @@ impl Partition {
                 st.active.path.clone(),
                 start,
                 end,
+                None,
             )
         } else {
             let i = st.sealed.partition_point(|s| s.base <= from) - 1;
@@ -871,16 +905,26 @@ impl Partition {
                     end = end.min(d.start);
                 }
             }
-            (Arc::clone(&seg.file), seg.path.clone(), start, end)
+            // Where the next segment starts: on a compacted topic whole segments between may
+            // have gone.
+            let seg_end = st.sealed.get(i + 1).map_or(st.active.base, |s| s.base);
+            (
+                Arc::clone(&seg.file),
+                seg.path.clone(),
+                start,
+                end,
+                Some(seg_end),
+            )
         };
         drop(st);
         let got = segment::read_frames(file.as_ref(), &path, start, end, from, max_bytes)?;
-        Ok(ReadResult {
+        let read = ReadResult {
             frames: got.frames,
             next_offset: got.next_offset,
             log_start,
             high_watermark: hw,
-        })
+        };
+        Ok((read, segment_end))
     }
 
     /// First offset whose record timestamp is at or after `ts`, or `None` if every stored record
@@ -947,40 +991,29 @@ impl Partition {
     fn first_at_or_after(
         file: &dyn crate::log::fs::File,
         path: &Path,
-        mut pos: u64,
+        pos: u64,
         end: u64,
         ts: i64,
         floor: u64,
     ) -> Result<Option<(u64, i64)>> {
-        while pos < end {
-            let got = segment::read_frames(file, path, pos, end, 0, 1 << 20)?;
-            if got.frames.is_empty() {
-                break;
-            }
-            let mut rest: &[u8] = &got.frames;
-            while !rest.is_empty() {
-                let view = BatchView::parse(rest).map_err(|source| LogError::Corrupt {
-                    path: path.to_path_buf(),
-                    position: pos,
-                    source,
-                })?;
-                if view.header.max_timestamp >= ts {
-                    for r in view.records() {
-                        let r = r.map_err(|source| LogError::Corrupt {
-                            path: path.to_path_buf(),
-                            position: pos,
-                            source,
-                        })?;
-                        if r.timestamp >= ts && r.offset >= floor {
-                            return Ok(Some((r.offset, r.timestamp)));
-                        }
+        let mut found = None;
+        segment::for_each_batch(file, path, pos, end, |view, at| {
+            if view.header.max_timestamp >= ts {
+                for r in view.records() {
+                    let r = r.map_err(|source| LogError::Corrupt {
+                        path: path.to_path_buf(),
+                        position: at,
+                        source,
+                    })?;
+                    if r.timestamp >= ts && r.offset >= floor {
+                        found = Some((r.offset, r.timestamp));
+                        return Ok(std::ops::ControlFlow::Break(()));
                     }
                 }
-                pos += view.frame().len() as u64;
-                rest = &rest[view.frame().len()..];
             }
-        }
-        Ok(None)
+            Ok(std::ops::ControlFlow::Continue(()))
+        })?;
+        Ok(found)
     }
 
     /// Applies a changed topic config's limits (segment size, batch size, retention size, the

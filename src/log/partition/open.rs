@@ -71,6 +71,17 @@ impl Partition {
         let names = fs
             .list_dir(&dir)
             .map_err(|e| LogError::io("list", &dir, e))?;
+        // A compaction cut short: its output never replaced anything; the segment it was
+        // rewriting is whole.
+        for n in names
+            .iter()
+            .filter(|n| n.ends_with(super::compact::TEMP_SUFFIX))
+        {
+            let p = dir.join(n);
+            fs.remove_file(&p)
+                .map_err(|e| LogError::io("remove", &p, e))?;
+            tracing::info!(file = %p.display(), "removed the output of an unfinished compaction");
+        }
         let mut bases: Vec<u64> = names
             .iter()
             .filter_map(|n| segment::parse_file_name(n))
@@ -94,14 +105,16 @@ impl Partition {
             let len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
             match index {
                 Some(Ok(idx)) if idx.base_offset == base && idx.log_len == len => {
-                    if segment::read_segment_header(file.as_ref(), &path, len)?.is_none() {
+                    let Some(header) = segment::read_segment_header(file.as_ref(), &path, len)?
+                    else {
                         return Err(LogError::BadFile {
                             path,
                             what: "sealed segment shorter than its header".into(),
                         });
-                    }
+                    };
                     let idx_len = idx.encoded_len() as u64;
-                    sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, Vec::new())));
+                    let seg = Sealed::new(idx, idx_len, path, file, Vec::new(), header.compacted);
+                    sealed.push_back(Arc::new(seg));
                     continue;
                 }
                 Some(Ok(_)) | Some(Err(_)) => {
@@ -114,6 +127,12 @@ impl Partition {
                 None => {}
             }
             let header = segment::read_segment_header(file.as_ref(), &path, len)?;
+            let compacted = header.is_some_and(|h| h.compacted);
+            let opts = segment::ScanOptions {
+                index_interval: interval,
+                verify_records: false,
+                gaps: compacted,
+            };
             if !last {
                 // A sealed segment without a usable index: rebuild it from the data.
                 if header.is_none() {
@@ -122,8 +141,12 @@ impl Partition {
                         what: "sealed segment shorter than its header".into(),
                     });
                 }
-                let mut scan =
-                    segment::scan_resync(file.as_ref(), &path, len, base, interval, false)?;
+                let mut scan = segment::scan_resync(file.as_ref(), &path, len, base, opts)?;
+                if compacted && scan.stop.is_none() {
+                    // Its last records may have been compacted away: it ends where the next
+                    // segment starts.
+                    scan.next_offset = scan.next_offset.max(bases[i + 1]);
+                }
                 if let Some((pos, why)) = scan.stop.take() {
                     // A sealed segment has no torn tail: damage up to its end is corruption.
                     scan.damage.push(Damage {
@@ -150,7 +173,8 @@ impl Partition {
                     )?;
                     0
                 };
-                sealed.push_back(Arc::new(Sealed::new(idx, idx_len, path, file, scan.damage)));
+                let seg = Sealed::new(idx, idx_len, path, file, scan.damage, compacted);
+                sealed.push_back(Arc::new(seg));
                 continue;
             }
             // The last segment is the active one: scan it and cut a torn tail.
@@ -168,7 +192,7 @@ impl Partition {
                 active = Some(Active::empty(base, path, file, interval));
                 continue;
             }
-            let scan = segment::scan_resync(file.as_ref(), &path, len, base, interval, false)?;
+            let scan = segment::scan_resync(file.as_ref(), &path, len, base, opts)?;
             if let Some((pos, why)) = &scan.stop {
                 let cut = len - pos;
                 let claimed = match scan.torn_batch {
@@ -204,7 +228,8 @@ impl Partition {
                     &scan.damage,
                 )?;
                 let idx = scan.segment_index(base, scan.valid_len);
-                sealed.push_back(Arc::new(Sealed::new(idx, 0, path, file, scan.damage)));
+                let seg = Sealed::new(idx, 0, path, file, scan.damage, compacted);
+                sealed.push_back(Arc::new(seg));
                 continue;
             }
             let mut index = IndexBuilder::new(interval);
@@ -220,12 +245,15 @@ impl Partition {
                 durable: scan.valid_len,
                 index,
                 max_append_time: scan.max_append_time,
+                compacted,
             });
         }
 
-        // Contiguity between segments.
+        // Contiguity between segments (on a compacted topic a segment compacted to nothing is
+        // deleted, and the one before it ends where it started).
         for pair in sealed.iter().collect::<Vec<_>>().windows(2) {
-            if pair[0].next_offset != pair[1].base {
+            let gap_allowed = cfg.cleanup.compacts() && pair[0].next_offset < pair[1].base;
+            if pair[0].next_offset != pair[1].base && !gap_allowed {
                 tracing::error!(
                     segment = %pair[0].path.display(),
                     "segment ends at offset {} but the next one starts at {}",

@@ -2,9 +2,11 @@
 //!
 //! Brook is a one-node cluster (node 0, cluster id `brook`) leading every partition with no
 //! replicas. Topic configs map to Kafka's names: `retention.ms` (-1: none), `retention.bytes`
-//! (-1: none), `segment.bytes`, `max.message.bytes`, `cleanup.policy` (only `delete`), and
-//! Brook's own `brook.on_full` (`drop_oldest` or `reject`); CreateTopics refuses any other key
-//! with INVALID_CONFIG naming it, and a replication factor other than 1 (or -1: default).
+//! (-1: none), `segment.bytes`, `max.message.bytes`, `cleanup.policy` (`delete`, `compact`,
+//! `compact,delete`), `delete.retention.ms`, `message.timestamp.type`, Brook's own
+//! `brook.on_full` (`drop_oldest` or `reject`), and the replication settings one node already
+//! satisfies; CreateTopics refuses any other key with INVALID_CONFIG naming it, and a
+//! replication factor other than 1 (or -1: default).
 
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
@@ -176,6 +178,8 @@ struct KafkaTopicConfigs {
     settings: TopicSettings,
     max_message_bytes: Option<u64>,
     timestamp_type: Option<crate::log::TimestampType>,
+    cleanup: Option<crate::log::Cleanup>,
+    delete_retention_ms: Option<u64>,
 }
 
 impl std::ops::Deref for KafkaTopicConfigs {
@@ -194,6 +198,12 @@ impl KafkaTopicConfigs {
         }
         if let Some(t) = self.timestamp_type {
             cfg.timestamp_type = t;
+        }
+        if let Some(c) = self.cleanup {
+            cfg.cleanup = c;
+        }
+        if let Some(ms) = self.delete_retention_ms {
+            cfg.delete_retention = crate::units::HumanDuration::millis(ms);
         }
         cfg
     }
@@ -239,8 +249,19 @@ fn settings(
             "segment.bytes" => {
                 st.segment_bytes = Some(u64::try_from(num()?).map_err(|_| bad("negative"))?)
             }
-            "cleanup.policy" if v == "delete" => {}
-            "cleanup.policy" => return Err(bad("only \"delete\" is supported")),
+            "cleanup.policy" => {
+                use crate::log::Cleanup;
+                let mut parts: Vec<&str> = v.split(',').map(str::trim).collect();
+                parts.sort_unstable();
+                out.cleanup = Some(match parts[..] {
+                    ["delete"] => Cleanup::Delete,
+                    ["compact"] => Cleanup::Compact,
+                    ["compact", "delete"] => Cleanup::CompactDelete,
+                    _ => {
+                        return Err(bad("must be \"delete\", \"compact\" or \"compact,delete\""));
+                    }
+                })
+            }
             "max.message.bytes" => {
                 out.max_message_bytes = Some(match num()? {
                     n if n > 0 => n as u64,
@@ -248,8 +269,10 @@ fn settings(
                 })
             }
             // Meaningful for compacted topics only; accepted as Kafka does for others.
-            "delete.retention.ms" if num()? >= 0 => {}
-            "delete.retention.ms" => return Err(bad("must be 0 or more")),
+            "delete.retention.ms" => {
+                out.delete_retention_ms =
+                    Some(u64::try_from(num()?).map_err(|_| bad("must be 0 or more"))?)
+            }
             // What one node already does.
             "min.insync.replicas" if v == "1" => {}
             "min.insync.replicas" => return Err(bad("Brook is one node: only 1")),
@@ -403,7 +426,7 @@ pub fn delete_topics(
 pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
     vec![
-        ("cleanup.policy", "delete".into()),
+        ("cleanup.policy", cfg.cleanup.kafka_name().into()),
         (
             "retention.ms",
             opt(cfg.retention.limit().map(|d| d.as_millis() as u64)),
@@ -411,7 +434,10 @@ pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
         ("retention.bytes", opt(cfg.retention_size.limit())),
         ("segment.bytes", cfg.segment_size.bytes().to_string()),
         ("max.message.bytes", cfg.max_batch_size.bytes().to_string()),
-        ("delete.retention.ms", "86400000".into()),
+        (
+            "delete.retention.ms",
+            cfg.delete_retention.as_millis().to_string(),
+        ),
         ("min.insync.replicas", "1".into()),
         ("unclean.leader.election.enable", "false".into()),
         ("compression.type", "producer".into()),
@@ -450,6 +476,8 @@ fn altered(
     cfg.max_batch_size = computed.max_batch_size;
     cfg.on_full = computed.on_full;
     cfg.timestamp_type = computed.timestamp_type;
+    cfg.cleanup = computed.cleanup;
+    cfg.delete_retention = computed.delete_retention;
     Ok(cfg)
 }
 
@@ -645,6 +673,8 @@ const ALTERABLE: &[&str] = &[
     "segment.bytes",
     "max.message.bytes",
     "message.timestamp.type",
+    "cleanup.policy",
+    "delete.retention.ms",
     "brook.on_full",
 ];
 
@@ -904,9 +934,18 @@ mod tests {
             settings(1, 3, &[]).expect_err("rf").0,
             err::INVALID_REPLICATION_FACTOR
         );
+        for (v, want) in [
+            ("compact", crate::log::Cleanup::Compact),
+            ("delete", crate::log::Cleanup::Delete),
+            ("compact,delete", crate::log::Cleanup::CompactDelete),
+            ("delete, compact", crate::log::Cleanup::CompactDelete),
+        ] {
+            let got = settings(1, 1, &c("cleanup.policy", v)).expect(v).cleanup;
+            assert_eq!(got, Some(want), "{v}");
+        }
         assert_eq!(
-            settings(1, 1, &c("cleanup.policy", "compact"))
-                .expect_err("compact")
+            settings(1, 1, &c("cleanup.policy", "shred"))
+                .expect_err("shred")
                 .0,
             err::INVALID_CONFIG
         );

@@ -75,6 +75,7 @@ pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
             topic_op(Op::Group(group), group)
         }
         Request::CreateTopic { .. }
+        | Request::CreateTopicWith { .. }
         | Request::DeleteTopic { .. }
         | Request::ListGroups
         | Request::DescribeGroup { .. } => {
@@ -132,6 +133,26 @@ pub async fn handle(
         Request::CreateTopic { name, settings } => broker
             .create_topic(name, &settings)
             .map(|_| answer(id, &Response::Done)),
+        Request::CreateTopicWith {
+            name,
+            settings,
+            options,
+        } => {
+            let mut cfg = broker.topic_config(&settings);
+            if let Some(c) = options.cleanup {
+                cfg.cleanup = match c {
+                    proto::CleanupPolicy::Delete => crate::log::Cleanup::Delete,
+                    proto::CleanupPolicy::Compact => crate::log::Cleanup::Compact,
+                    proto::CleanupPolicy::CompactDelete => crate::log::Cleanup::CompactDelete,
+                };
+            }
+            if let Some(ms) = options.delete_retention_ms {
+                cfg.delete_retention = crate::units::HumanDuration::millis(ms);
+            }
+            broker
+                .create_topic_with(name, cfg)
+                .map(|_| answer(id, &Response::Done))
+        }
         Request::DeleteTopic { name } => broker
             .delete_topic(name)
             .map(|()| answer(id, &Response::Done)),
