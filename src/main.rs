@@ -464,6 +464,9 @@ struct StorageArgs {
     /// With --reopen: drop the page cache first (needs root) to time a cold start.
     #[arg(long, requires = "reopen")]
     cold: bool,
+    /// Give records one of N keys, make the topic compacted and time a compaction pass.
+    #[arg(long, value_name = "N")]
+    keys: Option<u64>,
     /// Print the figures as one JSON object.
     #[arg(long)]
     json: bool,
@@ -748,6 +751,7 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
                 reopen: a.reopen,
                 cold: a.cold,
                 progress: !a.json,
+                keys: a.keys,
             };
             bench.run()?.print(a.json)?;
             Ok(ExitCode::SUCCESS)

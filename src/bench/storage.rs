@@ -47,6 +47,9 @@ pub struct StorageBench {
     pub cold: bool,
     /// Show a progress line on a terminal.
     pub progress: bool,
+    /// Give records one of this many keys (round robin), make the topic compacted, and time a
+    /// compaction pass after the read-back. `None`: no keys, no compaction.
+    pub keys: Option<u64>,
 }
 
 /// What a storage benchmark measured.
@@ -82,6 +85,24 @@ pub struct StorageReport {
     /// each appending one average write and fsyncing in a loop, measured for one second just
     /// before the run. Records/s cannot exceed this times the records a group can carry.
     pub fsync_ceiling_per_sec: Option<f64>,
+    /// With `--keys`: what one compaction pass over the sealed segments did.
+    pub compaction: Option<CompactionReport>,
+}
+
+/// One compaction pass of the storage bench.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompactionReport {
+    pub keys: u64,
+    pub secs: f64,
+    pub segments_rewritten: u64,
+    pub records_removed: u64,
+    /// Bytes of the rewritten segments before, and what the pass wrote for them.
+    pub bytes_before: u64,
+    pub bytes_written: u64,
+    /// Bytes of sealed segments read per second (the pass reads them twice: keys, then
+    /// survivors).
+    pub mb_per_sec: f64,
+    pub disk_bytes_after: u64,
 }
 
 impl super::Report for StorageReport {
@@ -127,6 +148,19 @@ impl super::Report for StorageReport {
             s += &format!(
                 "  device fsync ceiling just before: {c:.0} fsyncs/s with {} threads\n",
                 self.partitions
+            );
+        }
+        if let Some(c) = &self.compaction {
+            s += &format!(
+                "  compaction ({} keys): {:.2} s, {:.1} MB/s of segments; {} segments rewritten, {} records removed; {} bytes -> {} written; {} bytes on disk after\n",
+                c.keys,
+                c.secs,
+                c.mb_per_sec,
+                c.segments_rewritten,
+                c.records_removed,
+                c.bytes_before,
+                c.bytes_written,
+                c.disk_bytes_after
             );
         }
         s
@@ -188,6 +222,11 @@ impl StorageBench {
             retention: HumanDuration(Duration::ZERO),
             on_full: OnFull::Reject,
             max_batch_size: ByteSize::mib(8),
+            cleanup: if self.keys.is_some() {
+                crate::log::Cleanup::Compact
+            } else {
+                crate::log::Cleanup::Delete
+            },
             ..TopicConfig::default()
         };
         let opts = StoreOptions {
@@ -244,10 +283,15 @@ impl StorageBench {
                     + u64::from(u64::from(p) < self.records % u64::from(self.producers));
                 let store = Arc::clone(&store);
                 let done = Arc::clone(&done);
-                let (batch, size, durability) = (self.batch, self.record_size, self.durability);
+                let shape = Shape {
+                    batch: self.batch,
+                    size: self.record_size,
+                    durability: self.durability,
+                    keys: self.keys,
+                };
                 let partition = p % self.partitions;
                 tasks.push(tokio::spawn(async move {
-                    produce(&store, partition, quota, batch, size, durability, &done).await
+                    produce(&store, partition, quota, shape, &done).await
                 }));
             }
             let mut out = Vec::new();
@@ -327,6 +371,31 @@ impl StorageBench {
         let ends: Vec<u64> = topic.partitions().iter().map(|p| p.end_offset()).collect();
         drop(topic);
 
+        let compaction = match self.keys {
+            Some(keys) => {
+                let sealed: u64 = store
+                    .topic(TOPIC)?
+                    .partitions()
+                    .iter()
+                    .map(|p| p.size())
+                    .sum();
+                let t = Instant::now();
+                let c = store.compact()?;
+                let secs = t.elapsed().as_secs_f64();
+                Some(CompactionReport {
+                    keys,
+                    secs,
+                    segments_rewritten: c.segments_rewritten,
+                    records_removed: c.records_removed,
+                    bytes_before: c.bytes_before,
+                    bytes_written: c.bytes_after,
+                    mb_per_sec: sealed as f64 / secs.max(1e-9) / 1e6,
+                    disk_bytes_after: store.used_bytes(),
+                })
+            }
+            None => None,
+        };
+
         let reopen_ms = if self.reopen {
             // No clean shutdown exists to skip: dropping the store leaves the files exactly as a
             // kill -9 after the last append would.
@@ -375,19 +444,34 @@ impl StorageBench {
             fsyncs,
             records_per_fsync: self.records as f64 / fsyncs.max(1) as f64,
             fsync_ceiling_per_sec,
+            compaction,
         })
     }
+}
+
+/// What each producer appends.
+#[derive(Clone, Copy)]
+struct Shape {
+    batch: u32,
+    size: usize,
+    durability: Durability,
+    keys: Option<u64>,
 }
 
 async fn produce(
     store: &Store,
     partition: u32,
     quota: u64,
-    batch: u32,
-    size: usize,
-    durability: Durability,
+    shape: Shape,
     done: &AtomicU64,
 ) -> Result<Vec<u32>, LogError> {
+    let Shape {
+        batch,
+        size,
+        durability,
+        keys,
+    } = shape;
+    let mut seq = 0u64;
     let mut value = vec![0u8; size];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(partition);
     let mut builder = BatchBuilder::with_capacity(batch as usize * (size + 8));
@@ -399,7 +483,9 @@ async fn produce(
         let ts = wall_clock_ms();
         for _ in 0..n {
             super::fill_random(&mut seed, &mut value);
-            builder.push(ts, None, Some(&value), &[]);
+            let key = keys.map(|k| format!("key-{}", seq % k.max(1)));
+            builder.push(ts, key.as_deref().map(str::as_bytes), Some(&value), &[]);
+            seq += 1;
         }
         let t = Instant::now();
         store
