@@ -17,7 +17,7 @@ check_target "$target"
 # shellcheck source=tests/peers.sh
 . tests/peers.sh
 # Built with opt-level 1 (and line tables only, for backtraces): emulated Brook then runs several
-# times faster (under qemu-aarch64 the tests ran 206 s instead of about 1,110 s; tests/mirror.rs
+# times faster (under qemu-aarch64 the tests ran 206 s instead of about 1,110 s; tests/it/mirror.rs
 # 58 s instead of 488 s) for about 260 s more build. Debug assertions and overflow checks stay on.
 export CARGO_PROFILE_DEV_OPT_LEVEL=${CARGO_PROFILE_DEV_OPT_LEVEL:-1}
 export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}

@@ -1,14 +1,16 @@
 //! The mirror's bandwidth limit and priority shares, end to end against a second Brook.
 //!
-//! Alone in its own test binary: cargo runs test binaries one after another, so this timing
-//! check does not share the machine's two cores with the tansu and Kafka tests of
-//! `tests/mirror.rs` (beside them the share drifted to 3.3-3.8:1; alone it measured 3.0-3.3:1).
+//! Alone in its own test binary (the rest are one binary, `tests/it`): cargo runs test binaries
+//! one after another, so this timing check does not share the machine's two cores with the tansu
+//! and Kafka tests of `tests/it/mirror.rs` (beside them the share drifted to 3.3-3.8:1; alone it
+//! measured 3.0-3.3:1).
 //! Under qemu it is skipped (see `.ci/run`): emulation would measure itself, not Brook.
 
 use std::time::{Duration, Instant};
 
 use brook::client::Client;
 
+#[path = "it/common/mod.rs"]
 mod common;
 use common::mirror::*;
 

@@ -3,13 +3,12 @@
 //! cannot check (a running Brook holds the directory). And topics whose metadata entry is gone,
 //! found again by `brook serve` from their files.
 
-mod common;
-
 use std::path::Path;
 
+use crate::common;
+use crate::common::*;
 use brook::log::Durability;
 use brook::log::segment::{index_file_name, log_file_name};
-use common::*;
 
 fn brook_check(dir: &Path, repair: bool) -> (i32, String) {
     let mut cmd = brook();

@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use crate::common;
+use crate::common::auth::*;
+use crate::common::pki::{Pki, ca, pki};
 use brook::client::{Client, ClientError, ClientTls};
 use brook::log::BatchBuilder;
 use brook::proto::{Acks, ErrorCode, TopicSettings};
-mod common;
-use common::auth::*;
-use common::pki::{Pki, ca, pki};
 use rcgen::{CertificateParams, DnType, KeyPair};
 
 /// The security tests' users and ACL, plus TLS listeners with client certificates optional

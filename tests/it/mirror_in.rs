@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use brook::client::Client;
 
-mod common;
-use common::mirror::*;
+use crate::common;
+use crate::common::mirror::*;
 
 const ORIGIN: &str = "brook.upstream.";
 

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::common;
 use brook::config::Config;
 use brook::log::Visibility;
 use brook::server::mqtt::Route;
@@ -14,8 +15,6 @@ use rumqttc::{Event, Incoming, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-
-mod common;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -1183,7 +1182,7 @@ async fn read_whole_packet(s: &mut TcpStream) -> (u8, Vec<u8>) {
     (first[0], body)
 }
 
-use common::mqtt_varint as varint;
+use crate::common::mqtt_varint as varint;
 
 /// A QoS 1 PUBLISH to "big/<tag>" of exactly `total` bytes; 5.0 ones carry `user_props` empty
 /// user properties (the costliest to store: one more byte each as record headers).

@@ -1,17 +1,15 @@
 //! Disk limits and time: retention by size and time, the store's budget and free-space floor,
 //! `drop_oldest` against `reject`, budgets refused when too small, and clock steps.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::*;
 use brook::log::clock::ManualTime;
 use brook::log::fs::{FaultFs, StdFs};
 use brook::log::{
     Durability, FullReason, LogError, OnFull, PartitionChoice, StoreOptions, TopicConfig,
 };
 use brook::units::{ByteSize, HumanDuration};
-use common::*;
 
 const SEG: u64 = 64 * 1024;
 const DAY: i64 = 86_400_000;

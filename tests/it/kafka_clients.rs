@@ -3,11 +3,10 @@
 //! Debian; `tests/run.sh` installs them. A missing client fails the test with the command to
 //! install it. One topic is the same data whichever protocol wrote it: Kafka, native, MQTT.
 
+use crate::common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-mod common;
 
 fn kcat() -> Command {
     let found = Command::new("sh")

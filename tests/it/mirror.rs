@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use brook::client::Client;
 
-mod common;
-use common::mirror::*;
+use crate::common;
+use crate::common::mirror::*;
 
 fn mirror_config(dir: &Path, kind: &str, upstream: &str) -> std::path::PathBuf {
     let path = dir.join("brook.toml");

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
-mod common;
-use common::brook;
+use crate::common;
+use crate::common::brook;
 
 fn serve(data: &Path) -> (common::Process, String) {
     let (child, addrs) = common::serve(data);

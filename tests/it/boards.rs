@@ -1,7 +1,7 @@
 //! Every board profile is a valid config (`brook config check`, through the binary) and its
 //! systemd unit has what the board README promises.
 
-mod common;
+use crate::common;
 
 #[test]
 fn every_board_profile_passes_config_check() {

@@ -12,8 +12,8 @@ use brook::client::{Client, ClientError, Producer};
 use brook::log::{BatchBuilder, Record};
 use brook::proto::{Acks, ErrorCode, TopicSettings};
 
-mod common;
-use common::auth::*;
+use crate::common;
+use crate::common::auth::*;
 
 fn paho(port: &str, scenario: &str, log: &common::Addrs) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/security/paho_acl.py");

@@ -6,8 +6,8 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-mod common;
-use common::auth::{ok, port, python, require};
+use crate::common;
+use crate::common::auth::{ok, port, python, require};
 
 fn mosquitto(program: &str) -> Command {
     require(program, "apt-get install mosquitto-clients")

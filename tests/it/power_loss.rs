@@ -23,10 +23,7 @@
 //!
 //! Needs root and `/dev/fuse` (CI has both); without them the test fails, it does not skip.
 
-#[path = "power_loss/powerfs.rs"]
 mod powerfs;
-
-mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -40,7 +37,8 @@ use brook::proto::{Acks, TopicSettings};
 use rumqttc::{Event, Incoming, QoS};
 use tokio::sync::mpsc;
 
-use common::{Addrs, Process, Rng, serve_with};
+use crate::common;
+use crate::common::{Addrs, Process, Rng, serve_with};
 
 /// Cuts per run, and which of them tear a write (and of which file).
 const CUTS: u64 = 20;

@@ -1,16 +1,14 @@
 //! Crash and fault-injection tests on real files: power loss (unsynced bytes vanish or survive
 //! in part), a torn last batch at every byte, short writes with ENOSPC, failing fsyncs.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::common::*;
 use brook::log::clock::ManualTime;
 use brook::log::fs::{FaultFs, StdFs};
 use brook::log::segment::{SEGMENT_HEADER_LEN, log_file_name};
 use brook::log::{Durability, FullReason, LogError, PartitionChoice, Store};
-use common::*;
 use proptest::prelude::*;
 
 fn partition_dir(root: &Path, topic: &str, p: u32) -> PathBuf {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::common;
 use brook::server::start;
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::{
@@ -12,8 +13,6 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes, encode_request_header_into_buffer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-mod common;
 
 const WAIT: Duration = Duration::from_secs(20);
 

@@ -2,15 +2,13 @@
 //! retention / reopen, checked after every step against a plain in-memory model of what must be
 //! readable.
 
-mod common;
-
 use std::sync::Arc;
 
+use crate::common::*;
 use brook::log::clock::ManualTime;
 use brook::log::fs::StdFs;
 use brook::log::{Durability, OnFull, TopicConfig};
 use brook::units::{ByteSize, HumanDuration};
-use common::*;
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

@@ -4,8 +4,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-mod common;
-use common::brook;
+use crate::common::brook;
 
 #[test]
 fn serve_opens_the_data_dir_and_stops_on_sigterm() {

@@ -5,14 +5,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::common;
 use brook::client::{Client, ClientError, Consumer, Producer, StartFrom};
 use brook::config::Config;
 use brook::log::{BatchBuilder, Record};
 use brook::proto::{self, Acks, Assignor, ErrorCode, OffsetSpec, TopicSettings};
 use brook::server::{Running, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-mod common;
 
 fn config(dir: &std::path::Path) -> Config {
     common::server_config(dir)

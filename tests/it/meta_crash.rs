@@ -6,8 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 
-mod common;
-
+use crate::common;
 use brook::log::TopicConfig;
 use brook::meta::Meta;
 
@@ -42,7 +41,7 @@ fn sled_keeps_flushed_entries_across_kill_9() {
         let mut child = common::command(&exe)
             .args([
                 "--exact",
-                "sled_keeps_flushed_entries_across_kill_9",
+                "meta_crash::sled_keeps_flushed_entries_across_kill_9",
                 "--nocapture",
             ])
             .env(CHILD_ENV, dir.path())

@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 
 use brook::client::Client;
 
-mod common;
-use common::mirror::*;
-use common::pki::pki;
+use crate::common;
+use crate::common::mirror::*;
+use crate::common::pki::pki;
 
 fn create_topic(rt: &tokio::runtime::Runtime, native: &str, topic: &str) {
     rt.block_on(async {
