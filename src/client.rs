@@ -81,7 +81,7 @@ impl ClientTls {
         ca_file: &std::path::Path,
         cert_key: Option<(&std::path::Path, &std::path::Path)>,
     ) -> std::result::Result<ClientTls, String> {
-        let config = crate::auth::tls::client_config(ca_file, cert_key)?;
+        let config = crate::net::tls::client_config(ca_file, cert_key)?;
         Ok(ClientTls::with_config(Arc::new(config)))
     }
 
@@ -109,7 +109,7 @@ async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
                 break;
             }
         }
-        if crate::auth::tls::write_flushed(&mut wr, &buf)
+        if crate::net::tls::write_flushed(&mut wr, &buf)
             .await
             .is_err()
         {

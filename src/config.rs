@@ -32,7 +32,7 @@ pub struct Config {
     /// Users, access rules, the HTTP token, login limits.
     pub auth: crate::auth::AuthConfig,
     /// The certificate of the TLS listeners, client certificates.
-    pub tls: crate::auth::tls::TlsConfig,
+    pub tls: crate::net::tls::TlsConfig,
     /// Upstream mirrors (`[[mirror]]`).
     pub mirror: Vec<crate::mirror::MirrorConfig>,
     /// Threads.
@@ -148,7 +148,7 @@ impl Default for Config {
             mqtt: crate::server::mqtt::MqttConfig::default(),
             kafka: crate::server::kafka::KafkaConfig::default(),
             auth: crate::auth::AuthConfig::default(),
-            tls: crate::auth::tls::TlsConfig::default(),
+            tls: crate::net::tls::TlsConfig::default(),
             mirror: Vec::new(),
             runtime: RuntimeConfig::default(),
         }
@@ -193,6 +193,38 @@ impl Config {
     }
 
     /// Checks the rules that span keys. The message names the key.
+    /// The listeners as the login rules see them (see [`crate::auth::AuthConfig::validate`]).
+    fn exposed_listeners(&self) -> Vec<crate::auth::Exposed<'_>> {
+        use crate::auth::{Exposed, Serves};
+        let l = &self.listeners;
+        // Devices that must show a certificate whose CN is their user name are logged in.
+        let by_cert = self.tls.require_client_cert && self.tls.cert_cn_as_username;
+        let data = |key, addr, certificate_logs_in| Exposed {
+            key,
+            addr,
+            serves: Serves::Data {
+                certificate_logs_in,
+            },
+        };
+        let http = |key, addr| Exposed {
+            key,
+            addr,
+            serves: Serves::Http,
+        };
+        vec![
+            data("listeners.native", &l.native, false),
+            data("listeners.mqtt", &l.mqtt, false),
+            data("listeners.kafka", &l.kafka, false),
+            data("listeners.mqtt_ws", &l.mqtt_ws, false),
+            data("listeners.native_tls", &l.native_tls, by_cert),
+            data("listeners.mqtt_wss", &l.mqtt_wss, by_cert),
+            data("listeners.mqtt_tls", &l.mqtt_tls, by_cert),
+            data("listeners.kafka_tls", &l.kafka_tls, by_cert),
+            http("listeners.http", &l.http),
+            http("listeners.http_tls", &l.http_tls),
+        ]
+    }
+
     pub fn validate(&self) -> Result<(), String> {
         if self.data_dir.as_os_str().is_empty() {
             return Err("data_dir: must not be empty".into());
@@ -231,7 +263,7 @@ impl Config {
             }
         }
         self.tls.validate(self.listeners.any_tls())?;
-        self.auth.validate(&self.listeners, &self.tls)?;
+        self.auth.validate(&self.exposed_listeners())?;
         if self.runtime.worker_threads > 256 {
             return Err(format!(
                 "runtime.worker_threads = {} is above 256",
@@ -289,6 +321,70 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::AuthConfig;
+
+    fn lan() -> Listeners {
+        Listeners {
+            native: "0.0.0.0:7420".into(),
+            http: "127.0.0.1:7421".into(),
+            mqtt: "127.0.0.1:1883".into(),
+            kafka: "127.0.0.1:9092".into(),
+            ..Listeners::default()
+        }
+    }
+
+    /// The login rules of `auth` against `listeners` (and default TLS settings).
+    fn guard(auth: &AuthConfig, listeners: &Listeners) -> Result<(), String> {
+        let c = Config {
+            auth: auth.clone(),
+            listeners: listeners.clone(),
+            ..Config::default()
+        };
+        auth.validate(&c.exposed_listeners())
+    }
+
+    #[test]
+    fn a_network_listener_needs_a_login_or_an_explicit_open_door() {
+        let none = AuthConfig::default();
+        assert!(guard(&none, &Listeners::default()).is_ok());
+        let e = guard(&none, &lan()).unwrap_err();
+        assert!(
+            e.contains("listeners.native") && e.contains("allow_anonymous = true"),
+            "{e}"
+        );
+        assert!(e.contains("brook passwd"), "{e}");
+        let with_users = AuthConfig {
+            users_file: Some("users".into()),
+            ..AuthConfig::default()
+        };
+        assert!(guard(&with_users, &lan()).is_ok());
+        assert!(!with_users.anonymous_allowed());
+        let open = AuthConfig {
+            allow_anonymous: Some(true),
+            ..AuthConfig::default()
+        };
+        assert!(guard(&open, &lan()).is_ok());
+        let l = Listeners {
+            http: "[::]:7421".into(),
+            ..Listeners::default()
+        };
+        let e = guard(&with_users, &l).unwrap_err();
+        assert!(e.contains("auth.http_token_file"), "{e}");
+        // The Kafka listener has logins (SASL) like the others.
+        let l = Listeners {
+            kafka: "10.0.0.1:9092".into(),
+            ..Listeners::default()
+        };
+        assert!(guard(&with_users, &l).is_ok());
+        let e = guard(&none, &l).unwrap_err();
+        assert!(e.contains("listeners.kafka"), "{e}");
+        let closed = AuthConfig {
+            allow_anonymous: Some(false),
+            ..AuthConfig::default()
+        };
+        let e = guard(&closed, &Listeners::default()).unwrap_err();
+        assert!(e.contains("no client could log in"), "{e}");
+    }
 
     #[test]
     fn embedded_default_matches_code_default() {

@@ -5,10 +5,11 @@
 //!
 //! | module | job |
 //! |---|---|
-//! | [`auth`] | TLS, users (password hashes), SASL, ACL rules, login backoff, connection admission, the HTTP token: every front end asks here |
+//! | [`auth`] | users (password hashes), SASL, ACL rules, login backoff, connection admission, the HTTP token: every front end asks here |
 //! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std) |
+//! | [`net`] | networking shared by listeners, client and mirror: TLS configs and streams |
 //! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages, the Kafka producer-id block), on sled behind a trait |
 //! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |
 //! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
@@ -17,6 +18,7 @@
 //! | [`server`] | `brook serve`: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP listeners, housekeeping, systemd notification, graceful shutdown |
 //! | [`tools`] | the CLI's client commands: topics, produce, consume, groups |
 //! | [`mod@bench`] | `brook bench ...`: measured throughput, latency, write amplification |
+//! | [`topic_filter`] | MQTT topic names and filters, the subscription trie, `*` globs: shared by ACLs, MQTT and the mirror |
 //! | [`units`] | human-readable sizes and durations |
 //!
 //! The path of a record: a producer (the [`client`], or anything speaking [`proto`]) sends a
@@ -55,7 +57,9 @@ pub mod config;
 pub mod log;
 pub mod meta;
 pub mod mirror;
+pub mod net;
 pub mod proto;
 pub mod server;
 pub mod tools;
+pub mod topic_filter;
 pub mod units;

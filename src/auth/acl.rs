@@ -29,8 +29,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::log::store::glob;
-use crate::server::mqtt::topic;
+use crate::topic_filter::{self as topic, glob};
 
 /// What a client asks to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

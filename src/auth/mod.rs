@@ -5,7 +5,6 @@
 //! |---|---|
 //! | [`password`] | the users file (Mosquitto 2.x format), password hashes |
 //! | [`acl`] | access rules per user: MQTT publish/subscribe, log produce/consume/admin |
-//! | [`tls`] | TLS for the listeners (rustls, ring): certificates, client certificates, streams |
 //! | [`sasl`] | SASL PLAIN and SCRAM-SHA-512 for the Kafka listener |
 //! | [`backoff`] | failed logins back off per user name and per address |
 //!
@@ -34,7 +33,6 @@ pub mod admission;
 pub mod backoff;
 pub mod password;
 pub mod sasl;
-pub mod tls;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -113,19 +111,33 @@ fn is_loopback(addr: &str) -> bool {
         .is_ok_and(|a| a.ip().is_loopback())
 }
 
+/// A listener as the login rules see it: its config key, its address and what it serves.
+#[derive(Clone, Copy, Debug)]
+pub struct Exposed<'a> {
+    pub key: &'a str,
+    pub addr: &'a str,
+    pub serves: Serves,
+}
+
+/// What a listener serves, for [`AuthConfig::validate`].
+#[derive(Clone, Copy, Debug)]
+pub enum Serves {
+    /// Records (native, MQTT, Kafka): a login is required off loopback, or a client
+    /// certificate that logs in.
+    Data { certificate_logs_in: bool },
+    /// The HTTP API: a token is required off loopback.
+    Http,
+}
+
 impl AuthConfig {
     /// Whether clients without a login are let in.
     pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous.unwrap_or(self.users_file.is_none())
     }
 
-    /// Checks the section against the listener addresses; the message names the key and says
+    /// Checks the section against the listeners it guards; the message names the key and says
     /// how to go on.
-    pub fn validate(
-        &self,
-        listeners: &crate::config::Listeners,
-        tls: &crate::auth::tls::TlsConfig,
-    ) -> Result<(), String> {
+    pub fn validate(&self, listeners: &[Exposed<'_>]) -> Result<(), String> {
         if self.handshake_timeout.0.is_zero() {
             return Err("auth.handshake_timeout: must be greater than zero".into());
         }
@@ -160,38 +172,29 @@ impl AuthConfig {
         let open = self.allow_anonymous == Some(true);
         let ways = "either add users (auth.users_file, made with `brook passwd`) or set \
                     auth.allow_anonymous = true to let anyone on the network in";
-        // Devices that must show a certificate whose CN is their user name are logged in.
-        let certs_log_in = tls.require_client_cert && tls.cert_cn_as_username;
-        for (key, addr, by_cert) in [
-            ("listeners.native", &listeners.native, false),
-            ("listeners.mqtt", &listeners.mqtt, false),
-            ("listeners.kafka", &listeners.kafka, false),
-            ("listeners.mqtt_ws", &listeners.mqtt_ws, false),
-            ("listeners.native_tls", &listeners.native_tls, certs_log_in),
-            ("listeners.mqtt_wss", &listeners.mqtt_wss, certs_log_in),
-            ("listeners.mqtt_tls", &listeners.mqtt_tls, certs_log_in),
-            ("listeners.kafka_tls", &listeners.kafka_tls, certs_log_in),
-        ] {
-            if !addr.is_empty()
-                && !is_loopback(addr)
-                && self.users_file.is_none()
-                && !open
-                && !by_cert
-            {
-                return Err(format!(
-                    "{key} = {addr:?} is reachable from the network and no login is required: {ways}"
-                ));
+        for l in listeners {
+            if l.addr.is_empty() || is_loopback(l.addr) || open {
+                continue;
             }
-        }
-        for (key, addr) in [
-            ("listeners.http", &listeners.http),
-            ("listeners.http_tls", &listeners.http_tls),
-        ] {
-            if !addr.is_empty() && !is_loopback(addr) && self.http_token_file.is_none() && !open {
-                return Err(format!(
-                    "{key} = {addr:?} is reachable from the network and the API is open: either \
-                     set auth.http_token_file or set auth.allow_anonymous = true"
-                ));
+            let (key, addr) = (l.key, l.addr);
+            match l.serves {
+                Serves::Data {
+                    certificate_logs_in,
+                } => {
+                    if self.users_file.is_none() && !certificate_logs_in {
+                        return Err(format!(
+                            "{key} = {addr:?} is reachable from the network and no login is required: {ways}"
+                        ));
+                    }
+                }
+                Serves::Http => {
+                    if self.http_token_file.is_none() {
+                        return Err(format!(
+                            "{key} = {addr:?} is reachable from the network and the API is open: either \
+                             set auth.http_token_file or set auth.allow_anonymous = true"
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -441,13 +444,13 @@ impl Auth {
     /// `cert_cn_as_username`), or why the connection is to be closed.
     pub async fn accept_tls(
         &self,
-        tls: &tls::TlsServer,
+        tls: &crate::net::tls::TlsServer,
         stream: tokio::net::TcpStream,
-    ) -> Result<(tls::ServerStream, Option<String>), String> {
+    ) -> Result<(crate::net::tls::ServerStream, Option<String>), String> {
         tls.accept(stream, self.handshake_timeout())
             .await
             .map_err(|e| {
-                if let tls::HandshakeError::TimedOut(_) = e {
+                if let crate::net::tls::HandshakeError::TimedOut(_) = e {
                     self.handshake_timed_out();
                 }
                 e.to_string()
@@ -674,70 +677,8 @@ impl Principal {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Listeners;
 
     const LO: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-    fn lan() -> Listeners {
-        Listeners {
-            native: "0.0.0.0:7420".into(),
-            http: "127.0.0.1:7421".into(),
-            mqtt: "127.0.0.1:1883".into(),
-            kafka: "127.0.0.1:9092".into(),
-            ..Listeners::default()
-        }
-    }
-
-    #[test]
-    fn a_network_listener_needs_a_login_or_an_explicit_open_door() {
-        assert!(
-            AuthConfig::default()
-                .validate(&Listeners::default(), &Default::default())
-                .is_ok()
-        );
-        let e = AuthConfig::default()
-            .validate(&lan(), &Default::default())
-            .unwrap_err();
-        assert!(
-            e.contains("listeners.native") && e.contains("allow_anonymous = true"),
-            "{e}"
-        );
-        assert!(e.contains("brook passwd"), "{e}");
-        let with_users = AuthConfig {
-            users_file: Some("users".into()),
-            ..AuthConfig::default()
-        };
-        assert!(with_users.validate(&lan(), &Default::default()).is_ok());
-        assert!(!with_users.anonymous_allowed());
-        let open = AuthConfig {
-            allow_anonymous: Some(true),
-            ..AuthConfig::default()
-        };
-        assert!(open.validate(&lan(), &Default::default()).is_ok());
-        let l = Listeners {
-            http: "[::]:7421".into(),
-            ..Listeners::default()
-        };
-        let e = with_users.validate(&l, &Default::default()).unwrap_err();
-        assert!(e.contains("auth.http_token_file"), "{e}");
-        // The Kafka listener has logins (SASL) like the others.
-        let l = Listeners {
-            kafka: "10.0.0.1:9092".into(),
-            ..Listeners::default()
-        };
-        assert!(with_users.validate(&l, &Default::default()).is_ok());
-        let e = AuthConfig::default()
-            .validate(&l, &Default::default())
-            .unwrap_err();
-        assert!(e.contains("listeners.kafka"), "{e}");
-        let e = AuthConfig {
-            allow_anonymous: Some(false),
-            ..AuthConfig::default()
-        }
-        .validate(&Listeners::default(), &Default::default())
-        .unwrap_err();
-        assert!(e.contains("no client could log in"), "{e}");
-    }
 
     #[tokio::test]
     async fn logins_against_a_users_file() {

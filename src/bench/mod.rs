@@ -39,7 +39,7 @@ pub struct BenchTls {
 impl BenchTls {
     /// The client side: trusts `ca.pem`.
     pub fn client_config(&self) -> BenchResult<std::sync::Arc<rustls::ClientConfig>> {
-        Ok(std::sync::Arc::new(crate::auth::tls::client_config(
+        Ok(std::sync::Arc::new(crate::net::tls::client_config(
             &self.dir.join("ca.pem"),
             None,
         )?))

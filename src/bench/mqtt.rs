@@ -155,7 +155,7 @@ async fn connect_session(
     c.keep_alive = 60;
     c.clean_session = clean;
     Packet::Connect(c).write(&mut out, usize::MAX)?;
-    crate::auth::tls::write_flushed(&mut wr, &out).await?;
+    crate::net::tls::write_flushed(&mut wr, &out).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut ok = false;
     read_packets(&mut rd, &mut buf, |p| {
@@ -207,7 +207,7 @@ impl MqttBench {
                 let mut sub = Subscribe::new("bench/#", qos(q));
                 sub.pkid = 1;
                 Packet::Subscribe(sub).write(&mut out, usize::MAX)?;
-                crate::auth::tls::write_flushed(&mut wr, &out).await?;
+                crate::net::tls::write_flushed(&mut wr, &out).await?;
                 out.clear();
                 read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::SubAck(_))).await?;
                 let _ = ready.send(()).await;
@@ -247,7 +247,7 @@ impl MqttBench {
                         }
                     }
                     if !out.is_empty() {
-                        crate::auth::tls::write_flushed(&mut wr, &out).await?;
+                        crate::net::tls::write_flushed(&mut wr, &out).await?;
                         out.clear();
                     }
                     last = Instant::now();
@@ -299,7 +299,7 @@ impl MqttBench {
                         Packet::Publish(p).write(&mut out, usize::MAX)?;
                         sent += 1;
                     }
-                    crate::auth::tls::write_flushed(&mut wr, &out).await?;
+                    crate::net::tls::write_flushed(&mut wr, &out).await?;
                     out.clear();
                     if q > 0 && (unacked >= inflight || sent == per_pub) {
                         let mut rel = Vec::new();
@@ -334,14 +334,14 @@ impl MqttBench {
                             .write(&mut out, usize::MAX)?;
                     }
                     if !out.is_empty() {
-                        crate::auth::tls::write_flushed(&mut wr, &out).await?;
+                        crate::net::tls::write_flushed(&mut wr, &out).await?;
                         out.clear();
                     }
                 }
                 if q == 0 {
                     // The broker answers a PINGREQ after everything sent before it.
                     Packet::PingReq.write(&mut out, usize::MAX)?;
-                    crate::auth::tls::write_flushed(&mut wr, &out).await?;
+                    crate::net::tls::write_flushed(&mut wr, &out).await?;
                     read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::PingResp)).await?;
                 }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Instant::now())
@@ -488,7 +488,7 @@ async fn device(
     let mut sub = Subscribe::new(topic.as_str(), QoS::AtLeastOnce);
     sub.pkid = 1;
     Packet::Subscribe(sub).write(&mut out, usize::MAX)?;
-    crate::auth::tls::write_flushed(&mut wr, &out).await?;
+    crate::net::tls::write_flushed(&mut wr, &out).await?;
     out.clear();
     read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::SubAck(_))).await?;
     let _ = ready.send(()).await;
@@ -540,7 +540,7 @@ async fn device(
             _ = tokio::time::sleep_until(drain_until.into()), if !publishing => break,
         }
         if !out.is_empty() {
-            crate::auth::tls::write_flushed(&mut wr, &out).await?;
+            crate::net::tls::write_flushed(&mut wr, &out).await?;
             out.clear();
         }
     }

@@ -274,21 +274,6 @@ pub fn validate_topic_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// A topic pattern: `*` matches any run of characters; everything else itself.
-pub fn glob(pattern: &str, s: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == s,
-        Some((head, tail)) => {
-            let Some(rest) = s.strip_prefix(head) else {
-                return false;
-            };
-            (0..=rest.len())
-                .filter(|i| rest.is_char_boundary(*i))
-                .any(|i| glob(tail, &rest[i..]))
-        }
-    }
-}
-
 impl Store {
     /// Opens the store in `dir` on the real filesystem with the system clock.
     pub fn open(

@@ -48,7 +48,7 @@ impl Link {
                 (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
                 _ => None,
             };
-            let config = crate::auth::tls::client_config(ca, cert_key).map_err(|e| {
+            let config = crate::net::tls::client_config(ca, cert_key).map_err(|e| {
                 if cfg.ca_file.is_none() {
                     format!("ca_file (unset, so the system bundle): {e}")
                 } else {

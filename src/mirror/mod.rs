@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::broker::Broker;
-use crate::log::store::glob;
+use crate::topic_filter::glob;
 use crate::log::{Header, Record, Visibility};
 use crate::units::ByteSize;
 use crate::units::HumanDuration;

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::native::NativeStats;
-use crate::auth::tls::TlsServer;
+use crate::net::tls::TlsServer;
 use crate::broker::Broker;
 use crate::log::partition::FSYNC_BUCKETS_US;
 

@@ -9,7 +9,7 @@
 //! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
 //! | MQTT 3.1.1 and 5.0 | [`mqtt`] | 127.0.0.1:1883 |
 //! | Kafka API | [`kafka`] | 127.0.0.1:9092 |
-//! | native, MQTT, Kafka, HTTP over TLS ([`crate::auth::tls`]) | the same modules | off (`listeners.*_tls`) |
+//! | native, MQTT, Kafka, HTTP over TLS ([`crate::net::tls`]) | the same modules | off (`listeners.*_tls`) |
 //! | MQTT over WebSockets, plain and TLS ([`mqtt::ws`]) | [`mqtt`] | off (`listeners.mqtt_ws`, `mqtt_wss`) |
 //!
 //! Any listener is turned off with `""` (in brook.toml or on the command line).
@@ -105,8 +105,8 @@ fn show(addr: Option<SocketAddr>) -> String {
 fn pair(
     plain: Bound,
     tls_bound: Bound,
-    tls: &Option<Arc<crate::auth::tls::TlsServer>>,
-) -> Vec<(TcpListener, Option<Arc<crate::auth::tls::TlsServer>>, bool)> {
+    tls: &Option<Arc<crate::net::tls::TlsServer>>,
+) -> Vec<(TcpListener, Option<Arc<crate::net::tls::TlsServer>>, bool)> {
     let mut out = Vec::new();
     if let Some((l, _)) = plain {
         out.push((l, None, true));
@@ -123,7 +123,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let auth = Arc::new(Auth::open(&config.auth).map_err(ServeError::Auth)?);
     let tls = if config.listeners.any_tls() {
         Some(Arc::new(
-            crate::auth::tls::TlsServer::open(&config.tls).map_err(ServeError::Auth)?,
+            crate::net::tls::TlsServer::open(&config.tls).map_err(ServeError::Auth)?,
         ))
     } else {
         None
@@ -362,7 +362,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 /// Re-reads the users, ACL and token files on every SIGHUP until shutdown.
 async fn reload_on_sighup(
     auth: Arc<Auth>,
-    tls: Option<Arc<crate::auth::tls::TlsServer>>,
+    tls: Option<Arc<crate::net::tls::TlsServer>>,
     mut stop: watch::Receiver<bool>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};

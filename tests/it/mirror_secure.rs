@@ -171,7 +171,7 @@ fn kafka_upstream_over_tls_with_sasl_scram() {
         assert!(err.contains("connect"), "{err}");
     }
     let tls = std::sync::Arc::new(
-        brook::auth::tls::client_config(&pki.ca, None).expect("client TLS config"),
+        brook::net::tls::client_config(&pki.ca, None).expect("client TLS config"),
     );
     let sasl = rskafka::client::SaslConfig::ScramSha256(rskafka::client::Credentials::new(
         "gw1".into(),

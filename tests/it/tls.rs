@@ -303,7 +303,7 @@ async fn native_and_http_over_tls() {
     // HTTP over TLS, with the token.
     let http_addr = server.http_tls_addr.expect("http_tls");
     let connector = {
-        let cfg = rustls::ClientConfig::builder_with_provider(brook::auth::tls::provider())
+        let cfg = rustls::ClientConfig::builder_with_provider(brook::net::tls::provider())
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(rustls_roots(&pki.ca))
@@ -344,7 +344,7 @@ fn rustls_roots(ca: &Path) -> rustls::RootCertStore {
 fn subject_cn_is_read_from_certificates() {
     let root = ca("Brook test CA");
     assert_eq!(
-        brook::auth::tls::subject_cn(root.0.der()).as_deref(),
+        brook::net::tls::subject_cn(root.0.der()).as_deref(),
         Some("Brook test CA")
     );
     let mut p = CertificateParams::new(vec!["a.example".to_string()]).expect("params");
@@ -354,10 +354,10 @@ fn subject_cn_is_read_from_certificates() {
     let key = KeyPair::generate().expect("key");
     let cert = p.signed_by(&key, &root.0, &root.1).expect("sign");
     assert_eq!(
-        brook::auth::tls::subject_cn(cert.der()).as_deref(),
+        brook::net::tls::subject_cn(cert.der()).as_deref(),
         Some("gateway-7")
     );
-    assert_eq!(brook::auth::tls::subject_cn(b"\x30\x03\x02\x01"), None);
+    assert_eq!(brook::net::tls::subject_cn(b"\x30\x03\x02\x01"), None);
 }
 
 /// A QoS 1 stream over TLS reaches its subscriber whole: 100,000 messages from 8 publishers

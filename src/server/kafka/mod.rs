@@ -68,7 +68,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::auth::sasl::{self, Mechanism, Scram};
-use crate::auth::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
+use crate::net::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
 use crate::auth::{ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
 use crate::units::{ByteSize, HumanDuration};

@@ -10,7 +10,7 @@ use kafka_protocol::protocol::StrBytes;
 use tokio::io::AsyncReadExt;
 
 use super::codec::{self, err};
-use crate::auth::tls::ReadHalf;
+use crate::net::tls::ReadHalf;
 
 /// How many times `max_request_size` an oversized Produce may be and still be read through.
 pub const READ_THROUGH: usize = 4;
@@ -199,7 +199,7 @@ pub async fn read_through(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::tls::Accepted;
+    use crate::net::tls::Accepted;
     use bytes::{Bytes, BytesMut};
     use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
     use kafka_protocol::messages::{ProduceRequest, RequestHeader};

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{MessageProps, Publish, Will};
 use super::message::{self, LogMessage};
 use super::session::{Owner, PersistedSession, SessionState};
-use super::topic::{self, Trie};
+use crate::topic_filter::{self as topic, Trie};
 use super::{MqttConfig, MqttStats};
 use crate::broker::{Broker, BrokerError};
 use crate::log::{AppendTicket, Durability, LogError, PartitionChoice, Visibility};

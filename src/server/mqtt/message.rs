@@ -105,7 +105,7 @@ fn text(v: &[u8]) -> Option<String> {
 /// written by other protocols to an MQTT log topic without a topic key).
 pub fn from_record(log_topic: &Arc<str>, partition: u32, r: &RecordView<'_>) -> Option<LogMessage> {
     let topic = std::str::from_utf8(r.key?).ok()?;
-    super::topic::validate_name(topic).ok()?;
+    crate::topic_filter::validate_name(topic).ok()?;
     let mut m = LogMessage {
         log_topic: Arc::clone(log_topic),
         partition,

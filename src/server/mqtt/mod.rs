@@ -3,14 +3,13 @@
 //! Every accepted PUBLISH is appended to a log topic chosen by `[[mqtt.route]]` (first
 //! matching filter; else `mqtt.default_topic`, created on first use) with the MQTT topic as
 //! the record key ([`message`] has the record layout). Subscribers are served from the log:
-//! live through the [`hub`]'s per-partition dispatchers and subscription [`topic::Trie`], and
+//! live through the [`hub`]'s per-partition dispatchers and subscription [`crate::topic_filter::Trie`], and
 //! after an absence (persistent session) or a lag by reading the log back from the session's
 //! position, so an offline subscriber's queue is the log itself, bounded by retention.
 //!
 //! | module | job |
 //! |---|---|
 //! | [`codec`] | framing, server-side validation, 3.1.1/5.0 reading via rumqttc's `mqttbytes`, writing |
-//! | [`topic`] | topic names and filters, matching, the subscription trie |
 //! | [`message`] | an MQTT message as a log record and back |
 //! | [`session`] | the session state machine (no I/O) |
 //! | [`hub`] | routing, dispatchers, session registry, retained messages |
@@ -51,7 +50,6 @@ pub mod hub;
 pub mod message;
 pub mod session;
 pub mod sys;
-pub mod topic;
 pub mod ws;
 
 use std::sync::Arc;
@@ -63,7 +61,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::auth::tls::{Accepted, TlsServer};
+use crate::net::tls::{Accepted, TlsServer};
 use crate::auth::{Full, ListenerSlots};
 use crate::log::Durability;
 use crate::units::{ByteSize, HumanDuration};
@@ -154,7 +152,7 @@ impl MqttConfig {
         crate::log::store::validate_topic_name(&self.default_topic)
             .map_err(|e| format!("mqtt.default_topic: {e}"))?;
         for (i, r) in self.route.iter().enumerate() {
-            topic::validate_filter(&r.filter)
+            crate::topic_filter::validate_filter(&r.filter)
                 .map_err(|e| format!("mqtt.route[{i}].filter = {:?}: {e}", r.filter))?;
             crate::log::store::validate_topic_name(&r.topic)
                 .map_err(|e| format!("mqtt.route[{i}].topic: {e}"))?;

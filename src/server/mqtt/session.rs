@@ -31,7 +31,7 @@ use super::codec::{
     self, ConnAck, Connect, MessageProps, Out, Packet, Publish, Version, Will, reason,
 };
 use super::message::LogMessage;
-use super::topic;
+use crate::topic_filter as topic;
 
 /// Options of one subscription.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

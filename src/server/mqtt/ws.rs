@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::auth::tls::Accepted;
+use crate::net::tls::Accepted;
 
 /// An accepted WebSocket carrying MQTT, as a byte stream.
 pub struct WsBytes {

@@ -31,7 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::auth::tls::{Accepted, TlsServer};
+use crate::net::tls::{Accepted, TlsServer};
 use crate::auth::{Auth, ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
 use crate::proto::{
@@ -212,7 +212,7 @@ async fn connection(
             out.extend_from_slice(&bytes);
             // Send now unless more answers are ready to go in the same write.
             if out.len() >= 256 * 1024 || rx.is_empty() {
-                if crate::auth::tls::write_flushed(&mut wr, &out)
+                if crate::net::tls::write_flushed(&mut wr, &out)
                     .await
                     .is_err()
                 {

@@ -1,6 +1,8 @@
-//! MQTT topic names and filters: validation, matching, shared-subscription names, and the
-//! subscription trie that finds every subscriber of a topic in one walk (cost grows with the
-//! topic's depth and the wildcards on its path, not with the number of subscribers).
+//! Topic names, filters and patterns, shared by the ACLs, MQTT and the mirror: MQTT topic names
+//! and filters (validation, matching, shared-subscription names), the subscription trie that
+//! finds every subscriber of a topic in one walk (cost grows with the topic's depth and the
+//! wildcards on its path, not with the number of subscribers), and the `*` globs that name log
+//! topics in ACLs and mirror configs.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -236,6 +238,21 @@ impl<K: Hash + Eq + Clone, V> Trie<K, V> {
             if let Some(child) = node.children.get("+") {
                 Self::walk(child, rest, dollar, false, found);
             }
+        }
+    }
+}
+
+/// A topic pattern: `*` matches any run of characters; everything else itself.
+pub fn glob(pattern: &str, s: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == s,
+        Some((head, tail)) => {
+            let Some(rest) = s.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len())
+                .filter(|i| rest.is_char_boundary(*i))
+                .any(|i| glob(tail, &rest[i..]))
         }
     }
 }
