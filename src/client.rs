@@ -233,11 +233,29 @@ pub struct TopicDescription {
     pub partitions: Vec<proto::PartitionInfo>,
 }
 
+/// A member of a group as `describe` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GroupMember {
+    pub member_id: String,
+    pub client_id: String,
+    /// (topic, partition) pairs assigned to it.
+    pub assignment: Vec<(String, u32)>,
+}
+
+/// What joining a group gives the member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Joined {
+    pub member_id: String,
+    pub generation: u32,
+    /// (topic, partition) pairs assigned to the member.
+    pub assignment: Vec<(String, u32)>,
+}
+
 /// A group as `describe` shows it.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct GroupDescription {
     pub generation: u32,
-    pub members: Vec<crate::broker::GroupMember>,
+    pub members: Vec<GroupMember>,
     /// (topic, partition, committed, end offset)
     pub offsets: Vec<(String, u32, Option<u64>, u64)>,
 }
@@ -580,7 +598,7 @@ impl Client {
         topics: &[&str],
         session_timeout: Duration,
         assignor: Assignor,
-    ) -> Result<crate::broker::groups::Joined> {
+    ) -> Result<Joined> {
         let mut t: HVec<&str, { proto::MAX_GROUP_TOPICS }> = HVec::new();
         for topic in topics {
             t.push(topic).map_err(|_| {
@@ -601,7 +619,7 @@ impl Client {
                 member_id,
                 generation,
                 assignment,
-            } => Ok(crate::broker::groups::Joined {
+            } => Ok(Joined {
                 member_id: member_id.to_string(),
                 generation,
                 assignment: assignment
@@ -697,7 +715,7 @@ impl Client {
                             .filter(|a| a.member as usize == i)
                             .map(|a| (a.assigned.topic.to_string(), a.assigned.partition))
                             .collect();
-                        crate::broker::GroupMember {
+                        GroupMember {
                             member_id: m.member_id.to_string(),
                             client_id: m.client_id.to_string(),
                             assignment: a,
@@ -1032,7 +1050,7 @@ impl Consumer {
                 Assignor::Range,
             )
             .await;
-        let crate::broker::groups::Joined {
+        let Joined {
             member_id,
             generation,
             assignment,
