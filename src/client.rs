@@ -109,10 +109,7 @@ async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
                 break;
             }
         }
-        if crate::net::tls::write_flushed(&mut wr, &buf)
-            .await
-            .is_err()
-        {
+        if crate::net::tls::write_flushed(&mut wr, &buf).await.is_err() {
             return;
         }
     }

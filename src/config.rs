@@ -316,6 +316,15 @@ impl Config {
     pub fn meta_dir(&self) -> PathBuf {
         self.data_dir.join("meta")
     }
+
+    /// What the broker takes of it.
+    pub fn broker_options(&self) -> crate::broker::BrokerOptions {
+        crate::broker::BrokerOptions {
+            data_dir: self.data_dir.clone(),
+            log: self.log.clone(),
+            topic_defaults: self.topic_defaults.clone(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,20 +6,27 @@
 //! | module | job |
 //! |---|---|
 //! | [`auth`] | users (password hashes), SASL, ACL rules, login backoff, connection admission, the HTTP token: every front end asks here |
-//! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups |
+//! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups; takes [`broker::BrokerOptions`], not the whole config |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std) |
 //! | [`net`] | networking shared by listeners, client and mirror: TLS configs and streams |
 //! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages, the Kafka producer-id block), on sled behind a trait |
 //! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |
-//! | [`config`] | the `brook.toml` file: defaults, validation, the commented default |
+//! | [`config`] | the `brook.toml` file: assembles the sections of the modules below, defaults, validation, the commented default |
 //! | [`check`] | `brook check`: verifies every segment of a data directory |
 //! | [`mirror`] | upstream mirroring: cursors, the per-partition send loop, Kafka and Brook sinks, status |
-//! | [`server`] | `brook serve`: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP listeners, housekeeping, systemd notification, graceful shutdown |
+//! | [`serve`] | `brook serve`: the one module that takes the whole config; opens the broker, starts the front ends and mirrors, housekeeping and compaction, graceful shutdown |
+//! | [`server`] | the front ends: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP listeners, systemd notification |
 //! | [`tools`] | the CLI's client commands: topics, produce, consume, groups |
 //! | [`mod@bench`] | `brook bench ...`: measured throughput, latency, write amplification |
 //! | [`topic_filter`] | MQTT topic names and filters, the subscription trie, `*` globs: shared by ACLs, MQTT and the mirror |
 //! | [`units`] | human-readable sizes and durations |
+//!
+//! The layers point one way (`tests/it/layers.rs` checks it from the source): [`units`],
+//! [`log`], [`meta`], [`proto`], [`topic_filter`] and [`net`] at the bottom; [`broker`] on the
+//! log and the metadata store; [`auth`] beside it; the front ends ([`server`]), the [`mirror`]
+//! and the [`client`] above; [`config`] assembles the sections; only [`serve`] (and the binary)
+//! takes the whole config.
 //!
 //! The path of a record: a producer (the [`client`], or anything speaking [`proto`]) sends a
 //! produce frame to the native listener ([`server::native`]), which checks the frame and, in
@@ -59,6 +66,7 @@ pub mod meta;
 pub mod mirror;
 pub mod net;
 pub mod proto;
+pub mod serve;
 pub mod server;
 pub mod tools;
 pub mod topic_filter;

@@ -551,7 +551,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             runtime.block_on(async {
                 // Handlers are installed before anything else, so no early signal is missed.
                 let shutdown = shutdown_signal()?;
-                brook::server::serve(cfg, shutdown)
+                brook::serve::serve(cfg, shutdown)
                     .await
                     .map_err(Box::<dyn std::error::Error>::from)
             })?;

@@ -17,11 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
 use crate::log::lock::DirLock;
 use crate::log::{
     AppendTicket, Appended, Batch, Durability, LogError, OnFull, PartitionChoice, ReadResult,
-    Store, StoreRecovery, Topic, TopicConfig, Visibility,
+    Store, StoreOptions, StoreRecovery, Topic, TopicConfig, Visibility,
 };
 use crate::meta::{Meta, MetaError, Namespace};
 use crate::proto::{Assignor, ErrorCode, OffsetSpec, TopicSettings};
@@ -117,10 +116,30 @@ pub struct GroupSnapshot {
     pub offsets: Vec<CommittedOffset>,
 }
 
+/// What the broker takes from the configuration.
+#[derive(Clone, Debug, Default)]
+pub struct BrokerOptions {
+    /// Where `meta/` (the metadata store) and `topics/` (the log) live.
+    pub data_dir: std::path::PathBuf,
+    pub log: StoreOptions,
+    /// Settings of topics created without their own.
+    pub topic_defaults: TopicConfig,
+}
+
+impl BrokerOptions {
+    pub fn topics_dir(&self) -> std::path::PathBuf {
+        self.data_dir.join("topics")
+    }
+
+    pub fn meta_dir(&self) -> std::path::PathBuf {
+        self.data_dir.join("meta")
+    }
+}
+
 pub struct Broker {
     /// The data directory's lock, held for the broker's life.
     _lock: DirLock,
-    config: Config,
+    options: BrokerOptions,
     store: Arc<Store>,
     meta: Meta,
     groups: std::sync::Mutex<Groups>,
@@ -130,7 +149,7 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Broker({})", self.config.data_dir.display())
+        write!(f, "Broker({})", self.options.data_dir.display())
     }
 }
 
@@ -145,26 +164,26 @@ fn offset_key(group: &str, topic: &str, partition: u32) -> Vec<u8> {
 }
 
 impl Broker {
-    /// Opens the metadata and the log of `config.data_dir`, recovering both. Blocking.
-    pub fn open(config: Config) -> Result<(Broker, StoreRecovery)> {
-        crate::log::fs::create_dir_durably(&crate::log::fs::StdFs, &config.data_dir).map_err(
+    /// Opens the metadata and the log of `options.data_dir`, recovering both. Blocking.
+    pub fn open(options: BrokerOptions) -> Result<(Broker, StoreRecovery)> {
+        crate::log::fs::create_dir_durably(&crate::log::fs::StdFs, &options.data_dir).map_err(
             |e| LogError::Io {
                 op: "create directory",
-                path: config.data_dir.clone(),
+                path: options.data_dir.clone(),
                 source: e,
             },
         )?;
-        let lock = DirLock::acquire(&config.data_dir)?;
-        let meta = Meta::open(&config.meta_dir())?;
+        let lock = DirLock::acquire(&options.data_dir)?;
+        let meta = Meta::open(&options.meta_dir())?;
         let topics = meta.topics()?;
-        let (store, recovery) = Store::open(config.topics_dir(), config.log.clone(), &topics)?;
+        let (store, recovery) = Store::open(options.topics_dir(), options.log.clone(), &topics)?;
         // Topics the metadata store had lost, found on disk by their files: recorded again.
         for (name, cfg) in &recovery.adopted {
             meta.put_topic(name, cfg)?;
         }
         Ok((
             Broker {
-                config,
+                options,
                 store: Arc::new(store),
                 meta,
                 _lock: lock,
@@ -186,8 +205,8 @@ impl Broker {
         self.meta.store()
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn options(&self) -> &BrokerOptions {
+        &self.options
     }
 
     /// Per-topic counters (created on first use).
@@ -314,7 +333,7 @@ impl Broker {
 
     /// The config a new topic gets from `settings` and the server's `topic_defaults`.
     pub fn topic_config(&self, settings: &TopicSettings) -> TopicConfig {
-        let mut cfg = self.config.topic_defaults.clone();
+        let mut cfg = self.options.topic_defaults.clone();
         if let Some(p) = settings.partitions {
             cfg.partitions = p;
         }

@@ -45,8 +45,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::broker::Broker;
-use crate::topic_filter::glob;
 use crate::log::{Header, Record, Visibility};
+use crate::topic_filter::glob;
 use crate::units::ByteSize;
 use crate::units::HumanDuration;
 use cursor::{CursorKey, Cursors};
@@ -383,6 +383,7 @@ pub struct Mirrors {
     pub status: Arc<MirrorStatus>,
     cursors: Arc<Cursors>,
     tasks: tokio::task::JoinSet<()>,
+    configs: Arc<Vec<MirrorConfig>>,
 }
 
 impl Mirrors {
@@ -394,6 +395,7 @@ impl Mirrors {
     ) -> Mirrors {
         let status = Arc::new(MirrorStatus::default());
         let cursors = Arc::new(Cursors::default());
+        let all = Arc::new(configs.clone());
         // Until the first cursor flush says more, a mirrored `reject` topic keeps everything.
         for t in broker.topics() {
             if configs.iter().any(|m| m.sends(t.name())) {
@@ -433,10 +435,9 @@ impl Mirrors {
             let b = Arc::clone(&broker);
             let c = Arc::clone(&cursors);
             let st = Arc::clone(&status);
+            let mirrors = Arc::clone(&all);
             let mut stop = shutdown.clone();
-            let every = b
-                .config()
-                .mirror
+            let every = all
                 .iter()
                 .map(|m| m.cursor_flush.0)
                 .min()
@@ -449,7 +450,7 @@ impl Mirrors {
                         _ = stop.wait_for(|s| *s) => true,
                         _ = tick.tick() => false,
                     };
-                    flush(&b, &c, &st).await;
+                    flush(&b, &c, &st, &mirrors).await;
                     if stopping {
                         return;
                     }
@@ -460,19 +461,25 @@ impl Mirrors {
             status,
             cursors,
             tasks,
+            configs: all,
         }
     }
 
     /// Waits for every task to see the shutdown; the cursors are flushed a last time.
     pub async fn join(mut self, broker: &Arc<Broker>) {
         while self.tasks.join_next().await.is_some() {}
-        flush(broker, &self.cursors, &self.status).await;
+        flush(broker, &self.cursors, &self.status, &self.configs).await;
     }
 }
 
 /// Flushes the cursors, then tells every mirrored partition of a `reject` topic to keep what
 /// no mirror has durably sent (time retention skips it; producers feel the full log instead).
-async fn flush(broker: &Arc<Broker>, cursors: &Arc<Cursors>, status: &MirrorStatus) {
+async fn flush(
+    broker: &Arc<Broker>,
+    cursors: &Arc<Cursors>,
+    status: &MirrorStatus,
+    mirrors: &[MirrorConfig],
+) {
     let (b, c) = (Arc::clone(broker), Arc::clone(cursors));
     match tokio::task::spawn_blocking(move || c.flush(b.meta())).await {
         Ok(Ok(durable)) => {
@@ -480,12 +487,8 @@ async fn flush(broker: &Arc<Broker>, cursors: &Arc<Cursors>, status: &MirrorStat
                 status.update(k, |s| s.saved_cursor = *v);
             }
             for t in broker.topics() {
-                let covering: Vec<&MirrorConfig> = broker
-                    .config()
-                    .mirror
-                    .iter()
-                    .filter(|m| m.sends(t.name()))
-                    .collect();
+                let covering: Vec<&MirrorConfig> =
+                    mirrors.iter().filter(|m| m.sends(t.name())).collect();
                 for (i, p) in t.partitions().iter().enumerate() {
                     let floor = covering
                         .iter()

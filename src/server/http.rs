@@ -17,9 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::native::NativeStats;
-use crate::net::tls::TlsServer;
 use crate::broker::Broker;
 use crate::log::partition::FSYNC_BUCKETS_US;
+use crate::net::tls::TlsServer;
 
 /// What the HTTP endpoint reads from.
 pub struct HttpState {

@@ -1,10 +1,10 @@
 //! The Kafka listener with raw bytes, for what a well-behaved client never sends, against a
-//! real server on loopback (`brook::server::start` on `127.0.0.1:0`).
+//! real server on loopback (`brook::serve::start` on `127.0.0.1:0`).
 
 use std::time::Duration;
 
 use crate::common;
-use brook::server::start;
+use brook::serve::start;
 use bytes::{Buf, BufMut, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse,

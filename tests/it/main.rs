@@ -12,6 +12,7 @@ mod codec_props;
 mod crash;
 mod kafka;
 mod kafka_clients;
+mod layers;
 mod limits;
 mod meta_crash;
 mod mirror;

@@ -1,4 +1,4 @@
-//! MQTT against a real server on loopback (`brook::server::start` on `127.0.0.1:0`) with
+//! MQTT against a real server on loopback (`brook::serve::start` on `127.0.0.1:0`) with
 //! rumqttc (3.1.1 and 5.0) and, for what a well-behaved client never sends, raw bytes.
 
 use std::time::Duration;
@@ -6,8 +6,8 @@ use std::time::Duration;
 use crate::common;
 use brook::config::Config;
 use brook::log::Visibility;
+use brook::serve::{Running, start};
 use brook::server::mqtt::Route;
-use brook::server::{Running, start};
 use brook::units::ByteSize;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5 as m5;
@@ -1421,7 +1421,9 @@ async fn a_qos2_resend_after_a_restart_is_not_stored_twice() {
 #[tokio::test]
 async fn partitions_added_to_an_mqtt_log_topic_are_delivered_from() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let r = start(config(dir.path())).await.expect("start");
+    let cfg = config(dir.path());
+    let log_topic = cfg.mqtt.default_topic.clone();
+    let r = start(cfg).await.expect("start");
     let mut sub = v4(v4_options(&r, "grow-sub")).await;
     sub.subscribe("grow/#", QoS::AtLeastOnce).await;
     let publ = v4(v4_options(&r, "grow-pub")).await;
@@ -1430,7 +1432,6 @@ async fn partitions_added_to_an_mqtt_log_topic_are_delivered_from() {
         .await
         .expect("publish");
     assert_eq!(text(&sub.publish().await.payload), "first");
-    let log_topic = r.broker.config().mqtt.default_topic.clone();
     let before = r
         .broker
         .topic(&log_topic)

@@ -1,4 +1,4 @@
-//! The native protocol against a real server on loopback (`brook::server::start` on
+//! The native protocol against a real server on loopback (`brook::serve::start` on
 //! `127.0.0.1:0`) with the real client: round trips, long poll, groups, commits across restarts,
 //! and malformed frames that must close only their own connection.
 
@@ -10,7 +10,7 @@ use brook::client::{Client, ClientError, Consumer, Producer, StartFrom};
 use brook::config::Config;
 use brook::log::{BatchBuilder, Record};
 use brook::proto::{self, Acks, Assignor, ErrorCode, OffsetSpec, TopicSettings};
-use brook::server::{Running, start};
+use brook::serve::{Running, start};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(dir: &std::path::Path) -> Config {

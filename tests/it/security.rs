@@ -145,7 +145,7 @@ async fn native_logins_and_acl_with_the_brook_client() {
     let file = secured_config(dir.path(), None);
     let mut config = common::server_config(&dir.path().join("data"));
     config.auth = brook::config::Config::load(&file).expect("config").auth;
-    let server = brook::server::start(config).await.expect("start");
+    let server = brook::serve::start(config).await.expect("start");
     let addr = server.native_addr.expect("native listener").to_string();
 
     let anonymous = Client::connect(&addr, "anon").await.expect("handshake");
@@ -587,7 +587,7 @@ async fn authorization_matrix_is_the_same_on_every_protocol() {
     config.listeners.kafka_tls = "127.0.0.1:0".into();
     config.tls.cert_file = Some(pki.server_cert.clone());
     config.tls.key_file = Some(pki.server_key.clone());
-    let server = brook::server::start(config).await.expect("start");
+    let server = brook::serve::start(config).await.expect("start");
     let native = server.native_addr.expect("native listener").to_string();
     let kafka = server.kafka_addr.expect("kafka listener").to_string();
     let kafka_tls = server
@@ -1359,7 +1359,7 @@ fn listeners_can_be_turned_off() {
         config.listeners.kafka = String::new();
         config.listeners.mqtt = String::new();
         config.validate().expect("off is valid");
-        let server = brook::server::start(config).await.expect("start");
+        let server = brook::serve::start(config).await.expect("start");
         assert_eq!((server.kafka_addr, server.mqtt_addr), (None, None));
         let native = server.native_addr.expect("native listener").to_string();
         let c = Client::connect(&native, "c").await.expect("native serves");

@@ -219,7 +219,7 @@ async fn native_and_http_over_tls() {
     config.tls = loaded.tls;
     config.listeners.native_tls = "127.0.0.1:0".into();
     config.listeners.http_tls = "127.0.0.1:0".into();
-    let server = brook::server::start(config).await.expect("start");
+    let server = brook::serve::start(config).await.expect("start");
     let addr = server.native_tls_addr.expect("native_tls").to_string();
 
     let trust = ClientTls::new(&pki.ca, None).expect("client tls");

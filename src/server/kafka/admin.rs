@@ -633,7 +633,7 @@ const BROKER_RESOURCE: i8 = 4;
 
 /// The broker's effective settings under Kafka's names.
 fn broker_configs(ctx: &Ctx) -> Vec<(&'static str, String)> {
-    let d = &ctx.broker.config().topic_defaults;
+    let d = &ctx.broker.options().topic_defaults;
     let opt = |v: Option<u64>| v.map_or("-1".to_string(), |v| v.to_string());
     vec![
         ("broker.id", "0".into()),

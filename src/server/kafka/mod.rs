@@ -68,9 +68,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::auth::sasl::{self, Mechanism, Scram};
-use crate::net::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
 use crate::auth::{ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
+use crate::net::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
 use crate::units::{ByteSize, HumanDuration};
 use codec::{Parsed, err};
 

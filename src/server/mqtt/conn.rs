@@ -20,11 +20,11 @@ use super::codec::{self, CodecError, Connect, Out, Publish, Version, reason};
 use super::hub::{Delivery, Hub, Takeover};
 use super::message;
 use super::session::{Ack, Action, AppendOutcome, Limits, Owner, Session, SessionState};
-use crate::topic_filter as topic;
-use crate::net::tls::write_flushed;
 use crate::auth::{ConnSlot, Op, Principal, Refusal};
 use crate::broker::BrokerError;
 use crate::log::{Durability, LogError};
+use crate::net::tls::write_flushed;
+use crate::topic_filter as topic;
 
 /// Messages waiting in a connection's channel before it is marked lagged.
 const CHANNEL: usize = 1024;

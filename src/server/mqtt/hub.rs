@@ -21,12 +21,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{MessageProps, Publish, Will};
 use super::message::{self, LogMessage};
 use super::session::{Owner, PersistedSession, SessionState};
-use crate::topic_filter::{self as topic, Trie};
 use super::{MqttConfig, MqttStats};
 use crate::broker::{Broker, BrokerError};
 use crate::log::{AppendTicket, Durability, LogError, PartitionChoice, Visibility};
 use crate::meta::Namespace;
 use crate::proto::TopicSettings;
+use crate::topic_filter::{self as topic, Trie};
 use crate::units::ByteSize;
 
 /// A message for one connection.

@@ -61,9 +61,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::net::tls::{Accepted, TlsServer};
 use crate::auth::{Full, ListenerSlots};
 use crate::log::Durability;
+use crate::net::tls::{Accepted, TlsServer};
 use crate::units::{ByteSize, HumanDuration};
 use hub::Hub;
 

@@ -93,7 +93,7 @@ pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
 pub async fn handle(
     broker: &Arc<Broker>,
     who: &Principal,
-    client_version: u16,
+    peer: Peer,
     id: u32,
     request: Request<'_>,
 ) -> Vec<u8> {
@@ -113,7 +113,7 @@ pub async fn handle(
                 Err(answer) => return answer,
             }
         }
-        Request::Fetch(f) => return fetch(broker, id, client_version, f).await,
+        Request::Fetch(f) => return fetch(broker, id, peer, f).await,
         Request::ListOffsets {
             topic,
             partition,
@@ -354,8 +354,17 @@ pub fn produce_start(
     })
 }
 
+/// What a request's answer depends on of its connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    /// The protocol version the client said in its handshake.
+    pub client_version: u16,
+    /// The largest frame this listener accepts, and so sends.
+    pub max_frame: usize,
+}
+
 /// A fetch answer; a protocol 1 client gets batches with nulls in the plain layout.
-async fn fetch(broker: &Broker, id: u32, client_version: u16, f: Fetch<'_>) -> Vec<u8> {
+async fn fetch(broker: &Broker, id: u32, peer: Peer, f: Fetch<'_>) -> Vec<u8> {
     let max_wait = Duration::from_millis(u64::from(f.max_wait_ms.min(60_000)));
     match broker
         .fetch(
@@ -363,14 +372,14 @@ async fn fetch(broker: &Broker, id: u32, client_version: u16, f: Fetch<'_>) -> V
             f.partition,
             f.offset,
             // An answer is never larger than the frames this server accepts.
-            (f.max_bytes as usize).clamp(1, broker.config().native.max_frame_size.bytes() as usize),
+            (f.max_bytes as usize).clamp(1, peer.max_frame),
             f.min_bytes as usize,
             max_wait,
         )
         .await
     {
         Ok(r) => {
-            let plain = match client_version {
+            let plain = match peer.client_version {
                 1 => match frames_as_plain(&r.frames) {
                     Ok(plain) => plain,
                     Err(e) => {

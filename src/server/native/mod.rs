@@ -31,9 +31,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::net::tls::{Accepted, TlsServer};
 use crate::auth::{Auth, ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
+use crate::net::tls::{Accepted, TlsServer};
 use crate::proto::{
     self, ErrorCode, FrameError, PROTOCOL_VERSION, Request, RequestFrame, Response,
 };
@@ -212,10 +212,7 @@ async fn connection(
             out.extend_from_slice(&bytes);
             // Send now unless more answers are ready to go in the same write.
             if out.len() >= 256 * 1024 || rx.is_empty() {
-                if crate::net::tls::write_flushed(&mut wr, &out)
-                    .await
-                    .is_err()
-                {
+                if crate::net::tls::write_flushed(&mut wr, &out).await.is_err() {
                     return;
                 }
                 out.clear();
@@ -393,14 +390,12 @@ async fn connection(
                     let work = async move {
                         match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
                             Ok(r) => {
-                                handle::handle(
-                                    &broker,
-                                    &who,
+                                let peer = handle::Peer {
                                     client_version,
-                                    r.correlation_id,
-                                    r.request,
-                                )
-                                .await
+                                    max_frame: limits.max_frame,
+                                };
+                                handle::handle(&broker, &who, peer, r.correlation_id, r.request)
+                                    .await
                             }
                             Err(e) => handle::error(id, ErrorCode::InvalidRequest, &e.to_string()),
                         }
