@@ -16,7 +16,7 @@ work=$(mktemp -d)
 trap 'kill $spid 2>/dev/null; wait $spid 2>/dev/null; rm -rf "$work"' EXIT
 # 100-byte records (99 characters and the newline kcat and brook produce cut at).
 awk -v n="$records" 'BEGIN { pad = sprintf("%90s", ""); gsub(/ /, "x", pad); for (i = 0; i < n; i++) printf "%09d%s\n", i, pad }' > "$work/records"
-BROOK_LOG=warn,brook::server=info "$brook" serve --data-dir "$work/data" --native 127.0.0.1:0 \
+BROOK_LOG=warn,brook::serve=info "$brook" serve --data-dir "$work/data" --native 127.0.0.1:0 \
   --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --kafka 127.0.0.1:0 2> "$work/log" &
 spid=$!
 for _ in $(seq 100); do grep -q 'kafka=' "$work/log" && break; sleep 0.1; done

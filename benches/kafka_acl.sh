@@ -25,7 +25,7 @@ echo "# kcat $(kcat -V 2>&1 | grep -o 'librdkafka [0-9.]*' | head -n 1); $(uname
 for i in $(seq "$repeat"); do
   for mode in open secured; do
     rm -rf "$work/data" "$work/log"
-    BROOK_LOG=warn,brook::server=info "$brook" serve --config "$work/$mode.toml" --data-dir "$work/data" \
+    BROOK_LOG=warn,brook::serve=info "$brook" serve --config "$work/$mode.toml" --data-dir "$work/data" \
       --native 127.0.0.1:0 --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --kafka 127.0.0.1:0 2> "$work/log" &
     spid=$!
     for _ in $(seq 100); do grep -q 'kafka=' "$work/log" && break; sleep 0.1; done

@@ -46,7 +46,7 @@ echo "# $(uname -m), $(nproc) cores, $(date -u +%F); $commits commits, $creates 
 for i in $(seq "$repeat"); do
   for b in "${bins[@]}"; do
     rm -rf "$work/data"
-    BROOK_LOG=warn,brook::server=info "$b" serve --data-dir "$work/data" --native 127.0.0.1:0 \
+    BROOK_LOG=warn,brook::serve=info "$b" serve --data-dir "$work/data" --native 127.0.0.1:0 \
       --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --kafka 127.0.0.1:0 2> "$work/log" &
     spid=$!
     for _ in $(seq 100); do grep -q 'kafka=' "$work/log" && break; sleep 0.1; done

@@ -23,7 +23,7 @@ for i in $(seq "$repeat"); do
       bin=$before
       [ "$build" = after ] && bin=$after
       rm -rf "$work/data" "$work/log"
-      BROOK_LOG=warn,brook::server=info "$bin" serve --data-dir "$work/data" --native 127.0.0.1:0 --http 127.0.0.1:0 \
+      BROOK_LOG=warn,brook::serve=info "$bin" serve --data-dir "$work/data" --native 127.0.0.1:0 --http 127.0.0.1:0 \
         --mqtt 127.0.0.1:0 --kafka 127.0.0.1:0 2> "$work/log" &
       spid=$!
       for _ in $(seq 100); do grep -q 'mqtt=' "$work/log" && break; sleep 0.1; done

@@ -14,7 +14,7 @@ work=$(mktemp -d)
 spid=
 trap '[ -n "$spid" ] && kill $spid 2>/dev/null; rm -rf "$work"' EXIT
 printf '[listeners]\nmqtt_ws = "127.0.0.1:0"\n' > "$work/brook.toml"
-BROOK_LOG=warn,brook::server=info target/release/brook serve --config "$work/brook.toml" \
+BROOK_LOG=warn,brook::serve=info target/release/brook serve --config "$work/brook.toml" \
   --data-dir "$work/data" --native 127.0.0.1:0 --http 127.0.0.1:0 --mqtt 127.0.0.1:0 \
   --kafka 127.0.0.1:0 2> "$work/log" &
 spid=$!

@@ -221,12 +221,23 @@ pub fn start_server(
             "--data-dir",
         ])
         .arg(&dir)
-        .env("BROOK_LOG", "warn,brook::server=info")
+        .env("BROOK_LOG", "warn,brook::serve=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
     let stderr = child.stderr.take().ok_or("no stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
+    // Read on a thread of its own (which drains the log for the server's whole life), so the
+    // wait for the listening line has a deadline.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                // Nobody listens any more: keep draining so the server never blocks on stderr.
+                continue;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let field = |line: &str, name: &str| {
         line.split(name)
             .nth(1)
@@ -234,10 +245,18 @@ pub fn start_server(
             .map(str::to_string)
     };
     let (addr, mqtt_addr, kafka_addr, http_addr, line) = loop {
-        let Some(line) = lines.next() else {
-            return Err("brook serve exited before listening".into());
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = match rx.recv_timeout(left) {
+            Ok(line) => line,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err("brook serve exited before listening".into());
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("brook serve did not report its listeners within 60 s".into());
+            }
         };
-        let line = line?;
         if let (Some(n), Some(m), Some(k), Some(h)) = (
             field(&line, "native="),
             field(&line, "mqtt="),
@@ -249,7 +268,6 @@ pub fn start_server(
     };
     let tls_addr = |name: &str| field(&line, name).filter(|a| a != "-");
     let (native_tls_addr, mqtt_tls_addr) = (tls_addr("native_tls="), tls_addr("mqtt_tls="));
-    std::thread::spawn(move || for _ in lines {});
     Ok(ServerChild {
         child,
         addr,
