@@ -73,7 +73,7 @@ pub struct Report {
 
 impl Report {
     /// 0 clean, 1 repairable only, 2 corrupt.
-    pub fn exit_code(&self) -> i32 {
+    pub fn exit_code(&self) -> u8 {
         match self
             .partitions
             .iter()

@@ -22,6 +22,7 @@ use crate::proto::{
     self, Acks, Assignor, CommitEntry, ErrorCode, Fetch, OffsetSpec, PROTOCOL_VERSION, Produce,
     Request, RequestFrame, Response, ResponseFrame, TopicOptions, TopicSettings,
 };
+use crate::units::Narrow;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -499,7 +500,7 @@ impl Client {
                 offset,
                 max_bytes,
                 min_bytes,
-                max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)) as u32,
+                max_wait_ms: max_wait.as_millis().min(u128::from(u32::MAX)).sat_u32(),
             }))
             .await?;
         let r = decode(&bytes)?.response;
@@ -607,7 +608,10 @@ impl Client {
                 group,
                 member_id,
                 topics: t,
-                session_timeout_ms: session_timeout.as_millis().min(u128::from(u32::MAX)) as u32,
+                session_timeout_ms: session_timeout
+                    .as_millis()
+                    .min(u128::from(u32::MAX))
+                    .sat_u32(),
                 assignor,
             })
             .await?;
@@ -778,7 +782,7 @@ pub struct Producer {
 impl Producer {
     /// A producer for `topic` (its partition count is looked up now, to place keys).
     pub async fn new(client: Arc<Client>, topic: &str, acks: Acks) -> Result<Producer> {
-        let partitions = client.describe_topic(topic).await?.partitions.len() as u32;
+        let partitions = (client.describe_topic(topic).await?.partitions.len()).sat_u32();
         Ok(Producer {
             client,
             topic: topic.to_string(),
@@ -982,7 +986,9 @@ impl Consumer {
         };
         let parts: Vec<u32> = match partition {
             Some(p) => vec![p],
-            None => (0..c.client.describe_topic(topic).await?.partitions.len() as u32).collect(),
+            None => {
+                (0..(c.client.describe_topic(topic).await?.partitions.len()).sat_u32()).collect()
+            }
         };
         for p in parts {
             let at = c.start_offset(p, None).await?;
@@ -1124,7 +1130,7 @@ impl Consumer {
                         offset: at,
                         max_bytes: 1 << 20,
                         min_bytes: 1,
-                        max_wait_ms: wait.as_millis() as u32,
+                        max_wait_ms: wait.as_millis().sat_u32(),
                     }))
                     .await?;
                 pending.push((p, at, rx));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::log::{StoreOptions, TopicConfig};
+use crate::units::Narrow;
 use crate::units::{ByteSize, HumanDuration};
 
 /// The commented default configuration, shipped in the binary.
@@ -131,7 +132,7 @@ impl NativeConfig {
         crate::server::native::NativeLimits {
             max_connections: self.max_connections,
             idle_timeout: self.idle_timeout.0,
-            max_frame: self.max_frame_size.bytes() as usize,
+            max_frame: self.max_frame_size.bytes().sat_usize(),
             max_in_flight: self.max_in_flight,
         }
     }

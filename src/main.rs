@@ -710,7 +710,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ) {
             Ok(report) => {
                 print!("{}", report.render());
-                Ok(ExitCode::from(report.exit_code() as u8))
+                Ok(ExitCode::from(report.exit_code()))
             }
             Err(e) => {
                 eprintln!("brook check: {e}");

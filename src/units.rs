@@ -69,7 +69,10 @@ impl FromStr for ByteSize {
         if !(0.0..1.8e19).contains(&bytes) {
             return Err(format!("{s:?} is out of range"));
         }
-        Ok(ByteSize(bytes.round() as u64))
+        // Checked above to be in range; a float to integer `as` saturates anyway.
+        #[allow(clippy::cast_possible_truncation)]
+        let bytes = bytes.round() as u64;
+        Ok(ByteSize(bytes))
     }
 }
 
@@ -103,7 +106,7 @@ impl HumanDuration {
         HumanDuration(Duration::from_millis(ms))
     }
     pub fn as_millis(self) -> u64 {
-        self.0.as_millis().min(u128::from(u64::MAX)) as u64
+        self.0.as_millis().min(u128::from(u64::MAX)).sat_u64()
     }
     /// `None` for zero ("no limit").
     pub fn limit(self) -> Option<Duration> {
@@ -167,7 +170,7 @@ impl FromStr for HumanDuration {
         if total_ms > u128::from(u64::MAX) {
             return Err(format!("{s:?} is out of range"));
         }
-        Ok(HumanDuration(Duration::from_millis(total_ms as u64)))
+        Ok(HumanDuration(Duration::from_millis(total_ms.sat_u64())))
     }
 }
 
@@ -235,6 +238,50 @@ serde_via_str!(
     "a duration such as \"500ms\", \"7d\" or a number of seconds",
     HumanDuration::secs
 );
+
+/// Narrowing conversions that saturate at the target type's maximum instead of wrapping: the
+/// `as` casts they replace truncated silently, and on 32-bit ARM a `u64` file size or a `usize`
+/// length past 4 GiB would wrap. For non-negative values (every use narrows a size, a count, an
+/// offset delta or a duration).
+pub trait Narrow: Copy {
+    fn sat_u8(self) -> u8;
+    fn sat_u16(self) -> u16;
+    fn sat_u32(self) -> u32;
+    fn sat_u64(self) -> u64;
+    fn sat_usize(self) -> usize;
+    fn sat_i32(self) -> i32;
+    fn sat_i64(self) -> i64;
+}
+
+macro_rules! narrow {
+    ($($t:ty),*) => {$(
+        impl Narrow for $t {
+            fn sat_u8(self) -> u8 {
+                u8::try_from(self).unwrap_or(u8::MAX)
+            }
+            fn sat_u16(self) -> u16 {
+                u16::try_from(self).unwrap_or(u16::MAX)
+            }
+            fn sat_u32(self) -> u32 {
+                u32::try_from(self).unwrap_or(u32::MAX)
+            }
+            fn sat_u64(self) -> u64 {
+                u64::try_from(self).unwrap_or(u64::MAX)
+            }
+            fn sat_usize(self) -> usize {
+                usize::try_from(self).unwrap_or(usize::MAX)
+            }
+            fn sat_i32(self) -> i32 {
+                i32::try_from(self).unwrap_or(i32::MAX)
+            }
+            fn sat_i64(self) -> i64 {
+                i64::try_from(self).unwrap_or(i64::MAX)
+            }
+        }
+    )*};
+}
+
+narrow!(u16, u32, u64, u128, usize);
 
 #[cfg(test)]
 mod tests {

@@ -6,6 +6,12 @@
 //! measured 3.0-3.3:1).
 //! Under qemu it is skipped (see `.ci/run`): emulation would measure itself, not Brook.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 use std::time::{Duration, Instant};
 
 use brook::client::Client;

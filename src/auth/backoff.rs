@@ -159,7 +159,8 @@ mod tests {
         let b = Backoff::new(Duration::from_millis(1), Duration::from_millis(1), false);
         let t = Instant::now();
         for i in 0..20_000u32 {
-            let ip = IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+            let [_, x, y, z] = i.to_be_bytes();
+            let ip = IpAddr::from([10, x, y, z]);
             b.failed("u", ip, t);
         }
         assert!(b.lock().len() <= MAX_ENTRIES + 1);

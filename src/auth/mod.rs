@@ -47,6 +47,7 @@ pub use acl::{Acl, Op, Who};
 pub use admission::{Admission, ConnSlot, Full, ListenerSlots, Slot};
 pub use password::{PasswordHash, Users};
 
+use crate::units::Narrow;
 use crate::units::{ByteSize, HumanDuration};
 
 /// `[auth]` in brook.toml.
@@ -410,7 +411,7 @@ impl Auth {
 
     /// Largest frame a connection may send before it has logged in.
     pub fn max_frame_before_login(&self) -> usize {
-        self.config.max_frame_before_login.bytes() as usize
+        self.config.max_frame_before_login.bytes().sat_usize()
     }
 
     /// Whether a users file is configured (the Kafka listener then asks for SASL).

@@ -63,7 +63,10 @@ pub struct ScramSecret {
 type HmacSha512 = Hmac<Sha512>;
 
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 64] {
-    let mut m = <HmacSha512 as Mac>::new_from_slice(key).expect("HMAC takes keys of any length");
+    let mut m = match <HmacSha512 as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
     m.update(data);
     m.finalize().into_bytes().into()
 }

@@ -19,6 +19,7 @@ use crate::client::{Client, Producer};
 use crate::log::Record;
 use crate::log::partitioner::partition_for_key;
 use crate::proto::{Acks, TopicSettings};
+use crate::units::Narrow;
 
 pub struct MirrorBench {
     pub kind: String,
@@ -235,7 +236,7 @@ impl MirrorBench {
         let mut tasks = tokio::task::JoinSet::new();
         for (p, records) in per.into_iter().enumerate() {
             let pc = client
-                .partition_client(topic, p as i32, UnknownTopicHandling::Retry)
+                .partition_client(topic, p.sat_i32(), UnknownTopicHandling::Retry)
                 .await?;
             let batch = self.batch;
             tasks.spawn(async move {

@@ -140,6 +140,8 @@ pub async fn connect_stream(
 
 /// The `q` quantile (0..=1) of sorted `values`; 0 when empty.
 pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    // A float to integer `as` saturates (and NaN gives 0): no wrap possible.
+    #[allow(clippy::cast_possible_truncation)]
     let i = ((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1));
     sorted.get(i).copied().unwrap_or(0)
 }

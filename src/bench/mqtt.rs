@@ -21,6 +21,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 
 use super::{BenchResult, BenchStream, BenchTls, Broker, cpu_seconds, quantile, rss_kib};
+use crate::units::Narrow;
 
 type Rd = ReadHalf<Box<dyn BenchStream>>;
 type Wr = WriteHalf<Box<dyn BenchStream>>;
@@ -211,7 +212,7 @@ impl MqttBench {
                 out.clear();
                 read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::SubAck(_))).await?;
                 let _ = ready.send(()).await;
-                let mut lat = Vec::with_capacity((total as usize).min(1 << 24));
+                let mut lat = Vec::with_capacity((total.sat_usize()).min(1 << 24));
                 let mut got = 0u64;
                 let mut last = Instant::now();
                 while got < total {
@@ -224,7 +225,7 @@ impl MqttBench {
                                     .get(..8)
                                     .and_then(|b| b.try_into().ok())
                                     .map_or(0, u64::from_le_bytes);
-                                let now = base.elapsed().as_nanos() as u64;
+                                let now = base.elapsed().as_nanos().sat_u64();
                                 lat.push(now.saturating_sub(sent) / 1000);
                                 got += 1;
                                 match p.qos {
@@ -288,7 +289,7 @@ impl MqttBench {
                     while sent < per_pub && (q == 0 || unacked < inflight) && out.len() < 32 * 1024
                     {
                         payload[..8]
-                            .copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+                            .copy_from_slice(&(base.elapsed().as_nanos().sat_u64()).to_le_bytes());
                         payload[8..16].copy_from_slice(&sent.to_le_bytes());
                         let mut p = Publish::new(topic.as_str(), qos(q), payload.clone());
                         if q > 0 {
@@ -511,7 +512,7 @@ async fn device(
         tokio::select! {
             _ = tick.tick(), if publishing => {
                 let mut payload = vec![0u8; 100];
-                payload[..8].copy_from_slice(&(base.elapsed().as_nanos() as u64).to_le_bytes());
+                payload[..8].copy_from_slice(&(base.elapsed().as_nanos().sat_u64()).to_le_bytes());
                 pkid = pkid.wrapping_add(1).max(2);
                 let mut p = Publish::new(topic.as_str(), QoS::AtLeastOnce, payload);
                 p.pkid = pkid;
@@ -526,7 +527,7 @@ async fn device(
                     match Packet::read(&mut buf, usize::MAX) {
                         Ok(Packet::Publish(p)) => {
                             let sent = p.payload.get(..8).and_then(|b| b.try_into().ok()).map_or(0, u64::from_le_bytes);
-                            r.latencies.push((base.elapsed().as_nanos() as u64).saturating_sub(sent) / 1000);
+                            r.latencies.push((base.elapsed().as_nanos().sat_u64()).saturating_sub(sent) / 1000);
                             r.delivered += 1;
                             Packet::PubAck(PubAck::new(p.pkid)).write(&mut out, usize::MAX)?;
                         }

@@ -19,6 +19,7 @@ use crate::client::{Client, ClientError, ClientTls};
 use crate::log::clock::wall_clock_ms;
 use crate::log::{BatchBuilder, Durability};
 use crate::proto::{Acks, TopicSettings};
+use crate::units::Narrow;
 
 #[derive(Clone, Debug)]
 pub struct NativeBench {
@@ -221,7 +222,7 @@ async fn produce(
     let mut value = vec![0u8; size];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(partition);
     let mut pending = std::collections::VecDeque::new();
-    let mut latencies = Vec::with_capacity((quota / u64::from(batch) + 1) as usize);
+    let mut latencies = Vec::with_capacity((quota / u64::from(batch) + 1).sat_usize());
     let mut left = quota;
     let mut b = BatchBuilder::with_capacity(batch as usize * (size + 8));
     while left > 0 || !pending.is_empty() {
@@ -258,7 +259,7 @@ async fn produce(
             crate::proto::Response::Produced { .. } => {}
             other => return Err(format!("produce failed: {other:?}").into()),
         }
-        latencies.push(t.elapsed().as_micros() as u64);
+        latencies.push(t.elapsed().as_micros().sat_u64());
     }
     Ok(latencies)
 }

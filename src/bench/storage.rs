@@ -22,6 +22,7 @@ use crate::log::{
     BatchBuilder, Durability, LogError, OnFull, PartitionChoice, Store, StoreOptions, TopicConfig,
     Visibility,
 };
+use crate::units::Narrow;
 use crate::units::{ByteSize, HumanDuration};
 
 /// Parameters of a storage benchmark run.
@@ -425,7 +426,7 @@ impl StorageBench {
             producers: self.producers,
             batch: self.batch,
             durability: self.durability,
-            fsync_delay_ms: self.fsync_delay.map(|d| d.as_millis() as u64),
+            fsync_delay_ms: self.fsync_delay.map(|d| d.as_millis().sat_u64()),
             append_secs,
             append_records_per_sec: self.records as f64 / append_secs,
             append_mb_per_sec: payload / append_secs / 1e6,
@@ -475,7 +476,7 @@ async fn produce(
     let mut value = vec![0u8; size];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(partition);
     let mut builder = BatchBuilder::with_capacity(batch as usize * (size + 8));
-    let mut latencies = Vec::with_capacity((quota / u64::from(batch) + 1) as usize);
+    let mut latencies = Vec::with_capacity((quota / u64::from(batch) + 1).sat_usize());
     let mut left = quota;
     while left > 0 {
         let n = left.min(u64::from(batch));
@@ -491,7 +492,7 @@ async fn produce(
         store
             .append_async(TOPIC, PartitionChoice::Id(partition), &builder, durability)
             .await?;
-        latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)).sat_u32());
         left -= n;
         done.fetch_add(n, Ordering::Relaxed);
     }
@@ -535,6 +536,8 @@ fn spawn_progress(
             }
             let n = done.load(Ordering::Relaxed);
             let width = 30;
+            // A float to integer `as` saturates (and NaN gives 0): no wrap possible.
+            #[allow(clippy::cast_possible_truncation)]
             let filled = (n as f64 / total as f64 * width as f64) as usize;
             eprint!(
                 "\r{what} [{}{}] {:>3}% {n}/{total} ({:.0}/s) ",

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::proto::Assignor;
+use crate::units::Narrow;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Member {
@@ -229,7 +230,7 @@ fn rebalance(g: &mut Group, partitions: &dyn Fn(&str) -> Option<u32>) {
         if subscribers.is_empty() {
             continue;
         }
-        let k = subscribers.len() as u32;
+        let k = subscribers.len().sat_u32();
         for p in 0..n {
             let who = match assignor {
                 // Members in id order take consecutive ranges; the first n % k get one more.
@@ -245,7 +246,7 @@ fn rebalance(g: &mut Group, partitions: &dyn Fn(&str) -> Option<u32>) {
                 }
                 Assignor::RoundRobin => {
                     rr += 1;
-                    ((rr - 1) % subscribers.len()) as u32
+                    ((rr - 1) % subscribers.len()).sat_u32()
                 }
             };
             let id = &subscribers[who as usize];

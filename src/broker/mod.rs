@@ -24,6 +24,7 @@ use crate::log::{
 };
 use crate::meta::{Meta, MetaError, Namespace};
 use crate::proto::{Assignor, ErrorCode, OffsetSpec, TopicSettings};
+use crate::units::Narrow;
 use crate::units::{ByteSize, HumanDuration};
 use groups::{GroupError, Groups, Joined};
 use kafka_groups::{JoinOutcome, JoinRequest, KafkaGroupError, KafkaGroups};
@@ -444,7 +445,7 @@ impl Broker {
             self.store
                 .topic(t)
                 .ok()
-                .map(|t| t.partitions().len() as u32)
+                .map(|t| t.partitions().len().sat_u32())
         }
     }
 

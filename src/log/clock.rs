@@ -29,6 +29,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::error::{LogError, Result};
 use super::fs::Fs;
+use crate::units::Narrow;
 
 /// How far the wall clock may drift from the monotonic clock between two readings before the
 /// difference counts as a clock step.
@@ -58,8 +59,8 @@ impl Default for SystemTimeSource {
 /// Wall-clock milliseconds since the Unix epoch (negative before 1970).
 pub fn wall_clock_ms() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_millis() as i64,
-        Err(e) => -(e.duration().as_millis() as i64),
+        Ok(d) => d.as_millis().sat_i64(),
+        Err(e) => -(e.duration().as_millis().sat_i64()),
     }
 }
 
@@ -68,7 +69,7 @@ impl TimeSource for SystemTimeSource {
         wall_clock_ms()
     }
     fn mono_ms(&self) -> i64 {
-        self.start.elapsed().as_millis() as i64
+        self.start.elapsed().as_millis().sat_i64()
     }
 }
 

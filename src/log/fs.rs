@@ -7,6 +7,7 @@
 //!   followed by ENOSPC, and failing fsyncs.
 //! - [`SlowSyncFs`]: adds a fixed delay to every fsync, to imitate a slow SD card in benchmarks.
 
+use crate::units::Narrow;
 use std::collections::HashMap;
 use std::fs::{self, OpenOptions};
 use std::io;
@@ -384,7 +385,7 @@ impl File for FaultFile {
         st.writes += 1;
         if let Some(left) = st.space_left {
             if (buf.len() as u64) > left {
-                let fits = left as usize;
+                let fits = left.sat_usize();
                 st.space_left = Some(0);
                 drop(st);
                 self.file.write_all_at(&buf[..fits], pos)?;

@@ -1,13 +1,15 @@
 //! Which partition a record goes to: Kafka's default partitioner, so a key lands in the same
 //! partition whichever protocol wrote it, here or on an upstream Kafka cluster.
 
+use crate::units::Narrow;
+
 /// Kafka's murmur2 hash (`org.apache.kafka.common.utils.Utils.murmur2`), as a signed 32-bit value.
 pub fn murmur2(data: &[u8]) -> i32 {
     const SEED: u32 = 0x9747_b28c;
     const M: u32 = 0x5bd1_e995;
     const R: u32 = 24;
     let len = data.len();
-    let mut h: u32 = SEED ^ (len as u32);
+    let mut h: u32 = SEED ^ (len.sat_u32());
     let mut chunks = data.chunks_exact(4);
     for c in &mut chunks {
         let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::error::FrameError;
+use crate::units::Narrow;
 
 /// The newest batch body layout this Brook reads and writes (see [`RecordLayout`]). A frame whose
 /// body starts with a larger number was written by a newer Brook and is refused, never guessed at.
@@ -564,7 +565,7 @@ pub fn encode_frame(
     out.extend_from_slice(records);
     let body = &out[start + FRAME_HEADER_LEN..];
     let crc = CRC32C.checksum(body);
-    let len = (body.len() + 4) as u32;
+    let len = (body.len() + 4).sat_u32();
     out[start..start + 4].copy_from_slice(&len.to_le_bytes());
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
     out.len() - start
@@ -786,7 +787,7 @@ pub fn encode_plain(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<usize, F
             .map(|h| Header::new(h.name, h.bytes()))
             .collect();
         let record = PlainOut {
-            offset_delta: i as u32,
+            offset_delta: i.sat_u32(),
             // For a log-append batch this makes even a reader that ignores the attribute see
             // the append time.
             timestamp_delta: r.timestamp.wrapping_sub(batch.header.first_timestamp),

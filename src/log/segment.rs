@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use super::error::{FrameError, LogError, Result};
 use super::fs::{File, Fs};
 use super::record::{BatchView, FRAME_HEADER_LEN, frame_len};
+use crate::units::Narrow;
 
 /// Magic bytes at the start of every segment file.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"BROOKSEG";
@@ -20,7 +21,9 @@ pub const SEGMENT_FORMAT_VERSION: u32 = 2;
 /// Version of the index (and dropped-ranges) file layout.
 pub const INDEX_FORMAT_VERSION: u32 = 1;
 /// Bytes before the first frame of a segment file.
-pub const SEGMENT_HEADER_LEN: u64 = 24;
+pub const SEGMENT_HEADER_LEN: u64 = SEGMENT_HEADER_BYTES as u64;
+/// [`SEGMENT_HEADER_LEN`] as a buffer length.
+pub const SEGMENT_HEADER_BYTES: usize = 24;
 const INDEX_HEADER_LEN: usize = 56;
 const INDEX_ENTRY_LEN: usize = 16;
 
@@ -56,7 +59,7 @@ pub fn read_dropped(fs: &dyn Fs, dir: &Path, base: u64) -> Result<Vec<(u64, u64)
     if !(16..=1 << 20).contains(&len) {
         return Ok(Vec::new());
     }
-    let mut buf = vec![0u8; len as usize];
+    let mut buf = vec![0u8; len.sat_usize()];
     f.read_exact_at(&mut buf, 0)
         .map_err(|e| LogError::io("read", &path, e))?;
     let (body, crc) = buf.split_at(buf.len() - 4);
@@ -108,17 +111,17 @@ pub fn parse_file_name(name: &str) -> Option<(u64, &str)> {
 }
 
 /// The header of a segment as appended (version 1: dense offsets).
-pub fn encode_segment_header(base: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+pub fn encode_segment_header(base: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     segment_header(base, 1)
 }
 
 /// The header of a segment a compaction wrote (version 2: offsets may skip).
-pub fn encode_compacted_segment_header(base: u64) -> [u8; SEGMENT_HEADER_LEN as usize] {
+pub fn encode_compacted_segment_header(base: u64) -> [u8; SEGMENT_HEADER_BYTES] {
     segment_header(base, 2)
 }
 
-fn segment_header(base: u64, version: u32) -> [u8; SEGMENT_HEADER_LEN as usize] {
-    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+fn segment_header(base: u64, version: u32) -> [u8; SEGMENT_HEADER_BYTES] {
+    let mut h = [0u8; SEGMENT_HEADER_BYTES];
     h[..8].copy_from_slice(SEGMENT_MAGIC);
     h[8..12].copy_from_slice(&version.to_le_bytes());
     h[16..24].copy_from_slice(&base.to_le_bytes());
@@ -143,7 +146,7 @@ pub fn read_segment_header(
     if len < SEGMENT_HEADER_LEN {
         return Ok(None);
     }
-    let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+    let mut h = [0u8; SEGMENT_HEADER_BYTES];
     file.read_exact_at(&mut h, 0)
         .map_err(|e| LogError::io("read header of", path, e))?;
     if &h[..8] != SEGMENT_MAGIC {
@@ -202,7 +205,7 @@ impl SegmentIndex {
         let mut out = Vec::with_capacity(self.encoded_len());
         out.extend_from_slice(INDEX_MAGIC);
         out.extend_from_slice(&INDEX_FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(self.entries.len().sat_u32()).to_le_bytes());
         out.extend_from_slice(&self.base_offset.to_le_bytes());
         out.extend_from_slice(&self.next_offset.to_le_bytes());
         out.extend_from_slice(&self.log_len.to_le_bytes());
@@ -276,7 +279,10 @@ impl SegmentIndex {
 
 /// Position of the last indexed batch whose base offset is at most `offset` (or the first frame).
 pub fn index_position(entries: &[IndexEntry], base: u64, offset: u64) -> u64 {
-    let rel = offset.saturating_sub(base).min(u64::from(u32::MAX)) as u32;
+    let rel = offset
+        .saturating_sub(base)
+        .min(u64::from(u32::MAX))
+        .sat_u32();
     let i = entries.partition_point(|e| e.relative_offset <= rel);
     if i == 0 {
         SEGMENT_HEADER_LEN
@@ -409,7 +415,7 @@ impl IndexBuilder {
         if self.entries.is_empty() || self.since_last >= self.interval {
             self.entries.push(IndexEntry {
                 relative_offset: rel_offset,
-                position: position as u32,
+                position: position.sat_u32(),
                 max_timestamp_before: self.max_timestamp,
             });
             self.since_last = 0;
@@ -476,7 +482,7 @@ fn scan_range(
     let mut buf_pos = start; // file position of buf[0]
     let mut pos = start;
     while pos < len {
-        let in_buf = (pos - buf_pos) as usize;
+        let in_buf = (pos - buf_pos).sat_usize();
         let have = buf.len() - in_buf;
         let frame = frame_len(&buf[in_buf..]);
         let needed = match frame {
@@ -500,7 +506,7 @@ fn scan_range(
                 out.torn_batch = torn_header(file, pos, left);
                 break;
             }
-            let want = (needed.max(CHUNK) as u64).min(left) as usize;
+            let want = (needed.max(CHUNK) as u64).min(left).sat_usize();
             buf.resize(want, 0);
             file.read_exact_at(&mut buf, pos)
                 .map_err(|e| LogError::io("read", path, e))?;
@@ -538,7 +544,7 @@ fn scan_range(
             }
         }
         idx.add(
-            (h.base_offset - base) as u32,
+            (h.base_offset - base).sat_u32(),
             pos,
             needed as u64,
             h.max_timestamp,
@@ -618,12 +624,12 @@ fn next_intact_frame(
                 > window_pos + window.len() as u64
         {
             window_pos = pos;
-            let n = WINDOW.min(len - pos) as usize;
+            let n = WINDOW.min(len - pos).sat_usize();
             window.resize(n, 0);
             file.read_exact_at(&mut window, pos)
                 .map_err(|e| LogError::io("read", path, e))?;
         }
-        let at = &window[(pos - window_pos) as usize..];
+        let at = &window[(pos - window_pos).sat_usize()..];
         if let Ok(n) = frame_len(at) {
             let fits = pos + n as u64 <= len;
             let header = at
@@ -662,7 +668,9 @@ pub fn batch_header_at(
     pos: u64,
     available: u64,
 ) -> Option<super::record::BatchHeader> {
-    let n = available.min((FRAME_HEADER_LEN + 1 + super::record::MAX_HEADER_LEN) as u64) as usize;
+    let n = available
+        .min((FRAME_HEADER_LEN + 1 + super::record::MAX_HEADER_LEN) as u64)
+        .sat_usize();
     let mut b = vec![0u8; n];
     file.read_exact_at(&mut b, pos).ok()?;
     let body = b.get(FRAME_HEADER_LEN + 1..)?;
@@ -830,7 +838,7 @@ pub fn read_index(
     if len > (256 << 20) {
         return Ok(Some(Err(format!("{len} bytes is too large for an index"))));
     }
-    let mut buf = vec![0u8; len as usize];
+    let mut buf = vec![0u8; len.sat_usize()];
     f.read_exact_at(&mut buf, 0)
         .map_err(|e| LogError::io("read", path, e))?;
     Ok(Some(SegmentIndex::decode(&buf)))
@@ -927,7 +935,7 @@ mod tests {
     struct Mem(Vec<u8>);
     impl File for Mem {
         fn read_at(&self, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-            let start = (pos as usize).min(self.0.len());
+            let start = (pos.sat_usize()).min(self.0.len());
             let n = buf.len().min(self.0.len() - start);
             buf[..n].copy_from_slice(&self.0[start..start + n]);
             Ok(n)
@@ -953,7 +961,7 @@ mod tests {
         let path = Path::new("mem.log");
         for pos in starts[2]..starts[3] {
             let mut bytes = clean.clone();
-            bytes[pos as usize] ^= 0x10;
+            bytes[pos.sat_usize()] ^= 0x10;
             let scan = scan_resync(&Mem(bytes), path, len, 100, OPTS).expect("scan");
             assert_eq!(
                 scan.stop, None,
@@ -974,7 +982,7 @@ mod tests {
         let len = clean.len() as u64;
         for pos in starts[4]..len {
             let mut bytes = clean.clone();
-            bytes[pos as usize] ^= 0x10;
+            bytes[pos.sat_usize()] ^= 0x10;
             let scan =
                 scan_resync(&Mem(bytes), Path::new("mem.log"), len, 100, OPTS).expect("scan");
             assert!(scan.damage.is_empty(), "byte {pos}: {:?}", scan.damage);

@@ -16,6 +16,7 @@ use super::record::Batch;
 use super::segment::SEGMENT_HEADER_LEN;
 use super::topic_file;
 use super::{Durability, OnFull, StoreOptions, TopicConfig};
+use crate::units::Narrow;
 
 type OpenResult = Result<(Partition, Recovery)>;
 
@@ -76,11 +77,11 @@ impl Topic {
             .ok_or_else(|| LogError::UnknownPartition {
                 topic: self.name.clone(),
                 partition: id,
-                count: self.partitions.len() as u32,
+                count: self.partitions.len().sat_u32(),
             })
     }
     pub fn choose(&self, choice: PartitionChoice<'_>) -> Result<&Arc<Partition>> {
-        let n = self.partitions.len() as u32;
+        let n = self.partitions.len().sat_u32();
         let id = match choice {
             PartitionChoice::Id(id) => id,
             PartitionChoice::Key(k) => partition_for_key(k, n),
@@ -344,7 +345,7 @@ impl Store {
                             dir.join(name).join(p.to_string()),
                             Arc::clone(&fs),
                             cfg.clone(),
-                            opts.write_buffer.bytes() as usize,
+                            opts.write_buffer.bytes().sat_usize(),
                             Arc::clone(&usage),
                         );
                         *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
@@ -480,7 +481,7 @@ impl Store {
                 tdir.join(p.to_string()),
                 Arc::clone(&self.fs),
                 config.clone(),
-                self.opts.write_buffer.bytes() as usize,
+                self.opts.write_buffer.bytes().sat_usize(),
                 Arc::clone(&self.usage),
             )?;
             Ok(Arc::new(part))
@@ -499,7 +500,7 @@ impl Store {
             .get(name)
             .cloned()
             .ok_or_else(|| LogError::UnknownTopic(name.to_string()))?;
-        let have = old.partitions.len() as u32;
+        let have = old.partitions.len().sat_u32();
         if count <= have {
             return Err(LogError::InvalidTopicConfig {
                 topic: name.to_string(),
@@ -710,7 +711,7 @@ impl Store {
     /// from what was appended since.
     fn available_space(&self, fresh: bool) -> Result<u64> {
         let f = &self.free;
-        let now_ms = f.epoch.elapsed().as_millis() as u64;
+        let now_ms = f.epoch.elapsed().as_millis().sat_u64();
         let at = f.measured_at_ms.load(Ordering::Acquire);
         if fresh || at == u64::MAX || now_ms.saturating_sub(at) > 250 {
             let _one = f.refresh.lock().unwrap_or_else(|e| e.into_inner());
@@ -763,7 +764,7 @@ impl Store {
                 .retention
                 .limit()
                 .filter(|_| topic.config.cleanup.deletes())
-                .map(|r| now.saturating_sub(r.as_millis() as i64));
+                .map(|r| now.saturating_sub(r.as_millis().sat_i64()));
             for p in &topic.partitions {
                 if let Err(e) = p.flush(true) {
                     first_err.get_or_insert(e);

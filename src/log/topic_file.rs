@@ -22,6 +22,7 @@ use super::TopicConfig;
 use super::error::{LogError, Result};
 use super::fs::Fs;
 use super::record::CRC32C;
+use crate::units::Narrow;
 
 /// The descriptor's file name inside the topic directory.
 pub const TOPIC_FILE: &str = "@topic";
@@ -39,7 +40,7 @@ pub fn encode(config: &TopicConfig) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.len() + 4);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&TOPIC_FILE_VERSION.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(body.len().sat_u32()).to_le_bytes());
     out.extend_from_slice(&body);
     let crc = CRC32C.checksum(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -99,7 +100,7 @@ pub fn read(
             "{len} bytes is too large for a descriptor"
         )))));
     }
-    let mut buf = vec![0u8; len as usize];
+    let mut buf = vec![0u8; len.sat_usize()];
     f.read_exact_at(&mut buf, 0)
         .map_err(|e| LogError::io("read", &path, e))?;
     Ok(Some(decode(&buf)))

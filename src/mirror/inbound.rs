@@ -33,6 +33,7 @@ use super::{MirrorConfig, back_off, load_cursor, now_ms, record_bytes};
 use crate::broker::Broker;
 use crate::log::{BatchBuilder, Durability, Header, PartitionChoice, Record};
 use crate::proto::{OffsetSpec, TopicSettings};
+use crate::units::Narrow;
 
 /// How long a fetch waits upstream for new records.
 const FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -132,7 +133,7 @@ impl Source {
                 let c = Self::kafka(upstream, link, client).await?;
                 timed("list topics", c.list_topics()).await.map(|ts| {
                     ts.into_iter()
-                        .map(|t| (t.name, t.partitions.len() as u32))
+                        .map(|t| (t.name, t.partitions.len().sat_u32()))
                         .collect()
                 })
             }
@@ -148,7 +149,7 @@ impl Source {
                         let mut out = Vec::new();
                         for n in names {
                             let d = timed("describe topic", c.describe_topic(&n)).await?;
-                            out.push((n, d.partitions.len() as u32));
+                            out.push((n, d.partitions.len().sat_u32()));
                         }
                         Ok(out)
                     }
@@ -217,7 +218,7 @@ impl Source {
                     pc.fetch_records(
                         offset as i64,
                         1..FETCH_BYTES as i32,
-                        FETCH_WAIT.as_millis() as i32,
+                        FETCH_WAIT.as_millis().sat_i32(),
                     ),
                 )
                 .await;
@@ -344,7 +345,7 @@ pub(super) async fn append_local(
     records: &[Record],
 ) -> Result<(), String> {
     let t = broker.topic(local).map_err(|e| e.to_string())?;
-    let count = t.partitions().len() as u32;
+    let count = t.partitions().len().sat_u32();
     drop(t);
     for (p, recs) in super::sink::groups(records, partition, count) {
         // Upstream batches can be larger than a local append takes: cut them, and wait for

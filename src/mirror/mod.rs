@@ -49,6 +49,7 @@ use crate::log::{Header, Record, Visibility};
 use crate::topic_filter::glob;
 use crate::units::ByteSize;
 use crate::units::HumanDuration;
+use crate::units::Narrow;
 use cursor::{CursorKey, Cursors};
 pub use link::Link;
 use shaper::Shaper;
@@ -493,7 +494,7 @@ async fn flush(
                     let floor = covering
                         .iter()
                         .map(|m| {
-                            let k = (m.name.clone(), t.name().to_string(), i as u32);
+                            let k = (m.name.clone(), t.name().to_string(), i.sat_u32());
                             durable.get(&k).copied().unwrap_or(0)
                         })
                         .min();
@@ -524,7 +525,7 @@ async fn run_mirror(
     loop {
         for t in broker.topics() {
             let name = t.name().to_string();
-            let count = t.partitions().len() as u32;
+            let count = t.partitions().len().sat_u32();
             let started = running.get(&name).copied().unwrap_or(0);
             if !cfg.matches(&name) || started >= count {
                 continue;
@@ -568,7 +569,7 @@ fn record_bytes(r: &Record) -> u64 {
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_millis().sat_i64())
 }
 
 /// After a failure: logs it, shows it in the status, and waits `backoff` with jitter (then
@@ -678,7 +679,7 @@ async fn run_partition(
             return;
         };
         let part = Arc::clone(part);
-        let local_count = t.partitions().len() as u32;
+        let local_count = t.partitions().len().sat_u32();
         drop(t);
         if pending.is_empty() || linger_since.is_some() {
             let start = part.log_start();

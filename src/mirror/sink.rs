@@ -16,6 +16,7 @@ use super::Link;
 use crate::log::partitioner::partition_for_key;
 use crate::log::{BatchBuilder, Record};
 use crate::proto::{Acks, TopicSettings};
+use crate::units::Narrow;
 
 /// How long one upstream operation may take before it counts as failed (rskafka's own retries
 /// never give up).
@@ -165,7 +166,7 @@ impl KafkaSink {
         let client = self.client().await?;
         let topics = timed("list topics", client.list_topics()).await?;
         let n = match topics.iter().find(|t| t.name == topic) {
-            Some(t) => t.partitions.len() as u32,
+            Some(t) => t.partitions.len().sat_u32(),
             None if self.create_topics => {
                 let ctl = client.controller_client().map_err(|e| e.to_string())?;
                 timed(
@@ -295,7 +296,7 @@ impl BrookSink {
             Some(n) => *n,
             None => {
                 let n = match timed("describe topic", client.describe_topic(topic)).await {
-                    Ok(d) => d.partitions.len() as u32,
+                    Ok(d) => d.partitions.len().sat_u32(),
                     Err(_) => {
                         let settings = TopicSettings {
                             partitions: Some(local_count),
@@ -303,10 +304,11 @@ impl BrookSink {
                         };
                         // Another mirror may create it at the same time: describe again.
                         let _ = timed("create topic", client.create_topic(topic, settings)).await;
-                        timed("describe topic", client.describe_topic(topic))
+                        (timed("describe topic", client.describe_topic(topic))
                             .await?
                             .partitions
-                            .len() as u32
+                            .len())
+                        .sat_u32()
                     }
                 };
                 self.counts.insert(topic.to_string(), n.max(1));

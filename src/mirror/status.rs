@@ -134,7 +134,7 @@ impl MirrorStatus {
                     partition: *p,
                     state: s.clone(),
                     backlog_records: backlog,
-                    backlog_bytes: (backlog as f64 * s.mean_record_bytes) as u64,
+                    backlog_bytes: estimate(backlog as f64 * s.mean_record_bytes),
                     oldest_unsent_age_ms: s
                         .oldest_unsent_ms
                         .filter(|_| backlog > 0)
@@ -211,6 +211,13 @@ impl MirrorStatus {
             }
         }
     }
+}
+
+/// A non-negative estimate as a whole number: a float to integer `as` saturates (and NaN gives
+/// 0), so nothing wraps.
+#[allow(clippy::cast_possible_truncation)]
+fn estimate(x: f64) -> u64 {
+    x as u64
 }
 
 #[cfg(test)]

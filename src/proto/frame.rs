@@ -4,6 +4,8 @@
 //! This file uses `core` only (no `std`, no allocation), so a microcontroller can frame a request
 //! in a stack buffer; `tests/no_std_proto` compiles it in a `#![no_std]` crate.
 
+use crate::units::Narrow;
+
 /// Bytes before the message.
 pub const FRAME_HEADER_LEN: usize = 8;
 
@@ -82,7 +84,7 @@ pub fn seal_frame(out: &mut [u8], message_len: usize) -> Result<usize, FrameErro
         return Err(FrameError::BufferTooSmall { needed: total });
     }
     let crc = FRAME_CRC.checksum(&out[FRAME_HEADER_LEN..total]);
-    out[..4].copy_from_slice(&((message_len + 4) as u32).to_le_bytes());
+    out[..4].copy_from_slice(&((message_len + 4).sat_u32()).to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(total)
 }

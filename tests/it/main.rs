@@ -3,6 +3,12 @@
 //! must not share the cores with other tests, is a binary of its own. Run one with a filter, e.g.
 //! `cargo test --test it crash::` or `cargo test --test it -- kafka_clients:: mqtt::`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+
 mod common;
 
 mod boards;

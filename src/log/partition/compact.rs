@@ -38,6 +38,7 @@ use super::super::segment::{
     self, IndexBuilder, SEGMENT_HEADER_LEN, SegmentIndex, index_file_name, log_file_name,
 };
 use super::{Partition, Result, Sealed};
+use crate::units::Narrow;
 
 /// Suffix of a compaction's output until it replaces the segment.
 pub(crate) const TEMP_SUFFIX: &str = ".compacting";
@@ -340,7 +341,12 @@ impl Partition {
     ) -> Result<(Arc<dyn File>, SegmentIndex, u64)> {
         let inner = &*self.inner;
         let fs = inner.fs.as_ref();
-        let interval = inner.cfg.index_interval.bytes().min(u64::from(u32::MAX)) as u32;
+        let interval = inner
+            .cfg
+            .index_interval
+            .bytes()
+            .min(u64::from(u32::MAX))
+            .sat_u32();
         let file = fs
             .create(log_tmp)
             .map_err(|e| LogError::io("create", log_tmp, e))?;
@@ -447,7 +453,7 @@ impl Writer<'_> {
         let pos = self.flushed + self.out.len() as u64;
         self.out.extend_from_slice(frame);
         self.index.add(
-            (header.base_offset - self.base) as u32,
+            (header.base_offset - self.base).sat_u32(),
             pos,
             frame.len() as u64,
             header.max_timestamp,

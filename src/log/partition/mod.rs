@@ -37,6 +37,7 @@ use super::fs::{File, Fs};
 use super::record::{Batch, BatchHeader, BatchView, encode_frame};
 use super::segment::{self, IndexBuilder, SEGMENT_HEADER_LEN, index_file_name, log_file_name};
 use super::{Durability, OnFull, TopicConfig};
+use crate::units::Narrow;
 
 pub use compact::{Compacted, MIN_CLEANABLE_RATIO};
 pub use flush::WriteFailure;
@@ -115,7 +116,7 @@ pub const FSYNC_BUCKETS_US: [u64; 9] =
 impl Usage {
     /// Records one fsync's duration.
     pub fn observe_fsync(&self, took: std::time::Duration) {
-        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        let us = took.as_micros().min(u128::from(u64::MAX)).sat_u64();
         let i = FSYNC_BUCKETS_US
             .iter()
             .position(|&b| us <= b)
@@ -271,7 +272,7 @@ impl Limits {
     /// The largest frame an append may bring: the batch limit, within a segment.
     fn max_frame_len(&self) -> usize {
         let seg_room = self.segment_size.saturating_sub(SEGMENT_HEADER_LEN);
-        self.max_batch_size.min(seg_room) as usize
+        self.max_batch_size.min(seg_room).sat_usize()
     }
 }
 
@@ -443,7 +444,12 @@ impl Inner {
                 _ => return Ok(()),
             }
         };
-        let interval = self.cfg.index_interval.bytes().min(u64::from(u32::MAX)) as u32;
+        let interval = self
+            .cfg
+            .index_interval
+            .bytes()
+            .min(u64::from(u32::MAX))
+            .sat_u32();
         let opts = segment::ScanOptions {
             index_interval: interval,
             verify_records: false,
@@ -709,7 +715,7 @@ impl Partition {
         };
         let position = st.active.size;
         let len = encode_frame(&mut st.buf, &header, batch.layout(), batch.records_bytes()) as u64;
-        let rel = (header.base_offset - st.active.base) as u32;
+        let rel = (header.base_offset - st.active.base).sat_u32();
         st.active
             .index
             .add(rel, position, len, header.max_timestamp);

@@ -27,6 +27,7 @@ use crate::auth::{Op, Principal};
 use crate::broker::BrokerError;
 use crate::log::{LogError, OnFull, TopicConfig};
 use crate::proto::TopicSettings;
+use crate::units::Narrow;
 
 pub(super) fn s(v: impl Into<String>) -> StrBytes {
     StrBytes::from_string(v.into())
@@ -348,7 +349,7 @@ pub fn create_topics(
                         .map_err(|e| (err::INVALID_CONFIG, e.to_string()))?;
                     ctx.broker
                         .create_topic_with(&name, cfg)
-                        .map(|t| t.partitions().len() as u32)
+                        .map(|t| t.partitions().len().sat_u32())
                         .map_err(|e| (code_of(&e), e.to_string()))
                 }
             })
@@ -429,7 +430,7 @@ pub fn kafka_configs(cfg: &TopicConfig) -> Vec<(&'static str, String)> {
         ("cleanup.policy", cfg.cleanup.kafka_name().into()),
         (
             "retention.ms",
-            opt(cfg.retention.limit().map(|d| d.as_millis() as u64)),
+            opt(cfg.retention.limit().map(|d| d.as_millis().sat_u64())),
         ),
         ("retention.bytes", opt(cfg.retention_size.limit())),
         ("segment.bytes", cfg.segment_size.bytes().to_string()),
@@ -640,7 +641,7 @@ fn broker_configs(ctx: &Ctx) -> Vec<(&'static str, String)> {
         ("num.partitions", d.partitions.to_string()),
         (
             "log.retention.ms",
-            opt(d.retention.limit().map(|t| t.as_millis() as u64)),
+            opt(d.retention.limit().map(|t| t.as_millis().sat_u64())),
         ),
         ("log.retention.bytes", opt(d.retention_size.limit())),
         ("log.segment.bytes", d.segment_size.bytes().to_string()),

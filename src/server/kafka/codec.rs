@@ -8,6 +8,7 @@
 //! asks, so the client can pick); any other unsupported API or version closes the connection
 //! with the reason logged, because no valid answer can be encoded for it.
 
+use crate::units::Narrow;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Encodable, decode_request_header_from_buffer};
@@ -153,7 +154,7 @@ pub fn response<R: Encodable>(
         .map_err(|e| format!("{key:?} v{version}: encoding the header: {e}"))?;
     body.encode(&mut buf, version)
         .map_err(|e| format!("{key:?} v{version}: encoding the answer: {e}"))?;
-    let size = (buf.len() - 4) as i32;
+    let size = (buf.len() - 4).sat_i32();
     buf[..4].copy_from_slice(&size.to_be_bytes());
     Ok(buf.to_vec())
 }

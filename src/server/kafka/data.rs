@@ -31,6 +31,7 @@ use crate::auth::{Op, Principal};
 use crate::broker::BrokerError;
 use crate::log::{AppendTicket, Durability, LogError, PartitionChoice};
 use crate::proto::OffsetSpec;
+use crate::units::Narrow;
 
 /// One partition's produce outcome before durability.
 enum Outcome {
@@ -88,7 +89,7 @@ fn produce_partition(
     // Decompression stops at twice the topic's batch bound (Kafka's record encoding is a
     // little larger than Brook's): a small batch inflating to far more is refused early.
     let limit = match ctx.broker.topic(topic) {
-        Ok(t) => (t.config().max_batch_size.bytes() as usize).saturating_mul(2),
+        Ok(t) => (t.config().max_batch_size.bytes().sat_usize()).saturating_mul(2),
         Err(e) => return failed(code_of(&e), e.to_string()),
     };
     let parsed = match records::parse_batch_within(one, limit) {

@@ -71,6 +71,7 @@ use crate::auth::sasl::{self, Mechanism, Scram};
 use crate::auth::{ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
 use crate::net::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
+use crate::units::Narrow;
 use crate::units::{ByteSize, HumanDuration};
 use codec::{Parsed, err};
 
@@ -486,7 +487,7 @@ async fn connection(
         None => Login::Waiting(None),
     };
     let slots = Arc::new(Semaphore::new(in_flight));
-    let max = ctx.config.max_request_size.bytes() as usize;
+    let max = ctx.config.max_request_size.bytes().sat_usize();
     let idle = ctx.config.idle_timeout.0;
     let mut raw_sasl = false;
     let result = loop {
@@ -561,7 +562,7 @@ async fn connection(
             login = next;
             match step {
                 Ok(token) => {
-                    let mut framed = (token.len() as i32).to_be_bytes().to_vec();
+                    let mut framed = (token.len().sat_i32()).to_be_bytes().to_vec();
                     framed.extend_from_slice(&token);
                     if tx.send(send_now(framed)).await.is_err() {
                         break Ok(());

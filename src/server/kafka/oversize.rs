@@ -11,6 +11,7 @@ use tokio::io::AsyncReadExt;
 
 use super::codec::{self, err};
 use crate::net::tls::ReadHalf;
+use crate::units::Narrow;
 
 /// How many times `max_request_size` an oversized Produce may be and still be read through.
 pub const READ_THROUGH: usize = 4;
@@ -66,7 +67,7 @@ impl Rest<'_> {
         let mut buf = [0u8; 8192];
         let mut n = n;
         while n > 0 {
-            let chunk = n.min(buf.len() as u64) as usize;
+            let chunk = n.min(buf.len() as u64).sat_usize();
             self.rd
                 .read_exact(&mut buf[..chunk])
                 .await
@@ -95,10 +96,10 @@ impl Rest<'_> {
         let Some(n) = self.len(compact, false).await? else {
             return Ok(None);
         };
-        if n as usize > MAX_NAME || n > self.left {
+        if n.sat_usize() > MAX_NAME || n > self.left {
             return Err(format!("a string of {n} bytes"));
         }
-        let mut b = vec![0u8; n as usize];
+        let mut b = vec![0u8; n.sat_usize()];
         self.rd
             .read_exact(&mut b)
             .await

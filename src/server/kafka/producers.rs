@@ -64,8 +64,9 @@ pub struct Producers {
 }
 
 fn last_seq(base: i32, count: u32) -> i32 {
-    // Sequences wrap from i32::MAX to 0.
-    ((i64::from(base) + i64::from(count) - 1) % (i64::from(i32::MAX) + 1)) as i32
+    // Sequences wrap from i32::MAX to 0; the remainder is below 2^31 (and not below -2^31).
+    let last = (i64::from(base) + i64::from(count) - 1) % (i64::from(i32::MAX) + 1);
+    i32::try_from(last).unwrap_or(i32::MAX)
 }
 
 impl Producers {

@@ -15,6 +15,7 @@
 
 use crate::log::record::CRC32C;
 use crate::log::{BatchBuilder, BatchView, FrameError, Header};
+use crate::units::Narrow;
 
 /// Offset of the magic byte in a batch.
 const MAGIC_AT: usize = 16;
@@ -83,7 +84,7 @@ pub fn split_batches(mut records: &[u8]) -> Result<Vec<&[u8]>, RecordsError> {
             return Err(RecordsError::Truncated("batch length"));
         }
         let len = be_i32(records, 8);
-        if len < (BATCH_HEADER_LEN - 12) as i32 {
+        if len < (BATCH_HEADER_LEN - 12).sat_i32() {
             return Err(RecordsError::Invalid(format!("batch length {len}")));
         }
         let total = 12 + len as usize;
@@ -367,10 +368,10 @@ pub fn decompress_within(codec: u8, data: &[u8], limit: usize) -> Result<Vec<u8>
 fn put_varlong(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
-        out.push((z as u8) | 0x80);
+        out.push((z & 0x7f).sat_u8() | 0x80);
         z >>= 7;
     }
-    out.push(z as u8);
+    out.push(z.sat_u8());
 }
 
 fn varlong_len(v: i64) -> usize {
@@ -448,7 +449,7 @@ pub fn encode_batch(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<(), Fram
             put_bytes(out, hd.value);
         }
     }
-    let len = (out.len() - start - 12) as i32;
+    let len = (out.len() - start - 12).sat_i32();
     out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
     let crc = CRC32C.checksum(&out[crc_from..]);
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
@@ -507,7 +508,7 @@ mod tests {
                 producer_epoch: producer.1,
                 timestamp_type: TimestampType::Creation,
                 offset: i as i64,
-                sequence: producer.2 + i as i32,
+                sequence: producer.2 + i.sat_i32(),
                 timestamp: base_ts + ts,
                 key: k.clone().map(Bytes::from),
                 value: v.clone().map(Bytes::from),
@@ -674,7 +675,7 @@ mod tests {
             let block = snap::raw::Encoder::new()
                 .compress_vec(half)
                 .expect("snappy");
-            xerial.extend_from_slice(&(block.len() as u32).to_be_bytes());
+            xerial.extend_from_slice(&(block.len().sat_u32()).to_be_bytes());
             xerial.extend_from_slice(&block);
         }
         assert_eq!(decompress(2, &xerial).expect("xerial snappy"), plain);

@@ -14,6 +14,7 @@
 //! | 0 | packet type (high nibble), flags (low nibble; fixed per type except PUBLISH) |
 //! | 1..=4 | remaining length, variable-length integer (7 bits per byte) |
 
+use crate::units::Narrow;
 use bytes::{BufMut, Bytes, BytesMut};
 use rumqttc::mqttbytes as m3;
 use rumqttc::v5::mqttbytes as m5;
@@ -302,7 +303,7 @@ pub fn read_connect(buf: &mut BytesMut, max: usize) -> Result<Option<Connect>, C
             _ => return Err(CodecError::NotConnect),
         },
         Version::V5 => {
-            match m5::v5::Packet::read(&mut frame_bytes, Some(max as u32)).map_err(malformed)? {
+            match m5::v5::Packet::read(&mut frame_bytes, Some(max.sat_u32())).map_err(malformed)? {
                 m5::v5::Packet::Connect(c, will, login) => from_v5_connect(c, will, login)?,
                 _ => return Err(CodecError::NotConnect),
             }
@@ -358,7 +359,9 @@ pub fn read(
                 session_expiry: None,
             })),
             (Version::V5, _) => {
-                match m5::v5::Packet::read(&mut frame_bytes, Some(max as u32)).map_err(malformed)? {
+                match m5::v5::Packet::read(&mut frame_bytes, Some(max.sat_u32()))
+                    .map_err(malformed)?
+                {
                     m5::v5::Packet::Disconnect(d) => Ok(Some(Packet::Disconnect {
                         reason: body[0],
                         session_expiry: d.properties.and_then(|p| p.session_expiry_interval),
@@ -371,9 +374,9 @@ pub fn read(
     let mut frame_bytes = buf.split_to(f.header_len + f.remaining);
     let packet = match version {
         Version::V311 => from_v4(m3::v4::Packet::read(&mut frame_bytes, max).map_err(malformed)?)?,
-        Version::V5 => {
-            from_v5(m5::v5::Packet::read(&mut frame_bytes, Some(max as u32)).map_err(malformed)?)?
-        }
+        Version::V5 => from_v5(
+            m5::v5::Packet::read(&mut frame_bytes, Some(max.sat_u32())).map_err(malformed)?,
+        )?,
     };
     Ok(Some(nonzero_id(packet)?))
 }
@@ -646,7 +649,7 @@ pub fn read_stream(data: &[u8], max: usize) -> Vec<Packet> {
 
 fn put_varint(out: &mut BytesMut, mut n: usize) {
     loop {
-        let mut b = (n & 0x7f) as u8;
+        let mut b = (n & 0x7f).sat_u8();
         n >>= 7;
         if n > 0 {
             b |= 0x80;
@@ -668,7 +671,7 @@ fn varint_len(n: usize) -> usize {
 }
 
 fn put_str(out: &mut BytesMut, s: &[u8]) {
-    out.put_u16(s.len() as u16);
+    out.put_u16(s.len().sat_u16());
     out.put_slice(s);
 }
 

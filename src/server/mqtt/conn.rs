@@ -25,6 +25,7 @@ use crate::broker::BrokerError;
 use crate::log::{Durability, LogError};
 use crate::net::tls::write_flushed;
 use crate::topic_filter as topic;
+use crate::units::Narrow;
 
 /// Messages waiting in a connection's channel before it is marked lagged.
 const CHANNEL: usize = 1024;
@@ -42,7 +43,7 @@ type AckWait = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_millis().sat_i64())
 }
 
 async fn read_connect(
@@ -106,7 +107,7 @@ pub async fn serve(
     stop: watch::Receiver<bool>,
 ) {
     let (mut rd, mut wr) = stream.split();
-    let max = hub.config.max_packet_size.bytes() as usize;
+    let max = hub.config.max_packet_size.bytes().sat_usize();
     let mut inbuf = BytesMut::with_capacity(4096);
     let connect_timeout = hub.auth.handshake_timeout();
     let before_login = max.min(hub.auth.max_frame_before_login());
@@ -232,7 +233,7 @@ pub async fn serve(
     let limits = Limits {
         max_inflight: hub.config.max_inflight,
         topic_alias_max: hub.config.topic_alias_max,
-        max_packet_size: max as u32,
+        max_packet_size: max.sat_u32(),
         max_session_expiry: hub.config.max_session_expiry_secs(),
         max_keepalive: hub.config.max_keepalive,
     };
@@ -359,7 +360,7 @@ impl Conn {
         takeover_rx: &mut mpsc::Receiver<Takeover>,
         mut stop: watch::Receiver<bool>,
     ) -> End {
-        let max = self.hub.config.max_packet_size.bytes() as usize;
+        let max = self.hub.config.max_packet_size.bytes().sat_usize();
         let keep_alive = Duration::from_millis(u64::from(self.sm.keep_alive) * 1500);
         let mut deadline = Instant::now() + keep_alive;
         let mut persist_tick = tokio::time::interval(Duration::from_secs(1));

@@ -28,6 +28,7 @@ use crate::meta::Namespace;
 use crate::proto::TopicSettings;
 use crate::topic_filter::{self as topic, Trie};
 use crate::units::ByteSize;
+use crate::units::Narrow;
 
 /// A message for one connection.
 #[derive(Clone, Debug)]
@@ -150,7 +151,7 @@ struct SysState {
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| d.as_millis().sat_i64())
 }
 
 impl Hub {
@@ -279,7 +280,12 @@ impl Hub {
             };
             let name: Arc<str> = Arc::from(t.as_str());
             for (i, p) in topic.partitions().iter().enumerate() {
-                out.push((Arc::clone(&name), i as u32, p.log_start(), p.end_offset()));
+                out.push((
+                    Arc::clone(&name),
+                    i.sat_u32(),
+                    p.log_start(),
+                    p.end_offset(),
+                ));
             }
         }
         out
@@ -339,7 +345,7 @@ impl Hub {
         let Ok(topic) = self.broker.topic(self.route(&publish.topic)) else {
             return false;
         };
-        let n = topic.partitions().len() as u32;
+        let n = topic.partitions().len().sat_u32();
         let p = crate::log::partitioner::partition_for_key(publish.topic.as_bytes(), n);
         let Ok(part) = topic.partition(p) else {
             return false;
@@ -610,7 +616,7 @@ impl Hub {
             bg.spawn(dispatcher(
                 Arc::clone(&hub),
                 Arc::clone(&name),
-                i as u32,
+                i.sat_u32(),
                 start,
             ));
         }
@@ -906,7 +912,7 @@ impl Hub {
         }
         for (raw, members) in shared {
             let n = members.len();
-            let first = (msg.offset as usize) % n;
+            let first = (msg.offset % n.sat_u64()).sat_usize();
             let sent = (0..n).any(|i| {
                 members[(first + i) % n]
                     .tx

@@ -64,6 +64,7 @@ use tokio::sync::watch;
 use crate::auth::{Full, ListenerSlots};
 use crate::log::Durability;
 use crate::net::tls::{Accepted, TlsServer};
+use crate::units::Narrow;
 use crate::units::{ByteSize, HumanDuration};
 use hub::Hub;
 
@@ -383,7 +384,7 @@ pub async fn run(
             // Over WebSockets: the upgrade too, within the same deadline.
             let accepted = match accepted {
                 Ok((s, cn)) if ws => {
-                    let max = hub.config.max_packet_size.bytes() as usize + 1024;
+                    let max = hub.config.max_packet_size.bytes().sat_usize() + 1024;
                     match tokio::time::timeout_at(deadline, ws::accept(s, max)).await {
                         Ok(Ok(w)) => Ok((Accepted::Carried(Box::new(w)), cn)),
                         Ok(Err(e)) => Err(e),

@@ -14,6 +14,7 @@ use crate::proto::{
     self, Acks, Assigned, CommitEntry, ErrorCode, Fetch, MemberAssignment, MemberInfo, OffsetInfo,
     PartitionInfo, Produce, Request, Response, TopicInfo,
 };
+use crate::units::Narrow;
 
 /// Encodes an answer to `correlation_id` (the same bytes as a [`ResponseFrame`]).
 pub fn answer(correlation_id: u32, response: &Response<'_>) -> Vec<u8> {
@@ -280,7 +281,7 @@ pub async fn handle(
                 }
                 for (topic, partition) in &m.assignment {
                     let _ = assignments.push(MemberAssignment {
-                        member: i as u16,
+                        member: i.sat_u16(),
                         assigned: Assigned {
                             topic,
                             partition: *partition,
@@ -412,7 +413,7 @@ fn describe_topic(id: u32, t: &crate::log::Topic) -> Vec<u8> {
             log_start: s.log_start,
             end_offset: s.next_offset,
             durable_offset: s.durable_offset,
-            segments: s.segments as u32,
+            segments: s.segments.sat_u32(),
             bytes: s.bytes,
         });
     }
