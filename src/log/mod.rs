@@ -274,6 +274,11 @@ impl Default for TopicConfig {
 }
 
 impl TopicConfig {
+    /// `index_interval` in bytes, as the index builder takes it (validated to at most 1 MiB).
+    pub fn index_interval_bytes(&self) -> u32 {
+        crate::units::Narrow::sat_u32(self.index_interval.bytes())
+    }
+
     /// Checks the rules that involve more than one field; errors name the topic and the key.
     pub fn validate(&self, topic: &str) -> Result<()> {
         let bad = |reason: String| {

@@ -4,8 +4,6 @@
 //! This file uses `core` only (no `std`, no allocation), so a microcontroller can frame a request
 //! in a stack buffer; `tests/no_std_proto` compiles it in a `#![no_std]` crate.
 
-use crate::units::Narrow;
-
 /// Bytes before the message.
 pub const FRAME_HEADER_LEN: usize = 8;
 
@@ -83,8 +81,12 @@ pub fn seal_frame(out: &mut [u8], message_len: usize) -> Result<usize, FrameErro
     if out.len() < total {
         return Err(FrameError::BufferTooSmall { needed: total });
     }
+    let len = u32::try_from(message_len + 4).map_err(|_| FrameError::TooLarge {
+        len: message_len + 4,
+        max: u32::MAX as usize,
+    })?;
     let crc = FRAME_CRC.checksum(&out[FRAME_HEADER_LEN..total]);
-    out[..4].copy_from_slice(&((message_len + 4).sat_u32()).to_le_bytes());
+    out[..4].copy_from_slice(&len.to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(total)
 }

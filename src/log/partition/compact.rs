@@ -341,12 +341,7 @@ impl Partition {
     ) -> Result<(Arc<dyn File>, SegmentIndex, u64)> {
         let inner = &*self.inner;
         let fs = inner.fs.as_ref();
-        let interval = inner
-            .cfg
-            .index_interval
-            .bytes()
-            .min(u64::from(u32::MAX))
-            .sat_u32();
+        let interval = inner.cfg.index_interval_bytes();
         let file = fs
             .create(log_tmp)
             .map_err(|e| LogError::io("create", log_tmp, e))?;

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use super::super::error::{LogError, Result};
 use super::super::segment::{self, SEGMENT_HEADER_LEN, SegmentIndex};
 use super::{Inner, Sealed, State, Waiter, create_segment};
-use crate::units::Narrow;
 
 /// Why a buffered batch was not written; sent to every waiter it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,12 +265,7 @@ impl Inner {
         }
         complete(waiters, &Ok(()));
 
-        let interval = self
-            .cfg
-            .index_interval
-            .bytes()
-            .min(u64::from(u32::MAX))
-            .sat_u32();
+        let interval = self.cfg.index_interval_bytes();
         let idx = SegmentIndex {
             base_offset: st.active.base,
             next_offset: st.next_offset,

@@ -444,12 +444,7 @@ impl Inner {
                 _ => return Ok(()),
             }
         };
-        let interval = self
-            .cfg
-            .index_interval
-            .bytes()
-            .min(u64::from(u32::MAX))
-            .sat_u32();
+        let interval = self.cfg.index_interval_bytes();
         let opts = segment::ScanOptions {
             index_interval: interval,
             verify_records: false,

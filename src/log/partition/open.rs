@@ -23,7 +23,6 @@ use super::{
     Active, Damage, DamageReport, Inner, Partition, Recovery, Sealed, State, Usage, create_segment,
     flush,
 };
-use crate::units::Narrow;
 
 /// Damage found in a segment at open: logged once, counted, kept for `/healthz`; unless an
 /// operator dropped it (`brook check --repair --drop-corrupt`): then it is only skipped.
@@ -90,11 +89,7 @@ impl Partition {
             .map(|(b, _)| b)
             .collect();
         bases.sort_unstable();
-        let interval = cfg
-            .index_interval
-            .bytes()
-            .min(u64::from(u32::MAX))
-            .sat_u32();
+        let interval = cfg.index_interval_bytes();
 
         let mut sealed: VecDeque<Arc<Sealed>> = VecDeque::new();
         let mut active = None;
