@@ -81,7 +81,7 @@ impl ClientTls {
     pub fn new(
         ca_file: &std::path::Path,
         cert_key: Option<(&std::path::Path, &std::path::Path)>,
-    ) -> std::result::Result<ClientTls, String> {
+    ) -> std::result::Result<ClientTls, crate::net::tls::TlsError> {
         let config = crate::net::tls::client_config(ca_file, cert_key)?;
         Ok(ClientTls::with_config(Arc::new(config)))
     }

@@ -263,8 +263,12 @@ impl Config {
                 ));
             }
         }
-        self.tls.validate(self.listeners.any_tls())?;
-        self.auth.validate(&self.exposed_listeners())?;
+        self.tls
+            .validate(self.listeners.any_tls())
+            .map_err(|e| e.to_string())?;
+        self.auth
+            .validate(&self.exposed_listeners())
+            .map_err(|e| e.to_string())?;
         if self.runtime.worker_threads > 256 {
             return Err(format!(
                 "runtime.worker_threads = {} is above 256",
@@ -351,6 +355,7 @@ mod tests {
             ..Config::default()
         };
         auth.validate(&c.exposed_listeners())
+            .map_err(|e| e.to_string())
     }
 
     #[test]

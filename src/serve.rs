@@ -32,8 +32,10 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{0}")]
-    Auth(String),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
     #[error("task failed: {0}")]
     Task(String),
 }
@@ -100,11 +102,9 @@ fn pair(
 
 /// Opens the broker and starts every listener and the housekeeping.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
-    let auth = Arc::new(Auth::open(&config.auth).map_err(ServeError::Auth)?);
+    let auth = Arc::new(Auth::open(&config.auth)?);
     let tls = if config.listeners.any_tls() {
-        Some(Arc::new(
-            crate::net::tls::TlsServer::open(&config.tls).map_err(ServeError::Auth)?,
-        ))
+        Some(Arc::new(crate::net::tls::TlsServer::open(&config.tls)?))
     } else {
         None
     };

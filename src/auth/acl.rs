@@ -29,6 +29,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::{AuthError, Malformed};
 use crate::topic_filter::{self as topic, glob};
 
 /// What a client asks to do.
@@ -139,11 +140,11 @@ pub fn covers(outer: &str, inner: &str) -> bool {
 
 impl Acl {
     /// Parses an ACL file's text; errors name the rule and key.
-    pub fn parse(text: &str) -> Result<Acl, String> {
+    pub fn parse(text: &str) -> Result<Acl, Malformed> {
         let file: AclFile = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
         for (i, r) in file.rule.iter().enumerate() {
             if r.user.is_empty() {
-                return Err(format!("rule[{i}].user: must not be empty"));
+                return Err(Malformed(format!("rule[{i}].user: must not be empty")));
             }
             let sample = Who {
                 user: Some("u"),
@@ -164,7 +165,7 @@ impl Acl {
             ] {
                 for p in list {
                     if p.is_empty() {
-                        return Err(format!("rule[{i}].{key}: empty topic pattern"));
+                        return Err(Malformed(format!("rule[{i}].{key}: empty topic pattern")));
                     }
                 }
             }
@@ -173,10 +174,17 @@ impl Acl {
     }
 
     /// Reads an ACL file.
-    pub fn load(path: &Path) -> Result<Acl, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read ACL file {}: {e}", path.display()))?;
-        Acl::parse(&text).map_err(|e| format!("ACL file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Acl, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            what: "ACL file",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Acl::parse(&text).map_err(|reason| AuthError::Content {
+            what: "ACL file",
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -326,13 +334,13 @@ subscribe = ["public/#"]
     #[test]
     fn bad_files_name_the_rule_and_key() {
         let e = Acl::parse("[[rule]]\nuser = \"a\"\npublish = [\"a/#/b\"]\n").unwrap_err();
-        assert!(e.contains("rule[0].publish"), "{e}");
+        assert!(e.0.contains("rule[0].publish"), "{e}");
         let e = Acl::parse("[[rule]]\nuser = \"\"\n").unwrap_err();
-        assert!(e.contains("rule[0].user"), "{e}");
+        assert!(e.0.contains("rule[0].user"), "{e}");
         let e = Acl::parse("[[rule]]\nuser = \"a\"\npublsh = [\"x\"]\n").unwrap_err();
-        assert!(e.contains("publsh"), "{e}");
+        assert!(e.0.contains("publsh"), "{e}");
         let e = Acl::parse("[[rule]]\npublish = [\"x\"]\n").unwrap_err();
-        assert!(e.contains("user"), "{e}");
+        assert!(e.0.contains("user"), "{e}");
         assert!(Acl::parse("").unwrap().is_empty());
     }
 }

@@ -112,6 +112,47 @@ fn is_loopback(addr: &str) -> bool {
         .is_ok_and(|a| a.ip().is_loopback())
 }
 
+/// Why the auth settings, or the users, ACL or token files they name, cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A setting is refused; the message names the key and how to go on.
+    #[error("{0}")]
+    Settings(String),
+    /// A file cannot be read.
+    #[error("cannot read {what} {path:?}: {source}")]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's contents are refused; the reason names the line, rule or key in it.
+    #[error("{what} {path:?}: {reason}")]
+    Content {
+        what: &'static str,
+        path: PathBuf,
+        reason: Malformed,
+    },
+}
+
+/// A users file, ACL file, password hash, user name or SASL message that does not parse; the
+/// message says where and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+impl From<String> for Malformed {
+    fn from(s: String) -> Self {
+        Malformed(s)
+    }
+}
+
+impl From<&str> for Malformed {
+    fn from(s: &str) -> Self {
+        Malformed(s.to_string())
+    }
+}
+
 /// A listener as the login rules see it: its config key, its address and what it serves.
 #[derive(Clone, Copy, Debug)]
 pub struct Exposed<'a> {
@@ -138,37 +179,41 @@ impl AuthConfig {
 
     /// Checks the section against the listeners it guards; the message names the key and says
     /// how to go on.
-    pub fn validate(&self, listeners: &[Exposed<'_>]) -> Result<(), String> {
+    pub fn validate(&self, listeners: &[Exposed<'_>]) -> Result<(), AuthError> {
         if self.handshake_timeout.0.is_zero() {
-            return Err("auth.handshake_timeout: must be greater than zero".into());
+            return Err(AuthError::Settings(
+                "auth.handshake_timeout: must be greater than zero".into(),
+            ));
         }
         if self.login_concurrency == 0 || self.login_concurrency > 64 {
-            return Err(format!(
+            return Err(AuthError::Settings(format!(
                 "auth.login_concurrency = {} is outside 1..=64",
                 self.login_concurrency
-            ));
+            )));
         }
         if self.failed_login_delay.0 > std::time::Duration::from_secs(60) {
-            return Err("auth.failed_login_delay: at most 60s".into());
+            return Err(AuthError::Settings(
+                "auth.failed_login_delay: at most 60s".into(),
+            ));
         }
         if self.login_backoff_max.0 < self.login_backoff.0 {
-            return Err(format!(
+            return Err(AuthError::Settings(format!(
                 "auth.login_backoff_max = {} is below auth.login_backoff = {}",
                 self.login_backoff_max, self.login_backoff
-            ));
+            )));
         }
         let frame = self.max_frame_before_login.bytes();
         if !(1024..=16 << 20).contains(&frame) {
-            return Err(format!(
+            return Err(AuthError::Settings(format!(
                 "auth.max_frame_before_login = {} is outside 1KiB..=16MiB",
                 self.max_frame_before_login
-            ));
+            )));
         }
         if self.allow_anonymous == Some(false) && self.users_file.is_none() {
-            return Err(
+            return Err(AuthError::Settings(
                 "auth.allow_anonymous = false without auth.users_file: no client could log in"
                     .into(),
-            );
+            ));
         }
         let open = self.allow_anonymous == Some(true);
         let ways = "either add users (auth.users_file, made with `brook passwd`) or set \
@@ -183,17 +228,17 @@ impl AuthConfig {
                     certificate_logs_in,
                 } => {
                     if self.users_file.is_none() && !certificate_logs_in {
-                        return Err(format!(
+                        return Err(AuthError::Settings(format!(
                             "{key} = {addr:?} is reachable from the network and no login is required: {ways}"
-                        ));
+                        )));
                     }
                 }
                 Serves::Http => {
                     if self.http_token_file.is_none() {
-                        return Err(format!(
+                        return Err(AuthError::Settings(format!(
                             "{key} = {addr:?} is reachable from the network and the API is open: either \
                              set auth.http_token_file or set auth.allow_anonymous = true"
-                        ));
+                        )));
                     }
                 }
             }
@@ -317,21 +362,24 @@ struct Loaded {
 }
 
 impl Loaded {
-    fn read(config: &AuthConfig) -> Result<Loaded, String> {
+    fn read(config: &AuthConfig) -> Result<Loaded, AuthError> {
         let users = config.users_file.as_deref().map(Users::load).transpose()?;
         let acl = config.acl_file.as_deref().map(Acl::load).transpose()?;
         let http_token = match &config.http_token_file {
             None => None,
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    format!("auth.http_token_file: cannot read {}: {e}", p.display())
+                let text = std::fs::read_to_string(p).map_err(|source| AuthError::Read {
+                    what: "auth.http_token_file",
+                    path: p.clone(),
+                    source,
                 })?;
                 let token = text.trim().to_string();
                 if token.len() < 16 {
-                    return Err(format!(
-                        "auth.http_token_file: the token in {} is shorter than 16 characters",
-                        p.display()
-                    ));
+                    return Err(AuthError::Content {
+                        what: "auth.http_token_file",
+                        path: p.clone(),
+                        reason: "the token is shorter than 16 characters".into(),
+                    });
                 }
                 Some(token)
             }
@@ -371,7 +419,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 impl Auth {
     /// Reads the users, ACL and token files; errors name the file and line.
-    pub fn open(config: &AuthConfig) -> Result<Auth, String> {
+    pub fn open(config: &AuthConfig) -> Result<Auth, AuthError> {
         let loaded = Loaded::read(config)?;
         Ok(Auth {
             config: config.clone(),
@@ -466,7 +514,7 @@ impl Auth {
     }
 
     /// Re-reads the files (SIGHUP). On an error the old contents stay in force.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), AuthError> {
         match Loaded::read(&self.config) {
             Ok(fresh) => {
                 let users = fresh.users.as_ref().map_or(0, Users::len);
@@ -750,6 +798,6 @@ mod tests {
             ..AuthConfig::default()
         })
         .unwrap_err();
-        assert!(e.contains("shorter than 16"), "{e}");
+        assert!(e.to_string().contains("shorter than 16"), "{e}");
     }
 }

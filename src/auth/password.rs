@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
+use super::{AuthError, Malformed};
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use sha2::{Digest, Sha512};
@@ -56,18 +58,18 @@ impl std::fmt::Debug for PasswordHash {
     }
 }
 
-fn decode_hash(text: &str) -> Result<[u8; HASH_LEN], String> {
+fn decode_hash(text: &str) -> Result<[u8; HASH_LEN], Malformed> {
     let bytes = B64
         .decode(text)
         .map_err(|e| format!("hash is not base64: {e}"))?;
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| format!("hash is {} bytes, not {HASH_LEN}", b.len()))
+        .map_err(|b: Vec<u8>| Malformed(format!("hash is {} bytes, not {HASH_LEN}", b.len())))
 }
 
 impl PasswordHash {
     /// Parses the part after `name:`.
-    pub fn parse(text: &str) -> Result<PasswordHash, String> {
+    pub fn parse(text: &str) -> Result<PasswordHash, Malformed> {
         let parts: Vec<&str> = text.split('$').collect();
         match parts.as_slice() {
             ["", "7", iterations, salt, hash] => {
@@ -155,17 +157,19 @@ impl std::fmt::Display for PasswordHash {
 }
 
 /// Checks a user name as a users-file key: not empty, no `:`, no control characters.
-pub fn validate_name(name: &str) -> Result<(), String> {
+pub fn validate_name(name: &str) -> Result<(), Malformed> {
     if name.is_empty() {
         return Err("user name is empty".into());
     }
     if name.len() > MAX_NAME {
-        return Err(format!("user name is longer than {MAX_NAME} bytes"));
+        return Err(Malformed(format!(
+            "user name is longer than {MAX_NAME} bytes"
+        )));
     }
     if name.contains(':') || name.chars().any(char::is_control) {
-        return Err(format!(
+        return Err(Malformed(format!(
             "user name {name:?} contains ':' or a control character"
-        ));
+        )));
     }
     Ok(())
 }
@@ -179,7 +183,7 @@ pub struct Users {
 
 impl Users {
     /// Parses a users file's text; errors name the line.
-    pub fn parse(text: &str) -> Result<Users, String> {
+    pub fn parse(text: &str) -> Result<Users, Malformed> {
         let mut users = Users::default();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
@@ -187,12 +191,18 @@ impl Users {
                 continue;
             }
             let Some((name, hash)) = line.split_once(':') else {
-                return Err(format!("line {}: no ':' between user name and hash", i + 1));
+                return Err(Malformed(format!(
+                    "line {}: no ':' between user name and hash",
+                    i + 1
+                )));
             };
             validate_name(name).map_err(|e| format!("line {}: {e}", i + 1))?;
             let hash = PasswordHash::parse(hash).map_err(|e| format!("line {}: {e}", i + 1))?;
             if users.hashes.insert(name.to_string(), hash).is_some() {
-                return Err(format!("line {}: user {name:?} appears twice", i + 1));
+                return Err(Malformed(format!(
+                    "line {}: user {name:?} appears twice",
+                    i + 1
+                )));
             }
             users.order.push(name.to_string());
         }
@@ -200,10 +210,17 @@ impl Users {
     }
 
     /// Reads a users file.
-    pub fn load(path: &Path) -> Result<Users, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read users file {}: {e}", path.display()))?;
-        Users::parse(&text).map_err(|e| format!("users file {}: {e}", path.display()))
+    pub fn load(path: &Path) -> Result<Users, AuthError> {
+        let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
+            what: "users file",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Users::parse(&text).map_err(|reason| AuthError::Content {
+            what: "users file",
+            path: path.to_path_buf(),
+            reason,
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<&PasswordHash> {
@@ -287,17 +304,17 @@ mod tests {
     fn bad_files_name_the_line() {
         let ok = PasswordHash::new(b"x", 1).unwrap().to_string();
         let e = Users::parse(&format!("# c\n\nalice:{ok}\nbob\n")).unwrap_err();
-        assert!(e.contains("line 4"), "{e}");
+        assert!(e.0.contains("line 4"), "{e}");
         let e = Users::parse(&format!("alice:{ok}\nalice:{ok}\n")).unwrap_err();
-        assert!(e.contains("line 2") && e.contains("twice"), "{e}");
+        assert!(e.0.contains("line 2") && e.0.contains("twice"), "{e}");
         let e = Users::parse("alice:plaintext\n").unwrap_err();
-        assert!(e.contains("line 1") && e.contains("$7$"), "{e}");
+        assert!(e.0.contains("line 1") && e.0.contains("$7$"), "{e}");
         let e = Users::parse("alice:$7$x$AAAA$AAAA\n").unwrap_err();
-        assert!(e.contains("iterations"), "{e}");
+        assert!(e.0.contains("iterations"), "{e}");
         let e = Users::parse("alice:$7$10$AAAA$AAAA\n").unwrap_err();
-        assert!(e.contains("bytes"), "{e}");
+        assert!(e.0.contains("bytes"), "{e}");
         let e = Users::parse(&format!(":{ok}\n")).unwrap_err();
-        assert!(e.contains("empty"), "{e}");
+        assert!(e.0.contains("empty"), "{e}");
     }
 
     #[test]

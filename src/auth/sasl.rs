@@ -13,6 +13,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha512};
 
+use super::Malformed;
+
 /// A mechanism the Kafka listener offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mechanism {
@@ -82,7 +84,7 @@ pub struct Scram {
 }
 
 /// `saslname` decoding: `=2C` is `,` and `=3D` is `=`; any other `=` is an error.
-fn decode_name(s: &str) -> Result<String, String> {
+fn decode_name(s: &str) -> Result<String, Malformed> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('=') {
@@ -111,7 +113,7 @@ pub fn random(n: usize) -> Result<Vec<u8>, String> {
 
 impl Scram {
     /// Reads the client's first message: `gs2-header client-first-bare`, with the user name.
-    pub fn user_of(client_first: &[u8]) -> Result<(String, String, String), String> {
+    pub fn user_of(client_first: &[u8]) -> Result<(String, String, String), Malformed> {
         let text = std::str::from_utf8(client_first).map_err(|_| "SCRAM: not UTF-8")?;
         let bare = match text.get(..3) {
             Some("n,,") | Some("y,,") => &text[3..],
@@ -146,7 +148,7 @@ impl Scram {
         client_first: &[u8],
         secret: Option<ScramSecret>,
     ) -> Result<(Scram, Vec<u8>), String> {
-        let (user, client_nonce, bare) = Scram::user_of(client_first)?;
+        let (user, client_nonce, bare) = Scram::user_of(client_first).map_err(|e| e.0)?;
         let server_nonce = B64.encode(random(18)?);
         let nonce = format!("{client_nonce}{server_nonce}");
         let (salt, iterations) = match &secret {

@@ -46,34 +46,60 @@ pub struct TlsConfig {
     pub cert_cn_as_username: bool,
 }
 
+/// Why TLS cannot be set up as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A setting is missing; the message names the keys and what to set.
+    #[error("{0}")]
+    Settings(&'static str),
+    /// A certificate, key or CA file named by the setting `key` is unusable.
+    #[error("{key} = {path:?}: {reason}")]
+    Setting {
+        key: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    /// A client's certificate, key or CA file is unusable.
+    #[error("{path:?}: {reason}")]
+    File { path: PathBuf, reason: String },
+    /// rustls refused the configuration.
+    #[error("tls: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
 impl TlsConfig {
     /// Checks the section; `wanted` says whether any TLS listener is configured.
-    pub fn validate(&self, wanted: bool) -> Result<(), String> {
+    pub fn validate(&self, wanted: bool) -> Result<(), TlsError> {
         if wanted && (self.cert_file.is_none() || self.key_file.is_none()) {
-            return Err(
-                "a TLS listener is configured (listeners.*_tls): set tls.cert_file and tls.key_file"
-                    .into(),
-            );
+            return Err(TlsError::Settings(
+                "a TLS listener is configured (listeners.*_tls): set tls.cert_file and tls.key_file",
+            ));
         }
         if (self.require_client_cert || self.cert_cn_as_username) && self.client_ca_file.is_none() {
-            return Err(
-                "tls.require_client_cert / tls.cert_cn_as_username: set tls.client_ca_file (the CA that signs client certificates)".into(),
-            );
+            return Err(TlsError::Settings(
+                "tls.require_client_cert / tls.cert_cn_as_username: set tls.client_ca_file (the CA that signs client certificates)",
+            ));
         }
         Ok(())
     }
 }
 
-fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+/// A [`TlsError::Setting`] for the file `path` of setting `key`.
+fn bad(key: &'static str, path: &Path, reason: impl std::fmt::Display) -> TlsError {
+    TlsError::Setting {
+        key,
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+fn read_certs(path: &Path, key: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("{key} = {:?}: {e}", path.display()))?
+        .map_err(|e| bad(key, path, e))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{key} = {:?}: {e}", path.display()))?;
+        .map_err(|e| bad(key, path, e))?;
     if certs.is_empty() {
-        return Err(format!(
-            "{key} = {:?}: no PEM certificate in it",
-            path.display()
-        ));
+        return Err(bad(key, path, "no PEM certificate in it"));
     }
     Ok(certs)
 }
@@ -84,24 +110,22 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Builds the server side from the files; errors name the key and the file.
-fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, String> {
+fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, TlsError> {
     let (Some(cert), Some(key)) = (&cfg.cert_file, &cfg.key_file) else {
-        return Err("tls.cert_file and tls.key_file are required".into());
+        return Err(TlsError::Settings(
+            "tls.cert_file and tls.key_file are required",
+        ));
     };
     let chain = read_certs(cert, "tls.cert_file")?;
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("tls.key_file = {:?}: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| bad("tls.key_file", key, e))?;
     let builder = rustls::ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("tls: {e}"))?;
+        .with_safe_default_protocol_versions()?;
     let builder = match &cfg.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for c in read_certs(ca, "tls.client_ca_file")? {
-                roots
-                    .add(c)
-                    .map_err(|e| format!("tls.client_ca_file = {:?}: {e}", ca.display()))?;
+                roots.add(c).map_err(|e| bad("tls.client_ca_file", ca, e))?;
             }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
@@ -115,13 +139,13 @@ fn server_config(cfg: &TlsConfig) -> Result<rustls::ServerConfig, String> {
             builder.with_client_cert_verifier(
                 verifier
                     .build()
-                    .map_err(|e| format!("tls.client_ca_file = {:?}: {e}", ca.display()))?,
+                    .map_err(|e| bad("tls.client_ca_file", ca, e))?,
             )
         }
     };
     builder
         .with_single_cert(chain, key)
-        .map_err(|e| format!("tls.cert_file / tls.key_file: {e}"))
+        .map_err(|e| bad("tls.cert_file", cert, e))
 }
 
 /// The TLS side of the listeners: the acceptor (replaced on reload) and the CN rule.
@@ -140,7 +164,7 @@ impl std::fmt::Debug for TlsServer {
 
 impl TlsServer {
     /// Reads the certificate, key and CA files.
-    pub fn open(config: &TlsConfig) -> Result<TlsServer, String> {
+    pub fn open(config: &TlsConfig) -> Result<TlsServer, TlsError> {
         let server = server_config(config)?;
         Ok(TlsServer {
             config: config.clone(),
@@ -149,7 +173,7 @@ impl TlsServer {
     }
 
     /// Re-reads the files (SIGHUP); on an error the old ones stay in force.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let server = server_config(&self.config)?;
         match self.acceptor.write() {
             Ok(mut g) => *g = TlsAcceptor::from(Arc::new(server)),
@@ -194,33 +218,34 @@ impl TlsServer {
 pub fn client_config(
     ca_file: &Path,
     cert_key: Option<(&Path, &Path)>,
-) -> Result<rustls::ClientConfig, String> {
-    let certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>, String> {
+) -> Result<rustls::ClientConfig, TlsError> {
+    let file = |p: &Path, reason: &dyn std::fmt::Display| TlsError::File {
+        path: p.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let certs = |p: &Path| -> Result<Vec<CertificateDer<'static>>, TlsError> {
         CertificateDer::pem_file_iter(p)
             .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}", p.display()))
+            .map_err(|e| file(p, &e))
     };
     let mut roots = rustls::RootCertStore::empty();
     for c in certs(ca_file)? {
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: {e}", ca_file.display()))?;
+        roots.add(c).map_err(|e| file(ca_file, &e))?;
     }
     if roots.is_empty() {
-        return Err(format!("{}: no certificate in it", ca_file.display()));
+        return Err(file(ca_file, &"no certificate in it"));
     }
     let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots);
     match cert_key {
         None => Ok(builder.with_no_client_auth()),
         Some((cert, key)) => builder
             .with_client_auth_cert(
                 certs(cert)?,
-                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?,
+                PrivateKeyDer::from_pem_file(key).map_err(|e| file(key, &e))?,
             )
-            .map_err(|e| format!("{}: {e}", cert.display())),
+            .map_err(|e| file(cert, &e)),
     }
 }
 

@@ -737,7 +737,7 @@ async fn sasl_step(
         Login::Waiting(Some(Mechanism::Plain)) => {
             let (user, password) = match sasl::parse_plain(bytes) {
                 Ok(x) => x,
-                Err(e) => return (Err(e), Login::Waiting(None)),
+                Err(e) => return (Err(e.to_string()), Login::Waiting(None)),
             };
             match auth.login(Some(&user), Some(&password), ip).await {
                 Ok(Some(u)) => (
@@ -757,7 +757,7 @@ async fn sasl_step(
         Login::Waiting(Some(Mechanism::ScramSha512)) => {
             let user = match Scram::user_of(bytes) {
                 Ok((u, _, _)) => u,
-                Err(e) => return (Err(e), Login::Waiting(None)),
+                Err(e) => return (Err(e.to_string()), Login::Waiting(None)),
             };
             let secret = match auth.scram_secret(&user, ip) {
                 Ok(s) => s,
