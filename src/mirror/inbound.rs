@@ -68,8 +68,8 @@ enum Source {
 
 impl Source {
     fn new(cfg: &MirrorConfig, link: Arc<super::Link>) -> Source {
-        match cfg.kind.as_str() {
-            "kafka" => Source::Kafka {
+        match cfg.kind {
+            Some(super::UpstreamKind::Kafka) => Source::Kafka {
                 upstream: cfg.upstream.clone(),
                 link,
                 client: None,

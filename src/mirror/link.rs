@@ -22,7 +22,7 @@ pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 pub struct Link {
     tls: Option<Arc<rustls::ClientConfig>>,
     login: Option<(String, String)>,
-    sasl: String,
+    sasl: super::SaslMechanism,
     /// Why the settings could not be loaded: every connection attempt fails with this.
     problem: Option<String>,
 }
@@ -62,7 +62,7 @@ impl Link {
         Ok(Link {
             tls,
             login,
-            sasl: cfg.sasl_mechanism.clone(),
+            sasl: cfg.sasl_mechanism,
             problem: None,
         })
     }
@@ -108,10 +108,10 @@ impl Link {
         use rskafka::client::{Credentials, SaslConfig};
         let (user, password) = self.login.clone()?;
         let c = Credentials::new(user, password);
-        Some(match self.sasl.as_str() {
-            "scram-sha-256" => SaslConfig::ScramSha256(c),
-            "scram-sha-512" => SaslConfig::ScramSha512(c),
-            _ => SaslConfig::Plain(c),
+        Some(match self.sasl {
+            super::SaslMechanism::ScramSha256 => SaslConfig::ScramSha256(c),
+            super::SaslMechanism::ScramSha512 => SaslConfig::ScramSha512(c),
+            super::SaslMechanism::Plain => SaslConfig::Plain(c),
         })
     }
 

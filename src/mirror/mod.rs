@@ -32,7 +32,8 @@ pub mod cursor;
 pub mod inbound;
 mod inbound_mqtt;
 pub mod link;
-pub mod shaper;
+pub mod settings;
+mod shaper;
 pub mod sink;
 pub mod status;
 
@@ -52,6 +53,7 @@ use crate::units::HumanDuration;
 use crate::units::Narrow;
 use cursor::{CursorKey, Cursors};
 pub use link::Link;
+pub use settings::{Direction, KafkaCompression, MqttVersion, SaslMechanism, UpstreamKind};
 use shaper::Shaper;
 use sink::{BrookSink, KafkaSink, MqttSink, Sink};
 pub use status::{MirrorStatus, PartitionState, StatusRow};
@@ -61,15 +63,15 @@ pub use status::{MirrorStatus, PartitionState, StatusRow};
 #[serde(default, deny_unknown_fields)]
 pub struct MirrorConfig {
     pub name: String,
-    /// `kafka`, `mqtt` or `brook`.
-    pub kind: String,
+    /// `kafka`, `mqtt` or `brook` (required).
+    pub kind: Option<UpstreamKind>,
     /// Upstream addresses (`host:port`): Kafka bootstrap servers, an MQTT broker (the first is
     /// used), or Brook native listeners.
     pub upstream: Vec<String>,
     /// Local topics to mirror: names, or patterns with `*` (any run of characters).
     pub topics: Vec<String>,
     /// `out` (local topics sent upstream) or `in` (upstream topics brought into local ones).
-    pub direction: String,
+    pub direction: Direction,
     /// Out: the upstream topic name; `{node}` and `{topic}` are replaced, and for MQTT `{key}`
     /// (the record key), e.g. `site/{node}/{key}`. In: the local topic name (`{topic}` is the
     /// upstream name; for MQTT one plain name, the MQTT topic becomes the record key).
@@ -82,7 +84,7 @@ pub struct MirrorConfig {
     /// (fewer, larger sends on a metered link); `0`: send as soon as records are durable.
     pub linger: HumanDuration,
     /// Kafka only: `none`, `gzip` or `snappy`.
-    pub compression: String,
+    pub compression: KafkaCompression,
     /// Kafka and Brook: create missing upstream topics (with the local partition count).
     pub create_topics: bool,
     pub cursor_flush: HumanDuration,
@@ -99,10 +101,10 @@ pub struct MirrorConfig {
     pub password_env: String,
     /// Kafka: the SASL mechanism for `username`: `plain` (default), `scram-sha-256` or
     /// `scram-sha-512`.
-    pub sasl_mechanism: String,
+    pub sasl_mechanism: SaslMechanism,
     /// MQTT: the protocol spoken upstream, `5` (default) or `3.1.1` (for brokers without MQTT 5;
     /// no origin headers then, 3.1.1 has nowhere to carry them).
-    pub mqtt_version: String,
+    pub mqtt_version: MqttVersion,
     /// Encrypt the link with TLS. Default false.
     pub tls: bool,
     /// With `tls`: the CAs (PEM) to trust. Unset: the system bundle
@@ -120,15 +122,15 @@ impl Default for MirrorConfig {
     fn default() -> Self {
         MirrorConfig {
             name: String::new(),
-            kind: String::new(),
+            kind: None,
             upstream: Vec::new(),
             topics: Vec::new(),
-            direction: "out".into(),
+            direction: Direction::Out,
             topic_template: "{topic}".into(),
             node: String::new(),
             batch_records: 1000,
             linger: HumanDuration::millis(0),
-            compression: "none".into(),
+            compression: KafkaCompression::None,
             create_topics: true,
             cursor_flush: HumanDuration::secs(1),
             backoff_min: HumanDuration::millis(200),
@@ -137,8 +139,8 @@ impl Default for MirrorConfig {
             username: String::new(),
             password_file: None,
             password_env: String::new(),
-            sasl_mechanism: "plain".into(),
-            mqtt_version: "5".into(),
+            sasl_mechanism: SaslMechanism::Plain,
+            mqtt_version: MqttVersion::V5,
             tls: false,
             ca_file: None,
             cert_file: None,
@@ -151,7 +153,7 @@ impl Default for MirrorConfig {
 impl MirrorConfig {
     /// MQTT 3.1.1 upstream rather than MQTT 5 (`mqtt_version`, checked at load).
     pub fn mqtt_311(&self) -> bool {
-        self.mqtt_version == "3.1.1"
+        self.mqtt_version == MqttVersion::V311
     }
 
     /// Checks one entry; errors name the key.
@@ -164,13 +166,15 @@ impl MirrorConfig {
         if self.name.is_empty() || self.name.contains('\0') {
             return Err(format!("{at}.name: required (a short unique name)"));
         }
-        if !matches!(self.kind.as_str(), "kafka" | "brook" | "mqtt") {
+        let Some(kind) = self.kind else {
             return Err(format!(
-                "{at}.kind = {:?}: must be \"kafka\", \"mqtt\" or \"brook\"",
-                self.kind
+                "{at}.kind: required: \"kafka\", \"mqtt\" or \"brook\""
             ));
-        }
-        if self.topic_template.contains("{key}") && self.kind != "mqtt" && self.direction == "out" {
+        };
+        if self.topic_template.contains("{key}")
+            && kind != UpstreamKind::Mqtt
+            && self.direction == Direction::Out
+        {
             return Err(format!(
                 "{at}.topic_template: {{key}} is for kind = \"mqtt\" (one MQTT topic per record key)"
             ));
@@ -189,14 +193,8 @@ impl MirrorConfig {
         if self.topics.is_empty() {
             return Err(format!("{at}.topics: at least one topic name or pattern"));
         }
-        if !matches!(self.direction.as_str(), "out" | "in") {
-            return Err(format!(
-                "{at}.direction = {:?}: \"out\" or \"in\"",
-                self.direction
-            ));
-        }
-        if self.direction == "in" {
-            if self.kind == "mqtt" && self.topic_template.contains('{') {
+        if self.direction == Direction::In {
+            if kind == UpstreamKind::Mqtt && self.topic_template.contains('{') {
                 return Err(format!(
                     "{at}.topic_template = {:?}: an MQTT mirror in writes one local topic (e.g. \"commands\"; the MQTT topic becomes the record key)",
                     self.topic_template
@@ -221,13 +219,7 @@ impl MirrorConfig {
         if !(1..=100_000).contains(&self.batch_records) {
             return Err(format!("{at}.batch_records: 1 to 100000"));
         }
-        if !matches!(self.compression.as_str(), "none" | "gzip" | "snappy") {
-            return Err(format!(
-                "{at}.compression = {:?}: none, gzip or snappy",
-                self.compression
-            ));
-        }
-        if self.compression != "none" && self.kind != "kafka" {
+        if self.compression != KafkaCompression::None && kind != UpstreamKind::Kafka {
             return Err(format!("{at}.compression: only for kind = \"kafka\""));
         }
         if self.cursor_flush.0.is_zero() || self.backoff_min.0.is_zero() {
@@ -238,25 +230,10 @@ impl MirrorConfig {
         if self.backoff_max.0 < self.backoff_min.0 {
             return Err(format!("{at}.backoff_max is below backoff_min"));
         }
-        if !matches!(
-            self.sasl_mechanism.as_str(),
-            "plain" | "scram-sha-256" | "scram-sha-512"
-        ) {
-            return Err(format!(
-                "{at}.sasl_mechanism = {:?}: plain, scram-sha-256 or scram-sha-512",
-                self.sasl_mechanism
-            ));
-        }
-        if self.sasl_mechanism != "plain" && self.kind != "kafka" {
+        if self.sasl_mechanism != SaslMechanism::Plain && kind != UpstreamKind::Kafka {
             return Err(format!("{at}.sasl_mechanism: only for kind = \"kafka\""));
         }
-        if !matches!(self.mqtt_version.as_str(), "5" | "3.1.1") {
-            return Err(format!(
-                "{at}.mqtt_version = {:?}: \"5\" or \"3.1.1\"",
-                self.mqtt_version
-            ));
-        }
-        if self.mqtt_version != "5" && self.kind != "mqtt" {
+        if self.mqtt_version != MqttVersion::V5 && kind != UpstreamKind::Mqtt {
             return Err(format!("{at}.mqtt_version: only for kind = \"mqtt\""));
         }
         if !self.tls
@@ -314,7 +291,7 @@ impl MirrorConfig {
 
     /// Whether this mirror sends local `topic` upstream (so retention must wait for it).
     fn sends(&self, topic: &str) -> bool {
-        self.direction == "out" && self.matches(topic)
+        self.direction == Direction::Out && self.matches(topic)
     }
 
     /// User name and password for the upstream, if a user name is set: the password comes from
@@ -407,7 +384,7 @@ impl Mirrors {
         }
         let mut tasks = tokio::task::JoinSet::new();
         for cfg in configs {
-            if cfg.direction == "in" {
+            if cfg.direction == Direction::In {
                 let node = node_of(&cfg);
                 let (b, c, st, sd) = (
                     Arc::clone(&broker),
@@ -416,7 +393,7 @@ impl Mirrors {
                     shutdown.clone(),
                 );
                 let cfg = Arc::new(cfg);
-                if cfg.kind == "mqtt" {
+                if cfg.kind == Some(UpstreamKind::Mqtt) {
                     tasks.spawn(inbound_mqtt::run_mqtt(b, cfg, node, st, sd));
                 } else {
                     tasks.spawn(inbound::run_offsets(b, cfg, node, c, st, sd));
@@ -638,14 +615,14 @@ async fn run_partition(
         .topic_template
         .replace("{node}", &node)
         .replace("{topic}", &topic);
-    let mut sink = match cfg.kind.as_str() {
-        "kafka" => Sink::Kafka(KafkaSink::new(
+    let mut sink = match cfg.kind {
+        Some(UpstreamKind::Kafka) => Sink::Kafka(KafkaSink::new(
             cfg.upstream.clone(),
             link,
-            &cfg.compression,
+            cfg.compression,
             cfg.create_topics,
         )),
-        "mqtt" => Sink::Mqtt(Box::new(MqttSink::new(
+        Some(UpstreamKind::Mqtt) => Sink::Mqtt(Box::new(MqttSink::new(
             &cfg.upstream[0],
             format!("brook-{node}-{}-{topic}-{partition}", cfg.name),
             link,
@@ -854,18 +831,34 @@ mod tests {
         .expect("parse");
         validate(std::slice::from_ref(&m)).expect("valid");
         let mut bad = m.clone();
-        bad.kind = "amqp".into();
-        assert!(validate(&[bad]).unwrap_err().contains("kind"));
+        bad.kind = None;
+        assert!(validate(&[bad]).unwrap_err().contains("kind: required"));
+        // Values outside a setting's few are refused when the file is read, naming them.
+        for (key, value) in [
+            ("kind", "amqp"),
+            ("direction", "sideways"),
+            ("compression", "lz4"),
+            ("sasl_mechanism", "scram-md5"),
+            ("mqtt_version", "3"),
+        ] {
+            let text = format!(
+                "name = \"c\"\nupstream = [\"h:1\"]\ntopics = [\"t\"]\n{key} = \"{value}\""
+            );
+            let e = toml::from_str::<MirrorConfig>(&text)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(value) && e.contains("expected"),
+                "{key}: {e}"
+            );
+        }
         let mut bad = m.clone();
         bad.upstream = vec!["nohost".into()];
         assert!(validate(&[bad]).unwrap_err().contains("upstream"));
-        let mut bad = m.clone();
-        bad.direction = "sideways".into();
-        assert!(validate(&[bad]).unwrap_err().contains("direction"));
         let mut inward = m.clone();
-        inward.direction = "in".into();
+        inward.direction = Direction::In;
         validate(std::slice::from_ref(&inward)).expect("a Kafka mirror in");
-        inward.kind = "mqtt".into();
+        inward.kind = Some(UpstreamKind::Mqtt);
         inward.topic_template = "{topic}".into();
         assert!(validate(&[inward]).unwrap_err().contains("topic_template"));
         assert!(validate(&[m.clone(), m]).unwrap_err().contains("twice"));
@@ -876,7 +869,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let base = || MirrorConfig {
             name: "cloud".into(),
-            kind: "kafka".into(),
+            kind: Some(UpstreamKind::Kafka),
             upstream: vec!["central.example:9093".into()],
             topics: vec!["telemetry".into()],
             ..MirrorConfig::default()
@@ -901,17 +894,11 @@ mod tests {
         m.cert_file = Some(dir.path().join("c.pem"));
         assert!(err(m).contains("cert_file and key_file go together"));
         let mut m = base();
-        m.sasl_mechanism = "scram-md5".into();
-        assert!(err(m).contains("sasl_mechanism"));
-        let mut m = base();
-        m.kind = "mqtt".into();
-        m.sasl_mechanism = "scram-sha-256".into();
+        m.kind = Some(UpstreamKind::Mqtt);
+        m.sasl_mechanism = SaslMechanism::ScramSha256;
         assert!(err(m).contains("only for kind"));
         let mut m = base();
-        m.mqtt_version = "3".into();
-        assert!(err(m).contains("mqtt_version = \"3\""));
-        let mut m = base();
-        m.mqtt_version = "3.1.1".into();
+        m.mqtt_version = MqttVersion::V311;
         assert!(err(m).contains("mqtt_version: only for kind"));
         let mut m = base();
         m.username = "gw1".into();
@@ -919,7 +906,7 @@ mod tests {
         assert!(err(m).contains("password_env"));
         let mut m = base();
         m.username = "gw1".into();
-        m.sasl_mechanism = "scram-sha-512".into();
+        m.sasl_mechanism = SaslMechanism::ScramSha512;
         validate(&[m]).expect("a Kafka login is valid now");
     }
 }

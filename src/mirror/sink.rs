@@ -123,14 +123,15 @@ impl KafkaSink {
     pub fn new(
         upstream: Vec<String>,
         link: Arc<Link>,
-        compression: &str,
+        compression: super::KafkaCompression,
         create_topics: bool,
     ) -> KafkaSink {
+        use super::KafkaCompression as C;
         use rskafka::client::partition::Compression;
         let compression = match compression {
-            "gzip" => Compression::Gzip,
-            "snappy" => Compression::Snappy,
-            _ => Compression::NoCompression,
+            C::Gzip => Compression::Gzip,
+            C::Snappy => Compression::Snappy,
+            C::None => Compression::NoCompression,
         };
         KafkaSink {
             upstream,
