@@ -847,10 +847,7 @@ mod tests {
             let e = toml::from_str::<MirrorConfig>(&text)
                 .unwrap_err()
                 .to_string();
-            assert!(
-                e.contains(value) && e.contains("expected"),
-                "{key}: {e}"
-            );
+            assert!(e.contains(value) && e.contains("expected"), "{key}: {e}");
         }
         let mut bad = m.clone();
         bad.upstream = vec!["nohost".into()];
