@@ -33,7 +33,7 @@ pub mod inbound;
 mod inbound_mqtt;
 pub mod link;
 pub mod settings;
-mod shaper;
+pub mod shaper;
 pub mod sink;
 pub mod status;
 

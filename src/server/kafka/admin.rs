@@ -8,6 +8,7 @@
 //! satisfies; CreateTopics refuses any other key with INVALID_CONFIG naming it, and a
 //! replication factor other than 1 (or -1: default).
 
+use super::KafkaError;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
@@ -68,7 +69,7 @@ fn api_list() -> Vec<ApiVersion> {
         .collect()
 }
 
-pub fn api_versions(version: i16, id: i32) -> Result<Vec<u8>, String> {
+pub fn api_versions(version: i16, id: i32) -> Result<Vec<u8>, KafkaError> {
     let r = ApiVersionsResponse::default()
         .with_error_code(err::NONE)
         .with_api_keys(api_list());
@@ -76,7 +77,7 @@ pub fn api_versions(version: i16, id: i32) -> Result<Vec<u8>, String> {
 }
 
 /// The v0 answer to an ApiVersions of a version Brook does not know.
-pub fn api_versions_unsupported(id: i32) -> Result<Vec<u8>, String> {
+pub fn api_versions_unsupported(id: i32) -> Result<Vec<u8>, KafkaError> {
     let r = ApiVersionsResponse::default()
         .with_error_code(err::UNSUPPORTED_VERSION)
         .with_api_keys(api_list());
@@ -112,7 +113,7 @@ pub fn metadata(
     r: MetadataRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     // v0: an empty list means every topic; v1+: null does. A listing holds only the topics
     // the client may describe; a named one it may not is answered TOPIC_AUTHORIZATION_FAILED.
     let names: Vec<String> = match &r.topics {
@@ -311,7 +312,7 @@ pub fn create_topics(
     r: CreateTopicsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let admin = who.allows(Op::Admin);
     let mut results = Vec::with_capacity(r.topics.len());
     for t in &r.topics {
@@ -376,7 +377,7 @@ pub fn delete_topics(
     r: DeleteTopicsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let admin = who.allows(Op::Admin);
     // v0-5 name topics in topic_names; v6 in topics (by name; ids are not supported).
     let mut names: Vec<Option<String>> = r
@@ -545,7 +546,7 @@ pub fn alter_configs(
     r: AlterConfigsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
     let responses = r
         .resources
@@ -586,7 +587,7 @@ pub fn incremental_alter_configs(
     r: IncrementalAlterConfigsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
     let responses = r
         .resources
@@ -694,7 +695,7 @@ pub fn describe_configs(
     r: DescribeConfigsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let results = r
         .resources
         .iter()
@@ -753,7 +754,7 @@ pub fn create_partitions(
     r: CreatePartitionsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
     let admin = who.allows(Op::Admin);
     let results = r
@@ -815,7 +816,7 @@ pub fn describe_cluster(
     listener: usize,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
     let (host, port) = &ctx.advertised[listener];
     let resp = DescribeClusterResponse::default()
@@ -841,7 +842,7 @@ pub fn find_coordinator(
     r: FindCoordinatorRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let (host, port) = &ctx.advertised[listener];
     let host = s(host);
     // Key type 1 asks for a transaction coordinator: there is none. The error is one clients

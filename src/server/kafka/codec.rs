@@ -8,6 +8,7 @@
 //! asks, so the client can pick); any other unsupported API or version closes the connection
 //! with the reason logged, because no valid answer can be encoded for it.
 
+use super::KafkaError;
 use crate::units::Narrow;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
@@ -114,24 +115,29 @@ pub enum Parsed {
 }
 
 /// Decodes the header of one request (the size prefix already removed).
-pub fn parse(mut body: Bytes) -> Result<Parsed, String> {
+pub fn parse(mut body: Bytes) -> Result<Parsed, KafkaError> {
     if body.len() < 8 {
-        return Err(format!("request of {} bytes has no header", body.len()));
+        return Err(KafkaError::Protocol(format!(
+            "request of {} bytes has no header",
+            body.len()
+        )));
     }
     let raw_key = i16::from_be_bytes([body[0], body[1]]);
     let version = i16::from_be_bytes([body[2], body[3]]);
     let correlation_id = i32::from_be_bytes([body[4], body[5], body[6], body[7]]);
     let key = ApiKey::try_from(raw_key).map_err(|_| format!("unknown API key {raw_key}"))?;
     let Some((lo, hi)) = supported(key) else {
-        return Err(format!("API {key:?} (key {raw_key}) is not implemented"));
+        return Err(KafkaError::Protocol(format!(
+            "API {key:?} (key {raw_key}) is not implemented"
+        )));
     };
     if !(lo..=hi).contains(&version) {
         if key == ApiKey::ApiVersions {
             return Ok(Parsed::ApiVersionsTooNew { correlation_id });
         }
-        return Err(format!(
+        return Err(KafkaError::Protocol(format!(
             "{key:?} version {version} is not supported ({lo} to {hi})"
-        ));
+        )));
     }
     let header = decode_request_header_from_buffer(&mut body)
         .map_err(|e| format!("{key:?} v{version}: malformed request header: {e}"))?;
@@ -144,7 +150,7 @@ pub fn response<R: Encodable>(
     version: i16,
     correlation_id: i32,
     body: &R,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let header_version = key.response_header_version(version);
     let header = ResponseHeader::default().with_correlation_id(correlation_id);
     let mut buf = BytesMut::with_capacity(64);
@@ -161,7 +167,7 @@ pub fn response<R: Encodable>(
 
 /// Decodes a request body of type `R` at `version`. Bytes after the fields Brook knows are
 /// ignored, as Kafka's own broker does (newer clients add tagged fields and such).
-pub fn body<R: kafka_protocol::protocol::Decodable>(frame: &mut Frame) -> Result<R, String> {
+pub fn body<R: kafka_protocol::protocol::Decodable>(frame: &mut Frame) -> Result<R, KafkaError> {
     let version = frame.header.request_api_version;
     let r = R::decode(&mut frame.body, version)
         .map_err(|e| format!("{:?} v{version}: malformed request: {e}", frame.key))?;
@@ -179,7 +185,7 @@ pub fn body<R: kafka_protocol::protocol::Decodable>(frame: &mut Frame) -> Result
 /// partition's record batches), without acting on it: the Kafka fuzz target's entry point.
 /// `Ok` names the API; nothing a peer sends may make it panic or allocate more than the
 /// request's own bytes.
-pub fn decode_request(bytes: &[u8]) -> Result<ApiKey, String> {
+pub fn decode_request(bytes: &[u8]) -> Result<ApiKey, KafkaError> {
     use kafka_protocol::messages::*;
     let mut f = match parse(Bytes::copy_from_slice(bytes))? {
         Parsed::Request(f) => f,
@@ -229,7 +235,7 @@ pub fn decode_request(bytes: &[u8]) -> Result<ApiKey, String> {
             let _ = crate::auth::sasl::parse_plain(&r.auth_bytes);
             let _ = crate::auth::sasl::Scram::user_of(&r.auth_bytes);
         }
-        other => return Err(format!("{other:?} is not served")),
+        other => return Err(KafkaError::Protocol(format!("{other:?} is not served"))),
     }
     Ok(key)
 }
@@ -362,12 +368,18 @@ mod tests {
         ));
         let mut b = request(ApiKey::Metadata, 1, &MetadataRequest::default()).to_vec();
         b[2..4].copy_from_slice(&13i16.to_be_bytes());
-        assert!(parse(Bytes::from(b)).unwrap_err().contains("not supported"));
+        assert!(
+            parse(Bytes::from(b))
+                .unwrap_err()
+                .to_string()
+                .contains("not supported")
+        );
         let mut b = request(ApiKey::Metadata, 1, &MetadataRequest::default()).to_vec();
         b[0..2].copy_from_slice(&999i16.to_be_bytes());
         assert!(
             parse(Bytes::from(b))
                 .unwrap_err()
+                .to_string()
                 .contains("unknown API key")
         );
         assert!(parse(Bytes::from_static(&[0, 3])).is_err());

@@ -11,6 +11,7 @@
 //! Batches go out as uncompressed Kafka batches with their Brook offsets. Fetch sessions
 //! (KIP-227) are not kept: the answer's session id 0 makes clients send full fetches.
 
+use super::KafkaError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -148,7 +149,7 @@ pub fn produce(
     r: ProduceRequest,
     version: i16,
     id: i32,
-) -> Result<Started, String> {
+) -> Result<Started, KafkaError> {
     let durability = match r.acks {
         0 => Some(Durability::None),
         1 => Some(Durability::Written),
@@ -416,7 +417,7 @@ pub fn list_offsets(
     r: ListOffsetsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let topics = r
         .topics
         .iter()
@@ -476,7 +477,7 @@ pub fn init_producer_id(
     r: InitProducerIdRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let resp = if r.transactional_id.is_some() {
         InitProducerIdResponse::default()
             .with_error_code(err::TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
@@ -512,7 +513,7 @@ pub fn delete_records(
     r: DeleteRecordsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     use kafka_protocol::messages::delete_records_response::{
         DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
     };

@@ -6,6 +6,7 @@
 //!
 //! [`Broker::commit_offsets`]: crate::broker::Broker::commit_offsets
 
+use super::KafkaError;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +31,7 @@ use crate::broker::kafka_groups::{JoinRequest, KafkaGroupError, State};
 
 /// The answer to a group request the ACL refuses (JoinGroup, SyncGroup, Heartbeat,
 /// LeaveGroup): GROUP_AUTHORIZATION_FAILED, nothing else.
-pub fn group_denied(key: ApiKey, version: i16, id: i32) -> Result<Vec<u8>, String> {
+pub fn group_denied(key: ApiKey, version: i16, id: i32) -> Result<Vec<u8>, KafkaError> {
     let c = err::GROUP_AUTHORIZATION_FAILED;
     match key {
         ApiKey::JoinGroup => codec::response(
@@ -60,7 +61,9 @@ pub fn group_denied(key: ApiKey, version: i16, id: i32) -> Result<Vec<u8>, Strin
             id,
             &LeaveGroupResponse::default().with_error_code(c),
         ),
-        other => Err(format!("no group denial for {other:?}")),
+        other => Err(KafkaError::Protocol(format!(
+            "no group denial for {other:?}"
+        ))),
     }
 }
 
@@ -196,7 +199,12 @@ pub fn sync(ctx: Arc<Ctx>, r: SyncGroupRequest, version: i16, id: i32) -> Answer
     })
 }
 
-pub fn heartbeat(ctx: &Ctx, r: HeartbeatRequest, version: i16, id: i32) -> Result<Vec<u8>, String> {
+pub fn heartbeat(
+    ctx: &Ctx,
+    r: HeartbeatRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, KafkaError> {
     let c = match ctx.broker.kafka_groups().heartbeat(
         r.group_id.0.as_str(),
         r.member_id.as_str(),
@@ -210,7 +218,12 @@ pub fn heartbeat(ctx: &Ctx, r: HeartbeatRequest, version: i16, id: i32) -> Resul
     codec::response(ApiKey::Heartbeat, version, id, &resp)
 }
 
-pub fn leave(ctx: &Ctx, r: LeaveGroupRequest, version: i16, id: i32) -> Result<Vec<u8>, String> {
+pub fn leave(
+    ctx: &Ctx,
+    r: LeaveGroupRequest,
+    version: i16,
+    id: i32,
+) -> Result<Vec<u8>, KafkaError> {
     let group = r.group_id.0.as_str();
     let mut groups = ctx.broker.kafka_groups();
     let now = Instant::now();
@@ -247,7 +260,7 @@ pub fn offset_commit(
     r: OffsetCommitRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let group = r.group_id.0.as_str();
     let group_ok = who.allows(Op::Group(group));
     let allowed = ctx.broker.kafka_groups().check_commit(
@@ -321,7 +334,7 @@ pub fn offset_fetch(
     r: OffsetFetchRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let group = r.group_id.0.as_str();
     if !who.allows(Op::Group(group)) {
         let c = err::GROUP_AUTHORIZATION_FAILED;
@@ -455,7 +468,7 @@ pub fn describe_groups(
     r: DescribeGroupsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     let admin = who.allows(Op::Admin);
     let groups = r
         .groups
@@ -506,7 +519,7 @@ pub fn list_groups(
     r: ListGroupsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     if !who.allows(Op::Admin) {
         let resp = ListGroupsResponse::default().with_error_code(err::CLUSTER_AUTHORIZATION_FAILED);
         return codec::response(ApiKey::ListGroups, version, id, &resp);
@@ -554,7 +567,7 @@ pub fn delete_groups(
     r: DeleteGroupsRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
     let admin = who.allows(Op::Admin);
     let results = r
@@ -596,7 +609,7 @@ pub fn offset_delete(
     r: OffsetDeleteRequest,
     version: i16,
     id: i32,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, KafkaError> {
     use kafka_protocol::messages::offset_delete_response::{
         OffsetDeleteResponsePartition, OffsetDeleteResponseTopic,
     };

@@ -110,6 +110,27 @@ impl Default for KafkaConfig {
     }
 }
 
+/// Why a Kafka connection is closed (logged with the peer), or a request cannot be answered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KafkaError {
+    /// The peer broke the protocol (a frame, a request or a login that does not parse or is
+    /// not allowed where it came); the message says how.
+    #[error("{0}")]
+    Protocol(String),
+}
+
+impl From<String> for KafkaError {
+    fn from(s: String) -> Self {
+        KafkaError::Protocol(s)
+    }
+}
+
+impl From<&str> for KafkaError {
+    fn from(s: &str) -> Self {
+        KafkaError::Protocol(s.to_string())
+    }
+}
+
 impl KafkaConfig {
     pub fn validate(&self) -> Result<(), String> {
         for (key, value) in [
@@ -348,7 +369,7 @@ pub async fn run(
                     };
                     connection(stream, cn, conn, &ctx, stop).await
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(KafkaError::from(e)),
             };
             if let Err(reason) = result {
                 ctx.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -376,14 +397,14 @@ enum Read {
     Closed,
 }
 
-async fn read_request(rd: &mut ReadHalf, max: usize) -> Result<Read, String> {
+async fn read_request(rd: &mut ReadHalf, max: usize) -> Result<Read, KafkaError> {
     let mut size = [0u8; 4];
     if rd.read_exact(&mut size).await.is_err() {
         return Ok(Read::Closed);
     }
     let size = i32::from_be_bytes(size);
     if size < 0 {
-        return Err(format!("request of {size} bytes"));
+        return Err(KafkaError::Protocol(format!("request of {size} bytes")));
     }
     if size as usize > max {
         return Ok(Read::Oversized(size as u64));
@@ -392,10 +413,12 @@ async fn read_request(rd: &mut ReadHalf, max: usize) -> Result<Read, String> {
     let mut body = Vec::with_capacity((size as usize).min(64 * 1024));
     match rd.take(size as u64).read_to_end(&mut body).await {
         Ok(n) if n == size as usize => Ok(Read::Request(body)),
-        Ok(n) => Err(format!(
+        Ok(n) => Err(KafkaError::Protocol(format!(
             "connection lost inside a request ({n} of {size} bytes)"
-        )),
-        Err(e) => Err(format!("connection lost inside a request: {e}")),
+        ))),
+        Err(e) => Err(KafkaError::Protocol(format!(
+            "connection lost inside a request: {e}"
+        ))),
     }
 }
 
@@ -425,7 +448,7 @@ async fn connection(
     conn: Conn,
     ctx: &Arc<Ctx>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), KafkaError> {
     let Conn {
         peer,
         mut slot,
@@ -516,9 +539,9 @@ async fn connection(
             Ok(Ok(Read::Closed)) => break Ok(()),
             Ok(Ok(Read::Oversized(size))) => {
                 if !open || size > (max * oversize::READ_THROUGH) as u64 {
-                    break Err(format!(
+                    break Err(KafkaError::Protocol(format!(
                         "request of {size} bytes (the limit here is {limit})"
-                    ));
+                    )));
                 }
                 // A Produce a little over the limit is read through and answered
                 // MESSAGE_TOO_LARGE; anything else closes the connection.
@@ -535,7 +558,11 @@ async fn connection(
                         continue;
                     }
                     Ok(Err(reason)) => break Err(reason),
-                    Err(_) => break Err(format!("a request of {size} bytes took over {idle:?}")),
+                    Err(_) => {
+                        break Err(KafkaError::Protocol(format!(
+                            "a request of {size} bytes took over {idle:?}"
+                        )));
+                    }
                 }
             }
             Ok(Err(reason)) => break Err(reason),
@@ -545,10 +572,10 @@ async fn connection(
             }
             Err(_) => {
                 auth.handshake_timed_out();
-                break Err(format!(
+                break Err(KafkaError::Protocol(format!(
                     "no login within {:?} (auth.handshake_timeout)",
                     auth.handshake_timeout()
-                ));
+                )));
             }
         };
         ctx.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -574,7 +601,7 @@ async fn connection(
                     continue;
                 }
                 // SASL v0 has no way to say why: the connection closes.
-                Err(m) => break Err(format!("SASL login failed: {m}")),
+                Err(m) => break Err(KafkaError::Protocol(format!("SASL login failed: {m}"))),
             }
         }
         let mut frame = match codec::parse(Bytes::from(body)) {
@@ -614,7 +641,7 @@ async fn connection(
                     break Ok(());
                 }
                 if code != err::NONE {
-                    break Err(format!(
+                    break Err(KafkaError::Protocol(format!(
                         "SASL mechanism {:?} refused{}",
                         r.mechanism.as_str(),
                         if auth.has_users() {
@@ -622,7 +649,7 @@ async fn connection(
                         } else {
                             " (no users file: nothing to log in with)"
                         }
-                    ));
+                    )));
                 }
                 login = Login::Waiting(chosen);
                 raw_sasl = version == 0;
@@ -650,7 +677,7 @@ async fn connection(
                     break Ok(());
                 }
                 match step {
-                    Err(m) => break Err(format!("SASL login failed: {m}")),
+                    Err(m) => break Err(KafkaError::Protocol(format!("SASL login failed: {m}"))),
                     Ok(_) => {
                         if let Login::Done(p) = &login {
                             slot.logged_in();
@@ -682,15 +709,18 @@ async fn connection(
                         p
                     }
                     Err(refusal) => {
-                        break Err(format!(
+                        break Err(KafkaError::Protocol(format!(
                             "{:?} before a login: {refusal} (SASL PLAIN or SCRAM-SHA-512)",
                             frame.key
-                        ));
+                        )));
                     }
                 }
             }
             Login::Waiting(Some(_)) | Login::Scram(_) => {
-                break Err(format!("{:?} in the middle of a SASL login", frame.key));
+                break Err(KafkaError::Protocol(format!(
+                    "{:?} in the middle of a SASL login",
+                    frame.key
+                )));
             }
         };
         let (done, pending) = oneshot::channel();
@@ -799,7 +829,7 @@ async fn sasl_step(
 
 /// A boxed handler future: the encoded answer, `None` for no answer.
 pub type Answer = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, String>> + Send + 'static>,
+    Box<dyn std::future::Future<Output = Result<Option<Vec<u8>>, KafkaError>> + Send + 'static>,
 >;
 
 /// How a request was started.
@@ -817,7 +847,7 @@ fn start(
     peer: SocketAddr,
     who: &Principal,
     over_tls: bool,
-) -> Result<Started, String> {
+) -> Result<Started, KafkaError> {
     let listener = usize::from(over_tls);
     use crate::auth::Op;
     let key = frame.key;
@@ -825,7 +855,7 @@ fn start(
     let id = frame.header.correlation_id;
     let now = |r: Vec<u8>| Ok(Started::Now(Some(r)));
     // JoinGroup, SyncGroup, Heartbeat and LeaveGroup need the group.
-    let denied = |group: &GroupId| -> Option<Result<Started, String>> {
+    let denied = |group: &GroupId| -> Option<Result<Started, KafkaError>> {
         (!who.allows(Op::Group(group.0.as_str())))
             .then(|| groups::group_denied(key, version, id).map(|r| Started::Now(Some(r))))
     };
@@ -984,15 +1014,17 @@ fn start(
             >(&mut frame)?);
             now(admin::describe_cluster(ctx, listener, version, id)?)
         }
-        other => Err(format!("API {other:?} is not implemented")),
+        other => Err(KafkaError::Protocol(format!(
+            "API {other:?} is not implemented"
+        ))),
     }
 }
 
 /// Runs a handler that writes files or flushes metadata on the blocking pool.
 fn blocking(
     ctx: &Arc<Ctx>,
-    f: impl FnOnce(&Ctx) -> Result<Vec<u8>, String> + Send + 'static,
-) -> Result<Started, String> {
+    f: impl FnOnce(&Ctx) -> Result<Vec<u8>, KafkaError> + Send + 'static,
+) -> Result<Started, KafkaError> {
     let ctx = Arc::clone(ctx);
     Ok(Started::Later(Box::pin(async move {
         tokio::task::spawn_blocking(move || f(&ctx))

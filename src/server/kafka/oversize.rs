@@ -4,6 +4,7 @@
 //! instead of reconnecting and resending. Any other request over the limit, a larger one, or one
 //! whose layout does not parse closes the connection, as before.
 
+use super::KafkaError;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ApiKey, ProduceResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
@@ -26,7 +27,7 @@ struct Rest<'a> {
 }
 
 impl Rest<'_> {
-    async fn take<const N: usize>(&mut self) -> Result<[u8; N], String> {
+    async fn take<const N: usize>(&mut self) -> Result<[u8; N], KafkaError> {
         if self.left < N as u64 {
             return Err("the request ends inside a field".into());
         }
@@ -39,15 +40,15 @@ impl Rest<'_> {
         Ok(b)
     }
 
-    async fn i16(&mut self) -> Result<i16, String> {
+    async fn i16(&mut self) -> Result<i16, KafkaError> {
         Ok(i16::from_be_bytes(self.take().await?))
     }
 
-    async fn i32(&mut self) -> Result<i32, String> {
+    async fn i32(&mut self) -> Result<i32, KafkaError> {
         Ok(i32::from_be_bytes(self.take().await?))
     }
 
-    async fn uvarint(&mut self) -> Result<u64, String> {
+    async fn uvarint(&mut self) -> Result<u64, KafkaError> {
         let mut v = 0u64;
         for shift in (0..35).step_by(7) {
             let [b] = self.take::<1>().await?;
@@ -60,7 +61,7 @@ impl Rest<'_> {
     }
 
     /// Reads and drops `n` bytes through a small buffer.
-    async fn skip(&mut self, n: u64) -> Result<(), String> {
+    async fn skip(&mut self, n: u64) -> Result<(), KafkaError> {
         if n > self.left {
             return Err("a length runs past the request's end".into());
         }
@@ -80,7 +81,7 @@ impl Rest<'_> {
 
     /// A length: compact (unsigned varint, length + 1, 0 = null) or classic (`i16`/`i32`, -1 =
     /// null); `None` for null.
-    async fn len(&mut self, compact: bool, wide: bool) -> Result<Option<u64>, String> {
+    async fn len(&mut self, compact: bool, wide: bool) -> Result<Option<u64>, KafkaError> {
         if compact {
             return Ok(self.uvarint().await?.checked_sub(1));
         }
@@ -92,12 +93,12 @@ impl Rest<'_> {
         Ok(u64::try_from(n).ok())
     }
 
-    async fn string(&mut self, compact: bool) -> Result<Option<String>, String> {
+    async fn string(&mut self, compact: bool) -> Result<Option<String>, KafkaError> {
         let Some(n) = self.len(compact, false).await? else {
             return Ok(None);
         };
         if n.sat_usize() > MAX_NAME || n > self.left {
-            return Err(format!("a string of {n} bytes"));
+            return Err(KafkaError::Protocol(format!("a string of {n} bytes")));
         }
         let mut b = vec![0u8; n.sat_usize()];
         self.rd
@@ -111,7 +112,7 @@ impl Rest<'_> {
     }
 
     /// Skips tagged fields (flexible versions).
-    async fn tags(&mut self, flexible: bool) -> Result<(), String> {
+    async fn tags(&mut self, flexible: bool) -> Result<(), KafkaError> {
         if !flexible {
             return Ok(());
         }
@@ -124,7 +125,7 @@ impl Rest<'_> {
     }
 
     /// An array's element count (compact or classic); null counts as none.
-    async fn count(&mut self, compact: bool) -> Result<u64, String> {
+    async fn count(&mut self, compact: bool) -> Result<u64, KafkaError> {
         Ok(self.len(compact, true).await?.unwrap_or(0))
     }
 }
@@ -136,13 +137,13 @@ pub async fn read_through(
     rd: &mut ReadHalf,
     size: u64,
     limit: usize,
-) -> Result<Option<Vec<u8>>, String> {
+) -> Result<Option<Vec<u8>>, KafkaError> {
     let mut r = Rest { rd, left: size };
     let key = r.i16().await?;
     if key != ApiKey::Produce as i16 {
-        return Err(format!(
+        return Err(KafkaError::Protocol(format!(
             "request of {size} bytes (the limit here is {limit}; api key {key})"
-        ));
+        )));
     }
     let version = r.i16().await?;
     let correlation_id = r.i32().await?;
@@ -150,7 +151,9 @@ pub async fn read_through(
         return Err("Produce is not served".into());
     };
     if !(lo..=hi).contains(&version) {
-        return Err(format!("Produce v{version} of {size} bytes"));
+        return Err(KafkaError::Protocol(format!(
+            "Produce v{version} of {size} bytes"
+        )));
     }
     let flexible = version >= 9;
     // Request header: client id (always a classic nullable string), then tags when flexible.
@@ -242,7 +245,7 @@ mod tests {
 
     /// Feeds `bytes` (then `after`) through an in-memory connection; returns the answer and
     /// what is left to read after it.
-    fn run(bytes: Vec<u8>, after: &[u8]) -> (Result<Option<Vec<u8>>, String>, Vec<u8>) {
+    fn run(bytes: Vec<u8>, after: &[u8]) -> (Result<Option<Vec<u8>>, KafkaError>, Vec<u8>) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
