@@ -20,6 +20,7 @@
 //!
 //! **MQTT upstreams**: see the `inbound_mqtt` module.
 
+use super::MirrorError;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,7 +100,7 @@ impl Source {
         upstream: &[String],
         link: &super::Link,
         client: &mut Option<Arc<rskafka::client::Client>>,
-    ) -> Result<Arc<rskafka::client::Client>, String> {
+    ) -> Result<Arc<rskafka::client::Client>, MirrorError> {
         if let Some(c) = client {
             return Ok(Arc::clone(c));
         }
@@ -112,7 +113,7 @@ impl Source {
         upstream: &[String],
         link: &super::Link,
         client: &mut Option<Arc<crate::client::Client>>,
-    ) -> Result<Arc<crate::client::Client>, String> {
+    ) -> Result<Arc<crate::client::Client>, MirrorError> {
         if let Some(c) = client {
             return Ok(Arc::clone(c));
         }
@@ -122,7 +123,7 @@ impl Source {
     }
 
     /// Upstream topics with their partition counts.
-    async fn topics(&mut self) -> Result<Vec<(String, u32)>, String> {
+    async fn topics(&mut self) -> Result<Vec<(String, u32)>, MirrorError> {
         let r = match self {
             Source::Kafka {
                 upstream,
@@ -171,7 +172,7 @@ impl Source {
         topic: &str,
         partition: u32,
         offset: u64,
-    ) -> Result<Fetched, Result<(u64, u64), String>> {
+    ) -> Result<Fetched, Result<(u64, u64), MirrorError>> {
         let r = self.try_fetch(topic, partition, offset).await;
         if matches!(r, Err(Err(_))) {
             self.reset();
@@ -184,7 +185,7 @@ impl Source {
         topic: &str,
         partition: u32,
         offset: u64,
-    ) -> Result<Fetched, Result<(u64, u64), String>> {
+    ) -> Result<Fetched, Result<(u64, u64), MirrorError>> {
         match self {
             Source::Kafka {
                 upstream,
@@ -278,7 +279,9 @@ impl Source {
                 .await;
                 match got {
                     Ok(f) => Ok(Fetched {
-                        records: f.records(offset).map_err(|e| Err(e.to_string()))?,
+                        records: f
+                            .records(offset)
+                            .map_err(|e| Err(MirrorError::Upstream(e.to_string())))?,
                         high_watermark: f.high_watermark,
                     }),
                     Err(e) => {
@@ -313,14 +316,14 @@ pub(super) fn ensure_local(
     cfg: &MirrorConfig,
     name: &str,
     partitions: u32,
-) -> Result<(), String> {
+) -> Result<(), MirrorError> {
     if broker.topic(name).is_ok() {
         return Ok(());
     }
     if !cfg.create_topics {
-        return Err(format!(
+        return Err(MirrorError::Upstream(format!(
             "local topic {name:?} does not exist (create_topics = false)"
-        ));
+        )));
     }
     let settings = TopicSettings {
         partitions: Some(partitions.max(1)),
@@ -333,7 +336,9 @@ pub(super) fn ensure_local(
         }
         // Created meanwhile by another task.
         Err(_) if broker.topic(name).is_ok() => Ok(()),
-        Err(e) => Err(format!("creating local topic {name:?}: {e}")),
+        Err(e) => Err(MirrorError::Upstream(format!(
+            "creating local topic {name:?}: {e}"
+        ))),
     }
 }
 
@@ -343,7 +348,7 @@ pub(super) async fn append_local(
     local: &str,
     partition: u32,
     records: &[Record],
-) -> Result<(), String> {
+) -> Result<(), MirrorError> {
     let t = broker.topic(local).map_err(|e| e.to_string())?;
     let count = t.partitions().len().sat_u32();
     drop(t);

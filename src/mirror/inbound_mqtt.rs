@@ -16,6 +16,7 @@
 //! the broker's setting (Mosquitto: `max_inflight_messages`, 20 by default). No properties:
 //! records carry only `brook.upstream.topic`.
 
+use super::MirrorError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,8 +96,8 @@ enum Publish {
 enum Incoming {
     Publish(Publish),
     /// Every filter acknowledged (or why not).
-    Subscribed(Result<(), String>),
-    Failed(String),
+    Subscribed(Result<(), MirrorError>),
+    Failed(MirrorError),
 }
 
 /// The session's client half: acknowledgements and the goodbye.
@@ -106,13 +107,13 @@ enum Client {
 }
 
 impl Client {
-    async fn ack(&self, p: &Publish) -> Result<(), String> {
+    async fn ack(&self, p: &Publish) -> Result<(), MirrorError> {
         let r = match (self, p) {
             (Client::V5(c), Publish::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
             (Client::V311(c), Publish::V311(p)) => c.ack(p).await.map_err(|e| e.to_string()),
             _ => Err("a message of the other protocol version".into()),
         };
-        r.map_err(|e| format!("ack: {e}"))
+        r.map_err(|e| MirrorError::Upstream(format!("ack: {e}")))
     }
 
     async fn disconnect(&self) {
@@ -134,7 +135,7 @@ impl MqttSession<'_> {
     async fn connect_v5(
         &self,
         tx: mpsc::UnboundedSender<Incoming>,
-    ) -> Result<(Client, JoinHandle<()>), String> {
+    ) -> Result<(Client, JoinHandle<()>), MirrorError> {
         use rumqttc::v5::mqttbytes::QoS;
         use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
         use rumqttc::v5::{AsyncClient, Event, MqttOptions};
@@ -168,12 +169,14 @@ impl MqttSession<'_> {
                             .iter()
                             .find(|r| !matches!(r, SubscribeReasonCode::Success(_)))
                         {
-                            Some(r) => Err(format!("subscription refused: {r:?}")),
+                            Some(r) => Err(MirrorError::Upstream(format!(
+                                "subscription refused: {r:?}"
+                            ))),
                             None => Ok(()),
                         },
                     ),
                     Ok(_) => continue,
-                    Err(e) => Incoming::Failed(format!("mqtt: {e}")),
+                    Err(e) => Incoming::Failed(MirrorError::Upstream(format!("mqtt: {e}"))),
                 };
                 if !forward(&tx, item) {
                     return;
@@ -187,7 +190,7 @@ impl MqttSession<'_> {
     async fn connect_v311(
         &self,
         tx: mpsc::UnboundedSender<Incoming>,
-    ) -> Result<(Client, JoinHandle<()>), String> {
+    ) -> Result<(Client, JoinHandle<()>), MirrorError> {
         use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
         let (host, port) = mqtt_host_port(&self.cfg.upstream[0]);
         let mut o = MqttOptions::new(self.client_id, host, port);
@@ -216,12 +219,14 @@ impl MqttSession<'_> {
                             .iter()
                             .find(|r| !matches!(r, SubscribeReasonCode::Success(_)))
                         {
-                            Some(r) => Err(format!("subscription refused: {r:?}")),
+                            Some(r) => Err(MirrorError::Upstream(format!(
+                                "subscription refused: {r:?}"
+                            ))),
                             None => Ok(()),
                         },
                     ),
                     Ok(_) => continue,
-                    Err(e) => Incoming::Failed(format!("mqtt: {e}")),
+                    Err(e) => Incoming::Failed(MirrorError::Upstream(format!("mqtt: {e}"))),
                 };
                 if !forward(&tx, item) {
                     return;
@@ -239,7 +244,7 @@ impl MqttSession<'_> {
         &self,
         backoff: &mut Duration,
         shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<String> {
+    ) -> Option<MirrorError> {
         if let Err(e) = ensure_local(self.broker, self.cfg, self.local, 1) {
             return Some(e);
         }
@@ -267,7 +272,7 @@ impl MqttSession<'_> {
                     poller.abort();
                     return None;
                 }
-                None => break "mqtt event loop ended".to_string(),
+                None => break MirrorError::from("mqtt event loop ended"),
                 Some(Incoming::Failed(e)) => break e,
                 Some(Incoming::Subscribed(Err(e))) => break e,
                 Some(Incoming::Subscribed(Ok(()))) => {

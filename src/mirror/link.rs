@@ -8,6 +8,7 @@
 //! with that reason, shown in the mirror's status, and never falls back to plaintext or to no
 //! login.
 
+use super::MirrorError;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -24,7 +25,7 @@ pub struct Link {
     login: Option<(String, String)>,
     sasl: super::SaslMechanism,
     /// Why the settings could not be loaded: every connection attempt fails with this.
-    problem: Option<String>,
+    problem: Option<MirrorError>,
 }
 
 impl std::fmt::Debug for Link {
@@ -40,7 +41,7 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// Reads the CA, certificate, key and password files `cfg` names. Errors name the key.
-    pub fn load(cfg: &MirrorConfig) -> Result<Link, String> {
+    pub fn load(cfg: &MirrorConfig) -> Result<Link, MirrorError> {
         let login = cfg.credentials()?;
         let tls = if cfg.tls {
             let ca = cfg.ca_file.as_deref().unwrap_or(Path::new(SYSTEM_CA_FILE));
@@ -79,7 +80,7 @@ impl Link {
     }
 
     /// `Err` with the load problem, if any: the caller must not connect.
-    pub fn usable(&self) -> Result<(), String> {
+    pub fn usable(&self) -> Result<(), MirrorError> {
         match &self.problem {
             Some(p) => Err(p.clone()),
             None => Ok(()),

@@ -58,6 +58,30 @@ use shaper::Shaper;
 use sink::{BrookSink, KafkaSink, MqttSink, Sink};
 pub use status::{MirrorStatus, PartitionState, StatusRow};
 
+/// Why a mirror's link or a send or fetch upstream failed (shown in its status and logged; the
+/// mirror retries with backoff).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MirrorError {
+    /// The upstream, or the way to it, failed; the message says what was tried and why.
+    #[error("{0}")]
+    Upstream(String),
+    /// The local broker refused (reading the log, storing what came in).
+    #[error("local: {0}")]
+    Local(String),
+}
+
+impl From<String> for MirrorError {
+    fn from(s: String) -> Self {
+        MirrorError::Upstream(s)
+    }
+}
+
+impl From<&str> for MirrorError {
+    fn from(s: &str) -> Self {
+        MirrorError::Upstream(s.to_string())
+    }
+}
+
 /// One `[[mirror]]` entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

@@ -8,6 +8,7 @@
 //! partition number modulo the upstream count), so one key stays in one partition and its order
 //! holds. Missing upstream topics are created with the local partition count.
 
+use super::MirrorError;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,11 +26,13 @@ const OP_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) async fn timed<T, E: std::fmt::Display>(
     what: &str,
     f: impl std::future::Future<Output = Result<T, E>>,
-) -> Result<T, String> {
+) -> Result<T, MirrorError> {
     match tokio::time::timeout(OP_TIMEOUT, f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {OP_TIMEOUT:?}")),
+        Ok(Err(e)) => Err(MirrorError::Upstream(format!("{what}: {e}"))),
+        Err(_) => Err(MirrorError::Upstream(format!(
+            "{what}: no answer within {OP_TIMEOUT:?}"
+        ))),
     }
 }
 
@@ -39,7 +42,7 @@ pub(super) async fn connect_kafka(
     upstream: &[String],
     client_id: &str,
     link: &Link,
-) -> Result<rskafka::client::Client, String> {
+) -> Result<rskafka::client::Client, MirrorError> {
     link.usable()?;
     let backoff = rskafka::BackoffConfig {
         init_backoff: Duration::from_millis(100),
@@ -64,7 +67,7 @@ pub(super) async fn connect_brook(
     upstream: &[String],
     client_id: &str,
     link: &Link,
-) -> Result<crate::client::Client, String> {
+) -> Result<crate::client::Client, MirrorError> {
     link.usable()?;
     let mut last = String::from("no upstream address");
     let login = link.login().map(|(u, p)| (u.as_str(), p.as_bytes()));
@@ -80,7 +83,7 @@ pub(super) async fn connect_brook(
             Err(e) => last = format!("{addr}: {e}"),
         }
     }
-    Err(last)
+    Err(MirrorError::Upstream(last))
 }
 
 /// The upstream partition of a record.
@@ -150,7 +153,7 @@ impl KafkaSink {
         self.counts.clear();
     }
 
-    async fn client(&mut self) -> Result<Arc<rskafka::client::Client>, String> {
+    async fn client(&mut self) -> Result<Arc<rskafka::client::Client>, MirrorError> {
         if let Some(c) = &self.client {
             return Ok(Arc::clone(c));
         }
@@ -160,7 +163,7 @@ impl KafkaSink {
     }
 
     /// The upstream topic's partition count, creating the topic when missing.
-    async fn count(&mut self, topic: &str, local_count: u32) -> Result<u32, String> {
+    async fn count(&mut self, topic: &str, local_count: u32) -> Result<u32, MirrorError> {
         if let Some(n) = self.counts.get(topic) {
             return Ok(*n);
         }
@@ -182,10 +185,16 @@ impl KafkaSink {
                 );
                 local_count
             }
-            None => return Err(format!("upstream topic {topic:?} does not exist")),
+            None => {
+                return Err(MirrorError::Upstream(format!(
+                    "upstream topic {topic:?} does not exist"
+                )));
+            }
         };
         if n == 0 {
-            return Err(format!("upstream topic {topic:?} has no partitions"));
+            return Err(MirrorError::Upstream(format!(
+                "upstream topic {topic:?} has no partitions"
+            )));
         }
         self.counts.insert(topic.to_string(), n);
         Ok(n)
@@ -195,7 +204,7 @@ impl KafkaSink {
         &mut self,
         topic: &str,
         p: u32,
-    ) -> Result<Arc<rskafka::client::partition::PartitionClient>, String> {
+    ) -> Result<Arc<rskafka::client::partition::PartitionClient>, MirrorError> {
         let k = (topic.to_string(), p);
         if let Some(pc) = self.partitions.get(&k) {
             return Ok(Arc::clone(pc));
@@ -221,7 +230,7 @@ impl KafkaSink {
         local: u32,
         local_count: u32,
         records: &[Record],
-    ) -> Result<(), String> {
+    ) -> Result<(), MirrorError> {
         let count = self.count(topic, local_count).await?;
         for (p, recs) in groups(records, local, count) {
             let pc = self.partition(topic, p).await?;
@@ -250,7 +259,7 @@ impl KafkaSink {
         local: u32,
         local_count: u32,
         records: &[Record],
-    ) -> Result<(), String> {
+    ) -> Result<(), MirrorError> {
         let r = self.try_send(topic, local, local_count, records).await;
         if r.is_err() {
             self.reset();
@@ -276,7 +285,7 @@ impl BrookSink {
         }
     }
 
-    async fn client(&mut self) -> Result<Arc<crate::client::Client>, String> {
+    async fn client(&mut self) -> Result<Arc<crate::client::Client>, MirrorError> {
         if let Some(c) = &self.client {
             return Ok(Arc::clone(c));
         }
@@ -291,7 +300,7 @@ impl BrookSink {
         local: u32,
         local_count: u32,
         records: &[Record],
-    ) -> Result<(), String> {
+    ) -> Result<(), MirrorError> {
         let client = self.client().await?;
         let count = match self.counts.get(topic) {
             Some(n) => *n,
@@ -336,7 +345,7 @@ impl BrookSink {
         local: u32,
         local_count: u32,
         records: &[Record],
-    ) -> Result<(), String> {
+    ) -> Result<(), MirrorError> {
         let r = self.try_send(topic, local, local_count, records).await;
         if r.is_err() {
             self.client = None;
@@ -406,7 +415,7 @@ impl MqttSink {
         }
     }
 
-    fn connect(&self) -> Result<MqttConn, String> {
+    fn connect(&self) -> Result<MqttConn, MirrorError> {
         self.link.usable()?;
         let login = self.link.login();
         if self.v311 {
@@ -432,7 +441,7 @@ impl MqttSink {
         }
     }
 
-    async fn try_send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {
+    async fn try_send(&mut self, base: &str, records: &[Record]) -> Result<(), MirrorError> {
         if self.conn.is_none() {
             self.conn = Some(self.connect()?);
         }
@@ -446,10 +455,12 @@ impl MqttSink {
         }
     }
 
-    pub async fn send(&mut self, base: &str, records: &[Record]) -> Result<(), String> {
+    pub async fn send(&mut self, base: &str, records: &[Record]) -> Result<(), MirrorError> {
         let r = match tokio::time::timeout(OP_TIMEOUT, self.try_send(base, records)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no PUBACKs within {OP_TIMEOUT:?}")),
+            Err(_) => Err(MirrorError::Upstream(format!(
+                "no PUBACKs within {OP_TIMEOUT:?}"
+            ))),
         };
         if r.is_err() {
             self.conn = None;
@@ -466,7 +477,7 @@ async fn send_v5(
     events: &mut rumqttc::v5::EventLoop,
     records: &[Record],
     topics: Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), MirrorError> {
     use rumqttc::v5::Event;
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason, PublishProperties};
@@ -495,9 +506,9 @@ async fn send_v5(
                     props,
                 )
                 .await
-                .map_err(|e| format!("publish: {e}"))?;
+                .map_err(|e| MirrorError::Upstream(format!("publish: {e}")))?;
         }
-        Ok::<(), String>(())
+        Ok::<(), MirrorError>(())
     };
     let want = records.len();
     let acks = async move {
@@ -509,12 +520,15 @@ async fn send_v5(
                         a.reason,
                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                     ) {
-                        return Err(format!("PUBACK refused: {:?}", a.reason));
+                        return Err(MirrorError::Upstream(format!(
+                            "PUBACK refused: {:?}",
+                            a.reason
+                        )));
                     }
                     acked += 1;
                 }
                 Ok(_) => {}
-                Err(e) => return Err(format!("mqtt: {e}")),
+                Err(e) => return Err(MirrorError::Upstream(format!("mqtt: {e}"))),
             }
         }
         Ok(())
@@ -528,7 +542,7 @@ async fn send_v311(
     events: &mut rumqttc::EventLoop,
     records: &[Record],
     topics: Vec<String>,
-) -> Result<(), String> {
+) -> Result<(), MirrorError> {
     use rumqttc::{Event, Packet, QoS};
     let client = client.clone();
     let publish = async move {
@@ -536,9 +550,9 @@ async fn send_v311(
             client
                 .publish(topic, QoS::AtLeastOnce, false, r.value_bytes().to_vec())
                 .await
-                .map_err(|e| format!("publish: {e}"))?;
+                .map_err(|e| MirrorError::Upstream(format!("publish: {e}")))?;
         }
-        Ok::<(), String>(())
+        Ok::<(), MirrorError>(())
     };
     let want = records.len();
     let acks = async move {
@@ -547,7 +561,7 @@ async fn send_v311(
             match events.poll().await {
                 Ok(Event::Incoming(Packet::PubAck(_))) => acked += 1,
                 Ok(_) => {}
-                Err(e) => return Err(format!("mqtt: {e}")),
+                Err(e) => return Err(MirrorError::Upstream(format!("mqtt: {e}"))),
             }
         }
         Ok(())
@@ -571,7 +585,7 @@ impl Sink {
         local: u32,
         local_count: u32,
         records: &[Record],
-    ) -> Result<(), String> {
+    ) -> Result<(), MirrorError> {
         match self {
             Sink::Kafka(s) => s.send(topic, local, local_count, records).await,
             Sink::Brook(s) => s.send(topic, local, local_count, records).await,
