@@ -58,16 +58,13 @@ use shaper::Shaper;
 use sink::{BrookSink, KafkaSink, MqttSink, Sink};
 pub use status::{MirrorStatus, PartitionState, StatusRow};
 
-/// Why a mirror's link or a send or fetch upstream failed (shown in its status and logged; the
-/// mirror retries with backoff).
+/// Why a mirror's link, or a send or fetch upstream, failed (shown in its status and logged;
+/// the mirror retries with backoff).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum MirrorError {
     /// The upstream, or the way to it, failed; the message says what was tried and why.
     #[error("{0}")]
     Upstream(String),
-    /// The local broker refused (reading the log, storing what came in).
-    #[error("local: {0}")]
-    Local(String),
 }
 
 impl From<String> for MirrorError {
