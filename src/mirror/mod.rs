@@ -27,6 +27,8 @@
 //!
 //! The other direction, `direction = "in"` (upstream topics into local ones), is [`inbound`].
 //! Both directions reach the upstream through [`link`]: TLS and the login (SASL for Kafka).
+//! The settings that take one of a few values are enums in [`settings`]; failures upstream are
+//! [`MirrorError`]s, shown in the status and logged.
 
 pub mod cursor;
 pub mod inbound;
