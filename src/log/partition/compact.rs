@@ -356,7 +356,9 @@ impl Partition {
         };
         let mut builder = BatchBuilder::new();
         for_each_batch(seg.file.as_ref(), &seg.path, seg.log_len, |b| {
-            let mut records = Vec::with_capacity(b.header.record_count as usize);
+            // Sized by the bytes there, not by the count a (damaged) header may claim.
+            let claimed = b.header.record_count as usize;
+            let mut records = Vec::with_capacity(claimed.min(b.records_bytes().len()));
             for r in b.records() {
                 let r = r.map_err(|source| LogError::Corrupt {
                     path: seg.path.clone(),
