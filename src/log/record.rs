@@ -165,7 +165,7 @@ impl Serialize for PlainHeadersOut<'_> {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for h in self.0 {
-            seq.serialize_element(&(h.name.as_str(), serde_bytes_ref(h.bytes())))?;
+            seq.serialize_element(&(h.name.as_str(), BytesRef(h.bytes())))?;
         }
         seq.end()
     }
@@ -173,10 +173,6 @@ impl Serialize for PlainHeadersOut<'_> {
 
 /// A byte slice serialized as bytes (postcard: varint length + the bytes, as `Vec<u8>` is).
 struct BytesRef<'a>(&'a [u8]);
-
-fn serde_bytes_ref(b: &[u8]) -> BytesRef<'_> {
-    BytesRef(b)
-}
 
 impl Serialize for BytesRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
