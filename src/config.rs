@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::log::{StoreOptions, TopicConfig};
 use crate::units::Narrow;
-use crate::units::{ByteSize, HumanDuration};
+use crate::units::{BadSetting, ByteSize, HumanDuration};
 
 /// The commented default configuration, shipped in the binary.
 pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
@@ -166,8 +166,25 @@ pub enum ConfigError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("config file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("config file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: Invalid,
+    },
+}
+
+/// Why settings cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error(transparent)]
+    Setting(#[from] BadSetting),
+    #[error("topic_defaults: {0}")]
+    TopicDefaults(#[source] crate::log::LogError),
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::TlsError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl Config {
@@ -177,9 +194,9 @@ impl Config {
             path: origin.to_path_buf(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        cfg.validate().map_err(|message| ConfigError::Invalid {
+        cfg.validate().map_err(|source| ConfigError::Invalid {
             path: origin.to_path_buf(),
-            message,
+            source,
         })?;
         Ok(cfg)
     }
@@ -226,21 +243,22 @@ impl Config {
         ]
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let bad = |key: &str, problem: String| Err(BadSetting::new(key, problem).into());
         if self.data_dir.as_os_str().is_empty() {
-            return Err("data_dir: must not be empty".into());
+            return bad("data_dir", "must not be empty".into());
         }
         self.topic_defaults
             .validate("topic_defaults")
-            .map_err(|e| format!("topic_defaults: {e}"))?;
+            .map_err(Invalid::TopicDefaults)?;
         if self.log.flush_interval.0.is_zero() {
-            return Err("log.flush_interval: must be greater than zero".into());
+            return bad("log.flush_interval", "must be greater than zero".into());
         }
         if self.log.write_buffer.bytes() < 4096 || self.log.write_buffer.bytes() > 64 << 20 {
-            return Err(format!(
-                "log.write_buffer = {} is outside 4KiB..=64MiB",
-                self.log.write_buffer
-            ));
+            return bad(
+                "log.write_buffer",
+                format!("{} is outside 4KiB..=64MiB", self.log.write_buffer),
+            );
         }
         for (key, addr) in [
             ("listeners.native", &self.listeners.native),
@@ -258,55 +276,58 @@ impl Config {
                 continue; // off
             }
             if addr.parse::<std::net::SocketAddr>().is_err() {
-                return Err(format!(
-                    "{key} = {addr:?} is not an IP address and port (e.g. \"127.0.0.1:7420\")"
-                ));
+                return bad(
+                    key,
+                    format!("{addr:?} is not an IP address and port (e.g. \"127.0.0.1:7420\")"),
+                );
             }
         }
-        self.tls
-            .validate(self.listeners.any_tls())
-            .map_err(|e| e.to_string())?;
-        self.auth
-            .validate(&self.exposed_listeners())
-            .map_err(|e| e.to_string())?;
+        self.tls.validate(self.listeners.any_tls())?;
+        self.auth.validate(&self.exposed_listeners())?;
         if self.runtime.worker_threads > 256 {
-            return Err(format!(
-                "runtime.worker_threads = {} is above 256",
-                self.runtime.worker_threads
-            ));
+            return bad(
+                "runtime.worker_threads",
+                format!("{} is above 256", self.runtime.worker_threads),
+            );
         }
         if self.native.max_connections == 0 {
-            return Err("native.max_connections: must be at least 1".into());
+            return bad("native.max_connections", "must be at least 1".into());
         }
         if self.native.max_in_flight == 0 {
-            return Err("native.max_in_flight: must be at least 1".into());
+            return bad("native.max_in_flight", "must be at least 1".into());
         }
         if self.native.max_frame_size.bytes() < 64 * 1024 {
-            return Err(format!(
-                "native.max_frame_size = {} is below 64KiB",
-                self.native.max_frame_size
-            ));
+            return bad(
+                "native.max_frame_size",
+                format!("{} is below 64KiB", self.native.max_frame_size),
+            );
         }
         if self.native.idle_timeout.0.is_zero() {
-            return Err("native.idle_timeout: must be greater than zero".into());
+            return bad("native.idle_timeout", "must be greater than zero".into());
         }
         self.mqtt.validate()?;
         let need = crate::server::mqtt::message::batch_bound(self.mqtt.max_packet_size.bytes());
         if need > self.topic_defaults.segment_size.bytes() {
-            return Err(format!(
-                "mqtt.max_packet_size = {} does not fit topic_defaults.segment_size = {}: a packet becomes one log batch of up to {need} bytes (headers included); lower the one or raise the other",
-                self.mqtt.max_packet_size, self.topic_defaults.segment_size
-            ));
+            return bad(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} does not fit topic_defaults.segment_size = {}: a packet becomes one log batch of up to {need} bytes (headers included); lower the one or raise the other",
+                    self.mqtt.max_packet_size, self.topic_defaults.segment_size
+                ),
+            );
         }
         self.kafka.validate()?;
         crate::mirror::validate(&self.mirror)?;
         if let Some(max) = self.log.max_size.limit() {
             let seg = self.topic_defaults.segment_size.bytes();
             if max < 2 * seg {
-                return Err(format!(
-                    "log.max_size = {} is below two segments of topic_defaults.segment_size ({})",
-                    self.log.max_size, self.topic_defaults.segment_size
-                ));
+                return bad(
+                    "log.max_size",
+                    format!(
+                        "{} is below two segments of topic_defaults.segment_size ({})",
+                        self.log.max_size, self.topic_defaults.segment_size
+                    ),
+                );
             }
         }
         Ok(())
@@ -348,21 +369,20 @@ mod tests {
     }
 
     /// The login rules of `auth` against `listeners` (and default TLS settings).
-    fn guard(auth: &AuthConfig, listeners: &Listeners) -> Result<(), String> {
+    fn guard(auth: &AuthConfig, listeners: &Listeners) -> Result<(), crate::auth::AuthError> {
         let c = Config {
             auth: auth.clone(),
             listeners: listeners.clone(),
             ..Config::default()
         };
         auth.validate(&c.exposed_listeners())
-            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn a_network_listener_needs_a_login_or_an_explicit_open_door() {
         let none = AuthConfig::default();
         assert!(guard(&none, &Listeners::default()).is_ok());
-        let e = guard(&none, &lan()).unwrap_err();
+        let e = guard(&none, &lan()).unwrap_err().to_string();
         assert!(
             e.contains("listeners.native") && e.contains("allow_anonymous = true"),
             "{e}"
@@ -383,7 +403,7 @@ mod tests {
             http: "[::]:7421".into(),
             ..Listeners::default()
         };
-        let e = guard(&with_users, &l).unwrap_err();
+        let e = guard(&with_users, &l).unwrap_err().to_string();
         assert!(e.contains("auth.http_token_file"), "{e}");
         // The Kafka listener has logins (SASL) like the others.
         let l = Listeners {
@@ -391,13 +411,15 @@ mod tests {
             ..Listeners::default()
         };
         assert!(guard(&with_users, &l).is_ok());
-        let e = guard(&none, &l).unwrap_err();
+        let e = guard(&none, &l).unwrap_err().to_string();
         assert!(e.contains("listeners.kafka"), "{e}");
         let closed = AuthConfig {
             allow_anonymous: Some(false),
             ..AuthConfig::default()
         };
-        let e = guard(&closed, &Listeners::default()).unwrap_err();
+        let e = guard(&closed, &Listeners::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no client could log in"), "{e}");
     }
 

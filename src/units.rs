@@ -10,6 +10,51 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 const NO_LIMIT: [&str; 4] = ["none", "off", "unlimited", "forever"];
 
+/// A setting that cannot be used: the key (e.g. `mqtt.max_inflight`) and what is wrong with it.
+/// Every config section's `validate` returns it, so a message always names the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {problem}")]
+pub struct BadSetting {
+    pub key: String,
+    pub problem: String,
+}
+
+impl BadSetting {
+    pub fn new(key: impl Into<String>, problem: impl fmt::Display) -> Self {
+        BadSetting {
+            key: key.into(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// The same problem under a longer key (`prefix.key`).
+    pub fn under(self, prefix: &str) -> Self {
+        BadSetting {
+            key: format!("{prefix}.{}", self.key),
+            problem: self.problem,
+        }
+    }
+}
+
+/// Why a size or a duration did not parse; `text` is what was given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{text:?} is not a size: unknown unit {unit:?} (use B, KB, MB, GB, KiB, MiB, GiB)")]
+    SizeUnit { text: String, unit: String },
+    #[error("{text:?} is not a size: no number")]
+    SizeNumber { text: String },
+    #[error("empty duration")]
+    EmptyDuration,
+    #[error("{text:?} is not a duration (e.g. \"500ms\", \"30s\", \"7d\")")]
+    Duration { text: String },
+    #[error("{text:?} is not a duration: number {number} has no unit")]
+    NoUnit { text: String, number: u128 },
+    #[error("{text:?} is not a duration: unknown unit {unit:?} (use ms, s, m, h, d, w)")]
+    DurationUnit { text: String, unit: String },
+    #[error("{text:?} is out of range")]
+    OutOfRange { text: String },
+}
+
 /// A number of bytes. Accepts `B`, `KB`/`MB`/`GB`/`TB` (powers of 1000) and `KiB`/`MiB`/`GiB`/`TiB`
 /// (powers of 1024), case-insensitive, with or without a space; a bare number is bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -32,8 +77,8 @@ impl ByteSize {
 }
 
 impl FromStr for ByteSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
         let t = s.trim();
         if NO_LIMIT.contains(&t.to_ascii_lowercase().as_str()) {
             return Ok(ByteSize(0));
@@ -54,20 +99,21 @@ impl FromStr for ByteSize {
             "gib" => 1 << 30,
             "tib" => 1 << 40,
             _ => {
-                return Err(format!(
-                    "{s:?} is not a size: unknown unit {unit:?} (use B, KB, MB, GB, KiB, MiB, GiB)"
-                ));
+                return Err(UnitError::SizeUnit {
+                    text: s.into(),
+                    unit,
+                });
             }
         };
         if num.is_empty() {
-            return Err(format!("{s:?} is not a size: no number"));
+            return Err(UnitError::SizeNumber { text: s.into() });
         }
         let value: f64 = num
             .parse()
-            .map_err(|_| format!("{s:?} is not a size: bad number {num:?}"))?;
+            .map_err(|_| UnitError::SizeNumber { text: s.into() })?;
         let bytes = value * mult as f64;
         if !(0.0..1.8e19).contains(&bytes) {
-            return Err(format!("{s:?} is out of range"));
+            return Err(UnitError::OutOfRange { text: s.into() });
         }
         // Checked above to be in range; a float to integer `as` saturates anyway.
         #[allow(clippy::cast_possible_truncation)]
@@ -115,14 +161,14 @@ impl HumanDuration {
 }
 
 impl FromStr for HumanDuration {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
         let t = s.trim().to_ascii_lowercase();
         if NO_LIMIT.contains(&t.as_str()) {
             return Ok(HumanDuration(Duration::ZERO));
         }
         if t.is_empty() {
-            return Err("empty duration".into());
+            return Err(UnitError::EmptyDuration);
         }
         if let Ok(secs) = t.parse::<u64>() {
             return Ok(HumanDuration(Duration::from_secs(secs)));
@@ -134,13 +180,11 @@ impl FromStr for HumanDuration {
                 .find(|c: char| !c.is_ascii_digit())
                 .unwrap_or(rest.len());
             if digits == 0 {
-                return Err(format!(
-                    "{s:?} is not a duration (e.g. \"500ms\", \"30s\", \"7d\")"
-                ));
+                return Err(UnitError::Duration { text: s.into() });
             }
             let n: u128 = rest[..digits]
                 .parse()
-                .map_err(|_| format!("{s:?} is not a duration"))?;
+                .map_err(|_| UnitError::Duration { text: s.into() })?;
             rest = &rest[digits..];
             let unit_len = rest
                 .find(|c: char| c.is_ascii_digit())
@@ -155,20 +199,25 @@ impl FromStr for HumanDuration {
                 "d" | "day" | "days" => 86_400_000,
                 "w" | "week" | "weeks" => 604_800_000,
                 "" => {
-                    return Err(format!("{s:?} is not a duration: number {n} has no unit"));
+                    return Err(UnitError::NoUnit {
+                        text: s.into(),
+                        number: n,
+                    });
                 }
                 _ => {
-                    return Err(format!(
-                        "{s:?} is not a duration: unknown unit {unit:?} (use ms, s, m, h, d, w)"
-                    ));
+                    return Err(UnitError::DurationUnit {
+                        text: s.into(),
+                        unit: unit.into(),
+                    });
                 }
             };
+            let range = || UnitError::OutOfRange { text: s.into() };
             total_ms = total_ms
-                .checked_add(n.checked_mul(ms).ok_or(format!("{s:?} is out of range"))?)
-                .ok_or(format!("{s:?} is out of range"))?;
+                .checked_add(n.checked_mul(ms).ok_or_else(range)?)
+                .ok_or_else(range)?;
         }
         if total_ms > u128::from(u64::MAX) {
-            return Err(format!("{s:?} is out of range"));
+            return Err(UnitError::OutOfRange { text: s.into() });
         }
         Ok(HumanDuration(Duration::from_millis(total_ms.sat_u64())))
     }

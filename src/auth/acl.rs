@@ -51,7 +51,33 @@ pub enum Op<'a> {
     Admin,
 }
 
+/// What the ACL refused, for the peer's error message and the log ("produce \"t\"").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{verb}{}", on.as_ref().map(|n| format!(" {n:?}")).unwrap_or_default())]
+pub struct Denied {
+    pub verb: &'static str,
+    /// The topic, filter or group; `None` for `admin`.
+    pub on: Option<String>,
+}
+
 impl Op<'_> {
+    /// The refusal of this operation.
+    pub fn denied(&self) -> Denied {
+        let on = match self {
+            Op::Publish(n)
+            | Op::Subscribe(n)
+            | Op::Produce(n)
+            | Op::Consume(n)
+            | Op::Group(n)
+            | Op::Describe(n) => Some((*n).to_string()),
+            Op::Admin => None,
+        };
+        Denied {
+            verb: self.verb(),
+            on,
+        }
+    }
+
     /// The action's name, for logs and errors.
     pub fn verb(&self) -> &'static str {
         match self {

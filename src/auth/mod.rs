@@ -43,7 +43,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-pub use acl::{Acl, Op, Who};
+pub use acl::{Acl, Denied, Op, Who};
 pub use admission::{Admission, ConnSlot, Full, ListenerSlots, Slot};
 pub use password::{PasswordHash, Users};
 
@@ -495,14 +495,14 @@ impl Auth {
         &self,
         tls: &crate::net::tls::TlsServer,
         stream: tokio::net::TcpStream,
-    ) -> Result<(crate::net::tls::ServerStream, Option<String>), String> {
+    ) -> Result<(crate::net::tls::ServerStream, Option<String>), crate::net::tls::HandshakeError>
+    {
         tls.accept(stream, self.handshake_timeout())
             .await
-            .map_err(|e| {
+            .inspect_err(|e| {
                 if let crate::net::tls::HandshakeError::TimedOut(_) = e {
                     self.handshake_timed_out();
                 }
-                e.to_string()
             })
     }
 

@@ -35,9 +35,37 @@ impl Mechanism {
     }
 }
 
+/// Why a SASL step failed. The Kafka listener puts the message in its answer.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SaslError {
+    /// The client's message does not parse.
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// Unknown user or wrong proof (the two look the same to the client).
+    #[error("bad user name or password")]
+    BadLogin,
+    /// The login rules said no (wrong password, backed off, login required).
+    #[error("login as {user:?}: {refusal}")]
+    Refused {
+        user: String,
+        refusal: super::Refusal,
+    },
+    #[error("no randomness from the operating system")]
+    NoRandomness,
+    /// An authentication message before a mechanism was chosen.
+    #[error("SaslAuthenticate without a SaslHandshake naming a mechanism")]
+    NoMechanism,
+}
+
+impl From<&str> for SaslError {
+    fn from(s: &str) -> Self {
+        SaslError::Malformed(s.into())
+    }
+}
+
 /// What PLAIN carries: `[authzid] NUL user NUL password`. An authorization id other than
 /// the user itself is refused.
-pub fn parse_plain(bytes: &[u8]) -> Result<(String, Vec<u8>), String> {
+pub fn parse_plain(bytes: &[u8]) -> Result<(String, Vec<u8>), Malformed> {
     let mut parts = bytes.splitn(3, |b| *b == 0);
     let (Some(authz), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next())
     else {
@@ -102,12 +130,12 @@ fn decode_name(s: &str) -> Result<String, Malformed> {
 }
 
 /// Random bytes from the OS.
-pub fn random(n: usize) -> Result<Vec<u8>, String> {
+pub fn random(n: usize) -> Result<Vec<u8>, SaslError> {
     use ring::rand::SecureRandom;
     let mut v = vec![0u8; n];
     ring::rand::SystemRandom::new()
         .fill(&mut v)
-        .map_err(|_| "no randomness from the operating system".to_string())?;
+        .map_err(|_| SaslError::NoRandomness)?;
     Ok(v)
 }
 
@@ -147,8 +175,8 @@ impl Scram {
     pub fn start(
         client_first: &[u8],
         secret: Option<ScramSecret>,
-    ) -> Result<(Scram, Vec<u8>), String> {
-        let (user, client_nonce, bare) = Scram::user_of(client_first).map_err(|e| e.0)?;
+    ) -> Result<(Scram, Vec<u8>), SaslError> {
+        let (user, client_nonce, bare) = Scram::user_of(client_first)?;
         let server_nonce = B64.encode(random(18)?);
         let nonce = format!("{client_nonce}{server_nonce}");
         let (salt, iterations) = match &secret {
@@ -179,7 +207,7 @@ impl Scram {
     }
 
     /// Checks the client's final message. `Ok(server_final)`: the proof was right.
-    pub fn finish(self, client_final: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn finish(self, client_final: &[u8]) -> Result<Vec<u8>, SaslError> {
         let text = std::str::from_utf8(client_final).map_err(|_| "SCRAM: not UTF-8")?;
         let (without_proof, proof) = text
             .rsplit_once(",p=")
@@ -206,10 +234,10 @@ impl Scram {
             .decode(proof)
             .map_err(|_| "SCRAM: the proof is not base64")?;
         let Some(secret) = self.secret else {
-            return Err("bad user name or password".into());
+            return Err(SaslError::BadLogin);
         };
         if proof.len() != 64 {
-            return Err("bad user name or password".into());
+            return Err(SaslError::BadLogin);
         }
         let auth_message = format!(
             "{},{},{}",
@@ -229,7 +257,7 @@ impl Scram {
             .fold(0u8, |a, (x, y)| a | (x ^ y))
             != 0
         {
-            return Err("bad user name or password".into());
+            return Err(SaslError::BadLogin);
         }
         let server_key = hmac(&secret.salted, b"Server Key");
         let server_signature = hmac(&server_key, auth_message.as_bytes());
@@ -262,7 +290,7 @@ mod tests {
         }
     }
 
-    fn exchange(password: &[u8], stored: Option<ScramSecret>) -> Result<Vec<u8>, String> {
+    fn exchange(password: &[u8], stored: Option<ScramSecret>) -> Result<Vec<u8>, SaslError> {
         let first = b"n,,n=alice,r=abcdefgh";
         let (scram, server_first) = Scram::start(first, stored)?;
         let sf = String::from_utf8(server_first).expect("utf8");

@@ -135,16 +135,19 @@ pub enum Durability {
     Durable,
 }
 
+/// A word that names no [`Durability`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a durability (none, written, durable)")]
+pub struct NotADurability(pub String);
+
 impl std::str::FromStr for Durability {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+    type Err = NotADurability;
+    fn from_str(s: &str) -> std::result::Result<Self, NotADurability> {
         match s {
             "none" => Ok(Durability::None),
             "written" => Ok(Durability::Written),
             "durable" => Ok(Durability::Durable),
-            _ => Err(format!(
-                "{s:?} is not a durability (none, written, durable)"
-            )),
+            _ => Err(NotADurability(s.into())),
         }
     }
 }

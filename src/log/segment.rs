@@ -221,21 +221,19 @@ impl SegmentIndex {
         out
     }
 
-    /// Parses an index file; `Err` carries a human-readable reason.
-    pub fn decode(buf: &[u8]) -> std::result::Result<SegmentIndex, String> {
+    /// Parses an index file; `Err` says why it cannot be used (it is then rebuilt).
+    pub fn decode(buf: &[u8]) -> std::result::Result<SegmentIndex, BadIndex> {
         if buf.len() < INDEX_HEADER_LEN + 4 {
-            return Err(format!("{} bytes is too short for an index", buf.len()));
+            return Err(BadIndex::Length(buf.len()));
         }
         if &buf[..8] != INDEX_MAGIC {
-            return Err("bad magic".into());
+            return Err(BadIndex::Magic);
         }
         let (body, crc) = buf.split_at(buf.len() - 4);
         let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
         let actual = super::record::CRC32C.checksum(body);
         if stored != actual {
-            return Err(format!(
-                "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
-            ));
+            return Err(BadIndex::Checksum { stored, actual });
         }
         let u32_at = |p: usize| u32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]);
         let u64_at = |p: usize| {
@@ -245,16 +243,14 @@ impl SegmentIndex {
         };
         let version = u32_at(8);
         if version > INDEX_FORMAT_VERSION {
-            return Err(format!(
-                "format version {version} is newer than this build understands ({INDEX_FORMAT_VERSION})"
-            ));
+            return Err(BadIndex::Version(version));
         }
         let count = u32_at(12) as usize;
         if body.len() != INDEX_HEADER_LEN + count * INDEX_ENTRY_LEN {
-            return Err(format!(
-                "length {} does not match {count} entries",
-                buf.len()
-            ));
+            return Err(BadIndex::Entries {
+                len: buf.len(),
+                count,
+            });
         }
         let entries = (0..count)
             .map(|i| {
@@ -823,11 +819,26 @@ pub fn write_index_at(fs: &dyn Fs, path: &Path, index: &SegmentIndex) -> Result<
     Ok(())
 }
 
-/// Reads and checks an index file. `Ok(None)`: missing; an inner `Err(reason)`: unusable.
+/// Why an index file cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadIndex {
+    #[error("{0} bytes is too short or too long for an index")]
+    Length(usize),
+    #[error("bad magic")]
+    Magic,
+    #[error("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")]
+    Checksum { stored: u32, actual: u32 },
+    #[error("format version {0} is newer than this build understands ({INDEX_FORMAT_VERSION})")]
+    Version(u32),
+    #[error("length {len} does not match {count} entries")]
+    Entries { len: usize, count: usize },
+}
+
+/// Reads and checks an index file. `Ok(None)`: missing; an inner `Err`: unusable.
 pub fn read_index(
     fs: &dyn Fs,
     path: &Path,
-) -> Result<Option<std::result::Result<SegmentIndex, String>>> {
+) -> Result<Option<std::result::Result<SegmentIndex, BadIndex>>> {
     if !fs.exists(path) {
         return Ok(None);
     }
@@ -836,7 +847,7 @@ pub fn read_index(
         .map_err(|e| LogError::io("open", path, e))?;
     let len = f.size().map_err(|e| LogError::io("stat", path, e))?;
     if len > (256 << 20) {
-        return Ok(Some(Err(format!("{len} bytes is too large for an index"))));
+        return Ok(Some(Err(BadIndex::Length(len.sat_usize()))));
     }
     let mut buf = vec![0u8; len.sat_usize()];
     f.read_exact_at(&mut buf, 0)

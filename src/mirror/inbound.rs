@@ -29,7 +29,7 @@ use tokio::sync::watch;
 
 use super::cursor::{CursorKey, Cursors};
 use super::sink::{connect_brook, connect_kafka, timed};
-use super::status::MirrorStatus;
+use super::status::{LinkState, MirrorStatus};
 use super::{MirrorConfig, back_off, load_cursor, now_ms, record_bytes};
 use crate::broker::Broker;
 use crate::log::{BatchBuilder, Durability, Header, PartitionChoice, Record};
@@ -501,7 +501,7 @@ async fn run_partition(
     let key: CursorKey = (cfg.name.clone(), topic.clone(), partition);
     let mut source = Source::new(&cfg, link);
     let mut backoff = cfg.backoff_min.0;
-    status.update(&key, |s| s.state = "starting".into());
+    status.update(&key, |s| s.state = LinkState::Starting);
     let Some(mut next) = load_cursor(&broker, &cursors, &key).await else {
         return;
     };
@@ -529,7 +529,7 @@ async fn run_partition(
         let failure = match fetched {
             Ok(f) if f.records.is_empty() => {
                 status.update(&key, |s| {
-                    s.state = "connected".into();
+                    s.state = LinkState::Connected;
                     s.cursor = next;
                     s.end = f.high_watermark.max(next);
                     s.oldest_unsent_ms = None;
@@ -563,7 +563,7 @@ async fn run_partition(
                         next = last + 1;
                         cursors.advance(&key, next);
                         status.update(&key, |s| {
-                            s.state = "connected".into();
+                            s.state = LinkState::Connected;
                             s.cursor = next;
                             s.sent(records.len() as u64, bytes, now_ms());
                             s.oldest_unsent_ms = None;

@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use super::cursor::CursorKey;
 use super::inbound::{append_local, ensure_local, local_name};
 use super::sink::mqtt_host_port;
-use super::status::MirrorStatus;
+use super::status::{LinkState, MirrorStatus};
 use super::{Link, MirrorConfig, back_off, now_ms, record_bytes};
 use crate::broker::Broker;
 use crate::log::{Header, Record};
@@ -54,7 +54,7 @@ pub(super) async fn run_mqtt(
     let client_id = format!("brook-{node}-{}-in", cfg.name);
     let link = Link::for_mirror(&cfg);
     let mut backoff = cfg.backoff_min.0;
-    status.update(&key, |s| s.state = "starting".into());
+    status.update(&key, |s| s.state = LinkState::Starting);
     loop {
         let session = MqttSession {
             broker: &broker,
@@ -278,7 +278,7 @@ impl MqttSession<'_> {
                 Some(Incoming::Subscribed(Ok(()))) => {
                     *backoff = self.cfg.backoff_min.0;
                     self.status
-                        .update(self.key, |s| s.state = "connected".into());
+                        .update(self.key, |s| s.state = LinkState::Connected);
                     continue;
                 }
                 Some(Incoming::Publish(p)) => p,
@@ -312,7 +312,7 @@ impl MqttSession<'_> {
                 break e;
             }
             self.status.update(self.key, |s| {
-                s.state = "connected".into();
+                s.state = LinkState::Connected;
                 s.read(records.len() as u64, bytes);
                 s.sent(records.len() as u64, bytes, now_ms());
             });

@@ -9,6 +9,7 @@
 //! login.
 
 use super::MirrorError;
+use crate::units::BadSetting;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ impl std::fmt::Debug for Link {
 
 impl Link {
     /// Reads the CA, certificate, key and password files `cfg` names. Errors name the key.
-    pub fn load(cfg: &MirrorConfig) -> Result<Link, MirrorError> {
+    pub fn load(cfg: &MirrorConfig) -> Result<Link, BadSetting> {
         let login = cfg.credentials()?;
         let tls = if cfg.tls {
             let ca = cfg.ca_file.as_deref().unwrap_or(Path::new(SYSTEM_CA_FILE));
@@ -51,9 +52,9 @@ impl Link {
             };
             let config = crate::net::tls::client_config(ca, cert_key).map_err(|e| {
                 if cfg.ca_file.is_none() {
-                    format!("ca_file (unset, so the system bundle): {e}")
+                    BadSetting::new("ca_file (unset, so the system bundle)", e)
                 } else {
-                    format!("ca_file / cert_file / key_file: {e}")
+                    BadSetting::new("ca_file / cert_file / key_file", e)
                 }
             })?;
             Some(Arc::new(config))
@@ -73,7 +74,7 @@ impl Link {
         Arc::new(Link::load(cfg).unwrap_or_else(|e| {
             tracing::error!(mirror = %cfg.name, "{e}");
             Link {
-                problem: Some(e),
+                problem: Some(e.into()),
                 ..Link::default()
             }
         }))

@@ -50,15 +50,15 @@ use tokio::sync::watch;
 use crate::broker::Broker;
 use crate::log::{Header, Record, Visibility};
 use crate::topic_filter::glob;
-use crate::units::ByteSize;
 use crate::units::HumanDuration;
 use crate::units::Narrow;
+use crate::units::{BadSetting, ByteSize};
 use cursor::{CursorKey, Cursors};
 pub use link::Link;
 pub use settings::{Direction, KafkaCompression, MqttVersion, SaslMechanism, UpstreamKind};
 use shaper::Shaper;
 use sink::{BrookSink, KafkaSink, MqttSink, Sink};
-pub use status::{MirrorStatus, PartitionState, StatusRow};
+pub use status::{LinkState, MirrorStatus, PartitionState, StatusRow};
 
 /// Why a mirror's link, or a send or fetch upstream, failed (shown in its status and logged;
 /// the mirror retries with backoff).
@@ -67,6 +67,9 @@ pub enum MirrorError {
     /// The upstream, or the way to it, failed; the message says what was tried and why.
     #[error("{0}")]
     Upstream(String),
+    /// The mirror's own settings or files (password, CA, certificate) cannot be used.
+    #[error(transparent)]
+    Setting(#[from] BadSetting),
 }
 
 impl From<String> for MirrorError {
@@ -180,128 +183,184 @@ impl MirrorConfig {
     }
 
     /// Checks one entry; errors name the key.
-    pub fn validate(&self, i: usize) -> Result<(), String> {
+    pub fn validate(&self, i: usize) -> Result<(), BadSetting> {
         let at = if self.name.is_empty() {
             format!("mirror[{i}]")
         } else {
             format!("mirror {:?}", self.name)
         };
         if self.name.is_empty() || self.name.contains('\0') {
-            return Err(format!("{at}.name: required (a short unique name)"));
+            return Err(BadSetting::new(
+                format!("{at}.name"),
+                "required (a short unique name)",
+            ));
         }
         let Some(kind) = self.kind else {
-            return Err(format!(
-                "{at}.kind: required: \"kafka\", \"mqtt\" or \"brook\""
+            return Err(BadSetting::new(
+                format!("{at}.kind"),
+                "required: \"kafka\", \"mqtt\" or \"brook\"",
             ));
         };
         if self.topic_template.contains("{key}")
             && kind != UpstreamKind::Mqtt
             && self.direction == Direction::Out
         {
-            return Err(format!(
-                "{at}.topic_template: {{key}} is for kind = \"mqtt\" (one MQTT topic per record key)"
+            return Err(BadSetting::new(
+                format!("{at}.topic_template"),
+                "{key} is for kind = \"mqtt\" (one MQTT topic per record key)",
             ));
         }
         if self.upstream.is_empty() {
-            return Err(format!("{at}.upstream: at least one host:port"));
+            return Err(BadSetting::new(
+                format!("{at}.upstream"),
+                "at least one host:port",
+            ));
         }
         for u in &self.upstream {
             let ok = u
                 .rsplit_once(':')
                 .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
             if !ok {
-                return Err(format!("{at}.upstream: {u:?} is not host:port"));
+                return Err(BadSetting::new(
+                    format!("{at}.upstream"),
+                    format!("{u:?} is not host:port"),
+                ));
             }
         }
         if self.topics.is_empty() {
-            return Err(format!("{at}.topics: at least one topic name or pattern"));
+            return Err(BadSetting::new(
+                format!("{at}.topics"),
+                "at least one topic name or pattern",
+            ));
         }
         if self.direction == Direction::In {
             if kind == UpstreamKind::Mqtt && self.topic_template.contains('{') {
-                return Err(format!(
-                    "{at}.topic_template = {:?}: an MQTT mirror in writes one local topic (e.g. \"commands\"; the MQTT topic becomes the record key)",
-                    self.topic_template
+                return Err(BadSetting::new(
+                    format!("{at}.topic_template"),
+                    format!(
+                        "{:?}: an MQTT mirror in writes one local topic (e.g. \"commands\"; the MQTT topic becomes the record key)",
+                        self.topic_template
+                    ),
                 ));
             }
             if self.topic_template.contains("{key}") {
-                return Err(format!("{at}.topic_template: {{key}} is for mirrors out"));
+                return Err(BadSetting::new(
+                    format!("{at}.topic_template"),
+                    "{key} is for mirrors out",
+                ));
             }
             if self.bandwidth_limit.0 != 0 || !self.priority.is_empty() || !self.linger.0.is_zero()
             {
-                return Err(format!(
-                    "{at}: bandwidth_limit, priority and linger are for mirrors out"
+                return Err(BadSetting::new(
+                    at.clone(),
+                    "bandwidth_limit, priority and linger are for mirrors out",
                 ));
             }
         }
         if !self.topic_template.contains("{topic}") && self.topics.len() > 1 {
-            return Err(format!(
-                "{at}.topic_template = {:?}: must contain {{topic}} when several topics are mirrored",
-                self.topic_template
+            return Err(BadSetting::new(
+                format!("{at}.topic_template"),
+                format!(
+                    "{:?}: must contain {{topic}} when several topics are mirrored",
+                    self.topic_template
+                ),
             ));
         }
         if !(1..=100_000).contains(&self.batch_records) {
-            return Err(format!("{at}.batch_records: 1 to 100000"));
+            return Err(BadSetting::new(
+                format!("{at}.batch_records"),
+                "1 to 100000",
+            ));
         }
         if self.compression != KafkaCompression::None && kind != UpstreamKind::Kafka {
-            return Err(format!("{at}.compression: only for kind = \"kafka\""));
+            return Err(BadSetting::new(
+                format!("{at}.compression"),
+                "only for kind = \"kafka\"",
+            ));
         }
         if self.cursor_flush.0.is_zero() || self.backoff_min.0.is_zero() {
-            return Err(format!(
-                "{at}.cursor_flush and backoff_min must be greater than zero"
+            return Err(BadSetting::new(
+                format!("{at}.cursor_flush / backoff_min"),
+                "must be greater than zero",
             ));
         }
         if self.backoff_max.0 < self.backoff_min.0 {
-            return Err(format!("{at}.backoff_max is below backoff_min"));
+            return Err(BadSetting::new(
+                format!("{at}.backoff_max"),
+                "is below backoff_min",
+            ));
         }
         if self.sasl_mechanism != SaslMechanism::Plain && kind != UpstreamKind::Kafka {
-            return Err(format!("{at}.sasl_mechanism: only for kind = \"kafka\""));
+            return Err(BadSetting::new(
+                format!("{at}.sasl_mechanism"),
+                "only for kind = \"kafka\"",
+            ));
         }
         if self.mqtt_version != MqttVersion::V5 && kind != UpstreamKind::Mqtt {
-            return Err(format!("{at}.mqtt_version: only for kind = \"mqtt\""));
+            return Err(BadSetting::new(
+                format!("{at}.mqtt_version"),
+                "only for kind = \"mqtt\"",
+            ));
         }
         if !self.tls
             && (self.ca_file.is_some() || self.cert_file.is_some() || self.key_file.is_some())
         {
-            return Err(format!(
-                "{at}: ca_file, cert_file and key_file are for a TLS link: set tls = true"
+            return Err(BadSetting::new(
+                at.clone(),
+                "ca_file, cert_file and key_file are for a TLS link: set tls = true",
             ));
         }
         if self.cert_file.is_some() != self.key_file.is_some() {
-            return Err(format!("{at}: cert_file and key_file go together"));
+            return Err(BadSetting::new(
+                at.clone(),
+                "cert_file and key_file go together",
+            ));
         }
         if (self.password_file.is_some() || !self.password_env.is_empty())
             && self.username.is_empty()
         {
-            return Err(format!(
-                "{at}.password_file / password_env: set username too"
+            return Err(BadSetting::new(
+                format!("{at}.password_file / password_env"),
+                "set username too",
             ));
         }
         if self.password_file.is_some() && !self.password_env.is_empty() {
-            return Err(format!(
-                "{at}: password_file and password_env both set; choose one"
+            return Err(BadSetting::new(
+                at.clone(),
+                "password_file and password_env both set; choose one",
             ));
         }
-        Link::load(self).map_err(|e| format!("{at}.{e}"))?;
+        Link::load(self).map_err(|e| e.under(&at))?;
         if self.linger.0 > Duration::from_secs(3600) {
-            return Err(format!("{at}.linger = {}: at most 1h", self.linger));
+            return Err(BadSetting::new(
+                format!("{at}.linger"),
+                format!("{}: at most 1h", self.linger),
+            ));
         }
         if self.bandwidth_limit.0 != 0 && self.bandwidth_limit.0 < 1024 {
-            return Err(format!(
-                "{at}.bandwidth_limit = {}: at least 1KiB per second (or \"none\")",
-                self.bandwidth_limit
+            return Err(BadSetting::new(
+                format!("{at}.bandwidth_limit"),
+                format!(
+                    "{}: at least 1KiB per second (or \"none\")",
+                    self.bandwidth_limit
+                ),
             ));
         }
         for (pattern, p) in &self.priority {
             if !(1..=1000).contains(p) {
-                return Err(format!("{at}.priority.{pattern:?} = {p}: 1 to 1000"));
+                return Err(BadSetting::new(
+                    format!("{at}.priority.{pattern:?}"),
+                    format!("{p}: 1 to 1000"),
+                ));
             }
             if !self
                 .topics
                 .iter()
                 .any(|t| glob(pattern, t) || glob(t, pattern))
             {
-                return Err(format!(
-                    "{at}.priority.{pattern:?}: matches none of this mirror's topics"
+                return Err(BadSetting::new(
+                    format!("{at}.priority.{pattern:?}"),
+                    "matches none of this mirror's topics",
                 ));
             }
         }
@@ -319,19 +378,19 @@ impl MirrorConfig {
 
     /// User name and password for the upstream, if a user name is set: the password comes from
     /// `password_file` (first line) or `password_env` (else empty). Errors name the key.
-    pub fn credentials(&self) -> Result<Option<(String, String)>, String> {
+    pub fn credentials(&self) -> Result<Option<(String, String)>, BadSetting> {
         if self.username.is_empty() {
             return Ok(None);
         }
         let password = if let Some(f) = &self.password_file {
             let text = std::fs::read_to_string(f)
-                .map_err(|e| format!("password_file = {:?}: {e}", f.display()))?;
+                .map_err(|e| BadSetting::new("password_file", format!("{:?}: {e}", f.display())))?;
             text.lines().next().unwrap_or("").to_string()
         } else if !self.password_env.is_empty() {
             std::env::var(&self.password_env).map_err(|_| {
-                format!(
-                    "password_env = {:?}: the variable is not set",
-                    self.password_env
+                BadSetting::new(
+                    "password_env",
+                    format!("{:?}: the variable is not set", self.password_env),
                 )
             })?
         } else {
@@ -351,11 +410,14 @@ impl MirrorConfig {
 }
 
 /// Checks every mirror and that names are unique.
-pub fn validate(mirrors: &[MirrorConfig]) -> Result<(), String> {
+pub fn validate(mirrors: &[MirrorConfig]) -> Result<(), BadSetting> {
     for (i, m) in mirrors.iter().enumerate() {
         m.validate(i)?;
         if mirrors[..i].iter().any(|o| o.name == m.name) {
-            return Err(format!("mirror {:?}: the name is used twice", m.name));
+            return Err(BadSetting::new(
+                format!("mirror {:?}.name", m.name),
+                "used twice",
+            ));
         }
     }
     Ok(())
@@ -585,7 +647,7 @@ async fn back_off(
     let wait = backoff.mul_f64(0.5 + jitter());
     tracing::warn!(mirror = %cfg.name, topic = %key.1, partition = key.2, "{failure}; retrying in {wait:?}");
     status.update(key, |s| {
-        s.state = "backing_off".into();
+        s.state = LinkState::BackingOff;
         s.last_error = Some(failure);
     });
     let stopped = tokio::select! {
@@ -654,7 +716,7 @@ async fn run_partition(
         _ => Sink::Brook(BrookSink::new(cfg.upstream.clone(), link)),
     };
     let mut backoff = cfg.backoff_min.0;
-    status.update(&key, |s| s.state = "starting".into());
+    status.update(&key, |s| s.state = LinkState::Starting);
     let Some(mut next) = load_cursor(&broker, &cursors, &key).await else {
         return;
     };
@@ -779,8 +841,8 @@ async fn run_partition(
         let bytes: u64 = batch.iter().map(record_bytes).sum();
         if shaper.is_limited() && granted < bytes {
             status.update(&key, |s| {
-                if s.state == "connected" {
-                    s.state = "throttled".into();
+                if s.state == LinkState::Connected {
+                    s.state = LinkState::Throttled;
                 }
             });
             tokio::select! {
@@ -814,7 +876,7 @@ async fn run_partition(
                 cursors.advance(&key, next);
                 status.sent_total.fetch_add(n as u64, Ordering::Relaxed);
                 status.update(&key, |s| {
-                    s.state = "connected".into();
+                    s.state = LinkState::Connected;
                     s.cursor = next;
                     s.end = s.end.max(next);
                     s.sent(n as u64, bytes, now_ms());
@@ -855,7 +917,12 @@ mod tests {
         validate(std::slice::from_ref(&m)).expect("valid");
         let mut bad = m.clone();
         bad.kind = None;
-        assert!(validate(&[bad]).unwrap_err().contains("kind: required"));
+        assert!(
+            validate(&[bad])
+                .unwrap_err()
+                .to_string()
+                .contains("kind: required")
+        );
         // Values outside a setting's few are refused when the file is read, naming them.
         for (key, value) in [
             ("kind", "amqp"),
@@ -874,14 +941,29 @@ mod tests {
         }
         let mut bad = m.clone();
         bad.upstream = vec!["nohost".into()];
-        assert!(validate(&[bad]).unwrap_err().contains("upstream"));
+        assert!(
+            validate(&[bad])
+                .unwrap_err()
+                .to_string()
+                .contains("upstream")
+        );
         let mut inward = m.clone();
         inward.direction = Direction::In;
         validate(std::slice::from_ref(&inward)).expect("a Kafka mirror in");
         inward.kind = Some(UpstreamKind::Mqtt);
         inward.topic_template = "{topic}".into();
-        assert!(validate(&[inward]).unwrap_err().contains("topic_template"));
-        assert!(validate(&[m.clone(), m]).unwrap_err().contains("twice"));
+        assert!(
+            validate(&[inward])
+                .unwrap_err()
+                .to_string()
+                .contains("topic_template")
+        );
+        assert!(
+            validate(&[m.clone(), m])
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
     }
 
     #[test]
@@ -894,7 +976,7 @@ mod tests {
             topics: vec!["telemetry".into()],
             ..MirrorConfig::default()
         };
-        let err = |m: MirrorConfig| validate(&[m]).unwrap_err();
+        let err = |m: MirrorConfig| validate(&[m]).unwrap_err().to_string();
         let mut m = base();
         m.ca_file = Some(dir.path().join("ca.pem"));
         assert!(err(m).contains("set tls = true"));

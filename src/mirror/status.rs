@@ -14,12 +14,32 @@ use super::cursor::CursorKey;
 /// How far back the drain rate looks (an exponentially weighted mean over about this long).
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 
+/// Where a partition's link stands (`state` in the status, snake_case in JSON).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// Not yet through its first send or fetch.
+    #[default]
+    Starting,
+    /// The last send (or fetch) succeeded.
+    Connected,
+    /// Connected, waiting for the mirror's bandwidth limit.
+    Throttled,
+    /// The last send failed (see `last_error`); retrying after a backoff.
+    BackingOff,
+}
+
+impl LinkState {
+    /// Whether the upstream answered lately (`brook_mirror_connected`).
+    pub fn is_up(self) -> bool {
+        matches!(self, LinkState::Connected | LinkState::Throttled)
+    }
+}
+
 /// What one partition's task is doing.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PartitionState {
-    /// `starting`, `connected` (the last send succeeded), `throttled` (connected, waiting for
-    /// the mirror's bandwidth limit) or `backing_off` (the last send failed: see `last_error`).
-    pub state: String,
+    pub state: LinkState,
     /// Next offset to send (out) or to fetch (in).
     pub cursor: u64,
     /// The cursor as last saved to disk: a crash goes back to it (what lies between is sent
@@ -194,7 +214,7 @@ impl MirrorStatus {
                 "brook_mirror_connected",
                 "gauge",
                 "1 while the partition's last send succeeded.",
-                |r| f64::from(matches!(r.state.state.as_str(), "connected" | "throttled")),
+                |r| f64::from(r.state.state.is_up()),
             ),
         ];
         for (name, kind, help, get) in metrics {
@@ -229,7 +249,7 @@ mod tests {
         let st = MirrorStatus::default();
         let k: CursorKey = ("m".into(), "t".into(), 0);
         st.update(&k, |s| {
-            s.state = "connected".into();
+            s.state = LinkState::Connected;
             s.end = 1_000;
             s.cursor = 100;
             s.read(100, 10_000);

@@ -263,21 +263,14 @@ pub async fn write_flushed<W: tokio::io::AsyncWrite + Unpin>(
 }
 
 /// Why a TLS handshake did not complete.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum HandshakeError {
     /// The client did not finish it in time (counted in `brook_auth_handshake_timeouts_total`).
+    #[error("no TLS handshake within {0:?}")]
     TimedOut(Duration),
     /// A protocol error, an untrusted or expired certificate, plaintext on a TLS port...
+    #[error("TLS handshake failed: {0}")]
     Failed(String),
-}
-
-impl std::fmt::Display for HandshakeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HandshakeError::TimedOut(t) => write!(f, "no TLS handshake within {t:?}"),
-            HandshakeError::Failed(e) => write!(f, "TLS handshake failed: {e}"),
-        }
-    }
 }
 
 // ---- a minimal DER walk to find the subject's commonName (OID 2.5.4.3) -------------------

@@ -67,12 +67,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::auth::sasl::{self, Mechanism, Scram};
+use crate::auth::sasl::{self, Mechanism, SaslError, Scram};
 use crate::auth::{ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
 use crate::net::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
 use crate::units::Narrow;
-use crate::units::{ByteSize, HumanDuration};
+use crate::units::{BadSetting, ByteSize, HumanDuration};
 use codec::{Parsed, err};
 
 /// `[kafka]`: the Kafka API listener.
@@ -117,6 +117,8 @@ pub enum KafkaError {
     /// not allowed where it came); the message says how.
     #[error("{0}")]
     Protocol(String),
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::HandshakeError),
 }
 
 impl From<String> for KafkaError {
@@ -132,7 +134,7 @@ impl From<&str> for KafkaError {
 }
 
 impl KafkaConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadSetting> {
         for (key, value) in [
             ("kafka.advertised", &self.advertised),
             ("kafka.advertised_tls", &self.advertised_tls),
@@ -142,24 +144,31 @@ impl KafkaConfig {
                     .rsplit_once(':')
                     .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
             if !ok {
-                return Err(format!(
-                    "{key} = {value:?} is not host:port (e.g. \"gateway.local:9092\")"
+                return Err(BadSetting::new(
+                    key,
+                    format!("{value:?} is not host:port (e.g. \"gateway.local:9092\")"),
                 ));
             }
         }
         if self.max_connections == 0 {
-            return Err("kafka.max_connections: must be at least 1".into());
+            return Err(BadSetting::new(
+                "kafka.max_connections",
+                "must be at least 1",
+            ));
         }
         if self.max_in_flight == 0 {
-            return Err("kafka.max_in_flight: must be at least 1".into());
+            return Err(BadSetting::new("kafka.max_in_flight", "must be at least 1"));
         }
         if self.idle_timeout.0.is_zero() {
-            return Err("kafka.idle_timeout: must be greater than zero".into());
+            return Err(BadSetting::new(
+                "kafka.idle_timeout",
+                "must be greater than zero",
+            ));
         }
         if self.max_request_size.bytes() < 64 * 1024 {
-            return Err(format!(
-                "kafka.max_request_size = {} is below 64KiB",
-                self.max_request_size
+            return Err(BadSetting::new(
+                "kafka.max_request_size",
+                format!("{} is below 64KiB", self.max_request_size),
             ));
         }
         Ok(())
@@ -664,7 +673,7 @@ async fn connection(
                     Ok(b) => (err::NONE, None, b.clone()),
                     Err(m) => (
                         err::SASL_AUTHENTICATION_FAILED,
-                        Some(admin::s(m.clone())),
+                        Some(admin::s(m.to_string())),
                         Vec::new(),
                     ),
                 };
@@ -761,13 +770,13 @@ async fn sasl_step(
     client: &str,
     login: Login,
     bytes: &[u8],
-) -> (Result<Vec<u8>, String>, Login) {
+) -> (Result<Vec<u8>, SaslError>, Login) {
     let ip = peer.ip();
     match login {
         Login::Waiting(Some(Mechanism::Plain)) => {
             let (user, password) = match sasl::parse_plain(bytes) {
                 Ok(x) => x,
-                Err(e) => return (Err(e.to_string()), Login::Waiting(None)),
+                Err(e) => return (Err(e.into()), Login::Waiting(None)),
             };
             match auth.login(Some(&user), Some(&password), ip).await {
                 Ok(Some(u)) => (
@@ -779,7 +788,7 @@ async fn sasl_step(
                     Login::Done(Principal::new(Arc::clone(auth), None, client)),
                 ),
                 Err(refusal) => (
-                    Err(format!("login as {user:?}: {refusal}")),
+                    Err(SaslError::Refused { user, refusal }),
                     Login::Waiting(None),
                 ),
             }
@@ -787,13 +796,13 @@ async fn sasl_step(
         Login::Waiting(Some(Mechanism::ScramSha512)) => {
             let user = match Scram::user_of(bytes) {
                 Ok((u, _, _)) => u,
-                Err(e) => return (Err(e.to_string()), Login::Waiting(None)),
+                Err(e) => return (Err(e.into()), Login::Waiting(None)),
             };
             let secret = match auth.scram_secret(&user, ip) {
                 Ok(s) => s,
                 Err(refusal) => {
                     return (
-                        Err(format!("login as {user:?}: {refusal}")),
+                        Err(SaslError::Refused { user, refusal }),
                         Login::Waiting(None),
                     );
                 }
@@ -812,13 +821,13 @@ async fn sasl_step(
                     Login::Done(Principal::new(Arc::clone(auth), Some(u), client)),
                 ),
                 Err(refusal) => (
-                    Err(format!("login as {user:?}: {refusal}")),
+                    Err(SaslError::Refused { user, refusal }),
                     Login::Waiting(None),
                 ),
             }
         }
         other => (
-            Err("SaslAuthenticate without a SaslHandshake naming a mechanism".into()),
+            Err(SaslError::NoMechanism),
             match other {
                 Login::Done(p) => Login::Done(p),
                 _ => Login::Waiting(None),

@@ -46,24 +46,41 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis().sat_i64())
 }
 
+/// Why a connection closed before its CONNECT was read (logged with the peer).
+#[derive(Debug, thiserror::Error)]
+pub enum BeforeConnect {
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::HandshakeError),
+    #[error("WebSocket handshake: {0}")]
+    WebSocket(Box<tokio_tungstenite::tungstenite::Error>),
+    #[error("no WebSocket upgrade within auth.handshake_timeout")]
+    WebSocketTimeout,
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("closed before CONNECT")]
+    Closed,
+    #[error("read: {0}")]
+    Read(std::io::Error),
+    #[error("closed before its CONNECT to make room for a newer connection")]
+    Evicted,
+}
+
 async fn read_connect(
     rd: &mut ReadHalf,
     buf: &mut BytesMut,
     max: usize,
     bytes_in: &std::sync::atomic::AtomicU64,
-) -> Result<Connect, String> {
+) -> Result<Connect, BeforeConnect> {
     loop {
-        match codec::read_connect(buf, max) {
-            Ok(Some(c)) => return Ok(c),
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
+        if let Some(c) = codec::read_connect(buf, max)? {
+            return Ok(c);
         }
         match rd.read_buf(buf).await {
-            Ok(0) => return Err("closed before CONNECT".into()),
+            Ok(0) => return Err(BeforeConnect::Closed),
             Ok(n) => {
                 bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             }
-            Err(e) => return Err(format!("read: {e}")),
+            Err(e) => return Err(BeforeConnect::Read(e)),
         }
     }
 }
@@ -113,14 +130,14 @@ pub async fn serve(
     let before_login = max.min(hub.auth.max_frame_before_login());
     let read = tokio::select! {
         r = tokio::time::timeout_at(deadline, read_connect(&mut rd, &mut inbuf, before_login, &hub.stats.bytes_in)) => r,
-        _ = slot.evicted() => Ok(Err("closed before its CONNECT to make room for a newer connection".into())),
+        _ = slot.evicted() => Ok(Err(BeforeConnect::Evicted)),
     };
     let connect = match read {
         Ok(Ok(c)) => c,
         Ok(Err(why)) => {
             hub.stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%peer, "mqtt: closing connection: {why}");
-            if why.contains("unsupported protocol") {
+            if let BeforeConnect::Codec(CodecError::UnsupportedProtocol { .. }) = why {
                 // 3.1.1 form: return code 1, unacceptable protocol version.
                 let _ = write_flushed(&mut wr, &[0x20, 2, 0, 1]).await;
             }

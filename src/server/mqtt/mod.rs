@@ -65,7 +65,7 @@ use crate::auth::{Full, ListenerSlots};
 use crate::log::Durability;
 use crate::net::tls::{Accepted, TlsServer};
 use crate::units::Narrow;
-use crate::units::{ByteSize, HumanDuration};
+use crate::units::{BadSetting, ByteSize, HumanDuration};
 use hub::Hub;
 
 /// One routing rule: MQTT topic filter → log topic.
@@ -132,31 +132,41 @@ impl MqttConfig {
     }
 
     /// Checks the section; the message names the key.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), BadSetting> {
         if self.max_connections == 0 {
-            return Err("mqtt.max_connections: must be at least 1".into());
+            return Err(BadSetting::new(
+                "mqtt.max_connections",
+                "must be at least 1",
+            ));
         }
         let size = self.max_packet_size.bytes();
         // The largest packet must fit one log batch a reader takes (64 MiB, headers and
         // framing included): about 53 MiB. (MQTT itself stops at 268,435,455 bytes.)
         let max = (crate::log::record::MAX_FRAME_LEN as u64 - 1024) * 5 / 6;
         if !(1024..=max).contains(&size) {
-            return Err(format!(
-                "mqtt.max_packet_size = {} is outside 1KiB..={max} bytes (about {}MiB): a packet becomes one log batch, and a batch is at most 64MiB with its headers",
-                self.max_packet_size,
-                max >> 20
+            return Err(BadSetting::new(
+                "mqtt.max_packet_size",
+                format!(
+                    "{} is outside 1KiB..={max} bytes (about {}MiB): a packet becomes one log batch, and a batch is at most 64MiB with its headers",
+                    self.max_packet_size,
+                    max >> 20
+                ),
             ));
         }
         if self.max_inflight == 0 {
-            return Err("mqtt.max_inflight: must be at least 1".into());
+            return Err(BadSetting::new("mqtt.max_inflight", "must be at least 1"));
         }
         crate::log::store::validate_topic_name(&self.default_topic)
-            .map_err(|e| format!("mqtt.default_topic: {e}"))?;
+            .map_err(|e| BadSetting::new("mqtt.default_topic", e))?;
         for (i, r) in self.route.iter().enumerate() {
-            crate::topic_filter::validate_filter(&r.filter)
-                .map_err(|e| format!("mqtt.route[{i}].filter = {:?}: {e}", r.filter))?;
+            crate::topic_filter::validate_filter(&r.filter).map_err(|e| {
+                BadSetting::new(
+                    format!("mqtt.route[{i}].filter"),
+                    format!("{:?}: {e}", r.filter),
+                )
+            })?;
             crate::log::store::validate_topic_name(&r.topic)
-                .map_err(|e| format!("mqtt.route[{i}].topic: {e}"))?;
+                .map_err(|e| BadSetting::new(format!("mqtt.route[{i}].topic"), e))?;
         }
         Ok(())
     }
@@ -390,11 +400,11 @@ pub async fn run(
                         Ok(Err(e)) => Err(e),
                         Err(_) => {
                             hub.auth.handshake_timed_out();
-                            Err("no WebSocket upgrade within auth.handshake_timeout".into())
+                            Err(conn::BeforeConnect::WebSocketTimeout)
                         }
                     }
                 }
-                other => other,
+                other => other.map_err(conn::BeforeConnect::from),
             };
             match accepted {
                 Ok((s, cn)) => conn::serve(s, cn, peer, slot, deadline, hub, stop).await,

@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use super::conn::BeforeConnect;
 use crate::net::tls::Accepted;
 
 /// An accepted WebSocket carrying MQTT, as a byte stream.
@@ -35,7 +36,7 @@ pub struct WsBytes {
 
 /// Completes the WebSocket handshake on `stream` (already through TLS for `mqtt_wss`); the
 /// client must offer the `mqtt` subprotocol. `max_message`: the largest message accepted.
-pub async fn accept(stream: Accepted, max_message: usize) -> Result<WsBytes, String> {
+pub async fn accept(stream: Accepted, max_message: usize) -> Result<WsBytes, BeforeConnect> {
     let callback = |req: &Request, mut resp: Response| -> Result<Response, ErrorResponse> {
         let offered = req
             .headers()
@@ -60,7 +61,7 @@ pub async fn accept(stream: Accepted, max_message: usize) -> Result<WsBytes, Str
         .max_frame_size(Some(max_message));
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
         .await
-        .map_err(|e| format!("WebSocket handshake: {e}"))?;
+        .map_err(|e| BeforeConnect::WebSocket(Box::new(e)))?;
     Ok(WsBytes {
         ws,
         unread: Bytes::new(),

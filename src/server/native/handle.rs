@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use heapless::Vec as HVec;
 
-use crate::auth::{Op, Principal};
+use crate::auth::{Denied, Op, Principal};
 use crate::broker::{Broker, BrokerError};
 use crate::log::record::{RecordLayout, frames_as_plain};
 use crate::log::{Durability, EncodedBatch, LogError, OnFull, PartitionChoice};
@@ -43,49 +43,41 @@ fn broker_error(correlation_id: u32, e: &BrokerError) -> Vec<u8> {
 /// topic or its offsets needs `consume`; joining a group, committing to it or reading its
 /// offsets needs the group and `consume` on its topics; heartbeats and leaving need the group;
 /// creating and deleting topics, listing and describing groups need `admin`.
-pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), String> {
-    let topic_op = |op: Op<'_>, topic: &str| {
+pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), Denied> {
+    let check = |op: Op<'_>| {
         if who.allows(op) {
             Ok(())
         } else {
-            Err(format!("{} {topic:?}", op.verb()))
+            Err(op.denied())
         }
     };
     match request {
         Request::Produce(p) | Request::ProduceBatch { produce: p, .. } => {
-            topic_op(Op::Produce(p.topic), p.topic)
+            check(Op::Produce(p.topic))
         }
-        Request::Fetch(f) => topic_op(Op::Consume(f.topic), f.topic),
-        Request::ListOffsets { topic, .. } => topic_op(Op::Consume(topic), topic),
+        Request::Fetch(f) => check(Op::Consume(f.topic)),
+        Request::ListOffsets { topic, .. } => check(Op::Consume(topic)),
         Request::FetchOffsets { group, topic, .. } => {
-            topic_op(Op::Group(group), group)?;
-            topic_op(Op::Consume(topic), topic)
+            check(Op::Group(group))?;
+            check(Op::Consume(topic))
         }
-        Request::DescribeTopic { name } => topic_op(Op::Consume(name), name),
+        Request::DescribeTopic { name } => check(Op::Consume(name)),
         Request::JoinGroup { group, topics, .. } => {
-            topic_op(Op::Group(group), group)?;
-            topics.iter().try_for_each(|t| topic_op(Op::Consume(t), t))
+            check(Op::Group(group))?;
+            topics.iter().try_for_each(|t| check(Op::Consume(t)))
         }
         Request::CommitOffsets { group, offsets, .. } => {
-            topic_op(Op::Group(group), group)?;
-            offsets
-                .iter()
-                .try_for_each(|c| topic_op(Op::Consume(c.topic), c.topic))
+            check(Op::Group(group))?;
+            offsets.iter().try_for_each(|c| check(Op::Consume(c.topic)))
         }
         Request::Heartbeat { group, .. } | Request::LeaveGroup { group, .. } => {
-            topic_op(Op::Group(group), group)
+            check(Op::Group(group))
         }
         Request::CreateTopic { .. }
         | Request::CreateTopicWith { .. }
         | Request::DeleteTopic { .. }
         | Request::ListGroups
-        | Request::DescribeGroup { .. } => {
-            if who.allows(Op::Admin) {
-                Ok(())
-            } else {
-                Err("administer topics and groups (admin)".into())
-            }
-        }
+        | Request::DescribeGroup { .. } => check(Op::Admin),
         Request::Handshake { .. } | Request::Authenticate { .. } | Request::ListTopics => Ok(()),
     }
 }

@@ -161,7 +161,7 @@ pub async fn run(
                     };
                     connection(stream, cn, conn, shutdown).await
                 }
-                Err(e) => Err(e),
+                Err(e) => Err(e.into()),
             };
             if let Err(reason) = result {
                 stats.protocol_errors.fetch_add(1, Ordering::Relaxed);
@@ -174,6 +174,39 @@ pub async fn run(
     }
     // Let every connection send what it owes.
     while connections.join_next().await.is_some() {}
+}
+
+/// Why a native connection was closed for something its peer did (logged with the peer; the
+/// peer is sent the same words in an `Error` answer where it can still read one).
+#[derive(Debug, thiserror::Error)]
+pub enum Closed {
+    #[error(transparent)]
+    Tls(#[from] crate::net::tls::HandshakeError),
+    #[error("bad frame: {0}")]
+    Frame(FrameError),
+    #[error("undecodable request: {0}")]
+    Undecodable(postcard::Error),
+    #[error("request before the handshake")]
+    NoHandshake,
+    #[error("client speaks protocol version {0}, this server {PROTOCOL_VERSION}")]
+    Version(u16),
+    #[error("Authenticate must come right after the handshake")]
+    LateLogin,
+    #[error("login as {user:?} refused: {refusal}")]
+    Login {
+        user: String,
+        refusal: crate::auth::Refusal,
+    },
+    #[error("{0}: send Authenticate right after the handshake")]
+    LoginRequired(crate::auth::Refusal),
+    #[error("closed before its login to make room for a newer connection")]
+    Evicted,
+    #[error("connection ended inside a frame ({0} bytes)")]
+    EndedInFrame(usize),
+    #[error("read error: {0}")]
+    Read(std::io::Error),
+    #[error("no handshake and login within {0:?} (auth.handshake_timeout)")]
+    HandshakeTimeout(Duration),
 }
 
 /// What one connection is served with.
@@ -194,7 +227,7 @@ async fn connection(
     cert_user: Option<String>,
     conn: Conn,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), Closed> {
     let Conn {
         peer,
         broker,
@@ -230,7 +263,7 @@ async fn connection(
     // The protocol version the client said it speaks (what its fetch answers may hold).
     let mut client_version = PROTOCOL_VERSION;
     let mut principal: Option<Principal> = None;
-    let result: Result<(), String> = 'conn: loop {
+    let result: Result<(), Closed> = 'conn: loop {
         // Cut every complete frame out of the buffer.
         loop {
             let max_frame = if slot.is_logged_in() {
@@ -245,9 +278,13 @@ async fn connection(
                     let frame = match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
                         Ok(r) => r,
                         Err(e) => {
-                            let reason = format!("undecodable request: {e}");
+                            let reason = Closed::Undecodable(e);
                             let _ = tx
-                                .send(handle::error(0, ErrorCode::InvalidRequest, &reason))
+                                .send(handle::error(
+                                    0,
+                                    ErrorCode::InvalidRequest,
+                                    &reason.to_string(),
+                                ))
                                 .await;
                             break 'conn Err(reason);
                         }
@@ -260,18 +297,24 @@ async fn connection(
                             client_id: c,
                         } = frame.request
                         else {
-                            let reason = "request before the handshake".to_string();
+                            let reason = Closed::NoHandshake;
                             let _ = tx
-                                .send(handle::error(id, ErrorCode::HandshakeRequired, &reason))
+                                .send(handle::error(
+                                    id,
+                                    ErrorCode::HandshakeRequired,
+                                    &reason.to_string(),
+                                ))
                                 .await;
                             break 'conn Err(reason);
                         };
                         if version > PROTOCOL_VERSION {
-                            let reason = format!(
-                                "client speaks protocol version {version}, this server {PROTOCOL_VERSION}"
-                            );
+                            let reason = Closed::Version(version);
                             let _ = tx
-                                .send(handle::error(id, ErrorCode::UnsupportedVersion, &reason))
+                                .send(handle::error(
+                                    id,
+                                    ErrorCode::UnsupportedVersion,
+                                    &reason.to_string(),
+                                ))
                                 .await;
                             break 'conn Err(reason);
                         }
@@ -303,11 +346,15 @@ async fn connection(
                     // nothing sent after it runs before it is decided.
                     if let Request::Authenticate { username, password } = frame.request {
                         if principal.is_some() {
-                            let reason = "Authenticate must come right after the handshake";
+                            let reason = Closed::LateLogin;
                             let _ = tx
-                                .send(handle::error(id, ErrorCode::InvalidRequest, reason))
+                                .send(handle::error(
+                                    id,
+                                    ErrorCode::InvalidRequest,
+                                    &reason.to_string(),
+                                ))
                                 .await;
-                            break 'conn Err(reason.to_string());
+                            break 'conn Err(reason);
                         }
                         match auth.login(Some(username), Some(password), peer.ip()).await {
                             Ok(user) => {
@@ -326,9 +373,10 @@ async fn connection(
                                         &refusal.to_string(),
                                     ))
                                     .await;
-                                break 'conn Err(format!(
-                                    "login as {username:?} refused: {refusal}"
-                                ));
+                                break 'conn Err(Closed::Login {
+                                    user: username.to_string(),
+                                    refusal,
+                                });
                             }
                         }
                     }
@@ -341,14 +389,12 @@ async fn connection(
                                 p
                             }
                             Err(refusal) => {
-                                let reason = format!(
-                                    "{refusal}: send Authenticate right after the handshake"
-                                );
+                                let reason = Closed::LoginRequired(refusal);
                                 let _ = tx
                                     .send(handle::error(
                                         id,
                                         ErrorCode::AuthenticationFailed,
-                                        &reason,
+                                        &reason.to_string(),
                                     ))
                                     .await;
                                 break 'conn Err(reason);
@@ -406,9 +452,13 @@ async fn connection(
                 }
                 Err(FrameError::Incomplete { .. }) => break,
                 Err(e) => {
-                    let reason = format!("bad frame: {e}");
+                    let reason = Closed::Frame(e);
                     let _ = tx
-                        .send(handle::error(0, ErrorCode::InvalidRequest, &reason))
+                        .send(handle::error(
+                            0,
+                            ErrorCode::InvalidRequest,
+                            &reason.to_string(),
+                        ))
                         .await;
                     break 'conn Err(reason);
                 }
@@ -434,7 +484,7 @@ async fn connection(
         let read = tokio::select! {
             _ = slot.evicted(), if !logged_in => {
                 buf.truncate(len);
-                break 'conn Err("closed before its login to make room for a newer connection".into());
+                break 'conn Err(Closed::Evicted);
             }
             r = tokio::time::timeout_at(until, rd.read(&mut buf[len..])) => r,
             _ = shutdown.wait_for(|s| *s) => {
@@ -446,23 +496,20 @@ async fn connection(
             Ok(Ok(0)) => {
                 buf.truncate(len);
                 if len > 0 {
-                    break 'conn Err(format!("connection ended inside a frame ({len} bytes)"));
+                    break 'conn Err(Closed::EndedInFrame(len));
                 }
                 break 'conn Ok(());
             }
             Ok(Ok(n)) => buf.truncate(len + n),
             Ok(Err(e)) => {
                 buf.truncate(len);
-                break 'conn Err(format!("read error: {e}"));
+                break 'conn Err(Closed::Read(e));
             }
             Err(_) => {
                 buf.truncate(len);
                 if !logged_in {
                     auth.handshake_timed_out();
-                    break 'conn Err(format!(
-                        "no handshake and login within {:?} (auth.handshake_timeout)",
-                        auth.handshake_timeout()
-                    ));
+                    break 'conn Err(Closed::HandshakeTimeout(auth.handshake_timeout()));
                 }
                 tracing::info!(%peer, "native connection idle for {:?}; closing", limits.idle_timeout);
                 break 'conn Ok(());
