@@ -683,7 +683,7 @@ impl Store {
         };
         if let Some(max) = self.opts.max_size.limit() {
             while self.usage.bytes.load(Ordering::Relaxed) + need > max {
-                if !self.reclaim_one("max_size")? {
+                if !self.reclaim_one("max_size") {
                     return Err(full(FullReason::Budget { limit: max }));
                 }
             }
@@ -699,7 +699,7 @@ impl Store {
                     fresh = true;
                     continue;
                 }
-                if !self.reclaim_one("min_free")? {
+                if !self.reclaim_one("min_free") {
                     return Err(full(FullReason::FreeSpaceFloor { available, floor }));
                 }
             }
@@ -708,7 +708,8 @@ impl Store {
     }
 
     /// Available bytes on the filesystem, measured at most every 250 ms and estimated in between
-    /// from what was appended since.
+    /// from what was appended and deleted since. Deleted segments whose files are still to be
+    /// removed (by their flushers, moments later) count as free.
     fn available_space(&self, fresh: bool) -> Result<u64> {
         let f = &self.free;
         let now_ms = f.epoch.elapsed().as_millis().sat_u64();
@@ -719,20 +720,20 @@ impl Store {
             let available = self
                 .fs
                 .available_space(&self.dir)
-                .map_err(|e| LogError::io("statvfs", &self.dir, e))?;
+                .map_err(|e| LogError::io("statvfs", &self.dir, e))?
+                // Read after the measure: a removal in between is missed, never counted twice.
+                + self.usage.unlinking.load(Ordering::Relaxed);
             f.available.store(available, Ordering::Relaxed);
             f.usage_at.store(used, Ordering::Relaxed);
             f.measured_at_ms.store(now_ms, Ordering::Release);
         }
         let used = self.usage.bytes.load(Ordering::Relaxed);
         let usage_at = f.usage_at.load(Ordering::Relaxed);
-        Ok(f.available
-            .load(Ordering::Relaxed)
-            .saturating_sub(used.saturating_sub(usage_at)))
+        Ok((f.available.load(Ordering::Relaxed) + usage_at).saturating_sub(used))
     }
 
     /// Deletes the oldest sealed segment among `drop_oldest` topics. Returns whether one was.
-    fn reclaim_one(&self, why: &str) -> Result<bool> {
+    fn reclaim_one(&self, why: &str) -> bool {
         let _guard = self.reclaim.lock().unwrap_or_else(|e| e.into_inner());
         let topics = self.topics();
         let oldest = topics
@@ -743,7 +744,7 @@ impl Store {
             .min_by_key(|(t, _)| *t);
         match oldest {
             Some((_, p)) => p.delete_oldest(why),
-            None => Ok(false),
+            None => false,
         }
     }
 

@@ -33,3 +33,4 @@ mod power_loss;
 mod proto_props;
 mod security;
 mod tls;
+mod write_path;

@@ -1,9 +1,18 @@
-//! The flusher thread of a partition (group commit), the failure rules of the write path, and
-//! the segment roll.
+//! The flusher thread of a partition (group commit), the failure rules of the write path, the
+//! segment roll and the removal of deleted segments' files: all of a partition's blocking file
+//! I/O on the write side happens here, never on an appender's thread.
 //!
 //! One round: take the whole buffer and every waiter registered so far; write the buffer with
 //! one positional write; complete the `Written` waiters; if any waiter wants `Durable`, fsync
 //! once and complete those. Appenders that arrive meanwhile form the next round's group.
+//!
+//! **Roll.** An appender whose batch does not fit the active segment only opens the next one
+//! in memory (`State::next`) and puts its frames there. The flusher then seals the active
+//! segment (writes what it has buffered, fsyncs it, writes its index), creates the next
+//! segment's file, and makes it active with the frames collected meanwhile; readers see those
+//! once the next round has written them. If the index or the new file cannot be written, the
+//! batches of the segments to come fail as a failed write does, and the next append tries the
+//! roll again.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -12,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use super::super::error::{LogError, Result};
 use super::super::segment::{self, SEGMENT_HEADER_LEN, SegmentIndex};
-use super::{Inner, Sealed, State, Waiter, create_segment};
+use super::{Active, Inner, Sealed, State, Waiter, create_segment};
 
 /// Why a buffered batch was not written; sent to every waiter it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +47,15 @@ fn run(inner: &Inner) {
     let mut gather = Gather::default();
     let mut st = inner.lock();
     loop {
+        if !st.doomed.is_empty() {
+            st = inner.unlink(st);
+            continue;
+        }
+        if !st.next.is_empty() {
+            st.wake_at = usize::MAX;
+            st = inner.seal(st);
+            continue;
+        }
         let work = !st.waiters.is_empty()
             || st.buf.len() >= inner.write_buffer
             || (st.stop && !st.buf.is_empty());
@@ -78,7 +96,7 @@ impl Gather {
         st.wake_at = self.expect + (st.waiters.len() - durable(&st));
         while durable(&st) < self.expect {
             let now = Instant::now();
-            if now >= deadline || st.stop {
+            if now >= deadline || st.stop || !st.next.is_empty() {
                 break;
             }
             st = inner
@@ -91,7 +109,7 @@ impl Gather {
     }
 }
 
-fn complete(waiters: Vec<Waiter>, result: &std::result::Result<(), WriteFailure>) {
+pub(super) fn complete(waiters: Vec<Waiter>, result: &std::result::Result<(), WriteFailure>) {
     for w in waiters {
         // A waiter that gave up (its future was dropped) does not care.
         let _ = w.done.send(result.clone());
@@ -106,12 +124,11 @@ impl Inner {
         gather: &mut Gather,
     ) -> MutexGuard<'a, State> {
         if let Some(cause) = st.poisoned.clone() {
-            let waiters = std::mem::take(&mut st.waiters);
+            let waiters = self.abandon_unwritten(&mut st);
             drop(st);
             complete(waiters, &Err(WriteFailure::Poisoned(cause)));
             return self.lock();
         }
-        st.flushing = true;
         let buf = std::mem::take(&mut st.buf);
         let waiters = std::mem::take(&mut st.waiters);
         let target_end = st.assigned_end;
@@ -132,8 +149,6 @@ impl Inner {
         let mut st = self.lock();
         if let Err(e) = wrote {
             let (failure, mut failed) = self.rollback(&mut st, e);
-            st.flushing = false;
-            self.idle_cv.notify_all();
             drop(st);
             failed.extend(waiters);
             complete(failed, &Err(failure));
@@ -149,8 +164,6 @@ impl Inner {
             st.buf = b;
         }
         if !sync {
-            st.flushing = false;
-            self.idle_cv.notify_all();
             drop(st);
             complete(waiters, &Ok(()));
             return self.lock();
@@ -180,12 +193,10 @@ impl Inner {
             }
         };
         let failed_later = if result.is_err() {
-            std::mem::take(&mut st.waiters)
+            self.abandon_unwritten(&mut st)
         } else {
             Vec::new()
         };
-        st.flushing = false;
-        self.idle_cv.notify_all();
         gather.expect = durable.len() + st.waiters.iter().filter(|w| w.durable).count();
         drop(st);
         complete(durable, &result);
@@ -206,15 +217,7 @@ impl Inner {
         let cause = format!("write {}: {e}", st.active.path.display());
         tracing::error!(topic = %self.topic, partition = self.id, "{cause}; discarding unwritten batches");
         let good = st.active.written;
-        let lost = st.assigned_end - st.written_end;
-        st.buf.clear();
-        st.size -= lost;
-        self.usage.bytes.fetch_sub(lost, Ordering::Relaxed);
-        st.active.size = good;
-        st.active.index.truncate_to(good);
-        st.next_offset = st.written_offset;
-        st.assigned_end = st.written_end;
-        let waiters = std::mem::take(&mut st.waiters);
+        let waiters = self.abandon_unwritten(st);
         let failure = if let Err(te) = st.active.file.set_len(good) {
             self.poison(
                 st,
@@ -228,66 +231,136 @@ impl Inner {
         (failure, waiters)
     }
 
-    /// Seals the active segment and starts a new one. Runs entirely under the lock, with no
-    /// flush round in progress, so no batch can slip into the old segment meanwhile. The buffered
-    /// batches are written and the whole segment fsynced first, whatever their writers asked for.
-    pub(super) fn roll(&self, st: &mut State) -> Result<()> {
-        debug_assert!(!st.flushing);
-        let waiters = std::mem::take(&mut st.waiters);
-        if !st.buf.is_empty() {
-            let buf = std::mem::take(&mut st.buf);
-            let pos = st.active.written;
-            self.usage.writes.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = st.active.file.write_all_at(&buf, pos) {
-                let (failure, mut failed) = self.rollback(st, e);
-                failed.extend(waiters);
-                complete(failed, &Err(failure.clone()));
-                return Err(self.failure(failure));
-            }
-            st.active.written = pos + buf.len() as u64;
-            st.written_end = st.assigned_end;
-            st.written_offset = st.next_offset;
-            self.end_tx.send_replace(st.next_offset);
-            st.buf = buf;
-            st.buf.clear();
+    /// Forgets every batch not yet written (the active segment's buffer and the segments to
+    /// come) and returns their waiters, and those of flush requests, to be failed.
+    pub(super) fn abandon_unwritten(&self, st: &mut State) -> Vec<Waiter> {
+        let lost = st.assigned_end - st.written_end + SEGMENT_HEADER_LEN * st.next.len() as u64;
+        st.buf.clear();
+        st.size -= lost;
+        self.usage.bytes.fetch_sub(lost, Ordering::Relaxed);
+        let good = st.active.written;
+        st.active.size = good;
+        st.active.index.truncate_to(good);
+        st.next_offset = st.written_offset;
+        st.assigned_end = st.written_end;
+        let mut waiters = std::mem::take(&mut st.waiters);
+        for n in st.next.drain(..) {
+            waiters.extend(n.waiters);
         }
-        if st.active.durable < st.active.written {
-            self.usage.fsyncs.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = st.active.file.sync_data() {
-                let cause = format!("fsync {}: {e}", st.active.path.display());
-                let failure = self.poison(st, cause);
-                complete(waiters, &Err(failure.clone()));
-                return Err(self.failure(failure));
-            }
-            st.active.durable = st.active.written;
-            st.durable_end = st.written_end;
-            st.durable_offset = st.written_offset;
-        }
-        complete(waiters, &Ok(()));
+        waiters
+    }
 
-        let interval = self.cfg.index_interval_bytes();
+    /// Seals the active segment and makes the first of `State::next` active (see the module
+    /// docs). The lock is released while the files are written.
+    fn seal<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        if let Some(cause) = st.poisoned.clone() {
+            let waiters = self.abandon_unwritten(&mut st);
+            drop(st);
+            complete(waiters, &Err(WriteFailure::Poisoned(cause)));
+            return self.lock();
+        }
+        // While `next` is not empty appends go there: the active segment is the flusher's.
+        let buf = std::mem::take(&mut st.buf);
+        let waiters = std::mem::take(&mut st.waiters);
+        let Some(first) = st.next.front() else {
+            return st;
+        };
+        let (base, end) = (first.base, st.assigned_end - st.next_bytes());
+        let file = Arc::clone(&st.active.file);
+        let pos = st.active.written;
+        let end_pos = pos + buf.len() as u64;
+        let unsynced = st.active.durable < end_pos;
+        drop(st);
+
+        if !buf.is_empty() {
+            self.usage.writes.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = file.write_all_at(&buf, pos) {
+                let mut st = self.lock();
+                let (failure, mut failed) = self.rollback(&mut st, e);
+                drop(st);
+                failed.extend(waiters);
+                complete(failed, &Err(failure));
+                return self.lock();
+            }
+        }
+        let synced = if unsynced {
+            self.usage.fsyncs.fetch_add(1, Ordering::Relaxed);
+            let started = Instant::now();
+            let r = file.sync_data();
+            self.usage.observe_fsync(started.elapsed());
+            r
+        } else {
+            Ok(())
+        };
+        let mut st = self.lock();
+        st.active.written = end_pos;
+        st.written_end = end;
+        st.written_offset = base;
+        self.end_tx.send_replace(base);
+        if let Err(e) = synced {
+            let cause = format!("fsync {}: {e}", st.active.path.display());
+            let failure = self.poison(&mut st, cause);
+            let mut failed = self.abandon_unwritten(&mut st);
+            drop(st);
+            failed.extend(waiters);
+            complete(failed, &Err(failure));
+            return self.lock();
+        }
+        st.active.durable = end_pos;
+        st.durable_end = end;
+        st.durable_offset = base;
         let idx = SegmentIndex {
             base_offset: st.active.base,
-            next_offset: st.next_offset,
-            log_len: st.active.written,
+            next_offset: base,
+            log_len: end_pos,
             max_timestamp: st.active.index.max_timestamp,
             max_append_time: st.active.max_append_time,
             entries: st.active.index.entries.clone(),
         };
-        let idx_path = segment::write_index(self.fs.as_ref(), &self.dir, &idx)?;
-        let new = match create_segment(self.fs.as_ref(), &self.dir, st.next_offset, interval) {
-            Ok(a) => a,
+        drop(st);
+        complete(waiters, &Ok(()));
+
+        let interval = self.cfg.index_interval_bytes();
+        let created =
+            segment::write_index(self.fs.as_ref(), &self.dir, &idx).and_then(|idx_path| {
+                create_segment(self.fs.as_ref(), &self.dir, base, interval).inspect_err(|_| {
+                    let _ = self.fs.remove_file(&idx_path);
+                })
+            });
+        let mut st = self.lock();
+        let new = match created {
+            Ok(new) => new,
             Err(e) => {
-                let _ = self.fs.remove_file(&idx_path);
-                return Err(e);
+                tracing::error!(topic = %self.topic, partition = self.id, "sealing segment {}: {e}; failing the batches after it", st.active.path.display());
+                let failure = match &e {
+                    LogError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+                        WriteFailure::NoSpace(e.to_string())
+                    }
+                    _ => WriteFailure::Write(e.to_string()),
+                };
+                let failed = self.abandon_unwritten(&mut st);
+                drop(st);
+                complete(failed, &Err(failure));
+                return self.lock();
             }
         };
+        let Some(next) = st.next.pop_front() else {
+            return st;
+        };
         let idx_len = idx.encoded_len() as u64;
-        let old = std::mem::replace(&mut st.active, new);
-        st.size += idx_len + SEGMENT_HEADER_LEN;
-        self.usage
-            .bytes
-            .fetch_add(idx_len + SEGMENT_HEADER_LEN, Ordering::Relaxed);
+        st.size += idx_len;
+        self.usage.bytes.fetch_add(idx_len, Ordering::Relaxed);
+        let old = std::mem::replace(
+            &mut st.active,
+            Active {
+                size: next.size,
+                index: next.index,
+                max_append_time: next.max_append_time,
+                ..new
+            },
+        );
+        st.buf = next.buf;
+        st.waiters = next.waiters;
         st.sealed.push_back(Arc::new(Sealed::new(
             idx,
             idx_len,
@@ -296,6 +369,26 @@ impl Inner {
             Vec::new(),
             old.compacted,
         )));
-        Ok(())
+        st
+    }
+
+    /// Removes the files of deleted segments (see `Inner::delete_oldest_locked`). The lock is
+    /// released meanwhile. A file that cannot be removed is logged; the next open finds it.
+    fn unlink<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        let doomed = std::mem::take(&mut st.doomed);
+        drop(st);
+        for d in doomed {
+            for path in &d.paths {
+                match self.fs.remove_file(path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::error!(topic = %self.topic, partition = self.id, "remove {}: {e}", path.display());
+                    }
+                }
+            }
+            self.usage.unlinking.fetch_sub(d.bytes, Ordering::Relaxed);
+        }
+        self.lock()
     }
 }

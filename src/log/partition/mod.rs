@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `mod.rs` | the partition's state, appends (encode + buffer), reads, retention |
 //! | `open.rs` | recovery when the partition is opened |
-//! | `flush.rs` | the flusher thread: group commit, write errors, fsync errors, segment roll |
+//! | `flush.rs` | the flusher thread: group commit, write errors, fsync errors, segment roll, removal of deleted segments |
 //!
 //! **Write path.** An appender encodes its batch into the partition's in-memory buffer under a
 //! short lock (the offsets are assigned there) and, depending on the [`Durability`] it asked for,
@@ -15,6 +15,13 @@
 //! buffer: concurrent producers share one write and one `fdatasync` (group commit), each waiter
 //! is woken exactly once, and the file sees few, large, sequential writes. Readers see batches
 //! once they are written.
+//!
+//! **Threads.** All of a partition's write-side file I/O runs on its flusher: the writes and
+//! fsyncs, the segment roll (an appender whose batch does not fit only opens the next segment
+//! in memory; the flusher seals the full one and creates the file) and the removal of deleted
+//! segments' files (retention and budgets take a segment out of the log at once and leave its
+//! files to the flusher). An appender never waits for the disk, so appending from an async task
+//! blocks no worker; only the blocking `append` and `flush` wait, for the flusher.
 //!
 //! **Errors.** A write error cuts the file back to what was written before and fails every
 //! batch that was buffered; an fsync error poisons the partition: fsync errors are not retryable
@@ -46,8 +53,11 @@ pub use segment::Damage;
 /// Store-wide counters shared by every partition.
 #[derive(Debug, Default)]
 pub struct Usage {
-    /// Bytes of all segment and index files (buffered appends included).
+    /// Bytes of all segment and index files (buffered appends included), not counting deleted
+    /// segments whose files the flushers have yet to remove.
     pub bytes: AtomicU64,
+    /// Bytes of deleted segments still on disk: their flusher removes the files soon.
+    pub unlinking: AtomicU64,
     /// Records deleted by retention or to make room.
     pub records_dropped: AtomicU64,
     pub segments_deleted: AtomicU64,
@@ -176,10 +186,6 @@ impl Active {
             compacted: false,
         }
     }
-
-    fn is_empty(&self) -> bool {
-        self.size <= SEGMENT_HEADER_LEN
-    }
 }
 
 impl Sealed {
@@ -207,6 +213,36 @@ impl Sealed {
     }
 }
 
+/// A segment the appenders have moved on to while the active one is still to be sealed: its
+/// frames and their waiters wait here until the flusher has sealed the active segment (its
+/// last write, fsync and index) and created this one's file (see `flush.rs`).
+struct Next {
+    base: u64,
+    /// Frames for this segment, in order, from its first byte after the header.
+    buf: Vec<u8>,
+    waiters: Vec<Waiter>,
+    /// Bytes assigned, header included.
+    size: u64,
+    index: IndexBuilder,
+    max_append_time: i64,
+}
+
+/// The files of a deleted segment, for its flusher to remove (`bytes` of them).
+struct Doomed {
+    paths: Vec<PathBuf>,
+    bytes: u64,
+}
+
+/// Where an append goes: the active segment, or the newest segment waiting for its file.
+struct Tail<'a> {
+    base: u64,
+    buf: &'a mut Vec<u8>,
+    waiters: &'a mut Vec<Waiter>,
+    size: &'a mut u64,
+    index: &'a mut IndexBuilder,
+    max_append_time: &'a mut i64,
+}
+
 /// An appender waiting for its batch to be written (and synced, if `durable`).
 struct Waiter {
     durable: bool,
@@ -223,6 +259,11 @@ struct State {
     buf: Vec<u8>,
     /// Appenders whose batches are in `buf`, or who asked for a flush, in order.
     waiters: Vec<Waiter>,
+    /// Segments appended to after the active one filled up, oldest first; the flusher seals
+    /// the active segment and makes the first of these active. Appends go to the last.
+    next: VecDeque<Next>,
+    /// Deleted segments whose files the flusher is to remove.
+    doomed: Vec<Doomed>,
     next_offset: u64,
     written_offset: u64,
     durable_offset: u64,
@@ -230,8 +271,6 @@ struct State {
     assigned_end: u64,
     written_end: u64,
     durable_end: u64,
-    /// The flusher has taken the buffer and is writing or syncing it.
-    flushing: bool,
     /// The flusher wants to be woken once this many waiters are registered (1 when idle, the
     /// expected group size while gathering, `usize::MAX` during a round: it looks again after).
     wake_at: usize,
@@ -286,6 +325,38 @@ impl State {
             .front()
             .map_or(self.active.base, |s| s.base)
             .max(self.start_floor)
+    }
+
+    /// The segment appends go to now.
+    fn tail(&mut self) -> Tail<'_> {
+        match self.next.back_mut() {
+            Some(n) => Tail {
+                base: n.base,
+                buf: &mut n.buf,
+                waiters: &mut n.waiters,
+                size: &mut n.size,
+                index: &mut n.index,
+                max_append_time: &mut n.max_append_time,
+            },
+            None => Tail {
+                base: self.active.base,
+                buf: &mut self.buf,
+                waiters: &mut self.waiters,
+                size: &mut self.active.size,
+                index: &mut self.active.index,
+                max_append_time: &mut self.active.max_append_time,
+            },
+        }
+    }
+
+    /// Frame bytes of the segments to come (`next`), headers not included.
+    fn next_bytes(&self) -> u64 {
+        self.next.iter().map(|n| n.size - SEGMENT_HEADER_LEN).sum()
+    }
+
+    /// Bytes assigned to the segment appends go to (header included).
+    fn tail_size(&self) -> u64 {
+        self.next.back().map_or(self.active.size, |n| n.size)
     }
 }
 
@@ -394,8 +465,6 @@ struct Inner {
     state: Mutex<State>,
     /// Wakes the flusher.
     flush_cv: Condvar,
-    /// Signalled whenever the flusher finishes a round.
-    idle_cv: Condvar,
     /// The written (readable) end offset, for readers waiting on new data.
     end_tx: tokio::sync::watch::Sender<u64>,
     /// Under `on_full = reject`, time retention keeps every segment holding an offset at or
@@ -546,29 +615,17 @@ impl Inner {
         }
     }
 
-    /// Deletes the oldest sealed segment. Returns whether there was one.
-    fn delete_oldest_locked(&self, st: &mut State, why: &str) -> Result<bool> {
-        let Some(seg) = st.sealed.front().cloned() else {
-            return Ok(false);
+    /// Deletes the oldest sealed segment. Returns whether there was one. It leaves the log at
+    /// once (readers, sizes, budgets); its flusher removes the files (see `flush.rs`), so no
+    /// appender waits for the file system.
+    fn delete_oldest_locked(&self, st: &mut State, why: &str) -> bool {
+        let Some(seg) = st.sealed.pop_front() else {
+            return false;
         };
-        let idx_path = self.dir.join(index_file_name(seg.base));
-        self.fs
-            .remove_file(&seg.path)
-            .map_err(|e| LogError::io("remove", &seg.path, e))?;
-        for path in [
-            idx_path,
-            self.dir.join(segment::dropped_file_name(seg.base)),
-        ] {
-            if self.fs.exists(&path) {
-                self.fs
-                    .remove_file(&path)
-                    .map_err(|e| LogError::io("remove", &path, e))?;
-            }
-        }
-        st.sealed.pop_front();
         let freed = seg.log_len + seg.idx_len;
         st.size -= freed;
         self.usage.bytes.fetch_sub(freed, Ordering::Relaxed);
+        self.usage.unlinking.fetch_add(freed, Ordering::Relaxed);
         let records = seg.next_offset - seg.base;
         self.usage
             .records_dropped
@@ -583,7 +640,16 @@ impl Inner {
             seg.next_offset,
             freed
         );
-        Ok(true)
+        st.doomed.push(Doomed {
+            paths: vec![
+                seg.path.clone(),
+                self.dir.join(index_file_name(seg.base)),
+                self.dir.join(segment::dropped_file_name(seg.base)),
+            ],
+            bytes: freed,
+        });
+        self.flush_cv.notify_one();
+        true
     }
 }
 
@@ -668,27 +734,38 @@ impl Partition {
         if let Some(cause) = &st.poisoned {
             return Err(inner.poisoned(cause));
         }
-        while !st.active.is_empty() && st.active.size + bound as u64 > st.limits.segment_size {
-            if st.flushing {
-                // The roll must not race a flush; look again once the round is done.
-                st = inner.idle_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-                if let Some(cause) = &st.poisoned {
-                    return Err(inner.poisoned(cause));
-                }
-                continue;
-            }
-            inner.roll(&mut st)?;
-        }
+        // A full segment: the batch starts the next one, whose file the flusher creates
+        // once it has sealed this one (see `flush.rs`).
+        let rolls = st.tail_size() > SEGMENT_HEADER_LEN
+            && st.tail_size() + bound as u64 > st.limits.segment_size;
+        let rolled_size = u64::from(rolls) * SEGMENT_HEADER_LEN;
         if let Some(limit) = st.limits.retention_size {
-            while st.size + bound as u64 > limit {
+            while st.size + rolled_size + bound as u64 > limit {
                 let freed = match st.limits.on_full {
                     OnFull::Reject => false,
-                    OnFull::DropOldest => inner.delete_oldest_locked(&mut st, "retention_size")?,
+                    OnFull::DropOldest => inner.delete_oldest_locked(&mut st, "retention_size"),
                 };
                 if !freed {
                     return Err(inner.full(FullReason::RetentionSize { limit }));
                 }
             }
+        }
+        if rolls {
+            let base = st.next_offset;
+            st.next.push_back(Next {
+                base,
+                buf: Vec::new(),
+                waiters: Vec::new(),
+                size: SEGMENT_HEADER_LEN,
+                index: IndexBuilder::new(inner.cfg.index_interval_bytes()),
+                max_append_time: i64::MIN,
+            });
+            st.size += SEGMENT_HEADER_LEN;
+            inner
+                .usage
+                .bytes
+                .fetch_add(SEGMENT_HEADER_LEN, Ordering::Relaxed);
+            inner.flush_cv.notify_one();
         }
         // A log-append-time topic: the records carry the append time (the time index too).
         let log_append = st.limits.log_append_time;
@@ -708,14 +785,35 @@ impl Partition {
                 0
             },
         };
-        let position = st.active.size;
-        let len = encode_frame(&mut st.buf, &header, batch.layout(), batch.records_bytes()) as u64;
-        let rel = (header.base_offset - st.active.base).sat_u32();
-        st.active
-            .index
-            .add(rel, position, len, header.max_timestamp);
-        st.active.size += len;
-        st.active.max_append_time = st.active.max_append_time.max(append_time);
+        let write_buffer = inner.write_buffer;
+        let wake_at = st.wake_at;
+        let tail = st.tail();
+        let position = *tail.size;
+        let len = encode_frame(tail.buf, &header, batch.layout(), batch.records_bytes()) as u64;
+        let rel = (header.base_offset - tail.base).sat_u32();
+        tail.index.add(rel, position, len, header.max_timestamp);
+        *tail.size += len;
+        *tail.max_append_time = (*tail.max_append_time).max(append_time);
+        let buffered = tail.buf.len();
+        let done = match durability {
+            Durability::None => {
+                if buffered >= write_buffer && wake_at != usize::MAX {
+                    inner.flush_cv.notify_one();
+                }
+                None
+            }
+            Durability::Written | Durability::Durable => {
+                let (tx, rx) = oneshot::channel();
+                tail.waiters.push(Waiter {
+                    durable: durability == Durability::Durable,
+                    done: tx,
+                });
+                if tail.waiters.len() >= wake_at {
+                    inner.flush_cv.notify_one();
+                }
+                Some(rx)
+            }
+        };
         st.size += len;
         inner.usage.bytes.fetch_add(len, Ordering::Relaxed);
         st.next_offset = header.next_offset();
@@ -724,25 +822,6 @@ impl Partition {
             base_offset: header.base_offset,
             next_offset: header.next_offset(),
             log_append_time: log_append.then_some(append_time),
-        };
-        let done = match durability {
-            Durability::None => {
-                if st.buf.len() >= inner.write_buffer && st.wake_at != usize::MAX {
-                    inner.flush_cv.notify_one();
-                }
-                None
-            }
-            Durability::Written | Durability::Durable => {
-                let (tx, rx) = oneshot::channel();
-                st.waiters.push(Waiter {
-                    durable: durability == Durability::Durable,
-                    done: tx,
-                });
-                if st.waiters.len() >= st.wake_at {
-                    inner.flush_cv.notify_one();
-                }
-                Some(rx)
-            }
         };
         Ok((appended, done))
     }
@@ -761,7 +840,7 @@ impl Partition {
                 return Ok(());
             }
             let (tx, rx) = oneshot::channel();
-            st.waiters.push(Waiter {
+            st.tail().waiters.push(Waiter {
                 durable: sync,
                 done: tx,
             });
@@ -773,7 +852,7 @@ impl Partition {
     }
 
     /// Deletes the oldest sealed segment to make room for another topic or the filesystem.
-    pub(crate) fn delete_oldest(&self, why: &str) -> Result<bool> {
+    pub(crate) fn delete_oldest(&self, why: &str) -> bool {
         let mut st = self.inner.lock();
         self.inner.delete_oldest_locked(&mut st, why)
     }
@@ -805,7 +884,7 @@ impl Partition {
             .front()
             .is_some_and(|s| s.max_append_time < cutoff && s.next_offset <= keep_from)
         {
-            self.inner.delete_oldest_locked(&mut st, "retention time")?;
+            self.inner.delete_oldest_locked(&mut st, "retention time");
             n += 1;
         }
         Ok(n)
@@ -941,6 +1020,7 @@ impl Partition {
             .iter()
             .map(|s| s.max_timestamp)
             .chain(std::iter::once(st.active.index.max_timestamp))
+            .chain(st.next.iter().map(|n| n.index.max_timestamp))
             .max()
             .filter(|&t| t != i64::MIN)
     }
@@ -1053,7 +1133,7 @@ impl Partition {
         st.start_floor = offset;
         while st.sealed.front().is_some_and(|s| s.next_offset <= offset) {
             self.inner
-                .delete_oldest_locked(&mut st, "records deleted on request")?;
+                .delete_oldest_locked(&mut st, "records deleted on request");
         }
         Ok(st.log_start())
     }
@@ -1094,9 +1174,20 @@ impl Partition {
     }
 
     /// Removes this partition's accounting from the store (when its topic is deleted).
+    /// Its directory is about to go: nothing more is written to it or removed from it (the
+    /// batches not yet written fail, and so does every later append).
     pub(crate) fn release_usage(&self) {
-        let st = self.inner.lock();
-        self.inner.usage.bytes.fetch_sub(st.size, Ordering::Relaxed);
+        let inner = &*self.inner;
+        let mut st = inner.lock();
+        let failed = inner.abandon_unwritten(&mut st);
+        for d in st.doomed.drain(..) {
+            inner.usage.unlinking.fetch_sub(d.bytes, Ordering::Relaxed);
+        }
+        let cause = "the topic was deleted".to_string();
+        st.poisoned = Some(cause.clone());
+        inner.usage.bytes.fetch_sub(st.size, Ordering::Relaxed);
+        drop(st);
+        flush::complete(failed, &Err(WriteFailure::Poisoned(cause)));
     }
 }
 

@@ -1,0 +1,359 @@
+//! The write path's division of labour: an appender only encodes into memory; segment rolls
+//! (the last write, fsync and index of the full segment, the new file) and the removal of
+//! deleted segments happen on the partition's flusher thread. And when a roll cannot be
+//! finished (no space for the index), the batches after it fail cleanly and the next append
+//! rolls.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::common::*;
+use brook::log::clock::ManualTime;
+use brook::log::fs::{FaultFs, File, Fs, StdFs};
+use brook::log::segment::log_file_name;
+use brook::log::{Durability, FullReason, LogError, OnFull, PartitionChoice};
+use brook::units::ByteSize;
+
+/// Wraps a filesystem and, once armed, notes which thread did each write-side operation.
+#[derive(Clone)]
+struct WhoFs {
+    inner: Arc<dyn Fs>,
+    armed: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl WhoFs {
+    fn new(inner: Arc<dyn Fs>) -> Self {
+        WhoFs {
+            inner,
+            armed: Arc::new(AtomicBool::new(false)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    fn note(&self, op: &str, path: &Path) {
+        if self.armed.load(Ordering::SeqCst) {
+            let thread = std::thread::current().name().unwrap_or("?").to_string();
+            self.seen
+                .lock()
+                .unwrap()
+                .push((format!("{op} {}", path.display()), thread));
+        }
+    }
+
+    fn wrap(&self, file: Arc<dyn File>, path: &Path) -> Arc<dyn File> {
+        Arc::new(WhoFile {
+            inner: file,
+            fs: self.clone(),
+            path: path.display().to_string(),
+        })
+    }
+}
+
+struct WhoFile {
+    inner: Arc<dyn File>,
+    fs: WhoFs,
+    path: String,
+}
+
+impl File for WhoFile {
+    fn read_at(&self, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+        self.inner.read_at(buf, pos)
+    }
+    fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
+        self.fs.note("write", Path::new(&self.path));
+        self.inner.write_all_at(buf, pos)
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        self.fs.note("fsync", Path::new(&self.path));
+        self.inner.sync_data()
+    }
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
+    }
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.fs.note("truncate", Path::new(&self.path));
+        self.inner.set_len(len)
+    }
+}
+
+impl Fs for WhoFs {
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn File>> {
+        self.note("create", path);
+        let f = self.inner.create(path)?;
+        Ok(self.wrap(f, path))
+    }
+    fn open(&self, path: &Path, write: bool) -> io::Result<Arc<dyn File>> {
+        let f = self.inner.open(path, write)?;
+        Ok(self.wrap(f, path))
+    }
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.note("mkdir", path);
+        self.inner.create_dir_all(path)
+    }
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        self.inner.list_dir(path)
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.note("remove", path);
+        self.inner.remove_file(path)
+    }
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        self.note("remove dir", path);
+        self.inner.remove_dir_all(path)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.note("rename", from);
+        self.inner.rename(from, to)
+    }
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        self.note("fsync dir", path);
+        self.inner.sync_dir(path)
+    }
+    fn available_space(&self, path: &Path) -> io::Result<u64> {
+        self.inner.available_space(path)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+}
+
+fn ring_topic() -> brook::log::TopicConfig {
+    brook::log::TopicConfig {
+        retention_size: ByteSize::kib(256),
+        on_full: OnFull::DropOldest,
+        ..small_topic(1)
+    }
+}
+
+#[test]
+fn rolls_and_deletes_do_their_file_io_on_the_flusher() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = WhoFs::new(Arc::new(StdFs));
+    let time = ManualTime::new(T0);
+    let topics = [("t", ring_topic())];
+    let store = open(
+        dir.path(),
+        Arc::new(fs.clone()),
+        &time,
+        no_limits(),
+        &topics,
+    );
+    fs.armed.store(true, Ordering::SeqCst);
+    // About 1 MiB through 64 KiB segments and a 256 KiB ring: rolls and deletions all along,
+    // with every durability.
+    let durabilities = [Durability::None, Durability::Written, Durability::Durable];
+    let mut n = 0;
+    for i in 0..1000u64 {
+        append(&store, "t", 0, n, 10, durabilities[(i % 3) as usize]);
+        n += 10;
+    }
+    let p = Arc::clone(store.topic("t").unwrap().partition(0).unwrap());
+    p.flush(true).expect("flush");
+    let seen = fs.seen.lock().unwrap().clone();
+    let me = std::thread::current().name().unwrap_or("?").to_string();
+    let rolls = seen
+        .iter()
+        .filter(|(op, _)| op.starts_with("create"))
+        .count();
+    let removals = seen
+        .iter()
+        .filter(|(op, _)| op.starts_with("remove"))
+        .count();
+    assert!(rolls >= 10, "segments created: {rolls}");
+    assert!(removals >= 10, "files removed: {removals}");
+    let here: Vec<_> = seen.iter().filter(|(_, t)| *t == me).collect();
+    assert!(
+        here.is_empty(),
+        "file I/O on the appender's thread: {here:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, t)| t.starts_with("brook-flush-")),
+        "{seen:?}"
+    );
+    // What the ring holds is a contiguous run of the newest records, the same after a reopen,
+    // and the deleted segments' files are gone.
+    let got = read_all(&store, "t", 0);
+    assert!(!got.is_empty());
+    let first = got[0].0;
+    assert_eq!(got.last().unwrap().0, n - 1);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, (o, _))| *o == first + i as u64)
+    );
+    assert!(got.iter().all(|(o, v)| *v == value(*o)));
+    drop(p);
+    drop(store);
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    assert_eq!(read_all(&store, "t", 0), got);
+    let pdir = dir.path().join("t").join("0");
+    let segments = std::fs::read_dir(&pdir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        })
+        .count();
+    assert!(
+        (2..=6).contains(&segments),
+        "{segments} segment files for a 256 KiB ring of 64 KiB segments"
+    );
+    assert!(
+        !pdir.join(log_file_name(0)).exists(),
+        "the first segment is deleted"
+    );
+}
+
+#[test]
+fn a_roll_that_cannot_write_its_index_fails_the_batches_after_it_and_is_tried_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let time = ManualTime::new(T0);
+    let topics = [("t", small_topic(1))];
+    let store = open(
+        dir.path(),
+        Arc::new(fs.clone()),
+        &time,
+        no_limits(),
+        &topics,
+    );
+    // Fill the first segment to just below its end, everything written and synced.
+    let p = Arc::clone(store.topic("t").unwrap().partition(0).unwrap());
+    let mut n = 0;
+    while p.status().bytes < 60 * 1024 {
+        append(&store, "t", 0, n, 10, Durability::Durable);
+        n += 10;
+    }
+    assert_eq!(p.status().segments, 1);
+    // No space at all: the seal's index cannot be written.
+    fs.set_space_left(Some(0));
+    let err = store
+        .append(
+            "t",
+            PartitionChoice::Id(0),
+            &batch(n, 100),
+            Durability::Written,
+        )
+        .expect_err("no space for the roll");
+    assert!(
+        matches!(
+            err,
+            LogError::LogFull {
+                reason: FullReason::NoSpace,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(p.status().segments, 1, "no half-made segment");
+    assert_eq!(
+        read_all(&store, "t", 0).len() as u64,
+        n,
+        "nothing before it lost"
+    );
+    fs.set_space_left(None);
+    let (_, a) = store
+        .append(
+            "t",
+            PartitionChoice::Id(0),
+            &batch(n, 100),
+            Durability::Durable,
+        )
+        .expect("the roll succeeds once there is space");
+    assert_eq!(a.base_offset, n, "the failed batch's offsets are reused");
+    assert_eq!(p.status().segments, 2);
+    let want = read_all(&store, "t", 0);
+    assert_eq!(want.len() as u64, n + 100);
+    assert!(want.iter().all(|(o, v)| *v == value(*o)));
+    drop(p);
+    drop(store);
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    assert_eq!(read_all(&store, "t", 0), want);
+}
+
+#[test]
+fn concurrent_appenders_and_a_reader_across_many_rolls_lose_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    let topics = [("t", small_topic(1))];
+    let store = Arc::new(open(
+        dir.path(),
+        Arc::new(StdFs),
+        &time,
+        no_limits(),
+        &topics,
+    ));
+    let p = Arc::clone(store.topic("t").unwrap().partition(0).unwrap());
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let durabilities = [Durability::None, Durability::Written, Durability::Durable];
+                for i in 0..300u64 {
+                    let first = (w * 300 + i) * 5;
+                    append(
+                        &store,
+                        "t",
+                        0,
+                        first,
+                        5,
+                        durabilities[((w + i) % 3) as usize],
+                    );
+                }
+            })
+        })
+        .collect();
+    // A reader follows the written end meanwhile: every read succeeds and offsets run on.
+    let reader = {
+        let p = Arc::clone(&p);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let mut next = 0u64;
+            let mut values = Vec::new();
+            while next < 6000 {
+                let r = p
+                    .read(next, 64 * 1024, brook::log::Visibility::Written)
+                    .expect("read during rolls");
+                for b in r.batches() {
+                    for rec in b.records() {
+                        let rec = rec.expect("record");
+                        assert_eq!(rec.offset, next);
+                        next += 1;
+                        values.push(rec.value.unwrap_or_default().to_vec());
+                    }
+                }
+                if r.frames.is_empty() {
+                    // Wait for the written end to move past what was read.
+                    let mut end = p.watch_end();
+                    rt.block_on(end.wait_for(|e| *e > next))
+                        .expect("partition open");
+                }
+            }
+            values
+        })
+    };
+    for w in writers {
+        w.join().expect("writer");
+    }
+    p.flush(true).expect("flush");
+    let mut got = reader.join().expect("reader");
+    assert_eq!(got.len(), 6000);
+    got.sort();
+    let mut want: Vec<Vec<u8>> = (0..6000).map(value).collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(p.status().segments > 5, "{} segments", p.status().segments);
+    drop(p);
+    let Ok(store) = Arc::try_unwrap(store) else {
+        panic!("store still shared")
+    };
+    drop(store);
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    assert_eq!(read_all(&store, "t", 0).len(), 6000);
+}
