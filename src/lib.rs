@@ -42,6 +42,13 @@
 //! task compacts `cleanup = compact` topics ([`log::Store::compact`]) on a blocking thread every
 //! `log.compaction_interval`.
 //!
+//! Where work runs: async workers never wait for the disk. Each partition's flusher thread does
+//! all of that partition's writes, fsyncs, segment rolls and file removals (an append only
+//! encodes into memory); reads of stored data run on the blocking pool ([`broker::Broker::fetch`],
+//! the mirror, an MQTT session's read-back), except at the very end of a partition, where MQTT
+//! dispatchers take the frames just written from memory ([`log::Partition::tail`]); requests
+//! that write files or look up offsets by time run on the blocking pool as well.
+//!
 //! Over MQTT ([`server::mqtt`]), a PUBLISH becomes a one-record batch (key = MQTT topic,
 //! properties as headers) appended to the log topic its route names, through the same
 //! [`broker::Broker::produce_start`]; the PUBACK waits for the configured durability. A

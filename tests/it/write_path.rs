@@ -357,3 +357,45 @@ fn concurrent_appenders_and_a_reader_across_many_rolls_lose_nothing() {
     let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
     assert_eq!(read_all(&store, "t", 0).len(), 6000);
 }
+
+#[test]
+fn followers_of_the_end_get_each_write_from_memory_and_idle_ones_cost_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    let topics = [("t", small_topic(1))];
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    let p = Arc::clone(store.topic("t").unwrap().partition(0).unwrap());
+    let mut tail = p.tail();
+    let mut next = 0u64;
+    // Enough to roll a few times: the seal's last write is shared like any other.
+    for i in 0..600u64 {
+        append(&store, "t", 0, i * 10, 10, Durability::Written);
+        let w = tail
+            .borrow_and_update()
+            .clone()
+            .expect("the write is shared");
+        assert!(
+            w.first_offset <= next && next < w.next_offset,
+            "{w:?} at {next}"
+        );
+        for b in brook::log::batches_in(&w.frames) {
+            for r in b.records() {
+                let r = r.expect("record");
+                if r.offset >= next {
+                    assert_eq!(r.offset, next);
+                    assert_eq!(r.value, Some(&value(next)[..]));
+                    next += 1;
+                }
+            }
+        }
+        assert_eq!(next, w.next_offset);
+    }
+    assert_eq!(next, 6000);
+    assert!(p.status().segments > 3, "{} segments", p.status().segments);
+    drop(tail);
+    append(&store, "t", 0, 6000, 10, Durability::Written);
+    assert!(
+        p.tail().borrow().is_none(),
+        "nothing kept while no one follows"
+    );
+}

@@ -156,12 +156,13 @@ impl Inner {
         }
         st.active.written = end_pos;
         st.written_end = target_end;
-        st.written_offset = target_offset;
+        let first_offset = std::mem::replace(&mut st.written_offset, target_offset);
         self.end_tx.send_replace(target_offset);
-        if st.buf.capacity() == 0 {
-            let mut b = buf;
-            b.clear();
-            st.buf = b;
+        if let Some(mut b) = self.share_written(buf, first_offset, target_offset) {
+            if st.buf.capacity() == 0 {
+                b.clear();
+                st.buf = b;
+            }
         }
         if !sync {
             drop(st);
@@ -202,6 +203,26 @@ impl Inner {
         complete(durable, &result);
         complete(failed_later, &result);
         self.lock()
+    }
+
+    /// Hands the frames just written to the readers following the end ([`super::Partition::tail`]),
+    /// or gives the buffer back when no one follows.
+    fn share_written(&self, buf: Vec<u8>, first_offset: u64, next_offset: u64) -> Option<Vec<u8>> {
+        if self.tail_tx.receiver_count() == 0 {
+            if self.tail_tx.borrow().is_some() {
+                self.tail_tx.send_replace(None);
+            }
+            return Some(buf);
+        }
+        if buf.is_empty() {
+            return Some(buf);
+        }
+        self.tail_tx.send_replace(Some(super::Written {
+            first_offset,
+            next_offset,
+            frames: bytes::Bytes::from(buf),
+        }));
+        None
     }
 
     fn poison(&self, st: &mut State, cause: String) -> WriteFailure {
@@ -295,8 +316,9 @@ impl Inner {
         let mut st = self.lock();
         st.active.written = end_pos;
         st.written_end = end;
-        st.written_offset = base;
+        let first_offset = std::mem::replace(&mut st.written_offset, base);
         self.end_tx.send_replace(base);
+        self.share_written(buf, first_offset, base);
         if let Err(e) = synced {
             let cause = format!("fsync {}: {e}", st.active.path.display());
             let failure = self.poison(&mut st, cause);

@@ -420,13 +420,30 @@ pub struct ReadResult {
 impl ReadResult {
     /// Iterates the batches of `frames` (already verified when they were read).
     pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
-        let mut rest: &[u8] = &self.frames;
-        std::iter::from_fn(move || {
-            let view = BatchView::parse(rest).ok()?;
-            rest = &rest[view.frame().len()..];
-            Some(view)
-        })
+        batches_in(&self.frames)
     }
+}
+
+/// The batches of whole stored frames, in order (up to the first that does not parse).
+pub fn batches_in(frames: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
+    let mut rest = frames;
+    std::iter::from_fn(move || {
+        let view = BatchView::parse(rest).ok()?;
+        rest = &rest[view.frame().len()..];
+        Some(view)
+    })
+}
+
+/// Frames a flusher round has just written, shared from memory with the readers that follow
+/// the end of the partition ([`Partition::tail`]).
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// Offset of the first record in `frames`.
+    pub first_offset: u64,
+    /// Offset after the last.
+    pub next_offset: u64,
+    /// Whole batch frames as stored.
+    pub frames: bytes::Bytes,
 }
 
 /// A snapshot of a partition's shape, for status and metrics.
@@ -467,6 +484,8 @@ struct Inner {
     flush_cv: Condvar,
     /// The written (readable) end offset, for readers waiting on new data.
     end_tx: tokio::sync::watch::Sender<u64>,
+    /// The frames of the last write, while someone follows the end ([`Partition::tail`]).
+    tail_tx: tokio::sync::watch::Sender<Option<Written>>,
     /// Under `on_full = reject`, time retention keeps every segment holding an offset at or
     /// after this (records not yet mirrored upstream); `u64::MAX`: no such floor.
     keep_from: AtomicU64,
@@ -665,6 +684,13 @@ impl Partition {
     /// Follows the readable end offset: changes whenever written data becomes readable.
     pub fn watch_end(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.end_tx.subscribe()
+    }
+
+    /// Follows the end of the partition from memory: each write's frames as the flusher wrote
+    /// them (the last one only; a reader that finds a gap between the last it took and this
+    /// one reads the log for the rest). Nothing is kept while no one follows.
+    pub fn tail(&self) -> tokio::sync::watch::Receiver<Option<Written>> {
+        self.inner.tail_tx.subscribe()
     }
 
     /// Appends one batch and blocks until it has the requested durability.

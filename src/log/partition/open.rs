@@ -307,6 +307,7 @@ impl Partition {
             state: Mutex::new(state),
             flush_cv: Condvar::new(),
             end_tx: tokio::sync::watch::Sender::new(next_offset),
+            tail_tx: tokio::sync::watch::Sender::new(None),
             keep_from: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
         let flusher = flush::spawn_flusher(Arc::clone(&inner))?;

@@ -907,13 +907,20 @@ fn start(
             version,
             id,
         ))),
-        ApiKey::ListOffsets => now(data::list_offsets(
-            ctx,
-            &who,
-            codec::body(&mut frame)?,
-            version,
-            id,
-        )?),
+        ApiKey::ListOffsets => {
+            let r: kafka_protocol::messages::ListOffsetsRequest = codec::body(&mut frame)?;
+            // A lookup by time (not earliest or latest) reads the log.
+            let by_time = r
+                .topics
+                .iter()
+                .flat_map(|t| &t.partitions)
+                .any(|p| p.timestamp >= 0 || p.timestamp == -3);
+            if by_time {
+                blocking(ctx, move |c| data::list_offsets(c, &who, r, version, id))
+            } else {
+                now(data::list_offsets(ctx, &who, r, version, id)?)
+            }
+        }
         ApiKey::InitProducerId => {
             let r = codec::body(&mut frame)?;
             blocking(ctx, move |c| data::init_producer_id(c, r, version, id))

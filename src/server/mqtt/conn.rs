@@ -493,7 +493,7 @@ impl Conn {
                 _ = retry.tick(), if self.held.is_some() => {
                     if let Some((publish, ack)) = self.held.take() {
                         self.retrying = true;
-                        self.append(publish, ack);
+                        self.append(publish, ack).await;
                         if self.held.is_none() {
                             tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: the log accepts again: the held publish is stored, reading on");
                         }
@@ -635,12 +635,15 @@ impl Conn {
         Ok(())
     }
 
-    fn append(&mut self, publish: Publish, ack: Ack) {
+    async fn append(&mut self, publish: Publish, ack: Ack) {
         // A QoS 2 resend whose first copy the log has (the session's state was lost in a
         // broker restart between the append and the PUBREC): acknowledged, not stored again.
         if publish.dup
             && matches!(ack, Ack::PubRec(_))
-            && self.hub.stored_recently(&publish, &self.sm.state.client_id)
+            && self
+                .hub
+                .stored_recently(&publish, &self.sm.state.client_id)
+                .await
         {
             tracing::debug!(peer = %self.peer, pkid = publish.pkid, "mqtt: a QoS 2 resend already stored; not stored again");
             self.acks
@@ -727,7 +730,7 @@ impl Conn {
                     Action::Append { publish, ack } => {
                         self.hub.stats.publishes_in[usize::from(publish.qos.min(2))]
                             .fetch_add(1, Ordering::Relaxed);
-                        self.append(publish, ack);
+                        self.append(publish, ack).await;
                     }
                     Action::Subscribe { filter, is_new, .. } => {
                         self.hub

@@ -2,7 +2,8 @@
 //! dispatcher task per log partition, the session registry (takeover, expiry, persistence),
 //! and retained messages.
 //!
-//! Live delivery: a dispatcher tails its partition (long-poll fetch), matches each record's
+//! Live delivery: a dispatcher tails its partition (the frames the flusher just wrote, from
+//! memory; the log on the blocking pool when it fell behind), matches each record's
 //! MQTT topic once against the trie, and hands an `Arc` of the decoded message to each
 //! matching connection's bounded channel. A connection whose channel is full is marked
 //! lagged and the message is not queued for it: the connection reads that stretch back from
@@ -341,7 +342,16 @@ impl Hub {
     /// its state was lost in a broker restart) is already in the log: a record among the last
     /// 4,096 of its partition (4 MiB at most) from `client_id` with the same packet id, topic
     /// and payload. Then it is acknowledged again and not stored twice.
-    pub fn stored_recently(&self, publish: &Publish, client_id: &str) -> bool {
+    pub async fn stored_recently(self: &Arc<Self>, publish: &Publish, client_id: &str) -> bool {
+        let hub = Arc::clone(self);
+        let (publish, client_id) = (publish.clone(), client_id.to_string());
+        tokio::task::spawn_blocking(move || hub.stored_recently_blocking(&publish, &client_id))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// [`Hub::stored_recently`] on the calling thread (it reads the log).
+    fn stored_recently_blocking(&self, publish: &Publish, client_id: &str) -> bool {
         let Ok(topic) = self.broker.topic(self.route(&publish.topic)) else {
             return false;
         };
@@ -887,6 +897,21 @@ impl Hub {
         }
     }
 
+    /// Delivers the records at or after offset `from` in stored `frames`.
+    fn deliver_frames(&self, topic: &Arc<str>, partition: u32, frames: &[u8], from: u64) {
+        for batch in crate::log::batches_in(frames) {
+            for r in batch.records() {
+                let Ok(r) = r else { break };
+                if r.offset < from {
+                    continue;
+                }
+                if let Some(m) = message::from_record(topic, partition, &r) {
+                    self.deliver(m);
+                }
+            }
+        }
+    }
+
     fn deliver(&self, msg: LogMessage) {
         // Sending never blocks (try_send), so the matches are used under the read lock.
         let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
@@ -927,8 +952,9 @@ impl Hub {
 }
 
 /// Tails one log partition and hands each record to the connections whose subscriptions match.
-/// It reads the partition directly on its task: what it reads was just written, so it comes from
-/// the page cache, and a hop through the blocking pool per wake-up would cost more than the read.
+/// At the end of the partition the records come from memory, as the flusher wrote them
+/// ([`crate::log::Partition::tail`]); a dispatcher that fell behind reads the log on the blocking
+/// pool, so no read waits for the disk on an async worker.
 async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64) {
     let mut stop = hub.shutdown.clone();
     let part = match hub
@@ -942,58 +968,62 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
             return;
         }
     };
-    let mut end = part.watch_end();
+    let mut tail = part.tail();
     loop {
-        end.borrow_and_update();
-        let read = match part.read(pos, 1 << 20, Visibility::Written) {
-            Ok(r) => r,
-            Err(LogError::OffsetOutOfRange { .. }) => {
-                pos = part.log_start();
-                continue;
+        let last = tail.borrow_and_update().clone();
+        match last {
+            Some(w) if w.first_offset <= pos && pos < w.next_offset => {
+                hub.deliver_frames(&topic, partition, &w.frames, pos);
+                pos = w.next_offset;
             }
-            Err(e) => {
-                // A deleted topic's partition, or an I/O error: stop; a recreated topic gets a
-                // new dispatcher.
-                tracing::debug!(%topic, partition, "mqtt dispatcher stops: {e}");
-                hub.dispatcher_ended(&topic);
-                return;
-            }
-        };
-        if read.frames.is_empty() {
-            tokio::select! {
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-                changed = end.changed() => if changed.is_err() {
-                    hub.dispatcher_ended(&topic);
-                    return;
-                },
-                // A deleted and recreated topic is a new partition: look again now and then.
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    let replaced = hub.broker.topic(&topic).map_or(true, |t| {
-                        t.partition(partition).map_or(true, |p| !Arc::ptr_eq(p, &part))
-                    });
-                    if replaced {
+            _ if part.end_offset() > pos => {
+                let p = Arc::clone(&part);
+                let read =
+                    tokio::task::spawn_blocking(move || p.read(pos, 1 << 20, Visibility::Written))
+                        .await;
+                match read {
+                    Ok(Ok(r)) => {
+                        hub.deliver_frames(&topic, partition, &r.frames, pos);
+                        pos = pos.max(r.next_offset);
+                    }
+                    Ok(Err(LogError::OffsetOutOfRange { .. })) => pos = part.log_start(),
+                    Ok(Err(e)) => {
+                        // A deleted topic's partition, or an I/O error: stop; a recreated topic
+                        // gets a new dispatcher.
+                        tracing::debug!(%topic, partition, "mqtt dispatcher stops: {e}");
                         hub.dispatcher_ended(&topic);
-                        if partition == 0 {
-                            hub.dispatch_from(&topic, true);
-                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%topic, partition, "mqtt dispatcher: read task: {e}");
+                        hub.dispatcher_ended(&topic);
                         return;
                     }
                 }
             }
-            continue;
-        }
-        for batch in read.batches() {
-            for r in batch.records() {
-                let Ok(r) = r else { break };
-                if r.offset < pos {
-                    continue;
-                }
-                if let Some(m) = message::from_record(&topic, partition, &r) {
-                    hub.deliver(m);
+            _ => {
+                tokio::select! {
+                    _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                    changed = tail.changed() => if changed.is_err() {
+                        hub.dispatcher_ended(&topic);
+                        return;
+                    },
+                    // A deleted and recreated topic is a new partition: look again now and then.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let replaced = hub.broker.topic(&topic).map_or(true, |t| {
+                            t.partition(partition).map_or(true, |p| !Arc::ptr_eq(p, &part))
+                        });
+                        if replaced {
+                            hub.dispatcher_ended(&topic);
+                            if partition == 0 {
+                                hub.dispatch_from(&topic, true);
+                            }
+                            return;
+                        }
+                    }
                 }
             }
         }
-        pos = pos.max(read.next_offset);
         if *stop.borrow() {
             return;
         }

@@ -82,6 +82,17 @@ pub fn authorize(who: &Principal, request: &Request<'_>) -> Result<(), Denied> {
     }
 }
 
+/// Runs `f` on the blocking pool: for the requests that write files or read the log.
+async fn off_workers<T: Send + 'static>(
+    broker: &Arc<Broker>,
+    f: impl FnOnce(&Broker) -> Result<T, BrokerError> + Send + 'static,
+) -> Result<T, BrokerError> {
+    let b = Arc::clone(broker);
+    tokio::task::spawn_blocking(move || f(&b))
+        .await
+        .unwrap_or_else(|e| Err(BrokerError::Invalid(format!("request task: {e}"))))
+}
+
 /// Handles one request (not the handshake) and returns the framed answer.
 pub async fn handle(
     broker: &Arc<Broker>,
@@ -111,9 +122,15 @@ pub async fn handle(
             topic,
             partition,
             spec,
-        } => broker
-            .list_offsets(topic, partition, spec)
-            .map(|(earliest, latest, offset)| {
+        } => {
+            let offsets = if let proto::OffsetSpec::Timestamp(_) = spec {
+                // A lookup by time reads the log.
+                let topic = topic.to_string();
+                off_workers(broker, move |b| b.list_offsets(&topic, partition, spec)).await
+            } else {
+                broker.list_offsets(topic, partition, spec)
+            };
+            offsets.map(|(earliest, latest, offset)| {
                 answer(
                     id,
                     &Response::Offset {
@@ -122,10 +139,15 @@ pub async fn handle(
                         offset,
                     },
                 )
-            }),
-        Request::CreateTopic { name, settings } => broker
-            .create_topic(name, &settings)
-            .map(|_| answer(id, &Response::Done)),
+            })
+        }
+        Request::CreateTopic { name, settings } => {
+            let cfg = broker.topic_config(&settings);
+            let name = name.to_string();
+            off_workers(broker, move |b| b.create_topic_with(&name, cfg))
+                .await
+                .map(|_| answer(id, &Response::Done))
+        }
         Request::CreateTopicWith {
             name,
             settings,
@@ -142,13 +164,17 @@ pub async fn handle(
             if let Some(ms) = options.delete_retention_ms {
                 cfg.delete_retention = crate::units::HumanDuration::millis(ms);
             }
-            broker
-                .create_topic_with(name, cfg)
+            let name = name.to_string();
+            off_workers(broker, move |b| b.create_topic_with(&name, cfg))
+                .await
                 .map(|_| answer(id, &Response::Done))
         }
-        Request::DeleteTopic { name } => broker
-            .delete_topic(name)
-            .map(|()| answer(id, &Response::Done)),
+        Request::DeleteTopic { name } => {
+            let name = name.to_string();
+            off_workers(broker, move |b| b.delete_topic(&name))
+                .await
+                .map(|()| answer(id, &Response::Done))
+        }
         Request::DescribeTopic { name } => broker.topic(name).map(|t| describe_topic(id, &t)),
         Request::ListTopics => {
             let topics = broker.topics();
