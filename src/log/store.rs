@@ -684,6 +684,11 @@ impl Store {
         if let Some(max) = self.opts.max_size.limit() {
             while self.usage.bytes.load(Ordering::Relaxed) + need > max {
                 if !self.reclaim_one("max_size") {
+                    if self.drop_oldest_sealing() {
+                        // Segments are still being sealed (their data is in memory, not yet on
+                        // the disk): a later append reclaims them.
+                        break;
+                    }
                     return Err(full(FullReason::Budget { limit: max }));
                 }
             }
@@ -730,6 +735,16 @@ impl Store {
         let used = self.usage.bytes.load(Ordering::Relaxed);
         let usage_at = f.usage_at.load(Ordering::Relaxed);
         Ok((f.available.load(Ordering::Relaxed) + usage_at).saturating_sub(used))
+    }
+
+    /// Whether a partition of a `drop_oldest` topic has full segments its flusher has yet to
+    /// seal (they can be deleted once it has).
+    fn drop_oldest_sealing(&self) -> bool {
+        self.topics()
+            .iter()
+            .filter(|t| t.config.on_full == OnFull::DropOldest)
+            .flat_map(|t| t.partitions.iter())
+            .any(|p| p.sealing())
     }
 
     /// Deletes the oldest sealed segment among `drop_oldest` topics. Returns whether one was.

@@ -399,3 +399,34 @@ fn followers_of_the_end_get_each_write_from_memory_and_idle_ones_cost_nothing() 
         "nothing kept while no one follows"
     );
 }
+
+#[test]
+fn a_ring_keeps_taking_appends_while_its_flusher_is_behind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    // Every fsync takes 20 ms: the appenders get several segments ahead of the seals.
+    let fs = brook::log::fs::SlowSyncFs::new(StdFs, std::time::Duration::from_millis(20));
+    let topics = [("t", ring_topic())];
+    let store = open(dir.path(), Arc::new(fs), &time, no_limits(), &topics);
+    let p = Arc::clone(store.topic("t").unwrap().partition(0).unwrap());
+    let mut n = 0;
+    for _ in 0..3000u64 {
+        append(&store, "t", 0, n, 10, Durability::None);
+        n += 10;
+    }
+    p.flush(true).expect("flush");
+    let limit = 256 * 1024;
+    assert!(
+        p.status().bytes <= limit,
+        "{} bytes over a retention_size of {limit}",
+        p.status().bytes
+    );
+    let got = read_all(&store, "t", 0);
+    assert_eq!(got.last().unwrap().0, n - 1);
+    let first = got[0].0;
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, (o, _))| *o == first + i as u64)
+    );
+}

@@ -19,6 +19,7 @@ use std::sync::{Arc, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::super::OnFull;
 use super::super::error::{LogError, Result};
 use super::super::segment::{self, SEGMENT_HEADER_LEN, SegmentIndex};
 use super::{Active, Inner, Sealed, State, Waiter, create_segment};
@@ -391,6 +392,10 @@ impl Inner {
             Vec::new(),
             old.compacted,
         )));
+        // Appends that went past `retention_size` while nothing was sealed yet.
+        if let (Some(limit), OnFull::DropOldest) = (st.limits.retention_size, st.limits.on_full) {
+            while st.size > limit && self.delete_oldest_locked(&mut st, "retention_size") {}
+        }
         st
     }
 

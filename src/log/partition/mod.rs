@@ -771,6 +771,11 @@ impl Partition {
                     OnFull::Reject => false,
                     OnFull::DropOldest => inner.delete_oldest_locked(&mut st, "retention_size"),
                 };
+                if !freed && st.limits.on_full == OnFull::DropOldest && !st.next.is_empty() {
+                    // The oldest segments are still to be sealed: the flusher deletes as soon
+                    // as it has sealed one (the overshoot is in memory, not on the disk).
+                    break;
+                }
                 if !freed {
                     return Err(inner.full(FullReason::RetentionSize { limit }));
                 }
@@ -881,6 +886,11 @@ impl Partition {
     pub(crate) fn delete_oldest(&self, why: &str) -> bool {
         let mut st = self.inner.lock();
         self.inner.delete_oldest_locked(&mut st, why)
+    }
+
+    /// Whether full segments wait for the flusher to seal them.
+    pub(crate) fn sealing(&self) -> bool {
+        !self.inner.lock().next.is_empty()
     }
 
     /// Append time of the oldest sealed segment, if there is one (for cross-topic reclaim).
