@@ -17,10 +17,12 @@
 //! | [`mirror`] | upstream mirroring: cursors, the per-partition send loop, Kafka and Brook sinks, status |
 //! | [`serve`] | `brook serve`: the one module that takes the whole config; opens the broker, starts the front ends and mirrors, housekeeping and compaction, graceful shutdown |
 //! | [`server`] | the front ends: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP listeners, systemd notification |
-//! | [`tools`] | the CLI's client commands: topics, produce, consume, groups |
-//! | [`mod@bench`] | `brook bench ...`: measured throughput, latency, write amplification |
 //! | [`topic_filter`] | MQTT topic names and filters, the subscription trie, `*` globs: shared by ACLs, MQTT and the mirror |
-//! | [`units`] | human-readable sizes and durations |
+//! | [`units`] | human-readable sizes and durations, and the error of a setting that cannot be used |
+//!
+//! The `brook` binary (`src/bin/brook/`) is the command line on top: argument parsing, the
+//! client commands (`topics`, `produce`, `consume`, `groups`, `mirror status`, `passwd`) and,
+//! with the `bench` feature (on by default, left out of the ARM builds), `brook bench ...`.
 //!
 //! The layers point one way (`tests/it/layers.rs` checks it from the source): [`units`],
 //! [`log`], [`meta`], [`proto`], [`topic_filter`] and [`net`] at the bottom; [`broker`] on the
@@ -62,8 +64,6 @@
 //! ([`broker::kafka_groups`]) and commit into the same offsets store.
 
 pub mod auth;
-#[cfg(feature = "bench")]
-pub mod bench;
 pub mod broker;
 pub mod check;
 pub mod client;
@@ -75,6 +75,5 @@ pub mod net;
 pub mod proto;
 pub mod serve;
 pub mod server;
-pub mod tools;
 pub mod topic_filter;
 pub mod units;

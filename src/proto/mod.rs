@@ -34,12 +34,15 @@
 //!
 //! `frame.rs` and `messages.rs` use no `std` and no allocator (bounded lists are
 //! `heapless::Vec`), so a microcontroller can encode a produce; `tests/no_std_proto` proves it.
+//! `stream.rs` reads and writes frames on a connection, for the client and the listener alike.
 
 pub mod frame;
 pub mod messages;
+pub mod stream;
 
 pub use frame::{FRAME_HEADER_LEN, FrameError, decode_frame, seal_frame};
 pub use messages::*;
+pub use stream::{FrameReader, write_frames};
 
 /// Encodes a message into a new frame.
 pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {

@@ -247,7 +247,7 @@ fn wait_subscribed(rt: &tokio::runtime::Runtime, http: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let body = rt
-            .block_on(brook::tools::http_get(http, "/api/mirrors", None))
+            .block_on(brook::client::http_get(http, "/api/mirrors", None))
             .expect("/api/mirrors");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
         if rows.iter().any(|r| r["state"] == "connected") {

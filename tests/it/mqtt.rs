@@ -955,7 +955,7 @@ async fn full_log_v5_gets_quota_exceeded_v311_is_held_until_the_log_accepts() {
     // refusal is counted once, not at every retry.
     let refused = || async {
         let h = r.http_addr.expect("http listener").to_string();
-        let body = brook::tools::http_get(&h, "/metrics", None)
+        let body = brook::client::http_get(&h, "/metrics", None)
             .await
             .expect("metrics");
         body.lines()

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -236,29 +236,11 @@ async fn connection(
         mut slot,
         deadline,
     } = conn;
-    let (mut rd, mut wr) = stream.split();
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
+    let (mut rd, wr) = stream.split();
+    let (tx, rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
     let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
-    let writer = tokio::spawn(async move {
-        let mut out = Vec::with_capacity(64 * 1024);
-        while let Some(bytes) = rx.recv().await {
-            out.extend_from_slice(&bytes);
-            // Send now unless more answers are ready to go in the same write.
-            if out.len() >= 256 * 1024 || rx.is_empty() {
-                if crate::net::tls::write_flushed(&mut wr, &out).await.is_err() {
-                    return;
-                }
-                out.clear();
-            }
-        }
-        if !out.is_empty() {
-            let _ = wr.write_all(&out).await;
-        }
-        let _ = wr.shutdown().await;
-    });
-
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut start = 0usize;
+    let writer = tokio::spawn(proto::write_frames(wr, rx));
+    let mut frames = proto::FrameReader::new();
     let mut client_id: Option<Arc<str>> = None;
     // The protocol version the client said it speaks (what its fetch answers may hold).
     let mut client_version = PROTOCOL_VERSION;
@@ -271,10 +253,9 @@ async fn connection(
             } else {
                 limits.max_frame.min(auth.max_frame_before_login())
             };
-            match proto::decode_frame(&buf[start..], max_frame) {
-                Ok((msg, total)) => {
+            match frames.next_frame(max_frame) {
+                Ok(Some(msg)) => {
                     let owned = msg.to_vec();
-                    start += total;
                     let frame = match postcard::from_bytes::<RequestFrame<'_>>(&owned) {
                         Ok(r) => r,
                         Err(e) => {
@@ -450,7 +431,7 @@ async fn connection(
                         break 'conn Ok(());
                     }
                 }
-                Err(FrameError::Incomplete { .. }) => break,
+                Ok(None) => break,
                 Err(e) => {
                     let reason = Closed::Frame(e);
                     let _ = tx
@@ -464,16 +445,6 @@ async fn connection(
                 }
             }
         }
-        // Compact, then read more.
-        if start > 0 {
-            buf.drain(..start);
-            start = 0;
-        }
-        if buf.capacity() - buf.len() < 16 * 1024 {
-            buf.reserve(64 * 1024);
-        }
-        let len = buf.len();
-        buf.resize(buf.capacity(), 0);
         // Until the handshake and login, one deadline from the accept; then the idle timeout.
         let logged_in = slot.is_logged_in();
         let until = if logged_in {
@@ -483,30 +454,25 @@ async fn connection(
         };
         let read = tokio::select! {
             _ = slot.evicted(), if !logged_in => {
-                buf.truncate(len);
                 break 'conn Err(Closed::Evicted);
             }
-            r = tokio::time::timeout_at(until, rd.read(&mut buf[len..])) => r,
+            r = tokio::time::timeout_at(until, frames.fill(&mut rd)) => r,
             _ = shutdown.wait_for(|s| *s) => {
-                buf.truncate(len);
                 break 'conn Ok(());
             }
         };
         match read {
             Ok(Ok(0)) => {
-                buf.truncate(len);
-                if len > 0 {
-                    break 'conn Err(Closed::EndedInFrame(len));
+                if frames.partial() > 0 {
+                    break 'conn Err(Closed::EndedInFrame(frames.partial()));
                 }
                 break 'conn Ok(());
             }
-            Ok(Ok(n)) => buf.truncate(len + n),
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                buf.truncate(len);
                 break 'conn Err(Closed::Read(e));
             }
             Err(_) => {
-                buf.truncate(len);
                 if !logged_in {
                     auth.handshake_timed_out();
                     break 'conn Err(Closed::HandshakeTimeout(auth.handshake_timeout()));

@@ -120,7 +120,7 @@ pub fn http(addr: &str, path: &str, token: Option<&str>) -> Result<String, Strin
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(brook::tools::http_get(addr, path, token))
+        .block_on(brook::client::http_get(addr, path, token))
         .map_err(|e| e.to_string())
 }
 

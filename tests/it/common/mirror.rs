@@ -388,7 +388,7 @@ pub fn wait_saved(rt: &tokio::runtime::Runtime, http: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let body = rt
-            .block_on(brook::tools::http_get(http, "/api/mirrors", None))
+            .block_on(brook::client::http_get(http, "/api/mirrors", None))
             .expect("/api/mirrors");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
         if !rows.is_empty() && rows.iter().all(|r| r["saved_cursor"] == r["cursor"]) {
@@ -406,7 +406,7 @@ pub fn sent_bytes_by_topic(
     http: &str,
 ) -> (Instant, BTreeMap<String, u64>, usize) {
     let body = rt
-        .block_on(brook::tools::http_get(http, "/api/mirrors", None))
+        .block_on(brook::client::http_get(http, "/api/mirrors", None))
         .expect("/api/mirrors");
     let at = Instant::now();
     let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
@@ -427,7 +427,7 @@ pub fn good_sent_bad_refused(rt: &tokio::runtime::Runtime, http: &str, n: u64) -
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let body = rt
-            .block_on(brook::tools::http_get(http, "/api/mirrors", None))
+            .block_on(brook::client::http_get(http, "/api/mirrors", None))
             .expect("/api/mirrors");
         let rows: Vec<serde_json::Value> = serde_json::from_str(&body).expect("json");
         let of = |m: &str| rows.iter().filter(|r| r["mirror"] == m).collect::<Vec<_>>();

@@ -1,4 +1,13 @@
 //! The `brook` command line: parses arguments, loads the config, calls into the library.
+//!
+//! | module | job |
+//! |---|---|
+//! | `commands` | the client commands: topics, produce, consume, groups, mirror status, passwd |
+//! | `bench` | `brook bench ...` (feature `bench`): throughput, latency, write amplification |
+
+#[cfg(feature = "bench")]
+mod bench;
+mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,7 +101,7 @@ enum Command {
         follow: bool,
         /// Output format.
         #[arg(long, value_enum, default_value = "text")]
-        format: brook::tools::Format,
+        format: crate::commands::Format,
     },
     /// List or describe consumer groups.
     Groups {
@@ -176,12 +185,12 @@ struct Conn {
 
 impl Conn {
     /// Connects and logs in when `--user` is given.
-    async fn connect(&self) -> brook::tools::Result<std::sync::Arc<brook::client::Client>> {
+    async fn connect(&self) -> crate::commands::Result<std::sync::Arc<brook::client::Client>> {
         let login = match &self.user {
             None => None,
             Some(user) => Some((
                 user.clone(),
-                brook::tools::read_secret(self.password_file.as_deref(), "BROOK_PASSWORD")?,
+                crate::commands::read_secret(self.password_file.as_deref(), "BROOK_PASSWORD")?,
             )),
         };
         let tls = match &self.tls_ca {
@@ -194,7 +203,7 @@ impl Conn {
                 self.tls_cert.as_deref().zip(self.tls_key.as_deref()),
             )?),
         };
-        brook::tools::connect(&self.broker, login, tls.as_ref()).await
+        crate::commands::connect(&self.broker, login, tls.as_ref()).await
     }
 }
 
@@ -274,15 +283,15 @@ enum GroupsCommand {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Append, read back and reopen the log on a real directory.
-    Storage(StorageArgs),
+    Storage(bench::storage::StorageBench),
     /// Produce and consume over loopback against a real `brook serve`.
-    Native(NativeArgs),
+    Native(bench::native::NativeBench),
     /// MQTT publishers and subscribers against `brook serve` or any MQTT broker.
-    Mqtt(MqttArgs),
+    Mqtt(bench::mqtt::MqttBench),
     /// Many MQTT devices at a steady rate, each receiving its own QoS 1 messages back.
-    MqttFleet(FleetArgs),
+    MqttFleet(bench::mqtt::MqttFleet),
     /// How fast a mirror drains a backlog upstream (and, for Kafka, a plain producer beside it).
-    Mirror(MirrorArgs),
+    Mirror(bench::mirror::MirrorBench),
     /// What one login's password check costs (users-file hashes, one core).
     Password {
         /// PBKDF2 rounds to measure.
@@ -295,181 +304,6 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-#[cfg(feature = "bench")]
-#[derive(Args)]
-struct MirrorArgs {
-    /// Upstream kind: kafka, mqtt or brook.
-    #[arg(long, default_value = "kafka")]
-    kind: String,
-    /// Upstream address (Kafka bootstrap server, MQTT broker, Brook native listener).
-    #[arg(long)]
-    upstream: String,
-    #[arg(long, default_value_t = 1_000_000)]
-    records: u64,
-    #[arg(long, default_value_t = 100)]
-    record_size: usize,
-    #[arg(long, default_value_t = 4)]
-    partitions: u32,
-    /// Records per batch (the mirror's batch_records and the plain producer's batch).
-    #[arg(long, default_value_t = 1000)]
-    batch: usize,
-    /// Print the figures as one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-#[cfg(feature = "bench")]
-#[derive(Args)]
-struct FleetArgs {
-    /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
-    #[arg(long)]
-    target: Option<String>,
-    /// Process id of the --target broker, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    target_pid: Option<u32>,
-    /// Connected clients, each subscribed to its own topic.
-    #[arg(long, default_value_t = 1000)]
-    clients: u32,
-    /// How many of them publish.
-    #[arg(long, default_value_t = 100)]
-    publishers: u32,
-    /// Messages per second per publisher.
-    #[arg(long, default_value_t = 10)]
-    rate: u32,
-    /// How long they publish.
-    #[arg(long, default_value = "60s")]
-    duration: HumanDuration,
-    /// Print the figures as one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-#[cfg(feature = "bench")]
-#[derive(Args)]
-struct MqttArgs {
-    /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
-    #[arg(long)]
-    target: Option<String>,
-    /// Process id of the --target broker, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    target_pid: Option<u32>,
-    /// Publishing connections.
-    #[arg(long, default_value_t = 8)]
-    publishers: u32,
-    /// Subscribing connections (each subscribes to every publisher's topic).
-    #[arg(long, default_value_t = 1)]
-    subscribers: u32,
-    /// QoS of publishes and subscriptions: 0, 1 or 2.
-    #[arg(long, default_value_t = 1)]
-    qos: u8,
-    /// Payload bytes per message (at least 16).
-    #[arg(long, default_value_t = 100)]
-    payload: usize,
-    /// Messages published in all, split evenly over the publishers.
-    #[arg(long, default_value_t = 200_000)]
-    messages: u64,
-    /// Unacknowledged QoS 1/2 messages per publisher.
-    #[arg(long, default_value_t = 100)]
-    inflight: u32,
-    /// Subscribers keep persistent sessions (clean session 0), so the broker stores what it
-    /// delivers.
-    #[arg(long)]
-    persistent: bool,
-    /// Over TLS: DIR holds ca.pem (trusted by the clients) and, for the server the bench
-    /// starts, server.pem / server.key (valid for 127.0.0.1); with --target, a TLS listener.
-    #[arg(long, value_name = "DIR")]
-    tls: Option<PathBuf>,
-    /// Print the figures as one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-#[cfg(feature = "bench")]
-#[derive(Args)]
-struct NativeArgs {
-    /// Use this running server instead of starting one (its memory is then not measured).
-    #[arg(long)]
-    broker: Option<String>,
-    /// Data directory of the server started (must not exist); default ./brook-bench-native-<pid>.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    #[arg(long, default_value_t = 1_000_000)]
-    records: u64,
-    /// Value bytes per record.
-    #[arg(long, default_value_t = 100)]
-    record_size: usize,
-    /// Producer connections.
-    #[arg(long, default_value_t = 4)]
-    producers: u32,
-    /// Consumer connections reading the topic back.
-    #[arg(long, default_value_t = 4)]
-    consumers: u32,
-    /// Partitions of the benchmark topic.
-    #[arg(long, default_value_t = 4)]
-    partitions: u32,
-    /// Records per produce request.
-    #[arg(long, default_value_t = 100)]
-    batch: u32,
-    /// Produce requests pipelined per producer.
-    #[arg(long, default_value_t = 16)]
-    inflight: u32,
-    /// What an acknowledgement means: none, written or durable.
-    #[arg(long, default_value = "written")]
-    durability: Durability,
-    /// Over TLS: DIR holds ca.pem (trusted by the clients) and server.pem / server.key (the
-    /// started server's, valid for 127.0.0.1).
-    #[arg(long, value_name = "DIR")]
-    tls: Option<PathBuf>,
-    /// Print the figures as one JSON object.
-    #[arg(long)]
-    json: bool,
-}
-
-#[cfg(feature = "bench")]
-#[derive(Args)]
-struct StorageArgs {
-    /// Directory for the store (must not exist); default ./brook-bench-<pid>.
-    #[arg(long)]
-    dir: Option<PathBuf>,
-    /// Records to append.
-    #[arg(long, default_value_t = 1_000_000)]
-    records: u64,
-    /// Value bytes per record (no key).
-    #[arg(long, default_value_t = 100)]
-    record_size: usize,
-    /// Partitions of the benchmark topic.
-    #[arg(long, default_value_t = 4)]
-    partitions: u32,
-    /// Concurrent producers (producer i appends to partition i % partitions); default: one per
-    /// partition.
-    #[arg(long)]
-    producers: Option<u32>,
-    /// What each append waits for: none, written or durable.
-    #[arg(long, default_value = "written")]
-    durability: Durability,
-    /// Records per append call.
-    #[arg(long, default_value_t = 100)]
-    batch: u32,
-    /// Extra delay in every fsync, imitating a slow SD card (e.g. "10ms").
-    #[arg(long)]
-    fsync_delay: Option<HumanDuration>,
-    /// Keep the data directory afterwards.
-    #[arg(long)]
-    keep: bool,
-    /// Also time reopening the store as a kill -9 would leave it.
-    #[arg(long)]
-    reopen: bool,
-    /// With --reopen: drop the page cache first (needs root) to time a cold start.
-    #[arg(long, requires = "reopen")]
-    cold: bool,
-    /// Give records one of N keys, make the topic compacted and time a compaction pass.
-    #[arg(long, value_name = "N")]
-    keys: Option<u64>,
-    /// Print the figures as one JSON object.
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -560,7 +394,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Topics { conn, command } => client_command(async move {
             let client = conn.connect().await?;
             match command {
-                TopicsCommand::List { json } => brook::tools::topics_list(&client, json).await,
+                TopicsCommand::List { json } => crate::commands::topics_list(&client, json).await,
                 TopicsCommand::Create {
                     name,
                     partitions,
@@ -596,12 +430,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         }),
                         delete_retention_ms: delete_retention.map(|d| d.as_millis()),
                     };
-                    brook::tools::topics_create(&client, &name, settings, options).await
+                    crate::commands::topics_create(&client, &name, settings, options).await
                 }
                 TopicsCommand::Describe { name, json } => {
-                    brook::tools::topics_describe(&client, &name, json).await
+                    crate::commands::topics_describe(&client, &name, json).await
                 }
-                TopicsCommand::Delete { name } => brook::tools::topics_delete(&client, &name).await,
+                TopicsCommand::Delete { name } => {
+                    crate::commands::topics_delete(&client, &name).await
+                }
             }
         }),
         Command::Produce {
@@ -614,7 +450,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => client_command(async move {
             let client = conn.connect().await?;
             let stdin = std::io::BufReader::new(std::io::stdin());
-            brook::tools::produce(
+            crate::commands::produce(
                 client,
                 &topic,
                 key.as_deref(),
@@ -647,9 +483,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let client = conn.connect().await?;
             let stdout = std::io::stdout();
             let mut out = std::io::BufWriter::new(stdout.lock());
-            brook::tools::consume(
+            crate::commands::consume(
                 client,
-                brook::tools::ConsumeOptions {
+                crate::commands::ConsumeOptions {
                     topic: &topic,
                     partition,
                     from,
@@ -666,9 +502,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         Command::Groups { conn, command } => client_command(async move {
             let client = conn.connect().await?;
             match command {
-                GroupsCommand::List { json } => brook::tools::groups_list(&client, json).await,
+                GroupsCommand::List { json } => crate::commands::groups_list(&client, json).await,
                 GroupsCommand::Describe { group, json } => {
-                    brook::tools::groups_describe(&client, &group, json).await
+                    crate::commands::groups_describe(&client, &group, json).await
                 }
             }
         }),
@@ -681,10 +517,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 },
         } => client_command(async move {
             let token = match token_file {
-                Some(f) => Some(brook::tools::read_secret(Some(&f), "")?),
+                Some(f) => Some(crate::commands::read_secret(Some(&f), "")?),
                 None => None,
             };
-            brook::tools::mirror_status(&http, token.as_deref(), json).await
+            crate::commands::mirror_status(&http, token.as_deref(), json).await
         }),
         Command::Passwd {
             file,
@@ -692,7 +528,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             delete,
             iterations,
         } => {
-            brook::tools::passwd(&file, &user, delete, iterations)
+            crate::commands::passwd(&file, &user, delete, iterations)
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -734,26 +570,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
 /// Runs a `brook bench` command.
 #[cfg(feature = "bench")]
 fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    use brook::bench::Report;
-    use brook::bench::storage::StorageBench;
+    use crate::bench::Report;
     match cmd {
-        BenchCommand::Storage(a) => {
-            let bench = StorageBench {
-                dir: a.dir,
-                records: a.records,
-                record_size: a.record_size,
-                partitions: a.partitions,
-                producers: a.producers.unwrap_or(a.partitions),
-                durability: a.durability,
-                batch: a.batch,
-                fsync_delay: a.fsync_delay.map(|d| d.0).filter(|d| !d.is_zero()),
-                keep: a.keep,
-                reopen: a.reopen,
-                cold: a.cold,
-                progress: !a.json,
-                keys: a.keys,
-            };
-            bench.run()?.print(a.json)?;
+        BenchCommand::Storage(b) => {
+            b.run()?.print(b.json)?;
             Ok(ExitCode::SUCCESS)
         }
         BenchCommand::Password {
@@ -761,70 +581,26 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
             checks,
             json,
         } => {
-            brook::bench::password::run(iterations, checks)
+            crate::bench::password::run(iterations, checks)
                 .map_err(|e| -> Box<dyn std::error::Error> { e })?
                 .print(json)?;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Native(a) => {
-            let bench = brook::bench::native::NativeBench {
-                broker: a.broker,
-                dir: a.dir,
-                records: a.records,
-                record_size: a.record_size,
-                producers: a.producers,
-                consumers: a.consumers,
-                partitions: a.partitions,
-                batch: a.batch,
-                inflight: a.inflight,
-                durability: a.durability,
-                tls: a.tls.map(|dir| brook::bench::BenchTls { dir }),
-            };
-            let report = block_on(bench.run())?;
-            report.print(a.json)?;
+        BenchCommand::Native(b) => {
+            block_on(b.run())?.print(b.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Mirror(a) => {
-            let bench = brook::bench::mirror::MirrorBench {
-                kind: a.kind,
-                upstream: a.upstream,
-                records: a.records,
-                record_size: a.record_size,
-                partitions: a.partitions,
-                batch: a.batch,
-            };
-            let report = block_on(bench.run())?;
-            report.print(a.json)?;
+        BenchCommand::Mirror(b) => {
+            block_on(b.run())?.print(b.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::Mqtt(a) => {
-            let bench = brook::bench::mqtt::MqttBench {
-                target: a.target,
-                target_pid: a.target_pid,
-                publishers: a.publishers,
-                subscribers: a.subscribers,
-                qos: a.qos,
-                payload: a.payload,
-                messages: a.messages,
-                inflight: a.inflight,
-                persistent: a.persistent,
-                tls: a.tls.map(|dir| brook::bench::BenchTls { dir }),
-            };
-            let report = block_on(bench.run())?;
-            report.print(a.json)?;
+        BenchCommand::Mqtt(b) => {
+            block_on(b.run())?.print(b.json)?;
             Ok(ExitCode::SUCCESS)
         }
-        BenchCommand::MqttFleet(a) => {
-            let bench = brook::bench::mqtt::MqttFleet {
-                target: a.target,
-                target_pid: a.target_pid,
-                clients: a.clients,
-                publishers: a.publishers,
-                rate: a.rate,
-                duration: a.duration.0,
-            };
-            let report = block_on(bench.run())?;
-            report.print(a.json)?;
+        BenchCommand::MqttFleet(b) => {
+            let report = block_on(b.run())?;
+            report.print(b.json)?;
             Ok(if report.missing == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -837,7 +613,7 @@ fn run_bench(cmd: BenchCommand) -> Result<ExitCode, Box<dyn std::error::Error>> 
 /// Runs a benchmark's future on a multi-threaded runtime.
 #[cfg(feature = "bench")]
 fn block_on<T>(
-    f: impl std::future::Future<Output = brook::bench::BenchResult<T>>,
+    f: impl std::future::Future<Output = crate::bench::BenchResult<T>>,
 ) -> Result<T, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -862,7 +638,7 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
 
 /// Runs a client command on a small runtime; errors are printed by `main`.
 fn client_command(
-    f: impl std::future::Future<Output = brook::tools::Result<()>>,
+    f: impl std::future::Future<Output = crate::commands::Result<()>>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -21,7 +21,7 @@ use serde::Serialize;
 use tokio::io::{AsyncReadExt, ReadHalf, WriteHalf};
 
 use super::{BenchResult, BenchStream, BenchTls, Broker, cpu_seconds, quantile, rss_kib};
-use crate::units::Narrow;
+use brook::units::Narrow;
 
 type Rd = ReadHalf<Box<dyn BenchStream>>;
 type Wr = WriteHalf<Box<dyn BenchStream>>;
@@ -31,23 +31,44 @@ type Tls = Option<std::sync::Arc<rustls::ClientConfig>>;
 /// that dropped messages never sends them).
 const IDLE: Duration = Duration::from_secs(5);
 
-#[derive(Clone, Debug)]
+/// Parameters of `brook bench mqtt`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct MqttBench {
-    /// An MQTT broker to measure instead of starting `brook serve`.
+    /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
+    #[arg(long)]
     pub target: Option<String>,
-    /// Its process id, to read its CPU time and memory.
+    /// Process id of the --target broker, to read its CPU time and memory from /proc.
+    #[arg(long)]
     pub target_pid: Option<u32>,
+    /// Publishing connections.
+    #[arg(long, default_value_t = 8)]
     pub publishers: u32,
+    /// Subscribing connections (each subscribes to every publisher's topic).
+    #[arg(long, default_value_t = 1)]
     pub subscribers: u32,
+    /// QoS of publishes and subscriptions: 0, 1 or 2.
+    #[arg(long, default_value_t = 1)]
     pub qos: u8,
+    /// Payload bytes per message (at least 16).
+    #[arg(long, default_value_t = 100)]
     pub payload: usize,
+    /// Messages published in all, split evenly over the publishers.
+    #[arg(long, default_value_t = 200_000)]
     pub messages: u64,
+    /// Unacknowledged QoS 1/2 messages per publisher.
+    #[arg(long, default_value_t = 100)]
     pub inflight: u32,
-    /// Subscribers keep a persistent session (clean session 0): the broker stores what it
+    /// Subscribers keep persistent sessions (clean session 0), so the broker stores what it
     /// delivers (for Brook, the durable delivery state before every QoS 1/2 send).
+    #[arg(long)]
     pub persistent: bool,
-    /// Over TLS (`--tls DIR`).
+    /// Over TLS: DIR holds ca.pem (trusted by the clients) and, for the server the bench
+    /// starts, server.pem / server.key (valid for 127.0.0.1); with --target, a TLS listener.
+    #[arg(long, value_name = "DIR", value_parser = BenchTls::parse)]
     pub tls: Option<BenchTls>,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -156,7 +177,7 @@ async fn connect_session(
     c.keep_alive = 60;
     c.clean_session = clean;
     Packet::Connect(c).write(&mut out, usize::MAX)?;
-    crate::net::tls::write_flushed(&mut wr, &out).await?;
+    brook::net::tls::write_flushed(&mut wr, &out).await?;
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut ok = false;
     read_packets(&mut rd, &mut buf, |p| {
@@ -208,7 +229,7 @@ impl MqttBench {
                 let mut sub = Subscribe::new("bench/#", qos(q));
                 sub.pkid = 1;
                 Packet::Subscribe(sub).write(&mut out, usize::MAX)?;
-                crate::net::tls::write_flushed(&mut wr, &out).await?;
+                brook::net::tls::write_flushed(&mut wr, &out).await?;
                 out.clear();
                 read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::SubAck(_))).await?;
                 let _ = ready.send(()).await;
@@ -248,7 +269,7 @@ impl MqttBench {
                         }
                     }
                     if !out.is_empty() {
-                        crate::net::tls::write_flushed(&mut wr, &out).await?;
+                        brook::net::tls::write_flushed(&mut wr, &out).await?;
                         out.clear();
                     }
                     last = Instant::now();
@@ -300,7 +321,7 @@ impl MqttBench {
                         Packet::Publish(p).write(&mut out, usize::MAX)?;
                         sent += 1;
                     }
-                    crate::net::tls::write_flushed(&mut wr, &out).await?;
+                    brook::net::tls::write_flushed(&mut wr, &out).await?;
                     out.clear();
                     if q > 0 && (unacked >= inflight || sent == per_pub) {
                         let mut rel = Vec::new();
@@ -335,14 +356,14 @@ impl MqttBench {
                             .write(&mut out, usize::MAX)?;
                     }
                     if !out.is_empty() {
-                        crate::net::tls::write_flushed(&mut wr, &out).await?;
+                        brook::net::tls::write_flushed(&mut wr, &out).await?;
                         out.clear();
                     }
                 }
                 if q == 0 {
                     // The broker answers a PINGREQ after everything sent before it.
                     Packet::PingReq.write(&mut out, usize::MAX)?;
-                    crate::net::tls::write_flushed(&mut wr, &out).await?;
+                    brook::net::tls::write_flushed(&mut wr, &out).await?;
                     read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::PingResp)).await?;
                 }
                 Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Instant::now())
@@ -400,14 +421,29 @@ impl MqttBench {
 /// each subscribe (QoS 1) to their own topic `fleet/<i>`; the first `publishers` of them
 /// publish QoS 1 to that topic at `rate` messages/s for `duration`. Every message must come
 /// back to its publisher; the broker's peak RSS is read from `/proc` each second.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, clap::Args)]
 pub struct MqttFleet {
+    /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
+    #[arg(long)]
     pub target: Option<String>,
+    /// Process id of the --target broker, to read its CPU time and memory from /proc.
+    #[arg(long)]
     pub target_pid: Option<u32>,
+    /// Connected clients, each subscribed to its own topic.
+    #[arg(long, default_value_t = 1000)]
     pub clients: u32,
+    /// How many of them publish.
+    #[arg(long, default_value_t = 100)]
     pub publishers: u32,
+    /// Messages per second per publisher.
+    #[arg(long, default_value_t = 10)]
     pub rate: u32,
-    pub duration: Duration,
+    /// How long they publish.
+    #[arg(long, default_value = "60s")]
+    pub duration: brook::units::HumanDuration,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -489,7 +525,7 @@ async fn device(
     let mut sub = Subscribe::new(topic.as_str(), QoS::AtLeastOnce);
     sub.pkid = 1;
     Packet::Subscribe(sub).write(&mut out, usize::MAX)?;
-    crate::net::tls::write_flushed(&mut wr, &out).await?;
+    brook::net::tls::write_flushed(&mut wr, &out).await?;
     out.clear();
     read_packets(&mut rd, &mut buf, |p| !matches!(p, Packet::SubAck(_))).await?;
     let _ = ready.send(()).await;
@@ -541,7 +577,7 @@ async fn device(
             _ = tokio::time::sleep_until(drain_until.into()), if !publishing => break,
         }
         if !out.is_empty() {
-            crate::net::tls::write_flushed(&mut wr, &out).await?;
+            brook::net::tls::write_flushed(&mut wr, &out).await?;
             out.clear();
         }
     }
@@ -582,7 +618,7 @@ impl MqttFleet {
         }
         let cpu0 = pid.and_then(cpu_seconds);
         let start = Instant::now();
-        let _ = go_tx.send(Some(start + self.duration));
+        let _ = go_tx.send(Some(start + self.duration.0));
         let mut peak = None;
         let mut results = Vec::new();
         let sampler = async {
@@ -624,7 +660,7 @@ impl MqttFleet {
             clients: self.clients,
             publishers: self.publishers,
             rate: self.rate,
-            duration_secs: self.duration.as_secs_f64(),
+            duration_secs: self.duration.0.as_secs_f64(),
             published: total.published,
             acknowledged: total.acknowledged,
             delivered: total.delivered,

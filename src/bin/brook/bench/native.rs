@@ -15,27 +15,51 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::client::{Client, ClientError, ClientTls};
-use crate::log::clock::wall_clock_ms;
-use crate::log::{BatchBuilder, Durability};
-use crate::proto::{Acks, TopicSettings};
-use crate::units::Narrow;
+use brook::client::{Client, ClientError, ClientTls};
+use brook::log::clock::wall_clock_ms;
+use brook::log::{BatchBuilder, Durability};
+use brook::proto::{Acks, TopicSettings};
+use brook::units::Narrow;
 
-#[derive(Clone, Debug)]
+/// Parameters of `brook bench native`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct NativeBench {
-    /// Use this server instead of starting one.
+    /// Use this running server instead of starting one (its memory is then not measured).
+    #[arg(long)]
     pub broker: Option<String>,
+    /// Data directory of the server started (must not exist); default ./brook-bench-native-<pid>.
+    #[arg(long)]
     pub dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 1_000_000)]
     pub records: u64,
+    /// Value bytes per record.
+    #[arg(long, default_value_t = 100)]
     pub record_size: usize,
+    /// Producer connections.
+    #[arg(long, default_value_t = 4)]
     pub producers: u32,
+    /// Consumer connections reading the topic back.
+    #[arg(long, default_value_t = 4)]
     pub consumers: u32,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// Records per produce request.
+    #[arg(long, default_value_t = 100)]
     pub batch: u32,
+    /// Produce requests pipelined per producer.
+    #[arg(long, default_value_t = 16)]
     pub inflight: u32,
+    /// What an acknowledgement means: none, written or durable.
+    #[arg(long, default_value = "written")]
     pub durability: Durability,
-    /// Over TLS (`--tls DIR`).
+    /// Over TLS: DIR holds ca.pem (trusted by the clients) and server.pem / server.key (the
+    /// started server's, valid for 127.0.0.1).
+    #[arg(long, value_name = "DIR", value_parser = super::BenchTls::parse)]
     pub tls: Option<super::BenchTls>,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -235,7 +259,7 @@ async fn produce(
                 b.push(ts, None, Some(&value), &[]);
             }
             let rx = client
-                .submit(&crate::proto::Request::Produce(crate::proto::Produce {
+                .submit(&brook::proto::Request::Produce(brook::proto::Produce {
                     topic,
                     partition: Some(partition),
                     partition_key: None,
@@ -255,8 +279,8 @@ async fn produce(
         let bytes = rx
             .await
             .map_err(|_| ClientError::Closed("server closed the connection".into()))?;
-        match crate::client::decode(&bytes)?.response {
-            crate::proto::Response::Produced { .. } => {}
+        match brook::client::decode(&bytes)?.response {
+            brook::proto::Response::Produced { .. } => {}
             other => return Err(format!("produce failed: {other:?}").into()),
         }
         latencies.push(t.elapsed().as_micros().sat_u64());
@@ -269,7 +293,7 @@ async fn consume(client: Client, topic: &str, partitions: Vec<u32>) -> BenchResu
     let mut positions: Vec<(u32, u64, u64)> = Vec::new(); // partition, next, end
     for p in partitions {
         let (earliest, latest, _) = client
-            .list_offsets(topic, p, crate::proto::OffsetSpec::Latest)
+            .list_offsets(topic, p, brook::proto::OffsetSpec::Latest)
             .await?;
         positions.push((p, earliest, latest));
     }
@@ -278,7 +302,7 @@ async fn consume(client: Client, topic: &str, partitions: Vec<u32>) -> BenchResu
         for (i, (p, next, end)) in positions.iter().enumerate() {
             if next < end {
                 let rx = client
-                    .submit(&crate::proto::Request::Fetch(crate::proto::Fetch {
+                    .submit(&brook::proto::Request::Fetch(brook::proto::Fetch {
                         topic,
                         partition: *p,
                         offset: *next,
@@ -294,8 +318,8 @@ async fn consume(client: Client, topic: &str, partitions: Vec<u32>) -> BenchResu
             let bytes = rx
                 .await
                 .map_err(|_| ClientError::Closed("server closed the connection".into()))?;
-            match crate::client::decode(&bytes)?.response {
-                crate::proto::Response::Fetched {
+            match brook::client::decode(&bytes)?.response {
+                brook::proto::Response::Fetched {
                     frames,
                     next_offset,
                     ..
@@ -303,7 +327,7 @@ async fn consume(client: Client, topic: &str, partitions: Vec<u32>) -> BenchResu
                     let from = positions[i].1;
                     let mut rest = frames;
                     while !rest.is_empty() {
-                        let b = crate::log::BatchView::parse(rest)
+                        let b = brook::log::BatchView::parse(rest)
                             .map_err(|e| format!("bad batch: {e}"))?;
                         for r in b.records() {
                             let r = r.map_err(|e| format!("bad record: {e}"))?;

@@ -1,14 +1,14 @@
 //! The client-side commands of the CLI (`brook topics`, `produce`, `consume`, `groups`), on top of
-//! [`crate::client`]. `main.rs` parses the arguments and calls these.
+//! [`brook::client`]. `main.rs` parses the arguments and calls these.
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::{Client, ClientError, Consumer, Producer, StartFrom};
-use crate::log::clock::wall_clock_ms;
-use crate::log::{Durability, Header, Record};
-use crate::proto::{Acks, TopicSettings};
+use brook::client::{Client, Consumer, Producer, StartFrom};
+use brook::log::clock::wall_clock_ms;
+use brook::log::{Durability, Header, Record};
+use brook::proto::{Acks, TopicSettings};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -16,7 +16,7 @@ pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + S
 pub async fn connect(
     broker: &str,
     login: Option<(String, String)>,
-    tls: Option<&crate::client::ClientTls>,
+    tls: Option<&brook::client::ClientTls>,
 ) -> Result<Arc<Client>> {
     let id = format!("brook-cli-{}", std::process::id());
     let login = login.as_ref().map(|(u, p)| (u.as_str(), p.as_bytes()));
@@ -67,7 +67,7 @@ fn read_hidden(prompt: &str) -> Result<String> {
 /// `brook passwd FILE USER`: adds or updates `user` (or removes it with `delete`), writing
 /// the file anew (temporary file, fsync, rename) with mode 0600.
 pub fn passwd(file: &std::path::Path, user: &str, delete: bool, iterations: u32) -> Result<()> {
-    use crate::auth::{PasswordHash, Users, password};
+    use brook::auth::{PasswordHash, Users, password};
     use std::os::unix::fs::OpenOptionsExt;
     password::validate_name(user)?;
     let mut users = match std::fs::read_to_string(file) {
@@ -145,7 +145,7 @@ pub async fn topics_create(
     client: &Client,
     name: &str,
     settings: TopicSettings,
-    options: crate::proto::TopicOptions,
+    options: brook::proto::TopicOptions,
 ) -> Result<()> {
     client.create_topic_with(name, settings, options).await?;
     Ok(())
@@ -386,40 +386,10 @@ pub async fn groups_describe(client: &Client, group: &str, json: bool) -> Result
     Ok(())
 }
 
-/// Whether an error is a server's "unknown topic".
-pub fn is_unknown_topic(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Server {
-            code: crate::proto::ErrorCode::UnknownTopic,
-            ..
-        }
-    )
-}
-
-/// GETs `path` from Brook's HTTP listener at `http`; the body of a 200 answer.
-pub async fn http_get(http: &str, path: &str, token: Option<&str>) -> Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(http)
-        .await
-        .map_err(|e| format!("cannot reach the HTTP listener at {http}: {e}"))?;
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {http}\r\n{auth}Connection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).await?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).await?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("malformed HTTP answer")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{http}{path}: {}", head.lines().next().unwrap_or("")).into());
-    }
-    Ok(body.to_string())
-}
-
 /// `brook mirror status`: reads `/api/mirrors` from the HTTP listener at `http` and prints one
 /// line per mirrored partition (or the JSON as served with `json`).
 pub async fn mirror_status(http: &str, token: Option<&str>, json: bool) -> Result<()> {
-    let body = http_get(http, "/api/mirrors", token).await?;
+    let body = brook::client::http_get(http, "/api/mirrors", token).await?;
     let body = body.as_str();
     if json {
         println!("{body}");
@@ -450,7 +420,7 @@ pub async fn mirror_status(http: &str, token: Option<&str>, json: bool) -> Resul
         let eta = r["eta_secs"].as_f64().map_or("-".to_string(), |e| {
             format!(
                 "{}",
-                crate::units::HumanDuration(std::time::Duration::from_secs_f64(e.round()))
+                brook::units::HumanDuration(std::time::Duration::from_secs_f64(e.round()))
             )
         });
         println!(
@@ -460,8 +430,8 @@ pub async fn mirror_status(http: &str, token: Option<&str>, json: bool) -> Resul
             n("partition"),
             s("state"),
             n("backlog_records"),
-            crate::units::ByteSize(n("backlog_bytes")).to_string(),
-            crate::units::HumanDuration(std::time::Duration::from_secs(
+            brook::units::ByteSize(n("backlog_bytes")).to_string(),
+            brook::units::HumanDuration(std::time::Duration::from_secs(
                 n("oldest_unsent_age_ms") / 1000
             ))
             .to_string(),

@@ -16,41 +16,58 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::log::clock::{SystemTimeSource, wall_clock_ms};
-use crate::log::fs::{Fs, SlowSyncFs, StdFs};
-use crate::log::{
+use brook::log::clock::{SystemTimeSource, wall_clock_ms};
+use brook::log::fs::{Fs, SlowSyncFs, StdFs};
+use brook::log::{
     BatchBuilder, Durability, LogError, OnFull, PartitionChoice, Store, StoreOptions, TopicConfig,
     Visibility,
 };
-use crate::units::Narrow;
-use crate::units::{ByteSize, HumanDuration};
+use brook::units::Narrow;
+use brook::units::{ByteSize, HumanDuration};
 
-/// Parameters of a storage benchmark run.
-#[derive(Clone, Debug)]
+/// Parameters of a storage benchmark run (`brook bench storage`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct StorageBench {
-    /// Directory for the store; a fresh `./brook-bench-<pid>` when `None`.
+    /// Directory for the store (must not exist); default ./brook-bench-<pid>.
+    #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Records to append.
+    #[arg(long, default_value_t = 1_000_000)]
     pub records: u64,
+    /// Value bytes per record (no key).
+    #[arg(long, default_value_t = 100)]
     pub record_size: usize,
+    /// Partitions of the benchmark topic.
+    #[arg(long, default_value_t = 4)]
     pub partitions: u32,
-    /// Producer threads; producer `i` appends to partition `i % partitions`.
-    pub producers: u32,
+    /// Concurrent producers (producer i appends to partition i % partitions); default: one per
+    /// partition.
+    #[arg(long)]
+    pub producers: Option<u32>,
+    /// What each append waits for: none, written or durable.
+    #[arg(long, default_value = "written")]
     pub durability: Durability,
     /// Records per append call.
+    #[arg(long, default_value_t = 100)]
     pub batch: u32,
-    /// Extra delay in every fsync, to imitate a slow SD card.
-    pub fsync_delay: Option<Duration>,
+    /// Extra delay in every fsync, imitating a slow SD card (e.g. "10ms").
+    #[arg(long)]
+    pub fsync_delay: Option<HumanDuration>,
     /// Keep the data directory afterwards.
+    #[arg(long)]
     pub keep: bool,
-    /// Also time a fresh open of the store as a crash would leave it.
+    /// Also time reopening the store as a kill -9 would leave it.
+    #[arg(long)]
     pub reopen: bool,
-    /// Before reopening, drop the page cache (root only), to time a cold start.
+    /// With --reopen: drop the page cache first (needs root) to time a cold start.
+    #[arg(long, requires = "reopen")]
     pub cold: bool,
-    /// Show a progress line on a terminal.
-    pub progress: bool,
-    /// Give records one of this many keys (round robin), make the topic compacted, and time a
-    /// compaction pass after the read-back. `None`: no keys, no compaction.
+    /// Give records one of N keys, make the topic compacted and time a compaction pass.
+    #[arg(long, value_name = "N")]
     pub keys: Option<u64>,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// What a storage benchmark measured.
@@ -187,8 +204,22 @@ pub enum BenchError {
 const TOPIC: &str = "bench";
 
 impl StorageBench {
+    /// Producer threads: one per partition unless told.
+    fn producer_count(&self) -> u32 {
+        self.producers.unwrap_or(self.partitions)
+    }
+
+    /// The extra delay in every fsync, if any.
+    fn fsync_delay(&self) -> Option<Duration> {
+        self.fsync_delay.map(|d| d.0).filter(|d| !d.is_zero())
+    }
+
     pub fn run(&self) -> Result<StorageReport, BenchError> {
-        if self.records == 0 || self.batch == 0 || self.partitions == 0 || self.producers == 0 {
+        if self.records == 0
+            || self.batch == 0
+            || self.partitions == 0
+            || self.producer_count() == 0
+        {
             return Err(BenchError::Invalid(
                 "--records, --batch, --partitions and --producers must be positive".into(),
             ));
@@ -211,7 +242,7 @@ impl StorageBench {
     }
 
     fn fs(&self) -> Arc<dyn Fs> {
-        match self.fsync_delay {
+        match self.fsync_delay() {
             Some(d) if !d.is_zero() => Arc::new(SlowSyncFs::new(StdFs, d)),
             _ => Arc::new(StdFs),
         }
@@ -224,9 +255,9 @@ impl StorageBench {
             on_full: OnFull::Reject,
             max_batch_size: ByteSize::mib(8),
             cleanup: if self.keys.is_some() {
-                crate::log::Cleanup::Compact
+                brook::log::Cleanup::Compact
             } else {
-                crate::log::Cleanup::Delete
+                brook::log::Cleanup::Delete
             },
             ..TopicConfig::default()
         };
@@ -254,7 +285,7 @@ impl StorageBench {
                 dir,
                 self.partitions,
                 (self.record_size + 40) * self.batch as usize * 4,
-                self.fsync_delay,
+                self.fsync_delay(),
             )?)
         } else {
             None
@@ -266,7 +297,7 @@ impl StorageBench {
 
         let done = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let progress = (self.progress && std::io::stderr().is_terminal())
+        let progress = (!self.json && std::io::stderr().is_terminal())
             .then(|| spawn_progress("append", self.records, Arc::clone(&done), Arc::clone(&stop)));
 
         // Producers are tasks, as the front ends' connections will be: a producer waiting for
@@ -279,9 +310,9 @@ impl StorageBench {
         let started = Instant::now();
         let results = runtime.block_on(async {
             let mut tasks = Vec::new();
-            for p in 0..self.producers {
-                let quota = self.records / u64::from(self.producers)
-                    + u64::from(u64::from(p) < self.records % u64::from(self.producers));
+            for p in 0..self.producer_count() {
+                let quota = self.records / u64::from(self.producer_count())
+                    + u64::from(u64::from(p) < self.records % u64::from(self.producer_count()));
                 let store = Arc::clone(&store);
                 let done = Arc::clone(&done);
                 let shape = Shape {
@@ -423,10 +454,10 @@ impl StorageBench {
             records: self.records,
             record_size: self.record_size,
             partitions: self.partitions,
-            producers: self.producers,
+            producers: self.producer_count(),
             batch: self.batch,
             durability: self.durability,
-            fsync_delay_ms: self.fsync_delay.map(|d| d.as_millis().sat_u64()),
+            fsync_delay_ms: self.fsync_delay().map(|d| d.as_millis().sat_u64()),
             append_secs,
             append_records_per_sec: self.records as f64 / append_secs,
             append_mb_per_sec: payload / append_secs / 1e6,

@@ -1,17 +1,24 @@
-//! An async Rust client for the native protocol (used by the CLI, the tests and benchmarks).
+//! An async Rust client for the native protocol (used by the CLI, the tests and benchmarks), and
+//! a GET of the HTTP API ([`http_get`]).
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | [`Client`]: one connection, pipelined requests, every request of the protocol |
+//! | `producer.rs` | [`Producer`]: batching per partition, several batches in flight |
+//! | `consumer.rs` | [`Consumer`]: assigned partitions, consumer groups |
+//! | `http.rs` | [`http_get`] |
 //!
 //! [`Client`] is one connection: requests are pipelined (many in flight, answers matched by
 //! correlation id). [`Producer`] batches records per partition with a size and a linger bound
 //! and keeps several batches in flight; [`Consumer`] reads assigned partitions, optionally as a
 //! member of a consumer group (join, heartbeat, commit, leave).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heapless::Vec as HVec;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -23,6 +30,14 @@ use crate::proto::{
     Request, RequestFrame, Response, ResponseFrame, TopicOptions, TopicSettings,
 };
 use crate::units::Narrow;
+
+mod consumer;
+mod http;
+mod producer;
+
+pub use consumer::{Consumed, Consumer, StartFrom};
+pub use http::http_get;
+pub use producer::Producer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -38,6 +53,9 @@ pub enum ClientError {
     Protocol(String),
     #[error("{message} ({code:?})")]
     Server { code: ErrorCode, message: String },
+    /// The HTTP API answered something other than 200.
+    #[error("{url}: {status}")]
+    Http { url: String, status: String },
 }
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
@@ -95,39 +113,16 @@ impl ClientTls {
     }
 }
 
-/// Sends queued requests, several per write when they are ready together.
-async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
-    mut wr: W,
-    mut out_rx: mpsc::Receiver<Vec<u8>>,
-) {
-    let mut buf = Vec::new();
-    while let Some(frame) = out_rx.recv().await {
-        buf.clear();
-        buf.extend_from_slice(&frame);
-        while let Ok(more) = out_rx.try_recv() {
-            buf.extend_from_slice(&more);
-            if buf.len() > 1 << 20 {
-                break;
-            }
-        }
-        if crate::net::tls::write_flushed(&mut wr, &buf).await.is_err() {
-            return;
-        }
-    }
-}
-
 /// Cuts answers from the connection and hands each to its waiter; when the connection ends,
 /// every waiter fails and so does every later request.
 async fn read_answers<R: tokio::io::AsyncRead + Unpin>(mut rd: R, p: Pending) {
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
-    let mut chunk = vec![0u8; 1 << 16];
+    let mut frames = proto::FrameReader::new();
     loop {
         loop {
-            match proto::decode_frame(&buf, usize::MAX) {
-                Ok((msg, total)) => {
+            match frames.next_frame(usize::MAX) {
+                Ok(Some(msg)) => {
                     let id = postcard::take_from_bytes::<u32>(msg).map(|(id, _)| id);
                     let msg = msg.to_vec();
-                    buf.drain(..total);
                     if let Ok(id) = id {
                         let waiter = p
                             .lock()
@@ -150,19 +145,19 @@ async fn read_answers<R: tokio::io::AsyncRead + Unpin>(mut rd: R, p: Pending) {
                         }
                     }
                 }
-                Err(proto::FrameError::Incomplete { .. }) => break,
+                Ok(None) => break,
                 Err(_) => {
                     *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     return;
                 }
             }
         }
-        match rd.read(&mut chunk).await {
+        match frames.fill(&mut rd).await {
             Ok(0) | Err(_) => {
                 *p.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 return;
             }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
         }
     }
 }
@@ -311,7 +306,7 @@ impl Client {
                     let (rd, wr) = stream.into_split();
                     (
                         tokio::spawn(read_answers(rd, Arc::clone(&pending))),
-                        tokio::spawn(write_requests(wr, out_rx)),
+                        tokio::spawn(proto::write_frames(wr, out_rx)),
                     )
                 }
                 Some(t) => {
@@ -332,7 +327,7 @@ impl Client {
                     let (rd, wr) = tokio::io::split(stream);
                     (
                         tokio::spawn(read_answers(rd, Arc::clone(&pending))),
-                        tokio::spawn(write_requests(wr, out_rx)),
+                        tokio::spawn(proto::write_frames(wr, out_rx)),
                     )
                 }
             };
@@ -750,6 +745,7 @@ pub fn decode(bytes: &[u8]) -> Result<ResponseFrame<'_>> {
         .map_err(|e| ClientError::Protocol(format!("undecodable answer: {e}")))
 }
 
+/// The offsets of a produce answer: `(partition, base offset, next offset)`.
 async fn produced(rx: oneshot::Receiver<Vec<u8>>) -> Result<(u32, u64, u64)> {
     let bytes = rx
         .await
@@ -761,505 +757,5 @@ async fn produced(rx: oneshot::Receiver<Vec<u8>>) -> Result<(u32, u64, u64)> {
             next_offset,
         } => Ok((partition, base_offset, next_offset)),
         other => Err(server_error(&other)),
-    }
-}
-
-/// Batches records per partition and keeps up to `max_in_flight` batches in flight.
-pub struct Producer {
-    client: Arc<Client>,
-    topic: String,
-    acks: Acks,
-    partitions: u32,
-    batch_bytes: usize,
-    linger: Duration,
-    max_in_flight: usize,
-    open: BTreeMap<Option<u32>, (BatchBuilder, Instant)>,
-    in_flight: VecDeque<oneshot::Receiver<Vec<u8>>>,
-    /// Records acknowledged so far.
-    pub acked: u64,
-}
-
-impl Producer {
-    /// A producer for `topic` (its partition count is looked up now, to place keys).
-    pub async fn new(client: Arc<Client>, topic: &str, acks: Acks) -> Result<Producer> {
-        let partitions = (client.describe_topic(topic).await?.partitions.len()).sat_u32();
-        Ok(Producer {
-            client,
-            topic: topic.to_string(),
-            acks,
-            partitions,
-            batch_bytes: 64 * 1024,
-            linger: Duration::from_millis(5),
-            max_in_flight: 16,
-            open: BTreeMap::new(),
-            in_flight: VecDeque::new(),
-            acked: 0,
-        })
-    }
-
-    /// Bytes of records per batch before it is sent (default 64 KiB).
-    pub fn batch_bytes(mut self, bytes: usize) -> Self {
-        self.batch_bytes = bytes.max(1);
-        self
-    }
-
-    /// How long a partly filled batch may wait for more records (default 5 ms).
-    pub fn linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
-        self
-    }
-
-    /// Adds a record: to `partition` when given, else by its key (Kafka's partitioner), else to
-    /// the round-robin batch.
-    pub async fn send(&mut self, partition: Option<u32>, record: &Record) -> Result<()> {
-        let target = partition.or_else(|| {
-            record
-                .key
-                .as_deref()
-                .map(|k| crate::log::partitioner::partition_for_key(k, self.partitions))
-        });
-        let entry = self
-            .open
-            .entry(target)
-            .or_insert_with(|| (BatchBuilder::new(), Instant::now()));
-        if entry.0.is_empty() {
-            entry.1 = Instant::now();
-        }
-        entry.0.push_record(record);
-        let full = entry.0.records_len() >= self.batch_bytes;
-        let stale = entry.1.elapsed() >= self.linger;
-        if full || stale {
-            self.dispatch(target).await?;
-        }
-        self.collect_done().await
-    }
-
-    async fn dispatch(&mut self, target: Option<u32>) -> Result<()> {
-        let Some((batch, _)) = self.open.remove(&target) else {
-            return Ok(());
-        };
-        if batch.is_empty() {
-            return Ok(());
-        }
-        while self.in_flight.len() >= self.max_in_flight {
-            self.wait_oldest().await?;
-        }
-        let rx = self
-            .client
-            .submit_produce(&self.topic, target, None, self.acks, &batch)
-            .await?;
-        self.in_flight.push_back(rx);
-        Ok(())
-    }
-
-    async fn wait_oldest(&mut self) -> Result<()> {
-        if let Some(rx) = self.in_flight.pop_front() {
-            let (_, base, next) = produced(rx).await?;
-            self.acked += next - base;
-        }
-        Ok(())
-    }
-
-    /// Collects answers that have already arrived.
-    async fn collect_done(&mut self) -> Result<()> {
-        while let Some(rx) = self.in_flight.front_mut() {
-            match rx.try_recv() {
-                Ok(bytes) => {
-                    self.in_flight.pop_front();
-                    match decode(&bytes)?.response {
-                        Response::Produced {
-                            base_offset,
-                            next_offset,
-                            ..
-                        } => self.acked += next_offset - base_offset,
-                        other => return Err(server_error(&other)),
-                    }
-                }
-                Err(oneshot::error::TryRecvError::Empty) => break,
-                Err(oneshot::error::TryRecvError::Closed) => {
-                    return Err(ClientError::Closed(
-                        "the server closed the connection".into(),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends the open batches whose linger has passed, without waiting for acknowledgements
-    /// (call it when no record arrived for a while).
-    pub async fn send_lingering(&mut self) -> Result<()> {
-        let due: Vec<Option<u32>> = self
-            .open
-            .iter()
-            .filter(|(_, (b, since))| !b.is_empty() && since.elapsed() >= self.linger)
-            .map(|(t, _)| *t)
-            .collect();
-        for t in due {
-            self.dispatch(t).await?;
-        }
-        self.collect_done().await
-    }
-
-    /// How long a partly filled batch may wait.
-    pub fn linger_time(&self) -> Duration {
-        self.linger
-    }
-
-    /// Sends every open batch and waits for every acknowledgement.
-    pub async fn flush(&mut self) -> Result<()> {
-        let targets: Vec<Option<u32>> = self.open.keys().copied().collect();
-        for t in targets {
-            self.dispatch(t).await?;
-        }
-        while !self.in_flight.is_empty() {
-            self.wait_oldest().await?;
-        }
-        Ok(())
-    }
-}
-
-/// Where a consumer without a committed offset starts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StartFrom {
-    Earliest,
-    Latest,
-    Offset(u64),
-}
-
-/// A record as a consumer gets it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Consumed {
-    pub topic: String,
-    pub partition: u32,
-    pub offset: u64,
-    pub record: Record,
-}
-
-struct Membership {
-    group: String,
-    member_id: String,
-    generation: u32,
-    last_heartbeat: Instant,
-}
-
-/// Reads a topic's partitions (all, one, or those a group assigns) from a position.
-pub struct Consumer {
-    client: Arc<Client>,
-    topic: String,
-    start: StartFrom,
-    fixed_partition: Option<u32>,
-    group: Option<Membership>,
-    session_timeout: Duration,
-    positions: BTreeMap<u32, u64>,
-    /// Positions as of the last commit.
-    committed: BTreeMap<u32, u64>,
-    /// Commit automatically at most this often, during `poll`.
-    auto_commit: Option<(Duration, Instant)>,
-}
-
-impl Consumer {
-    /// Commits the positions automatically, at most every `interval`, from `poll` (a group
-    /// consumer only). Without it, call [`Consumer::commit`].
-    pub fn auto_commit(mut self, interval: Duration) -> Self {
-        self.auto_commit = Some((interval, Instant::now()));
-        self
-    }
-
-    /// Consumes `topic` (or only `partition`) without a group.
-    pub async fn standalone(
-        client: Arc<Client>,
-        topic: &str,
-        partition: Option<u32>,
-        start: StartFrom,
-    ) -> Result<Consumer> {
-        let mut c = Consumer {
-            client,
-            topic: topic.to_string(),
-            start,
-            fixed_partition: partition,
-            group: None,
-            session_timeout: Duration::from_secs(10),
-            positions: BTreeMap::new(),
-            committed: BTreeMap::new(),
-            auto_commit: None,
-        };
-        let parts: Vec<u32> = match partition {
-            Some(p) => vec![p],
-            None => {
-                (0..(c.client.describe_topic(topic).await?.partitions.len()).sat_u32()).collect()
-            }
-        };
-        for p in parts {
-            let at = c.start_offset(p, None).await?;
-            c.positions.insert(p, at);
-        }
-        Ok(c)
-    }
-
-    /// Consumes `topic` as a member of `group`; partitions without a committed offset start at
-    /// `start`.
-    pub async fn in_group(
-        client: Arc<Client>,
-        topic: &str,
-        group: &str,
-        start: StartFrom,
-    ) -> Result<Consumer> {
-        let mut c = Consumer {
-            client,
-            topic: topic.to_string(),
-            start,
-            fixed_partition: None,
-            group: Some(Membership {
-                group: group.to_string(),
-                member_id: String::new(),
-                generation: 0,
-                last_heartbeat: Instant::now(),
-            }),
-            session_timeout: Duration::from_secs(10),
-            positions: BTreeMap::new(),
-            committed: BTreeMap::new(),
-            auto_commit: None,
-        };
-        c.rejoin().await?;
-        Ok(c)
-    }
-
-    async fn start_offset(&self, partition: u32, committed: Option<u64>) -> Result<u64> {
-        if let Some(o) = committed {
-            return Ok(o);
-        }
-        let (earliest, latest, _) = self
-            .client
-            .list_offsets(&self.topic, partition, OffsetSpec::Latest)
-            .await?;
-        Ok(match self.start {
-            StartFrom::Earliest => earliest,
-            StartFrom::Latest => latest,
-            StartFrom::Offset(o) => o.clamp(earliest, latest),
-        })
-    }
-
-    async fn rejoin(&mut self) -> Result<()> {
-        let Some(m) = &self.group else { return Ok(()) };
-        let (group, member_id) = (m.group.clone(), m.member_id.clone());
-        let joined = self
-            .client
-            .join_group(
-                &group,
-                &member_id,
-                &[&self.topic],
-                self.session_timeout,
-                Assignor::Range,
-            )
-            .await;
-        let Joined {
-            member_id,
-            generation,
-            assignment,
-        } = match joined {
-            Err(ClientError::Server {
-                code: ErrorCode::UnknownMember,
-                ..
-            }) => {
-                self.client
-                    .join_group(
-                        &group,
-                        "",
-                        &[&self.topic],
-                        self.session_timeout,
-                        Assignor::Range,
-                    )
-                    .await?
-            }
-            other => other?,
-        };
-        let committed: BTreeMap<u32, Option<u64>> = self
-            .client
-            .fetch_offsets(&group, &self.topic)
-            .await?
-            .into_iter()
-            .collect();
-        self.positions.clear();
-        self.committed.clear();
-        for (t, p) in assignment {
-            if t != self.topic {
-                continue;
-            }
-            let c = committed.get(&p).copied().flatten();
-            let at = self.start_offset(p, c).await?;
-            self.positions.insert(p, at);
-            if let Some(c) = c {
-                self.committed.insert(p, c);
-            }
-        }
-        self.group = Some(Membership {
-            group,
-            member_id,
-            generation,
-            last_heartbeat: Instant::now(),
-        });
-        Ok(())
-    }
-
-    /// The partitions being read and the next offset of each.
-    pub fn positions(&self) -> &BTreeMap<u32, u64> {
-        &self.positions
-    }
-
-    /// Fetches from every assigned partition; waits up to `max_wait` when nothing is there.
-    /// Heartbeats (and rejoins after a rebalance) as needed.
-    pub async fn poll(&mut self, max_wait: Duration) -> Result<Vec<Consumed>> {
-        self.keep_alive().await?;
-        if let Some((interval, last)) = self.auto_commit {
-            if last.elapsed() >= interval {
-                // What earlier polls returned is taken as processed.
-                self.commit().await?;
-                self.auto_commit = Some((interval, Instant::now()));
-            }
-        }
-        let mut out = Vec::new();
-        for wait in [Duration::ZERO, max_wait] {
-            let mut pending = Vec::new();
-            for (&p, &at) in &self.positions {
-                let rx = self
-                    .client
-                    .submit(&Request::Fetch(Fetch {
-                        topic: &self.topic,
-                        partition: p,
-                        offset: at,
-                        max_bytes: 1 << 20,
-                        min_bytes: 1,
-                        max_wait_ms: wait.as_millis().sat_u32(),
-                    }))
-                    .await?;
-                pending.push((p, at, rx));
-            }
-            for (p, at, rx) in pending {
-                let bytes = rx
-                    .await
-                    .map_err(|_| ClientError::Closed("the server closed the connection".into()))?;
-                let r = decode(&bytes)?.response;
-                let fetched = match (Fetched::from_response(&r), &r) {
-                    (Some(f), _) => f,
-                    (
-                        None,
-                        Response::Error {
-                            code: ErrorCode::OffsetOutOfRange,
-                            ..
-                        },
-                    ) => {
-                        // The data was deleted by retention: continue at the earliest offset.
-                        let (earliest, latest, _) = self
-                            .client
-                            .list_offsets(&self.topic, p, OffsetSpec::Earliest)
-                            .await?;
-                        self.positions.insert(p, at.clamp(earliest, latest));
-                        continue;
-                    }
-                    (
-                        None,
-                        Response::Error {
-                            code: ErrorCode::DataLost,
-                            message,
-                        },
-                    ) => {
-                        // Offsets lost to corruption on the server: say so, and read on after
-                        // them (as Kafka clients do).
-                        let Some((first, next)) = lost_range(message) else {
-                            return Err(server_error(&r));
-                        };
-                        tracing::warn!(
-                            topic = %self.topic,
-                            partition = p,
-                            "offsets {first}..{next} were lost to corruption on the server; reading on from {next}"
-                        );
-                        self.positions.insert(p, next.max(at + 1));
-                        continue;
-                    }
-                    (None, other) => return Err(server_error(other)),
-                };
-                for (offset, record) in fetched.records(at)? {
-                    out.push(Consumed {
-                        topic: self.topic.clone(),
-                        partition: p,
-                        offset,
-                        record,
-                    });
-                }
-                if fetched.next_offset > at {
-                    self.positions.insert(p, fetched.next_offset);
-                }
-            }
-            if !out.is_empty() || self.positions.is_empty() {
-                break;
-            }
-        }
-        if self.positions.is_empty() && !max_wait.is_zero() {
-            tokio::time::sleep(max_wait.min(Duration::from_millis(200))).await;
-        }
-        Ok(out)
-    }
-
-    /// Sets the next offset to read in a partition (e.g. after a partial read).
-    pub fn seek(&mut self, partition: u32, offset: u64) {
-        if self.positions.contains_key(&partition) || self.fixed_partition.is_none() {
-            self.positions.insert(partition, offset);
-        }
-    }
-
-    async fn keep_alive(&mut self) -> Result<()> {
-        let Some(m) = &self.group else { return Ok(()) };
-        if m.last_heartbeat.elapsed() < self.session_timeout / 3 {
-            return Ok(());
-        }
-        let rejoin = match self
-            .client
-            .heartbeat(&m.group, &m.member_id, m.generation)
-            .await
-        {
-            Ok(r) => r,
-            Err(ClientError::Server {
-                code: ErrorCode::UnknownMember,
-                ..
-            }) => true,
-            Err(e) => return Err(e),
-        };
-        if let Some(m) = &mut self.group {
-            m.last_heartbeat = Instant::now();
-        }
-        if rejoin {
-            // Keep what was read: commit before the assignment changes.
-            self.commit().await.ok();
-            self.rejoin().await?;
-        }
-        Ok(())
-    }
-
-    /// Commits the current positions (the next offsets to read) for the group.
-    pub async fn commit(&mut self) -> Result<()> {
-        let Some(m) = &self.group else { return Ok(()) };
-        let changed: Vec<(&str, u32, u64)> = self
-            .positions
-            .iter()
-            .filter(|(p, o)| self.committed.get(p) != Some(o))
-            .map(|(p, o)| (self.topic.as_str(), *p, *o))
-            .collect();
-        if changed.is_empty() {
-            return Ok(());
-        }
-        self.client
-            .commit_offsets(&m.group, Some((&m.member_id, m.generation)), &changed)
-            .await?;
-        self.committed = self.positions.clone();
-        Ok(())
-    }
-
-    /// Leaves the group (its partitions move to the other members at once).
-    pub async fn close(self) -> Result<()> {
-        if let Some(m) = &self.group {
-            self.client.leave_group(&m.group, &m.member_id).await?;
-        }
-        Ok(())
     }
 }

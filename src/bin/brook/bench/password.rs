@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{BenchResult, Report};
-use crate::auth::PasswordHash;
+use brook::auth::PasswordHash;
 
 /// The measured cost of one password check.
 #[derive(Debug, Serialize)]
@@ -57,7 +57,7 @@ fn time_checks(iterations: u32, checks: u32) -> BenchResult<f64> {
 
 /// Mean nanoseconds of one ACL check.
 fn time_acl() -> BenchResult<f64> {
-    use crate::auth::{Acl, Op, Who};
+    use brook::auth::{Acl, Op, Who};
     let acl = Acl::parse(
         "[[rule]]\nuser = \"ops\"\nadmin = true\nconsume = [\"*\"]\n\n\
          [[rule]]\nuser = \"sensor-*\"\nproduce = [\"telemetry\", \"in-%u\"]\nconsume = [\"cmd-%u\"]\ngroups = [\"g-%u\"]\n\n\

@@ -37,9 +37,14 @@ pub struct BenchTls {
 }
 
 impl BenchTls {
+    /// `--tls DIR`.
+    pub fn parse(dir: &str) -> Result<BenchTls, std::convert::Infallible> {
+        Ok(BenchTls { dir: dir.into() })
+    }
+
     /// The client side: trusts `ca.pem`.
     pub fn client_config(&self) -> BenchResult<std::sync::Arc<rustls::ClientConfig>> {
-        Ok(std::sync::Arc::new(crate::net::tls::client_config(
+        Ok(std::sync::Arc::new(brook::net::tls::client_config(
             &self.dir.join("ca.pem"),
             None,
         )?))
@@ -74,7 +79,7 @@ impl Drop for TempFile {
 /// Where a benchmark's broker is: a `brook serve` child it started, or `--target`.
 pub struct Broker {
     /// Keeps the child running (and removes its data directory) until dropped.
-    pub child: Option<ServerChild>,
+    pub _server: Option<ServerChild>,
     pub mqtt_addr: String,
     /// Process to read CPU time and memory of, when known.
     pub pid: Option<u32>,
@@ -94,7 +99,7 @@ impl Broker {
         let client_tls = tls.map(BenchTls::client_config).transpose()?;
         Ok(match target {
             Some(t) => Broker {
-                child: None,
+                _server: None,
                 mqtt_addr: t.to_string(),
                 pid: target_pid,
                 tls: client_tls,
@@ -108,7 +113,7 @@ impl Broker {
                 Broker {
                     mqtt_addr,
                     pid: Some(child.child.id()),
-                    child: Some(child),
+                    _server: Some(child),
                     tls: client_tls,
                 }
             }
@@ -153,7 +158,6 @@ pub struct ServerChild {
     /// Native listener address.
     pub addr: String,
     pub mqtt_addr: String,
-    pub kafka_addr: String,
     pub http_addr: String,
     /// The TLS listeners' addresses, when the config turned them on.
     pub native_tls_addr: Option<String>,
@@ -246,7 +250,7 @@ pub fn start_server(
             .and_then(|rest| rest.split_whitespace().next())
             .map(str::to_string)
     };
-    let (addr, mqtt_addr, kafka_addr, http_addr, line) = loop {
+    let (addr, mqtt_addr, http_addr, line) = loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         let line = match rx.recv_timeout(left) {
             Ok(line) => line,
@@ -259,13 +263,13 @@ pub fn start_server(
                 return Err("brook serve did not report its listeners within 60 s".into());
             }
         };
-        if let (Some(n), Some(m), Some(k), Some(h)) = (
+        // The line names every listener; the benches use these.
+        if let (Some(n), Some(m), Some(h)) = (
             field(&line, "native="),
             field(&line, "mqtt="),
-            field(&line, "kafka="),
             field(&line, "http="),
         ) {
-            break (n, m, k, h, line);
+            break (n, m, h, line);
         }
     };
     let tls_addr = |name: &str| field(&line, name).filter(|a| a != "-");
@@ -274,7 +278,6 @@ pub fn start_server(
         child,
         addr,
         mqtt_addr,
-        kafka_addr,
         http_addr,
         native_tls_addr,
         mqtt_tls_addr,

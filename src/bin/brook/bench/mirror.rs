@@ -15,19 +15,33 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{BenchResult, Report, rss_kib, start_server};
-use crate::client::{Client, Producer};
-use crate::log::Record;
-use crate::log::partitioner::partition_for_key;
-use crate::proto::{Acks, TopicSettings};
-use crate::units::Narrow;
+use brook::client::{Client, Producer};
+use brook::log::Record;
+use brook::log::partitioner::partition_for_key;
+use brook::proto::{Acks, TopicSettings};
+use brook::units::Narrow;
 
+/// Parameters of `brook bench mirror`.
+#[derive(Clone, Debug, clap::Args)]
 pub struct MirrorBench {
+    /// Upstream kind: kafka, mqtt or brook.
+    #[arg(long, default_value = "kafka")]
     pub kind: String,
+    /// Upstream address (Kafka bootstrap server, MQTT broker, Brook native listener).
+    #[arg(long)]
     pub upstream: String,
+    #[arg(long, default_value_t = 1_000_000)]
     pub records: u64,
+    #[arg(long, default_value_t = 100)]
     pub record_size: usize,
+    #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// Records per batch (the mirror's batch_records and the plain producer's batch).
+    #[arg(long, default_value_t = 1000)]
     pub batch: usize,
+    /// Print the figures as one JSON object.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,7 +167,7 @@ impl MirrorBench {
         let server = start_server("mirror", Some(dir.to_path_buf()), Some(&config))?;
         let pid = server.child.id();
         loop {
-            let body = crate::tools::http_get(&server.http_addr, "/api/mirrors", None)
+            let body = brook::client::http_get(&server.http_addr, "/api/mirrors", None)
                 .await
                 .map_err(|e| e.to_string())?;
             let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
