@@ -256,14 +256,13 @@ pub async fn serve(
     };
     let mut sm = Session::start(&connect, state, present, assigned, limits);
     // A resumed session keeps only the subscriptions the ACL still allows.
-    sm.state.subscriptions.retain(|f, _| {
-        let inner = topic::parse_filter(f).map_or(f.as_str(), |p| p.filter);
-        let ok = grants.allows(Op::Subscribe(inner));
-        if !ok {
-            tracing::info!(client = %client_id, filter = %f, "mqtt: stored subscription dropped: the ACL no longer allows it");
-        }
-        ok
+    let dropped = sm.keep_allowed_subscriptions(|f| {
+        let inner = topic::parse_filter(f).map_or(f, |p| p.filter);
+        grants.allows(Op::Subscribe(inner))
     });
+    for f in dropped {
+        tracing::info!(client = %client_id, filter = %f, "mqtt: stored subscription dropped: the ACL no longer allows it");
+    }
     sm.grants = Some(grants);
     hub.stats.connections.fetch_add(1, Ordering::Relaxed);
     hub.stats.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -286,7 +285,7 @@ pub async fn serve(
     };
     // A resumed session: its subscriptions go live again, and what was published while it
     // was away is read back from the log.
-    let filters: Vec<String> = c.sm.state.subscriptions.keys().cloned().collect();
+    let filters: Vec<String> = c.sm.filters().map(str::to_string).collect();
     for f in &filters {
         c.hub.subscribe(conn, f, &c.tx, &c.lagged);
     }
@@ -295,8 +294,8 @@ pub async fn serve(
     }
     let end = c.run(rd, inbuf, rx, &mut takeover_rx, stop).await;
     let will = c.sm.will.take();
-    let expiry = c.sm.state.expiry;
-    for f in c.sm.state.subscriptions.keys() {
+    let expiry = c.sm.expiry();
+    for f in c.sm.filters() {
         hub.unsubscribe(conn, f);
     }
     let persisted = c.sm.persisted();
@@ -422,7 +421,7 @@ impl Conn {
                 Some(reply) = takeover_rx.recv() => {
                     self.send(Out::Disconnect(reason::SESSION_TAKEN_OVER));
                     let _ = self.write_out().await;
-                    tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: session taken over");
+                    tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: session taken over");
                     return End::TakenOver(reply);
                 }
                 outcome = async {
@@ -464,7 +463,7 @@ impl Conn {
                 }
                 // The keep-alive is the client's to keep only while the server reads it.
                 _ = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() && !self.paused() => {
-                    tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: keep-alive expired");
+                    tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: keep-alive expired");
                     self.send(Out::Disconnect(reason::KEEP_ALIVE_TIMEOUT));
                     let _ = self.write_out().await;
                     return End::Abnormal;
@@ -495,15 +494,15 @@ impl Conn {
                         self.retrying = true;
                         self.append(publish, ack).await;
                         if self.held.is_none() {
-                            tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: the log accepts again: the held publish is stored, reading on");
+                            tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: the log accepts again: the held publish is stored, reading on");
                         }
                         self.retrying = false;
                     }
                 }
                 _ = persist_tick.tick() => {
-                    if self.dirty && self.sm.state.expiry > 0 {
+                    if self.dirty && self.sm.expiry() > 0 {
                         self.dirty = false;
-                        if let Err(e) = self.hub.persist(&self.sm.state.client_id, &self.sm.persisted()) {
+                        if let Err(e) = self.hub.persist(self.sm.client_id(), &self.sm.persisted()) {
                             tracing::warn!("mqtt: persisting session: {e}");
                         }
                     }
@@ -539,10 +538,10 @@ impl Conn {
     /// flush of the metadata store.
     async fn write_out(&mut self) -> std::io::Result<()> {
         if self.sm.take_needs_sync()
-            && self.sm.state.expiry > 0
+            && self.sm.expiry() > 0
             && self.hub.config.durability != Durability::None
         {
-            let (id, p) = (&self.sm.state.client_id, self.sm.persisted());
+            let (id, p) = (self.sm.client_id(), self.sm.persisted());
             if let Err(e) = self.hub.persist_durably(id, p).await {
                 // Sent anyway: the message is due, and a crash before the next store that
                 // works only sends it again.
@@ -564,7 +563,7 @@ impl Conn {
             .stats
             .protocol_errors
             .fetch_add(1, Ordering::Relaxed);
-        tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: closing connection: {e}");
+        tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: closing connection: {e}");
         let rc = match e {
             CodecError::TooLarge { .. } => reason::PACKET_TOO_LARGE,
             CodecError::Malformed(_) | CodecError::BadLength => reason::MALFORMED,
@@ -596,17 +595,13 @@ impl Conn {
             self.hub
                 .broker
                 .list_offsets(&topic, partition, crate::proto::OffsetSpec::Earliest)?;
-        let pos = *self.sm.state.positions.entry(key.clone()).or_insert(start);
-        let pos = if pos < start {
+        let (pos, lost) = self.sm.read_back_from(&key, start);
+        if lost > 0 {
             tracing::warn!(
-                client = %self.sm.state.client_id, %topic, partition,
-                "mqtt: {} messages this session had not received were dropped by retention", start - pos
+                client = %self.sm.client_id(), %topic, partition,
+                "mqtt: {lost} messages this session had not received were dropped by retention"
             );
-            self.sm.state.positions.insert(key.clone(), start);
-            start
-        } else {
-            pos
-        };
+        }
         if pos >= end {
             self.catch_up.pop();
             return Ok(());
@@ -626,8 +621,7 @@ impl Conn {
             }
         }
         let next = read.next_offset.max(pos);
-        let p = self.sm.state.positions.entry(key).or_insert(next);
-        *p = (*p).max(next);
+        self.sm.read_back_to(key, next);
         self.dirty = true;
         if next >= end || read.frames.is_empty() {
             self.catch_up.pop();
@@ -642,7 +636,7 @@ impl Conn {
             && matches!(ack, Ack::PubRec(_))
             && self
                 .hub
-                .stored_recently(&publish, &self.sm.state.client_id)
+                .stored_recently(&publish, self.sm.client_id())
                 .await
         {
             tracing::debug!(peer = %self.peer, pkid = publish.pkid, "mqtt: a QoS 2 resend already stored; not stored again");
@@ -656,13 +650,10 @@ impl Conn {
             self.hub.config.durability
         };
         let retain_flush = publish.retain && ack != Ack::None;
-        match self
-            .hub
-            .append(&publish, &self.sm.state.client_id, durability)
-        {
+        match self.hub.append(&publish, self.sm.client_id(), durability) {
             Ok(ticket) => {
                 if publish.retain {
-                    if let Err(e) = self.hub.retain(&publish, &self.sm.state.client_id) {
+                    if let Err(e) = self.hub.retain(&publish, self.sm.client_id()) {
                         tracing::warn!("mqtt: retained message not stored: {e}");
                     }
                 }
@@ -701,7 +692,7 @@ impl Conn {
                     // Counted and logged once per message, not at every retry.
                     if !self.retrying {
                         self.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, %topic, "mqtt: log full ({reason}): holding a 3.1.1 publish unacknowledged, reading nothing more from this client until the log accepts it");
+                        tracing::info!(peer = %self.peer, client = %self.sm.client_id(), %topic, "mqtt: log full ({reason}): holding a 3.1.1 publish unacknowledged, reading nothing more from this client until the log accepts it");
                     }
                     self.held = Some((publish, ack));
                 } else {
@@ -739,15 +730,9 @@ impl Conn {
                         // SUBSCRIBE keeps where the subscription started. A session's first
                         // subscription also starts its reading positions at the end.
                         if is_new && !filter.starts_with("$share/") {
-                            let first = self.sm.state.subscriptions.len() == 1;
-                            let mut since = std::collections::HashMap::new();
-                            for (t, p, _, end) in self.hub.partition_ends() {
-                                since.insert((Arc::clone(&t), p), end);
-                                if first {
-                                    self.sm.state.positions.entry((t, p)).or_insert(end);
-                                }
-                            }
-                            self.sm.state.since.insert(filter, since);
+                            let ends = self.hub.partition_ends();
+                            let ends = ends.into_iter().map(|(t, p, _, end)| (t, p, end));
+                            self.sm.subscribed_from(filter, ends.collect());
                         }
                     }
                     Action::Unsubscribe { filter } => self.hub.unsubscribe(self.conn, &filter),
@@ -758,8 +743,8 @@ impl Conn {
                         }
                     }
                     Action::Persist => {
-                        if self.sm.state.expiry > 0 {
-                            let (id, p) = (&self.sm.state.client_id, self.sm.persisted());
+                        if self.sm.expiry() > 0 {
+                            let (id, p) = (self.sm.client_id(), self.sm.persisted());
                             if let Err(e) = self.hub.persist_durably(id, p).await {
                                 tracing::error!(client = %id, "mqtt: cannot persist subscriptions: {e}");
                             }
@@ -785,7 +770,7 @@ impl Conn {
                                 .stats
                                 .protocol_errors
                                 .fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(peer = %self.peer, client = %self.sm.state.client_id, "mqtt: closing connection: {why}");
+                            tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: closing connection: {why}");
                         }
                         return Flow::Stop(End::Abnormal);
                     }

@@ -474,7 +474,8 @@ pub enum AppendOutcome {
 
 /// One connected session.
 pub struct Session {
-    pub state: SessionState,
+    /// What outlives the connection; the connection reads it through the methods below.
+    state: SessionState,
     /// Who the client is and what the ACL lets it do; `None`: everything (unit tests).
     pub grants: Option<crate::auth::Principal>,
     pub version: Version,
@@ -565,6 +566,72 @@ impl Session {
     }
 
     /// Takes the actions produced so far.
+    /// The client identifier (assigned by the server when the client sent none).
+    pub fn client_id(&self) -> &str {
+        &self.state.client_id
+    }
+
+    /// Session expiry in seconds (0: the session ends with the connection).
+    pub fn expiry(&self) -> u32 {
+        self.state.expiry
+    }
+
+    /// The subscription filters, `$share/...` ones included.
+    pub fn filters(&self) -> impl Iterator<Item = &str> + '_ {
+        self.state.subscriptions.keys().map(String::as_str)
+    }
+
+    /// Drops the stored subscriptions of a resumed session that `allowed` refuses now (the ACL
+    /// may have changed while it was away); returns the filters dropped.
+    pub fn keep_allowed_subscriptions(
+        &mut self,
+        mut allowed: impl FnMut(&str) -> bool,
+    ) -> Vec<String> {
+        let mut dropped = Vec::new();
+        self.state.subscriptions.retain(|f, _| {
+            let ok = allowed(f);
+            if !ok {
+                dropped.push(f.clone());
+            }
+            ok
+        });
+        dropped
+    }
+
+    /// A new (not `$share`) subscription to `filter` matches what is appended from `ends` on
+    /// (the end of every log partition now); a session's first subscription also starts its
+    /// reading positions there.
+    pub fn subscribed_from(&mut self, filter: String, ends: Vec<(Arc<str>, u32, u64)>) {
+        let first = self.state.subscriptions.len() == 1;
+        let mut since = HashMap::new();
+        for (t, p, end) in ends {
+            since.insert((Arc::clone(&t), p), end);
+            if first {
+                self.state.positions.entry((t, p)).or_insert(end);
+            }
+        }
+        self.state.since.insert(filter, since);
+    }
+
+    /// Where reading `key` back resumes, given the partition's first offset `start`: the stored
+    /// position, or `start` when there is none or retention deleted past it (the messages lost
+    /// so are returned to be reported).
+    pub fn read_back_from(&mut self, key: &PartitionKey, start: u64) -> (u64, u64) {
+        let pos = *self.state.positions.entry(key.clone()).or_insert(start);
+        if pos < start {
+            self.state.positions.insert(key.clone(), start);
+            (start, start - pos)
+        } else {
+            (pos, 0)
+        }
+    }
+
+    /// Records that reading `key` back got up to `next` (positions never move back).
+    pub fn read_back_to(&mut self, key: PartitionKey, next: u64) {
+        let p = self.state.positions.entry(key).or_insert(next);
+        *p = (*p).max(next);
+    }
+
     pub fn take_actions(&mut self) -> impl Iterator<Item = Action> + '_ {
         self.actions.drain(..)
     }
