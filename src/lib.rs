@@ -8,7 +8,7 @@
 //! | [`auth`] | users (password hashes), SASL, ACL rules, login backoff, connection admission, the HTTP token: every front end asks here |
 //! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups; takes [`broker::BrokerOptions`], not the whole config |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
-//! | [`proto`] | the native wire protocol: frames and messages (no_std) |
+//! | [`proto`] | the native wire protocol: frames and messages (no_std), and frames on a connection ([`proto::stream`], shared by the client and the listener) |
 //! | [`net`] | networking shared by listeners, client and mirror: TLS configs and streams |
 //! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages, the Kafka producer-id block), on sled behind a trait |
 //! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |

@@ -1,7 +1,7 @@
 //! The native protocol listener (see [`crate::proto`] for the wire format).
 //!
-//! Each connection has a reader and a writer. The reader cuts frames from the socket (bounded by
-//! `max_frame`), checks them, and starts one task per request; the writer sends each answer as
+//! Each connection has a reader and a writer ([`crate::proto::stream`], as the client has). The
+//! reader cuts frames from the socket (bounded by `max_frame`), checks them, and starts one task per request; the writer sends each answer as
 //! soon as it is ready, so requests are pipelined, and neither a slow durable produce nor a long
 //! poll holds up the answers behind it (clients match answers by correlation id). Produces are
 //! put in the log by the reader itself, in request order, so order within a partition is what the
