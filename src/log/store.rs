@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use super::clock::{LogClock, SystemTimeSource, TimeSource};
 use super::error::{FullReason, LogError, Result};
 use super::fs::{Fs, StdFs};
-use super::partition::{Appended, Compacted, Partition, ReadResult, Recovery, Usage, Visibility};
+use super::partition::{
+    Appended, Compacted, Flushers, Partition, ReadResult, Recovery, Shared, Usage, Visibility,
+};
 use super::partitioner::partition_for_key;
 use super::record::Batch;
 use super::segment::SEGMENT_HEADER_LEN;
@@ -124,9 +126,18 @@ pub struct Store {
     opts: StoreOptions,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     usage: Arc<Usage>,
+    /// The threads that write every partition's files.
+    flushers: Arc<Flushers>,
     clock: LogClock,
     reclaim: Mutex<()>,
     free: FreeSpace,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        // The threads stay while partitions held elsewhere are still open.
+        self.flushers.close();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -321,6 +332,13 @@ impl Store {
         }
 
         let usage = Arc::new(Usage::default());
+        let flushers = Flushers::start(Flushers::default_threads())?;
+        let shared = Shared {
+            fs: Arc::clone(&fs),
+            write_buffer: opts.write_buffer.bytes().sat_usize(),
+            usage: Arc::clone(&usage),
+            flushers: Arc::clone(&flushers),
+        };
         let jobs: Vec<(usize, u32)> = topics
             .iter()
             .enumerate()
@@ -343,10 +361,8 @@ impl Store {
                             name,
                             p,
                             dir.join(name).join(p.to_string()),
-                            Arc::clone(&fs),
                             cfg.clone(),
-                            opts.write_buffer.bytes().sat_usize(),
-                            Arc::clone(&usage),
+                            &shared,
                         );
                         *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                     }
@@ -401,6 +417,7 @@ impl Store {
                 opts,
                 topics: RwLock::new(map),
                 usage,
+                flushers,
                 clock,
                 reclaim: Mutex::new(()),
                 free: FreeSpace {
@@ -479,10 +496,8 @@ impl Store {
                 name,
                 p,
                 tdir.join(p.to_string()),
-                Arc::clone(&self.fs),
                 config.clone(),
-                self.opts.write_buffer.bytes().sat_usize(),
-                Arc::clone(&self.usage),
+                &self.shared(),
             )?;
             Ok(Arc::new(part))
         })
@@ -644,6 +659,16 @@ impl Store {
         let (partition, now) = self.prepare_append(topic, choice, batch)?;
         let ticket = partition.append_start(batch, durability, now)?;
         Ok((partition.id(), ticket))
+    }
+
+    /// What a partition opened now shares with the others.
+    fn shared(&self) -> Shared {
+        Shared {
+            fs: Arc::clone(&self.fs),
+            write_buffer: self.opts.write_buffer.bytes().sat_usize(),
+            usage: Arc::clone(&self.usage),
+            flushers: Arc::clone(&self.flushers),
+        }
     }
 
     /// Picks the partition, makes room under the store's limits, and reads the timeline.

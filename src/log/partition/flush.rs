@@ -14,9 +14,10 @@
 //! batches of the segments to come fail as a failed write does, and the next append tries the
 //! roll again.
 
+use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::super::OnFull;
@@ -35,42 +36,187 @@ pub enum WriteFailure {
     Poisoned(String),
 }
 
-pub(super) fn spawn_flusher(inner: Arc<Inner>) -> Result<JoinHandle<()>> {
-    let dir = inner.dir.clone();
-    std::thread::Builder::new()
-        .name(format!("brook-flush-{}", inner.id))
-        .stack_size(256 * 1024)
-        .spawn(move || run(&inner))
-        .map_err(|e| LogError::io("start the flusher thread for", dir, e))
+/// The flusher threads of a store: a small pool shared by all its partitions, so a thousand
+/// partitions need no thousand threads. A partition with work is queued once; a thread takes
+/// it, does one step (a seal, a removal of deleted files, or a flush round) and queues it again
+/// behind the others if more is waiting. One partition is worked on by one thread at a time.
+pub struct Flushers {
+    queue: Mutex<Queue>,
+    ready: Condvar,
 }
 
-fn run(inner: &Inner) {
-    let mut gather = Gather::default();
-    let mut st = inner.lock();
-    loop {
+#[derive(Default)]
+struct Queue {
+    partitions: VecDeque<Arc<Inner>>,
+    /// Partitions open on these threads (some may outlive their store).
+    open: usize,
+    /// The store is gone: the threads leave once no partition is left.
+    closing: bool,
+}
+
+/// Where a partition stands with the flushers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum Sched {
+    /// Nothing to do, or the work is not worth a wake-up yet.
+    #[default]
+    Idle,
+    /// In the queue.
+    Queued,
+    /// A thread (or the partition's own drop) is doing its work.
+    Running,
+}
+
+impl Flushers {
+    /// Starts `threads` flusher threads (at least one).
+    pub fn start(threads: usize) -> Result<Arc<Flushers>> {
+        let pool = Arc::new(Flushers {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
+        for i in 0..threads.max(1) {
+            let p = Arc::clone(&pool);
+            std::thread::Builder::new()
+                .name(format!("brook-flush-{i}"))
+                .stack_size(256 * 1024)
+                .spawn(move || p.work())
+                .map_err(|e| LogError::io("start a flusher thread", PathBuf::new(), e))?;
+        }
+        Ok(pool)
+    }
+
+    /// The default size: one thread per core, at least two (a slow fsync then never holds up
+    /// every partition), at most four.
+    pub fn default_threads() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+    }
+
+    /// Lets the threads go once every partition is gone (the store is closing; a partition
+    /// writes out what it holds when it is dropped).
+    pub fn close(&self) {
+        self.lock().closing = true;
+        self.ready.notify_all();
+    }
+
+    /// A partition opened on these threads.
+    pub(super) fn opened(&self) {
+        self.lock().open += 1;
+    }
+
+    /// A partition gone.
+    pub(super) fn closed(&self) {
+        let mut q = self.lock();
+        q.open = q.open.saturating_sub(1);
+        if q.closing && q.open == 0 {
+            self.ready.notify_all();
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a partition that has work (its `Sched` was just set to `Queued`).
+    pub(super) fn schedule(&self, inner: Arc<Inner>) {
+        self.lock().partitions.push_back(inner);
+        self.ready.notify_one();
+    }
+
+    fn work(&self) {
+        let mut gather = Gather::default();
+        loop {
+            let inner = {
+                let mut q = self.lock();
+                loop {
+                    if let Some(i) = q.partitions.pop_front() {
+                        break i;
+                    }
+                    if q.closing && q.open == 0 {
+                        return;
+                    }
+                    q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                }
+            };
+            let mut st = inner.lock();
+            if st.sched != Sched::Queued {
+                // Its drop took it over meanwhile.
+                continue;
+            }
+            st.sched = Sched::Running;
+            // Group commit bookkeeping is per partition.
+            std::mem::swap(&mut gather, &mut st.gather);
+            st = inner.step(st, &mut gather);
+            std::mem::swap(&mut gather, &mut st.gather);
+            if inner.has_work(&st) {
+                st.sched = Sched::Queued;
+                drop(st);
+                self.schedule(inner);
+            } else {
+                st.sched = Sched::Idle;
+                st.wake_at = 1;
+                inner.idle_cv.notify_all();
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Whether a flusher has something to do for this partition now.
+    pub(super) fn has_work(&self, st: &State) -> bool {
+        !st.doomed.is_empty()
+            || !st.next.is_empty()
+            || !st.waiters.is_empty()
+            || st.buf.len() >= self.write_buffer
+            || (st.stop && !st.buf.is_empty())
+    }
+
+    /// One unit of work: removals first, then a seal, else a flush round.
+    pub(super) fn step<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        gather: &mut Gather,
+    ) -> MutexGuard<'a, State> {
         if !st.doomed.is_empty() {
-            st = inner.unlink(st);
-            continue;
+            return self.unlink(st);
         }
         if !st.next.is_empty() {
             st.wake_at = usize::MAX;
-            st = inner.seal(st);
-            continue;
+            return self.seal(st);
         }
-        let work = !st.waiters.is_empty()
-            || st.buf.len() >= inner.write_buffer
-            || (st.stop && !st.buf.is_empty());
-        if !work {
-            if st.stop {
-                return;
-            }
-            st.wake_at = 1;
-            st = inner.flush_cv.wait(st).unwrap_or_else(|e| e.into_inner());
-            continue;
+        if !self.has_work(&st) {
+            return st;
         }
-        st = gather.wait(inner, st);
+        st = gather.wait(self, st);
         st.wake_at = usize::MAX;
-        st = inner.round(st, &mut gather);
+        self.round(st, gather)
+    }
+
+    /// Makes sure a flusher will look at this partition: queues it unless it is queued or being
+    /// worked on (then the thread looks again before it lets go), and wakes a gathering round.
+    pub(super) fn wake(&self, st: &mut State) {
+        self.flush_cv.notify_one();
+        if st.sched == Sched::Idle {
+            if let Some(me) = self.me.upgrade() {
+                st.sched = Sched::Queued;
+                self.flushers.schedule(me);
+            }
+        }
+    }
+
+    /// Writes out everything on the calling thread (a partition being dropped): waits for a
+    /// flusher that is working on it, takes the partition over, and steps until nothing is left.
+    pub(super) fn drain(&self) {
+        let mut st = self.lock();
+        st.stop = true;
+        while st.sched == Sched::Running {
+            st = self.idle_cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.sched = Sched::Running;
+        let mut gather = Gather::default();
+        while self.has_work(&st) {
+            st = self.step(st, &mut gather);
+        }
+        st.sched = Sched::Idle;
+        self.idle_cv.notify_all();
     }
 }
 
@@ -81,7 +227,7 @@ fn run(inner: &Inner) {
 /// buffered as were buffered plus released when the last round ended, for at most a quarter of
 /// the last fsync's duration (capped at 250 us). A lone producer costs at most that linger.
 #[derive(Default)]
-struct Gather {
+pub(super) struct Gather {
     expect: usize,
     last_sync: Duration,
 }

@@ -4,19 +4,21 @@
 //! |---|---|
 //! | `mod.rs` | the partition's state, appends (encode + buffer), reads, retention |
 //! | `open.rs` | recovery when the partition is opened |
-//! | `flush.rs` | the flusher thread: group commit, write errors, fsync errors, segment roll, removal of deleted segments |
+//! | `flush.rs` | the flusher threads (a pool per store): group commit, write errors, fsync errors, segment roll, removal of deleted segments |
 //!
 //! **Write path.** An appender encodes its batch into the partition's in-memory buffer under a
 //! short lock (the offsets are assigned there) and, depending on the [`Durability`] it asked for,
 //! returns at once (`None`) or registers a one-shot completion and waits for it (`Written`,
-//! `Durable`). The partition's flusher thread takes everything buffered at once, writes it with
+//! `Durable`). A flusher thread takes everything buffered at once, writes it with
 //! one positional `write`, completes the `Written` waiters, fsyncs once if any waiter wants
 //! `Durable`, and completes those. While it writes and fsyncs, the next group collects in the
 //! buffer: concurrent producers share one write and one `fdatasync` (group commit), each waiter
 //! is woken exactly once, and the file sees few, large, sequential writes. Readers see batches
 //! once they are written.
 //!
-//! **Threads.** All of a partition's write-side file I/O runs on its flusher: the writes and
+//! **Threads.** All of a partition's write-side file I/O runs on the store's flusher threads
+//! ([`Flushers`]: a small pool, at most four, shared by every partition; a partition with work
+//! is queued once and worked on by one thread at a time): the writes and
 //! fsyncs, the segment roll (an appender whose batch does not fit only opens the next segment
 //! in memory; the flusher seals the full one and creates the file) and the removal of deleted
 //! segments' files (retention and budgets take a segment out of the log at once and leave its
@@ -35,7 +37,6 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
@@ -47,7 +48,7 @@ use super::{Durability, OnFull, TopicConfig};
 use crate::units::Narrow;
 
 pub use compact::{Compacted, MIN_CLEANABLE_RATIO};
-pub use flush::WriteFailure;
+pub use flush::{Flushers, WriteFailure};
 pub use segment::Damage;
 
 /// Store-wide counters shared by every partition.
@@ -274,7 +275,11 @@ struct State {
     /// The flusher wants to be woken once this many waiters are registered (1 when idle, the
     /// expected group size while gathering, `usize::MAX` during a round: it looks again after).
     wake_at: usize,
-    /// The partition is being dropped: the flusher writes what is left and exits.
+    /// Where the partition stands with the flusher threads.
+    sched: flush::Sched,
+    /// Group-commit bookkeeping of this partition's rounds.
+    gather: flush::Gather,
+    /// The partition is being dropped: what is left is written on the dropping thread.
     stop: bool,
     poisoned: Option<String>,
     /// Bytes of this partition's files, buffered appends included.
@@ -468,7 +473,17 @@ pub struct Recovery {
     pub damage: Vec<DamageReport>,
 }
 
-/// What the partition and its flusher thread share.
+/// What every partition of a store shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub fs: Arc<dyn Fs>,
+    /// Buffered bytes that wake a flusher though no appender waits.
+    pub write_buffer: usize,
+    pub usage: Arc<Usage>,
+    pub flushers: Arc<Flushers>,
+}
+
+/// What the partition and the flusher threads share.
 struct Inner {
     topic: String,
     id: u32,
@@ -480,8 +495,14 @@ struct Inner {
     write_buffer: usize,
     usage: Arc<Usage>,
     state: Mutex<State>,
-    /// Wakes the flusher.
+    /// Wakes a flusher thread gathering a group commit for this partition.
     flush_cv: Condvar,
+    /// Signalled when a flusher thread lets go of the partition.
+    idle_cv: Condvar,
+    /// The store's flusher threads.
+    flushers: Arc<Flushers>,
+    /// Itself, to be queued for the flushers.
+    me: std::sync::Weak<Inner>,
     /// The written (readable) end offset, for readers waiting on new data.
     end_tx: tokio::sync::watch::Sender<u64>,
     /// The frames of the last write, while someone follows the end ([`Partition::tail`]).
@@ -491,11 +512,9 @@ struct Inner {
     keep_from: AtomicU64,
 }
 
-/// A partition and its flusher thread (stopped and joined on drop, after writing what is
-/// buffered).
+/// A partition; dropped, it writes out what it holds on the dropping thread.
 pub struct Partition {
     inner: Arc<Inner>,
-    flusher: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -506,16 +525,13 @@ impl std::fmt::Debug for Partition {
 
 impl Drop for Partition {
     fn drop(&mut self) {
-        self.inner.lock().stop = true;
-        self.inner.flush_cv.notify_all();
-        let handle = self
-            .flusher
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(h) = handle {
-            let _ = h.join();
-        }
+        self.inner.drain();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.flushers.closed();
     }
 }
 
@@ -667,7 +683,7 @@ impl Inner {
             ],
             bytes: freed,
         });
-        self.flush_cv.notify_one();
+        self.wake(st);
         true
     }
 }
@@ -796,7 +812,7 @@ impl Partition {
                 .usage
                 .bytes
                 .fetch_add(SEGMENT_HEADER_LEN, Ordering::Relaxed);
-            inner.flush_cv.notify_one();
+            inner.wake(&mut st);
         }
         // A log-append-time topic: the records carry the append time (the time index too).
         let log_append = st.limits.log_append_time;
@@ -826,25 +842,20 @@ impl Partition {
         *tail.size += len;
         *tail.max_append_time = (*tail.max_append_time).max(append_time);
         let buffered = tail.buf.len();
-        let done = match durability {
-            Durability::None => {
-                if buffered >= write_buffer && wake_at != usize::MAX {
-                    inner.flush_cv.notify_one();
-                }
-                None
-            }
+        let (done, wake) = match durability {
+            Durability::None => (None, buffered >= write_buffer && wake_at != usize::MAX),
             Durability::Written | Durability::Durable => {
                 let (tx, rx) = oneshot::channel();
                 tail.waiters.push(Waiter {
                     durable: durability == Durability::Durable,
                     done: tx,
                 });
-                if tail.waiters.len() >= wake_at {
-                    inner.flush_cv.notify_one();
-                }
-                Some(rx)
+                (Some(rx), tail.waiters.len() >= wake_at)
             }
         };
+        if wake {
+            inner.wake(&mut st);
+        }
         st.size += len;
         inner.usage.bytes.fetch_add(len, Ordering::Relaxed);
         st.next_offset = header.next_offset();
@@ -876,7 +887,7 @@ impl Partition {
                 done: tx,
             });
             // A flush request is never worth gathering for.
-            inner.flush_cv.notify_one();
+            inner.wake(&mut st);
             rx
         };
         inner.completed(rx.blocking_recv())

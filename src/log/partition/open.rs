@@ -20,8 +20,8 @@ use super::super::error::{LogError, Result};
 use super::super::fs::Fs;
 use super::super::segment::{self, IndexBuilder, index_file_name, log_file_name};
 use super::{
-    Active, Damage, DamageReport, Inner, Partition, Recovery, Sealed, State, Usage, create_segment,
-    flush,
+    Active, Damage, DamageReport, Inner, Partition, Recovery, Sealed, Shared, State, Usage,
+    create_segment, flush,
 };
 
 /// Damage found in a segment at open: logged once, counted, kept for `/healthz`; unless an
@@ -60,11 +60,15 @@ impl Partition {
         topic: &str,
         id: u32,
         dir: PathBuf,
-        fs: Arc<dyn Fs>,
         cfg: TopicConfig,
-        write_buffer: usize,
-        usage: Arc<Usage>,
+        shared: &Shared,
     ) -> Result<(Partition, Recovery)> {
+        let Shared {
+            fs,
+            write_buffer,
+            usage,
+            flushers,
+        } = shared.clone();
         super::super::fs::create_dir_durably(fs.as_ref(), &dir)
             .map_err(|e| LogError::io("create directory", &dir, e))?;
         let mut recovery = Recovery::default();
@@ -290,13 +294,15 @@ impl Partition {
             written_end: 0,
             durable_end: 0,
             wake_at: 1,
+            sched: flush::Sched::Idle,
+            gather: flush::Gather::default(),
             stop: false,
             poisoned: None,
             size,
             start_floor,
             limits: super::Limits::of(&cfg),
         };
-        let inner = Arc::new(Inner {
+        let inner = Arc::new_cyclic(|me| Inner {
             topic: topic.to_string(),
             id,
             dir,
@@ -306,18 +312,15 @@ impl Partition {
             usage,
             state: Mutex::new(state),
             flush_cv: Condvar::new(),
+            idle_cv: Condvar::new(),
+            flushers,
+            me: me.clone(),
             end_tx: tokio::sync::watch::Sender::new(next_offset),
             tail_tx: tokio::sync::watch::Sender::new(None),
             keep_from: std::sync::atomic::AtomicU64::new(u64::MAX),
         });
-        let flusher = flush::spawn_flusher(Arc::clone(&inner))?;
-        Ok((
-            Partition {
-                inner,
-                flusher: Mutex::new(Some(flusher)),
-            },
-            recovery,
-        ))
+        inner.flushers.opened();
+        Ok((Partition { inner }, recovery))
     }
 }
 
