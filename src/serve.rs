@@ -278,6 +278,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         let mut tick =
             tokio::time::interval(watchdog.map_or(flush_interval, |w| w.min(flush_interval)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_trim = std::time::Instant::now();
         loop {
             let stopping = tokio::select! {
                 _ = stop.wait_for(|s| *s) => true,
@@ -287,7 +288,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 return;
             }
             let b = Arc::clone(&b);
-            match tokio::task::spawn_blocking(move || b.maintain()).await {
+            let trim = last_trim.elapsed() >= TRIM_EVERY;
+            if trim {
+                last_trim = std::time::Instant::now();
+            }
+            match tokio::task::spawn_blocking(move || {
+                let r = b.maintain();
+                if trim {
+                    release_free_memory();
+                }
+                r
+            })
+            .await
+            {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!("housekeeping: {e}"),
                 Err(e) => tracing::error!("housekeeping task: {e}"),
@@ -401,4 +414,18 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let running = start(config).await?;
     shutdown.await;
     running.stop().await
+}
+
+/// How often housekeeping hands freed memory back to the operating system.
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Gives the memory freed since the last call back to the operating system. glibc keeps what is
+/// freed in its arenas for reuse, so without this the memory of 2,000 connections that have
+/// gone stays with the process; `malloc_trim` returns the free pages of every arena.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }

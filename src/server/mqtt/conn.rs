@@ -35,6 +35,13 @@ const RETRY: Duration = Duration::from_millis(250);
 const PAUSED_READ: usize = 4096;
 /// Bytes read back from the log per step when catching up.
 const CATCH_UP_BYTES: usize = 256 * 1024;
+/// What a busy connection's reads are given room for.
+const READ_ROOM: usize = 4096;
+/// A read below this size marks a quiet connection (pings, the odd message).
+const QUIET_READ: usize = 512;
+/// A write buffer up to this size is let go after each write (a busy connection's larger one
+/// is kept for the next).
+const OUT_KEEP: usize = 16 * 1024;
 /// Deliveries taken from the channel in one turn of the connection loop.
 const DRAIN: usize = 64;
 
@@ -274,7 +281,7 @@ pub async fn serve(
         peer,
         sm,
         wr,
-        out: BytesMut::with_capacity(4096),
+        out: BytesMut::new(),
         tx,
         lagged: Arc::new(AtomicBool::new(false)),
         acks: VecDeque::new(),
@@ -382,6 +389,7 @@ impl Conn {
         let mut persist_tick = tokio::time::interval(Duration::from_secs(1));
         persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY);
+        let mut last_read = 0usize;
         if let Flow::Stop(end) = self.run_actions().await {
             return end;
         }
@@ -408,6 +416,15 @@ impl Conn {
             }
             if self.paused() {
                 deadline = Instant::now() + keep_alive;
+            }
+            // A quiet connection (its last read was small) holds no buffer while it waits: the
+            // next read starts small. A busy one keeps room for the next chunk.
+            if inbuf.is_empty() && last_read < QUIET_READ {
+                if inbuf.capacity() > 0 {
+                    inbuf = BytesMut::new();
+                }
+            } else if inbuf.capacity() - inbuf.len() < READ_ROOM / 4 {
+                inbuf.reserve(READ_ROOM);
             }
             let catching_up = !self.catch_up.is_empty();
             let wants = self.sm.wants_more();
@@ -447,6 +464,7 @@ impl Conn {
                         Ok(n) => {
                             self.hub.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                             deadline = Instant::now() + keep_alive;
+                            last_read = n;
                         }
                         Err(e) => {
                             tracing::debug!(peer = %self.peer, "mqtt: read: {e}");
@@ -499,8 +517,9 @@ impl Conn {
                         self.retrying = false;
                     }
                 }
-                _ = persist_tick.tick() => {
-                    if self.dirty && self.sm.expiry() > 0 {
+                // Only a session with read-back positions to save wakes up for it.
+                _ = persist_tick.tick(), if self.dirty => {
+                    if self.sm.expiry() > 0 {
                         self.dirty = false;
                         if let Err(e) = self.hub.persist(self.sm.client_id(), &self.sm.persisted()) {
                             tracing::warn!("mqtt: persisting session: {e}");
@@ -554,7 +573,12 @@ impl Conn {
             .bytes_out
             .fetch_add(self.out.len() as u64, Ordering::Relaxed);
         let r = write_flushed(&mut self.wr, &self.out).await;
-        self.out.clear();
+        if self.out.capacity() <= OUT_KEEP {
+            // Small writes: the next one allocates what it needs.
+            self.out = BytesMut::new();
+        } else {
+            self.out.clear();
+        }
         r
     }
 

@@ -342,6 +342,8 @@ pub async fn run(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            // A connection that ended gives its memory back now, not at the next accept.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
             _ = tick.tick(), if owner => {
                 let h = Arc::clone(&hub);

@@ -97,6 +97,8 @@ pub async fn run(
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            // A connection that ended gives its memory back now, not at the next accept.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.wait_for(|s| *s) => break,
         };
         let (stream, peer) = match accepted {
