@@ -430,3 +430,32 @@ fn a_ring_keeps_taking_appends_while_its_flusher_is_behind() {
             .all(|(i, (o, _))| *o == first + i as u64)
     );
 }
+
+#[test]
+fn a_partition_that_outlives_its_store_still_writes_and_drops_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    let topics = [("t", small_topic(2))];
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    let t = store.topic("t").unwrap();
+    let (p0, p1) = (
+        Arc::clone(t.partition(0).unwrap()),
+        Arc::clone(t.partition(1).unwrap()),
+    );
+    drop(t);
+    // Buffered and not yet written when the store goes.
+    p1.append(&batch(0, 5), Durability::None, T0)
+        .expect("append");
+    drop(store);
+    // The flusher threads stay while a partition is open: a durable append still completes.
+    let a = p0
+        .append(&batch(0, 5), Durability::Durable, T0)
+        .expect("durable append after the store closed");
+    assert_eq!(a.next_offset, 5);
+    drop(p0);
+    // Dropped, the other one writes out what it buffered itself.
+    drop(p1);
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    assert_eq!(read_all(&store, "t", 0).len(), 5);
+    assert_eq!(read_all(&store, "t", 1).len(), 5);
+}
