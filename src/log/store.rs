@@ -332,7 +332,8 @@ impl Store {
         }
 
         let usage = Arc::new(Usage::default());
-        let flushers = Flushers::start(Flushers::default_threads())?;
+        let (kept, most) = Flushers::default_threads();
+        let flushers = Flushers::start(kept, most)?;
         let shared = Shared {
             fs: Arc::clone(&fs),
             write_buffer: opts.write_buffer.bytes().sat_usize(),

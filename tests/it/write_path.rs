@@ -170,7 +170,7 @@ fn rolls_and_deletes_do_their_file_io_on_the_flusher() {
         "file I/O on the appender's thread: {here:?}"
     );
     assert!(
-        seen.iter().all(|(_, t)| t.starts_with("brook-flush-")),
+        seen.iter().all(|(_, t)| t.starts_with("brook-flush")),
         "{seen:?}"
     );
     // What the ring holds is a contiguous run of the newest records, the same after a reopen,

@@ -36,8 +36,9 @@ pub enum WriteFailure {
     Poisoned(String),
 }
 
-/// The flusher threads of a store: a small pool shared by all its partitions, so a thousand
-/// partitions need no thousand threads. A partition with work is queued once; a thread takes
+/// The flusher threads of a store: a pool shared by all its partitions, so a thousand
+/// partitions need no thousand threads; it grows while partitions wait for a thread (their
+/// fsyncs then run side by side) and shrinks back when they are done. A partition with work is queued once; a thread takes
 /// it, does one step (a seal, a removal of deleted files, or a flush round) and queues it again
 /// behind the others if more is waiting. One partition is worked on by one thread at a time.
 pub struct Flushers {
@@ -48,11 +49,20 @@ pub struct Flushers {
 #[derive(Default)]
 struct Queue {
     partitions: VecDeque<Arc<Inner>>,
+    /// Threads running, and how many of them wait for work.
+    alive: usize,
+    idle: usize,
+    /// Threads kept when there is nothing to do, and the most there may be.
+    min: usize,
+    max: usize,
     /// Partitions open on these threads (some may outlive their store).
     open: usize,
     /// The store is gone: the threads leave once no partition is left.
     closing: bool,
 }
+
+/// How long a flusher thread above the kept number waits for work before it leaves.
+pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// Where a partition stands with the flushers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -67,27 +77,43 @@ pub(super) enum Sched {
 }
 
 impl Flushers {
-    /// Starts `threads` flusher threads (at least one).
-    pub fn start(threads: usize) -> Result<Arc<Flushers>> {
+    /// Starts `min` flusher threads (at least one); while partitions wait and every thread is
+    /// busy (fsyncs of several partitions at once), up to `max` run, and those above `min` leave
+    /// after [`IDLE_EXIT`] without work.
+    pub fn start(min: usize, max: usize) -> Result<Arc<Flushers>> {
+        let min = min.max(1);
         let pool = Arc::new(Flushers {
-            queue: Mutex::new(Queue::default()),
+            queue: Mutex::new(Queue {
+                min,
+                max: max.max(min),
+                ..Queue::default()
+            }),
             ready: Condvar::new(),
         });
-        for i in 0..threads.max(1) {
-            let p = Arc::clone(&pool);
-            std::thread::Builder::new()
-                .name(format!("brook-flush-{i}"))
-                .stack_size(256 * 1024)
-                .spawn(move || p.work())
-                .map_err(|e| LogError::io("start a flusher thread", PathBuf::new(), e))?;
+        for _ in 0..min {
+            pool.lock().alive += 1;
+            if let Err(e) = pool.spawn() {
+                pool.lock().alive -= 1;
+                return Err(LogError::io("start a flusher thread", PathBuf::new(), e));
+            }
         }
         Ok(pool)
     }
 
-    /// The default size: one thread per core, at least two (a slow fsync then never holds up
-    /// every partition), at most four.
-    pub fn default_threads() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4))
+    fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+        let p = Arc::clone(self);
+        std::thread::Builder::new()
+            .name("brook-flush".into())
+            .stack_size(256 * 1024)
+            .spawn(move || p.work())
+            .map(|_| ())
+    }
+
+    /// The default sizes: one thread per core kept (at least two, so a slow fsync never holds
+    /// up every partition; at most four), and up to 16 while many partitions sync at once.
+    pub fn default_threads() -> (usize, usize) {
+        let kept = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        (kept, 16)
     }
 
     /// Lets the threads go once every partition is gone (the store is closing; a partition
@@ -121,19 +147,38 @@ impl Flushers {
         self.ready.notify_one();
     }
 
-    fn work(&self) {
+    fn work(self: Arc<Self>) {
         let mut gather = Gather::default();
         loop {
             let inner = {
                 let mut q = self.lock();
                 loop {
                     if let Some(i) = q.partitions.pop_front() {
+                        // More waiting and no thread free to take it: one more, within max.
+                        if !q.partitions.is_empty() && q.idle == 0 && q.alive < q.max {
+                            q.alive += 1;
+                            if let Err(e) = self.spawn() {
+                                q.alive -= 1;
+                                tracing::warn!("cannot start another flusher thread: {e}");
+                            }
+                        }
                         break i;
                     }
                     if q.closing && q.open == 0 {
+                        q.alive -= 1;
                         return;
                     }
-                    q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+                    q.idle += 1;
+                    let (g, waited) = self
+                        .ready
+                        .wait_timeout(q, IDLE_EXIT)
+                        .unwrap_or_else(|e| e.into_inner());
+                    q = g;
+                    q.idle -= 1;
+                    if waited.timed_out() && q.partitions.is_empty() && q.alive > q.min {
+                        q.alive -= 1;
+                        return;
+                    }
                 }
             };
             let mut st = inner.lock();
