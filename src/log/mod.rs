@@ -113,8 +113,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{FrameError, FullReason, LogError, Result};
 pub use partition::{
-    AppendTicket, Appended, Partition, PartitionStatus, ReadResult, Usage, Visibility, Written,
-    batches_in,
+    AppendTicket, Appended, Partition, PartitionStatus, ReadResult, Usage, Visibility,
+    WrittenFrames, batches_in,
 };
 pub use record::{
     Batch, BatchBuilder, BatchHeader, BatchView, EncodedBatch, Header, Record, RecordView,

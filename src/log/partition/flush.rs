@@ -409,7 +409,7 @@ impl Inner {
         if buf.is_empty() {
             return Some(buf);
         }
-        self.tail_tx.send_replace(Some(super::Written {
+        self.tail_tx.send_replace(Some(super::WrittenFrames {
             first_offset,
             next_offset,
             frames: bytes::Bytes::from(buf),

@@ -443,7 +443,7 @@ pub fn batches_in(frames: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
 /// Frames a flusher round has just written, shared from memory with the readers that follow
 /// the end of the partition ([`Partition::tail`]).
 #[derive(Clone, Debug)]
-pub struct Written {
+pub struct WrittenFrames {
     /// Offset of the first record in `frames`.
     pub first_offset: u64,
     /// Offset after the last.
@@ -507,7 +507,7 @@ struct Inner {
     /// The written (readable) end offset, for readers waiting on new data.
     end_tx: tokio::sync::watch::Sender<u64>,
     /// The frames of the last write, while someone follows the end ([`Partition::tail`]).
-    tail_tx: tokio::sync::watch::Sender<Option<Written>>,
+    tail_tx: tokio::sync::watch::Sender<Option<WrittenFrames>>,
     /// Under `on_full = reject`, time retention keeps every segment holding an offset at or
     /// after this (records not yet mirrored upstream); `u64::MAX`: no such floor.
     keep_from: AtomicU64,
@@ -706,7 +706,7 @@ impl Partition {
     /// Follows the end of the partition from memory: each write's frames as the flusher wrote
     /// them (the last one only; a reader that finds a gap between the last it took and this
     /// one reads the log for the rest). Nothing is kept while no one follows.
-    pub fn tail(&self) -> tokio::sync::watch::Receiver<Option<Written>> {
+    pub fn tail(&self) -> tokio::sync::watch::Receiver<Option<WrittenFrames>> {
         self.inner.tail_tx.subscribe()
     }
 
