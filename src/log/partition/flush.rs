@@ -79,7 +79,7 @@ pub(super) enum Sched {
 impl Flushers {
     /// Starts `min` flusher threads (at least one); while partitions wait and every thread is
     /// busy (fsyncs of several partitions at once), up to `max` run, and those above `min` leave
-    /// after [`IDLE_EXIT`] without work.
+    /// after `IDLE_EXIT` (10 s) without work.
     pub fn start(min: usize, max: usize) -> Result<Arc<Flushers>> {
         let min = min.max(1);
         let pool = Arc::new(Flushers {
