@@ -36,7 +36,7 @@
 //! partition (explicit, by key with Kafka's murmur2, or round robin) through
 //! [`log::Store::append_start`], which checks the store's budget and free-space floor;
 //! [`log::Partition`] frames the batch (`len`, CRC-32C, header, records) into its buffer and
-//! assigns the offsets, and its flusher thread writes and fsyncs it in a group commit according to
+//! assigns the offsets, and a flusher thread writes and fsyncs it in a group commit according to
 //! the requested [`log::Durability`]; when the [`log::AppendTicket`] completes, the answer goes
 //! back. Consumers fetch (long poll)
 //! and get the stored frames back byte for byte; groups commit the next offset to read in
@@ -44,9 +44,9 @@
 //! task compacts `cleanup = compact` topics ([`log::Store::compact`]) on a blocking thread every
 //! `log.compaction_interval`.
 //!
-//! Where work runs: async workers never wait for the disk. Each partition's flusher thread does
-//! all of that partition's writes, fsyncs, segment rolls and file removals (an append only
-//! encodes into memory); reads of stored data run on the blocking pool ([`broker::Broker::fetch`],
+//! Where work runs: async workers never wait for the disk. The store's flusher threads (a pool:
+//! 2-4 kept, up to 16 while partitions wait) do all of each partition's writes, fsyncs, segment
+//! rolls and file removals (an append only encodes into memory); reads of stored data run on the blocking pool ([`broker::Broker::fetch`],
 //! the mirror, an MQTT session's read-back), except at the very end of a partition, where MQTT
 //! dispatchers take the frames just written from memory ([`log::Partition::tail`]); requests
 //! that write files or look up offsets by time run on the blocking pool as well.
