@@ -148,7 +148,6 @@ impl Flushers {
     }
 
     fn work(self: Arc<Self>) {
-        let mut gather = Gather::default();
         loop {
             let inner = {
                 let mut q = self.lock();
@@ -188,9 +187,9 @@ impl Flushers {
             }
             st.sched = Sched::Running;
             // Group commit bookkeeping is per partition.
-            std::mem::swap(&mut gather, &mut st.gather);
+            let mut gather = std::mem::take(&mut st.gather);
             st = inner.step(st, &mut gather);
-            std::mem::swap(&mut gather, &mut st.gather);
+            st.gather = gather;
             if inner.has_work(&st) {
                 st.sched = Sched::Queued;
                 drop(st);
