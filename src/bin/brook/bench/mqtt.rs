@@ -31,15 +31,22 @@ type Tls = Option<std::sync::Arc<rustls::ClientConfig>>;
 /// that dropped messages never sends them).
 const IDLE: Duration = Duration::from_secs(5);
 
-/// Parameters of `brook bench mqtt`.
+/// Another MQTT broker to measure instead of the `brook serve` a bench starts.
 #[derive(Clone, Debug, clap::Args)]
-pub struct MqttBench {
+pub struct TargetBroker {
     /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
     #[arg(long)]
     pub target: Option<String>,
     /// Process id of the --target broker, to read its CPU time and memory from /proc.
     #[arg(long)]
     pub target_pid: Option<u32>,
+}
+
+/// Parameters of `brook bench mqtt`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MqttBench {
+    #[command(flatten)]
+    pub broker: TargetBroker,
     /// Publishing connections.
     #[arg(long, default_value_t = 8)]
     pub publishers: u32,
@@ -201,8 +208,8 @@ impl MqttBench {
         }
         let broker = Broker::mqtt(
             "mqtt",
-            self.target.as_deref(),
-            self.target_pid,
+            self.broker.target.as_deref(),
+            self.broker.target_pid,
             self.tls.as_ref(),
         )?;
         let (addr, pid, tls) = (broker.mqtt_addr.clone(), broker.pid, broker.tls.clone());
@@ -389,7 +396,7 @@ impl MqttBench {
             eprintln!("warning: {delivered} of {expected} deliveries arrived");
         }
         Ok(MqttReport {
-            broker: match &self.target {
+            broker: match &self.broker.target {
                 Some(t) => t.clone(),
                 None => "brook serve (child)".into(),
             },
@@ -423,12 +430,8 @@ impl MqttBench {
 /// back to its publisher; the broker's peak RSS is read from `/proc` each second.
 #[derive(Clone, Debug, clap::Args)]
 pub struct MqttFleet {
-    /// Measure this MQTT broker (host:port) instead of starting `brook serve`.
-    #[arg(long)]
-    pub target: Option<String>,
-    /// Process id of the --target broker, to read its CPU time and memory from /proc.
-    #[arg(long)]
-    pub target_pid: Option<u32>,
+    #[command(flatten)]
+    pub broker: TargetBroker,
     /// Connected clients, each subscribed to its own topic.
     #[arg(long, default_value_t = 1000)]
     pub clients: u32,
@@ -590,7 +593,12 @@ impl MqttFleet {
             return Err("need clients >= publishers and a rate of at least 1/s".into());
         }
         raise_nofile();
-        let broker = Broker::mqtt("mqtt-fleet", self.target.as_deref(), self.target_pid, None)?;
+        let broker = Broker::mqtt(
+            "mqtt-fleet",
+            self.broker.target.as_deref(),
+            self.broker.target_pid,
+            None,
+        )?;
         let (addr, pid) = (broker.mqtt_addr.clone(), broker.pid);
         let base = Instant::now();
         let interval = Duration::from_secs_f64(1.0 / f64::from(self.rate));
@@ -653,7 +661,7 @@ impl MqttFleet {
         total.latencies.sort_unstable();
         let lat = &total.latencies;
         Ok(FleetReport {
-            broker: match &self.target {
+            broker: match &self.broker.target {
                 Some(t) => t.clone(),
                 None => "brook serve (child)".into(),
             },
