@@ -1,18 +1,31 @@
 #!/usr/bin/env bash
 # Checks that the crate (and its tests) build with Rust 1.85, the declared rust-version, using
-# Debian's rustc-web/cargo-web 1.85 (installed here when missing; needs root and apt).
+# Debian's rustc-web/cargo-web 1.85 unpacked into a private folder ($BROOK_CACHE/rust-1.85), so
+# that the machine's own Debian Rust (which cross/install-toolchain.sh keeps at the archive's
+# newest version for the ARM builds) is left alone. Needs apt (for the packages and the libraries
+# they link against).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! /usr/bin/rustc --version 2>/dev/null | grep -q '^rustc 1\.85\.'; then
-  apt-get update -qq
+CACHE=${BROOK_CACHE:-$HOME/.cache/brook-ci}
+ROOT=$CACHE/rust-1.85
+export LD_LIBRARY_PATH=$ROOT/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+if ! "$ROOT/usr/bin/rustc" --version 2>/dev/null | grep -q '^rustc 1\.85\.'; then
+  apt-get update -qq || echo "msrv: apt-get update failed; trying the indexes already loaded" >&2
   V=$(apt-cache madison rustc-web | awk '{print $3}' | grep '^1\.85\.' | sort -V | tail -n 1)
   if [ -z "$V" ]; then
     echo "msrv: no rustc-web 1.85 in the Debian archive" >&2
     exit 1
   fi
-  apt-get install -y -qq --no-install-recommends \
-    "rustc-web=$V" "cargo-web=$V" "libstd-rust-web-dev=$V" "libstd-rust-web-1.85=$V" >/dev/null
+  # What the four packages link against (their Depends, without the Rust packages themselves).
+  apt-get install -y -qq --no-install-recommends libllvm19 libcurl4 libhttp-parser2.9 libpcre3 \
+    libsqlite3-0 libssh2-1 libssl3 zlib1g gcc libc6-dev binutils >/dev/null
+  rm -rf "$ROOT" "$ROOT.debs"
+  mkdir -p "$ROOT.debs"
+  (cd "$ROOT.debs" && apt-get download -qq \
+    "rustc-web=$V" "cargo-web=$V" "libstd-rust-web-dev=$V" "libstd-rust-web-1.85=$V" 2>/dev/null)
+  for d in "$ROOT.debs"/*.deb; do dpkg -x "$d" "$ROOT"; done
+  rm -rf "$ROOT.debs"
 fi
-/usr/bin/rustc --version
-RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc /usr/bin/cargo check --locked --all-targets \
-  --target-dir target/msrv
+"$ROOT/usr/bin/rustc" --version
+RUSTC=$ROOT/usr/bin/rustc RUSTDOC=$ROOT/usr/bin/rustdoc "$ROOT/usr/bin/cargo" check --locked \
+  --all-targets --target-dir target/msrv

@@ -1,4 +1,5 @@
-# Sourced by cross/build.sh and cross/test.sh: Debian's Rust 1.85 toolchain (cross/install-toolchain.sh)
+# Sourced by cross/build.sh and cross/test.sh: Debian's Rust (rustc-web, the archive's newest version
+# for amd64, arm64 and armhf alike: 1.96 in December 2026; cross/install-toolchain.sh)
 # with the ARM linkers, C compilers for crates with C parts, and qemu-user as the test runner.
 # shellcheck shell=bash
 export RUSTC=/usr/bin/rustc

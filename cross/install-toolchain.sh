@@ -47,16 +47,20 @@ apt-get install -y -qq --no-install-recommends \
   qemu-user >/dev/null
 
 # The target std rlibs are plain files; installing the :arm64/:armhf packages through apt
-# conflicts with the host's multiarch libraries, so unpack them instead.
+# conflicts with the host's multiarch libraries, so unpack them instead, and again whenever the
+# compiler's version changes (a std left from another version fails every cross build with E0514).
 for arch in arm64 armhf; do
   triple=$([ "$arch" = arm64 ] && echo aarch64-unknown-linux-gnu || echo armv7-unknown-linux-gnueabihf)
-  if [ -d "/usr/lib/rustlib/$triple/lib" ] && ls "/usr/lib/rustlib/$triple/lib"/libstd-*.rlib >/dev/null 2>&1; then
+  stamp=/usr/lib/rustlib/$triple/brook-unpacked-version
+  if [ "$(cat "$stamp" 2>/dev/null)" = "$V" ]; then
     continue
   fi
+  rm -rf "/usr/lib/rustlib/$triple"
   tmp=$(mktemp -d)
   (cd "$tmp" && apt-get download -qq "libstd-rust-web-dev:$arch=$V" "libstd-rust-web-$MINOR:$arch=$V")
   for d in "$tmp"/*.deb; do dpkg -x "$d" /; done
   rm -rf "$tmp"
+  echo "$V" >"$stamp"
 done
 /usr/bin/rustc --version
 ls /usr/lib/rustlib/
