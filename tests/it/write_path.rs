@@ -400,6 +400,88 @@ fn followers_of_the_end_get_each_write_from_memory_and_idle_ones_cost_nothing() 
     );
 }
 
+/// A flush round gathers durable appenders with the lock released; an appender may roll the
+/// segment meanwhile. The round must then write (and claim written, durable, shared with the
+/// tail) only the active segment's frames, not the offsets already given out in the next one:
+/// a round that claimed them moved the dispatchers of MQTT subscribers past records no one had
+/// written yet, and those records were never delivered live.
+#[test]
+fn a_round_that_gathers_across_a_roll_claims_only_what_it_wrote() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    let topics = [("t", small_topic(1))];
+    let fs = brook::log::fs::SlowSyncFs::new(StdFs, std::time::Duration::from_millis(2));
+    let store = Arc::new(open(dir.path(), Arc::new(fs), &time, no_limits(), &topics));
+    let p = Arc::clone(store.topic("t").unwrap().partition(0).unwrap());
+    const WRITERS: u64 = 6;
+    const EACH: u64 = 150;
+    const TOTAL: u64 = WRITERS * EACH * 5;
+    let mut tail = p.tail();
+    let follower = {
+        let p = Arc::clone(&p);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let mut seen = 0u64;
+            while seen < TOTAL {
+                let Some(w) = tail.borrow_and_update().clone() else {
+                    rt.block_on(tail.changed()).expect("partition open");
+                    continue;
+                };
+                // Every shared write holds exactly the records it claims.
+                let offsets: Vec<u64> = w
+                    .batches()
+                    .flat_map(|b| {
+                        b.records()
+                            .map(|r| r.expect("record").offset)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let want: Vec<u64> = (w.first_offset..w.next_offset).collect();
+                assert_eq!(
+                    offsets, want,
+                    "a shared write claims offsets it does not hold"
+                );
+                // And a reader finds the last record claimed written.
+                let last = w.next_offset - 1;
+                let r = p
+                    .read(last, 1 << 20, brook::log::Visibility::Written)
+                    .expect("read");
+                assert!(
+                    r.next_offset > last,
+                    "record {last} claimed written, not found"
+                );
+                seen = seen.max(w.next_offset);
+                if seen < TOTAL {
+                    rt.block_on(tail.changed()).expect("partition open");
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                for i in 0..EACH {
+                    append(&store, "t", 0, (w * EACH + i) * 5, 5, Durability::Durable);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().expect("writer");
+    }
+    follower.join().expect("follower");
+    assert!(p.status().segments > 3, "{} segments", p.status().segments);
+    // Everything reads back in order, durable end included.
+    let r = read_all(&store, "t", 0);
+    assert_eq!(r.len() as u64, TOTAL);
+    assert!(r.iter().enumerate().all(|(i, (o, _))| *o == i as u64));
+    assert_eq!(p.status().durable_offset, TOTAL);
+}
+
 #[test]
 fn a_ring_keeps_taking_appends_while_its_flusher_is_behind() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -231,6 +231,10 @@ impl Inner {
         }
         st = gather.wait(self, st);
         st.wake_at = usize::MAX;
+        // Gathering lets go of the lock: an appender may have rolled the segment meanwhile.
+        if !st.next.is_empty() {
+            return self.seal(st);
+        }
         self.round(st, gather)
     }
 
@@ -322,8 +326,13 @@ impl Inner {
         }
         let buf = std::mem::take(&mut st.buf);
         let waiters = std::mem::take(&mut st.waiters);
-        let target_end = st.assigned_end;
-        let target_offset = st.next_offset;
+        // What the buffer takes the active segment to. Offsets and bytes given out in segments
+        // still to be created (`next`) are not written by this round: claiming them would tell
+        // readers and waiters about records that are only in memory.
+        let (target_offset, target_end) = match st.next.front() {
+            Some(first) => (first.base, st.assigned_end - st.next_bytes()),
+            None => (st.next_offset, st.assigned_end),
+        };
         let pos = st.active.written;
         let end_pos = pos + buf.len() as u64;
         let file = Arc::clone(&st.active.file);
