@@ -64,8 +64,7 @@ pub fn read_dropped(fs: &dyn Fs, dir: &Path, base: u64) -> Result<Vec<(u64, u64)
         .map_err(|e| LogError::io("read", &path, e))?;
     let (body, crc) = buf.split_at(buf.len() - 4);
     let intact = &body[..8] == DROPPED_MAGIC
-        && super::record::CRC32C.checksum(body)
-            == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
+        && super::record::crc32c(body) == u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]])
         && (body.len() - 12) % 16 == 0;
     if !intact {
         tracing::warn!(file = %path.display(), "damaged list of dropped ranges ignored");
@@ -91,7 +90,7 @@ pub fn write_dropped(fs: &dyn Fs, dir: &Path, base: u64, ranges: &[(u64, u64)]) 
         out.extend_from_slice(&first.to_le_bytes());
         out.extend_from_slice(&next.to_le_bytes());
     }
-    let crc = super::record::CRC32C.checksum(&out);
+    let crc = super::record::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     super::fs::replace_durably(fs, &dir.join(dropped_file_name(base)), &out)
 }
@@ -216,7 +215,7 @@ impl SegmentIndex {
             out.extend_from_slice(&e.position.to_le_bytes());
             out.extend_from_slice(&e.max_timestamp_before.to_le_bytes());
         }
-        let crc = super::record::CRC32C.checksum(&out);
+        let crc = super::record::crc32c(&out);
         out.extend_from_slice(&crc.to_le_bytes());
         out
     }
@@ -231,7 +230,7 @@ impl SegmentIndex {
         }
         let (body, crc) = buf.split_at(buf.len() - 4);
         let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-        let actual = super::record::CRC32C.checksum(body);
+        let actual = super::record::crc32c(body);
         if stored != actual {
             return Err(BadIndex::Checksum { stored, actual });
         }

@@ -21,7 +21,7 @@ use std::path::Path;
 use super::TopicConfig;
 use super::error::{LogError, Result};
 use super::fs::Fs;
-use super::record::CRC32C;
+use super::record::crc32c;
 use crate::units::Narrow;
 
 /// The descriptor's file name inside the topic directory.
@@ -42,7 +42,7 @@ pub fn encode(config: &TopicConfig) -> Vec<u8> {
     out.extend_from_slice(&TOPIC_FILE_VERSION.to_le_bytes());
     out.extend_from_slice(&(body.len().sat_u32()).to_le_bytes());
     out.extend_from_slice(&body);
-    let crc = CRC32C.checksum(&out);
+    let crc = crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
 }
@@ -67,7 +67,7 @@ pub fn decode(buf: &[u8]) -> std::result::Result<TopicConfig, Unusable> {
     }
     let (head, crc) = buf.split_at(buf.len() - 4);
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    if CRC32C.checksum(head) != stored {
+    if crc32c(head) != stored {
         return damaged("checksum mismatch");
     }
     let version = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
@@ -140,7 +140,7 @@ mod tests {
         let mut bytes = encode(&TopicConfig::default());
         bytes[8] = 2;
         let n = bytes.len() - 4;
-        let crc = CRC32C.checksum(&bytes[..n]);
+        let crc = crc32c(&bytes[..n]);
         bytes[n..].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&bytes), Err(Unusable::NewerVersion(2)));
     }

@@ -452,6 +452,19 @@ pub struct WrittenFrames {
     pub frames: bytes::Bytes,
 }
 
+impl WrittenFrames {
+    /// The batches, in order. They were encoded by this process and never left its memory,
+    /// so their CRCs are not computed a second time ([`BatchView::parse_own`]).
+    pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
+        let mut rest = &self.frames[..];
+        std::iter::from_fn(move || {
+            let view = BatchView::parse_own(rest).ok()?;
+            rest = &rest[view.frame().len()..];
+            Some(view)
+        })
+    }
+}
+
 /// A snapshot of a partition's shape, for status and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionStatus {

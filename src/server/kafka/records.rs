@@ -13,7 +13,7 @@
 //! (CreateTime) and a correct CRC. What Kafka can say and Brook cannot: a null value or a null
 //! header value is stored as empty (and comes back empty).
 
-use crate::log::record::CRC32C;
+use crate::log::record::crc32c;
 use crate::log::{BatchBuilder, BatchView, FrameError, Header};
 use crate::units::Narrow;
 
@@ -115,7 +115,7 @@ pub fn parse_batch_within(b: &[u8], limit: usize) -> Result<ParsedBatch, Records
         return Err(RecordsError::Magic(magic));
     }
     let stored = u32::from_be_bytes([b[17], b[18], b[19], b[20]]);
-    let actual = CRC32C.checksum(&b[21..]);
+    let actual = crc32c(&b[21..]);
     if stored != actual {
         return Err(RecordsError::Crc { stored, actual });
     }
@@ -451,7 +451,7 @@ pub fn encode_batch(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<(), Fram
     }
     let len = (out.len() - start - 12).sat_i32();
     out[start + 8..start + 12].copy_from_slice(&len.to_be_bytes());
-    let crc = CRC32C.checksum(&out[crc_from..]);
+    let crc = crc32c(&out[crc_from..]);
     out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
     Ok(())
 }
@@ -646,7 +646,7 @@ mod tests {
         // last offset delta (at 23) and record count (at 57) agree on the lie.
         bytes[23..27].copy_from_slice(&(i32::MAX - 1).to_be_bytes());
         bytes[57..61].copy_from_slice(&i32::MAX.to_be_bytes());
-        let crc = CRC32C.checksum(&bytes[21..]);
+        let crc = crc32c(&bytes[21..]);
         bytes[17..21].copy_from_slice(&crc.to_be_bytes());
         match parse_batch(&bytes) {
             Err(RecordsError::Invalid(why)) => assert!(why.contains("record count"), "{why}"),

@@ -18,25 +18,28 @@ use tokio::time::Instant;
 
 use super::codec::{self, CodecError, Connect, Out, Publish, Version, reason};
 use super::hub::{Delivery, Hub, Takeover};
+use super::ingest::{self, Acks, Gathered};
 use super::message;
+use super::pressure::{CHANNEL, HOLD_MAX, RELIEVE_BELOW};
 use super::session::{Ack, Action, AppendOutcome, Limits, Owner, Session, SessionState};
 use crate::auth::{ConnSlot, Op, Principal, Refusal};
 use crate::broker::BrokerError;
-use crate::log::{Durability, LogError};
+use crate::log::{AppendTicket, BatchBuilder, Durability, LogError};
 use crate::net::tls::write_flushed;
 use crate::topic_filter as topic;
 use crate::units::Narrow;
 
-/// Messages waiting in a connection's channel before it is marked lagged.
-const CHANNEL: usize = 1024;
 /// How often a refused (log full) 3.1.1 QoS 1/2 message is offered to the log again.
 const RETRY: Duration = Duration::from_millis(250);
 /// Bytes read from a paused connection (for its PINGREQs) before reading stops altogether.
 const PAUSED_READ: usize = 4096;
 /// Bytes read back from the log per step when catching up.
 const CATCH_UP_BYTES: usize = 256 * 1024;
-/// What a busy connection's reads are given room for.
+/// What a connection's reads are given room for at first; a connection whose reads fill the
+/// room gets twice as much next time, up to `READ_ROOM_MAX` (a streaming publisher's reads
+/// then carry dozens of publishes, appended as one batch).
 const READ_ROOM: usize = 4096;
+const READ_ROOM_MAX: usize = 64 * 1024;
 /// A read below this size marks a quiet connection (pings, the odd message).
 const QUIET_READ: usize = 512;
 /// A write buffer up to this size is let go after each write (a busy connection's larger one
@@ -46,6 +49,26 @@ const OUT_KEEP: usize = 16 * 1024;
 const DRAIN: usize = 64;
 
 type AckWait = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
+
+/// How an append ends for its acknowledgements: stored once the ticket completes (and, for a
+/// retained message, once `flush_meta` has stored the retained copy too).
+async fn outcome(ticket: AppendTicket, flush_meta: Option<Arc<Hub>>) -> AppendOutcome {
+    match ticket.finish().await {
+        Ok(_) => {}
+        Err(LogError::LogFull { .. }) => return AppendOutcome::QuotaExceeded,
+        Err(e) => {
+            tracing::error!("mqtt: append failed: {e}");
+            return AppendOutcome::Failed;
+        }
+    }
+    if let Some(hub) = flush_meta {
+        match tokio::task::spawn_blocking(move || hub.flush_meta()).await {
+            Ok(Ok(())) => {}
+            _ => return AppendOutcome::Failed,
+        }
+    }
+    AppendOutcome::Stored
+}
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -285,10 +308,12 @@ pub async fn serve(
         tx,
         lagged: Arc::new(AtomicBool::new(false)),
         acks: VecDeque::new(),
-        held: None,
+        gathered: Gathered::default(),
+        held: VecDeque::new(),
         retrying: false,
         catch_up: Vec::new(),
         dirty: false,
+        published: false,
     };
     // A resumed session: its subscriptions go live again, and what was published while it
     // was away is read back from the log.
@@ -344,15 +369,21 @@ struct Conn {
     tx: mpsc::Sender<Delivery>,
     lagged: Arc<AtomicBool>,
     /// Appends waiting for their durability, in the order their acknowledgements go out.
-    acks: VecDeque<(Ack, AckWait)>,
-    /// A 3.1.1 QoS 1/2 message the log refused: reading stops until it is accepted.
-    held: Option<(Publish, Ack)>,
-    /// Set while a held publish is offered to the log again (it is counted and logged once).
+    acks: VecDeque<(Acks, AckWait)>,
+    /// Publishes of this turn not appended yet ([`ingest`]).
+    gathered: Gathered,
+    /// A 3.1.1 QoS 1/2 message the log refused, and whatever was read after it: reading stops
+    /// until the log accepts it; they are appended in order then.
+    held: VecDeque<(Publish, Ack)>,
+    /// Set while held publishes are offered to the log again (each is counted and logged once).
     retrying: bool,
     /// Log partitions still to read back: (topic, partition, end).
     catch_up: Vec<(Arc<str>, u32, u64)>,
     /// Positions moved since the session was last persisted.
     dirty: bool,
+    /// Whether the client has published on this connection (a publisher may be held back
+    /// while a subscriber catches up, [`super::pressure`]).
+    published: bool,
 }
 
 enum Flow {
@@ -362,7 +393,7 @@ enum Flow {
 
 impl Conn {
     fn paused(&self) -> bool {
-        self.held.is_some()
+        !self.held.is_empty()
             || self.sm.inbound_unacked() >= usize::from(self.hub.config.max_inflight)
     }
 
@@ -390,6 +421,9 @@ impl Conn {
         persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY);
         let mut last_read = 0usize;
+        let mut room = READ_ROOM;
+        // The end of the current hold (pressure from a subscriber), if one began.
+        let mut hold_until: Option<Instant> = None;
         if let Flow::Stop(end) = self.run_actions().await {
             return end;
         }
@@ -405,16 +439,32 @@ impl Conn {
                         }
                     }
                     Ok(None) => break,
-                    Err(e) => return self.protocol_error(e).await,
+                    Err(e) => {
+                        // What came before the bad packet is stored.
+                        self.append_gathered().await;
+                        return self.protocol_error(e).await;
+                    }
                 }
             }
+            self.append_gathered().await;
             if !self.out.is_empty() {
                 if let Err(e) = self.write_out().await {
                     tracing::debug!(peer = %self.peer, "mqtt: write: {e}");
                     return End::Abnormal;
                 }
             }
-            if self.paused() {
+            // A publisher without subscriptions of its own is held back (not read) while a
+            // subscriber falls behind, for at most HOLD_MAX per episode.
+            let pressure = &self.hub.pressure;
+            let relieved = (self.published && pressure.is_on()).then(|| pressure.relieved());
+            let holding = relieved.is_some()
+                && pressure.is_on()
+                && !self.sm.has_subscriptions()
+                && Instant::now() < *hold_until.get_or_insert_with(|| Instant::now() + HOLD_MAX);
+            if relieved.is_none() {
+                hold_until = None;
+            }
+            if self.paused() || holding {
                 deadline = Instant::now() + keep_alive;
             }
             // A quiet connection (its last read was small) holds no buffer while it waits: the
@@ -423,8 +473,9 @@ impl Conn {
                 if inbuf.capacity() > 0 {
                     inbuf = BytesMut::new();
                 }
-            } else if inbuf.capacity() - inbuf.len() < READ_ROOM / 4 {
-                inbuf.reserve(READ_ROOM);
+                room = READ_ROOM;
+            } else if inbuf.capacity() - inbuf.len() < room / 4 {
+                inbuf.reserve(room);
             }
             let catching_up = !self.catch_up.is_empty();
             let wants = self.sm.wants_more();
@@ -447,15 +498,24 @@ impl Conn {
                         None => std::future::pending().await,
                     }
                 }, if !self.acks.is_empty() => {
-                    if let Some((ack, _)) = self.acks.pop_front() {
-                        self.sm.appended(ack, outcome);
+                    if let Some((acks, _)) = self.acks.pop_front() {
+                        for ack in acks {
+                            self.sm.appended(ack, outcome);
+                        }
                     }
                 }
                 // While a publish is held (log full, 3.1.1) or the inbound quota is used up,
                 // the connection is read only a little: enough to answer the PINGREQs that
                 // come next, so the client sees a live server that is not acknowledging,
                 // rather than a dead one to reconnect to and resend everything.
-                r = rd.read_buf(&mut inbuf), if !self.paused() || inbuf.len() < PAUSED_READ => {
+                _ = async {
+                    match relieved {
+                        Some(r) => r.await,
+                        None => std::future::pending().await,
+                    }
+                }, if holding => {}
+                _ = tokio::time::sleep_until(hold_until.unwrap_or(deadline)), if holding => {}
+                r = rd.read_buf(&mut inbuf), if (!self.paused() || inbuf.len() < PAUSED_READ) && !holding => {
                     match r {
                         Ok(0) => {
                             tracing::debug!(peer = %self.peer, "mqtt: connection closed by the client without DISCONNECT");
@@ -465,6 +525,9 @@ impl Conn {
                             self.hub.stats.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                             deadline = Instant::now() + keep_alive;
                             last_read = n;
+                            if n >= room / 2 {
+                                room = (room * 2).min(READ_ROOM_MAX);
+                            }
                         }
                         Err(e) => {
                             tracing::debug!(peer = %self.peer, "mqtt: read: {e}");
@@ -500,6 +563,9 @@ impl Conn {
                             Err(_) => break,
                         }
                     }
+                    if rx.len() < RELIEVE_BELOW {
+                        self.hub.pressure.relieve();
+                    }
                 }
                 _ = std::future::ready(()), if catching_up && wants => {
                     if let Err(e) = self.catch_up_step().await {
@@ -507,14 +573,18 @@ impl Conn {
                         self.catch_up.pop();
                     }
                 }
-                _ = retry.tick(), if self.held.is_some() => {
-                    if let Some((publish, ack)) = self.held.take() {
-                        self.retrying = true;
+                _ = retry.tick(), if !self.held.is_empty() => {
+                    self.retrying = true;
+                    while let Some((publish, ack)) = self.held.pop_front() {
+                        let left = self.held.len();
                         self.append(publish, ack).await;
-                        if self.held.is_none() {
-                            tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: the log accepts again: the held publish is stored, reading on");
+                        if self.held.len() > left {
+                            break;
                         }
-                        self.retrying = false;
+                    }
+                    self.retrying = false;
+                    if self.held.is_empty() {
+                        tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: the log accepts again: the held publishes are stored, reading on");
                     }
                 }
                 // Only a session with read-back positions to save wakes up for it.
@@ -653,7 +723,80 @@ impl Conn {
         Ok(())
     }
 
+    /// Gathers `publish` into this turn's batch ([`ingest`]), or appends it alone when it has
+    /// side effects of its own (retained, a QoS 2 resend) or publishes are held.
+    async fn gather(&mut self, publish: Publish, ack: Ack) {
+        self.published = true;
+        let alone = publish.retain
+            || (publish.dup && matches!(ack, Ack::PubRec(_)))
+            || !self.held.is_empty();
+        let place = if alone {
+            None
+        } else {
+            self.hub.place(&publish.topic).ok()
+        };
+        let Some((topic, partition)) = place else {
+            // (An error of the log is reported by the single append.)
+            self.append_gathered().await;
+            self.append(publish, ack).await;
+            return;
+        };
+        if !self.gathered.fits(&topic, partition, &publish) {
+            self.append_gathered().await;
+        }
+        self.gathered.push(topic, partition, publish, ack);
+    }
+
+    /// Appends the publishes gathered this turn as one batch. A batch the log refuses is
+    /// offered again one publish at a time, so each gets the answer a single publish gets
+    /// (held, refused, dropped and counted).
+    async fn append_gathered(&mut self) {
+        let Some(batch) = self.gathered.take() else {
+            return;
+        };
+        let mut publishes = batch.publishes;
+        if publishes.len() == 1 {
+            if let Some((publish, ack)) = publishes.pop() {
+                self.append(publish, ack).await;
+            }
+            return;
+        }
+        let durability = ingest::durability(&publishes, self.hub.config.durability);
+        let mut records = BatchBuilder::with_capacity(batch.bytes);
+        let now = now_ms();
+        for (publish, _) in &publishes {
+            message::push(&mut records, publish, self.sm.client_id(), now);
+        }
+        match self
+            .hub
+            .append_batch(&batch.topic, batch.partition, &records, durability)
+        {
+            Ok(ticket) => {
+                let acks: Vec<Ack> = publishes
+                    .into_iter()
+                    .map(|(_, ack)| ack)
+                    .filter(|ack| *ack != Ack::None)
+                    .collect();
+                if !acks.is_empty() {
+                    let wait = Box::pin(outcome(ticket, None));
+                    self.acks.push_back((Acks::Many(acks), wait));
+                }
+            }
+            Err(e) => {
+                tracing::debug!(peer = %self.peer, count = publishes.len(), "mqtt: a batch was refused ({e}); appending its publishes one by one");
+                for (publish, ack) in publishes {
+                    self.append(publish, ack).await;
+                }
+            }
+        }
+    }
+
     async fn append(&mut self, publish: Publish, ack: Ack) {
+        // Nothing passes a held publish.
+        if !self.held.is_empty() && !self.retrying {
+            self.held.push_back((publish, ack));
+            return;
+        }
         // A QoS 2 resend whose first copy the log has (the session's state was lost in a
         // broker restart between the append and the PUBREC): acknowledged, not stored again.
         if publish.dup
@@ -665,7 +808,7 @@ impl Conn {
         {
             tracing::debug!(peer = %self.peer, pkid = publish.pkid, "mqtt: a QoS 2 resend already stored; not stored again");
             self.acks
-                .push_back((ack, Box::pin(async { AppendOutcome::Stored })));
+                .push_back((Acks::One(ack), Box::pin(async { AppendOutcome::Stored })));
             return;
         }
         let durability = if ack == Ack::None {
@@ -684,28 +827,9 @@ impl Conn {
                 if ack == Ack::None {
                     return;
                 }
-                let hub = Arc::clone(&self.hub);
-                self.acks.push_back((
-                    ack,
-                    Box::pin(async move {
-                        match ticket.finish().await {
-                            Ok(_) => {}
-                            Err(LogError::LogFull { .. }) => return AppendOutcome::QuotaExceeded,
-                            Err(e) => {
-                                tracing::error!("mqtt: append failed: {e}");
-                                return AppendOutcome::Failed;
-                            }
-                        }
-                        if retain_flush {
-                            let h = Arc::clone(&hub);
-                            match tokio::task::spawn_blocking(move || h.flush_meta()).await {
-                                Ok(Ok(())) => {}
-                                _ => return AppendOutcome::Failed,
-                            }
-                        }
-                        AppendOutcome::Stored
-                    }),
-                ));
+                let flush = retain_flush.then(|| Arc::clone(&self.hub));
+                self.acks
+                    .push_back((Acks::One(ack), Box::pin(outcome(ticket, flush))));
             }
             Err(BrokerError::Log(LogError::LogFull { topic, reason, .. })) => {
                 if ack == Ack::None {
@@ -718,17 +842,23 @@ impl Conn {
                         self.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(peer = %self.peer, client = %self.sm.client_id(), %topic, "mqtt: log full ({reason}): holding a 3.1.1 publish unacknowledged, reading nothing more from this client until the log accepts it");
                     }
-                    self.held = Some((publish, ack));
+                    if self.retrying {
+                        self.held.push_front((publish, ack));
+                    } else {
+                        self.held.push_back((publish, ack));
+                    }
                 } else {
                     self.hub.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    self.acks
-                        .push_back((ack, Box::pin(async { AppendOutcome::QuotaExceeded })));
+                    self.acks.push_back((
+                        Acks::One(ack),
+                        Box::pin(async { AppendOutcome::QuotaExceeded }),
+                    ));
                 }
             }
             Err(e) => {
                 tracing::error!(peer = %self.peer, "mqtt: append: {e}");
                 self.acks
-                    .push_back((ack, Box::pin(async { AppendOutcome::Failed })));
+                    .push_back((Acks::One(ack), Box::pin(async { AppendOutcome::Failed })));
             }
         }
     }
@@ -740,12 +870,17 @@ impl Conn {
                 return Flow::Go;
             }
             for a in actions {
+                // Gathered publishes go to the log before anything that may depend on them
+                // (a subscription from now on, a close).
+                if !matches!(a, Action::Send(_) | Action::Append { .. }) {
+                    self.append_gathered().await;
+                }
                 match a {
                     Action::Send(out) => self.send(out),
                     Action::Append { publish, ack } => {
                         self.hub.stats.publishes_in[usize::from(publish.qos.min(2))]
                             .fetch_add(1, Ordering::Relaxed);
-                        self.append(publish, ack).await;
+                        self.gather(publish, ack).await;
                     }
                     Action::Subscribe { filter, is_new, .. } => {
                         self.hub

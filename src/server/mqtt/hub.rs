@@ -21,10 +21,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{MessageProps, Publish, Will};
 use super::message::{self, LogMessage};
+use super::pressure::{PRESS_BELOW, Pressure};
 use super::session::{Owner, PersistedSession, SessionState};
 use super::{MqttConfig, MqttStats};
 use crate::broker::{Broker, BrokerError};
-use crate::log::{AppendTicket, Durability, LogError, PartitionChoice, Visibility};
+use crate::log::{
+    AppendTicket, BatchBuilder, Durability, LogError, PartitionChoice, Topic, Visibility,
+};
 use crate::meta::Namespace;
 use crate::proto::TopicSettings;
 use crate::topic_filter::{self as topic, Trie};
@@ -120,8 +123,9 @@ pub struct Hub {
     pub config: MqttConfig,
     pub stats: Arc<MqttStats>,
     subs: RwLock<Trie<SubKey, Target>>,
+    /// Push-back from subscribers falling behind to publishers ([`super::pressure`]).
+    pub pressure: Pressure,
     sessions: Mutex<HashMap<String, Slot>>,
-    /// Log topics with running dispatchers (looked up on every publish: read-locked).
     /// Log topics with dispatchers, and for how many of their partitions (partitions added
     /// later get theirs at the next housekeeping).
     dispatching: RwLock<HashMap<String, usize>>,
@@ -222,6 +226,7 @@ impl Hub {
             config,
             stats,
             subs: RwLock::new(Trie::default()),
+            pressure: Pressure::default(),
             sessions: Mutex::new(sessions),
             dispatching: RwLock::new(HashMap::new()),
             retained: RwLock::new(retained),
@@ -296,9 +301,9 @@ impl Hub {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn ensure_topic(&self, name: &str) -> Result<(), BrokerError> {
-        match self.broker.topic(name) {
-            Ok(_) => {}
+    fn ensure_topic(&self, name: &str) -> Result<Arc<Topic>, BrokerError> {
+        let topic = match self.broker.topic(name) {
+            Ok(t) => t,
             Err(BrokerError::Log(LogError::UnknownTopic(_))) => {
                 // Sized so that any packet mqtt.max_packet_size admits fits one batch.
                 let mut cfg = self.broker.topic_config(&TopicSettings::default());
@@ -312,11 +317,41 @@ impl Hub {
                     Err(BrokerError::Log(LogError::TopicExists(_))) => {}
                     Err(e) => return Err(e),
                 }
+                self.broker.topic(name)?
             }
             Err(e) => return Err(e),
-        }
+        };
         self.dispatch(name);
-        Ok(())
+        Ok(topic)
+    }
+
+    /// Where a message published to MQTT topic `name` is stored: its log topic (created when
+    /// missing) and the partition its name hashes to (the same choice [`Hub::append`] makes).
+    pub fn place(&self, name: &str) -> Result<(Arc<Topic>, u32), BrokerError> {
+        let topic = self.ensure_topic(self.route(name))?;
+        let n = topic.partitions().len().sat_u32();
+        Ok((
+            topic,
+            crate::log::partitioner::partition_for_key(name.as_bytes(), n),
+        ))
+    }
+
+    /// Appends `batch` (records made by [`message::push`]) to `partition` of log topic `topic`
+    /// (from [`Hub::place`]); the ticket completes at `durability`.
+    pub fn append_batch(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        batch: &BatchBuilder,
+        durability: Durability,
+    ) -> Result<AppendTicket, BrokerError> {
+        let (_, ticket) = self.broker.produce_start(
+            topic.name(),
+            PartitionChoice::Id(partition),
+            batch,
+            durability,
+        )?;
+        Ok(ticket)
     }
 
     /// Puts `publish` from `client_id` in the log; the ticket completes at `durability`.
@@ -897,42 +932,70 @@ impl Hub {
         }
     }
 
-    /// Delivers the records at or after offset `from` in stored `frames`.
-    fn deliver_frames(&self, topic: &Arc<str>, partition: u32, frames: &[u8], from: u64) {
-        for batch in crate::log::batches_in(frames) {
+    /// Delivers the records at or after offset `from` in `batches`.
+    fn deliver_batches<'a>(
+        &self,
+        topic: &Arc<str>,
+        partition: u32,
+        batches: impl Iterator<Item = crate::log::BatchView<'a>>,
+        from: u64,
+    ) {
+        // Sending never blocks (try_send), so the matches are used under the read lock.
+        let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
+        if subs.is_empty() {
+            return;
+        }
+        let mut direct: Vec<(u64, &Target)> = Vec::new();
+        let mut shared: HashMap<&Arc<str>, Vec<&Target>> = HashMap::new();
+        for batch in batches {
+            if batch.next_offset() <= from {
+                continue;
+            }
             for r in batch.records() {
                 let Ok(r) = r else { break };
                 if r.offset < from {
                     continue;
                 }
-                if let Some(m) = message::from_record(topic, partition, &r) {
-                    self.deliver(m);
+                // Matched on the record's key (the MQTT topic) first: a message no one
+                // subscribed to is never decoded further.
+                let Some(name) = r.key.and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                direct.clear();
+                shared.clear();
+                subs.for_each_match(name, |k, t| {
+                    if t.shared {
+                        shared.entry(&k.raw).or_default().push(t);
+                    } else {
+                        direct.push((k.conn, t));
+                    }
+                });
+                if direct.is_empty() && shared.is_empty() {
+                    continue;
                 }
+                let Some(msg) = message::from_record(topic, partition, &r) else {
+                    continue;
+                };
+                self.send(Arc::new(msg), &mut direct, &shared);
             }
         }
     }
 
-    fn deliver(&self, msg: LogMessage) {
-        // Sending never blocks (try_send), so the matches are used under the read lock.
-        let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());
-        let mut direct: Vec<(u64, &Target)> = Vec::new();
-        let mut shared: HashMap<&Arc<str>, Vec<&Target>> = HashMap::new();
-        subs.for_each_match(&msg.topic, |k, t| {
-            if t.shared {
-                shared.entry(&k.raw).or_default().push(t);
-            } else {
-                direct.push((k.conn, t));
-            }
-        });
-        if direct.is_empty() && shared.is_empty() {
-            return;
-        }
-        let msg = Arc::new(msg);
+    /// Hands `msg` to the connections it matched: each once, and one member of each shared
+    /// subscription's group.
+    fn send(
+        &self,
+        msg: Arc<LogMessage>,
+        direct: &mut Vec<(u64, &Target)>,
+        shared: &HashMap<&Arc<str>, Vec<&Target>>,
+    ) {
         direct.sort_unstable_by_key(|(c, _)| *c);
         direct.dedup_by_key(|(c, _)| *c);
-        for (_, t) in direct {
+        for (_, t) in direct.iter() {
             if t.tx.try_send(Delivery::Log(Arc::clone(&msg))).is_err() {
                 t.lagged.store(true, Ordering::SeqCst);
+            } else if t.tx.capacity() < PRESS_BELOW {
+                self.pressure.press();
             }
         }
         for (raw, members) in shared {
@@ -973,7 +1036,7 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
         let last = tail.borrow_and_update().clone();
         match last {
             Some(w) if w.first_offset <= pos && pos < w.next_offset => {
-                hub.deliver_frames(&topic, partition, &w.frames, pos);
+                hub.deliver_batches(&topic, partition, w.batches(), pos);
                 pos = w.next_offset;
             }
             _ if part.end_offset() > pos => {
@@ -983,7 +1046,7 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
                         .await;
                 match read {
                     Ok(Ok(r)) => {
-                        hub.deliver_frames(&topic, partition, &r.frames, pos);
+                        hub.deliver_batches(&topic, partition, r.batches(), pos);
                         pos = pos.max(r.next_offset);
                     }
                     Ok(Err(LogError::OffsetOutOfRange { .. })) => pos = part.log_start(),

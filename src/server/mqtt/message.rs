@@ -87,14 +87,24 @@ pub fn headers(publish: &Publish, client_id: &str) -> Vec<Header> {
 
 /// A one-record batch for `publish`, stamped `now_ms`.
 pub fn batch(publish: &Publish, client_id: &str, now_ms: i64) -> BatchBuilder {
-    let mut b = BatchBuilder::with_capacity(64 + publish.topic.len() + publish.payload.len());
-    b.push(
+    let mut b = BatchBuilder::with_capacity(record_bound(publish));
+    push(&mut b, publish, client_id, now_ms);
+    b
+}
+
+/// Adds `publish` to `batch` as one record, stamped `now_ms`.
+pub fn push(batch: &mut BatchBuilder, publish: &Publish, client_id: &str, now_ms: i64) {
+    batch.push(
         now_ms,
         Some(publish.topic.as_bytes()),
         Some(&publish.payload),
         &headers(publish, client_id),
     );
-    b
+}
+
+/// About what `publish` takes as a record without user properties (to size buffers).
+pub fn record_bound(publish: &Publish) -> usize {
+    64 + publish.topic.len() + publish.payload.len()
 }
 
 fn text(v: &[u8]) -> Option<String> {

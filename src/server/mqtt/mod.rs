@@ -14,6 +14,8 @@
 //! | [`session`] | the session state machine (no I/O) |
 //! | [`hub`] | routing, dispatchers, session registry, retained messages |
 //! | [`conn`] | one connection's task: bytes in and out, actions carried out |
+//! | [`ingest`] | the publishes of one turn of a connection gathered into one batch per partition |
+//! | [`pressure`] | push-back from subscribers falling behind to the connections publishing |
 //! | [`sys`] | `$SYS/#`: the broker's figures, Mosquitto's topics and Brook's own |
 //! | [`ws`] | MQTT over WebSockets: the upgrade, messages as a byte stream |
 //!
@@ -47,7 +49,9 @@
 pub mod codec;
 pub mod conn;
 pub mod hub;
+pub mod ingest;
 pub mod message;
+pub mod pressure;
 pub mod session;
 pub mod sys;
 pub mod ws;

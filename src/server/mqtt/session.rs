@@ -576,6 +576,11 @@ impl Session {
         self.state.expiry
     }
 
+    /// Whether the session subscribes to anything.
+    pub fn has_subscriptions(&self) -> bool {
+        self.state.has_subscriptions()
+    }
+
     /// The subscription filters, `$share/...` ones included.
     pub fn filters(&self) -> impl Iterator<Item = &str> + '_ {
         self.state.subscriptions.keys().map(String::as_str)
