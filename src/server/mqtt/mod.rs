@@ -19,6 +19,10 @@
 //! | [`sys`] | `$SYS/#`: the broker's figures, Mosquitto's topics and Brook's own |
 //! | [`ws`] | MQTT over WebSockets: the upgrade, messages as a byte stream |
 //!
+//! Ingest: the publishes a connection reads in one turn are appended as one batch per log
+//! partition ([`ingest`]); publishing connections are held back briefly while a live
+//! subscriber falls behind ([`pressure`]).
+//!
 //! Acknowledgements: QoS 0 is appended without waiting; the PUBACK (QoS 1) and PUBREC (QoS 2)
 //! go out once the record has `mqtt.durability` (default `durable`: fsynced; concurrent
 //! publishes share one fsync). QoS 2 is exactly-once within a session: a packet id whose
