@@ -417,6 +417,13 @@ impl Conn {
         let max = self.hub.config.max_packet_size.bytes().sat_usize();
         let keep_alive = Duration::from_millis(u64::from(self.sm.keep_alive) * 1500);
         let mut deadline = Instant::now() + keep_alive;
+        // Made once, not at every turn of the loop: a turn then registers no timer and no
+        // watch waiter (on a fleet of quiet devices each message is a turn of its own). The
+        // keep-alive timer is moved on only when it fires before `deadline`.
+        let stopped = async { stop.wait_for(|s| *s).await.is_ok() };
+        tokio::pin!(stopped);
+        let keep_alive_timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(keep_alive_timer);
         let mut persist_tick = tokio::time::interval(Duration::from_secs(1));
         persist_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut retry = tokio::time::interval(RETRY);
@@ -481,7 +488,7 @@ impl Conn {
             let wants = self.sm.wants_more();
             tokio::select! {
                 biased;
-                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                _ = &mut stopped => {
                     self.send(Out::Disconnect(reason::SERVER_SHUTTING_DOWN));
                     let _ = self.write_out().await;
                     return End::Shutdown;
@@ -543,7 +550,11 @@ impl Conn {
                     continue;
                 }
                 // The keep-alive is the client's to keep only while the server reads it.
-                _ = tokio::time::sleep_until(deadline), if !keep_alive.is_zero() && !self.paused() => {
+                _ = &mut keep_alive_timer, if !keep_alive.is_zero() && !self.paused() && !holding => {
+                    if Instant::now() < deadline {
+                        keep_alive_timer.as_mut().reset(deadline);
+                        continue;
+                    }
                     tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: keep-alive expired");
                     self.send(Out::Disconnect(reason::KEEP_ALIVE_TIMEOUT));
                     let _ = self.write_out().await;

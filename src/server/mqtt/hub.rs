@@ -1019,7 +1019,7 @@ impl Hub {
 /// ([`crate::log::Partition::tail`]); a dispatcher that fell behind reads the log on the blocking
 /// pool, so no read waits for the disk on an async worker.
 async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64) {
-    let mut stop = hub.shutdown.clone();
+    let stop = hub.shutdown.clone();
     let part = match hub
         .broker
         .topic(&topic)
@@ -1032,6 +1032,12 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
         }
     };
     let mut tail = part.tail();
+    // Made once (a wait for the next write registers no timer and no watch waiter of its own).
+    let mut stop_wait = stop.clone();
+    let stopped = async move { stop_wait.wait_for(|s| *s).await.is_ok() };
+    tokio::pin!(stopped);
+    let look_again = tokio::time::sleep(Duration::from_secs(1));
+    tokio::pin!(look_again);
     loop {
         let last = tail.borrow_and_update().clone();
         match last {
@@ -1066,13 +1072,14 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
             }
             _ => {
                 tokio::select! {
-                    _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                    _ = &mut stopped => return,
                     changed = tail.changed() => if changed.is_err() {
                         hub.dispatcher_ended(&topic);
                         return;
                     },
                     // A deleted and recreated topic is a new partition: look again now and then.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    _ = &mut look_again => {
+                        look_again.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                         let replaced = hub.broker.topic(&topic).map_or(true, |t| {
                             t.partition(partition).map_or(true, |p| !Arc::ptr_eq(p, &part))
                         });
