@@ -6,7 +6,10 @@
 #     messages from 4 publishers to 1 subscriber and 1,000 connected clients, 100 of them
 #     publishing QoS 1 at 10/s for 10 s, by `brook bench mqtt[-fleet] --target`), minus the RSS
 #     of qemu running a trivial program of the same target (a C `pause()`), so what remains is
-#     Brook's share.
+#     Brook's share;
+#   - what of that is Brook's own heap (the allocator's figures from /metrics: bytes in use in
+#     its arenas, and large blocks mapped on their own, resident only where written); the rest
+#     is mapped code and what qemu keeps for the code it translated.
 # RSS is VmRSS/VmHWM of the qemu process from /proc. Emulation changes speed, not memory layout:
 # the figure is close to, not equal to, what the board shows.
 #   cross/footprint.sh [TARGET...]   (default: both targets)
@@ -22,6 +25,15 @@ work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
 rss() { awk '/^VmRSS:/ {r=$2} /^VmHWM:/ {h=$2} END {print r, h}' "/proc/$1/status"; }
+# The heap figures of a running brook serve (HTTP listener at $1): "IN_USE_KIB MAPPED_KIB".
+heap() {
+  local host=${1%:*} port=${1##*:}
+  exec 3<>"/dev/tcp/$host/$port"
+  printf 'GET /metrics HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" >&3
+  awk '/^brook_heap_bytes\{state="in_use"\}/ {u=$2} /^brook_heap_bytes\{state="mapped"\}/ {m=$2}
+       END {printf "%d %d\n", u/1024, m/1024}' <&3
+  exec 3<&-
+}
 
 for target in "${targets[@]}"; do
   check_target "$target"
@@ -50,6 +62,8 @@ for target in "${targets[@]}"; do
   [ -n "$addr" ] || { echo "$target: brook serve did not start" >&2; cat "$work/log-$target" >&2; exit 1; }
   sleep 1
   read -r idle _ < <(rss "$pid")
+  http=$(grep -o 'http=[0-9.:]*' "$work/log-$target" | head -n 1 | cut -d= -f2)
+  read -r heap_idle mapped_idle < <(heap "$http")
   "$host_brook" bench native --broker "$addr" --records 100000 --producers 2 --consumers 2 \
     --partitions 2 --json >"$work/bench-$target.json"
   mqtt=$(grep -o 'mqtt=[0-9.:]*' "$work/log-$target" | head -n 1 | cut -d= -f2)
@@ -59,9 +73,12 @@ for target in "${targets[@]}"; do
     --duration 10s --json >"$work/fleet-$target.json"
   echo "$target: MQTT fleet under emulation: $(cat "$work/fleet-$target.json")"
   read -r loaded peak < <(rss "$pid")
+  read -r heap_loaded mapped_loaded < <(heap "$http")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   size=$(stat -c %s "$bin")
   echo "$target: dist binary $size bytes ($(awk "BEGIN {printf \"%.2f\", $size/1048576}") MiB);" \
     "brook serve RSS idle $((idle - base_rss)) KiB, after load $((loaded - base_rss)) KiB," \
-    "peak $((peak - base_rss)) KiB (qemu baseline $base_rss KiB subtracted)"
+    "peak $((peak - base_rss)) KiB (qemu baseline $base_rss KiB subtracted); Brook's heap in use" \
+    "$heap_idle KiB idle, $heap_loaded KiB after load (plus large blocks mapped on their own," \
+    "resident only where written: $mapped_idle / $mapped_loaded KiB)"
 done

@@ -8,6 +8,7 @@
 //! | [`auth`] | users (password hashes), SASL, ACL rules, login backoff, connection admission, the HTTP token: every front end asks here |
 //! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups; takes [`broker::BrokerOptions`], not the whole config |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
+//! | [`memory`] | the process's own memory: allocator figures, resident set, giving freed memory back |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std), and frames on a connection ([`proto::stream`], shared by the client and the listener) |
 //! | [`net`] | networking shared by listeners, client and mirror: TLS configs and streams |
 //! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages, the Kafka producer-id block), on sled behind a trait |
@@ -25,7 +26,7 @@
 //! with the `bench` feature (on by default, left out of the ARM builds), `brook bench ...`.
 //!
 //! The layers point one way (`tests/it/layers.rs` checks it from the source): [`units`],
-//! [`log`], [`meta`], [`proto`], [`topic_filter`] and [`net`] at the bottom; [`broker`] on the
+//! [`log`], [`meta`], [`proto`], [`topic_filter`], [`memory`] and [`net`] at the bottom; [`broker`] on the
 //! log and the metadata store; [`auth`] beside it; the front ends ([`server`]), the [`mirror`]
 //! and the [`client`] above; [`config`] assembles the sections; only [`serve`] (and the binary)
 //! takes the whole config.
@@ -51,9 +52,11 @@
 //! dispatchers take the frames just written from memory ([`log::Partition::tail`]); requests
 //! that write files or look up offsets by time run on the blocking pool as well.
 //!
-//! Over MQTT ([`server::mqtt`]), a PUBLISH becomes a one-record batch (key = MQTT topic,
-//! properties as headers) appended to the log topic its route names, through the same
-//! [`broker::Broker::produce_start`]; the PUBACK waits for the configured durability. A
+//! Over MQTT ([`server::mqtt`]), a PUBLISH becomes a record (key = MQTT topic, properties as
+//! headers) of the log topic its route names; the publishes one connection reads in one turn
+//! go to each partition as one batch, through the same [`broker::Broker::produce_start`]; the
+//! PUBACKs wait for the configured durability. Publishing connections are held back briefly
+//! while a live subscriber falls behind. A
 //! dispatcher per log partition tails it and hands each record to the subscribers the trie
 //! finds; a persistent session that was away reads the log back from its stored position.
 //!
@@ -69,6 +72,7 @@ pub mod check;
 pub mod client;
 pub mod config;
 pub mod log;
+pub mod memory;
 pub mod meta;
 pub mod mirror;
 pub mod net;

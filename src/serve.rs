@@ -295,7 +295,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             match tokio::task::spawn_blocking(move || {
                 let r = b.maintain();
                 if trim {
-                    release_free_memory();
+                    crate::memory::release_free();
                 }
                 r
             })
@@ -418,14 +418,3 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
 /// How often housekeeping hands freed memory back to the operating system.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Gives the memory freed since the last call back to the operating system. glibc keeps what is
-/// freed in its arenas for reuse, so without this the memory of 2,000 connections that have
-/// gone stays with the process; `malloc_trim` returns the free pages of every arena.
-fn release_free_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim takes no pointers; it only walks the allocator's own free lists.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

@@ -444,6 +444,26 @@ pub fn metrics(state: &HttpState) -> String {
         "1 when /healthz reports ok.",
     );
     let _ = writeln!(m, "brook_healthy {}", u8::from(health(state).is_empty()));
+    if let Some(heap) = crate::memory::heap() {
+        family(
+            &mut m,
+            "brook_heap_bytes",
+            "gauge",
+            "Memory the allocator holds for Brook: in use in its arenas, large blocks mapped on their own (resident only where written), freed but kept for reuse.",
+        );
+        let _ = writeln!(m, "brook_heap_bytes{{state=\"in_use\"}} {}", heap.in_use);
+        let _ = writeln!(m, "brook_heap_bytes{{state=\"mapped\"}} {}", heap.mapped);
+        let _ = writeln!(m, "brook_heap_bytes{{state=\"free\"}} {}", heap.free);
+    }
+    if let Some(rss) = crate::memory::resident() {
+        family(
+            &mut m,
+            "brook_resident_bytes",
+            "gauge",
+            "The process's resident set (mapped code and libraries included).",
+        );
+        let _ = writeln!(m, "brook_resident_bytes {rss}");
+    }
     m
 }
 

@@ -465,9 +465,26 @@ async fn metrics_and_health_over_http() {
         "brook_group_lag{group=\"g\",topic=\"t\",partition=\"0\"} 1",
         "brook_fsync_seconds_bucket{le=\"+Inf\"}",
         "brook_fsync_seconds_count",
+        "brook_heap_bytes{state=\"in_use\"}",
+        "brook_heap_bytes{state=\"mapped\"}",
+        "brook_heap_bytes{state=\"free\"}",
+        "brook_resident_bytes",
     ] {
         assert!(m.contains(series), "missing {series} in\n{m}");
     }
+    // The arena's bytes in use are resident: more than nothing, less than the resident set.
+    let figure = |name: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with(name)).expect(name);
+        line.rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect(name)
+    };
+    let (heap, rss) = (
+        figure("brook_heap_bytes{state=\"in_use\"}"),
+        figure("brook_resident_bytes"),
+    );
+    assert!(heap > 0 && heap < rss, "heap {heap}, resident {rss}");
     let h = get("/healthz").await;
     assert!(h.starts_with("HTTP/1.1 200") && h.ends_with("ok\n"), "{h}");
     let t = get("/api/topics").await;
