@@ -515,13 +515,12 @@ impl Conn {
                 // the connection is read only a little: enough to answer the PINGREQs that
                 // come next, so the client sees a live server that is not acknowledging,
                 // rather than a dead one to reconnect to and resend everything.
+                // Held back: until the subscriber relieves the pressure, or the hold's end.
                 _ = async {
-                    match relieved {
-                        Some(r) => r.await,
-                        None => std::future::pending().await,
+                    if let (Some(relieved), Some(until)) = (relieved, hold_until) {
+                        let _ = tokio::time::timeout_at(until, relieved).await;
                     }
                 }, if holding => {}
-                _ = tokio::time::sleep_until(hold_until.unwrap_or(deadline)), if holding => {}
                 r = rd.read_buf(&mut inbuf), if (!self.paused() || inbuf.len() < PAUSED_READ) && !holding => {
                     match r {
                         Ok(0) => {
