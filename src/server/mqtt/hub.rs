@@ -361,16 +361,9 @@ impl Hub {
         client_id: &str,
         durability: Durability,
     ) -> Result<AppendTicket, BrokerError> {
-        let topic = self.route(&publish.topic).to_owned();
-        self.ensure_topic(&topic)?;
+        let (topic, partition) = self.place(&publish.topic)?;
         let batch = message::batch(publish, client_id, now_ms());
-        let (_, ticket) = self.broker.produce_start(
-            &topic,
-            PartitionChoice::Key(publish.topic.as_bytes()),
-            &batch,
-            durability,
-        )?;
-        Ok(ticket)
+        self.append_batch(&topic, partition, &batch, durability)
     }
 
     /// Whether `publish` (a QoS 2 resend, DUP set, whose packet id the session does not hold:
