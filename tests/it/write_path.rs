@@ -274,6 +274,14 @@ fn a_roll_that_cannot_write_its_index_fails_the_batches_after_it_and_is_tried_ag
     assert_eq!(read_all(&store, "t", 0), want);
 }
 
+/// A runtime for a reader thread that waits on a partition's watches.
+fn thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 #[test]
 fn concurrent_appenders_and_a_reader_across_many_rolls_lose_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -310,10 +318,7 @@ fn concurrent_appenders_and_a_reader_across_many_rolls_lose_nothing() {
     let reader = {
         let p = Arc::clone(&p);
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = thread_runtime();
             let mut next = 0u64;
             let mut values = Vec::new();
             while next < 6000 {
@@ -420,10 +425,7 @@ fn a_round_that_gathers_across_a_roll_claims_only_what_it_wrote() {
     let follower = {
         let p = Arc::clone(&p);
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = thread_runtime();
             let mut seen = 0u64;
             while seen < TOTAL {
                 let Some(w) = tail.borrow_and_update().clone() else {
