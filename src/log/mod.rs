@@ -123,8 +123,10 @@ pub use store::{PartitionChoice, Store, StoreRecovery, Topic};
 
 use crate::units::{ByteSize, HumanDuration};
 
-/// What an append waits for before it returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+/// What an append waits for before it returns; ordered from the weakest to the strongest.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Durability {
     /// Buffered in Brook's memory: lost if the process dies before the next write.

@@ -432,9 +432,17 @@ impl ReadResult {
 
 /// The batches of whole stored frames, in order (up to the first that does not parse).
 pub fn batches_in(frames: &[u8]) -> impl Iterator<Item = BatchView<'_>> {
+    parsed_with(frames, BatchView::parse)
+}
+
+/// The batches of `frames`, each cut by `parse`, up to the first that does not parse.
+fn parsed_with<'a>(
+    frames: &'a [u8],
+    parse: fn(&'a [u8]) -> std::result::Result<BatchView<'a>, super::FrameError>,
+) -> impl Iterator<Item = BatchView<'a>> {
     let mut rest = frames;
     std::iter::from_fn(move || {
-        let view = BatchView::parse(rest).ok()?;
+        let view = parse(rest).ok()?;
         rest = &rest[view.frame().len()..];
         Some(view)
     })
@@ -456,12 +464,7 @@ impl WrittenFrames {
     /// The batches, in order. They were encoded by this process and never left its memory,
     /// so their CRCs are not computed a second time ([`BatchView::parse_own`]).
     pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
-        let mut rest = &self.frames[..];
-        std::iter::from_fn(move || {
-            let view = BatchView::parse_own(rest).ok()?;
-            rest = &rest[view.frame().len()..];
-            Some(view)
-        })
+        parsed_with(&self.frames, BatchView::parse_own)
     }
 }
 

@@ -80,18 +80,13 @@ impl<T: ?Sized> Gathered<T> {
 /// What a batch waits for: the stronger of what its publishes ask (QoS 0: written, so that
 /// subscribers see it at once; QoS 1/2: `acked`, the configured `mqtt.durability`).
 pub fn durability(publishes: &[(Publish, Ack)], acked: Durability) -> Durability {
-    let rank = |d: Durability| match d {
-        Durability::None => 0,
-        Durability::Written => 1,
-        Durability::Durable => 2,
-    };
     publishes
         .iter()
         .map(|(_, ack)| match ack {
             Ack::None => Durability::Written,
             _ => acked,
         })
-        .max_by_key(|d| rank(*d))
+        .max()
         .unwrap_or(Durability::Written)
 }
 
