@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Memory of idle MQTT connections (recorded in BENCHMARKS.md): a fresh broker, then N idle
-# MQTT 3.1.1 connections (benches/mqtt_idle.py, plain sockets), then all of them closed; the
-# broker's VmRSS at each stage. Brook and Mosquitto (if installed) in the same run.
-#   benches/connections.sh [BROOK_BIN] [N]
+# Memory of idle connections (recorded in BENCHMARKS.md): a fresh broker, then N idle
+# MQTT 3.1.1 connections (benches/idle_clients.py, plain sockets), then all of them closed; then,
+# on the same Brook, NATIVE idle native-protocol connections (the handshake, then
+# nothing) come and go the same way. The broker's VmRSS at each stage. Brook
+# and Mosquitto (if installed, MQTT only) in the same run.
+#   benches/connections.sh [BROOK_BIN] [N] [NATIVE]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-}
 n=${2:-2000}
+native=${3:-500}
 if [ -z "$bin" ]; then
   cargo build --release --locked --quiet
   bin=target/release/brook
@@ -14,10 +17,10 @@ fi
 ulimit -n $((n + 256))
 rss() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
 waitp() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; return 1; }
-measure() { # name pid port
-  local name=$1 pid=$2 port=$3 idle conn closed
+measure() { # name pid port [protocol count]
+  local name=$1 pid=$2 port=$3 protocol=${4:-mqtt} n=${5:-$n} idle conn closed
   idle=$(rss "$pid")
-  coproc CLIENTS { python3 benches/mqtt_idle.py 127.0.0.1 "$port" "$n"; }
+  coproc CLIENTS { python3 benches/idle_clients.py "$protocol" 127.0.0.1 "$port" "$n"; }
   read -r _ <&"${CLIENTS[0]}"
   sleep 1
   conn=$(rss "$pid")
@@ -33,11 +36,13 @@ measure() { # name pid port
 dir=$(mktemp -d /tmp/brook-conns.XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 port=$((28000 + RANDOM % 1000))
-printf '[mqtt]\nmax_connections = %d\n[auth]\nmax_connections_per_address = %d\n' $((n + 64)) $((n + 64)) > "$dir/brook.toml"
-"$bin" serve --config "$dir/brook.toml" --data-dir "$dir/data" --mqtt "127.0.0.1:$port" --native 127.0.0.1:0 --http 127.0.0.1:0 --kafka 127.0.0.1:0 >"$dir/log" 2>&1 &
+nport=$((port + 500))
+printf '[mqtt]\nmax_connections = %d\n[native]\nmax_connections = %d\n[auth]\nmax_connections_per_address = %d\n' $((n + 64)) $((native + 64)) $((n + native + 64)) > "$dir/brook.toml"
+"$bin" serve --config "$dir/brook.toml" --data-dir "$dir/data" --mqtt "127.0.0.1:$port" --native "127.0.0.1:$nport" --http 127.0.0.1:0 --kafka 127.0.0.1:0 >"$dir/log" 2>&1 &
 pid=$!
 waitp "$port"; sleep 0.5
 measure brook "$pid" "$port"
+measure brook-native "$pid" "$nport" native "$native"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 if command -v mosquitto >/dev/null; then
   port=$((port + 1))

@@ -1,26 +1,27 @@
 //! One MQTT connection: reads packets into the [`Session`] state machine and carries out its
 //! actions (write packets, append to the log, register subscriptions, persist), feeds it
-//! messages from the hub's channel or, after an absence or a lag, from the log itself.
+//! messages from its inbox ([`super::inbox`]) or, after an absence or a lag, from the log itself.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::net::tls::{Accepted, ReadHalf, WriteHalf};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::codec::{self, CodecError, Connect, Out, Publish, Version, reason};
 use super::hub::{Delivery, Hub, Takeover};
+use super::inbox::{self, InboxRx, InboxTx};
 use super::ingest::{self, Acks, Gathered};
 use super::message;
-use super::pressure::{CHANNEL, HOLD_MAX, RELIEVE_BELOW};
+use super::pressure::{HOLD_MAX, RELIEVE_BELOW};
 use super::session::{Ack, Action, AppendOutcome, Limits, Owner, Session, SessionState};
 use crate::auth::{ConnSlot, Op, Principal, Refusal};
 use crate::broker::BrokerError;
@@ -45,7 +46,7 @@ const QUIET_READ: usize = 512;
 /// A write buffer up to this size is let go after each write (a busy connection's larger one
 /// is kept for the next).
 const OUT_KEEP: usize = 16 * 1024;
-/// Deliveries taken from the channel in one turn of the connection loop.
+/// Deliveries taken from the inbox in one turn of the connection loop.
 const DRAIN: usize = 64;
 
 type AckWait = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
@@ -153,6 +154,40 @@ pub async fn serve(
     hub: Arc<Hub>,
     stop: watch::Receiver<bool>,
 ) {
+    // The handshake's state (the CONNECT, the login, the claim of the session) lives in its
+    // own allocation, gone once the connection runs: the task of an idle connection is only
+    // as large as its loop.
+    let Some(Admitted {
+        mut c,
+        rd,
+        inbuf,
+        inbox,
+    }) = Box::pin(admit(stream, cert_user, peer, &mut slot, deadline, &hub)).await
+    else {
+        return;
+    };
+    let end = c.run(rd, inbuf, &inbox, stop).await;
+    Box::pin(c.finish(end, inbox)).await;
+}
+
+/// A connection whose CONNECT was accepted, ready to run.
+struct Admitted {
+    c: Conn,
+    rd: ReadHalf,
+    inbuf: BytesMut,
+    inbox: InboxRx,
+}
+
+/// Reads and checks the CONNECT, logs the client in and claims its session; `None` when the
+/// connection was refused or closed (the reason is logged and, where MQTT has one, sent).
+async fn admit(
+    stream: Accepted,
+    cert_user: Option<String>,
+    peer: SocketAddr,
+    slot: &mut ConnSlot,
+    deadline: Instant,
+    hub: &Arc<Hub>,
+) -> Option<Admitted> {
     let (mut rd, mut wr) = stream.split();
     let max = hub.config.max_packet_size.bytes().sat_usize();
     let mut inbuf = BytesMut::with_capacity(4096);
@@ -171,12 +206,12 @@ pub async fn serve(
                 // 3.1.1 form: return code 1, unacceptable protocol version.
                 let _ = write_flushed(&mut wr, &[0x20, 2, 0, 1]).await;
             }
-            return;
+            return None;
         }
         Err(_) => {
             hub.auth.handshake_timed_out();
             tracing::info!(%peer, "mqtt: closing connection: no CONNECT within {connect_timeout:?}");
-            return;
+            return None;
         }
     };
     let version = connect.version;
@@ -188,14 +223,14 @@ pub async fn serve(
         // mqtt.max_packet_size admits within one log batch.
         refuse(&mut wr, version, reason::CLIENT_ID_NOT_VALID).await;
         tracing::info!(%peer, len = client_id.len(), "mqtt: connection refused: client id longer than {} bytes", message::MAX_CLIENT_ID);
-        return;
+        return None;
     }
     if client_id.is_empty() {
         if version == Version::V311 && !connect.clean_start {
             // MQTT-3.1.3-8: identifier rejected.
             let _ = write_flushed(&mut wr, &[0x20, 2, 0, 2]).await;
             tracing::info!(%peer, "mqtt: empty client id with clean session = 0 refused");
-            return;
+            return None;
         }
         client_id = format!("brook-{conn:x}-{:x}", now_ms());
         assigned = Some(client_id.clone());
@@ -207,7 +242,7 @@ pub async fn serve(
     {
         let _ = write_flushed(&mut wr, &[0x20, 2, 0, 2]).await;
         tracing::info!(%peer, client = %client_id, keep_alive = connect.keep_alive, "mqtt: connection refused: keep-alive over mqtt.max_keepalive ({} s; 0 is none)", hub.config.max_keepalive);
-        return;
+        return None;
     }
     // A verified client certificate is the login (tls.cert_cn_as_username).
     let login = match &cert_user {
@@ -233,7 +268,7 @@ pub async fn serve(
             };
             refuse(&mut wr, version, code).await;
             tracing::info!(%peer, client = %client_id, user = connect.username.as_deref().unwrap_or(""), "mqtt: connection refused: {refusal}");
-            return;
+            return None;
         }
     };
     let grants = Principal::new(Arc::clone(&hub.auth), user, &client_id);
@@ -241,18 +276,18 @@ pub async fn serve(
         if !grants.allows(Op::Publish(&will.message.topic)) {
             refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
             tracing::info!(%peer, client = %client_id, user = grants.name(), topic = %will.message.topic, "mqtt: connection refused: the ACL does not allow its will topic");
-            return;
+            return None;
         }
     }
     slot.logged_in();
     let owner = Owner::of(grants.user.as_deref());
-    let (takeover_tx, mut takeover_rx) = mpsc::channel(1);
-    let previous = match hub.claim(&client_id, conn, &owner, takeover_tx).await {
+    let (inbox_tx, inbox) = inbox::inbox();
+    let previous = match hub.claim(&client_id, conn, &owner, &inbox_tx).await {
         Ok(p) => p,
         Err(held_by) => {
             refuse(&mut wr, version, reason::NOT_AUTHORIZED).await;
             tracing::warn!(%peer, client = %client_id, user = grants.name(), "mqtt: connection refused: client id {client_id:?} is the session of user {held_by}");
-            return;
+            return None;
         }
     };
     let (mut state, present) = match previous {
@@ -297,16 +332,14 @@ pub async fn serve(
     hub.stats.connections.fetch_add(1, Ordering::Relaxed);
     hub.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(%peer, client = %client_id, ?version, present, "mqtt: connected");
-    let (tx, rx) = mpsc::channel(CHANNEL);
     let mut c = Conn {
-        hub: Arc::clone(&hub),
+        hub: Arc::clone(hub),
         conn,
         peer,
         sm,
         wr,
         out: BytesMut::new(),
-        tx,
-        lagged: Arc::new(AtomicBool::new(false)),
+        inbox: inbox_tx,
         acks: VecDeque::new(),
         gathered: Gathered::default(),
         held: VecDeque::new(),
@@ -319,42 +352,58 @@ pub async fn serve(
     // was away is read back from the log.
     let filters: Vec<String> = c.sm.filters().map(str::to_string).collect();
     for f in &filters {
-        c.hub.subscribe(conn, f, &c.tx, &c.lagged);
+        c.hub.subscribe(conn, f, &c.inbox);
     }
     if !filters.is_empty() {
         c.start_catch_up();
     }
-    let end = c.run(rd, inbuf, rx, &mut takeover_rx, stop).await;
-    let will = c.sm.will.take();
-    let expiry = c.sm.expiry();
-    for f in c.sm.filters() {
-        hub.unsubscribe(conn, f);
-    }
-    let persisted = c.sm.persisted();
-    let state = c.sm.into_state();
-    if expiry > 0 {
-        if let Err(e) = hub.persist_durably(&client_id, persisted).await {
-            tracing::warn!(client = %client_id, "mqtt: cannot persist session: {e}");
+    Some(Admitted {
+        c,
+        rd,
+        inbuf,
+        inbox,
+    })
+}
+
+impl Conn {
+    /// After the loop: the subscriptions end; the session is stored, handed to the connection
+    /// that took it over, kept or forgotten; the will is published unless the client said
+    /// goodbye (or the broker is the one going).
+    async fn finish(mut self, end: End, inbox: InboxRx) {
+        let hub = Arc::clone(&self.hub);
+        let conn = self.conn;
+        let client_id = self.sm.client_id().to_owned();
+        let will = self.sm.will.take();
+        let expiry = self.sm.expiry();
+        for f in self.sm.filters() {
+            hub.unsubscribe(conn, f);
         }
-    }
-    hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
-    let publish_will = match end {
-        End::TakenOver(reply) => {
-            let _ = reply.send(state);
-            true
+        let persisted = self.sm.persisted();
+        let state = self.sm.into_state();
+        if expiry > 0 {
+            if let Err(e) = hub.persist_durably(&client_id, persisted).await {
+                tracing::warn!(client = %client_id, "mqtt: cannot persist session: {e}");
+            }
         }
-        End::Graceful | End::Shutdown => {
-            hub.release(&client_id, conn, state, &mut takeover_rx);
-            false
-        }
-        End::Abnormal => {
-            hub.release(&client_id, conn, state, &mut takeover_rx);
-            true
-        }
-    };
-    if publish_will {
-        if let Some(will) = will {
-            hub.publish_will(client_id, conn, will, expiry);
+        hub.stats.connections.fetch_sub(1, Ordering::Relaxed);
+        let publish_will = match end {
+            End::TakenOver(reply) => {
+                let _ = reply.send(state);
+                true
+            }
+            End::Graceful | End::Shutdown => {
+                hub.release(&client_id, conn, state, &inbox);
+                false
+            }
+            End::Abnormal => {
+                hub.release(&client_id, conn, state, &inbox);
+                true
+            }
+        };
+        if publish_will {
+            if let Some(will) = will {
+                hub.publish_will(client_id, conn, will, expiry);
+            }
         }
     }
 }
@@ -366,8 +415,8 @@ struct Conn {
     sm: Session,
     wr: WriteHalf,
     out: BytesMut,
-    tx: mpsc::Sender<Delivery>,
-    lagged: Arc<AtomicBool>,
+    /// What the hub's subscriptions of this connection deliver to.
+    inbox: InboxTx,
     /// Appends waiting for their durability, in the order their acknowledgements go out.
     acks: VecDeque<(Acks, AckWait)>,
     /// Publishes of this turn not appended yet ([`ingest`]).
@@ -410,8 +459,7 @@ impl Conn {
         &mut self,
         mut rd: ReadHalf,
         mut inbuf: BytesMut,
-        mut rx: mpsc::Receiver<Delivery>,
-        takeover_rx: &mut mpsc::Receiver<Takeover>,
+        inbox: &InboxRx,
         mut stop: watch::Receiver<bool>,
     ) -> End {
         let max = self.hub.config.max_packet_size.bytes().sat_usize();
@@ -493,7 +541,7 @@ impl Conn {
                     let _ = self.write_out().await;
                     return End::Shutdown;
                 }
-                Some(reply) = takeover_rx.recv() => {
+                reply = inbox.takeover() => {
                     self.send(Out::Disconnect(reason::SESSION_TAKEN_OVER));
                     let _ = self.write_out().await;
                     tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: session taken over");
@@ -559,21 +607,21 @@ impl Conn {
                     let _ = self.write_out().await;
                     return End::Abnormal;
                 }
-                Some(d) = rx.recv(), if !catching_up && wants => {
+                d = inbox.delivery(), if !catching_up && wants => {
                     // What else is waiting goes in the same turn: one write (and for a
                     // persistent session one store of its delivery state) for all of it.
                     let now = now_ms();
-                    self.take_delivery(d, now);
+                    self.take_delivery(d, inbox, now);
                     for _ in 1..DRAIN {
                         if !self.catch_up.is_empty() || !self.sm.wants_more() {
                             break;
                         }
-                        match rx.try_recv() {
-                            Ok(d) => self.take_delivery(d, now),
-                            Err(_) => break,
+                        match inbox.try_delivery() {
+                            Some(d) => self.take_delivery(d, inbox, now),
+                            None => break,
                         }
                     }
-                    if rx.len() < RELIEVE_BELOW {
+                    if inbox.waiting() < RELIEVE_BELOW {
                         self.hub.pressure.relieve();
                     }
                 }
@@ -613,12 +661,12 @@ impl Conn {
         }
     }
 
-    fn take_delivery(&mut self, d: Delivery, now: i64) {
+    fn take_delivery(&mut self, d: Delivery, inbox: &InboxRx, now: i64) {
         match d {
             Delivery::Log(m) => {
-                if self.lagged.swap(false, Ordering::SeqCst) {
+                if inbox.take_lagged() {
                     self.hub.stats.read_back.fetch_add(1, Ordering::Relaxed);
-                    // Some messages did not fit the channel: read them back from the log
+                    // Some messages did not fit the inbox: read them back from the log
                     // (this one included).
                     self.start_catch_up();
                 } else {
@@ -757,20 +805,27 @@ impl Conn {
         self.gathered.push(topic, partition, publish, ack);
     }
 
-    /// Appends the publishes gathered this turn as one batch. A batch the log refuses is
-    /// offered again one publish at a time, so each gets the answer a single publish gets
-    /// (held, refused, dropped and counted).
+    /// Appends the publishes gathered this turn, if any. The append runs in its own
+    /// allocation: its state is needed only while it runs, and the connection's future (so
+    /// every idle connection) stays the size of its loop.
     async fn append_gathered(&mut self) {
-        let Some(batch) = self.gathered.take() else {
+        let Some(mut batch) = self.gathered.take() else {
             return;
         };
-        let mut publishes = batch.publishes;
-        if publishes.len() == 1 {
-            if let Some((publish, ack)) = publishes.pop() {
+        if batch.publishes.len() == 1 {
+            if let Some((publish, ack)) = batch.publishes.pop() {
                 Box::pin(self.append(publish, ack)).await;
             }
-            return;
+        } else {
+            Box::pin(self.append_batch(batch)).await;
         }
+    }
+
+    /// Appends gathered publishes as one batch. A batch the log refuses is offered again one
+    /// publish at a time, so each gets the answer a single publish gets (held, refused,
+    /// dropped and counted).
+    async fn append_batch(&mut self, batch: ingest::Batch) {
+        let publishes = batch.publishes;
         let durability = ingest::durability(&publishes, self.hub.config.durability);
         let mut records = BatchBuilder::with_capacity(batch.bytes);
         let now = now_ms();
@@ -877,8 +932,8 @@ impl Conn {
 
     async fn run_actions(&mut self) -> Flow {
         loop {
-            let actions: Vec<Action> = self.sm.take_actions().collect();
-            if actions.is_empty() {
+            let actions = self.sm.take_actions();
+            if actions.len() == 0 {
                 return Flow::Go;
             }
             for a in actions {
@@ -895,8 +950,7 @@ impl Conn {
                         self.gather(publish, ack).await;
                     }
                     Action::Subscribe { filter, is_new, .. } => {
-                        self.hub
-                            .subscribe(self.conn, &filter, &self.tx, &self.lagged);
+                        self.hub.subscribe(self.conn, &filter, &self.inbox);
                         // A new subscription matches what is appended from now on; a repeated
                         // SUBSCRIBE keeps where the subscription started. A session's first
                         // subscription also starts its reading positions at the end.

@@ -5,9 +5,9 @@
 //! Live delivery: a dispatcher tails its partition (the frames the flusher just wrote, from
 //! memory; the log on the blocking pool when it fell behind), matches each record's
 //! MQTT topic once against the trie, and hands an `Arc` of the decoded message to each
-//! matching connection's bounded channel. A connection whose channel is full is marked
+//! matching connection's bounded [`super::inbox`]. A connection whose inbox is full is marked
 //! lagged and the message is not queued for it: the connection reads that stretch back from
-//! the log itself. A slow subscriber therefore costs memory bounded by its channel, never
+//! the log itself. A slow subscriber therefore costs memory bounded by its inbox, never
 //! holds up the others, and loses nothing the log still holds.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::codec::{MessageProps, Publish, Will};
+use super::inbox::{InboxRx, InboxTx};
 use super::message::{self, LogMessage};
 use super::pressure::{PRESS_BELOW, Pressure};
 use super::session::{Owner, PersistedSession, SessionState};
@@ -54,10 +55,9 @@ struct SubKey {
     raw: Arc<str>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct Target {
-    tx: mpsc::Sender<Delivery>,
-    lagged: Arc<AtomicBool>,
+    inbox: InboxTx,
     shared: bool,
 }
 
@@ -65,7 +65,7 @@ enum Slot {
     Online {
         conn: u64,
         owner: Owner,
-        takeover: mpsc::Sender<Takeover>,
+        inbox: InboxTx,
     },
     Offline {
         state: Box<SessionState>,
@@ -557,20 +557,14 @@ impl Hub {
             targets.sort_unstable_by_key(|(c, _)| *c);
             targets.dedup_by_key(|(c, _)| *c);
             for (_, t) in targets {
-                // QoS 0, and the next one comes soon: a full channel just misses this one.
-                let _ = t.tx.try_send(Delivery::Unlogged(Arc::clone(&msg)));
+                // QoS 0, and the next one comes soon: a full inbox just misses this one.
+                let _ = t.inbox.deliver(Delivery::Unlogged(Arc::clone(&msg)));
             }
         }
     }
 
     /// Registers connection `conn`'s subscription `raw` for live delivery.
-    pub fn subscribe(
-        &self,
-        conn: u64,
-        raw: &str,
-        tx: &mpsc::Sender<Delivery>,
-        lagged: &Arc<AtomicBool>,
-    ) {
+    pub fn subscribe(&self, conn: u64, raw: &str, inbox: &InboxTx) {
         let Ok(parsed) = topic::parse_filter(raw) else {
             return;
         };
@@ -582,8 +576,7 @@ impl Hub {
                 raw: Arc::from(raw),
             },
             Target {
-                tx: tx.clone(),
-                lagged: Arc::clone(lagged),
+                inbox: inbox.clone(),
                 shared: parsed.share_group.is_some(),
             },
         );
@@ -676,7 +669,7 @@ impl Hub {
         id: &str,
         conn: u64,
         owner: &Owner,
-        takeover: mpsc::Sender<Takeover>,
+        inbox: &InboxTx,
     ) -> Result<Option<SessionState>, Owner> {
         let waiting = {
             let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -694,7 +687,7 @@ impl Hub {
                 Slot::Online {
                     conn,
                     owner: owner.clone(),
-                    takeover,
+                    inbox: inbox.clone(),
                 },
             );
             match prev {
@@ -703,10 +696,10 @@ impl Hub {
                     return Ok(None);
                 }
                 Some(Slot::Offline { state, .. }) => return Ok(Some(*state)),
-                Some(Slot::Online { takeover: old, .. }) => {
+                Some(Slot::Online { inbox: old, .. }) => {
                     let (tx, rx) = oneshot::channel();
                     // Sent under the lock: the old connection finds it even while exiting.
-                    if old.try_send(tx).is_err() {
+                    if old.take_over(tx).is_err() {
                         None
                     } else {
                         Some(rx)
@@ -726,17 +719,11 @@ impl Hub {
 
     /// Connection `conn` ends. Hands the state to a connection that took over, keeps it while
     /// the client is away (expiry > 0), or forgets it. Returns whether it was taken over.
-    pub fn release(
-        &self,
-        id: &str,
-        conn: u64,
-        state: SessionState,
-        takeover_rx: &mut mpsc::Receiver<Takeover>,
-    ) -> bool {
+    pub fn release(&self, id: &str, conn: u64, state: SessionState, inbox: &InboxRx) -> bool {
         let mut s = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let ours = matches!(s.get(id), Some(Slot::Online { conn: c, .. }) if *c == conn);
         if !ours {
-            if let Ok(reply) = takeover_rx.try_recv() {
+            if let Some(reply) = inbox.try_takeover() {
                 let _ = reply.send(state);
             }
             return true;
@@ -985,10 +972,11 @@ impl Hub {
         direct.sort_unstable_by_key(|(c, _)| *c);
         direct.dedup_by_key(|(c, _)| *c);
         for (_, t) in direct.iter() {
-            if t.tx.try_send(Delivery::Log(Arc::clone(&msg))).is_err() {
-                t.lagged.store(true, Ordering::SeqCst);
-            } else if t.tx.capacity() < PRESS_BELOW {
-                self.pressure.press();
+            // A full inbox marks itself lagged: its connection reads the log back.
+            if let Ok(free) = t.inbox.deliver(Delivery::Log(Arc::clone(&msg))) {
+                if free < PRESS_BELOW {
+                    self.pressure.press();
+                }
             }
         }
         for (raw, members) in shared {
@@ -996,8 +984,8 @@ impl Hub {
             let first = (msg.offset % n.sat_u64()).sat_usize();
             let sent = (0..n).any(|i| {
                 members[(first + i) % n]
-                    .tx
-                    .try_send(Delivery::Shared(Arc::clone(&msg), Arc::clone(raw)))
+                    .inbox
+                    .deliver(Delivery::Shared(Arc::clone(&msg), Arc::clone(raw)))
                     .is_ok()
             });
             if !sent {

@@ -14,6 +14,7 @@
 //! | [`session`] | the session state machine (no I/O) |
 //! | [`hub`] | routing, dispatchers, session registry, retained messages |
 //! | [`conn`] | one connection's task: bytes in and out, actions carried out |
+//! | [`inbox`] | a connection's queue of deliveries and takeover requests, sized to its contents |
 //! | [`ingest`] | the publishes of one turn of a connection gathered into one batch per partition |
 //! | [`pressure`] | push-back from subscribers falling behind to the connections publishing |
 //! | [`sys`] | `$SYS/#`: the broker's figures, Mosquitto's topics and Brook's own |
@@ -53,6 +54,7 @@
 pub mod codec;
 pub mod conn;
 pub mod hub;
+pub mod inbox;
 pub mod ingest;
 pub mod message;
 pub mod pressure;

@@ -1,15 +1,16 @@
 //! Push-back from live subscribers to publishers.
 //!
-//! Each subscribing connection has a channel of [`CHANNEL`] messages from the dispatchers.
-//! When publishers outpace a subscriber, its channel fills; once it overflows, the subscriber
+//! Each subscribing connection has an inbox ([`super::inbox`]) of at most [`CHANNEL`] messages
+//! from the dispatchers.
+//! When publishers outpace a subscriber, its inbox fills; once it overflows, the subscriber
 //! reads what it missed back from the log, and its lag (and so each message's latency) grows
 //! for as long as the publishers stay faster. To keep live delivery live, a dispatcher that
-//! leaves a channel less than half free presses: publishing connections (those without
+//! leaves an inbox less than half free presses: publishing connections (those without
 //! subscriptions of their own, which must keep reading their acknowledgements) then stop
-//! reading until the subscriber has drained its channel to a quarter, or for at most
+//! reading until the subscriber has drained its inbox to a quarter, or for at most
 //! [`HOLD_MAX`] per episode. TCP carries the push-back to the clients.
 //!
-//! A subscriber that cannot keep up even so overflows its channel, reads from the log
+//! A subscriber that cannot keep up even so overflows its inbox, reads from the log
 //! instead, and presses no more while it does: one slow reader holds publishers back for at
 //! most [`HOLD_MAX`], never for good.
 
@@ -21,11 +22,11 @@ use tokio::sync::futures::Notified;
 
 use crate::units::Narrow;
 
-/// Messages waiting in a connection's channel before it is marked lagged.
+/// Messages waiting in a connection's inbox before it is marked lagged.
 pub const CHANNEL: usize = 1024;
-/// A dispatcher presses when a channel has fewer free places than this.
+/// A dispatcher presses when an inbox has fewer free places than this.
 pub const PRESS_BELOW: usize = CHANNEL / 2;
-/// A subscriber relieves when fewer messages than this wait in its channel.
+/// A subscriber relieves when fewer messages than this wait in its inbox.
 pub const RELIEVE_BELOW: usize = CHANNEL / 4;
 /// The longest a publishing connection is held back in one episode of pressure.
 pub const HOLD_MAX: Duration = Duration::from_millis(100);
@@ -53,12 +54,12 @@ impl Pressure {
         self.started.elapsed().as_millis().sat_u64() + 1
     }
 
-    /// A dispatcher left a subscriber's channel more than half full.
+    /// A dispatcher left a subscriber's inbox more than half full.
     pub fn press(&self) {
         self.pressed_at.store(self.now(), Ordering::Relaxed);
     }
 
-    /// A subscriber drained its channel (below [`RELIEVE_BELOW`]): publishers may go on.
+    /// A subscriber drained its inbox (below [`RELIEVE_BELOW`]): publishers may go on.
     pub fn relieve(&self) {
         if self.pressed_at.load(Ordering::Relaxed) != 0 {
             self.pressed_at.store(0, Ordering::Relaxed);

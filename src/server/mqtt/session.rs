@@ -565,7 +565,6 @@ impl Session {
         self.grants.as_ref().is_none_or(|g| g.allows(op))
     }
 
-    /// Takes the actions produced so far.
     /// The client identifier (assigned by the server when the client sent none).
     pub fn client_id(&self) -> &str {
         &self.state.client_id
@@ -637,8 +636,10 @@ impl Session {
         *p = (*p).max(next);
     }
 
-    pub fn take_actions(&mut self) -> impl Iterator<Item = Action> + '_ {
-        self.actions.drain(..)
+    /// Takes the actions produced so far, and their queue's memory: a connection between
+    /// turns holds none.
+    pub fn take_actions(&mut self) -> std::collections::vec_deque::IntoIter<Action> {
+        std::mem::take(&mut self.actions).into_iter()
     }
 
     /// Whether the session takes more messages now (else they wait in the log).
