@@ -12,11 +12,16 @@ export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm -L /usr/arm-l
 export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 
+# Zig and cargo-zigbuild for the shipped binaries (cross/install-toolchain.sh puts them there).
+BROOK_CACHE=${BROOK_CACHE:-$HOME/.cache/brook-ci}
+export PATH="$BROOK_CACHE/zig/bin:$BROOK_CACHE/zigbuild/bin:$PATH"
+
 check_target() {
   case "$1" in
     aarch64-unknown-linux-gnu | armv7-unknown-linux-gnueabihf) ;;
+    x86_64-unknown-linux-gnu) [ "${2:-}" = build ] && return 0 ;&
     *)
-      echo "unsupported target $1 (aarch64-unknown-linux-gnu or armv7-unknown-linux-gnueabihf)" >&2
+      echo "unsupported target $1 (aarch64-unknown-linux-gnu or armv7-unknown-linux-gnueabihf; x86_64-unknown-linux-gnu for cross/build.sh)" >&2
       exit 2
       ;;
   esac

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs what cross/build.sh and cross/test.sh need on an x86_64 Debian 12 machine, without
 # Docker: Debian's Rust (rustc-web/cargo-web) with its standard library for arm64 and armhf, the
-# cross C toolchains (for crates with C parts) and qemu-user. Needs root. Idempotent.
+# cross C toolchains (for crates with C parts and the test builds), qemu-user, and for the
+# shipped binaries Zig (the `ziglang` package from PyPI, in a venv) with cargo-zigbuild (from
+# crates.io), which link against glibc 2.27, both under ${BROOK_CACHE:-~/.cache/brook-ci}.
+# Needs root. Idempotent.
 #
 # The Rust version is resolved here, not hard-coded: the newest rustc-web version that the
 # archive offers for amd64, arm64 and armhf alike (the compiler and the target std must match).
@@ -64,3 +67,15 @@ for arch in arm64 armhf; do
 done
 /usr/bin/rustc --version
 ls /usr/lib/rustlib/
+
+# Zig and cargo-zigbuild (cross/env.sh puts them on PATH): pinned, reused when present.
+cache="${BROOK_CACHE:-$HOME/.cache/brook-ci}"
+if ! "$cache/zig/bin/python" -m ziglang version 2>/dev/null | grep -qx 0.17.1; then
+  python3 -m venv "$cache/zig" >/dev/null 2>&1 ||
+    { apt-get install -y -qq python3-venv >/dev/null && python3 -m venv "$cache/zig"; }
+  "$cache/zig/bin/pip" install -q --disable-pip-version-check "ziglang==0.17.1"
+fi
+if ! "$cache/zigbuild/bin/cargo-zigbuild" --version 2>/dev/null | grep -q ' 0.24.1$'; then
+  /usr/bin/cargo install --locked --quiet cargo-zigbuild --version 0.24.1 --root "$cache/zigbuild"
+fi
+"$cache/zigbuild/bin/cargo-zigbuild" --version

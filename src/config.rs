@@ -201,6 +201,19 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Reads every file the settings name, as `brook serve` does at start: the users, ACL and
+    /// HTTP token files and, with a TLS listener on, the certificate, key and client CA (a
+    /// mirror's files are read by [`Config::validate`]). `brook config check` runs it, so a
+    /// missing, unreadable or malformed file fails the check, not the service's start.
+    /// Relative paths are resolved against the current directory, as `brook serve` does.
+    pub fn check_files(&self) -> Result<(), Invalid> {
+        crate::auth::Auth::open(&self.auth)?;
+        if self.listeners.any_tls() {
+            crate::net::tls::TlsServer::open(&self.tls)?;
+        }
+        Ok(())
+    }
+
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -202,12 +202,12 @@ impl Acl {
     /// Reads an ACL file.
     pub fn load(path: &Path) -> Result<Acl, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
-            what: "ACL file",
+            what: "auth.acl_file",
             path: path.to_path_buf(),
             source,
         })?;
         Acl::parse(&text).map_err(|reason| AuthError::Content {
-            what: "ACL file",
+            what: "auth.acl_file",
             path: path.to_path_buf(),
             reason,
         })

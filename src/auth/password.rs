@@ -212,12 +212,12 @@ impl Users {
     /// Reads a users file.
     pub fn load(path: &Path) -> Result<Users, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
-            what: "users file",
+            what: "auth.users_file",
             path: path.to_path_buf(),
             source,
         })?;
         Users::parse(&text).map_err(|reason| AuthError::Content {
-            what: "users file",
+            what: "auth.users_file",
             path: path.to_path_buf(),
             reason,
         })

@@ -75,26 +75,66 @@ fn config_default_is_valid_and_check_names_bad_keys() {
     );
 
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[log]\nmin_fre = \"1GiB\"\n").expect("write");
-    let out = brook()
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // `brook config check` of `text`: whether it passed, and what it said on stderr.
+    let check = |text: &str| {
+        std::fs::write(&bad, text).expect("write");
+        let out = brook()
+            .args(["config", "check"])
+            .arg(&bad)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = check("[log]\nmin_fre = \"1GiB\"\n");
+    assert!(!ok);
     assert!(err.contains("min_fre") && err.contains("bad.toml"), "{err}");
 
-    std::fs::write(&bad, "[topic_defaults]\nsegment_size = \"12 bananas\"\n").expect("write");
-    let out = brook()
-        .args(["config", "check"])
-        .arg(&bad)
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // The files a config names are read as `serve` reads them: missing ones fail the check.
+    for (section, key, file) in [
+        ("auth", "users_file", "users"),
+        ("auth", "acl_file", "acl"),
+        ("auth", "http_token_file", "token"),
+    ] {
+        let missing = dir.path().join(file).display().to_string();
+        let (ok, err) = check(&format!("[{section}]\n{key} = {missing:?}\n"));
+        assert!(!ok, "{key}: a missing file passed");
+        assert!(
+            err.contains(&format!("{section}.{key}")) && err.contains(file),
+            "{key}: {err}"
+        );
+    }
+    let (ok, err) = check(&format!(
+        "[listeners]\nmqtt_tls = \"127.0.0.1:0\"\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+        dir.path().join("cert.pem").display().to_string(),
+        dir.path().join("key.pem").display().to_string()
+    ));
+    assert!(!ok, "a missing certificate passed");
+    assert!(err.contains("cert.pem"), "{err}");
+
+    let (ok, err) = check("[topic_defaults]\nsegment_size = \"12 bananas\"\n");
+    assert!(!ok);
     assert!(
         err.contains("segment_size") && err.contains("bananas"),
         "{err}"
     );
+}
+
+#[test]
+fn version_names_the_release_commit_target_and_profile() {
+    let out = brook().arg("--version").output().expect("run");
+    assert!(out.status.success());
+    let v = String::from_utf8_lossy(&out.stdout);
+    let expected_start = format!("brook {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(v.starts_with(&expected_start), "{v}");
+    let commit = v[expected_start.len()..].split(',').next().expect("commit");
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{v}"
+    );
+    assert!(v.contains("-linux-"), "the target triple: {v}");
+    assert!(v.trim_end().ends_with(" profile)"), "{v}");
 }

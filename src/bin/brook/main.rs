@@ -18,10 +18,22 @@ use brook::config::{Config, DEFAULT_CONFIG};
 use brook::log::Durability;
 use brook::units::HumanDuration;
 
+/// `brook --version`: the release, the git commit, the target and the build profile.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BROOK_GIT_COMMIT"),
+    ", ",
+    env!("BROOK_TARGET"),
+    ", ",
+    env!("BROOK_PROFILE"),
+    " profile)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "brook",
-    version,
+    version = VERSION,
     about = "A streaming broker for edge and IoT devices"
 )]
 struct Cli {
@@ -310,7 +322,8 @@ enum BenchCommand {
 enum ConfigCommand {
     /// Print the commented default configuration.
     Default,
-    /// Validate a configuration file without starting (like nginx -t).
+    /// Validate a configuration file without starting (like nginx -t): its settings, and the
+    /// users, ACL, token, certificate and key files it names, read as `serve` reads them.
     Check { file: PathBuf },
 }
 
@@ -560,7 +573,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(ConfigCommand::Check { file }) => {
-            Config::load(&file)?;
+            let config = Config::load(&file)?;
+            config
+                .check_files()
+                .map_err(|source| brook::config::ConfigError::Invalid {
+                    path: file.clone(),
+                    source,
+                })?;
             println!("{}: ok", file.display());
             Ok(ExitCode::SUCCESS)
         }
