@@ -5,7 +5,7 @@
 //! bytes (two tokio channels, one for deliveries and one for takeovers, cost 2.3 KiB per
 //! connection before anything was sent). At most [`CHANNEL`] deliveries wait; one more is
 //! refused and the inbox is marked lagged, so the connection reads what it missed back from
-//! the log. A queue that empties gives its memory back once it had grown past [`KEEP`] places.
+//! the log. A queue that empties gives its memory back once it had grown past `KEEP` (8) places.
 //!
 //! Only the connection's own task waits on its inbox ([`InboxRx`]); any number of dispatchers
 //! and claiming connections hold an [`InboxTx`]. Once the connection is gone (its `InboxRx`
