@@ -251,10 +251,16 @@ fn a_network_listener_without_a_login_refuses_to_start() {
         assert!(said.contains(want), "{want:?} not in: {said}");
     }
     assert!(!dir.path().join("data").exists(), "it opened the data dir");
+    // With a users file (which `config check` reads, so a real one) the same listeners pass.
+    let users = dir.path().join("users");
+    common::auth::brook_passwd(&users, "sensor-1", "a long enough password");
     let config = dir.path().join("lan.toml");
     std::fs::write(
         &config,
-        "[listeners]\nnative = \"0.0.0.0:7420\"\nmqtt = \"0.0.0.0:1883\"\n[auth]\nusers_file = \"/etc/brook/users\"\n",
+        format!(
+            "[listeners]\nnative = \"0.0.0.0:7420\"\nmqtt = \"0.0.0.0:1883\"\n[auth]\nusers_file = {:?}\n",
+            users.display().to_string()
+        ),
     )
     .expect("write");
     ok(
