@@ -8,6 +8,25 @@ use crate::common::brook;
 
 #[test]
 fn serve_opens_the_data_dir_and_stops_on_sigterm() {
+    serve_until_sigterm("info");
+}
+
+/// A BROOK_LOG that is not a filter (a typo of a level) is named on stderr and logging goes on
+/// at info, rather than going silent.
+#[test]
+fn a_bad_brook_log_warns_and_logs_at_info() {
+    for bad in ["debg", "warn,brook::mirror=loud"] {
+        let log = serve_until_sigterm(bad);
+        assert!(
+            log.contains(&format!("BROOK_LOG={bad:?}")) && log.contains("using info"),
+            "{bad}: {log}"
+        );
+    }
+}
+
+/// `brook serve` on a fresh data dir with BROOK_LOG=`brook_log`, until it says it listens, then
+/// SIGTERM; checks a clean exit and returns what it wrote on stderr.
+fn serve_until_sigterm(brook_log: &str) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let mut child = brook()
@@ -24,36 +43,45 @@ fn serve_opens_the_data_dir_and_stops_on_sigterm() {
             "--data-dir",
         ])
         .arg(&data)
-        .env("BROOK_LOG", "info")
+        .env("BROOK_LOG", brook_log)
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawn brook serve");
     let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
+    // Lines arrive through a channel, so a server that logs nothing fails the test (after 20 s)
+    // instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     let mut log = String::new();
     // Wait for the line that says the log is open (no sleeping).
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        log.push_str(&line);
-        log.push('\n');
-        if line.contains("listening") {
-            break;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !log.contains("listening") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                log.push_str(&line);
+                log.push('\n');
+            }
+            Err(_) => break,
         }
     }
-    assert!(log.contains("listening"), "serve did not start:\n{log}");
-    assert!(data.join("topics").is_dir(), "topics directory created");
-    assert!(data.join("meta").is_dir(), "metadata directory created");
     let pid = child.id() as libc::pid_t;
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
     let status = child.wait().expect("wait");
-    for line in lines {
-        log.push_str(&line.expect("line"));
-        log.push('\n');
-    }
+    let _ = reader.join();
+    log.extend(rx.try_iter().map(|l| l + "\n"));
+    assert!(log.contains("listening"), "serve did not start:\n{log}");
+    assert!(data.join("topics").is_dir(), "topics directory created");
+    assert!(data.join("meta").is_dir(), "metadata directory created");
     assert!(status.success(), "exit status {status:?}:\n{log}");
     assert!(log.contains("shutting down"), "{log}");
+    log
 }
 
 #[test]

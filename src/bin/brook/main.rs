@@ -327,6 +327,26 @@ enum ConfigCommand {
     Check { file: PathBuf },
 }
 
+/// BROOK_LOG as a filter: comma-separated levels (`debug`) and `target=level` directives. A
+/// bare word must be a level: `Targets` would take a typo (`debg`) as a target name and turn
+/// every other log line off. Without a bare level, the rest logs at info.
+fn log_filter(v: &str) -> Result<tracing_subscriber::filter::Targets, String> {
+    use tracing_subscriber::filter::LevelFilter;
+    for directive in v.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if level.parse::<LevelFilter>().is_err() {
+            return Err(format!(
+                "{level:?} is not a level (trace, debug, info, warn, error, off)"
+            ));
+        }
+    }
+    let targets: tracing_subscriber::filter::Targets = v.parse().map_err(|e| format!("{e}"))?;
+    Ok(match targets.default_level() {
+        Some(_) => targets,
+        None => targets.with_default(tracing::Level::INFO),
+    })
+}
+
 fn main() -> ExitCode {
     // BROOK_LOG: a level ("debug") or directives ("warn,brook::mirror=debug"); default info.
     // `Targets` rather than EnvFilter: no regex engine in the binary (about 300 KB on ARM).
@@ -335,8 +355,8 @@ fn main() -> ExitCode {
     use tracing_subscriber::util::SubscriberInitExt as _;
     let default = Targets::new().with_default(tracing::Level::INFO);
     let filter = match std::env::var("BROOK_LOG") {
-        Ok(v) => v.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("brook: BROOK_LOG={v:?} is not a log filter ({e}); using info");
+        Ok(v) => log_filter(&v).unwrap_or_else(|why| {
+            eprintln!("brook: BROOK_LOG={v:?} is not a log filter ({why}); using info");
             default
         }),
         Err(_) => default,
