@@ -243,3 +243,22 @@ fn topics_create_sets_the_cleanup_policy() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("compact_delete"));
 }
+
+/// The connection flags are accepted after the subcommand too (`brook topics create t --broker
+/// ADDR`), and win over BROOK_BROKER (which names a dead address here).
+#[test]
+fn connection_flags_are_accepted_after_the_subcommand() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, native) = serve(&dir.path().join("data"));
+    let dead = "127.0.0.1:1";
+    run(
+        dead,
+        &["topics", "create", "late", "--broker", &native],
+        None,
+    );
+    let listed = run(dead, &["topics", "list", "--broker", &native], None);
+    run(dead, &["groups", "list", "--broker", &native], None);
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(listed.contains("late"), "{listed}");
+}

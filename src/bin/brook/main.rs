@@ -163,24 +163,31 @@ enum Command {
     Config(ConfigCommand),
 }
 
-/// Where the broker is, and who to log in as.
+/// Where the broker is, and who to log in as. Global: accepted after the subcommand too
+/// (`brook topics create t --broker HOST:PORT`).
 #[derive(Args)]
 struct Conn {
     /// Address of a Brook native listener.
-    #[arg(long, env = "BROOK_BROKER", default_value = "127.0.0.1:7420")]
+    #[arg(
+        long,
+        global = true,
+        env = "BROOK_BROKER",
+        default_value = "127.0.0.1:7420"
+    )]
     broker: String,
     /// Log in as this user (a server with a users file requires a login).
-    #[arg(long, env = "BROOK_USER")]
+    #[arg(long, global = true, env = "BROOK_USER")]
     user: Option<String>,
     /// File whose first line is the password; without it, the BROOK_PASSWORD variable.
-    #[arg(long, env = "BROOK_PASSWORD_FILE", value_name = "FILE")]
+    #[arg(long, global = true, env = "BROOK_PASSWORD_FILE", value_name = "FILE")]
     password_file: Option<PathBuf>,
     /// Connect over TLS, trusting the CAs in this PEM file (the server's native_tls listener).
-    #[arg(long, env = "BROOK_TLS_CA", value_name = "FILE")]
+    #[arg(long, global = true, env = "BROOK_TLS_CA", value_name = "FILE")]
     tls_ca: Option<PathBuf>,
     /// Client certificate (PEM) for mutual TLS; with --tls-key.
     #[arg(
         long,
+        global = true,
         env = "BROOK_TLS_CERT",
         value_name = "FILE",
         requires = "tls_key"
@@ -188,6 +195,7 @@ struct Conn {
     tls_cert: Option<PathBuf>,
     #[arg(
         long,
+        global = true,
         env = "BROOK_TLS_KEY",
         value_name = "FILE",
         requires = "tls_cert"
