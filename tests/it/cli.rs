@@ -166,3 +166,36 @@ fn version_names_the_release_commit_target_and_profile() {
     assert!(v.contains("-linux-"), "the target triple: {v}");
     assert!(v.trim_end().ends_with(" profile)"), "{v}");
 }
+
+/// The README's quick start gives each protocol's consumer its own group: a group id serves one
+/// protocol at a time (a native and a Kafka member of one group refuse each other).
+#[test]
+fn the_quick_start_uses_a_group_per_protocol() {
+    let readme = include_str!("../../README.md");
+    let start = readme.find("## Quick start").expect("a quick start");
+    let end = readme[start..]
+        .find("\n## ")
+        .map_or(readme.len(), |e| start + e);
+    let mut native = Vec::new();
+    let mut kafka = Vec::new();
+    for line in readme[start..end].lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for pair in words.windows(2) {
+            match (words.first().copied(), pair[0]) {
+                (Some("brook"), "--group") => native.push(pair[1]),
+                (_, "-G") if line.contains("kcat") => kafka.push(pair[1]),
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        !native.is_empty() && !kafka.is_empty(),
+        "{native:?} {kafka:?}"
+    );
+    for g in &native {
+        assert!(
+            !kafka.contains(g),
+            "group {g} is used by the native CLI and by kcat"
+        );
+    }
+}
