@@ -558,7 +558,9 @@ impl Hub {
             targets.dedup_by_key(|(c, _)| *c);
             for (_, t) in targets {
                 // QoS 0, and the next one comes soon: a full inbox just misses this one.
-                let _ = t.inbox.deliver(Delivery::Unlogged(Arc::clone(&msg)));
+                let _ = t
+                    .inbox
+                    .deliver_or_refuse(Delivery::Unlogged(Arc::clone(&msg)));
             }
         }
     }
@@ -985,7 +987,7 @@ impl Hub {
             let sent = (0..n).any(|i| {
                 members[(first + i) % n]
                     .inbox
-                    .deliver(Delivery::Shared(Arc::clone(&msg), Arc::clone(raw)))
+                    .deliver_or_refuse(Delivery::Shared(Arc::clone(&msg), Arc::clone(raw)))
                     .is_ok()
             });
             if !sent {

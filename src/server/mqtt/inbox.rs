@@ -4,8 +4,9 @@
 //! One queue under a lock, sized to what is in it: an idle connection's inbox is about 100
 //! bytes (two tokio channels, one for deliveries and one for takeovers, cost 2.3 KiB per
 //! connection before anything was sent). At most [`CHANNEL`] deliveries wait; one more is
-//! refused and the inbox is marked lagged, so the connection reads what it missed back from
-//! the log. A queue that empties gives its memory back once it had grown past `KEEP` (8) places.
+//! refused. A refused message from the log marks the inbox lagged, so the connection reads
+//! what it missed back from the log ([`InboxTx::deliver`]); a refused shared or `$SYS` message
+//! is the caller's to count or drop ([`InboxTx::deliver_or_refuse`]). A queue that empties gives its memory back once it had grown past `KEEP` (8) places.
 //!
 //! Only the connection's own task waits on its inbox ([`InboxRx`]); any number of dispatchers
 //! and claiming connections hold an [`InboxTx`]. Once the connection is gone (its `InboxRx`
@@ -72,15 +73,24 @@ pub fn inbox() -> (InboxTx, InboxRx) {
 }
 
 impl InboxTx {
-    /// Queues `d`; on success returns the free places left.
+    /// Queues `d`, a message from the log; on success returns the free places left. Refused
+    /// because the inbox is full, it marks the inbox lagged (the connection reads it back).
     pub fn deliver(&self, d: Delivery) -> Result<usize, Refused> {
+        let queued = self.deliver_or_refuse(d);
+        if queued == Err(Refused::Full) {
+            self.0.lagged.store(true, Ordering::SeqCst);
+        }
+        queued
+    }
+
+    /// Queues `d` (a shared subscription's pick, a `$SYS` message) without marking the inbox
+    /// lagged when it is full: the log cannot give that message back to this connection.
+    pub fn deliver_or_refuse(&self, d: Delivery) -> Result<usize, Refused> {
         let mut st = self.0.lock();
         if st.closed {
             return Err(Refused::Closed);
         }
         if st.queue.len() >= CHANNEL {
-            drop(st);
-            self.0.lagged.store(true, Ordering::SeqCst);
             return Err(Refused::Full);
         }
         st.queue.push_back(d);
@@ -253,6 +263,19 @@ mod tests {
             "an emptied queue gives its memory back"
         );
         assert!(tx.deliver(msg(1)).is_ok());
+    }
+
+    #[test]
+    fn a_refused_shared_or_sys_message_does_not_mark_the_inbox_lagged() {
+        let (tx, rx) = inbox();
+        for i in 0..CHANNEL {
+            tx.deliver_or_refuse(msg(i as u64)).expect("room");
+        }
+        assert_eq!(tx.deliver_or_refuse(msg(9999)).err(), Some(Refused::Full));
+        assert!(
+            !rx.take_lagged(),
+            "the log cannot give it back: no read-back"
+        );
     }
 
     #[tokio::test]
