@@ -108,7 +108,8 @@ impl Default for Listeners {
 pub struct NativeConfig {
     /// Connections open at once; more are refused. Default 1024.
     pub max_connections: usize,
-    /// A connection silent this long is closed. Default "10m".
+    /// A connection silent this long is closed, and one that reads none of its answers this
+    /// long. Default "10m".
     pub idle_timeout: HumanDuration,
     /// Largest frame accepted. Default "16MiB"; at least 64KiB.
     pub max_frame_size: ByteSize,

@@ -42,7 +42,7 @@ pub mod stream;
 
 pub use frame::{FRAME_HEADER_LEN, FrameError, decode_frame, seal_frame};
 pub use messages::*;
-pub use stream::{FrameReader, write_frames};
+pub use stream::{FrameReader, write_frames, write_frames_within};
 
 /// Encodes a message into a new frame.
 pub fn encode<T: serde::Serialize>(message: &T) -> Vec<u8> {

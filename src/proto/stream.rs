@@ -1,5 +1,6 @@
 //! The native protocol over a byte stream: [`FrameReader`] cuts frames out of what arrives, and
-//! [`write_frames`] sends queued frames, several per write when they are ready together. The
+//! [`write_frames`] sends queued frames, several per write when they are ready together
+//! ([`write_frames_within`]: giving up on a peer that does not read). The
 //! [`crate::client`] and the native listener both use these, so the protocol is framed in one
 //! place. (Unlike `frame.rs` and `messages.rs`, this needs `std` and tokio.)
 
@@ -69,7 +70,17 @@ impl FrameReader {
 /// Sends the frames queued on `rx` in order, gathering those that are ready together into one
 /// write, and flushes after each. Ends when `rx` closes (after sending everything queued) or a
 /// write fails, and then shuts the stream's write side.
-pub async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiver<Vec<u8>>) {
+pub async fn write_frames<W: AsyncWrite + Unpin>(wr: W, rx: mpsc::Receiver<Vec<u8>>) {
+    write_frames_within(wr, rx, None).await;
+}
+
+/// As [`write_frames`]; with `stall`, a write that does not complete within it (the peer does
+/// not read) ends the writer, dropping what is queued (senders then see it closed).
+pub async fn write_frames_within<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    stall: Option<std::time::Duration>,
+) {
     let mut out = Vec::new();
     while let Some(frame) = rx.recv().await {
         out.extend_from_slice(&frame);
@@ -79,7 +90,14 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(mut wr: W, mut rx: mpsc::Receiv
                 Err(_) => break,
             }
         }
-        if wr.write_all(&out).await.is_err() || wr.flush().await.is_err() {
+        let write = async { wr.write_all(&out).await.and(wr.flush().await) };
+        let written = match stall {
+            Some(d) => tokio::time::timeout(d, write)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+            None => write.await,
+        };
+        if written.is_err() {
             return;
         }
         if out.capacity() > WRITE_KEEP {

@@ -1073,6 +1073,151 @@ async fn a_subscriber_too_slow_for_live_delivery_loses_nothing() {
     r.stop().await.expect("stop");
 }
 
+/// A persistent subscriber stops reading while large QoS 1 messages arrive, so the server's
+/// write to it blocks; the client then comes back on a new connection (as after a network
+/// change). The new connection resumes the session at once (session present) and gets every
+/// message: the blocked write gives way to the takeover instead of holding the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_held_by_a_connection_that_stopped_reading_is_taken_over_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let mut stuck = raw_connect(&r, b"stuck", false).await;
+    // SUBSCRIBE pkid 1 to "big/#" QoS 1, then stop reading.
+    stuck
+        .write_all(&[0x82, 10, 0, 1, 0, 5, b'b', b'i', b'g', b'/', b'#', 1])
+        .await
+        .expect("subscribe");
+    assert_eq!(read_packet(&mut stuck).await, [0x90, 3, 0, 1, 1], "SUBACK");
+    // 64 in flight of 200 KB: more than loopback's socket buffers hold.
+    let mut opts = v4_options(&r, "big-pub");
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let mut p = v4(opts).await;
+    let n = 100u32;
+    let pad = "x".repeat(200 * 1024);
+    for i in 0..n {
+        p.client
+            .publish("big/a", QoS::AtLeastOnce, false, format!("{i:06}{pad}"))
+            .await
+            .expect("publish");
+    }
+    for _ in 0..n {
+        p.puback().await;
+    }
+    let mut back = TcpStream::connect(r.mqtt_addr.expect("mqtt listener"))
+        .await
+        .expect("connect");
+    back.write_all(&[
+        0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60, 0, 5, b's', b't', b'u', b'c', b'k',
+    ])
+    .await
+    .expect("CONNECT");
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut connack = None;
+    while seen.len() < n as usize {
+        match rumqttc::mqttbytes::v4::Packet::read(&mut buf, usize::MAX) {
+            Ok(rumqttc::mqttbytes::v4::Packet::ConnAck(a)) => connack = Some(a),
+            Ok(rumqttc::mqttbytes::v4::Packet::Publish(m)) => {
+                let seq: u32 = text(&m.payload[..6]).parse().expect("sequence");
+                seen.insert(seq);
+                let mut ack = bytes::BytesMut::new();
+                rumqttc::mqttbytes::v4::PubAck::new(m.pkid)
+                    .write(&mut ack)
+                    .expect("PUBACK");
+                back.write_all(&ack).await.expect("send PUBACK");
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {
+                let got = tokio::time::timeout(WAIT, back.read_buf(&mut buf))
+                    .await
+                    .unwrap_or_else(|_| panic!("stalled with {} of {n} messages", seen.len()))
+                    .expect("read");
+                assert!(got > 0, "connection open ({} of {n} messages)", seen.len());
+            }
+            Err(e) => panic!("bad packet: {e}"),
+        }
+        if let Some(a) = &connack {
+            assert_eq!(
+                (a.session_present, a.code),
+                (true, rumqttc::mqttbytes::v4::ConnectReturnCode::Success),
+                "the session is resumed, not started anew"
+            );
+        }
+    }
+    assert_eq!(seen.len(), n as usize);
+    drop(stuck);
+    r.stop().await.expect("stop");
+}
+
+/// A 3.1.1 client with `keep_alive` (clean session) subscribed to "flood/#" at QoS 0 that reads
+/// nothing after its SUBACK, and 48 MB published to it: more than loopback's socket buffers
+/// hold (a receive buffer may grow to 32 MiB), so the server's writes to it block.
+async fn deaf_subscriber(r: &Running, keep_alive: u16) -> TcpStream {
+    let (mut deaf, connack) = connect_keep_alive(r, 4, keep_alive).await;
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    deaf.write_all(&[
+        0x82, 12, 0, 1, 0, 7, b'f', b'l', b'o', b'o', b'd', b'/', b'#', 0,
+    ])
+    .await
+    .expect("subscribe");
+    assert_eq!(read_packet(&mut deaf).await, [0x90, 3, 0, 1, 0], "SUBACK");
+    let mut opts = v4_options(r, "flood-pub");
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let mut p = v4(opts).await;
+    let pad = "x".repeat(200 * 1024);
+    for i in 0..240 {
+        p.client
+            .publish("flood/a", QoS::AtLeastOnce, false, format!("{i:06}{pad}"))
+            .await
+            .expect("publish");
+    }
+    for _ in 0..240 {
+        p.puback().await;
+    }
+    deaf
+}
+
+/// A client that stops reading (the server's writes to it block, so its PINGREQs go unread
+/// too) is closed after 1.5 times its keep-alive, as a silent one is: it holds no connection,
+/// task or buffer for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_its_keep_alive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let deaf = deaf_subscriber(&r, 2).await;
+    let connections = || async {
+        let m = reqwest_metrics(&r).await;
+        m.lines()
+            .find_map(|l| l.strip_prefix("brook_mqtt_connections "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .expect("brook_mqtt_connections")
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while connections().await > 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the client that does not read is still connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(deaf);
+    r.stop().await.expect("stop");
+}
+
+/// The broker stops (SIGTERM) while a client with a long keep-alive does not read what it was
+/// sent: the stop does not wait for that client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_stops_while_a_client_does_not_read() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = start(config(dir.path())).await.expect("start");
+    let deaf = deaf_subscriber(&r, 600).await;
+    tokio::time::timeout(WAIT, r.stop())
+        .await
+        .expect("stopped in time")
+        .expect("stop");
+    drop(deaf);
+}
+
 /// A raw CONNECT of `version` (4: 3.1.1, 5) with `keep_alive`; returns the stream and the
 /// CONNACK packet.
 async fn connect_keep_alive(r: &Running, version: u8, keep_alive: u16) -> (TcpStream, Vec<u8>) {

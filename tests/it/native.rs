@@ -809,3 +809,51 @@ async fn null_values_stay_null_and_protocol_1_clients_read_them_empty() {
     assert!(matches!(listed.response, proto::Response::Topics { .. }));
     server.stop().await.expect("stop");
 }
+
+/// A client that asks for a lot and does not read the answers (the server's writes to it block,
+/// and its in-flight slots stay taken) does not hold up the broker's stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_stops_while_a_client_does_not_read_its_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = start(config(dir.path())).await.expect("start");
+    let c = client(&server).await;
+    c.create_topic("t", settings(1)).await.expect("create");
+    let mut p = Producer::new(Arc::clone(&c), "t", Acks::Durable)
+        .await
+        .expect("producer");
+    let big = "x".repeat(64 * 1024);
+    for _ in 0..32 {
+        p.send(Some(0), &record(&big)).await.expect("send");
+    }
+    p.flush().await.expect("flush");
+    let mut s = tokio::net::TcpStream::connect(server.native_addr.expect("native listener"))
+        .await
+        .expect("connect");
+    let mut out = proto::encode(&proto::RequestFrame {
+        correlation_id: 1,
+        request: proto::Request::Handshake {
+            version: proto::PROTOCOL_VERSION,
+            client_id: "deaf",
+        },
+    });
+    // 200 fetches of the whole 2 MiB: far more than the socket buffers and every slot hold.
+    for id in 2..202 {
+        out.extend(proto::encode(&proto::RequestFrame {
+            correlation_id: id,
+            request: proto::Request::Fetch(proto::Fetch {
+                topic: "t",
+                partition: 0,
+                offset: 0,
+                max_bytes: 4 << 20,
+                min_bytes: 1,
+                max_wait_ms: 0,
+            }),
+        }));
+    }
+    s.write_all(&out).await.expect("write");
+    tokio::time::timeout(Duration::from_secs(20), server.stop())
+        .await
+        .expect("stopped in time")
+        .expect("stop");
+    drop(s);
+}

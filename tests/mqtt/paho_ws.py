@@ -25,8 +25,10 @@ def client(name, port, transport, v5, ca=None, user="ops", password="pw-ops"):
     c.username_pw_set(user, password)
     got = queue.Queue()
     connected = queue.Queue()
+    c.subacks = queue.Queue()
     c.on_message = lambda _c, _u, m: got.put((m.topic, m.payload))
     c.on_connect = lambda _c, _u, _f, rc, _p=None: connected.put(rc)
+    c.on_subscribe = lambda _c, _u, mid, _codes, _p=None: c.subacks.put(mid)
     c.connect("127.0.0.1", port, keepalive=30)
     c.loop_start()
     rc = connected.get(timeout=10)
@@ -40,7 +42,10 @@ def roundtrip(name, port, v5, ca=None, tcp_port=None):
     if tcp_port:
         watcher, wgot, wrc = client(name + "-tcp", tcp_port, "tcp", True)
         assert not wrc.is_failure
-        watcher.subscribe("commands/ws/#", qos=1)[0]
+        r, mid = watcher.subscribe("commands/ws/#", qos=1)
+        assert r == mqtt.MQTT_ERR_SUCCESS
+        # Its own connection: the round trip below says nothing about it; its SUBACK does.
+        assert watcher.subacks.get(timeout=10) == mid, f"{name}-tcp: SUBACK"
     r, _ = c.subscribe("commands/ws/#", qos=1)
     assert r == mqtt.MQTT_ERR_SUCCESS
     import time

@@ -70,7 +70,7 @@ use tokio::time::Instant;
 use crate::auth::sasl::{self, Mechanism, SaslError, Scram};
 use crate::auth::{ConnSlot, Full, ListenerSlots, Principal};
 use crate::broker::Broker;
-use crate::net::tls::{Accepted, ReadHalf, TlsServer, write_flushed};
+use crate::net::tls::{Accepted, ReadHalf, TlsServer, WriteHalf, write_flushed};
 use crate::units::Narrow;
 use crate::units::{BadSetting, ByteSize, HumanDuration};
 use codec::{Parsed, err};
@@ -477,7 +477,16 @@ async fn connection(
         let _ = stop.wait_for(|s| *s).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     });
-    let writer = tokio::spawn(async move {
+    // A client that does not read its answers is let go after the idle timeout, as one that
+    // sends nothing is.
+    let idle = ctx.config.idle_timeout.0;
+    let mut writer = tokio::spawn(async move {
+        async fn write(wr: &mut WriteHalf, out: &[u8], within: Duration) -> bool {
+            matches!(
+                tokio::time::timeout(within, write_flushed(wr, out)).await,
+                Ok(Ok(()))
+            )
+        }
         let mut out = Vec::with_capacity(64 * 1024);
         while let Some(pending) = rx.recv().await {
             let answer = tokio::select! {
@@ -491,14 +500,20 @@ async fn connection(
                 Err(_) => break,
             }
             if out.len() >= 256 * 1024 || rx.is_empty() {
-                if write_flushed(&mut wr, &out).await.is_err() {
+                // A client that does not read holds the writer (and, its queue full, the
+                // reader) only until the stop's grace.
+                let written = tokio::select! {
+                    ok = write(&mut wr, &out, idle) => ok,
+                    _ = &mut give_up => false,
+                };
+                if !written {
                     return;
                 }
                 out.clear();
             }
         }
         if !out.is_empty() {
-            let _ = write_flushed(&mut wr, &out).await;
+            let _ = write(&mut wr, &out, idle).await;
         }
         let _ = wr.shutdown().await;
     });
@@ -522,7 +537,6 @@ async fn connection(
     };
     let slots = Arc::new(Semaphore::new(in_flight));
     let max = ctx.config.max_request_size.bytes().sat_usize();
-    let idle = ctx.config.idle_timeout.0;
     let mut raw_sasl = false;
     let result = loop {
         // Until the login, one deadline from the accept and small requests; then the idle
@@ -761,7 +775,16 @@ async fn connection(
         }
     };
     drop(tx);
-    let _ = writer.await;
+    // The answers owed are sent; when the broker stops, within its grace (a client that
+    // does not read them is not waited for longer).
+    let stopping = async {
+        let _ = shutdown.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = &mut writer => {}
+        () = stopping => writer.abort(),
+    }
     result
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::codec::{self, CodecError, Connect, Out, Publish, Version, reason};
 use super::hub::{Delivery, Hub, Takeover};
-use super::inbox::{self, InboxRx, InboxTx};
+use super::inbox::{self, InboxRx, InboxTx, Next};
 use super::ingest::{self, Acks, Gathered};
 use super::message;
 use super::pressure::{HOLD_MAX, RELIEVE_BELOW};
@@ -48,6 +48,9 @@ const QUIET_READ: usize = 512;
 const OUT_KEEP: usize = 16 * 1024;
 /// Deliveries taken from the inbox in one turn of the connection loop.
 const DRAIN: usize = 64;
+/// How long the last packets (a DISCONNECT) may take to write when the connection ends
+/// anyway: a client that does not read them does not hold up its successor or the shutdown.
+const GOODBYE_WRITE: Duration = Duration::from_secs(5);
 
 type AckWait = Pin<Box<dyn Future<Output = AppendOutcome> + Send>>;
 
@@ -162,11 +165,14 @@ pub async fn serve(
         rd,
         inbuf,
         inbox,
-    }) = Box::pin(admit(stream, cert_user, peer, &mut slot, deadline, &hub)).await
+    }) = Box::pin(admit(
+        stream, cert_user, peer, &mut slot, deadline, &hub, stop,
+    ))
+    .await
     else {
         return;
     };
-    let end = c.run(rd, inbuf, &inbox, stop).await;
+    let end = c.run(rd, inbuf, &inbox).await;
     Box::pin(c.finish(end, inbox)).await;
 }
 
@@ -187,6 +193,7 @@ async fn admit(
     slot: &mut ConnSlot,
     deadline: Instant,
     hub: &Arc<Hub>,
+    stop: watch::Receiver<bool>,
 ) -> Option<Admitted> {
     let (mut rd, mut wr) = stream.split();
     let max = hub.config.max_packet_size.bytes().sat_usize();
@@ -347,6 +354,7 @@ async fn admit(
         catch_up: Vec::new(),
         dirty: false,
         published: false,
+        stop,
     };
     // A resumed session: its subscriptions go live again, and what was published while it
     // was away is read back from the log.
@@ -433,11 +441,23 @@ struct Conn {
     /// Whether the client has published on this connection (a publisher may be held back
     /// while a subscriber catches up, [`super::pressure`]).
     published: bool,
+    /// Turns true when the broker stops.
+    stop: watch::Receiver<bool>,
 }
 
 enum Flow {
     Go,
     Stop(End),
+}
+
+/// Why a write to the client did not complete ([`Conn::write_out`]).
+enum WriteStop {
+    Failed(std::io::Error),
+    /// The client read nothing for 1.5 times its keep-alive.
+    Stalled,
+    /// A new connection asks for the session.
+    TakenOver,
+    Shutdown,
 }
 
 impl Conn {
@@ -455,13 +475,8 @@ impl Conn {
             .collect();
     }
 
-    async fn run(
-        &mut self,
-        mut rd: ReadHalf,
-        mut inbuf: BytesMut,
-        inbox: &InboxRx,
-        mut stop: watch::Receiver<bool>,
-    ) -> End {
+    async fn run(&mut self, mut rd: ReadHalf, mut inbuf: BytesMut, inbox: &InboxRx) -> End {
+        let mut stop = self.stop.clone();
         let max = self.hub.config.max_packet_size.bytes().sat_usize();
         let keep_alive = Duration::from_millis(u64::from(self.sm.keep_alive) * 1500);
         let mut deadline = Instant::now() + keep_alive;
@@ -503,9 +518,23 @@ impl Conn {
             }
             self.append_gathered().await;
             if !self.out.is_empty() {
-                if let Err(e) = self.write_out().await {
-                    tracing::debug!(peer = %self.peer, "mqtt: write: {e}");
-                    return End::Abnormal;
+                match self.write_out(inbox, keep_alive).await {
+                    Ok(()) => {}
+                    Err(WriteStop::Failed(e)) => {
+                        tracing::debug!(peer = %self.peer, "mqtt: write: {e}");
+                        return End::Abnormal;
+                    }
+                    Err(WriteStop::Stalled) => {
+                        tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: closing connection: the client read nothing for 1.5 times its keep-alive");
+                        return End::Abnormal;
+                    }
+                    // The new connection gets the session from `finish` (the takeover stays
+                    // in the inbox); the old one is not told, it does not read.
+                    Err(WriteStop::TakenOver) => {
+                        tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: session taken over while the client was not reading");
+                        return End::Abnormal;
+                    }
+                    Err(WriteStop::Shutdown) => return End::Shutdown,
                 }
             }
             // A publisher without subscriptions of its own is held back (not read) while a
@@ -538,12 +567,12 @@ impl Conn {
                 biased;
                 _ = &mut stopped => {
                     self.send(Out::Disconnect(reason::SERVER_SHUTTING_DOWN));
-                    let _ = self.write_out().await;
+                    self.write_goodbye().await;
                     return End::Shutdown;
                 }
                 reply = inbox.takeover() => {
                     self.send(Out::Disconnect(reason::SESSION_TAKEN_OVER));
-                    let _ = self.write_out().await;
+                    self.write_goodbye().await;
                     tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: session taken over");
                     return End::TakenOver(reply);
                 }
@@ -604,20 +633,20 @@ impl Conn {
                     }
                     tracing::info!(peer = %self.peer, client = %self.sm.client_id(), "mqtt: keep-alive expired");
                     self.send(Out::Disconnect(reason::KEEP_ALIVE_TIMEOUT));
-                    let _ = self.write_out().await;
+                    self.write_goodbye().await;
                     return End::Abnormal;
                 }
-                d = inbox.delivery(), if !catching_up && wants => {
+                next = inbox.next(), if !catching_up && wants => {
                     // What else is waiting goes in the same turn: one write (and for a
                     // persistent session one store of its delivery state) for all of it.
                     let now = now_ms();
-                    self.take_delivery(d, inbox, now);
+                    self.take_delivery(next, now);
                     for _ in 1..DRAIN {
                         if !self.catch_up.is_empty() || !self.sm.wants_more() {
                             break;
                         }
-                        match inbox.try_delivery() {
-                            Some(d) => self.take_delivery(d, inbox, now),
+                        match inbox.try_next() {
+                            Some(next) => self.take_delivery(next, now),
                             None => break,
                         }
                     }
@@ -661,21 +690,20 @@ impl Conn {
         }
     }
 
-    fn take_delivery(&mut self, d: Delivery, inbox: &InboxRx, now: i64) {
-        match d {
-            Delivery::Log(m) => {
-                if inbox.take_lagged() {
-                    self.hub.stats.read_back.fetch_add(1, Ordering::Relaxed);
-                    // Some messages did not fit the inbox: read them back from the log
-                    // (this one included).
-                    self.start_catch_up();
-                } else {
-                    self.sm.offer(&m, now);
-                    self.dirty = true;
-                }
+    fn take_delivery(&mut self, next: Next, now: i64) {
+        match next {
+            Next::Lagged => {
+                self.hub.stats.read_back.fetch_add(1, Ordering::Relaxed);
+                // Some messages did not fit the inbox: read them back from the log (what is
+                // still queued is offered afterwards, and skipped as already seen).
+                self.start_catch_up();
             }
-            Delivery::Shared(m, raw) => self.sm.offer_shared(&m, &raw, now),
-            Delivery::Unlogged(m) => self.sm.offer_unlogged(&m, now),
+            Next::Delivery(Delivery::Log(m)) => {
+                self.sm.offer(&m, now);
+                self.dirty = true;
+            }
+            Next::Delivery(Delivery::Shared(m, raw)) => self.sm.offer_shared(&m, &raw, now),
+            Next::Delivery(Delivery::Unlogged(m)) => self.sm.offer_unlogged(&m, now),
         }
     }
 
@@ -683,7 +711,38 @@ impl Conn {
     /// of a persistent session, the session is stored durably first (write-ahead; the
     /// session module's "Durable delivery state"); sessions writing at the same time share one
     /// flush of the metadata store.
-    async fn write_out(&mut self) -> std::io::Result<()> {
+    ///
+    /// A client that does not read blocks the write, and while it does the connection reads
+    /// nothing either: the write gives up when a new connection asks for the session, when the
+    /// broker stops, and after 1.5 times the keep-alive (the client's packets went unread
+    /// that long; with keep-alive 0 it waits).
+    async fn write_out(&mut self, inbox: &InboxRx, keep_alive: Duration) -> Result<(), WriteStop> {
+        self.store_before_write().await;
+        let mut stop = self.stop.clone();
+        let stall = async {
+            if keep_alive.is_zero() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(keep_alive).await;
+        };
+        let written = tokio::select! {
+            r = self.write_buffered() => r.map_err(WriteStop::Failed),
+            () = inbox.takeover_asked() => Err(WriteStop::TakenOver),
+            _ = stop.wait_for(|s| *s) => Err(WriteStop::Shutdown),
+            () = stall => Err(WriteStop::Stalled),
+        };
+        self.clear_out();
+        written
+    }
+
+    /// Writes the last packets of a connection that ends, for at most [`GOODBYE_WRITE`].
+    async fn write_goodbye(&mut self) {
+        self.store_before_write().await;
+        let _ = tokio::time::timeout(GOODBYE_WRITE, self.write_buffered()).await;
+        self.clear_out();
+    }
+
+    async fn store_before_write(&mut self) {
         if self.sm.take_needs_sync()
             && self.sm.expiry() > 0
             && self.hub.config.durability != Durability::None
@@ -696,18 +755,23 @@ impl Conn {
             }
             self.dirty = false;
         }
+    }
+
+    async fn write_buffered(&mut self) -> std::io::Result<()> {
         self.hub
             .stats
             .bytes_out
             .fetch_add(self.out.len() as u64, Ordering::Relaxed);
-        let r = write_flushed(&mut self.wr, &self.out).await;
+        write_flushed(&mut self.wr, &self.out).await
+    }
+
+    fn clear_out(&mut self) {
         if self.out.capacity() <= OUT_KEEP {
             // Small writes: the next one allocates what it needs.
             self.out = BytesMut::new();
         } else {
             self.out.clear();
         }
-        r
     }
 
     async fn protocol_error(&mut self, e: CodecError) -> End {
@@ -723,7 +787,7 @@ impl Conn {
             _ => reason::PROTOCOL_ERROR,
         };
         self.send(Out::Disconnect(rc));
-        let _ = self.write_out().await;
+        self.write_goodbye().await;
         End::Abnormal
     }
 
@@ -984,7 +1048,7 @@ impl Conn {
                         if let Some(rc) = reason {
                             self.send(Out::Disconnect(rc));
                         }
-                        let _ = self.write_out().await;
+                        self.write_goodbye().await;
                         self.out.clear();
                         if graceful {
                             tracing::debug!(peer = %self.peer, "mqtt: {why}");

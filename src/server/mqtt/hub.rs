@@ -176,23 +176,7 @@ impl Hub {
                 tracing::warn!("mqtt: skipping an unreadable persisted session");
                 continue;
             };
-            let mut state = SessionState::restore(id.clone(), p);
-            // A power cut may have lost log tail a position pointed past: never skip new
-            // records, and forget in-flight messages that are no longer there (their offsets
-            // will be given to new records).
-            let mut ends = HashMap::new();
-            for ((t, p), pos) in state.positions.iter_mut() {
-                if let Ok((start, end, _)) =
-                    broker.list_offsets(t, *p, crate::proto::OffsetSpec::Latest)
-                {
-                    *pos = (*pos).clamp(start, end);
-                    ends.insert((Arc::clone(t), *p), end);
-                }
-            }
-            let lost = state.retain_inflight_below(&ends);
-            if lost > 0 {
-                tracing::warn!(client = %id, lost, "mqtt: in-flight messages past the log's end after a restart are not sent again");
-            }
+            let state = restore(&broker, id.clone(), p);
             sessions.insert(
                 id,
                 Slot::Offline {
@@ -709,14 +693,45 @@ impl Hub {
                 }
             }
         };
-        let Some(rx) = waiting else {
-            return Ok(None);
-        };
         self.stats.takeovers.fetch_add(1, Ordering::Relaxed);
-        Ok(tokio::time::timeout(Duration::from_secs(5), rx)
-            .await
-            .ok()
-            .and_then(Result::ok))
+        // The old connection hands the session over as it ends; it ends promptly (a write to
+        // a client that does not read gives up on the takeover). Without an answer (that
+        // connection is gone and did not hand it over) the session is what was stored, as
+        // after a crash: never a new, empty session in place of one that exists.
+        let handed = match waiting {
+            Some(rx) => rx.await.ok(),
+            None => None,
+        };
+        if handed.is_some() {
+            return Ok(handed);
+        }
+        tracing::warn!(
+            client = id,
+            "mqtt: the connection that had this session ended without handing it over: resuming it as stored"
+        );
+        Ok(self.stored_session(id))
+    }
+
+    /// A session as stored in the metadata store, restored as after a restart.
+    fn stored_session(&self, id: &str) -> Option<SessionState> {
+        let bytes = match self
+            .broker
+            .meta()
+            .get(Namespace::MqttSessions, id.as_bytes())
+        {
+            Ok(b) => b?,
+            Err(e) => {
+                tracing::warn!(client = id, "mqtt: reading the stored session: {e}");
+                return None;
+            }
+        };
+        match PersistedSession::decode(&bytes) {
+            Ok(p) => Some(restore(&self.broker, id.to_owned(), p)),
+            Err(e) => {
+                tracing::warn!(client = id, "mqtt: the stored session is unreadable: {e}");
+                None
+            }
+        }
     }
 
     /// Connection `conn` ends. Hands the state to a connection that took over, keeps it while
@@ -995,6 +1010,26 @@ impl Hub {
             }
         }
     }
+}
+
+/// A stored session as it resumes: a power cut may have lost log tail a position pointed
+/// past, so positions are kept within the log (never skipping new records), and in-flight
+/// messages that are no longer there are forgotten (their offsets will be given to new
+/// records).
+fn restore(broker: &Broker, id: String, p: PersistedSession) -> SessionState {
+    let mut state = SessionState::restore(id, p);
+    let mut ends = HashMap::new();
+    for ((t, p), pos) in state.positions.iter_mut() {
+        if let Ok((start, end, _)) = broker.list_offsets(t, *p, crate::proto::OffsetSpec::Latest) {
+            *pos = (*pos).clamp(start, end);
+            ends.insert((Arc::clone(t), *p), end);
+        }
+    }
+    let lost = state.retain_inflight_below(&ends);
+    if lost > 0 {
+        tracing::warn!(client = %state.client_id, lost, "mqtt: in-flight messages past the log's end after a restart are not sent again");
+    }
+    state
 }
 
 /// Tails one log partition and hands each record to the connections whose subscriptions match.

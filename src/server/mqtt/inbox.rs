@@ -4,9 +4,12 @@
 //! One queue under a lock, sized to what is in it: an idle connection's inbox is about 100
 //! bytes (two tokio channels, one for deliveries and one for takeovers, cost 2.3 KiB per
 //! connection before anything was sent). At most [`CHANNEL`] deliveries wait; one more is
-//! refused. A refused message from the log marks the inbox lagged, so the connection reads
-//! what it missed back from the log ([`InboxTx::deliver`]); a refused shared or `$SYS` message
-//! is the caller's to count or drop ([`InboxTx::deliver_or_refuse`]). A queue that empties gives its memory back once it had grown past `KEEP` (8) places.
+//! refused. A refused message from the log marks the inbox lagged ([`InboxTx::deliver`]): the
+//! mark wakes the connection like a delivery does and comes out first ([`Next::Lagged`]), so
+//! the connection reads what it missed back from the log at once, even when nothing follows the
+//! refused message. A refused shared or `$SYS` message is the caller's to count or drop
+//! ([`InboxTx::deliver_or_refuse`]). A queue that empties gives its memory back once it had
+//! grown past `KEEP` (8) places.
 //!
 //! Only the connection's own task waits on its inbox ([`InboxRx`]); any number of dispatchers
 //! and claiming connections hold an [`InboxTx`]. Once the connection is gone (its `InboxRx`
@@ -14,7 +17,6 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Poll, Waker};
 
@@ -26,13 +28,13 @@ const KEEP: usize = 8;
 
 struct Shared {
     state: Mutex<State>,
-    /// A delivery was refused (queue full): the connection reads the log back.
-    lagged: AtomicBool,
 }
 
 #[derive(Default)]
 struct State {
     queue: VecDeque<Delivery>,
+    /// A message from the log was refused (queue full): the connection reads the log back.
+    lagged: bool,
     takeover: Option<Takeover>,
     /// The connection's task, when it waits for a delivery, and for a takeover (apart: a
     /// connection that takes no deliveries now is not woken by each one that arrives).
@@ -54,6 +56,15 @@ pub struct InboxTx(Arc<Shared>);
 /// The connection's side.
 pub struct InboxRx(Arc<Shared>);
 
+/// What the connection takes from its inbox.
+#[derive(Debug)]
+pub enum Next {
+    Delivery(Delivery),
+    /// Messages from the log were refused since the last time: read them back from the log
+    /// (from the session's positions to the partitions' ends now).
+    Lagged,
+}
+
 /// Why a delivery was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refused {
@@ -67,40 +78,47 @@ pub enum Refused {
 pub fn inbox() -> (InboxTx, InboxRx) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
-        lagged: AtomicBool::new(false),
     });
     (InboxTx(Arc::clone(&shared)), InboxRx(shared))
 }
 
 impl InboxTx {
     /// Queues `d`, a message from the log; on success returns the free places left. Refused
-    /// because the inbox is full, it marks the inbox lagged (the connection reads it back).
+    /// because the inbox is full, it marks the inbox lagged and wakes the connection, which
+    /// reads the message back from the log.
     pub fn deliver(&self, d: Delivery) -> Result<usize, Refused> {
-        let queued = self.deliver_or_refuse(d);
-        if queued == Err(Refused::Full) {
-            self.0.lagged.store(true, Ordering::SeqCst);
-        }
-        queued
+        self.queue(d, true)
     }
 
     /// Queues `d` (a shared subscription's pick, a `$SYS` message) without marking the inbox
     /// lagged when it is full: the log cannot give that message back to this connection.
     pub fn deliver_or_refuse(&self, d: Delivery) -> Result<usize, Refused> {
+        self.queue(d, false)
+    }
+
+    fn queue(&self, d: Delivery, mark_lagged: bool) -> Result<usize, Refused> {
         let mut st = self.0.lock();
         if st.closed {
             return Err(Refused::Closed);
         }
-        if st.queue.len() >= CHANNEL {
-            return Err(Refused::Full);
-        }
-        st.queue.push_back(d);
-        let free = CHANNEL - st.queue.len();
+        let queued = if st.queue.len() >= CHANNEL {
+            if !mark_lagged || st.lagged {
+                return Err(Refused::Full);
+            }
+            // Under the lock: the connection cannot take the last queued message and go to
+            // sleep between the refusal and the mark.
+            st.lagged = true;
+            Err(Refused::Full)
+        } else {
+            st.queue.push_back(d);
+            Ok(CHANNEL - st.queue.len())
+        };
         let waker = st.delivery_waker.take();
         drop(st);
         if let Some(w) = waker {
             w.wake();
         }
-        Ok(free)
+        queued
     }
 
     /// Asks the connection to hand its session over through `reply`; gives it back when the
@@ -135,13 +153,27 @@ impl InboxRx {
         })
     }
 
+    /// Completes when a takeover is asked for, leaving it in the inbox (a connection stuck
+    /// writing gives up and ends; its end hands the session over).
+    pub fn takeover_asked(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(|cx| {
+            let mut st = self.0.lock();
+            if st.takeover.is_some() {
+                Poll::Ready(())
+            } else {
+                register(&mut st.takeover_waker, cx.waker());
+                Poll::Pending
+            }
+        })
+    }
+
     /// The takeover asked for, if any (the connection is ending).
     pub fn try_takeover(&self) -> Option<Takeover> {
         self.0.lock().takeover.take()
     }
 
-    /// Completes with the next delivery.
-    pub fn delivery(&self) -> impl Future<Output = Delivery> + '_ {
+    /// Completes with the next delivery, or the lagged mark.
+    pub fn next(&self) -> impl Future<Output = Next> + '_ {
         poll_fn(|cx| {
             let mut st = self.0.lock();
             match take(&mut st) {
@@ -154,8 +186,8 @@ impl InboxRx {
         })
     }
 
-    /// The next delivery, if one waits.
-    pub fn try_delivery(&self) -> Option<Delivery> {
+    /// The next delivery or the lagged mark, if one waits.
+    pub fn try_next(&self) -> Option<Next> {
         take(&mut self.0.lock())
     }
 
@@ -163,19 +195,19 @@ impl InboxRx {
     pub fn waiting(&self) -> usize {
         self.0.lock().queue.len()
     }
-
-    /// Whether a delivery was refused since the last call (and clears the mark).
-    pub fn take_lagged(&self) -> bool {
-        self.0.lagged.swap(false, Ordering::SeqCst)
-    }
 }
 
-fn take(st: &mut State) -> Option<Delivery> {
+/// The lagged mark first (what is queued was written before the refused message, so the
+/// read-back covers it too), then the queue in order.
+fn take(st: &mut State) -> Option<Next> {
+    if std::mem::take(&mut st.lagged) {
+        return Some(Next::Lagged);
+    }
     let d = st.queue.pop_front()?;
     if st.queue.is_empty() && st.queue.capacity() > KEEP {
         st.queue = VecDeque::new();
     }
-    Some(d)
+    Some(Next::Delivery(d))
 }
 
 fn register(slot: &mut Option<Waker>, waker: &Waker) {
@@ -221,18 +253,26 @@ mod tests {
         }))
     }
 
-    fn offset(d: &Delivery) -> u64 {
-        match d {
-            Delivery::Log(m) | Delivery::Shared(m, _) | Delivery::Unlogged(m) => m.offset,
+    fn offset(n: &Next) -> u64 {
+        match n {
+            Next::Delivery(Delivery::Log(m) | Delivery::Shared(m, _) | Delivery::Unlogged(m)) => {
+                m.offset
+            }
+            Next::Lagged => u64::MAX,
         }
+    }
+
+    fn lagged(rx: &InboxRx) -> bool {
+        let mut st = rx.0.lock();
+        std::mem::take(&mut st.lagged)
     }
 
     #[tokio::test]
     async fn deliveries_come_out_in_order_and_wake_the_waiting_task() {
         let (tx, rx) = inbox();
         let waiter = tokio::spawn(async move {
-            let a = rx.delivery().await;
-            let b = rx.delivery().await;
+            let a = rx.next().await;
+            let b = rx.next().await;
             (offset(&a), offset(&b))
         });
         tokio::task::yield_now().await;
@@ -251,12 +291,17 @@ mod tests {
         for i in 0..CHANNEL {
             tx.deliver(msg(i as u64)).expect("room");
         }
-        assert!(!rx.take_lagged());
         assert_eq!(tx.deliver(msg(9999)).err(), Some(Refused::Full));
-        assert!(rx.take_lagged());
-        assert!(!rx.take_lagged(), "the mark is cleared once read");
         assert_eq!(rx.waiting(), CHANNEL);
-        while rx.try_delivery().is_some() {}
+        assert!(
+            matches!(rx.try_next(), Some(Next::Lagged)),
+            "the mark comes out before the queue"
+        );
+        assert!(
+            matches!(rx.try_next(), Some(Next::Delivery(_))),
+            "the mark is cleared once taken"
+        );
+        while rx.try_next().is_some() {}
         assert_eq!(
             rx.0.lock().queue.capacity(),
             0,
@@ -272,10 +317,7 @@ mod tests {
             tx.deliver_or_refuse(msg(i as u64)).expect("room");
         }
         assert_eq!(tx.deliver_or_refuse(msg(9999)).err(), Some(Refused::Full));
-        assert!(
-            !rx.take_lagged(),
-            "the log cannot give it back: no read-back"
-        );
+        assert!(!lagged(&rx), "the log cannot give it back: no read-back");
     }
 
     #[tokio::test]

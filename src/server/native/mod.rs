@@ -241,7 +241,13 @@ async fn connection(
     let (mut rd, wr) = stream.split();
     let (tx, rx) = mpsc::channel::<Vec<u8>>(limits.max_in_flight.max(1));
     let slots = Arc::new(Semaphore::new(limits.max_in_flight.max(1)));
-    let writer = tokio::spawn(proto::write_frames(wr, rx));
+    // A client that does not read its answers is let go after the idle timeout, as one that
+    // sends nothing is.
+    let mut writer = tokio::spawn(proto::write_frames_within(
+        wr,
+        rx,
+        Some(limits.idle_timeout),
+    ));
     let mut frames = proto::FrameReader::new();
     let mut client_id: Option<Arc<str>> = None;
     // The protocol version the client said it speaks (what its fetch answers may hold).
@@ -406,7 +412,7 @@ async fn connection(
                     };
                     if let Some((layout, p)) = produce {
                         let sent = match handle::produce_start(&broker, id, layout, p) {
-                            Ok(done) => answer_later(&slots, &tx, done).await,
+                            Ok(done) => answer_later(&slots, &tx, &mut shutdown, done).await,
                             Err(answer) => tx.send(answer).await.is_ok(),
                         };
                         if !sent {
@@ -429,7 +435,7 @@ async fn connection(
                             Err(e) => handle::error(id, ErrorCode::InvalidRequest, &e.to_string()),
                         }
                     };
-                    if !answer_later(&slots, &tx, work).await {
+                    if !answer_later(&slots, &tx, &mut shutdown, work).await {
                         break 'conn Ok(());
                     }
                 }
@@ -485,19 +491,40 @@ async fn connection(
         }
     };
     drop(tx);
-    let _ = writer.await;
+    // The answers owed are sent; when the broker stops, within SHUTDOWN_GRACE (a client that
+    // does not read them is not waited for longer).
+    let stopping = async {
+        let _ = shutdown.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = &mut writer => {}
+        () = stopping => {
+            writer.abort();
+            tracing::info!(%peer, "native connection: answers not taken within {SHUTDOWN_GRACE:?} of the stop are dropped");
+        }
+    }
     result
 }
 
+/// How long the answers still owed when the broker stops may take to write.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 /// Runs a request's work in its own task and queues its answer when done. Waits for one of the
 /// connection's `max_in_flight` slots first (back-pressure on reading). `false`: the connection's
-/// writer is gone.
+/// writer is gone, or the server stops while every slot is taken (a client that does not read
+/// its answers holds them).
 async fn answer_later(
     slots: &Arc<Semaphore>,
     tx: &mpsc::Sender<Vec<u8>>,
+    shutdown: &mut watch::Receiver<bool>,
     work: impl std::future::Future<Output = Vec<u8>> + Send + 'static,
 ) -> bool {
-    let Ok(permit) = Arc::clone(slots).acquire_owned().await else {
+    let permit = tokio::select! {
+        p = Arc::clone(slots).acquire_owned() => p,
+        _ = shutdown.wait_for(|s| *s) => return false,
+    };
+    let Ok(permit) = permit else {
         return false;
     };
     if tx.is_closed() {
