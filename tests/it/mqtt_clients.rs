@@ -345,6 +345,7 @@ fn delivery_across_kill_9(
     let mut seen = String::new();
     let mut report = None;
     let mut native = addrs.native.clone();
+    let mut current = addrs;
     for line in lines.map_while(Result::ok) {
         seen.push_str(&line);
         seen.push('\n');
@@ -357,7 +358,8 @@ fn delivery_across_kill_9(
                 kill_9(&mut server);
                 let (s, a) = common::serve_on(&data, None, "127.0.0.1:0", &mqtt);
                 server = s;
-                native = a.native;
+                native = a.native.clone();
+                current = a;
             }
         }
         if let Some(j) = line.strip_prefix("result ") {
@@ -376,6 +378,11 @@ fn delivery_across_kill_9(
     );
     let report = report.unwrap_or_else(|| panic!("no report:\n{seen}"));
     eprintln!("sub_qos {sub_qos}: {report}");
+    // What the clients said along the way (reconnects, a session lost), for a failure's report.
+    eprintln!(
+        "client output:\n{seen}\nthe last server's log:\n{}",
+        current.log_tail()
+    );
     // What the log holds: every message stored exactly once.
     let out = common::brook()
         .args(["consume", "--topic", "mqtt", "--format", "json"])

@@ -90,6 +90,9 @@ class Subscriber:
                 "dups_by_epoch": {str(k): v for k, v in sorted(self.dups_by_epoch.items())},
                 "dup_flags": self.dup_flags,
                 "epochs": self.epoch,
+                # For a failure's report: which were lost, and which came twice.
+                "missing": [n for n in range(count) if n not in self.counts][:20],
+                "twice": sorted(n for n, v in self.counts.items() if v > 1)[:20],
             }
 
 
