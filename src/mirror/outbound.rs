@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use super::cursor::{CursorKey, Cursors};
 use super::shaper::Shaper;
 use super::sink::{BrookSink, KafkaSink, MqttSink, Sink};
-use super::status::{LinkState, MirrorStatus};
+use super::status::{LinkState, MirrorStatus, Source};
 use super::{
     Link, MirrorConfig, UpstreamKind, back_off, load_cursor, node_of, now_ms, record_bytes,
 };
@@ -192,6 +192,7 @@ async fn run_partition(
             status.update(&key, |s| {
                 s.cursor = next;
                 s.end = r.high_watermark;
+                s.source = Some(Source(Arc::clone(&part)));
                 s.read((pending.len() - before) as u64, read_bytes);
                 s.oldest_unsent_ms = pending.front().map(|r| r.timestamp);
             });

@@ -3,13 +3,14 @@
 //! record, drain rate and the time left at that rate, last error, records dropped unsent.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::cursor::CursorKey;
+use crate::log::Partition;
 
 /// How far back the drain rate looks (an exponentially weighted mean over about this long).
 const RATE_WINDOW: Duration = Duration::from_secs(5);
@@ -45,8 +46,12 @@ pub struct PartitionState {
     /// The cursor as last saved to disk: a crash goes back to it (what lies between is sent
     /// again, or for mirrors in found in the local log).
     pub saved_cursor: u64,
-    /// Durable end of the local partition when last looked at.
+    /// Durable end of the local partition (outbound; read when the status is asked for, so it
+    /// grows while the upstream is down), or the upstream's end when last fetched (inbound).
     pub end: u64,
+    /// The local partition an outbound mirror reads, for `end`.
+    #[serde(skip)]
+    pub source: Option<Source>,
     pub sent_records: u64,
     /// Bytes of the records acknowledged upstream (key, value and headers, before compression).
     pub sent_bytes: u64,
@@ -107,6 +112,16 @@ impl PartitionState {
     }
 }
 
+/// The local partition an outbound mirror sends from.
+#[derive(Clone)]
+pub struct Source(pub Arc<Partition>);
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Source(partition {})", self.0.id())
+    }
+}
+
 /// One row of the status.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusRow {
@@ -146,13 +161,16 @@ impl MirrorStatus {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .map(|((m, t, p), s)| {
+                let mut s = s.clone();
+                if let Some(Source(part)) = &s.source {
+                    s.end = s.end.max(part.durable_offset());
+                }
                 let backlog = s.end.saturating_sub(s.cursor);
                 let rate = s.rate_now();
                 StatusRow {
                     mirror: m.clone(),
                     topic: t.clone(),
                     partition: *p,
-                    state: s.clone(),
                     backlog_records: backlog,
                     backlog_bytes: estimate(backlog as f64 * s.mean_record_bytes),
                     oldest_unsent_age_ms: s
@@ -163,6 +181,7 @@ impl MirrorStatus {
                     eta_secs: (backlog == 0)
                         .then_some(0.0)
                         .or((rate > 0.0).then(|| (backlog as f64 / rate * 10.0).round() / 10.0)),
+                    state: s,
                 }
             })
             .collect()

@@ -788,3 +788,71 @@ fn brook_upstream_login_with_a_password_file() {
     kill_9(&mut local);
     kill_9(&mut up);
 }
+
+/// While the upstream is down the backlog grows with what is produced: `brook mirror status`,
+/// `/api/mirrors` and `brook_mirror_backlog_records` all count every record not sent, and the
+/// oldest unsent record's age is reported, not only what the mirror read before its first
+/// failed send.
+#[test]
+fn the_backlog_is_counted_while_the_upstream_is_down() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime();
+    let cfg = mirror_config(dir.path(), "brook", &free_addr());
+    let (mut local, laddrs) =
+        common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
+    rt.block_on(async {
+        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
+        c.create_topic(
+            "telemetry",
+            brook::proto::TopicSettings {
+                partitions: Some(1),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    });
+    let rows = || {
+        let body = rt
+            .block_on(brook::client::http_get(&laddrs.http, "/api/mirrors", None))
+            .expect("/api/mirrors");
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).expect("json")
+    };
+    let await_rows = |what: &str, ok: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows = rows();
+            if rows.len() == 1 && ok(&rows[0]) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {rows:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // One record read, its send failed: the mirror backs off with it in hand.
+    produce(&rt, &laddrs.native, "telemetry", 0, 1);
+    await_rows("backing off with one record", &|r| {
+        r["state"] == "backing_off" && r["backlog_records"] == 1
+    });
+    // 50 more while it retries.
+    produce(&rt, &laddrs.native, "telemetry", 1, 50);
+    await_rows("51 records waiting", &|r| {
+        r["backlog_records"] == 51 && r["oldest_unsent_age_ms"].as_u64().is_some_and(|a| a > 0)
+    });
+    let out = common::brook()
+        .args(["mirror", "status", "--http", &laddrs.http, "--json"])
+        .output()
+        .expect("brook mirror status");
+    let status: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(status[0]["backlog_records"], 51, "{status:?}");
+    let metrics = rt
+        .block_on(brook::client::http_get(&laddrs.http, "/metrics", None))
+        .expect("/metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("brook_mirror_backlog_records{") && l.ends_with(" 51")),
+        "{metrics}"
+    );
+    kill_9(&mut local);
+}

@@ -1207,6 +1207,11 @@ impl Partition {
         self.inner.lock().written_offset
     }
 
+    /// Offset after the last fsynced record (what survives a power cut).
+    pub fn durable_offset(&self) -> u64 {
+        self.inner.lock().durable_offset
+    }
+
     pub fn status(&self) -> PartitionStatus {
         let st = self.inner.lock();
         PartitionStatus {
