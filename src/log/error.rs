@@ -107,7 +107,7 @@ pub enum LogError {
     #[error("invalid batch: {0}")]
     InvalidBatch(#[source] FrameError),
     #[error(
-        "partition {topic}/{partition} refuses writes after a failed fsync ({cause}); restart Brook to reopen it"
+        "partition {topic}/{partition} refuses writes after a failed {cause}; restart Brook to reopen it"
     )]
     Poisoned {
         topic: String,
@@ -161,3 +161,86 @@ impl LogError {
 }
 
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
+
+/// Why an append failed, as `brook_append_failures_total{reason}` counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendFailure {
+    /// The filesystem reported ENOSPC.
+    NoSpace,
+    /// The filesystem is read-only (EROFS).
+    ReadOnly,
+    /// Another write error.
+    Io,
+    /// The partition refuses writes after a failed fsync or write it could not undo.
+    Refused,
+    /// The topic's `retention_size` with `on_full = "reject"`.
+    RetentionSize,
+    /// `log.max_size` with nothing left to free.
+    MaxSize,
+    /// `log.min_free` with nothing left to free.
+    MinFree,
+}
+
+impl AppendFailure {
+    pub const ALL: [AppendFailure; 7] = [
+        AppendFailure::NoSpace,
+        AppendFailure::ReadOnly,
+        AppendFailure::Io,
+        AppendFailure::Refused,
+        AppendFailure::RetentionSize,
+        AppendFailure::MaxSize,
+        AppendFailure::MinFree,
+    ];
+
+    /// The metric's `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            AppendFailure::NoSpace => "no_space",
+            AppendFailure::ReadOnly => "read_only",
+            AppendFailure::Io => "io_error",
+            AppendFailure::Refused => "partition_refuses_writes",
+            AppendFailure::RetentionSize => "retention_size",
+            AppendFailure::MaxSize => "max_size",
+            AppendFailure::MinFree => "min_free",
+        }
+    }
+
+    /// What made an append fail, when the storage did (not the batch or the topic name).
+    pub fn of(e: &LogError) -> Option<AppendFailure> {
+        Some(match e {
+            LogError::LogFull { reason, .. } => match reason {
+                FullReason::NoSpace => AppendFailure::NoSpace,
+                FullReason::RetentionSize { .. } => AppendFailure::RetentionSize,
+                FullReason::Budget { .. } => AppendFailure::MaxSize,
+                FullReason::FreeSpaceFloor { .. } => AppendFailure::MinFree,
+            },
+            LogError::Io { source, .. } if source.kind() == io::ErrorKind::ReadOnlyFilesystem => {
+                AppendFailure::ReadOnly
+            }
+            LogError::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
+                AppendFailure::NoSpace
+            }
+            LogError::Io { .. } => AppendFailure::Io,
+            // A write on a read-only filesystem cannot be cut back either, so the partition
+            // refuses writes; the cause names the first error.
+            LogError::Poisoned { cause, .. }
+                if cause.contains(&io::Error::from_raw_os_error(libc::EROFS).to_string()) =>
+            {
+                AppendFailure::ReadOnly
+            }
+            LogError::Poisoned { .. } => AppendFailure::Refused,
+            _ => return None,
+        })
+    }
+
+    /// Whether it says the storage is failing (`/healthz` degraded), not a configured limit.
+    pub fn is_storage_fault(self) -> bool {
+        matches!(
+            self,
+            AppendFailure::NoSpace
+                | AppendFailure::ReadOnly
+                | AppendFailure::Io
+                | AppendFailure::Refused
+        )
+    }
+}

@@ -283,6 +283,8 @@ struct FaultState {
     space_left: Option<u64>,
     /// Fail every fsync from now on.
     fail_fsync: bool,
+    /// Writes and truncations fail with EROFS (the filesystem was remounted read-only).
+    read_only: bool,
     /// Reported by `available_space` instead of the real figure.
     available: Option<u64>,
     writes: u64,
@@ -315,6 +317,12 @@ impl FaultFs {
     /// Makes every following fsync fail with EIO (or stop failing).
     pub fn set_fail_fsync(&self, fail: bool) {
         self.lock().fail_fsync = fail;
+    }
+
+    /// Makes every following write and truncation fail with EROFS, as on a filesystem the
+    /// kernel remounted read-only after an error (or stop failing).
+    pub fn set_read_only(&self, read_only: bool) {
+        self.lock().read_only = read_only;
     }
 
     /// Makes `available_space` report this figure (or the real one again with `None`).
@@ -383,6 +391,9 @@ impl File for FaultFile {
     fn write_all_at(&self, buf: &[u8], pos: u64) -> io::Result<()> {
         let mut st = self.fs.lock();
         st.writes += 1;
+        if st.read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
         if let Some(left) = st.space_left {
             if (buf.len() as u64) > left {
                 let fits = left.sat_usize();
@@ -411,6 +422,9 @@ impl File for FaultFile {
         Ok(self.file.metadata()?.len())
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
+        if self.fs.lock().read_only {
+            return Err(io::Error::from_raw_os_error(libc::EROFS));
+        }
         self.file.set_len(len)?;
         let mut st = self.fs.lock();
         if let Some(s) = st.synced.get_mut(&self.path) {

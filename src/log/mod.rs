@@ -96,7 +96,10 @@
 //! - **Time**: retention is measured on a timeline that wall-clock steps cannot move (see
 //!   [`clock`]).
 //! - **Errors**: a failed write cuts the file back and fails the affected appends; a failed fsync
-//!   poisons the partition until the store is reopened.
+//!   (or a write that cannot be cut back) poisons the partition until the store is reopened.
+//!   Every failed append is counted by [`AppendFailure`] ([`partition::Usage::append_failed`]),
+//!   and while the storage fails them (ENOSPC, EROFS, I/O errors) [`partition::Usage::failing`]
+//!   names the cause until a write succeeds again (`/healthz`).
 
 pub mod clock;
 pub mod error;
@@ -111,7 +114,7 @@ pub mod topic_file;
 
 use serde::{Deserialize, Serialize};
 
-pub use error::{FrameError, FullReason, LogError, Result};
+pub use error::{AppendFailure, FrameError, FullReason, LogError, Result};
 pub use partition::{
     AppendTicket, Appended, Partition, PartitionStatus, ReadResult, Usage, Visibility,
     WrittenFrames, batches_in,

@@ -411,6 +411,17 @@ impl Store {
             .max();
         let clock = LogClock::start(time, fs.as_ref(), Some(&dir.join(CLOCK_FILE)), newest)?;
         recovery.took = started.elapsed();
+        // Already under the floor: appends will delete drop_oldest data or be refused at once.
+        if let Some(floor) = opts.min_free.limit() {
+            if let Ok(available) = fs.available_space(&dir) {
+                if available < floor {
+                    tracing::warn!(
+                        "{} has {available} bytes free, below log.min_free ({floor}): appends will delete the oldest segments of drop_oldest topics, and be refused once none are left",
+                        dir.display()
+                    );
+                }
+            }
+        }
         Ok((
             Store {
                 dir,
@@ -631,8 +642,12 @@ impl Store {
         batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, Appended)> {
-        let (partition, now) = self.prepare_append(topic, choice, batch)?;
-        let appended = partition.append(batch, durability, now)?;
+        let (partition, now) = self
+            .prepare_append(topic, choice, batch)
+            .map_err(|e| self.usage.append_failed(e))?;
+        let appended = partition
+            .append(batch, durability, now)
+            .map_err(|e| self.usage.append_failed(e))?;
         Ok((partition.id(), appended))
     }
 
@@ -657,8 +672,12 @@ impl Store {
         batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, super::partition::AppendTicket)> {
-        let (partition, now) = self.prepare_append(topic, choice, batch)?;
-        let ticket = partition.append_start(batch, durability, now)?;
+        let (partition, now) = self
+            .prepare_append(topic, choice, batch)
+            .map_err(|e| self.usage.append_failed(e))?;
+        let ticket = partition
+            .append_start(batch, durability, now)
+            .map_err(|e| self.usage.append_failed(e))?;
         Ok((partition.id(), ticket))
     }
 

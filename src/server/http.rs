@@ -179,10 +179,19 @@ pub fn health(state: &HttpState) -> Vec<String> {
     let mut problems = Vec::new();
     let store = state.broker.store();
     let dir = store.dir();
+    if let Some(cause) = store.usage().failing() {
+        problems.push(format!("appends are failing: {cause}"));
+    }
     match statvfs_flags(dir) {
         Some((read_only, available)) => {
             if read_only {
                 problems.push("filesystem is read-only".to_string());
+            }
+            if available == 0 {
+                problems.push(format!(
+                    "no space left on the filesystem of {}",
+                    dir.display()
+                ));
             }
             if let Some(floor) = store.options().min_free.limit() {
                 if available < floor {
@@ -205,6 +214,15 @@ pub fn health(state: &HttpState) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Every reason's count of failed appends, zeros included (a rate needs the series first).
+fn append_failures(usage: &crate::log::partition::Usage) -> Vec<(&'static str, u64)> {
+    crate::log::AppendFailure::ALL
+        .iter()
+        .zip(&usage.append_failures)
+        .map(|(f, n)| (f.label(), n.load(Ordering::Relaxed)))
+        .collect()
 }
 
 fn statvfs_flags(path: &std::path::Path) -> Option<(bool, u64)> {
@@ -285,6 +303,15 @@ pub fn metrics(state: &HttpState) -> String {
         "brook_disk_budget_bytes {}",
         store.options().max_size.bytes()
     );
+    family(
+        &mut m,
+        "brook_append_failures_total",
+        "counter",
+        "Appends the log refused or failed, by reason (no_space, read_only, io_error, partition_refuses_writes: storage faults; retention_size, max_size, min_free: configured limits).",
+    );
+    for (why, n) in append_failures(usage) {
+        let _ = writeln!(m, "brook_append_failures_total{{reason=\"{why}\"}} {n}");
+    }
     family(
         &mut m,
         "brook_records_dropped_total",

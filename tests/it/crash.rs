@@ -231,6 +231,76 @@ fn enospc_short_write_is_cut_back() {
     assert_eq!(got[4].1, value(20));
 }
 
+/// Failed appends are counted by reason and, while the storage fails them, the store says so
+/// (`/healthz` reads it): ENOSPC until a write succeeds again; a read-only filesystem (EROFS on
+/// the write, and on the cut back) as a read-only failure, never as a failed fsync.
+#[test]
+fn failed_appends_are_counted_by_reason_and_failing_until_a_write_succeeds() {
+    use brook::log::AppendFailure;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let time = ManualTime::new(T0);
+    let topics = [("t", small_topic(2))];
+    let store = open(
+        dir.path(),
+        Arc::new(fs.clone()),
+        &time,
+        no_limits(),
+        &topics,
+    );
+    let count = |why: AppendFailure| {
+        let i = AppendFailure::ALL
+            .iter()
+            .position(|f| *f == why)
+            .expect("reason");
+        store.usage().append_failures[i].load(std::sync::atomic::Ordering::Relaxed)
+    };
+    append(&store, "t", 0, 0, 4, Durability::Durable);
+    assert_eq!(store.usage().failing(), None);
+    fs.set_space_left(Some(50));
+    store
+        .append(
+            "t",
+            PartitionChoice::Id(0),
+            &batch(4, 10),
+            Durability::Written,
+        )
+        .expect_err("no space");
+    assert_eq!(count(AppendFailure::NoSpace), 1);
+    let failing = store.usage().failing().expect("failing after ENOSPC");
+    assert!(failing.contains("ENOSPC"), "{failing}");
+    fs.set_space_left(None);
+    append(&store, "t", 0, 4, 2, Durability::Durable);
+    assert_eq!(store.usage().failing(), None, "a write succeeded since");
+
+    fs.set_read_only(true);
+    let err = store
+        .append(
+            "t",
+            PartitionChoice::Id(1),
+            &batch(0, 2),
+            Durability::Durable,
+        )
+        .expect_err("read-only");
+    assert_eq!(count(AppendFailure::ReadOnly), 1);
+    let failing = store.usage().failing().expect("failing on EROFS");
+    for text in [err.to_string(), failing] {
+        assert!(text.contains("Read-only file system"), "{text}");
+        assert!(!text.contains("fsync"), "not an fsync failure: {text}");
+    }
+    // The cut back failed too: the partition refuses writes until a restart, for the same cause.
+    store
+        .append(
+            "t",
+            PartitionChoice::Id(1),
+            &batch(2, 2),
+            Durability::Durable,
+        )
+        .expect_err("refused");
+    assert_eq!(count(AppendFailure::ReadOnly), 2);
+    assert_eq!(count(AppendFailure::Refused) + count(AppendFailure::Io), 0);
+}
+
 /// After an fsync error the partition refuses writes (fsync errors are not retryable) until the
 /// store is reopened; what was durable before is intact; other partitions are unaffected.
 #[test]

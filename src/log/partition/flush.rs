@@ -30,8 +30,9 @@ use super::{Active, Inner, Sealed, State, Waiter, create_segment};
 pub enum WriteFailure {
     /// The filesystem is full (ENOSPC); the partition stays usable.
     NoSpace(String),
-    /// Another write error; the partition was cut back and stays usable.
-    Write(String),
+    /// Another write error (its kind: a read-only filesystem, ...); the partition was cut back
+    /// and stays usable.
+    Write(String, std::io::ErrorKind),
     /// An fsync failed, or the file could not be cut back: the partition refuses writes.
     Poisoned(String),
 }
@@ -356,6 +357,7 @@ impl Inner {
         }
         st.active.written = end_pos;
         st.written_end = target_end;
+        self.usage.write_succeeded();
         let first_offset = std::mem::replace(&mut st.written_offset, target_offset);
         self.end_tx.send_replace(target_offset);
         if let Some(mut b) = self.share_written(buf, first_offset, target_offset) {
@@ -447,7 +449,7 @@ impl Inner {
         } else if e.raw_os_error() == Some(libc::ENOSPC) {
             WriteFailure::NoSpace(cause)
         } else {
-            WriteFailure::Write(cause)
+            WriteFailure::Write(cause, e.kind())
         };
         (failure, waiters)
     }
@@ -503,6 +505,7 @@ impl Inner {
                 complete(failed, &Err(failure));
                 return self.lock();
             }
+            self.usage.write_succeeded();
         }
         let synced = if unsynced {
             self.usage.fsyncs.fetch_add(1, Ordering::Relaxed);
@@ -558,7 +561,10 @@ impl Inner {
                     LogError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
                         WriteFailure::NoSpace(e.to_string())
                     }
-                    _ => WriteFailure::Write(e.to_string()),
+                    LogError::Io { source, .. } => {
+                        WriteFailure::Write(e.to_string(), source.kind())
+                    }
+                    _ => WriteFailure::Write(e.to_string(), std::io::ErrorKind::Other),
                 };
                 let failed = self.abandon_unwritten(&mut st);
                 drop(st);

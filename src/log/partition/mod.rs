@@ -36,12 +36,12 @@ mod open;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
-use super::error::{FullReason, LogError, Result};
+use super::error::{AppendFailure, FullReason, LogError, Result};
 use super::fs::{File, Fs};
 use super::record::{Batch, BatchHeader, BatchView, encode_frame};
 use super::segment::{self, IndexBuilder, SEGMENT_HEADER_LEN, index_file_name, log_file_name};
@@ -74,6 +74,12 @@ pub struct Usage {
     pub fsync_micros_total: AtomicU64,
     /// Damaged ranges found since open (at open and by reads), each counted once.
     pub damage: Mutex<Vec<DamageReport>>,
+    /// Appends that failed, by [`AppendFailure`] (in the order of [`AppendFailure::ALL`]).
+    pub append_failures: [AtomicU64; AppendFailure::ALL.len()],
+    /// Set while the storage fails appends (the cause of the last failure); cleared by the
+    /// next write that succeeds. `failing` spares the lock on every write.
+    failing: AtomicBool,
+    failing_cause: Mutex<Option<String>>,
 }
 
 /// A damaged range of a partition's log, for `/healthz`, metrics and logs.
@@ -115,6 +121,43 @@ impl Usage {
     /// Damaged ranges found so far.
     pub fn damage(&self) -> Vec<DamageReport> {
         self.damage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Counts a failed append (when the storage or a limit made it fail) and, for a storage
+    /// fault, remembers its cause until a write succeeds. Returns the error.
+    pub fn append_failed(&self, e: LogError) -> LogError {
+        if let Some(why) = AppendFailure::of(&e) {
+            let i = AppendFailure::ALL
+                .iter()
+                .position(|f| *f == why)
+                .unwrap_or(0);
+            self.append_failures[i].fetch_add(1, Ordering::Relaxed);
+            if why.is_storage_fault() {
+                *self.failing_cause.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.to_string());
+                self.failing.store(true, Ordering::Release);
+            }
+        }
+        e
+    }
+
+    /// A write of segment data succeeded: the storage is not failing (any more).
+    pub(crate) fn write_succeeded(&self) {
+        if self.failing.load(Ordering::Acquire) {
+            self.failing.store(false, Ordering::Release);
+            *self.failing_cause.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// Why appends are failing, when the last one the storage failed came after the last
+    /// successful write.
+    pub fn failing(&self) -> Option<String> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failing_cause
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
@@ -385,7 +428,10 @@ impl AppendTicket {
     /// Waits until the batch has the requested durability.
     pub async fn finish(self) -> Result<Appended> {
         if let Some(rx) = self.done {
-            self.inner.completed(rx.await)?;
+            let usage = &self.inner.usage;
+            self.inner
+                .completed(rx.await)
+                .map_err(|e| usage.append_failed(e))?;
         }
         Ok(self.appended)
     }
@@ -647,8 +693,8 @@ impl Inner {
         match f {
             WriteFailure::Poisoned(cause) => self.poisoned(&cause),
             WriteFailure::NoSpace(_) => self.full(FullReason::NoSpace),
-            WriteFailure::Write(msg) => {
-                LogError::io("write", self.dir.clone(), std::io::Error::other(msg))
+            WriteFailure::Write(msg, kind) => {
+                LogError::io("write", self.dir.clone(), std::io::Error::new(kind, msg))
             }
         }
     }
@@ -663,6 +709,7 @@ impl Inner {
             Ok(Err(f)) => Err(self.failure(f)),
             Err(_) => Err(self.failure(WriteFailure::Write(
                 "the partition's flusher stopped".into(),
+                std::io::ErrorKind::Other,
             ))),
         }
     }
