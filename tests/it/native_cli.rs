@@ -262,3 +262,131 @@ fn connection_flags_are_accepted_after_the_subcommand() {
     let _ = server.wait();
     assert!(listed.contains("late"), "{listed}");
 }
+
+/// `brook consume --group G --follow` stopped by SIGINT, by SIGTERM, or by its reader closing
+/// stdout (`| head`) commits exactly what it printed and leaves the group: each next run starts
+/// at the first record the last one did not print. Between them the runs print every record
+/// once (the pipe's run: once what it wrote, of which the test reads only the start).
+#[test]
+fn consume_with_a_group_commits_what_it_printed_however_it_is_stopped() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_server, addr) = serve(&dir.path().join("data"));
+    run(
+        &addr,
+        &["topics", "create", "ev", "--partitions", "2"],
+        None,
+    );
+    let n = 20_000usize;
+    let input: String = (0..n).map(|i| format!("{i:06}\n")).collect();
+    run(&addr, &["produce", "--topic", "ev"], Some(input.as_bytes()));
+    let follow = || {
+        brook()
+            .args([
+                "consume", "--topic", "ev", "--group", "g", "--from", "earliest",
+            ])
+            .args(["--follow", "--format", "json"])
+            .env("BROOK_BROKER", &addr)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn consume")
+    };
+    let parse = |l: &str| -> (u32, u64, String) {
+        let l: Line = serde_json::from_str(l).expect("json line");
+        (l.partition, l.offset, l.value)
+    };
+    let mut seen: Vec<(u32, u64, String)> = Vec::new();
+    // Stopped by a signal: everything it printed is read (to its end), and is committed.
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut c = follow();
+        let mut lines = BufReader::new(c.stdout.take().expect("stdout")).lines();
+        for _ in 0..500 {
+            let l = lines.next().expect("a line").expect("read");
+            seen.push(parse(&l));
+        }
+        // SAFETY: kill(2) on the child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(c.id() as i32, signal) }, 0);
+        for l in lines {
+            seen.push(parse(&l.expect("read")));
+        }
+        let out = c.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "signal {signal}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut unique = std::collections::BTreeSet::new();
+    for r in &seen {
+        assert!(unique.insert(r.clone()), "printed twice: {r:?}");
+    }
+    // Its reader closes stdout after 100 lines (`| head -n 100`).
+    let mut c = follow();
+    let mut lines = BufReader::new(c.stdout.take().expect("stdout")).lines();
+    let mut piped = Vec::new();
+    for _ in 0..100 {
+        piped.push(parse(&lines.next().expect("a line").expect("read")));
+    }
+    drop(lines);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = c.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running after its stdout closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    // The rest, without --follow.
+    let rest = run(
+        &addr,
+        &[
+            "consume", "--topic", "ev", "--group", "g", "--from", "earliest", "--format", "json",
+        ],
+        None,
+    );
+    let rest: Vec<(u32, u64, String)> = rest.lines().map(parse).collect();
+    for r in &piped {
+        assert!(
+            unique.insert(r.clone()),
+            "printed again after a signal: {r:?}"
+        );
+    }
+    // What the pipe run wrote past what the test read is committed too (it was printed): the
+    // next run starts after it, in each partition, and repeats nothing.
+    for r in &rest {
+        assert!(unique.insert(r.clone()), "printed twice: {r:?}");
+    }
+    let first_rest: BTreeMap<u32, u64> = rest.iter().fold(BTreeMap::new(), |mut m, r| {
+        m.entry(r.0).or_insert(r.1);
+        m
+    });
+    let last_piped: BTreeMap<u32, u64> = piped.iter().fold(BTreeMap::new(), |mut m, r| {
+        let e = m.entry(r.0).or_insert(r.1);
+        *e = (*e).max(r.1);
+        m
+    });
+    for (p, first) in &first_rest {
+        if let Some(last) = last_piped.get(p) {
+            assert!(
+                first > last,
+                "partition {p}: the pipe run's lines came again"
+            );
+        }
+    }
+    // Nothing is lost except what the pipe took and the test did not read: the gap between
+    // the pipe run's last line read and the next run's first, per partition.
+    let lost_to_the_pipe: usize = n - unique.len();
+    assert!(
+        lost_to_the_pipe < n / 2,
+        "{lost_to_the_pipe} of {n} records went into the closed pipe"
+    );
+    // The group was left: nobody is a member.
+    let g = run(&addr, &["groups", "describe", "g", "--json"], None);
+    let g: serde_json::Value = serde_json::from_str(&g).expect("json");
+    assert_eq!(g["members"].as_array().map(Vec::len), Some(0), "{g}");
+}

@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, Write};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use brook::client::{Client, Consumer, Producer, StartFrom};
@@ -267,19 +268,27 @@ pub struct ConsumeOptions<'a> {
 }
 
 /// `brook consume`: prints records, one per line; with a group, commits what it printed.
+///
+/// It stops at the end of the log (without `--follow` or `--count`), after `--count` records,
+/// when `stop` is set (SIGINT, SIGTERM) or when stdout is closed (EPIPE: `| head`); then it
+/// commits what it printed and leaves the group. Each batch is written out at once (so
+/// `--follow` shows records as they come); when stdout closes, the lines written whole count as
+/// printed, so the next run starts at the first line the pipe did not take.
 pub async fn consume(
     client: Arc<Client>,
     o: ConsumeOptions<'_>,
     out: &mut impl Write,
+    stop: &AtomicBool,
 ) -> Result<u64> {
     let mut consumer = match o.group {
         Some(g) => Consumer::in_group(client, o.topic, g, o.from).await?,
         None => Consumer::standalone(client, o.topic, o.partition, o.from).await?,
     };
     let mut printed = 0u64;
-    let mut idle_rounds = 0;
-    let mut rewound = std::collections::BTreeSet::new();
-    'outer: loop {
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
         let wait = if o.follow || o.count.is_some() {
             Duration::from_millis(500)
         } else {
@@ -287,43 +296,90 @@ pub async fn consume(
         };
         let batch = consumer.poll(wait).await?;
         if batch.is_empty() {
-            idle_rounds += 1;
             // Without --follow or --count, stop once the end of the log is reached.
-            if !o.follow && o.count.is_none() && idle_rounds >= 1 {
+            if !o.follow && o.count.is_none() {
                 break;
             }
             continue;
         }
-        idle_rounds = 0;
-        for c in batch {
-            if o.count.is_some_and(|n| printed >= n) {
-                // Not printed: the group must read it next time.
-                if rewound.insert(c.partition) {
-                    consumer.seek(c.partition, c.offset);
-                }
-                continue;
+        // The batch's lines in one buffer, written with as few calls as the pipe takes; where
+        // the reader stops taking them, the lines written whole are the ones printed.
+        let mut text = Vec::new();
+        let mut ends = Vec::with_capacity(batch.len());
+        for c in &batch {
+            let taken = printed + ends.len() as u64;
+            if o.count.is_some_and(|n| taken >= n) || stop.load(Ordering::Relaxed) {
+                break;
             }
             match o.format {
-                Format::Text => {
-                    writeln!(out, "{}", String::from_utf8_lossy(c.record.value_bytes()))?
-                }
-                Format::Json => writeln!(
-                    out,
-                    "{}",
-                    json_line(&c.topic, c.partition, c.offset, &c.record)
-                )?,
+                Format::Text => text
+                    .extend_from_slice(String::from_utf8_lossy(c.record.value_bytes()).as_bytes()),
+                Format::Json => text.extend_from_slice(
+                    json_line(&c.topic, c.partition, c.offset, &c.record).as_bytes(),
+                ),
             }
-            printed += 1;
+            text.push(b'\n');
+            ends.push(text.len());
         }
-        if o.count.is_some_and(|n| printed >= n) {
-            break 'outer;
+        let (written, closed) = write_lines(out, &text, &ends, stop)?;
+        let done = ends.iter().take_while(|end| **end <= written).count();
+        // What was not printed is read again next time: back to its first record in each
+        // partition.
+        let mut rewound = std::collections::BTreeSet::new();
+        for c in &batch[done..] {
+            if rewound.insert(c.partition) {
+                consumer.seek(c.partition, c.offset);
+            }
+        }
+        printed += done as u64;
+        if closed || o.count.is_some_and(|n| printed >= n) {
+            break;
         }
     }
-    out.flush()?;
     // Commit exactly what was printed; `seek` above moved the positions back where needed.
     consumer.commit().await?;
     consumer.close().await?;
     Ok(printed)
+}
+
+/// What `brook consume` writes at once at most.
+const WRITE_PIECE: usize = 64 * 1024;
+
+/// Writes `text` (lines ending at `ends`) to `out`, in pieces of whole lines of about
+/// [`WRITE_PIECE`] so a stop (a signal while a slow reader holds the write) ends it soon,
+/// between lines: how many bytes went out, and whether the reader closed it (EPIPE: `| head`,
+/// a stop rather than a failure).
+fn write_lines(
+    out: &mut impl Write,
+    text: &[u8],
+    ends: &[usize],
+    stop: &AtomicBool,
+) -> Result<(usize, bool)> {
+    let mut written = 0;
+    let mut piece_end = 0;
+    while written < text.len() {
+        if written == piece_end {
+            if stop.load(Ordering::Relaxed) {
+                break;
+            }
+            // The last line end within a piece's length, or the next one for a longer line.
+            let from = ends.partition_point(|e| *e <= written);
+            let within = ends.partition_point(|e| *e <= written + WRITE_PIECE);
+            piece_end = ends[within.max(from + 1).min(ends.len()) - 1];
+        }
+        match out.write(&text[written..piece_end]) {
+            Ok(0) => return Ok((written, true)),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok((written, true)),
+            Err(e) => return Err(format!("writing to stdout: {e}").into()),
+        }
+    }
+    match out.flush() {
+        Ok(()) => Ok((written, false)),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok((written, true)),
+        Err(e) => Err(format!("writing to stdout: {e}").into()),
+    }
 }
 
 fn json_line(topic: &str, partition: u32, offset: u64, r: &Record) -> String {

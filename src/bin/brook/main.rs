@@ -11,6 +11,7 @@ mod commands;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -522,8 +523,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 ),
             };
             let client = conn.connect().await?;
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
+            // Unbuffered: `consume` writes a batch at once and must learn which lines the
+            // reader took when it closes the pipe.
+            let mut out = std::fs::File::from(
+                std::os::fd::AsFd::as_fd(&std::io::stdout()).try_clone_to_owned()?,
+            );
+            // SIGINT or SIGTERM: stop soon (within a piece of output), commit what was
+            // printed, leave the group; a second one ends at once.
+            stop_on_signals();
             crate::commands::consume(
                 client,
                 crate::commands::ConsumeOptions {
@@ -536,6 +543,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                     format,
                 },
                 &mut out,
+                &STOP,
             )
             .await
             .map(drop)
@@ -681,6 +689,31 @@ fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => tracing::info!("SIGINT received"),
         }
     })
+}
+
+/// Set by the first SIGINT or SIGTERM once [`stop_on_signals`] is called.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Makes SIGINT and SIGTERM set [`STOP`] (the second one exits, 130). The handler sets the flag
+/// itself: a command blocked writing to a slow reader (not in the runtime) still sees it.
+fn stop_on_signals() {
+    extern "C" fn on_signal(_: libc::c_int) {
+        if STOP.swap(true, Ordering::Relaxed) {
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(130) };
+        }
+    }
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only does async-signal-safe things (an atomic swap, _exit);
+        // SA_RESTART lets a write in progress go on.
+        unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+        }
+    }
 }
 
 /// Runs a client command on a small runtime; errors are printed by `main`.
