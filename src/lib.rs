@@ -9,6 +9,7 @@
 //! | [`broker`] | the core API every front end calls: produce, fetch (long poll), admin, groups; takes [`broker::BrokerOptions`], not the whole config |
 //! | [`log`] | the storage engine: records, batches, segments, partitions, the store |
 //! | [`memory`] | the process's own memory: allocator figures, resident set, giving freed memory back |
+//! | [`report`] | the JSON documents shown to people (HTTP API, CLI `--json`): one set of field names |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std), and frames on a connection ([`proto::stream`], shared by the client and the listener) |
 //! | [`net`] | networking shared by listeners, client and mirror: TLS configs and streams |
 //! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages, the Kafka producer-id block), on sled behind a trait |
@@ -26,7 +27,7 @@
 //! with the `bench` feature (on by default, left out of the ARM builds), `brook bench ...`.
 //!
 //! The layers point one way (`tests/it/layers.rs` checks it from the source): [`units`],
-//! [`log`], [`meta`], [`proto`], [`topic_filter`], [`memory`] and [`net`] at the bottom; [`broker`] on the
+//! [`log`], [`meta`], [`proto`], [`topic_filter`], [`memory`], [`net`] and [`report`] at the bottom; [`broker`] on the
 //! log and the metadata store; [`auth`] beside it; the front ends ([`server`]), the [`mirror`]
 //! and the [`client`] above; [`config`] assembles the sections; only [`serve`] (and the binary)
 //! takes the whole config.
@@ -77,6 +78,7 @@ pub mod meta;
 pub mod mirror;
 pub mod net;
 pub mod proto;
+pub mod report;
 pub mod serve;
 pub mod server;
 pub mod topic_filter;

@@ -495,34 +495,39 @@ pub fn metrics(state: &HttpState) -> String {
 }
 
 fn topics_json(state: &HttpState) -> String {
-    let topics: Vec<serde_json::Value> = state
+    use crate::report::{PartitionReport, TopicReport};
+    let topics: Vec<TopicReport> = state
         .broker
         .topics()
         .iter()
         .map(|t| {
             let cfg = t.config();
-            serde_json::json!({
-                "name": t.name(),
-                "retention": cfg.retention.to_string(),
-                "retention_size": cfg.retention_size.bytes(),
-                "segment_size": cfg.segment_size.bytes(),
-                "on_full": cfg.on_full,
-                "cleanup": cfg.cleanup,
-                "delete_retention": cfg.delete_retention.to_string(),
-                "partitions": t.partitions().iter().map(|p| {
-                    let s = p.status();
-                    serde_json::json!({
-                        "partition": p.id(),
-                        "log_start": s.log_start,
-                        "end_offset": s.next_offset,
-                        "durable_offset": s.durable_offset,
-                        "segments": s.segments,
-                        "bytes": s.bytes,
-                        "refuses_writes": s.poisoned,
+            TopicReport {
+                name: t.name().to_string(),
+                retention: cfg.retention.to_string(),
+                retention_size: cfg.retention_size.bytes(),
+                segment_size: cfg.segment_size.bytes(),
+                on_full: cfg.on_full,
+                cleanup: Some(cfg.cleanup),
+                delete_retention: Some(cfg.delete_retention.to_string()),
+                partitions: t
+                    .partitions()
+                    .iter()
+                    .map(|p| {
+                        let s = p.status();
+                        PartitionReport {
+                            partition: p.id(),
+                            log_start: s.log_start,
+                            end_offset: s.next_offset,
+                            durable_offset: s.durable_offset,
+                            segments: s.segments as u64,
+                            bytes: s.bytes,
+                            refuses_writes: s.poisoned,
+                        }
                     })
-                }).collect::<Vec<_>>(),
-            })
+                    .collect(),
+            }
         })
         .collect();
-    serde_json::Value::Array(topics).to_string()
+    serde_json::to_string(&topics).unwrap_or_else(|_| "[]".into())
 }

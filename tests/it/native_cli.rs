@@ -139,7 +139,7 @@ fn durable_records_survive_kill_9_and_groups_consume_each_once() {
         .as_array()
         .expect("offsets")
         .iter()
-        .map(|o| o[2].as_u64().expect("committed"))
+        .map(|o| o["committed"].as_u64().expect("committed"))
         .sum();
     assert_eq!(committed, 100_000);
     let topics = run(&addr, &["topics", "list", "--json"], None);
@@ -244,10 +244,11 @@ fn topics_create_sets_the_cleanup_policy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("compact_delete"));
 }
 
-/// The connection flags are accepted after the subcommand too (`brook topics create t --broker
-/// ADDR`), and win over BROOK_BROKER (which names a dead address here).
+/// The connection flags are accepted anywhere on the line: after the subcommand (`brook topics
+/// create t --broker ADDR`) and before the command name (`brook --broker ADDR topics list`,
+/// `--broker=ADDR` too), and win over BROOK_BROKER (which names a dead address here).
 #[test]
-fn connection_flags_are_accepted_after_the_subcommand() {
+fn connection_flags_are_accepted_anywhere_on_the_line() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut server, native) = serve(&dir.path().join("data"));
     let dead = "127.0.0.1:1";
@@ -258,9 +259,100 @@ fn connection_flags_are_accepted_after_the_subcommand() {
     );
     let listed = run(dead, &["topics", "list", "--broker", &native], None);
     run(dead, &["groups", "list", "--broker", &native], None);
+    let before = run(dead, &["--broker", &native, "topics", "list"], None);
+    let joined = format!("--broker={native}");
+    let before_eq = run(dead, &[&joined, "topics", "list", "--json"], None);
     let _ = server.kill();
     let _ = server.wait();
     assert!(listed.contains("late"), "{listed}");
+    assert!(before.contains("late"), "{before}");
+    assert!(before_eq.contains("late"), "{before_eq}");
+}
+
+/// Exit status: 0 success, 1 a failure (cannot connect), 2 a usage error (clap's, or a bad
+/// value; with "did you mean" for a mistyped command or flag), 3 the server refused.
+#[test]
+fn exit_codes_tell_usage_failure_and_refusal_apart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, native) = serve(&dir.path().join("data"));
+    let status = |args: &[&str], broker: &str| {
+        let out = brook()
+            .args(args)
+            .env("BROOK_BROKER", broker)
+            .output()
+            .expect("run brook");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = status(&["topcs", "list"], &native);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("topics"), "a suggestion: {err}");
+    let (code, err) = status(&["topics", "list", "--brokr", "x"], &native);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--broker"), "a suggestion: {err}");
+    let (code, err) = status(&["consume", "--topic", "t", "--from", "yesterday"], &native);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = status(&["topics", "describe", "no-such-topic"], &native);
+    assert_eq!(code, Some(3), "{err}");
+    let (code, err) = status(&["topics", "list"], "127.0.0.1:1");
+    assert_eq!(code, Some(1), "{err}");
+    let (code, _) = status(&["topics", "list"], &native);
+    assert_eq!(code, Some(0));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// `brook topics describe --json` prints the document `/api/topics` serves for the topic: the
+/// same field names and, for what the native protocol carries, the same values.
+#[test]
+fn topic_json_has_the_http_api_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut server, addrs) = common::serve(&dir.path().join("data"));
+    let native = addrs.native.clone();
+    run(
+        &native,
+        &[
+            "topics",
+            "create",
+            "j",
+            "--partitions",
+            "2",
+            "--retention",
+            "3d",
+        ],
+        None,
+    );
+    run(&native, &["produce", "--topic", "j"], Some(b"a\nb\nc\n"));
+    let cli: serde_json::Value =
+        serde_json::from_str(run(&native, &["topics", "describe", "j", "--json"], None).trim())
+            .expect("cli json");
+    let http = common::http_raw(&addrs.http, "/api/topics");
+    let body = http.split("\r\n\r\n").nth(1).expect("body");
+    let all: Vec<serde_json::Value> = serde_json::from_str(body).expect("http json");
+    let api = all.iter().find(|t| t["name"] == "j").expect("topic j");
+    let _ = server.kill();
+    let _ = server.wait();
+    let cli = cli.as_object().expect("object");
+    assert!(!cli.is_empty());
+    for (k, v) in cli {
+        if k == "partitions" {
+            continue;
+        }
+        assert_eq!(&api[k.as_str()], v, "field {k}: cli {cli:?}, api {api}");
+    }
+    let (cp, ap) = (
+        cli["partitions"].as_array().expect("cli"),
+        api["partitions"].as_array().expect("api"),
+    );
+    assert_eq!(cp.len(), 2);
+    for (c, a) in cp.iter().zip(ap) {
+        for (k, v) in c.as_object().expect("partition") {
+            assert_eq!(&a[k.as_str()], v, "partition field {k}: {c} vs {a}");
+        }
+    }
+    assert_eq!(cli["retention"], "3d");
 }
 
 /// `brook consume --group G --follow` stopped by SIGINT, by SIGTERM, or by its reader closing

@@ -13,6 +13,19 @@ use brook::proto::{Acks, TopicSettings};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
+/// A command line that cannot be carried out as given (a bad value, a missing companion flag):
+/// exit status 2, as clap's own usage errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Connects to `broker` (over TLS with `tls`) and, given a user and password, logs in.
 pub async fn connect(
     broker: &str,
@@ -38,7 +51,7 @@ pub fn read_secret(file: Option<&std::path::Path>, env: &str) -> Result<String> 
             return Ok(v);
         }
     }
-    Err(format!("no password: give --password-file or set {env}").into())
+    Err(Usage(format!("no password: give --password-file or set {env}")).into())
 }
 
 /// Reads a line from the terminal without echoing it.
@@ -160,7 +173,34 @@ pub async fn topics_delete(client: &Client, name: &str) -> Result<()> {
 pub async fn topics_describe(client: &Client, name: &str, json: bool) -> Result<()> {
     let t = client.describe_topic(name).await?;
     if json {
-        println!("{}", serde_json::to_string(&t)?);
+        // The document /api/topics serves for each topic (what the native protocol carries).
+        let report = brook::report::TopicReport {
+            name: t.name.clone(),
+            retention: brook::report::duration(t.retention_ms),
+            retention_size: t.retention_bytes,
+            segment_size: t.segment_bytes,
+            on_full: if t.reject_when_full {
+                brook::log::OnFull::Reject
+            } else {
+                brook::log::OnFull::DropOldest
+            },
+            cleanup: None,
+            delete_retention: None,
+            partitions: t
+                .partitions
+                .iter()
+                .map(|p| brook::report::PartitionReport {
+                    partition: p.partition,
+                    log_start: p.log_start,
+                    end_offset: p.end_offset,
+                    durable_offset: p.durable_offset,
+                    segments: u64::from(p.segments),
+                    bytes: p.bytes,
+                    refuses_writes: None,
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
     println!(
@@ -412,7 +452,39 @@ pub async fn groups_list(client: &Client, json: bool) -> Result<()> {
 pub async fn groups_describe(client: &Client, group: &str, json: bool) -> Result<()> {
     let g = client.describe_group(group).await?;
     if json {
-        println!("{}", serde_json::to_string(&g)?);
+        use brook::report::{AssignedReport, GroupOffsetReport, GroupReport, MemberReport};
+        let report = GroupReport {
+            group: group.to_string(),
+            generation: g.generation,
+            members: g
+                .members
+                .iter()
+                .map(|m| MemberReport {
+                    member_id: m.member_id.clone(),
+                    client_id: m.client_id.clone(),
+                    assignment: m
+                        .assignment
+                        .iter()
+                        .map(|(topic, partition)| AssignedReport {
+                            topic: topic.clone(),
+                            partition: *partition,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            offsets: g
+                .offsets
+                .iter()
+                .map(|(topic, partition, committed, end)| GroupOffsetReport {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    committed: *committed,
+                    end_offset: *end,
+                    lag: end - committed.unwrap_or(0).min(*end),
+                })
+                .collect(),
+        };
+        println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
     println!(

@@ -216,7 +216,10 @@ impl Conn {
         };
         let tls = match &self.tls_ca {
             None if self.tls_cert.is_some() => {
-                return Err("--tls-cert needs --tls-ca (the CA that signed the server)".into());
+                return Err(crate::commands::Usage(
+                    "--tls-cert needs --tls-ca (the CA that signed the server)".into(),
+                )
+                .into());
             }
             None => None,
             Some(ca) => Some(brook::client::ClientTls::new(
@@ -380,14 +383,68 @@ fn main() -> ExitCode {
         )
         .with(filter)
         .init();
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(hoist_connection_flags(std::env::args_os().collect()));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("brook: {e}");
-            ExitCode::from(2)
+            ExitCode::from(exit_code(e.as_ref()))
         }
     }
+}
+
+/// Exit status of a failed command: 2 a usage error (as clap's own), 3 the server refused (an
+/// error answer: not authorized, no such topic, ...), 1 anything else (cannot connect, I/O).
+fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    use brook::client::ClientError;
+    if e.downcast_ref::<crate::commands::Usage>().is_some() {
+        2
+    } else if matches!(
+        e.downcast_ref::<ClientError>(),
+        Some(ClientError::Server { .. } | ClientError::Http { .. })
+    ) {
+        3
+    } else {
+        1
+    }
+}
+
+/// Flags of [`Conn`] take effect wherever they are on the line: given before the command name
+/// (`brook --broker HOST:PORT topics list`) they are moved after it, where clap looks for them.
+fn hoist_connection_flags(args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    const FLAGS: [&str; 6] = [
+        "--broker",
+        "--user",
+        "--password-file",
+        "--tls-ca",
+        "--tls-cert",
+        "--tls-key",
+    ];
+    let mut out = Vec::with_capacity(args.len());
+    let mut hoisted = Vec::new();
+    let mut rest = args.into_iter();
+    out.extend(rest.next());
+    while let Some(a) = rest.next() {
+        let text = a.to_string_lossy();
+        let name = text.split('=').next().unwrap_or("");
+        if FLAGS.contains(&name) {
+            let has_value = text.contains('=');
+            hoisted.push(a);
+            if !has_value {
+                hoisted.extend(rest.next());
+            }
+        } else if text.starts_with('-') {
+            out.push(a);
+        } else {
+            // The command name: the hoisted flags follow it.
+            out.push(a);
+            out.append(&mut hoisted);
+            out.extend(rest);
+            return out;
+        }
+    }
+    out.append(&mut hoisted);
+    out
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
@@ -452,9 +509,10 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                         Some("reject") => Some(true),
                         Some("drop_oldest") => Some(false),
                         Some(o) => {
-                            return Err(
-                                format!("--on-full {o:?}: use drop_oldest or reject").into()
-                            );
+                            return Err(crate::commands::Usage(format!(
+                                "--on-full {o:?}: use drop_oldest or reject"
+                            ))
+                            .into());
                         }
                     };
                     let settings = brook::proto::TopicSettings {
@@ -517,10 +575,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let from = match from.as_str() {
                 "earliest" => brook::client::StartFrom::Earliest,
                 "latest" => brook::client::StartFrom::Latest,
-                n => brook::client::StartFrom::Offset(
-                    n.parse()
-                        .map_err(|_| format!("--from {n:?}: use earliest, latest or an offset"))?,
-                ),
+                n => brook::client::StartFrom::Offset(n.parse().map_err(|_| {
+                    crate::commands::Usage(format!(
+                        "--from {n:?}: use earliest, latest or an offset"
+                    ))
+                })?),
             };
             let client = conn.connect().await?;
             // Unbuffered: `consume` writes a batch at once and must learn which lines the
@@ -727,4 +786,40 @@ fn client_command(
         .block_on(f)
         .map_err(|e| -> Box<dyn std::error::Error> { e })?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hoist_connection_flags;
+
+    fn hoist(line: &str) -> String {
+        let args = line.split(' ').map(std::ffi::OsString::from).collect();
+        let out: Vec<String> = hoist_connection_flags(args)
+            .into_iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        out.join(" ")
+    }
+
+    #[test]
+    fn connection_flags_before_the_command_name_move_after_it() {
+        assert_eq!(
+            hoist("brook --broker h:1 topics list"),
+            "brook topics --broker h:1 list"
+        );
+        assert_eq!(
+            hoist("brook --broker=h:1 --user u topics create t"),
+            "brook topics --broker=h:1 --user u create t"
+        );
+        assert_eq!(
+            hoist("brook topics list --broker h:1"),
+            "brook topics list --broker h:1"
+        );
+        // Other flags stay where they are; serve does not take them (clap says so).
+        assert_eq!(hoist("brook --version"), "brook --version");
+        assert_eq!(
+            hoist("brook --tls-ca ca.pem serve"),
+            "brook serve --tls-ca ca.pem"
+        );
+    }
 }
