@@ -294,6 +294,26 @@ pub fn metrics(state: &HttpState) -> String {
     let _ = writeln!(m, "brook_disk_used_bytes {}", store.used_bytes());
     family(
         &mut m,
+        "brook_disk_free_bytes",
+        "gauge",
+        "Bytes available on the data directory's filesystem.",
+    );
+    if let Some((_, available)) = statvfs_flags(store.dir()) {
+        let _ = writeln!(m, "brook_disk_free_bytes {available}");
+    }
+    family(
+        &mut m,
+        "brook_disk_min_free_bytes",
+        "gauge",
+        "log.min_free (0: none).",
+    );
+    let _ = writeln!(
+        m,
+        "brook_disk_min_free_bytes {}",
+        store.options().min_free.limit().unwrap_or(0)
+    );
+    family(
+        &mut m,
         "brook_disk_budget_bytes",
         "gauge",
         "log.max_size (0: none).",

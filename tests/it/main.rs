@@ -16,6 +16,7 @@ mod check_cli;
 mod cli;
 mod codec_props;
 mod crash;
+mod dashboard;
 mod disk_full;
 mod kafka;
 mod kafka_clients;
