@@ -503,6 +503,7 @@ async fn connection(
                 // A client that does not read holds the writer (and, its queue full, the
                 // reader) only until the stop's grace.
                 let written = tokio::select! {
+                    biased;
                     ok = write(&mut wr, &out, idle) => ok,
                     _ = &mut give_up => false,
                 };

@@ -725,7 +725,10 @@ impl Conn {
             }
             tokio::time::sleep(keep_alive).await;
         };
+        // The write first: one that completes at once (the usual case) never arms the timer
+        // or the waits.
         let written = tokio::select! {
+            biased;
             r = self.write_buffered() => r.map_err(WriteStop::Failed),
             () = inbox.takeover_asked() => Err(WriteStop::TakenOver),
             _ = stop.wait_for(|s| *s) => Err(WriteStop::Shutdown),
