@@ -154,6 +154,35 @@ pub enum Repair {
 }
 
 pub fn check(dir: &Path, repair: Repair) -> Result<Report> {
+    check_with_progress(dir, repair, &|_| {})
+}
+
+/// Bytes of the segment files under a data directory (or its `topics` directory): what
+/// [`check_with_progress`] reports progress against. Unreadable entries count nothing.
+pub fn segment_bytes(dir: &Path) -> u64 {
+    let topics = if dir.join("topics").is_dir() {
+        dir.join("topics")
+    } else {
+        dir.to_path_buf()
+    };
+    let entries = |d: &Path| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+    };
+    entries(&topics)
+        .filter(|t| t.is_dir())
+        .flat_map(|t| entries(&t).filter(|p| p.is_dir()).collect::<Vec<_>>())
+        .flat_map(|p| entries(&p).collect::<Vec<_>>())
+        .filter(|f| f.extension().is_some_and(|x| x == "log"))
+        .filter_map(|f| f.metadata().ok().map(|m| m.len()))
+        .sum()
+}
+
+/// As [`check`], calling `progress` with the bytes of each segment as it is checked.
+pub fn check_with_progress(dir: &Path, repair: Repair, progress: &dyn Fn(u64)) -> Result<Report> {
     let fs = StdFs;
     let topics_dir = if fs.exists(&dir.join("topics")) {
         dir.join("topics")
@@ -216,7 +245,7 @@ pub fn check(dir: &Path, repair: Repair) -> Result<Report> {
         parts.sort();
         for (_, part) in parts {
             let pdir = tdir.join(&part);
-            let mut r = check_partition(&fs, &pdir, repair, compacts)?;
+            let mut r = check_partition(&fs, &pdir, repair, compacts, progress)?;
             r.topic = topic.clone();
             r.partition = part;
             report.partitions.push(r);
@@ -232,6 +261,7 @@ fn check_partition(
     dir: &Path,
     mode: Repair,
     compacts: bool,
+    progress: &dyn Fn(u64),
 ) -> Result<PartitionReport> {
     let repair = mode != Repair::No;
     let mut r = PartitionReport::default();
@@ -264,6 +294,7 @@ fn check_partition(
             .map_err(|e| LogError::io("open", &path, e))?;
         let len = file.size().map_err(|e| LogError::io("stat", &path, e))?;
         r.bytes += len;
+        progress(len);
         let compacted = match segment::read_segment_header(file.as_ref(), &path, len) {
             Ok(Some(h)) if h.base == base => h.compacted,
             Ok(Some(h)) => {

@@ -482,3 +482,54 @@ fn consume_with_a_group_commits_what_it_printed_however_it_is_stopped() {
     let g: serde_json::Value = serde_json::from_str(&g).expect("json");
     assert_eq!(g["members"].as_array().map(Vec::len), Some(0), "{g}");
 }
+
+/// On a terminal, `brook produce < FILE` and `brook check DIR` show progress (on stderr; the
+/// terminal here is a pty from `script`); piped, they print exactly what they did before.
+#[test]
+fn progress_shows_on_a_terminal_and_not_when_piped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let (mut server, addr) = serve(&data);
+    run(&addr, &["topics", "create", "big"], None);
+    let file = dir.path().join("lines.txt");
+    let lines: String = (0..200_000).map(|i| format!("line {i:08}\n")).collect();
+    std::fs::write(&file, lines).expect("input file");
+    let bin = env!("CARGO_BIN_EXE_brook");
+    let on_a_terminal = |cmd: String| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("BROOK_BROKER", &addr)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run script (util-linux)");
+        assert!(out.status.success(), "{cmd}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let shown = on_a_terminal(format!("{bin} produce --topic big < {}", file.display()));
+    assert!(
+        shown.contains("producing"),
+        "no progress on a terminal: {shown:?}"
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    let shown = on_a_terminal(format!("{bin} check {}", data.display()));
+    assert!(
+        shown.contains("checking"),
+        "no progress on a terminal: {shown:?}"
+    );
+    // Piped: the report alone, nothing on stderr.
+    let out = brook()
+        .arg("check")
+        .arg(&data)
+        .output()
+        .expect("brook check");
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(!report.contains("checking"), "{report}");
+    assert!(report.contains("big"), "{report}");
+}

@@ -234,18 +234,33 @@ fn acks(d: Durability) -> Acks {
     }
 }
 
-/// `brook produce`: one record per line of `input`; returns the records acknowledged. Lines are
-/// read on a separate thread, so a partly filled batch still goes out after the linger when the
-/// input pauses (an interactive terminal, a slow pipe).
+/// Options of `brook produce`.
+pub struct ProduceOptions<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a str>,
+    pub partition: Option<u32>,
+    pub durability: Durability,
+    /// Report how many records were acknowledged.
+    pub verbose: bool,
+}
+
+/// `brook produce`: one record per line of `input`; returns the records acknowledged;
+/// `progress` counts the bytes read. Lines are read on a separate thread, so a partly filled
+/// batch still goes out after the linger when the input pauses (an interactive terminal, a
+/// slow pipe).
 pub async fn produce(
     client: Arc<Client>,
-    topic: &str,
-    key: Option<&str>,
-    partition: Option<u32>,
-    durability: Durability,
+    o: ProduceOptions<'_>,
     input: impl BufRead + Send + 'static,
-    verbose: bool,
+    progress: &indicatif::ProgressBar,
 ) -> Result<u64> {
+    let ProduceOptions {
+        topic,
+        key,
+        partition,
+        durability,
+        verbose,
+    } = o;
     let mut producer = Producer::new(client, topic, acks(durability)).await?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(1024);
     std::thread::spawn(move || {
@@ -265,6 +280,7 @@ pub async fn produce(
                 continue;
             }
         };
+        progress.inc(line.len() as u64 + 1);
         let record = Record {
             timestamp: wall_clock_ms(),
             key: key.map(|k| k.as_bytes().to_vec()),

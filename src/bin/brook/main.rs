@@ -8,6 +8,7 @@
 #[cfg(feature = "bench")]
 mod bench;
 mod commands;
+mod progress;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -549,18 +550,25 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             verbose,
         } => client_command(async move {
             let client = conn.connect().await?;
+            // A file on stdin (`< big.txt`) has a size to show progress against.
+            let size = std::os::fd::AsFd::as_fd(&std::io::stdin())
+                .try_clone_to_owned()
+                .ok()
+                .and_then(|fd| std::fs::File::from(fd).metadata().ok())
+                .filter(std::fs::Metadata::is_file)
+                .map(|m| m.len());
+            let bar = crate::progress::bytes("producing", size);
             let stdin = std::io::BufReader::new(std::io::stdin());
-            crate::commands::produce(
-                client,
-                &topic,
-                key.as_deref(),
+            let options = crate::commands::ProduceOptions {
+                topic: &topic,
+                key: key.as_deref(),
                 partition,
                 durability,
-                stdin,
                 verbose,
-            )
-            .await
-            .map(drop)
+            };
+            let sent = crate::commands::produce(client, options, stdin, &bar).await;
+            bar.finish_and_clear();
+            sent.map(drop)
         }),
         Command::Consume {
             conn,
@@ -644,23 +652,32 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             dir,
             repair,
             drop_corrupt,
-        } => match brook::check::check(
-            &dir,
-            match (repair, drop_corrupt) {
-                (_, true) => brook::check::Repair::DropCorrupt,
-                (true, false) => brook::check::Repair::Safe,
-                (false, false) => brook::check::Repair::No,
-            },
-        ) {
-            Ok(report) => {
-                print!("{}", report.render());
-                Ok(ExitCode::from(report.exit_code()))
+        } => {
+            let bar = crate::progress::bytes(
+                "checking",
+                crate::progress::wanted().then(|| brook::check::segment_bytes(&dir)),
+            );
+            let checked = brook::check::check_with_progress(
+                &dir,
+                match (repair, drop_corrupt) {
+                    (_, true) => brook::check::Repair::DropCorrupt,
+                    (true, false) => brook::check::Repair::Safe,
+                    (false, false) => brook::check::Repair::No,
+                },
+                &|n| bar.inc(n),
+            );
+            bar.finish_and_clear();
+            match checked {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    Ok(ExitCode::from(report.exit_code()))
+                }
+                Err(e) => {
+                    eprintln!("brook check: {e}");
+                    Ok(ExitCode::from(8))
+                }
             }
-            Err(e) => {
-                eprintln!("brook check: {e}");
-                Ok(ExitCode::from(8))
-            }
-        },
+        }
         #[cfg(feature = "bench")]
         Command::Bench(cmd) => run_bench(cmd),
         Command::Config(ConfigCommand::Default) => {
