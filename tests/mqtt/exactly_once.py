@@ -1,7 +1,8 @@
 """Delivery across broker crashes, seen by paho-mqtt clients.
 
 A QoS 2 publisher (3.1.1, persistent session) sends COUNT numbered messages to eo/data, at most
-WINDOW unacknowledged at a time; two persistent subscribers (3.1.1 and 5.0, subscribed at
+WINDOW unacknowledged at a time, once both subscriptions are acknowledged (SUBACK); two
+persistent subscribers (3.1.1 and 5.0, subscribed at
 --sub-qos) stay connected through paho's automatic reconnect. The test that runs this kills and
 restarts the broker on the same port while it runs (it reads the "acked N" lines). When every
 message is acknowledged, a last message "end" is published: the session's redeliveries come
@@ -35,6 +36,9 @@ class Subscriber:
         self.lock = threading.Condition()
         self.counts = {}
         self.epoch = 0
+        # The subscription is in place (SUBACK, or a resumed session): only then may the
+        # publisher start, or its first messages precede the subscription and match nothing.
+        self.subscribed = False
         self.dups_by_epoch = {}
         self.dup_flags = 0
         self.ended = False
@@ -45,6 +49,7 @@ class Subscriber:
         self.c.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
         self.c.on_connect = self.on_connect
         self.c.on_message = self.on_message
+        self.c.on_subscribe = self.on_subscribe
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
@@ -66,6 +71,11 @@ class Subscriber:
                 say("session lost", self.name, epoch)
             c.subscribe("eo/#", qos=self.sub_qos)
         say("connected", self.name, epoch)
+
+    def on_subscribe(self, _c, _ud, _mid, _codes, _props):
+        with self.lock:
+            self.subscribed = True
+            self.lock.notify_all()
 
     def on_message(self, _c, _ud, m):
         with self.lock:
@@ -111,7 +121,7 @@ def main():
     ]
     for s in subs:
         with s.lock:
-            ok = s.lock.wait_for(lambda s=s: s.epoch > 0, timeout=30)
+            ok = s.lock.wait_for(lambda s=s: s.subscribed, timeout=30)
         if not ok:
             say("subscriber did not connect", s.name)
             return 1

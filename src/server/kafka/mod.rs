@@ -26,7 +26,8 @@
 //! [`crate::auth::sasl`]) before anything but ApiVersions, unless anonymous clients are
 //! allowed; a TLS client certificate can be the login instead (`cert_cn_as_username`). Until
 //! the login a connection has one `auth.handshake_timeout` from its accept and requests of at
-//! most `auth.max_frame_before_login`; afterwards `idle_timeout` between requests. Every
+//! most `auth.max_frame_before_login`; afterwards `idle_timeout` between requests (and for a
+//! write of answers the client does not read; at a stop, 3 s). Every
 //! request is held to the ACL of who logged in: produce = `produce`, fetch and list offsets =
 //! `consume`, create and delete topics = `admin`, Metadata lists what the user may describe,
 //! the group APIs need the group (see [`crate::auth::acl`]). The plain listener and the TLS one

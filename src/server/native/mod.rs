@@ -16,9 +16,10 @@
 //! connection has one `auth.handshake_timeout` from its accept, TLS handshake included, and
 //! frames of at most `auth.max_frame_before_login`; it may be closed to make room when half
 //! the listener's slots have not logged in ([`crate::auth::ListenerSlots`]). After it, a
-//! connection silent for `idle_timeout` is closed. Requests are checked against the ACL
-//! (`handle::authorize`), and topic listings hold only what the client may see. On shutdown the listener stops accepting, every connection
-//! stops reading, and the answers in flight are still sent.
+//! connection silent for `idle_timeout` is closed, and so is one whose answers go unread that
+//! long. Requests are checked against the ACL (`handle::authorize`), and topic listings hold
+//! only what the client may see. On shutdown the listener stops accepting, every connection
+//! stops reading, and the answers in flight are still sent, within 3 s.
 
 mod handle;
 
@@ -520,7 +521,9 @@ async fn answer_later(
     shutdown: &mut watch::Receiver<bool>,
     work: impl std::future::Future<Output = Vec<u8>> + Send + 'static,
 ) -> bool {
+    // The slot first: one free at once (the usual case) registers no wait for the stop.
     let permit = tokio::select! {
+        biased;
         p = Arc::clone(slots).acquire_owned() => p,
         _ = shutdown.wait_for(|s| *s) => return false,
     };
