@@ -157,14 +157,19 @@ pub fn check(dir: &Path, repair: Repair) -> Result<Report> {
     check_with_progress(dir, repair, &|_| {})
 }
 
-/// Bytes of the segment files under a data directory (or its `topics` directory): what
-/// [`check_with_progress`] reports progress against. Unreadable entries count nothing.
-pub fn segment_bytes(dir: &Path) -> u64 {
-    let topics = if dir.join("topics").is_dir() {
+/// The `topics` directory of a data directory, or `dir` itself when it is one.
+fn topics_dir(fs: &StdFs, dir: &Path) -> std::path::PathBuf {
+    if fs.exists(&dir.join("topics")) {
         dir.join("topics")
     } else {
         dir.to_path_buf()
-    };
+    }
+}
+
+/// Bytes of the segment files under a data directory (or its `topics` directory): what
+/// [`check_with_progress`] reports progress against. Unreadable entries count nothing.
+pub fn segment_bytes(dir: &Path) -> u64 {
+    let topics = topics_dir(&StdFs, dir);
     let entries = |d: &Path| {
         std::fs::read_dir(d)
             .into_iter()
@@ -184,11 +189,7 @@ pub fn segment_bytes(dir: &Path) -> u64 {
 /// As [`check`], calling `progress` with the bytes of each segment as it is checked.
 pub fn check_with_progress(dir: &Path, repair: Repair, progress: &dyn Fn(u64)) -> Result<Report> {
     let fs = StdFs;
-    let topics_dir = if fs.exists(&dir.join("topics")) {
-        dir.join("topics")
-    } else {
-        dir.to_path_buf()
-    };
+    let topics_dir = topics_dir(&fs, dir);
     if !fs.exists(&topics_dir) {
         return Err(LogError::BadFile {
             path: topics_dir,
