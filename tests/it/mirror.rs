@@ -36,18 +36,7 @@ fn brook_upstream_gets_everything_across_outages_and_kill_9() {
     let cfg = mirror_config(dir.path(), "brook", &up_addr);
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    rt.block_on(async {
-        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
-        c.create_topic(
-            "telemetry",
-            brook::proto::TopicSettings {
-                partitions: Some(2),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
-    });
+    create_telemetry(&rt, &laddrs.native, 2);
     // Upstream down: 5,000 records wait in the local log.
     produce(&rt, &laddrs.native, "telemetry", 0, 5_000);
     let (mut up, _) = common::serve_with(&dir.path().join("up"), None, &up_addr);
@@ -110,13 +99,13 @@ fn kafka_mirror_config(dir: &Path, upstream: &str) -> std::path::PathBuf {
     cfg
 }
 
-fn create_telemetry(rt: &tokio::runtime::Runtime, native: &str) {
+fn create_telemetry(rt: &tokio::runtime::Runtime, native: &str, partitions: u32) {
     rt.block_on(async {
         let c = Client::connect(native, "t").await.expect("connect");
         c.create_topic(
             "telemetry",
             brook::proto::TopicSettings {
-                partitions: Some(2),
+                partitions: Some(partitions),
                 ..Default::default()
             },
         )
@@ -137,7 +126,7 @@ fn kafka_upstream_scenario(
     let rt = runtime();
     let cfg = kafka_mirror_config(dir, up_addr);
     let (mut local, laddrs) = common::serve_with(&dir.join("local"), Some(&cfg), "127.0.0.1:0");
-    create_telemetry(&rt, &laddrs.native);
+    create_telemetry(&rt, &laddrs.native, 2);
     produce(&rt, &laddrs.native, "telemetry", 0, 5_000);
     let mut up = start_upstream();
     let dups = check_complete(
@@ -274,18 +263,7 @@ fn mqtt_upstream_gets_everything_across_outages_and_kill_9() {
     std::fs::write(&cfg, text).expect("config");
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    rt.block_on(async {
-        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
-        c.create_topic(
-            "telemetry",
-            brook::proto::TopicSettings {
-                partitions: Some(2),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
-    });
+    create_telemetry(&rt, &laddrs.native, 2);
     let wait_for = |want: usize| {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
@@ -394,7 +372,7 @@ fn mqtt_3_1_1_upstream_across_outage_and_kill_9() {
     std::fs::write(&cfg, text).expect("config");
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    create_telemetry(&rt, &laddrs.native);
+    create_telemetry(&rt, &laddrs.native, 2);
     // Every index 0..want arrived, on its key's topic, in order per topic (an index seen again
     // is a re-send after the kill -9); returns the re-sends.
     let wait_for = |want: u64| {
@@ -568,18 +546,7 @@ fn linger_gathers_a_trickle_into_one_batch() {
     std::fs::write(&cfg, text).expect("config");
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    rt.block_on(async {
-        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
-        c.create_topic(
-            "telemetry",
-            brook::proto::TopicSettings {
-                partitions: Some(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
-    });
+    create_telemetry(&rt, &laddrs.native, 1);
     // The mirror picks the new topic up (within its 2 s rescan).
     let deadline = Instant::now() + Duration::from_secs(30);
     while sent_bytes_by_topic(&rt, &laddrs.http).1.is_empty() {
@@ -672,18 +639,7 @@ fn mqtt_upstream_login_with_a_password_file() {
     .expect("config");
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    rt.block_on(async {
-        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
-        c.create_topic(
-            "telemetry",
-            brook::proto::TopicSettings {
-                partitions: Some(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
-    });
+    create_telemetry(&rt, &laddrs.native, 1);
     produce(&rt, &laddrs.native, "telemetry", 0, 100);
     for err in good_sent_bad_refused(&rt, &laddrs.http, 100) {
         assert!(
@@ -758,7 +714,7 @@ fn brook_upstream_login_with_a_password_file() {
     .expect("config");
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    create_telemetry(&rt, &laddrs.native);
+    create_telemetry(&rt, &laddrs.native, 2);
     produce(&rt, &laddrs.native, "telemetry", 0, 100);
     for err in good_sent_bad_refused(&rt, &laddrs.http, 100) {
         assert!(err.contains("bad user name or password"), "{err}");
@@ -800,18 +756,7 @@ fn the_backlog_is_counted_while_the_upstream_is_down() {
     let cfg = mirror_config(dir.path(), "brook", &free_addr());
     let (mut local, laddrs) =
         common::serve_with(&dir.path().join("local"), Some(&cfg), "127.0.0.1:0");
-    rt.block_on(async {
-        let c = Client::connect(&laddrs.native, "t").await.expect("connect");
-        c.create_topic(
-            "telemetry",
-            brook::proto::TopicSettings {
-                partitions: Some(1),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("create");
-    });
+    create_telemetry(&rt, &laddrs.native, 1);
     let rows = || {
         let body = rt
             .block_on(brook::client::http_get(&laddrs.http, "/api/mirrors", None))
