@@ -18,7 +18,7 @@
 //! | [`check`] | `brook check`: verifies every segment of a data directory |
 //! | [`mirror`] | upstream mirroring: cursors, the per-partition send loop, Kafka and Brook sinks, status |
 //! | [`serve`] | `brook serve`: the one module that takes the whole config; opens the broker, starts the front ends and mirrors, housekeeping and compaction, graceful shutdown |
-//! | [`server`] | the front ends: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP listeners, systemd notification |
+//! | [`server`] | the front ends: native, MQTT ([`server::mqtt`]), Kafka API ([`server::kafka`]) and HTTP ([`server::http`]: the status page, metrics, health, JSON API) listeners, systemd notification |
 //! | [`topic_filter`] | MQTT topic names and filters, the subscription trie, `*` globs: shared by ACLs, MQTT and the mirror |
 //! | [`units`] | human-readable sizes and durations, and the error of a setting that cannot be used |
 //!

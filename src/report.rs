@@ -48,6 +48,11 @@ pub fn duration(ms: u64) -> String {
     HumanDuration::millis(ms).to_string()
 }
 
+/// Records between a group's committed offset (none: the start) and the end.
+pub fn lag(committed: Option<u64>, end_offset: u64) -> u64 {
+    end_offset - committed.unwrap_or(0).min(end_offset)
+}
+
 /// A consumer group: members and, per partition of its topics, committed offset and lag.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupReport {
@@ -55,6 +60,48 @@ pub struct GroupReport {
     pub generation: u32,
     pub members: Vec<MemberReport>,
     pub offsets: Vec<GroupOffsetReport>,
+}
+
+impl GroupReport {
+    /// From a group's parts, wherever they were read: members as (member id, client id,
+    /// assigned (topic, partition) pairs), offsets as (topic, partition, committed, end offset).
+    pub fn new<'a>(
+        group: &str,
+        generation: u32,
+        members: impl IntoIterator<Item = (&'a str, &'a str, &'a [(String, u32)])>,
+        offsets: impl IntoIterator<Item = (&'a str, u32, Option<u64>, u64)>,
+    ) -> GroupReport {
+        GroupReport {
+            group: group.to_string(),
+            generation,
+            members: members
+                .into_iter()
+                .map(|(member_id, client_id, assignment)| MemberReport {
+                    member_id: member_id.to_string(),
+                    client_id: client_id.to_string(),
+                    assignment: assignment
+                        .iter()
+                        .map(|(topic, partition)| AssignedReport {
+                            topic: topic.clone(),
+                            partition: *partition,
+                        })
+                        .collect(),
+                })
+                .collect(),
+            offsets: offsets
+                .into_iter()
+                .map(
+                    |(topic, partition, committed, end_offset)| GroupOffsetReport {
+                        topic: topic.to_string(),
+                        partition,
+                        committed,
+                        end_offset,
+                        lag: lag(committed, end_offset),
+                    },
+                )
+                .collect(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -179,7 +179,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         kafka: Arc::clone(&kafka_stats),
         mirrors: Arc::clone(&mirrors.status),
         auth: Arc::clone(&auth),
+        history: http::status::History::default(),
     });
+    if http.is_some() || http_tls.is_some() {
+        tasks.push(tokio::spawn(http::status::History::run(
+            Arc::clone(&http_state),
+            rx.clone(),
+        )));
+    }
     for (listener, tls, _) in pair(http, http_tls, &tls) {
         tasks.push(tokio::spawn(http::run(
             listener,

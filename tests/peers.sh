@@ -5,6 +5,7 @@
 #   - Debian's kcat (a librdkafka Kafka client), installed with apt-get when missing;
 #   - Debian's socat (with OpenSSL): TLS in front of tansu, which has none of its own;
 #   - systemd's systemd-analyze, which verifies the units (systemd need not be running);
+#   - Debian's chromium-headless-shell (headless Chromium), which opens the status page;
 #   - paho-mqtt 2.2.0, confluent-kafka 2.16.1 and kafka-python 3.0.12 in a venv under
 #     ${BROOK_CACHE:-~/.cache/brook-ci}, reused when present;
 #   - tansu 0.6.0 (a Kafka-API broker: the mirror's Kafka upstream), built with cargo install
@@ -28,11 +29,12 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 || ! command -v mosquitto >/dev/nu
 fi
 
 # tool:package
-for tool in kcat:kcat socat:socat openssl:openssl systemd-analyze:systemd; do
+for tool in kcat:kcat socat:socat openssl:openssl systemd-analyze:systemd \
+  chromium-headless-shell:chromium-headless-shell; do
   package=${tool#*:} tool=${tool%%:*}
   if ! command -v "$tool" >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-      peer_step "installing $package (kcat: Kafka client; socat: TLS in front of tansu; openssl: the README's certificate recipe; systemd: systemd-analyze verify of the units)"
+      peer_step "installing $package (kcat: Kafka client; socat: TLS in front of tansu; openssl: the README's certificate recipe; systemd: systemd-analyze verify of the units; chromium-headless-shell: the status page in a browser)"
       apt-get update -qq || true
       DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
     else

@@ -683,9 +683,29 @@ impl Auth {
             return true;
         };
         authorization
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(http_token_given)
             .is_some_and(|given| constant_time_eq(given.trim().as_bytes(), token.as_bytes()))
     }
+}
+
+/// The token in an `Authorization` header's value: `Bearer TOKEN`, or `Basic` with the token
+/// as the password (what a browser sends for the status page; the user name is not looked at).
+/// None for any other scheme or a value that does not decode.
+pub fn http_token_given(header: &str) -> Option<String> {
+    use base64::Engine as _;
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(rest.trim().to_string());
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':')
+        .map(|(_, password)| password.to_string())
 }
 
 /// A connection's identity: who logged in (None: anonymous), its client id, and the rules it
@@ -792,6 +812,21 @@ mod tests {
         assert!(!auth.http_allows("/api/topics", None));
         assert!(!auth.http_allows("/api/topics", Some("Bearer wrong")));
         assert!(auth.http_allows("/api/topics", Some("Bearer 0123456789abcdef0123")));
+        // A browser's Basic authentication: the token is the password, any user name.
+        use base64::Engine as _;
+        let basic = |s: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            )
+        };
+        assert!(!auth.http_allows("/", None));
+        assert!(auth.http_allows("/", Some(&basic("me:0123456789abcdef0123"))));
+        assert!(auth.http_allows("/api/status", Some(&basic(":0123456789abcdef0123"))));
+        assert!(!auth.http_allows("/", Some(&basic("0123456789abcdef0123:x"))));
+        assert!(!auth.http_allows("/", Some(&basic("0123456789abcdef0123"))));
+        assert!(!auth.http_allows("/", Some("Basic !!not base64")));
+        assert!(!auth.http_allows("/", Some("Digest 0123456789abcdef0123")));
         std::fs::write(&f, "short").unwrap();
         let e = Auth::open(&AuthConfig {
             http_token_file: Some(f),

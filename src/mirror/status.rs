@@ -166,7 +166,11 @@ impl MirrorStatus {
                     s.end = s.end.max(part.durable_offset());
                 }
                 let backlog = s.end.saturating_sub(s.cursor);
-                let rate = s.rate_now();
+                // Nothing drains while the upstream refuses (the ETA is unknown then).
+                let rate = match s.state {
+                    LinkState::BackingOff => 0.0,
+                    _ => s.rate_now(),
+                };
                 StatusRow {
                     mirror: m.clone(),
                     topic: t.clone(),

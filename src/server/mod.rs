@@ -5,7 +5,7 @@
 //! | front end | module | default address |
 //! |---|---|---|
 //! | native protocol | [`native`] | 127.0.0.1:7420 |
-//! | HTTP (metrics, health, API) | [`http`] | 127.0.0.1:7421 |
+//! | HTTP (status page, metrics, health, JSON API) | [`http`] | 127.0.0.1:7421 |
 //! | MQTT 3.1.1 and 5.0 | [`mqtt`] | 127.0.0.1:1883 |
 //! | Kafka API | [`kafka`] | 127.0.0.1:9092 |
 //! | native, MQTT, Kafka, HTTP over TLS ([`crate::net::tls`]) | the same modules | off (`listeners.*_tls`) |

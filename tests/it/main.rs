@@ -34,5 +34,6 @@ mod native_cli;
 mod power_loss;
 mod proto_props;
 mod security;
+mod status_page;
 mod tls;
 mod write_path;

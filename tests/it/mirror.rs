@@ -13,18 +13,6 @@ use brook::client::Client;
 use crate::common;
 use crate::common::mirror::*;
 
-fn mirror_config(dir: &Path, kind: &str, upstream: &str) -> std::path::PathBuf {
-    let path = dir.join("brook.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[log]\nflush_interval = \"100ms\"\nmin_free = 0\n\n[[mirror]]\nname = \"up\"\nkind = \"{kind}\"\nupstream = [\"{upstream}\"]\ntopics = [\"telemetry\"]\nnode = \"gw1\"\nbatch_records = 500\ncursor_flush = \"200ms\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n"
-        ),
-    )
-    .expect("write config");
-    path
-}
-
 /// Brook to Brook: records produced while the upstream is down all arrive once it starts; a
 /// `kill -9` of the local Brook mid-drain and a stop/restart of the upstream mid-drain lose
 /// nothing and keep order.
@@ -783,6 +771,10 @@ fn the_backlog_is_counted_while_the_upstream_is_down() {
     produce(&rt, &laddrs.native, "telemetry", 1, 50);
     await_rows("51 records waiting", &|r| {
         r["backlog_records"] == 51 && r["oldest_unsent_age_ms"].as_u64().is_some_and(|a| a > 0)
+    });
+    // Nothing drains while it is down: no rate, no ETA.
+    await_rows("no drain", &|r| {
+        r["drain_records_per_sec"] == 0.0 && r["eta_secs"].is_null()
     });
     let out = common::brook()
         .args(["mirror", "status", "--http", &laddrs.http, "--json"])

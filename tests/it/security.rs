@@ -110,12 +110,19 @@ fn mqtt_logins_and_acl_with_paho_and_mosquitto_clients() {
         5
     );
     assert!(http(&addrs.http, "/healthz", None).is_ok());
-    let e = http(&addrs.http, "/api/topics", None).expect_err("the API without a token");
-    assert!(e.contains("401"), "{e}");
-    let e = http(&addrs.http, "/api/topics", Some("wrong-token-0123456789")).expect_err("bad");
-    assert!(e.contains("401"), "{e}");
+    // Every page but /healthz needs the token: the status page and each JSON document.
+    for path in ["/", "/api/status", "/api/topics", "/api/mirrors"] {
+        let e = http(&addrs.http, path, None).expect_err("the API without a token");
+        assert!(e.contains("401"), "{path}: {e}");
+        let e = http(&addrs.http, path, Some("wrong-token-0123456789")).expect_err("bad");
+        assert!(e.contains("401"), "{path}: {e}");
+    }
     let topics = http(&addrs.http, "/api/topics", Some(TOKEN)).expect("the API with its token");
     assert!(topics.contains("\"mqtt\""), "{topics}");
+    let status = http(&addrs.http, "/api/status", Some(TOKEN)).expect("the status with its token");
+    assert!(status.contains("\"mqtt\""), "{status}");
+    let page = http(&addrs.http, "/", Some(TOKEN)).expect("the page with its token");
+    assert!(page.contains("<title>Brook</title>"), "{page}");
     common::mirror::stop(&mut server);
 }
 
@@ -1185,6 +1192,8 @@ fn hostile_bases() -> [(&'static str, Vec<Vec<u8>>); 4] {
         "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
         "GET /api/topics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer 0123456789abcdef\r\n\r\n",
         "GET /api/mirrors HTTP/1.0\r\n\r\n",
+        "GET / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic dXNlcjowMTIzNDU2Nzg5YWJjZGVm\r\n\r\n",
+        "GET /api/status HTTP/1.1\r\nAuthorization: basic OjAxMjM0NTY3ODlhYmNkZWY=\r\n\r\n",
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())

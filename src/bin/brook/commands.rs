@@ -468,38 +468,17 @@ pub async fn groups_list(client: &Client, json: bool) -> Result<()> {
 pub async fn groups_describe(client: &Client, group: &str, json: bool) -> Result<()> {
     let g = client.describe_group(group).await?;
     if json {
-        use brook::report::{AssignedReport, GroupOffsetReport, GroupReport, MemberReport};
-        let report = GroupReport {
-            group: group.to_string(),
-            generation: g.generation,
-            members: g
-                .members
-                .iter()
-                .map(|m| MemberReport {
-                    member_id: m.member_id.clone(),
-                    client_id: m.client_id.clone(),
-                    assignment: m
-                        .assignment
-                        .iter()
-                        .map(|(topic, partition)| AssignedReport {
-                            topic: topic.clone(),
-                            partition: *partition,
-                        })
-                        .collect(),
-                })
-                .collect(),
-            offsets: g
-                .offsets
-                .iter()
-                .map(|(topic, partition, committed, end)| GroupOffsetReport {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    committed: *committed,
-                    end_offset: *end,
-                    lag: end - committed.unwrap_or(0).min(*end),
-                })
-                .collect(),
-        };
+        let report = brook::report::GroupReport::new(
+            group,
+            g.generation,
+            g.members.iter().map(|m| {
+                let assignment = m.assignment.as_slice();
+                (m.member_id.as_str(), m.client_id.as_str(), assignment)
+            }),
+            g.offsets.iter().map(|(topic, partition, committed, end)| {
+                (topic.as_str(), *partition, *committed, *end)
+            }),
+        );
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }

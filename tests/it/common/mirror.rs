@@ -482,3 +482,17 @@ fn mosquitto_protocols(log: &Path, client: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// Writes `dir/brook.toml` with one mirror, `up`, of kind `kind` to `upstream`, for the topic
+/// `telemetry` (node `gw1`, batches of 500, cursors saved every 200 ms, retries 50-500 ms).
+pub fn mirror_config(dir: &Path, kind: &str, upstream: &str) -> std::path::PathBuf {
+    let path = dir.join("brook.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[log]\nflush_interval = \"100ms\"\nmin_free = 0\n\n[[mirror]]\nname = \"up\"\nkind = \"{kind}\"\nupstream = [\"{upstream}\"]\ntopics = [\"telemetry\"]\nnode = \"gw1\"\nbatch_records = 500\ncursor_flush = \"200ms\"\nbackoff_min = \"50ms\"\nbackoff_max = \"500ms\"\n"
+        ),
+    )
+    .expect("write config");
+    path
+}
