@@ -1,6 +1,6 @@
 //! The HTTP endpoint: the status page at `/` ([`status`]), `/metrics` (Prometheus text,
-//! [`metrics`]), `/healthz` ([`health`]), and the JSON documents `/api/status`, `/api/topics`
-//! and `/api/mirrors`.
+//! `metrics.rs`), `/healthz` (`health.rs`, which also gives the status its reasons), and the
+//! JSON documents `/api/status`, `/api/topics` and `/api/mirrors`.
 //!
 //! With `auth.http_token_file` set, `/` and `/api/...` (and `/metrics` with
 //! `auth.metrics_need_token`) answer 401 without the token, given as `Authorization: Bearer
