@@ -40,7 +40,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
 }
 
-/// Threads of the async runtime (the log's flusher threads come on top: one per partition).
+/// Threads of the async runtime (the log's flusher threads come on top: a pool of 2-4, up to
+/// 16 while many partitions sync at once).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
