@@ -142,10 +142,15 @@ impl Flushers {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Queues a partition that has work (its `Sched` was just set to `Queued`).
+    /// Queues a partition that has work (its `Sched` was just set to `Queued`). A thread is
+    /// woken only if one waits: a busy one looks at the queue before it waits (a wake-up nobody
+    /// waits for still costs a system call).
     pub(super) fn schedule(&self, inner: Arc<Inner>) {
-        self.lock().partitions.push_back(inner);
-        self.ready.notify_one();
+        let mut q = self.lock();
+        q.partitions.push_back(inner);
+        if q.idle > 0 {
+            self.ready.notify_one();
+        }
     }
 
     fn work(self: Arc<Self>) {
@@ -198,7 +203,10 @@ impl Flushers {
             } else {
                 st.sched = Sched::Idle;
                 st.wake_at = 1;
-                inner.idle_cv.notify_all();
+                // Only a partition being dropped waits for its flusher to let go (`drain`).
+                if st.stop {
+                    inner.idle_cv.notify_all();
+                }
             }
         }
     }
@@ -242,7 +250,10 @@ impl Inner {
     /// Makes sure a flusher will look at this partition: queues it unless it is queued or being
     /// worked on (then the thread looks again before it lets go), and wakes a gathering round.
     pub(super) fn wake(&self, st: &mut State) {
-        self.flush_cv.notify_one();
+        // Only a running flusher can be gathering (waiting on `flush_cv`).
+        if st.sched == Sched::Running {
+            self.flush_cv.notify_one();
+        }
         if st.sched == Sched::Idle {
             if let Some(me) = self.me.upgrade() {
                 st.sched = Sched::Queued;
