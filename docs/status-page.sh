@@ -53,7 +53,9 @@ while time.time() - t0 < 200:
 PY
 PROD=$!
 (for i in $(seq 1 200); do echo "alarm $i"; sleep 1; done) | $B produce --topic alarms &
+ALARMS=$!
 (for i in $(seq 1 400); do echo "log line $i"; sleep 0.5; done) | $B produce --topic logs &
+LOGS=$!
 sleep 20
 $B consume --topic telemetry --group reports --count 4000 > /dev/null
 $B consume --topic alarms --group alerting --count 10 > /dev/null
@@ -61,6 +63,6 @@ sleep 70
 kill -9 $UP
 sleep 100
 chromium-headless-shell --no-sandbox --disable-gpu --hide-scrollbars --user-data-dir=$D/profile --virtual-time-budget=4000 --window-size=1200,1060 --screenshot=$PWD/docs/status-page.png http://127.0.0.1:17421/ 2>/dev/null
-kill $PROD $SUB $LOCAL 2>/dev/null
+kill $PROD $ALARMS $LOGS $SUB $LOCAL 2>/dev/null
 wait $LOCAL
 echo "docs/status-page.png written"
