@@ -38,7 +38,7 @@ $B topics create alarms --on-full reject
 $B topics create logs --retention 2d
 mosquitto_sub -p 17883 -i hmi-panel -c -q 1 -t 'plant/#' > /dev/null &
 SUB=$!
-python3 - <<'PY' | $B produce --topic telemetry &
+python3 - 2>/dev/null <<'PY' | $B produce --topic telemetry &
 import math, sys, time
 t0 = time.time()
 i = 0
