@@ -245,7 +245,7 @@ fn record_bytes(r: &Record) -> u64 {
     (r.key.as_ref().map_or(0, |k| k.len()) + r.value_bytes().len() + headers) as u64
 }
 
-pub(crate) fn now_ms() -> i64 {
+fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis().sat_i64())

@@ -226,7 +226,7 @@ impl History {
         let reading = Reading::take(state);
         let free_bytes = disk_space(state.broker.store().dir()).map(|d| d.available);
         let mirror_backlog = state.mirrors.rows().iter().map(|r| r.backlog_records).sum();
-        let at_ms = crate::mirror::now_ms();
+        let at_ms = crate::log::clock::wall_clock_ms();
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).push(
             reading,
             at_ms,
@@ -349,7 +349,7 @@ pub fn report(state: &HttpState) -> StatusReport {
     StatusReport {
         version: env!("CARGO_PKG_VERSION"),
         uptime_secs: state.history.started.elapsed().as_secs(),
-        now_ms: crate::mirror::now_ms(),
+        now_ms: crate::log::clock::wall_clock_ms(),
         health: health(state),
         disk: DiskReport {
             data_dir: store.dir().display().to_string(),
