@@ -120,7 +120,8 @@ pub use partition::{
     WrittenFrames, batches_in,
 };
 pub use record::{
-    Batch, BatchBuilder, BatchHeader, BatchView, EncodedBatch, Header, Record, RecordView,
+    Batch, BatchBuilder, BatchHeader, BatchView, EncodedBatch, Header, HeaderRef, HeaderView,
+    Record, RecordView,
 };
 pub use store::{PartitionChoice, Store, StoreRecovery, Topic};
 

@@ -84,6 +84,33 @@ impl Header {
     }
 }
 
+/// A header as [`BatchBuilder::push`] encodes it: owned ([`Header`]) or borrowed
+/// ([`HeaderView`], so a producer that has its headers' bytes elsewhere, as an MQTT publish
+/// does, encodes them without copying them first).
+pub trait HeaderRef {
+    fn name(&self) -> &str;
+    /// `None`: a null value.
+    fn value(&self) -> Option<&[u8]>;
+}
+
+impl HeaderRef for Header {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.value.as_deref()
+    }
+}
+
+impl HeaderRef for HeaderView<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn value(&self) -> Option<&[u8]> {
+        self.value
+    }
+}
+
 /// An owned record, as a producer hands it over.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
@@ -143,34 +170,51 @@ impl BatchHeader {
 /// How a record is laid out inside a batch body (postcard), plain layout: a value and header
 /// values that are byte strings.
 #[derive(Serialize)]
-struct PlainOut<'a> {
+#[serde(bound = "")]
+struct PlainOut<'a, H: HeaderRef> {
     offset_delta: u32,
     timestamp_delta: i64,
     key: Option<&'a [u8]>,
     value: &'a [u8],
-    headers: PlainHeadersOut<'a>,
+    headers: PlainHeadersOut<'a, H>,
 }
 
 /// The nullable layout: as the plain one, with `0`/`1 + bytes` for the value and every header
 /// value.
 #[derive(Serialize)]
-struct NullableOut<'a> {
+#[serde(bound = "")]
+struct NullableOut<'a, H: HeaderRef> {
     offset_delta: u32,
     timestamp_delta: i64,
     key: Option<&'a [u8]>,
     value: Option<&'a [u8]>,
-    headers: &'a [Header],
+    headers: NullableHeadersOut<'a, H>,
 }
 
 /// Headers in the plain layout: `(name, bytes)` pairs.
-struct PlainHeadersOut<'a>(&'a [Header]);
+struct PlainHeadersOut<'a, H>(&'a [H]);
 
-impl Serialize for PlainHeadersOut<'_> {
+impl<H: HeaderRef> Serialize for PlainHeadersOut<'_, H> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeSeq;
         let mut seq = s.serialize_seq(Some(self.0.len()))?;
         for h in self.0 {
-            seq.serialize_element(&(h.name.as_str(), BytesRef(h.bytes())))?;
+            seq.serialize_element(&(h.name(), BytesRef(h.value().unwrap_or_default())))?;
+        }
+        seq.end()
+    }
+}
+
+/// Headers in the nullable layout: `(name, None | Some(bytes))` pairs, as [`Header`]'s own
+/// serde form.
+struct NullableHeadersOut<'a, H>(&'a [H]);
+
+impl<H: HeaderRef> Serialize for NullableHeadersOut<'_, H> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for h in self.0 {
+            seq.serialize_element(&(h.name(), h.value().map(BytesRef)))?;
         }
         seq.end()
     }
@@ -329,12 +373,23 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[Header],
     ) {
+        self.push_with(timestamp, key, value, headers);
+    }
+
+    /// [`BatchBuilder::push`] with headers of any form, borrowed ones included.
+    pub fn push_with<H: HeaderRef>(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[H],
+    ) {
         if self.count == 0 {
             self.first_timestamp = timestamp;
             self.max_timestamp = timestamp;
         }
         self.max_timestamp = self.max_timestamp.max(timestamp);
-        let nulls = value.is_none() || headers.iter().any(|h| h.value.is_none());
+        let nulls = value.is_none() || headers.iter().any(|h| h.value().is_none());
         if nulls && self.layout == RecordLayout::Plain {
             self.make_nullable();
         }
@@ -359,7 +414,7 @@ impl BatchBuilder {
                     timestamp_delta,
                     key,
                     value,
-                    headers,
+                    headers: NullableHeadersOut(headers),
                 },
                 out,
             ),
@@ -394,12 +449,7 @@ impl BatchBuilder {
             index: 0,
         };
         for r in iter.flatten() {
-            let headers: Vec<Header> = r
-                .headers
-                .iter()
-                .map(|h| Header::new(h.name, h.bytes()))
-                .collect();
-            self.push(r.timestamp, r.key, r.value, &headers);
+            self.push_with(r.timestamp, r.key, r.value, &r.headers);
         }
         self.first_timestamp = first;
         self.max_timestamp = max;
@@ -795,11 +845,6 @@ pub fn encode_plain(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<usize, F
     let mut records = Vec::with_capacity(batch.records.len());
     for (i, r) in batch.records().enumerate() {
         let r = r?;
-        let headers: Vec<Header> = r
-            .headers
-            .iter()
-            .map(|h| Header::new(h.name, h.bytes()))
-            .collect();
         let record = PlainOut {
             offset_delta: i.sat_u32(),
             // For a log-append batch this makes even a reader that ignores the attribute see
@@ -807,7 +852,7 @@ pub fn encode_plain(out: &mut Vec<u8>, batch: &BatchView<'_>) -> Result<usize, F
             timestamp_delta: r.timestamp.wrapping_sub(batch.header.first_timestamp),
             key: r.key,
             value: r.value_bytes(),
-            headers: PlainHeadersOut(&headers),
+            headers: PlainHeadersOut(&r.headers),
         };
         records = match postcard::to_extend(&record, records) {
             Ok(v) => v,

@@ -1,8 +1,8 @@
 //! Round-trip and robustness properties of the batch frame and the segment index.
 
 use brook::log::record::{
-    BatchBuilder, BatchHeader, BatchView, Header, Record, RecordLayout, decode_all, encode_frame,
-    encode_plain, frames_as_plain,
+    BatchBuilder, BatchHeader, BatchView, Header, HeaderView, Record, RecordLayout, decode_all,
+    encode_frame, encode_plain, frames_as_plain,
 };
 use brook::log::segment::{IndexEntry, SegmentIndex};
 use proptest::prelude::*;
@@ -81,6 +81,25 @@ proptest! {
         // The nullable layout only where a null needs it, so data without nulls reads anywhere.
         let nulls = records.iter().any(|r| r.value.is_none() || r.headers.iter().any(|h| h.value.is_none()));
         prop_assert_eq!(view.layout == RecordLayout::Nullable, nulls);
+    }
+
+    /// Headers handed over borrowed (as the MQTT listener does) encode to the same bytes as
+    /// owned ones, in either layout.
+    #[test]
+    fn borrowed_headers_encode_as_owned_ones(records in proptest::collection::vec(arb_record(), 1..20)) {
+        let mut owned = BatchBuilder::new();
+        let mut borrowed = BatchBuilder::new();
+        for r in &records {
+            owned.push_record(r);
+            let views: Vec<HeaderView<'_>> = r
+                .headers
+                .iter()
+                .map(|h| HeaderView { name: &h.name, value: h.value.as_deref() })
+                .collect();
+            borrowed.push_with(r.timestamp, r.key.as_deref(), r.value.as_deref(), &views);
+        }
+        prop_assert_eq!(owned.layout(), borrowed.layout());
+        prop_assert_eq!(owned.records_bytes(), borrowed.records_bytes());
     }
 
     /// A batch converted for a reader that predates nulls has the same header and records, with

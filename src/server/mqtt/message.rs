@@ -19,7 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::codec::{MessageProps, Publish};
-use crate::log::{BatchBuilder, Header, RecordView};
+use crate::log::{BatchBuilder, HeaderView, RecordView};
 
 /// A message read from the log, shared by every session it is delivered to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,40 +49,84 @@ pub fn batch_bound(max_packet: u64) -> u64 {
     max_packet + max_packet / 5 + 1024
 }
 
-/// The record headers of `publish` from client `client_id`.
-pub fn headers(publish: &Publish, client_id: &str) -> Vec<Header> {
+/// Calls `f` with the record headers of `publish` from client `client_id`, borrowed from the
+/// publish: a message's headers are encoded without an allocation (user properties aside).
+fn with_headers<R>(
+    publish: &Publish,
+    client_id: &str,
+    f: impl FnOnce(&[HeaderView<'_>]) -> R,
+) -> R {
+    const QOS: [[u8; 1]; 3] = [*b"0", *b"1", *b"2"];
+    const DIGITS: [[u8; 1]; 10] = [
+        *b"0", *b"1", *b"2", *b"3", *b"4", *b"5", *b"6", *b"7", *b"8", *b"9",
+    ];
     let p = &publish.props;
-    let mut h = Vec::with_capacity(3 + p.user.len());
-    h.push(Header::new("mqtt.qos", [b'0' + publish.qos]));
+    let view = |name, value| HeaderView {
+        name,
+        value: Some(value),
+    };
+    // A QoS 2 message's packet id, to recognise it resent after a broker restart
+    // (Hub::stored_recently).
+    let mut pkid = Decimal::default();
+    let mut expiry = Decimal::default();
+    let mut h = heapless::Vec::<HeaderView<'_>, FIXED_HEADERS>::new();
+    let mut add = |hv| {
+        // At most FIXED_HEADERS are added below.
+        let _ = h.push(hv);
+    };
+    add(view("mqtt.qos", &QOS[usize::from(publish.qos.min(2))]));
     if publish.qos == 2 {
-        // To recognise the same message resent after a broker restart (Hub::stored_recently).
-        h.push(Header::new("mqtt.pkid", publish.pkid.to_string()));
+        add(view("mqtt.pkid", pkid.of(u64::from(publish.pkid))));
     }
     if publish.retain {
-        h.push(Header::new("mqtt.retain", *b"1"));
+        add(view("mqtt.retain", b"1"));
     }
     if !client_id.is_empty() {
-        h.push(Header::new("mqtt.client", client_id.as_bytes()));
+        add(view("mqtt.client", client_id.as_bytes()));
     }
     if let Some(v) = &p.content_type {
-        h.push(Header::new("mqtt.content_type", v.as_bytes()));
+        add(view("mqtt.content_type", v.as_bytes()));
     }
     if let Some(v) = &p.response_topic {
-        h.push(Header::new("mqtt.response_topic", v.as_bytes()));
+        add(view("mqtt.response_topic", v.as_bytes()));
     }
     if let Some(v) = &p.correlation_data {
-        h.push(Header::new("mqtt.correlation_data", v.to_vec()));
+        add(view("mqtt.correlation_data", v));
     }
     if let Some(v) = p.payload_format {
-        h.push(Header::new("mqtt.payload_format", [b'0' + v.min(9)]));
+        add(view("mqtt.payload_format", &DIGITS[usize::from(v.min(9))]));
     }
     if let Some(v) = p.expiry {
-        h.push(Header::new("mqtt.expiry", v.to_string()));
+        add(view("mqtt.expiry", expiry.of(u64::from(v))));
     }
-    for (k, v) in &p.user {
-        h.push(Header::new(k.as_str(), v.as_bytes()));
+    if p.user.is_empty() {
+        return f(&h);
     }
-    h
+    let mut all = Vec::with_capacity(h.len() + p.user.len());
+    all.extend_from_slice(&h);
+    all.extend(p.user.iter().map(|(k, v)| view(k.as_str(), v.as_bytes())));
+    f(&all)
+}
+
+/// The most headers [`with_headers`] adds besides user properties.
+const FIXED_HEADERS: usize = 9;
+
+/// A number's decimal digits, on the stack.
+#[derive(Default)]
+struct Decimal([u8; 20]);
+
+impl Decimal {
+    fn of(&mut self, mut n: u64) -> &[u8] {
+        let mut i = self.0.len();
+        loop {
+            i -= 1;
+            self.0[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return &self.0[i..];
+            }
+        }
+    }
 }
 
 /// A one-record batch for `publish`, stamped `now_ms`.
@@ -94,12 +138,14 @@ pub fn batch(publish: &Publish, client_id: &str, now_ms: i64) -> BatchBuilder {
 
 /// Adds `publish` to `batch` as one record, stamped `now_ms`.
 pub fn push(batch: &mut BatchBuilder, publish: &Publish, client_id: &str, now_ms: i64) {
-    batch.push(
-        now_ms,
-        Some(publish.topic.as_bytes()),
-        Some(&publish.payload),
-        &headers(publish, client_id),
-    );
+    with_headers(publish, client_id, |headers| {
+        batch.push_with(
+            now_ms,
+            Some(publish.topic.as_bytes()),
+            Some(&publish.payload),
+            headers,
+        )
+    });
 }
 
 /// About what `publish` takes as a record without user properties (to size buffers).
@@ -204,5 +250,39 @@ mod tests {
         assert!(m.retain);
         assert_eq!(m.publisher.as_deref(), Some("dev-1"));
         assert_eq!(m.props, publish.props);
+    }
+
+    #[test]
+    fn numbers_in_headers_are_decimal() {
+        let mut d = Decimal::default();
+        assert_eq!(d.of(0), b"0");
+        assert_eq!(d.of(7), b"7");
+        assert_eq!(d.of(65_535), b"65535");
+        assert_eq!(d.of(u64::MAX), u64::MAX.to_string().as_bytes());
+        let publish = Publish {
+            dup: false,
+            qos: 2,
+            retain: false,
+            topic: "a".into(),
+            pkid: 65_535,
+            payload: Bytes::new(),
+            props: MessageProps {
+                expiry: Some(4_294_967_295),
+                ..MessageProps::default()
+            },
+        };
+        let got = with_headers(&publish, "", |h| {
+            h.iter()
+                .map(|h| (h.name.to_owned(), h.bytes().to_vec()))
+                .collect::<Vec<_>>()
+        });
+        assert_eq!(
+            got,
+            [
+                ("mqtt.qos".to_owned(), b"2".to_vec()),
+                ("mqtt.pkid".to_owned(), b"65535".to_vec()),
+                ("mqtt.expiry".to_owned(), b"4294967295".to_vec()),
+            ]
+        );
     }
 }
