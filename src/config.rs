@@ -45,8 +45,23 @@ pub struct Config {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Worker threads serving connections. Default 0: one per CPU core.
+    /// Worker threads serving connections. Default 0: one per two CPU cores, at least one
+    /// ([`RuntimeConfig::workers`]).
     pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// The worker threads to start: `worker_threads`, or with 0 one per two cores (at least
+    /// one). The other cores are the flusher threads' and the kernel's (TCP, the filesystem):
+    /// on a 2-core machine a second worker made scenario a of issue 22 (8 publishers, QoS 0)
+    /// cost 40 % more CPU for 15 % less throughput, its workers waking each other to steal
+    /// work (BENCHMARKS.md).
+    pub fn workers(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1))
+    }
 }
 
 /// Listener addresses. Loopback by default; `""` turns a listener off.

@@ -199,3 +199,26 @@ fn the_quick_start_uses_a_group_per_protocol() {
         );
     }
 }
+
+/// `runtime.worker_threads` sets the async runtime's worker threads (`brook_runtime_workers`);
+/// 0, the default, is one per two cores, at least one.
+#[test]
+fn runtime_worker_threads_apply() {
+    use crate::common::auth::{http, metric};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("brook.toml");
+    std::fs::write(&config, "[runtime]\nworker_threads = 3\n").expect("config");
+    let (_server, addrs) =
+        crate::common::serve_with(&dir.path().join("a"), Some(&config), "127.0.0.1:0");
+    let m = http(&addrs.http, "/metrics", None).expect("metrics");
+    assert_eq!(metric(&m, "brook_runtime_workers "), 3, "{m}");
+
+    let (_server, addrs) = crate::common::serve(&dir.path().join("b"));
+    let m = http(&addrs.http, "/metrics", None).expect("metrics");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        metric(&m, "brook_runtime_workers "),
+        (cores / 2).max(1) as u64,
+        "{m}"
+    );
+}

@@ -480,6 +480,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             cfg.validate()
                 .map_err(|m| format!("invalid settings: {m}"))?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(cfg.runtime.workers())
                 .enable_all()
                 .build()?;
             runtime.block_on(async {

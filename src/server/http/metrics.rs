@@ -269,6 +269,15 @@ pub fn metrics(state: &HttpState) -> String {
         "1 when /healthz reports ok.",
     );
     let _ = writeln!(m, "brook_healthy {}", u8::from(health(state).is_empty()));
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        family(
+            &mut m,
+            "brook_runtime_workers",
+            "gauge",
+            "Worker threads of the async runtime (`runtime.worker_threads`).",
+        );
+        let _ = writeln!(m, "brook_runtime_workers {}", rt.metrics().num_workers());
+    }
     if let Some(heap) = crate::memory::heap() {
         family(
             &mut m,
