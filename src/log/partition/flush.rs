@@ -153,6 +153,18 @@ impl Flushers {
         }
     }
 
+    /// Queues again a partition this thread just worked on, behind the others. This thread
+    /// looks at the queue next, so another is woken only if there is more than this partition
+    /// to do: otherwise it would wake to find the queue empty (a wake-up and a context switch
+    /// per flush round for nothing).
+    fn requeue(&self, inner: Arc<Inner>) {
+        let mut q = self.lock();
+        q.partitions.push_back(inner);
+        if q.partitions.len() > 1 && q.idle > 0 {
+            self.ready.notify_one();
+        }
+    }
+
     fn work(self: Arc<Self>) {
         loop {
             let inner = {
@@ -199,7 +211,7 @@ impl Flushers {
             if inner.has_work(&st) {
                 st.sched = Sched::Queued;
                 drop(st);
-                self.schedule(inner);
+                self.requeue(inner);
             } else {
                 st.sched = Sched::Idle;
                 st.wake_at = 1;
