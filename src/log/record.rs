@@ -945,6 +945,46 @@ mod tests {
         assert_eq!(recs[1].timestamp, 12);
     }
 
+    /// The nullable layout's headers are written as `Header`'s derived serde form was (the
+    /// layout on disk since version 2), for owned and borrowed headers alike.
+    #[test]
+    fn nullable_headers_keep_the_derived_form() {
+        #[derive(Serialize)]
+        struct Derived<'a> {
+            offset_delta: u32,
+            timestamp_delta: i64,
+            key: Option<&'a [u8]>,
+            value: Option<&'a [u8]>,
+            headers: &'a [Header],
+        }
+        let headers = [Header::new("k", b"v".to_vec()), Header::null("n")];
+        let want = postcard::to_allocvec(&Derived {
+            offset_delta: 0,
+            timestamp_delta: 0,
+            key: Some(b"key"),
+            value: None,
+            headers: &headers,
+        })
+        .expect("encodes");
+        let mut owned = BatchBuilder::new();
+        owned.push(5, Some(b"key"), None, &headers);
+        assert_eq!(owned.layout(), RecordLayout::Nullable);
+        assert_eq!(owned.records_bytes(), &want[..]);
+        let views = [
+            HeaderView {
+                name: "k",
+                value: Some(b"v"),
+            },
+            HeaderView {
+                name: "n",
+                value: None,
+            },
+        ];
+        let mut borrowed = BatchBuilder::new();
+        borrowed.push_with(5, Some(b"key"), None, &views);
+        assert_eq!(borrowed.records_bytes(), &want[..]);
+    }
+
     #[test]
     fn newer_version_is_refused() {
         let mut b = BatchBuilder::new();

@@ -87,17 +87,7 @@ proptest! {
     /// owned ones, in either layout.
     #[test]
     fn borrowed_headers_encode_as_owned_ones(records in proptest::collection::vec(arb_record(), 1..20)) {
-        let mut owned = BatchBuilder::new();
-        let mut borrowed = BatchBuilder::new();
-        for r in &records {
-            owned.push_record(r);
-            let views: Vec<HeaderView<'_>> = r
-                .headers
-                .iter()
-                .map(|h| HeaderView { name: &h.name, value: h.value.as_deref() })
-                .collect();
-            borrowed.push_with(r.timestamp, r.key.as_deref(), r.value.as_deref(), &views);
-        }
+        let (owned, borrowed) = owned_and_borrowed(&records);
         prop_assert_eq!(owned.layout(), borrowed.layout());
         prop_assert_eq!(owned.records_bytes(), borrowed.records_bytes());
     }
@@ -224,6 +214,38 @@ fn documented_nullable_layout_decodes() {
             headers: vec![Header::null("h")]
         }]
     );
+    assert_reencodes(&bytes);
+}
+
+/// `records` pushed with owned headers, and again with borrowed ones.
+fn owned_and_borrowed(records: &[Record]) -> (BatchBuilder, BatchBuilder) {
+    let mut owned = BatchBuilder::new();
+    let mut borrowed = BatchBuilder::new();
+    for r in records {
+        owned.push_record(r);
+        let views: Vec<HeaderView<'_>> = r
+            .headers
+            .iter()
+            .map(|h| HeaderView {
+                name: &h.name,
+                value: h.value.as_deref(),
+            })
+            .collect();
+        borrowed.push_with(r.timestamp, r.key.as_deref(), r.value.as_deref(), &views);
+    }
+    (owned, borrowed)
+}
+
+/// `frame` encoded again from its records, with owned headers and with borrowed ones, is the
+/// same bytes: the encoders write the documented layout, not merely one their decoder reads.
+fn assert_reencodes(frame: &[u8]) {
+    let view = BatchView::parse(frame).expect("parses");
+    let (owned, borrowed) = owned_and_borrowed(&decode_all(frame).expect("decodes"));
+    for b in [owned, borrowed] {
+        let mut out = Vec::new();
+        encode_frame(&mut out, &view.header, b.layout(), b.records_bytes());
+        assert_eq!(out, frame);
+    }
 }
 
 /// `fuzz/regressions/batch_decode/valid_one_record` was written by hand from the byte table in
@@ -246,4 +268,5 @@ fn documented_layout_decodes() {
             headers: vec![]
         }]
     );
+    assert_reencodes(&bytes);
 }
