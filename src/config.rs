@@ -53,9 +53,9 @@ pub struct RuntimeConfig {
 impl RuntimeConfig {
     /// The worker threads to start: `worker_threads`, or with 0 one per two cores (at least
     /// one). The other cores are the flusher threads' and the kernel's (TCP, the filesystem):
-    /// on a 2-core machine a second worker made scenario a of issue 22 (8 publishers, QoS 0)
-    /// cost 40 % more CPU for 15 % less throughput, its workers waking each other to steal
-    /// work (BENCHMARKS.md).
+    /// on a 2-core machine a second worker made 8 MQTT publishers at QoS 0 cost 40 % more CPU
+    /// for 15 % less throughput, the workers waking each other to steal work (BENCHMARKS.md,
+    /// "Worker threads").
     pub fn workers(&self) -> usize {
         if self.worker_threads > 0 {
             return self.worker_threads;
