@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Regenerates link/order.ld, the order in which the linker places Brook's functions: first every
+# function `brook serve` runs while it starts and sits idle, then every further one it runs
+# under load (MQTT QoS 0, 1, 2 and persistent sessions, the native protocol, Kafka produce and
+# fetch, the metrics, health and status endpoints), then the rest as the compiler left it. A
+# process maps the code it touches in 64 KiB windows (the kernel maps the cached pages around
+# each fault), so code that runs together and is placed together keeps the resident set small:
+# BENCHMARKS.md, "Code layout". build.rs hands the script to the linker of release-like builds.
+#
+# The functions are found by running two builds under valgrind's callgrind: the release build
+# and the shipped one (the `dist` profile without `bench`, with `quiet`, not stripped), whose
+# optimizer keeps other functions apart. Names are v0-mangled (.cargo/config.toml), and their
+# crates' hashes, which change with the compiler, the profile and the target, are matched with
+# `*`, so one list serves every build and target; names a build does not have are skipped by
+# the linker. Run it again after large changes.
+#
+# Usage: link/order.sh          Needs: valgrind, kcat, curl (apt-get install valgrind kcat curl)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for tool in valgrind kcat curl python3; do
+  command -v "$tool" >/dev/null || { echo "link/order.sh: $tool not found" >&2; exit 1; }
+done
+cargo build --release --locked --quiet --bin brook
+release=$(pwd)/target/release/brook
+CARGO_PROFILE_DIST_STRIP=false cargo build --locked --quiet --profile dist \
+  --no-default-features --features quiet --bin brook --target-dir target/order
+dist=$(pwd)/target/order/dist/brook
+work=$(mktemp -d)
+spid=
+trap '[ -n "$spid" ] && kill "$spid" 2>/dev/null; rm -rf "$work"' EXIT
+
+# Runs BIN serve under callgrind, then the given command with the listeners' addresses in
+# $native, $mqtt, $kafka and $http, then stops the server (SIGINT, a clean shutdown).
+profile() {
+  local bin=$1 phase=$2
+  shift 2
+  rm -rf "$work/data"
+  BROOK_LOG=warn,brook::serve=info valgrind --tool=callgrind --demangle=no \
+    --callgrind-out-file="$work/$phase.cg" "$bin" serve --data-dir "$work/data" \
+    --native 127.0.0.1:0 --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --kafka 127.0.0.1:0 \
+    2> "$work/$phase.log" &
+  spid=$!
+  for _ in $(seq 600); do grep -q 'kafka=' "$work/$phase.log" && break; sleep 0.1; done
+  addr() { grep -o "$1=[0-9.:]*" "$work/$phase.log" | head -n 1 | cut -d= -f2; }
+  native=$(addr native) mqtt=$(addr mqtt) kafka=$(addr kafka) http=$(addr http)
+  [ -n "$kafka" ] || { cat "$work/$phase.log" >&2; exit 1; }
+  "$@"
+  kill -INT "$spid"
+  wait "$spid" || true
+  spid=
+  nm --defined-only "$bin" > "$work/$phase.nm"
+  echo "link/order.sh: $phase profiled"
+}
+
+# Idle: timers, the flushers' and the runtime's parking, the housekeeping rounds.
+idle() { sleep 12; }
+# The load's clients are the release build's `brook bench` (not profiled).
+load() {
+  "$release" bench mqtt --target "$mqtt" --qos 0 --publishers 2 --messages 4000 >/dev/null
+  "$release" bench mqtt --target "$mqtt" --qos 1 --publishers 2 --messages 4000 >/dev/null
+  "$release" bench mqtt --target "$mqtt" --qos 2 --publishers 2 --messages 1000 >/dev/null
+  "$release" bench mqtt --target "$mqtt" --qos 1 --persistent --publishers 2 --messages 2000 >/dev/null
+  "$release" bench native --broker "$native" --records 20000 --producers 2 --consumers 2 >/dev/null
+  seq 20000 | kcat -b "$kafka" -P -t kafka-order -X acks=all
+  kcat -b "$kafka" -C -t kafka-order -e -q -o beginning >/dev/null
+  curl -fsS "http://$http/metrics" "http://$http/healthz" "http://$http/api/status" >/dev/null
+  sleep 2
+}
+profile "$release" release-start idle
+profile "$release" release-load load
+profile "$dist" dist-start idle
+profile "$dist" dist-load load
+
+python3 - "$work" > link/order.ld <<'PY'
+import re, sys
+work = sys.argv[1]
+def ran(phase):
+    """The functions of the binary that ran in a phase."""
+    syms = set()
+    for line in open(f"{work}/{phase}.nm"):
+        parts = line.split()
+        if len(parts) == 3 and parts[1] in "tTwW":
+            syms.add(parts[2])
+    # callgrind names a function once in full ("fn=(12) name"), then by its number alone.
+    names, seen = {}, set()
+    for line in open(f"{work}/{phase}.cg"):
+        m = re.match(r"^c?fn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+        if m:
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            seen.add(names[m.group(1)])
+    return seen & syms
+# A v0 name's crate roots carry a hash ("Cs" HASH "_" before the crate name's length).
+CRATE = re.compile(r"Cs[0-9A-Za-z]*_(?=[0-9])")
+def pattern(name):
+    if name.startswith("_R"):
+        name = CRATE.sub("Cs*_", name)
+    # `.text*` takes .text.NAME and .text.unlikely.NAME (where LLVM puts the functions it judges
+    # cold). A long name is cut to its first 120 characters, which keeps this file small and
+    # takes in the few other functions that begin alike.
+    return ".text*" + (name if len(name) <= 120 else name[:120] + "*")
+start = sorted({pattern(s) for s in ran("release-start") | ran("dist-start")})
+load = sorted({pattern(s) for s in ran("release-load") | ran("dist-load")} - set(start))
+print("/* Generated by link/order.sh: do not edit. The functions run at start and when idle, then")
+print("   those run under load, placed first and together. */")
+print("SECTIONS\n{\n  .text.brook_first :\n  {")
+for group in (start, load):
+    print("    *(")
+    for p in group:
+        print(f"      {p}")
+    print("    )")
+print("  }\n}\nINSERT BEFORE .text;")
+print(f"link/order.sh: {len(start)} functions at start and idle, {len(load)} more under load",
+      file=sys.stderr)
+PY
