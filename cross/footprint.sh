@@ -15,12 +15,14 @@
 #   cross/footprint.sh [TARGET...]   (default: both targets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The host build (the load's clients) with the caller's Rust, before cross/env.sh points RUSTC
+# at Debian's: otherwise target/release would be rebuilt by another compiler and linker.
+cargo build --release --locked --quiet
+host_brook=./target/release/brook
 # shellcheck source=cross/env.sh
 . cross/env.sh
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
-cargo build --release --locked --quiet
-host_brook=./target/release/brook
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
