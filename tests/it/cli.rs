@@ -222,3 +222,41 @@ fn runtime_worker_threads_apply() {
         "{m}"
     );
 }
+
+/// An idle `brook serve` keeps few threads: the runtime's workers, at most two blocking-pool
+/// threads (the two 1 s housekeeping rounds), the flushers it keeps (one per core, two to
+/// four) and one sled I/O thread (sled kept seven, each waking every second). Threads started
+/// while it opened the data dir leave within seconds.
+#[cfg(target_os = "linux")]
+#[test]
+fn idle_serve_keeps_few_threads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _addrs) = crate::common::serve(dir.path());
+    let names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{}/task", server.id()))
+            .map(|tasks| {
+                tasks
+                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bound = 1 + (cores / 2).max(1) + 2 + cores.clamp(2, 4) + 1;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = names();
+    while (seen.len() > bound || seen.iter().filter(|n| n.starts_with("sled-io")).count() != 1)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        seen = names();
+    }
+    let sled = seen.iter().filter(|n| n.starts_with("sled-io")).count();
+    assert_eq!(sled, 1, "sled I/O threads: {seen:?}");
+    assert!(
+        seen.len() <= bound,
+        "{} threads, bound {bound}: {seen:?}",
+        seen.len()
+    );
+}

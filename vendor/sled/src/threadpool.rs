@@ -1,18 +1,22 @@
 //! A simple adaptive threadpool that returns a oneshot future.
+//!
+//! Brook: rewritten. sled 0.34.7 kept seven threads waiting, each waking every second to
+//! look for work, and counted "waiting" threads in a way that could wrap below zero. This
+//! pool keeps one thread, which sleeps until there is work, and starts another whenever a
+//! job is queued with no thread waiting to take it (so a job that waits for another job,
+//! as a flush waits for a log write, never waits behind itself); those extra threads leave
+//! after one second without work.
 
 use std::{
     collections::VecDeque,
     sync::atomic::{AtomicBool, Ordering::Relaxed},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::{
-    debug_delay, warn, Acquire, AtomicUsize, Error, Lazy, OneShot, Result,
-    SeqCst,
-};
+use crate::{debug_delay, warn, Error, Lazy, OneShot, Result};
 
 // This is lower for CI reasons.
 #[cfg(windows)]
@@ -21,136 +25,60 @@ const MAX_THREADS: usize = 16;
 #[cfg(not(windows))]
 const MAX_THREADS: usize = 128;
 
-const DESIRED_WAITING_THREADS: usize = 7;
-
-static WAITING_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
-static TOTAL_THREAD_COUNT: AtomicUsize = AtomicUsize::new(0);
-static SPAWNS: AtomicUsize = AtomicUsize::new(0);
-static SPAWNING: AtomicBool = AtomicBool::new(false);
+/// How long a thread started for a burst of work waits for more before it leaves.
+const IDLE_EXIT: Duration = Duration::from_secs(1);
 
 type Work = Box<dyn FnOnce() + Send + 'static>;
 
-struct Queue {
-    cv: Condvar,
-    mu: Mutex<VecDeque<Work>>,
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Work>,
+    /// Threads waiting on `ready` (including any notified that have not yet woken).
+    waiting: usize,
+    /// Threads alive or being started.
+    threads: usize,
 }
 
-impl Queue {
-    fn recv_timeout(&self, duration: Duration) -> Option<Work> {
-        let mut queue = self.mu.lock();
-
-        let cutoff = Instant::now() + duration;
-
-        while queue.is_empty() {
-            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
-            let res = self.cv.wait_until(&mut queue, cutoff);
-            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
-            if res.timed_out() {
-                break;
-            }
-        }
-
-        queue.pop_front()
-    }
-
-    fn try_recv(&self) -> Option<Work> {
-        let mut queue = self.mu.lock();
-        queue.pop_front()
-    }
-
-    fn send(&self, work: Work) -> usize {
-        let mut queue = self.mu.lock();
-        queue.push_back(work);
-
-        let len = queue.len();
-
-        // having held the mutex makes this linearized
-        // with the notify below.
-        drop(queue);
-
-        // Brook: one job wakes one thread. `notify_all` woke all seven waiting threads for
-        // every job (six went back to sleep): with persistent MQTT sessions that was a quarter
-        // of the broker's CPU.
-        self.cv.notify_one();
-
-        len
-    }
+struct Queue {
+    ready: Condvar,
+    state: Mutex<State>,
 }
 
 static QUEUE: Lazy<Queue, fn() -> Queue> = Lazy::new(init_queue);
 static BROKEN: AtomicBool = AtomicBool::new(false);
 
 fn init_queue() -> Queue {
-    debug_delay();
-    for _ in 0..DESIRED_WAITING_THREADS {
-        debug_delay();
-        if let Err(e) = spawn_new_thread(true) {
-            log::error!("failed to initialize threadpool: {:?}", e);
-        }
-    }
-    Queue { cv: Condvar::new(), mu: Mutex::new(VecDeque::new()) }
+    Queue { ready: Condvar::new(), state: Mutex::new(State::default()) }
 }
 
-fn perform_work(is_immortal: bool) {
-    let wait_limit = Duration::from_secs(1);
-
-    let mut performed = 0;
-    let mut contiguous_overshoots = 0;
-
-    while is_immortal || performed < 5 || contiguous_overshoots < 3 {
+/// Takes jobs until it is the last thread's turn to stay (`kept`) or, for the others, until
+/// `IDLE_EXIT` passes without one.
+fn perform_work(kept: bool) {
+    let mut state = QUEUE.state.lock();
+    loop {
         debug_delay();
-        let task_res = QUEUE.recv_timeout(wait_limit);
-
-        if let Some(task) = task_res {
-            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
-            (task)();
-            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
-            performed += 1;
+        if let Some(job) = state.jobs.pop_front() {
+            drop(state);
+            (job)();
+            state = QUEUE.state.lock();
+            continue;
         }
-
-        while let Some(task) = QUEUE.try_recv() {
-            debug_delay();
-            WAITING_THREAD_COUNT.fetch_sub(1, SeqCst);
-            (task)();
-            WAITING_THREAD_COUNT.fetch_add(1, SeqCst);
-            performed += 1;
-        }
-
-        debug_delay();
-
-        let waiting = WAITING_THREAD_COUNT.load(Acquire);
-
-        if waiting > DESIRED_WAITING_THREADS {
-            contiguous_overshoots += 1;
+        state.waiting += 1;
+        let timed_out = if kept {
+            QUEUE.ready.wait(&mut state);
+            false
         } else {
-            contiguous_overshoots = 0;
+            QUEUE.ready.wait_for(&mut state, IDLE_EXIT).timed_out()
+        };
+        state.waiting -= 1;
+        if timed_out && state.jobs.is_empty() {
+            state.threads -= 1;
+            return;
         }
     }
 }
 
-// Create up to MAX_THREADS dynamic blocking task worker threads.
-// Dynamic threads will terminate themselves if they don't
-// receive any work after one second.
-fn maybe_spawn_new_thread() -> Result<()> {
-    debug_delay();
-    let total_workers = TOTAL_THREAD_COUNT.load(Acquire);
-    debug_delay();
-    let waiting_threads = WAITING_THREAD_COUNT.load(Acquire);
-
-    if waiting_threads >= DESIRED_WAITING_THREADS
-        || total_workers >= MAX_THREADS
-    {
-        return Ok(());
-    }
-
-    if !SPAWNING.compare_and_swap(false, true, SeqCst) {
-        spawn_new_thread(false)?;
-    }
-
-    Ok(())
-}
-
-fn spawn_new_thread(is_immortal: bool) -> Result<()> {
+fn spawn_new_thread(kept: bool) -> Result<()> {
     if BROKEN.load(Relaxed) {
         return Err(Error::ReportableBug(
             "IO thread unexpectedly panicked. please report \
@@ -159,33 +87,33 @@ fn spawn_new_thread(is_immortal: bool) -> Result<()> {
         ));
     }
 
-    let spawn_id = SPAWNS.fetch_add(1, SeqCst);
+    static SPAWNS: std::sync::atomic::AtomicUsize =
+        std::sync::atomic::AtomicUsize::new(0);
+    let spawn_id = SPAWNS.fetch_add(1, Relaxed);
 
-    TOTAL_THREAD_COUNT.fetch_add(1, SeqCst);
     let spawn_res = thread::Builder::new()
         .name(format!("sled-io-{}", spawn_id))
         .spawn(move || {
-            SPAWNING.store(false, SeqCst);
             debug_delay();
-            let res = std::panic::catch_unwind(|| perform_work(is_immortal));
-            TOTAL_THREAD_COUNT.fetch_sub(1, SeqCst);
-            if is_immortal || res.is_err() {
+            let res = std::panic::catch_unwind(|| perform_work(kept));
+            if res.is_err() {
+                QUEUE.state.lock().threads -= 1;
                 // IO thread panicked, shut down the system
                 log::error!(
                     "IO thread unexpectedly terminated.
                     please report this error at the sled github repo. {:?}",
                     res
                 );
-                BROKEN.store(true, SeqCst);
+                BROKEN.store(true, Relaxed);
             }
         });
 
     if let Err(e) = spawn_res {
         static E: AtomicBool = AtomicBool::new(false);
 
-        SPAWNING.store(false, SeqCst);
+        QUEUE.state.lock().threads -= 1;
 
-        if !E.compare_and_swap(false, true, Relaxed) {
+        if !E.swap(true, Relaxed) {
             // only execute this once
             warn!(
                 "Failed to dynamically increase the threadpool size: {:?}.",
@@ -209,10 +137,19 @@ where
         promise_filler.fill(result);
     };
 
-    let depth = QUEUE.send(Box::new(task));
-
-    if depth > DESIRED_WAITING_THREADS {
-        maybe_spawn_new_thread()?;
+    let mut state = QUEUE.state.lock();
+    state.jobs.push_back(Box::new(task));
+    // A thread for every queued job: a waiting one, or a new one.
+    let start = state.jobs.len() > state.waiting && state.threads < MAX_THREADS;
+    let kept = state.threads == 0;
+    if start {
+        state.threads += 1;
+    }
+    // having held the mutex makes this linearized with the wait in perform_work.
+    drop(state);
+    QUEUE.ready.notify_one();
+    if start {
+        spawn_new_thread(kept)?;
     }
 
     Ok(promise)
