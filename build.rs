@@ -1,6 +1,6 @@
 //! Build facts for `brook --version`: the git commit (`unknown` outside a git checkout), the
 //! target triple and the cargo profile (`dist`, `release`, `dev` as `debug`, ...); and for
-//! release-like builds linked by LLD, the code layout of link/order.ld.
+//! release-like builds, the code layout of link/order.ld, linked by LLD.
 
 use std::path::Path;
 use std::process::Command;
@@ -44,44 +44,94 @@ fn main() {
     // Release-like builds (release, dist) of the `brook` binary place the functions it runs at
     // start, when idle and on its data path first and together (link/order.ld, made by
     // link/order.sh): idle RSS 9.3 -> 6.0 MiB here, BENCHMARKS.md "Code layout". Only when LLD
-    // links (rustup's Rust on x86_64 Linux since 1.90, and Zig for cross/build.sh): GNU ld
-    // takes the script too but needs many minutes to match its patterns.
+    // links: GNU ld takes the script too but needs many minutes to match its patterns, so a
+    // build whose linker is GNU ld is switched to an LLD that is at hand, and goes without the
+    // layout when there is none.
     if std::env::var("PROFILE").as_deref() == Ok("release")
         && std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
-        && links_with_lld(&target, Path::new(&out_dir))
     {
-        let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
-        let script = Path::new(&dir).join("link/order.ld");
-        println!("cargo:rerun-if-changed={}", script.display());
-        println!("cargo:rustc-link-arg-bin=brook=-Wl,-T,{}", script.display());
+        match lld_link_args(&target, Path::new(&out_dir)) {
+            Some(args) => {
+                let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| ".".into());
+                let script = Path::new(&dir).join("link/order.ld");
+                println!("cargo:rerun-if-changed={}", script.display());
+                for arg in args {
+                    println!("cargo:rustc-link-arg-bin=brook={arg}");
+                }
+                println!("cargo:rustc-link-arg-bin=brook=-Wl,-T,{}", script.display());
+            }
+            None => println!(
+                "cargo:warning=no LLD to link with: built without the code layout of \
+                 link/order.ld (idle RSS about 3 MiB larger); `apt-get install lld` adds it"
+            ),
+        }
     }
     println!("cargo:rustc-env=BROOK_GIT_COMMIT={commit}");
     println!("cargo:rustc-env=BROOK_TARGET={target}");
     println!("cargo:rustc-env=BROOK_PROFILE={profile}");
 }
 
-/// Whether this build's linker is LLD: links an empty program as the build's binaries are
-/// linked (the same rustc, target, linker and flags) and looks for the mark LLD leaves in it.
-fn links_with_lld(target: &str, out_dir: &Path) -> bool {
+/// The link arguments under which this build links with LLD, or `None` if it cannot: none
+/// when its linker already is LLD (rustup's Rust on x86_64 Linux since 1.90, Zig for
+/// cross/build.sh); `-fuse-ld=lld` when the C compiler that links finds an `ld.lld` (Debian's
+/// `lld` package, for Debian's rustc or a cross gcc); or rustup's own LLD through the
+/// `gcc-ld` folder of its sysroot (rustup's Rust before 1.90). Each is tried by linking an
+/// empty program as the build's binaries are linked (the same rustc, target, linker and flags)
+/// and looking for the mark LLD leaves in it.
+fn lld_link_args(target: &str, out_dir: &Path) -> Option<Vec<String>> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let mut candidates = vec![vec![], vec!["-fuse-ld=lld".to_string()]];
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string());
+    if let (Some(sysroot), Ok(host)) = (sysroot, std::env::var("HOST")) {
+        let gcc_ld = Path::new(&sysroot).join(format!("lib/rustlib/{host}/bin/gcc-ld"));
+        if gcc_ld.join("ld.lld").exists() {
+            candidates.push(vec![
+                format!("-B{}", gcc_ld.display()),
+                "-fuse-ld=lld".into(),
+            ]);
+        }
+    }
     let (source, probe) = (out_dir.join("probe.rs"), out_dir.join("probe"));
-    if std::fs::write(&source, "fn main() {}\n").is_err() {
-        return false;
-    }
-    let mut cmd = Command::new(rustc);
-    cmd.arg("--target")
-        .arg(target)
-        .arg("-o")
-        .arg(&probe)
-        .arg(&source);
-    if let Ok(linker) = std::env::var("RUSTC_LINKER") {
-        cmd.arg(format!("-Clinker={linker}"));
-    }
-    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
-    cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
-    let linked = cmd.output().is_ok_and(|o| o.status.success());
-    let lld =
-        linked && std::fs::read(&probe).is_ok_and(|b| b.windows(11).any(|w| w == b"Linker: LLD"));
+    std::fs::write(&source, "fn main() {}\n").ok()?;
+    let found = candidates.into_iter().find(|args| {
+        let mut cmd = Command::new(&rustc);
+        cmd.arg("--target")
+            .arg(target)
+            .arg("-o")
+            .arg(&probe)
+            .arg(&source);
+        if let Ok(linker) = std::env::var("RUSTC_LINKER") {
+            cmd.arg(format!("-Clinker={linker}"));
+        }
+        let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+        cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
+        cmd.args(args.iter().map(|a| format!("-Clink-arg={a}")));
+        let _ = std::fs::remove_file(&probe);
+        cmd.output().is_ok_and(|o| o.status.success())
+            && std::fs::read(&probe).is_ok_and(|b| linked_by_lld(&b))
+    });
     let _ = std::fs::remove_file(&probe);
-    lld
+    found
+}
+
+/// Whether a binary carries LLD's mark in its `.comment` section: `Linker: LLD 20.1.8`, or with
+/// a vendor's name before it (`Linker: Debian LLD 14.0.6`).
+fn linked_by_lld(binary: &[u8]) -> bool {
+    const MARK: &[u8] = b"Linker: ";
+    binary.windows(MARK.len()).enumerate().any(|(at, w)| {
+        w == MARK && {
+            let rest = &binary[at + MARK.len()..];
+            let line = &rest[..rest
+                .iter()
+                .position(|&c| c == 0)
+                .unwrap_or(rest.len())
+                .min(64)];
+            line.windows(4).any(|w| w == b"LLD ")
+        }
+    })
 }
