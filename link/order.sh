@@ -21,7 +21,15 @@
 # functions apart. The list in the repository was made with Debian's Rust 1.85 (.ci/msrv.sh
 # unpacks it; it needs LD_LIBRARY_PATH=$BROOK_CACHE/rust-1.85/usr/lib/x86_64-linux-gnu).
 #
-# Usage: link/order.sh [RUSTC...]   Needs: valgrind, kcat, curl (apt-get install valgrind kcat curl)
+# ORDER_TARGETS (e.g. "aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf") adds the
+# `dist` build of each ARM target as cross/build.sh makes it (Zig, Debian's newest Rust), not
+# stripped, run under qemu-user: qemu's log of the code it translates (`-d in_asm`) names the
+# functions run. Their compilers inline otherwise than on x86_64 (with the x86_64 list alone,
+# 1,292 of the 2,651 functions the aarch64 build runs at start and idle lay outside).
+#
+# Usage: [ORDER_TARGETS=...] link/order.sh [RUSTC...]
+# Needs: valgrind, kcat, curl (apt-get install valgrind kcat curl); for ORDER_TARGETS, what
+# cross/install-toolchain.sh installs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for tool in valgrind kcat curl python3; do
@@ -45,18 +53,42 @@ for rustc in "$@"; do
     --bin brook --target-dir "target/order-$n"
   builds+=("dist-$n=$(pwd)/target/order-$n/dist/brook")
 done
+for target in ${ORDER_TARGETS:-}; do
+  (
+    # shellcheck source=cross/env.sh
+    . cross/env.sh
+    check_target "$target" build
+    triple_env=$(echo "$target" | tr 'a-z-' 'A-Z_')
+    case "$target" in
+      aarch64-*) flags="-C relocation-model=static" ;;
+      armv7-*) flags="-C relocation-model=static -C target-feature=+thumb-mode" ;;
+      *) flags="" ;;
+    esac
+    export "CARGO_TARGET_${triple_env}_RUSTFLAGS=$flags"
+    unset "CARGO_TARGET_${triple_env}_LINKER"
+    CARGO_PROFILE_DIST_STRIP=false "$CARGO" zigbuild --locked --quiet --profile dist \
+      --no-default-features --features quiet --target "$target.2.27" --target-dir target/order-cross \
+      --bin brook
+  )
+  builds+=("$target=$(pwd)/target/order-cross/$target/dist/brook")
+done
 work=$(mktemp -d)
 spid=
 trap '[ -n "$spid" ] && kill "$spid" 2>/dev/null; rm -rf "$work"' EXIT
 
 # Runs BIN serve under callgrind, then the given command with the listeners' addresses in
 # $native, $mqtt, $kafka and $http, then stops the server (SIGINT, a clean shutdown).
+# An ARM build (its name is its target) runs under qemu, which logs the code it translates.
 profile() {
-  local bin=$1 phase=$2
-  shift 2
+  local bin=$1 phase=$2 target=$3
+  shift 3
+  local run=(valgrind --tool=callgrind --demangle=no --callgrind-out-file="$work/$phase.cg")
+  case "$target" in
+    aarch64-*) run=(qemu-aarch64 -L /usr/aarch64-linux-gnu -d in_asm -D "$work/$phase.asm") ;;
+    armv7-*) run=(qemu-arm -L /usr/arm-linux-gnueabihf -d in_asm -D "$work/$phase.asm") ;;
+  esac
   rm -rf "$work/data"
-  BROOK_LOG=warn,brook::serve=info valgrind --tool=callgrind --demangle=no \
-    --callgrind-out-file="$work/$phase.cg" "$bin" serve --data-dir "$work/data" \
+  BROOK_LOG=warn,brook::serve=info "${run[@]}" "$bin" serve --data-dir "$work/data" \
     --native 127.0.0.1:0 --http 127.0.0.1:0 --mqtt 127.0.0.1:0 --kafka 127.0.0.1:0 \
     2> "$work/$phase.log" &
   spid=$!
@@ -68,7 +100,7 @@ profile() {
   kill -INT "$spid"
   wait "$spid" || true
   spid=
-  nm --defined-only "$bin" > "$work/$phase.nm"
+  nm --defined-only -S "$bin" > "$work/$phase.nm"
   echo "link/order.sh: $phase profiled"
 }
 
@@ -89,30 +121,45 @@ load() {
 names=()
 for build in "${builds[@]}"; do
   name=${build%%=*} bin=${build#*=}
-  profile "$bin" "$name-start" idle
-  profile "$bin" "$name-load" load
+  profile "$bin" "$name-start" "$name" idle
+  profile "$bin" "$name-load" "$name" load
   names+=("$name")
 done
 
 python3 - "$work" "${names[@]}" > link/order.ld <<'PY'
-import re, sys
+import bisect, re, sys
 work, builds = sys.argv[1], sys.argv[2:]
 def ran(phase):
     """The functions of the binary that ran in a phase."""
-    syms = set()
+    syms = {}
     for line in open(f"{work}/{phase}.nm"):
         parts = line.split()
-        if len(parts) == 3 and parts[1] in "tTwW":
-            syms.add(parts[2])
-    # callgrind names a function once in full ("fn=(12) name"), then by its number alone.
-    names, seen = {}, set()
-    for line in open(f"{work}/{phase}.cg"):
-        m = re.match(r"^c?fn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
-        if m:
-            if m.group(2):
-                names[m.group(1)] = m.group(2)
-            seen.add(names[m.group(1)])
-    return seen & syms
+        # ADDRESS SIZE TYPE NAME (nm -S; a symbol without a size has no SIZE)
+        if len(parts) == 4 and parts[2] in "tTwW":
+            syms[parts[3]] = (int(parts[0], 16), int(parts[1], 16))
+    seen = set()
+    try:
+        # callgrind names a function once in full ("fn=(12) name"), then by its number alone.
+        names = {}
+        for line in open(f"{work}/{phase}.cg"):
+            m = re.match(r"^c?fn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+            if m:
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                seen.add(names[m.group(1)])
+    except FileNotFoundError:
+        # qemu's log: each block of code it translated, its first line "0xADDRESS:  ...".
+        # (A Thumb function's address has bit 0 set; ARM code is never at an odd address.)
+        starts = sorted((a & ~1, (a & ~1) + max(n, 1), name) for name, (a, n) in syms.items())
+        keys = [a for a, _, _ in starts]
+        for line in open(f"{work}/{phase}.asm", errors="replace"):
+            m = re.match(r"^0x([0-9a-f]+):", line)
+            if m:
+                pc = int(m.group(1), 16)
+                i = bisect.bisect_right(keys, pc) - 1
+                if i >= 0 and pc < starts[i][1]:
+                    seen.add(starts[i][2])
+    return seen & set(syms)
 # A v0 name's crate roots carry a hash ("Cs" HASH "_" before the crate name's length).
 CRATE = re.compile(r"Cs[0-9A-Za-z]*_(?=[0-9])")
 # A legacy name ends in "17h" HASH "E"; LLVM adds ".llvm." NUMBER or "." NUMBER to a local
