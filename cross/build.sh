@@ -7,7 +7,8 @@
 #   cross/build.sh aarch64-unknown-linux-gnu      # Jetson, Raspberry Pi 3/4/5 with a 64-bit OS
 #   cross/build.sh armv7-unknown-linux-gnueabihf  # Raspberry Pi OS 32-bit
 #   cross/build.sh x86_64-unknown-linux-gnu       # the amd64 package
-# Output: target/cross/TARGET/dist/brook
+# Output: target/cross/TARGET/dist/brook (BROOK_CROSS_TARGET_DIR instead of target/cross:
+# link/order.sh builds there, with CARGO_PROFILE_DIST_STRIP=false, the build it profiles)
 #
 # Linked by Zig (cargo-zigbuild) against glibc 2.27, so the binaries start on JetPack 4
 # (Ubuntu 18.04), Pi OS Buster and everything newer (the Debian 12 cross toolchain's glibc made
@@ -33,8 +34,9 @@ esac
 export "CARGO_TARGET_${triple_env}_RUSTFLAGS=$flags"
 # cargo-zigbuild is the linker here, not the cross gcc cross/env.sh names for the test builds.
 unset "CARGO_TARGET_${triple_env}_LINKER"
-"$CARGO" zigbuild --locked --profile dist --no-default-features --features quiet --target "$target.2.27" --target-dir target/cross --bin brook
-bin=target/cross/$target/dist/brook
+dir=${BROOK_CROSS_TARGET_DIR:-target/cross}
+"$CARGO" zigbuild --locked --profile dist --no-default-features --features quiet --target "$target.2.27" --target-dir "$dir" --bin brook
+bin=$dir/$target/dist/brook
 bytes=$(stat -c %s "$bin")
 glibc=$(readelf --dyn-syms -W "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
 echo "$target: $bin is $bytes bytes ($(awk "BEGIN { printf \"%.2f\", $bytes / 1048576 }") MiB), needs ${glibc:-no glibc}"

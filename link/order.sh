@@ -19,11 +19,12 @@
 # standard library may be named otherwise (Debian's Rust 1.85 ships one with legacy names,
 # `_ZN...17h<hash>E`, whose hash is matched with `*` too) and its optimizer keeps other
 # functions apart. The list in the repository was made with Debian's Rust 1.85 (.ci/msrv.sh
-# unpacks it; it needs LD_LIBRARY_PATH=$BROOK_CACHE/rust-1.85/usr/lib/x86_64-linux-gnu).
+# unpacks it; it needs LD_LIBRARY_PATH=$BROOK_CACHE/rust-1.85/usr/lib/x86_64-linux-gnu) and
+# with both ARM targets in ORDER_TARGETS (about 25 minutes in all on 2 cores).
 #
 # ORDER_TARGETS (e.g. "aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf") adds the
-# `dist` build of each ARM target as cross/build.sh makes it (Zig, Debian's newest Rust), not
-# stripped, run under qemu-user: qemu's log of the code it translates (`-d in_asm`) names the
+# `dist` build of each ARM target as cross/build.sh makes it (Zig, Debian's newest Rust; here
+# not stripped), run under qemu-user: qemu's log of the code it translates (`-d in_asm`) names the
 # functions run. Their compilers inline otherwise than on x86_64 (with the x86_64 list alone,
 # 1,292 of the 2,651 functions the aarch64 build runs at start and idle lay outside).
 #
@@ -54,22 +55,8 @@ for rustc in "$@"; do
   builds+=("dist-$n=$(pwd)/target/order-$n/dist/brook")
 done
 for target in ${ORDER_TARGETS:-}; do
-  (
-    # shellcheck source=cross/env.sh
-    . cross/env.sh
-    check_target "$target" build
-    triple_env=$(echo "$target" | tr 'a-z-' 'A-Z_')
-    case "$target" in
-      aarch64-*) flags="-C relocation-model=static" ;;
-      armv7-*) flags="-C relocation-model=static -C target-feature=+thumb-mode" ;;
-      *) flags="" ;;
-    esac
-    export "CARGO_TARGET_${triple_env}_RUSTFLAGS=$flags"
-    unset "CARGO_TARGET_${triple_env}_LINKER"
-    CARGO_PROFILE_DIST_STRIP=false "$CARGO" zigbuild --locked --quiet --profile dist \
-      --no-default-features --features quiet --target "$target.2.27" --target-dir target/order-cross \
-      --bin brook
-  )
+  CARGO_PROFILE_DIST_STRIP=false BROOK_CROSS_TARGET_DIR=target/order-cross \
+    bash cross/build.sh "$target" >/dev/null
   builds+=("$target=$(pwd)/target/order-cross/$target/dist/brook")
 done
 work=$(mktemp -d)
