@@ -80,25 +80,9 @@ fn main() {
 /// and looking for the mark LLD leaves in it.
 fn lld_link_args(target: &str, out_dir: &Path) -> Option<Vec<String>> {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let mut candidates = vec![vec![], vec!["-fuse-ld=lld".to_string()]];
-    let sysroot = Command::new(&rustc)
-        .args(["--print", "sysroot"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_string());
-    if let (Some(sysroot), Ok(host)) = (sysroot, std::env::var("HOST")) {
-        let gcc_ld = Path::new(&sysroot).join(format!("lib/rustlib/{host}/bin/gcc-ld"));
-        if gcc_ld.join("ld.lld").exists() {
-            candidates.push(vec![
-                format!("-B{}", gcc_ld.display()),
-                "-fuse-ld=lld".into(),
-            ]);
-        }
-    }
     let (source, probe) = (out_dir.join("probe.rs"), out_dir.join("probe"));
     std::fs::write(&source, "fn main() {}\n").ok()?;
-    let found = candidates.into_iter().find(|args| {
+    let links_with_lld = |args: &[String]| {
         let mut cmd = Command::new(&rustc);
         cmd.arg("--target")
             .arg(target)
@@ -112,11 +96,33 @@ fn lld_link_args(target: &str, out_dir: &Path) -> Option<Vec<String>> {
         cmd.args(flags.split('\x1f').filter(|f| !f.is_empty()));
         cmd.args(args.iter().map(|a| format!("-Clink-arg={a}")));
         let _ = std::fs::remove_file(&probe);
-        cmd.output().is_ok_and(|o| o.status.success())
-            && std::fs::read(&probe).is_ok_and(|b| linked_by_lld(&b))
-    });
-    let _ = std::fs::remove_file(&probe);
-    found
+        let lld = cmd.output().is_ok_and(|o| o.status.success())
+            && std::fs::read(&probe).is_ok_and(|b| linked_by_lld(&b));
+        let _ = std::fs::remove_file(&probe);
+        lld
+    };
+    let fuse_lld = || vec!["-fuse-ld=lld".to_string()];
+    // rustup's LLD, beside its rustc in the sysroot.
+    let rustup_lld = || {
+        let out = Command::new(&rustc)
+            .args(["--print", "sysroot"])
+            .output()
+            .ok()?;
+        let sysroot = String::from_utf8(out.stdout).ok()?;
+        let host = std::env::var("HOST").ok()?;
+        let gcc_ld = Path::new(sysroot.trim()).join(format!("lib/rustlib/{host}/bin/gcc-ld"));
+        gcc_ld
+            .join("ld.lld")
+            .exists()
+            .then(|| vec![format!("-B{}", gcc_ld.display()), "-fuse-ld=lld".into()])
+    };
+    if links_with_lld(&[]) {
+        Some(vec![])
+    } else if links_with_lld(&fuse_lld()) {
+        Some(fuse_lld())
+    } else {
+        rustup_lld().filter(|args| links_with_lld(args))
+    }
 }
 
 /// Whether a binary carries LLD's mark in its `.comment` section: `Linker: LLD 20.1.8`, or with

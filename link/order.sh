@@ -40,11 +40,8 @@ cargo build --release --locked --quiet --bin brook
 release=$(pwd)/target/release/brook
 builds=("release=$release")
 # The `dist` build without `bench` and with `quiet`, as cross/build.sh makes it, not stripped.
-dist_build() {
-  CARGO_PROFILE_DIST_STRIP=false cargo build --locked --quiet --profile dist \
-    --no-default-features --features quiet --bin brook --target-dir "$1"
-}
-dist_build target/order
+CARGO_PROFILE_DIST_STRIP=false cargo build --locked --quiet --profile dist \
+  --no-default-features --features quiet --bin brook --target-dir target/order
 builds+=("dist=$(pwd)/target/order/dist/brook")
 n=0
 for rustc in "$@"; do
