@@ -32,16 +32,8 @@ fi
 RUSTC=$ROOT/usr/bin/rustc RUSTDOC=$ROOT/usr/bin/rustdoc "$ROOT/usr/bin/cargo" check --locked \
   --all-targets --target-dir target/msrv
 # The dist build: about 4 min fresh on 2 cores (2026-12-07). Without an `ld.lld` build.rs
-# would go without the layout (and say so); the section's size shows it is in force.
+# would go without the layout (and say so); link/check-layout.sh fails then.
 command -v ld.lld >/dev/null || apt-get install -y -qq --no-install-recommends lld >/dev/null
 RUSTC=$ROOT/usr/bin/rustc "$ROOT/usr/bin/cargo" build --locked --quiet --profile dist --bin brook \
   --target-dir target/msrv
-bin=target/msrv/dist/brook
-hex=$(readelf -SW "$bin" | sed 's/^ *\[ *[0-9]*\] *//' | awk '$1 == ".text.brook_first" {print $5}')
-first=$((16#${hex:-0}))
-echo "msrv: Rust 1.85 dist build: $first bytes of code at the front (link/order.ld), linked by" \
-  "$(readelf -p .comment "$bin" | sed -n 's/.*Linker: //p' | head -n 1 | grep . || echo 'GNU ld')"
-if [ "$first" -lt $((512 * 1024)) ]; then
-  echo "msrv: the Rust 1.85 dist build went without link/order.ld's layout" >&2
-  exit 1
-fi
+bash link/check-layout.sh target/msrv/dist/brook "msrv: the Rust 1.85 dist build"

@@ -40,14 +40,4 @@ bin=$dir/$target/dist/brook
 bytes=$(stat -c %s "$bin")
 glibc=$(readelf --dyn-syms -W "$bin" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n 1)
 echo "$target: $bin is $bytes bytes ($(awk "BEGIN { printf \"%.2f\", $bytes / 1048576 }") MiB), needs ${glibc:-no glibc}"
-# link/order.ld is in force: the functions it lists (those run at start, when idle and under
-# load) sit together in their own section at the front (1.5 MB on x86_64 on 2026-12-07). If
-# the script were not applied, or its names no longer matched (v0 names lost, or the list far
-# out of date: link/order.sh remakes it), the section would be missing or hold next to nothing.
-hex=$(readelf -SW "$bin" | sed 's/^ *\[ *[0-9]*\] *//' | awk '$1 == ".text.brook_first" {print $5}')
-first=$((16#${hex:-0}))
-echo "$target: the code run at start, idle and under load: $first bytes at the front (link/order.ld)"
-if [ "$first" -lt $((512 * 1024)) ]; then
-  echo "$target: under 512 KiB: link/order.ld not applied or out of date (run link/order.sh)" >&2
-  exit 1
-fi
+bash link/check-layout.sh "$bin" "$target"

@@ -245,15 +245,13 @@ fn idle_serve_keeps_few_threads() {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let bound = 1 + (cores / 2).max(1) + 2 + cores.clamp(2, 4) + 1;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sled = |seen: &[String]| seen.iter().filter(|n| n.starts_with("sled-io")).count();
     let mut seen = names();
-    while (seen.len() > bound || seen.iter().filter(|n| n.starts_with("sled-io")).count() != 1)
-        && std::time::Instant::now() < deadline
-    {
+    while (seen.len() > bound || sled(&seen) != 1) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
         seen = names();
     }
-    let sled = seen.iter().filter(|n| n.starts_with("sled-io")).count();
-    assert_eq!(sled, 1, "sled I/O threads: {seen:?}");
+    assert_eq!(sled(&seen), 1, "sled I/O threads: {seen:?}");
     assert!(
         seen.len() <= bound,
         "{} threads, bound {bound}: {seen:?}",

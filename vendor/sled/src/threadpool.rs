@@ -51,7 +51,7 @@ fn init_queue() -> Queue {
     Queue { ready: Condvar::new(), state: Mutex::new(State::default()) }
 }
 
-/// Takes jobs until it is the last thread's turn to stay (`kept`) or, for the others, until
+/// Takes jobs for as long as the process runs (the `kept` thread) or, for the others, until
 /// `IDLE_EXIT` passes without one.
 fn perform_work(kept: bool) {
     let mut state = QUEUE.state.lock();
