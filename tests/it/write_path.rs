@@ -383,7 +383,7 @@ fn followers_of_the_end_get_each_write_from_memory_and_idle_ones_cost_nothing() 
             w.first_offset <= next && next < w.next_offset,
             "{w:?} at {next}"
         );
-        for b in brook::log::batches_in(&w.frames) {
+        for b in w.batches() {
             for r in b.records() {
                 let r = r.expect("record");
                 if r.offset >= next {
@@ -402,6 +402,49 @@ fn followers_of_the_end_get_each_write_from_memory_and_idle_ones_cost_nothing() 
     assert!(
         p.tail().borrow().is_none(),
         "nothing kept while no one follows"
+    );
+}
+
+/// A follower busy while a few small writes went by (an MQTT dispatcher on a worker serving
+/// many connections) finds them all in memory; a bigger gap is left to a read of the log.
+#[test]
+fn a_follower_that_missed_a_few_writes_takes_them_from_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let time = ManualTime::new(T0);
+    let topics = [("t", small_topic(1))];
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    let p = Arc::clone(store.topic("t").unwrap().partition(0).unwrap());
+    let tail = p.tail();
+    // Three writes of 10 records, not looked at in between.
+    for i in 0..3u64 {
+        append(&store, "t", 0, i * 10, 10, Durability::Written);
+    }
+    let w = tail.borrow().clone().expect("shared");
+    assert_eq!((w.first_offset, w.next_offset), (0, 30));
+    let offsets = |from| -> Vec<u64> {
+        w.batches_from(from)
+            .flat_map(|b| {
+                b.records()
+                    .map(|r| r.expect("record").offset)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|o| *o >= from)
+            .collect()
+    };
+    assert_eq!(offsets(0), (0..30).collect::<Vec<_>>());
+    assert_eq!(offsets(17), (17..30).collect::<Vec<_>>());
+    // Only the rounds that hold offsets from 20 on are walked.
+    assert_eq!(w.batches_from(20).count(), 1);
+    // Many more writes: only the last few are held.
+    for i in 3..40u64 {
+        append(&store, "t", 0, i * 10, 10, Durability::Written);
+    }
+    let w = tail.borrow().clone().expect("shared");
+    assert_eq!(w.next_offset, 400);
+    assert!(
+        (360..400).contains(&w.first_offset),
+        "holds from {}",
+        w.first_offset
     );
 }
 

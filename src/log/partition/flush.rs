@@ -25,6 +25,12 @@ use super::super::error::{LogError, Result};
 use super::super::segment::{self, SEGMENT_HEADER_LEN, SegmentIndex};
 use super::{Active, Inner, Sealed, State, Waiter, create_segment};
 
+/// Rounds a partition's tail holds for its followers (the newest and those just before), and
+/// the bytes the older ones may hold: a follower busy while a few small rounds were written (a
+/// worker serving many connections) takes them from memory rather than reading the log.
+const TAIL_ROUNDS: usize = 4;
+const TAIL_BYTES: usize = 16 * 1024;
+
 /// Why a buffered batch was not written; sent to every waiter it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteFailure {
@@ -148,7 +154,10 @@ impl Flushers {
     pub(super) fn schedule(&self, inner: Arc<Inner>) {
         let mut q = self.lock();
         q.partitions.push_back(inner);
-        if q.idle > 0 {
+        let wake = q.idle > 0;
+        // Woken after the lock is let go, so the thread does not wait for it at once.
+        drop(q);
+        if wake {
             self.ready.notify_one();
         }
     }
@@ -160,7 +169,9 @@ impl Flushers {
     fn requeue(&self, inner: Arc<Inner>) {
         let mut q = self.lock();
         q.partitions.push_back(inner);
-        if q.partitions.len() > 1 && q.idle > 0 {
+        let wake = q.partitions.len() > 1 && q.idle > 0;
+        drop(q);
+        if wake {
             self.ready.notify_one();
         }
     }
@@ -262,14 +273,20 @@ impl Inner {
     /// Makes sure a flusher will look at this partition: queues it unless it is queued or being
     /// worked on (then the thread looks again before it lets go), and wakes a gathering round.
     pub(super) fn wake(&self, st: &mut State) {
+        self.wake_later(st, &mut Wakes::new(self));
+    }
+
+    /// As [`Inner::wake`], with the wake-ups sent when `wakes` is dropped: after the lock, if
+    /// `wakes` was made before it.
+    pub(super) fn wake_later(&self, st: &mut State, wakes: &mut Wakes<'_>) {
         // Only a running flusher can be gathering (waiting on `flush_cv`).
         if st.sched == Sched::Running {
-            self.flush_cv.notify_one();
+            wakes.gatherer = true;
         }
         if st.sched == Sched::Idle {
             if let Some(me) = self.me.upgrade() {
                 st.sched = Sched::Queued;
-                self.flushers.schedule(me);
+                wakes.queue = Some(me);
             }
         }
     }
@@ -289,6 +306,38 @@ impl Inner {
         }
         st.sched = Sched::Idle;
         self.idle_cv.notify_all();
+    }
+}
+
+/// Wake-ups of the flusher threads decided under a partition's lock and sent when this is
+/// dropped. Made before the lock guard, it is dropped after it: a thread woken while the waker
+/// still holds the lock would at once wait for the lock (a second wake-up and a context switch
+/// for each). Nothing is lost by waking late: the state the woken thread looks at was changed
+/// under the lock, and a thread that waits checked it under the lock first.
+pub(super) struct Wakes<'a> {
+    inner: &'a Inner,
+    gatherer: bool,
+    queue: Option<Arc<Inner>>,
+}
+
+impl<'a> Wakes<'a> {
+    pub(super) fn new(inner: &'a Inner) -> Self {
+        Wakes {
+            inner,
+            gatherer: false,
+            queue: None,
+        }
+    }
+}
+
+impl Drop for Wakes<'_> {
+    fn drop(&mut self) {
+        if self.gatherer {
+            self.inner.flush_cv.notify_one();
+        }
+        if let Some(me) = self.queue.take() {
+            self.inner.flushers.schedule(me);
+        }
     }
 }
 
@@ -442,10 +491,30 @@ impl Inner {
         if buf.is_empty() {
             return Some(buf);
         }
+        // The rounds just before, while they are few and small and join this one.
+        let mut rounds = Vec::with_capacity(TAIL_ROUNDS);
+        let held = self.tail_tx.borrow();
+        if let Some(prev) = held.as_ref().filter(|p| p.next_offset == first_offset) {
+            let mut bytes = 0;
+            let keep = prev
+                .rounds
+                .iter()
+                .rev()
+                .take(TAIL_ROUNDS - 1)
+                .take_while(|(_, f)| {
+                    bytes += f.len();
+                    bytes <= TAIL_BYTES
+                })
+                .count();
+            rounds.extend_from_slice(&prev.rounds[prev.rounds.len() - keep..]);
+        }
+        // The borrow is let go before the send (it holds the channel's lock).
+        drop(held);
+        rounds.push((first_offset, bytes::Bytes::from(buf)));
         self.tail_tx.send_replace(Some(super::WrittenFrames {
-            first_offset,
+            first_offset: rounds[0].0,
             next_offset,
-            frames: bytes::Bytes::from(buf),
+            rounds,
         }));
         None
     }

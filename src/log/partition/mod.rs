@@ -494,23 +494,39 @@ fn parsed_with<'a>(
     })
 }
 
-/// Frames a flusher round has just written, shared from memory with the readers that follow
-/// the end of the partition ([`Partition::tail`]).
+/// Frames the last flusher rounds wrote, shared from memory with the readers that follow the
+/// end of the partition ([`Partition::tail`]): the newest round, and before it the few rounds
+/// just before (see `flush.rs`'s `TAIL_ROUNDS`), so a follower that was busy while some rounds
+/// were written still takes them from memory.
 #[derive(Clone, Debug)]
 pub struct WrittenFrames {
-    /// Offset of the first record in `frames`.
+    /// Offset of the first record held.
     pub first_offset: u64,
     /// Offset after the last.
     pub next_offset: u64,
-    /// Whole batch frames as stored.
-    pub frames: bytes::Bytes,
+    /// Each round's first offset and whole batch frames as stored, oldest first, contiguous.
+    rounds: Vec<(u64, bytes::Bytes)>,
 }
 
 impl WrittenFrames {
     /// The batches, in order. They were encoded by this process and never left its memory,
     /// so their CRCs are not computed a second time ([`BatchView::parse_own`]).
     pub fn batches(&self) -> impl Iterator<Item = BatchView<'_>> {
-        parsed_with(&self.frames, BatchView::parse_own)
+        self.batches_from(self.first_offset)
+    }
+
+    /// The batches of the rounds that hold offsets from `from` on (the first may start
+    /// before it).
+    pub fn batches_from(&self, from: u64) -> impl Iterator<Item = BatchView<'_>> {
+        // A round ends where the next begins.
+        let before = self
+            .rounds
+            .windows(2)
+            .take_while(|w| w[1].0 <= from)
+            .count();
+        self.rounds[before..]
+            .iter()
+            .flat_map(|(_, frames)| parsed_with(frames, BatchView::parse_own))
     }
 }
 
@@ -767,8 +783,8 @@ impl Partition {
     }
 
     /// Follows the end of the partition from memory: each write's frames as the flusher wrote
-    /// them (the last one only; a reader that finds a gap between the last it took and this
-    /// one reads the log for the rest). Nothing is kept while no one follows.
+    /// them, with the few writes before (a reader that finds a gap between the last it took
+    /// and what is held reads the log for the rest). Nothing is kept while no one follows.
     pub fn tail(&self) -> tokio::sync::watch::Receiver<Option<WrittenFrames>> {
         self.inner.tail_tx.subscribe()
     }
@@ -832,6 +848,8 @@ impl Partition {
             )));
         }
         let bound = batch.frame_len_bound();
+        // Dropped after `st`: the flusher is woken once the lock is let go.
+        let mut wakes = flush::Wakes::new(inner);
         let mut st = inner.lock();
         let limit = st.limits.max_frame_len();
         if bound > limit {
@@ -876,7 +894,7 @@ impl Partition {
                 .usage
                 .bytes
                 .fetch_add(SEGMENT_HEADER_LEN, Ordering::Relaxed);
-            inner.wake(&mut st);
+            inner.wake_later(&mut st, &mut wakes);
         }
         // A log-append-time topic: the records carry the append time (the time index too).
         let log_append = st.limits.log_append_time;
@@ -918,7 +936,7 @@ impl Partition {
             }
         };
         if wake {
-            inner.wake(&mut st);
+            inner.wake_later(&mut st, &mut wakes);
         }
         st.size += len;
         inner.usage.bytes.fetch_add(len, Ordering::Relaxed);
@@ -936,6 +954,7 @@ impl Partition {
     pub fn flush(&self, sync: bool) -> Result<()> {
         let inner = &*self.inner;
         let rx = {
+            let mut wakes = flush::Wakes::new(inner);
             let mut st = inner.lock();
             if let Some(cause) = &st.poisoned {
                 return Err(inner.poisoned(cause));
@@ -951,7 +970,7 @@ impl Partition {
                 done: tx,
             });
             // A flush request is never worth gathering for.
-            inner.wake(&mut st);
+            inner.wake_later(&mut st, &mut wakes);
             rx
         };
         inner.completed(rx.blocking_recv())

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::net::read_held;
 use crate::net::tls::{Accepted, ReadHalf, WriteHalf};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -109,7 +110,7 @@ async fn read_connect(
         if let Some(c) = codec::read_connect(buf, max)? {
             return Ok(c);
         }
-        match rd.read_buf(buf).await {
+        match read_held(rd, buf).await {
             Ok(0) => return Err(BeforeConnect::Closed),
             Ok(n) => {
                 bytes_in.fetch_add(n as u64, Ordering::Relaxed);
@@ -598,7 +599,7 @@ impl Conn {
                         let _ = tokio::time::timeout_at(until, relieved).await;
                     }
                 }, if holding => {}
-                r = rd.read_buf(&mut inbuf), if (!self.paused() || inbuf.len() < PAUSED_READ) && !holding => {
+                r = read_held(&mut rd, &mut inbuf), if (!self.paused() || inbuf.len() < PAUSED_READ) && !holding => {
                     match r {
                         Ok(0) => {
                             tracing::debug!(peer = %self.peer, "mqtt: connection closed by the client without DISCONNECT");

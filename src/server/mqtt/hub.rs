@@ -1060,7 +1060,7 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
         let last = tail.borrow_and_update().clone();
         match last {
             Some(w) if w.first_offset <= pos && pos < w.next_offset => {
-                hub.deliver_batches(&topic, partition, w.batches(), pos);
+                hub.deliver_batches(&topic, partition, w.batches_from(pos), pos);
                 pos = w.next_offset;
             }
             _ if part.end_offset() > pos => {
