@@ -1,7 +1,9 @@
 //! `brook serve`: opens the broker (metadata and log, recovering both), binds the listeners of
-//! the front ends ([`crate::server`]), starts the mirrors, runs the periodic housekeeping (write
-//! and fsync buffered data, time retention, free-space measurement, expiry of group members)
-//! every `log.flush_interval` and the compaction every `log.compaction_interval`, and on
+//! the front ends ([`crate::server`]), starts the mirrors, runs the periodic housekeeping in one
+//! round on one blocking thread (write and fsync buffered data, time retention, free-space
+//! measurement, expiry of group members every `log.flush_interval`; the MQTT hub's session
+//! expiry, `$SYS` and metadata flush every second; freed memory returned every 10 s) and the
+//! compaction every `log.compaction_interval`, and on
 //! shutdown stops accepting, lets the answers in flight go out, and writes and fsyncs
 //! everything. The one module that takes the whole [`Config`]: each part gets its section.
 //!
@@ -83,7 +85,7 @@ fn show(addr: Option<SocketAddr>) -> String {
 }
 
 /// The plain and TLS listeners of one front end, each with the TLS server it needs (the first
-/// one runs the front end's housekeeping).
+/// one is the front end's owner: Kafka's group timeouts, MQTT's last housekeeping at shutdown).
 fn pair(
     plain: Bound,
     tls_bound: Bound,
@@ -203,22 +205,6 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         let owner = o && mqtt_listeners.is_empty();
         mqtt_listeners.push((l, t, owner, true));
     }
-    if mqtt_listeners.is_empty() {
-        // No MQTT listener: the hub's housekeeping (session expiry) still runs.
-        let (h, mut stop) = (Arc::clone(&hub), rx.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-            loop {
-                tokio::select! {
-                    _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-                    _ = tick.tick() => {
-                        let h = Arc::clone(&h);
-                        let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;
-                    }
-                }
-            }
-        }));
-    }
     let mqtt_slots = Arc::new(crate::auth::ListenerSlots::new(hub.config.max_connections));
     for (listener, tls, owner, ws) in mqtt_listeners {
         tasks.push(tokio::spawn(mqtt::run(
@@ -277,15 +263,25 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     }));
-    let b = Arc::clone(&broker);
+    // One housekeeping round for the broker (buffered data written and fsynced, retention:
+    // every `flush_interval`), the MQTT hub (session expiry, `$SYS`, metadata: every second)
+    // and the allocator (freed memory returned: every 10 s), on one blocking-pool thread: an
+    // idle broker wakes once a second, and keeps no second thread for a second round.
+    let (b, h) = (Arc::clone(&broker), Arc::clone(&hub));
     let mut stop = rx;
     let watchdog = systemd::watchdog_period();
     tasks.push(tokio::spawn(async move {
         let mut last_ping = std::time::Instant::now();
-        let mut tick =
-            tokio::time::interval(watchdog.map_or(flush_interval, |w| w.min(flush_interval)));
+        let period = [Some(flush_interval), Some(HUB_EVERY), watchdog]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(HUB_EVERY);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_trim = std::time::Instant::now();
+        let mut maintain = Due::new(flush_interval, period);
+        let mut hub_round = Due::new(HUB_EVERY, period);
+        let mut trim = Due::new(TRIM_EVERY, period);
         loop {
             let stopping = tokio::select! {
                 _ = stop.wait_for(|s| *s) => true,
@@ -294,13 +290,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             if stopping {
                 return;
             }
-            let b = Arc::clone(&b);
-            let trim = last_trim.elapsed() >= TRIM_EVERY;
-            if trim {
-                last_trim = std::time::Instant::now();
-            }
+            let now = std::time::Instant::now();
+            let (b, h) = (Arc::clone(&b), Arc::clone(&h));
+            let (maintain, hub_round, trim) =
+                (maintain.take(now), hub_round.take(now), trim.take(now));
             match tokio::task::spawn_blocking(move || {
-                let r = b.maintain();
+                let r = if maintain { b.maintain() } else { Ok(()) };
+                if hub_round {
+                    h.housekeeping();
+                }
                 if trim {
                     crate::memory::release_free();
                 }
@@ -425,3 +423,77 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
 
 /// How often housekeeping hands freed memory back to the operating system.
 const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often the MQTT hub's housekeeping runs.
+const HUB_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A job of the housekeeping round that is due every `every`, run by rounds that come every
+/// `period` (the shortest of the jobs'): due at the first round and then at the round nearest
+/// each further `every`.
+struct Due {
+    every: std::time::Duration,
+    slack: std::time::Duration,
+    next: Option<std::time::Instant>,
+}
+
+impl Due {
+    fn new(every: std::time::Duration, period: std::time::Duration) -> Self {
+        Due {
+            every,
+            slack: period / 2,
+            next: None,
+        }
+    }
+
+    /// Whether the job runs in the round at `now`. Its pace is kept whether rounds come a
+    /// little early or late; after a stall it starts again from `now`.
+    fn take(&mut self, now: std::time::Instant) -> bool {
+        let next = match self.next {
+            None => now + self.every,
+            Some(next) if now + self.slack < next => return false,
+            Some(next) if next + self.every <= now => now + self.every,
+            Some(next) => next + self.every,
+        };
+        self.next = Some(next);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Due;
+    use std::time::{Duration, Instant};
+
+    /// Which of the rounds `period` apart (with a little jitter) run a job due every `every`.
+    fn runs(every: Duration, period: Duration, rounds: u32) -> Vec<u32> {
+        let t0 = Instant::now();
+        let mut due = Due::new(every, period);
+        (0..rounds)
+            .filter(|&i| {
+                // Rounds come a little early or late.
+                let jitter = Duration::from_millis(u64::from(i % 3) * 7);
+                due.take(t0 + period * i + jitter)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn housekeeping_jobs_run_at_their_own_pace_in_the_shared_rounds() {
+        let s = Duration::from_secs(1);
+        // Every round, from the first.
+        assert_eq!(runs(s, s, 5), vec![0, 1, 2, 3, 4]);
+        // Every tenth round.
+        assert_eq!(runs(10 * s, s, 25), vec![0, 10, 20]);
+        // A hub round every second when the flushes come every 100 ms.
+        assert_eq!(runs(s, s / 10, 25), vec![0, 10, 20]);
+        // A flush interval of 2.4 s in rounds a second apart: the rounds nearest 0, 2.4, 4.8
+        // and 7.2 s.
+        assert_eq!(runs(s * 12 / 5, s, 8), vec![0, 2, 5, 7]);
+        // After a stall of 30 s, the pace starts again.
+        let t0 = Instant::now();
+        let mut due = Due::new(s, s);
+        assert!(due.take(t0));
+        assert!(due.take(t0 + 30 * s));
+        assert!(!due.take(t0 + 30 * s + s / 4));
+        assert!(due.take(t0 + 31 * s));
+    }
+}

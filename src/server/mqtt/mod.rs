@@ -335,8 +335,8 @@ impl MqttStats {
 }
 
 /// Accepts MQTT connections until `shutdown` turns true: over TLS with `tls`, over WebSockets
-/// with `ws`. The `owner` also runs the hub's housekeeping and, at shutdown, waits for its
-/// background tasks.
+/// with `ws`. At shutdown the `owner` also waits for the hub's background tasks and runs its
+/// housekeeping a last time (`serve` runs it every second until then).
 pub async fn run(
     listener: TcpListener,
     tls: Option<Arc<TlsServer>>,
@@ -347,19 +347,12 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             // A connection that ended gives its memory back now, not at the next accept.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-            _ = tick.tick(), if owner => {
-                let h = Arc::clone(&hub);
-                let _ = tokio::task::spawn_blocking(move || h.housekeeping()).await;
-                continue;
-            }
         };
         let (mut stream, peer) = match accepted {
             Ok(x) => x,
