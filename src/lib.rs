@@ -11,7 +11,7 @@
 //! | [`memory`] | the process's own memory: allocator figures, resident set, giving freed memory back |
 //! | [`report`] | the JSON documents shown to people (HTTP API, CLI `--json`): one set of field names |
 //! | [`proto`] | the native wire protocol: frames and messages (no_std), and frames on a connection ([`proto::stream`], shared by the client and the listener) |
-//! | [`net`] | networking shared by listeners, client and mirror: TLS configs and streams |
+//! | [`net`] | networking shared by listeners, client and mirror: TLS configs and streams, one read for a connection that holds no buffer while quiet |
 //! | [`meta`] | small state that is not a log (topic configs, group offsets, MQTT sessions and retained messages, the Kafka producer-id block), on sled behind a trait |
 //! | [`client`] | async Rust client for the native protocol: producer, consumer, groups |
 //! | [`config`] | the `brook.toml` file: assembles the sections of the modules below, defaults, validation, the commented default |
