@@ -929,6 +929,16 @@ impl Hub {
         }
     }
 
+    /// Whether any connected client has a subscription (live delivery; an offline persistent
+    /// session reads back from its own positions when it returns).
+    fn has_subscriptions(&self) -> bool {
+        !self
+            .subs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// Delivers the records at or after offset `from` in `batches`.
     fn deliver_batches<'a>(
         &self,
@@ -1062,6 +1072,11 @@ async fn dispatcher(hub: Arc<Hub>, topic: Arc<str>, partition: u32, mut pos: u64
             Some(w) if w.first_offset <= pos && pos < w.next_offset => {
                 hub.deliver_batches(&topic, partition, w.batches_from(pos), pos);
                 pos = w.next_offset;
+            }
+            // With no subscription at all, what was written before now goes to no one: the
+            // dispatcher moves past it without reading it back.
+            _ if part.end_offset() > pos && !hub.has_subscriptions() => {
+                pos = part.end_offset();
             }
             _ if part.end_offset() > pos => {
                 let p = Arc::clone(&part);
