@@ -259,3 +259,41 @@ fn idle_serve_keeps_few_threads() {
         seen.len()
     );
 }
+
+/// The log's flusher threads run under SCHED_BATCH, so a flusher an appender wakes does not
+/// take the core from the runtime worker that woke it; the workers keep the default policy.
+#[cfg(target_os = "linux")]
+#[test]
+fn flusher_threads_yield_to_the_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, _addrs) = crate::common::serve(dir.path());
+    // (name, scheduling policy: field 41 of /proc/PID/task/TID/stat, after the name's ")")
+    let threads: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{}/task", server.id()))
+        .expect("tasks")
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            let policy = rest.split_whitespace().nth(38)?.parse().ok()?;
+            Some((name.to_string(), policy))
+        })
+        .collect();
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    let policy = |prefix: &str| -> Vec<u32> {
+        threads
+            .iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, p)| *p)
+            .collect()
+    };
+    let flushers = policy("brook-flush");
+    assert!(!flushers.is_empty(), "no flusher threads: {threads:?}");
+    assert!(
+        flushers.iter().all(|p| *p == SCHED_BATCH),
+        "flushers: {threads:?}"
+    );
+    assert!(
+        policy("tokio-rt-worker").iter().all(|p| *p == SCHED_OTHER),
+        "workers: {threads:?}"
+    );
+}
