@@ -350,8 +350,9 @@ impl Drop for Wakes<'_> {
 /// default policy a woken flusher took the core from the worker that woke it, and on a
 /// 2-core machine under load the two fell into taking turns after every few messages: rounds
 /// of a handful of records, and the worker switched out 100,000 times in a run of a million
-/// (BENCHMARKS.md, "Flusher threads under SCHED_BATCH"). Nothing changes where a core is
-/// free. Best effort: if the policy cannot be set, the thread runs as before.
+/// (BENCHMARKS.md, "System calls, hand-offs and preemptions per MQTT message"). Nothing
+/// changes where a core is free. Best effort: if the policy cannot be set, the thread runs as
+/// before.
 fn yield_to_the_waker() {
     #[cfg(target_os = "linux")]
     {
