@@ -292,14 +292,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
             let now = std::time::Instant::now();
             let (b, h) = (Arc::clone(&b), Arc::clone(&h));
-            let (maintain, hub_round, trim) =
-                (maintain.take(now), hub_round.take(now), trim.take(now));
+            let due = (maintain.take(now), hub_round.take(now), trim.take(now));
             match tokio::task::spawn_blocking(move || {
-                let r = if maintain { b.maintain() } else { Ok(()) };
-                if hub_round {
+                let (maintain_due, hub_due, trim_due) = due;
+                let r = if maintain_due { b.maintain() } else { Ok(()) };
+                if hub_due {
                     h.housekeeping();
                 }
-                if trim {
+                if trim_due {
                     crate::memory::release_free();
                 }
                 r
