@@ -145,6 +145,8 @@ pub struct Broker {
     meta: Meta,
     groups: std::sync::Mutex<Groups>,
     kafka_groups: std::sync::Mutex<KafkaGroups>,
+    /// Told when a Kafka client joins a group: the group timeouts run only while groups exist.
+    kafka_joined: tokio::sync::Notify,
     counters: std::sync::RwLock<std::collections::HashMap<String, Arc<TopicCounters>>>,
 }
 
@@ -190,6 +192,7 @@ impl Broker {
                 _lock: lock,
                 groups: std::sync::Mutex::new(Groups::default()),
                 kafka_groups: std::sync::Mutex::new(KafkaGroups::default()),
+                kafka_joined: tokio::sync::Notify::new(),
                 counters: Default::default(),
             },
             recovery,
@@ -484,7 +487,16 @@ impl Broker {
         if native.get(group).is_some_and(|g| !g.members.is_empty()) {
             return Err(KafkaGroupError::OtherProtocol);
         }
-        self.kafka_groups().join(group, req, Instant::now())
+        let joined = self.kafka_groups().join(group, req, Instant::now())?;
+        self.kafka_joined.notify_one();
+        Ok(joined)
+    }
+
+    /// Completes when a Kafka client has joined a group since the last time it completed (or
+    /// since the start): whoever runs [`KafkaGroups::tick`] needs to run it only while
+    /// groups exist, and learns here when one may have appeared.
+    pub async fn kafka_group_joined(&self) {
+        self.kafka_joined.notified().await;
     }
 
     /// Joins a group; returns the member id, the generation and the member's partitions.

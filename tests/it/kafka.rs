@@ -210,6 +210,61 @@ async fn a_group_id_serves_one_protocol_at_a_time() {
     r.stop().await.expect("stop");
 }
 
+/// A Kafka member that stops heartbeating is removed once its session times out: the
+/// listener's group timeouts run every 250 ms while a group exists (an idle broker with no
+/// group does not run them, and must start again when a client joins). The housekeeping round
+/// also runs them, every `log.flush_interval`: a minute here, so only the listener's can do it.
+#[tokio::test]
+async fn a_silent_kafka_member_is_removed_after_its_session_timeout() {
+    use brook::broker::kafka_groups::JoinRequest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = common::server_config(dir.path());
+    config.log.flush_interval = brook::units::HumanDuration::secs(60);
+    let r = start(config).await.expect("start");
+    let join = |session: Duration| {
+        r.broker.kafka_join(
+            "quiet",
+            JoinRequest {
+                member_id: String::new(),
+                instance_id: None,
+                client_id: "k".into(),
+                client_host: "/127.0.0.1".into(),
+                session_timeout: session,
+                rebalance_timeout: session,
+                protocol_type: "consumer".into(),
+                protocols: vec![("range".into(), Vec::new())],
+            },
+        )
+    };
+    let members = || {
+        r.broker
+            .kafka_groups()
+            .describe("quiet")
+            .map_or(0, |g| g.members.len())
+    };
+    // Twice: the second time the group timeouts start again after they went quiet.
+    for round in 0..2 {
+        let joined = join(Duration::from_secs(1)).expect("join");
+        let outcome = tokio::time::timeout(WAIT, joined)
+            .await
+            .expect("join answered in time")
+            .expect("answered")
+            .expect("joined");
+        assert_eq!(outcome.leader, outcome.member_id, "round {round}");
+        assert_eq!(members(), 1, "round {round}");
+        // No heartbeat, no SyncGroup: gone after about a second.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while members() != 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: the silent member is still there after 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    r.stop().await.expect("stop");
+}
+
 /// The encoded request header alone (with the size prefix left for the body).
 fn header_only(key: i16, version: i16, id: i32) -> BytesMut {
     let mut buf = BytesMut::new();

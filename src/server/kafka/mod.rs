@@ -313,18 +313,28 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    // The group timeouts run every 250 ms while any group exists; with none the owner sleeps
+    // until a client joins one (an idle broker is not woken four times a second for nothing).
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut groups_held = false;
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             // A connection that ended gives its memory back now, not at the next accept.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = async { let _ = shutdown.wait_for(|s| *s).await; } => break,
-            _ = tick.tick(), if owner => {
-                for (g, m) in ctx.broker.kafka_groups().tick(std::time::Instant::now()) {
+            _ = ctx.broker.kafka_group_joined(), if owner && !groups_held => {
+                groups_held = true;
+                tick.reset();
+                continue;
+            }
+            _ = tick.tick(), if owner && groups_held => {
+                let mut groups = ctx.broker.kafka_groups();
+                for (g, m) in groups.tick(std::time::Instant::now()) {
                     tracing::info!(group = %g, member = %m, "Kafka member removed: session or rebalance timed out");
                 }
+                groups_held = !groups.is_empty();
                 continue;
             }
         };
