@@ -1,6 +1,6 @@
 //! `brook serve`: opens the broker (metadata and log, recovering both), binds the listeners of
 //! the front ends ([`crate::server`]), starts the mirrors, runs the periodic housekeeping in one
-//! round on one blocking thread (write and fsync buffered data, time retention, free-space
+//! round on a thread of its own (write and fsync buffered data, time retention, free-space
 //! measurement, expiry of group members every `log.flush_interval`; the MQTT hub's session
 //! expiry, `$SYS` and metadata flush every second; freed memory returned every 10 s) and the
 //! compaction every `log.compaction_interval`, and on
@@ -263,62 +263,16 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     }));
-    // One housekeeping round for the broker (buffered data written and fsynced, retention:
-    // every `flush_interval`), the MQTT hub (session expiry, `$SYS`, metadata: every second)
-    // and the allocator (freed memory returned: every 10 s), on one blocking-pool thread: an
-    // idle broker wakes once a second, and keeps no second thread for a second round.
-    let (b, h) = (Arc::clone(&broker), Arc::clone(&hub));
-    let mut stop = rx;
-    let watchdog = systemd::watchdog_period();
-    tasks.push(tokio::spawn(async move {
-        let mut last_ping = std::time::Instant::now();
-        let period = [Some(flush_interval), Some(HUB_EVERY), watchdog]
-            .into_iter()
-            .flatten()
-            .min()
-            .unwrap_or(HUB_EVERY);
-        let mut tick = tokio::time::interval(period);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut maintain = Due::new(flush_interval, period);
-        let mut hub_round = Due::new(HUB_EVERY, period);
-        let mut trim = Due::new(TRIM_EVERY, period);
-        loop {
-            let stopping = tokio::select! {
-                _ = stop.wait_for(|s| *s) => true,
-                _ = tick.tick() => false,
-            };
-            if stopping {
-                return;
-            }
-            let now = std::time::Instant::now();
-            let (b, h) = (Arc::clone(&b), Arc::clone(&h));
-            let due = (maintain.take(now), hub_round.take(now), trim.take(now));
-            match tokio::task::spawn_blocking(move || {
-                let (maintain_due, hub_due, trim_due) = due;
-                let r = if maintain_due { b.maintain() } else { Ok(()) };
-                if hub_due {
-                    h.housekeeping();
-                }
-                if trim_due {
-                    crate::memory::release_free();
-                }
-                r
-            })
-            .await
-            {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!("housekeeping: {e}"),
-                Err(e) => tracing::error!("housekeeping task: {e}"),
-            }
-            // The watchdog hears from us only while housekeeping keeps running.
-            if let Some(period) = watchdog {
-                if last_ping.elapsed() >= period / 2 {
-                    let _ = systemd::notify("WATCHDOG=1");
-                    last_ping = std::time::Instant::now();
-                }
-            }
-        }
-    }));
+    tasks.push(
+        housekeeping(
+            Arc::clone(&broker),
+            Arc::clone(&hub),
+            flush_interval,
+            systemd::watchdog_period(),
+            rx,
+        )
+        .map_err(|e| ServeError::Task(format!("cannot start the housekeeping thread: {e}")))?,
+    );
     tracing::info!(
         native = %show(native_addr),
         http = %show(http_addr),
@@ -419,6 +373,88 @@ pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result
     let running = start(config).await?;
     shutdown.await;
     running.stop().await
+}
+
+/// Starts the housekeeping round on a thread of its own: the broker's (buffered data written
+/// and fsynced, retention, free space, group expiry: every `flush_interval`), the MQTT hub's
+/// (session expiry, `$SYS`, metadata: every second), the allocator's (freed memory returned:
+/// every 10 s) and the systemd watchdog's ping. The thread sleeps between rounds in one timed
+/// wait, so an idle broker wakes about once a second and no async worker with it (the round
+/// as a blocking-pool task cost the worker a timer, a hand-off and a completion each time).
+/// The task returned tells the thread to stop once `stop` turns true and waits for its round.
+fn housekeeping(
+    broker: Arc<Broker>,
+    hub: Arc<mqtt::hub::Hub>,
+    flush_interval: std::time::Duration,
+    watchdog: Option<std::time::Duration>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<JoinHandle<()>> {
+    use std::sync::mpsc::RecvTimeoutError;
+    use std::time::Instant;
+    let period = [Some(flush_interval), Some(HUB_EVERY), watchdog]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(HUB_EVERY);
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    // The hub's round starts dispatcher tasks: the thread works in the runtime's context.
+    let runtime = tokio::runtime::Handle::current();
+    let thread = std::thread::Builder::new()
+        .name("brook-housekeep".into())
+        .spawn(move || {
+            let _runtime = runtime.enter();
+            let mut maintain = Due::new(flush_interval, period);
+            let mut hub_round = Due::new(HUB_EVERY, period);
+            let mut trim = Due::new(TRIM_EVERY, period);
+            let mut last_ping = Instant::now();
+            let mut next = Instant::now();
+            loop {
+                match stop_rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+                let now = Instant::now();
+                // After a late round the pace starts again from now (no rounds in a burst).
+                next = if next + period > now {
+                    next + period
+                } else {
+                    now + period
+                };
+                let (maintain_due, hub_due, trim_due) =
+                    (maintain.take(now), hub_round.take(now), trim.take(now));
+                let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    let r = if maintain_due {
+                        broker.maintain()
+                    } else {
+                        Ok(())
+                    };
+                    if hub_due {
+                        hub.housekeeping();
+                    }
+                    if trim_due {
+                        crate::memory::release_free();
+                    }
+                    r
+                }));
+                match round {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("housekeeping: {e}"),
+                    Err(_) => tracing::error!("housekeeping round panicked; the next one runs"),
+                }
+                // The watchdog hears from us only while housekeeping keeps running.
+                if let Some(period) = watchdog {
+                    if last_ping.elapsed() >= period / 2 {
+                        let _ = systemd::notify("WATCHDOG=1");
+                        last_ping = Instant::now();
+                    }
+                }
+            }
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = stop.wait_for(|s| *s).await;
+        drop(stop_tx);
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }))
 }
 
 /// How often housekeeping hands freed memory back to the operating system.
