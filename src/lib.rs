@@ -42,7 +42,8 @@
 //! the requested [`log::Durability`]; when the [`log::AppendTicket`] completes, the answer goes
 //! back. Consumers fetch (long poll)
 //! and get the stored frames back byte for byte; groups commit the next offset to read in
-//! [`meta`]. Housekeeping flushes and applies retention every `log.flush_interval`; a cleaner
+//! [`meta`]. Housekeeping (a thread of its own, [`serve`]) flushes and applies retention every
+//! `log.flush_interval` and runs the MQTT hub's round every second; a cleaner
 //! task compacts `cleanup = compact` topics ([`log::Store::compact`]) on a blocking thread every
 //! `log.compaction_interval`.
 //!
