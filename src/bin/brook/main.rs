@@ -482,8 +482,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(cfg.runtime.workers())
                 // Blocking-pool threads started under load leave 1.5 s after it rather than
-                // tokio's 10 s, giving back their stacks and wake-ups sooner. (The two kept
-                // at idle serve the two 1 s housekeeping rounds, which start together.)
+                // tokio's 10 s, giving back their stacks and wake-ups sooner. (None is kept at
+                // idle: housekeeping has a thread of its own.)
                 .thread_keep_alive(std::time::Duration::from_millis(1500))
                 .enable_all()
                 .build()?;
