@@ -290,6 +290,23 @@ fn runtime_worker_threads_apply() {
     );
 }
 
+/// Each thread of process `pid`: its name and the text of `/proc/PID/task/TID/<file>`
+/// (nothing for a process that is gone).
+#[cfg(target_os = "linux")]
+fn threads_of(pid: u32, file: &str) -> Vec<(String, String)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let t = t.ok()?.path();
+            let name = std::fs::read_to_string(t.join("comm")).ok()?;
+            let text = std::fs::read_to_string(t.join(file)).ok()?;
+            Some((name.trim().to_string(), text))
+        })
+        .collect()
+}
+
 /// An idle `brook serve` keeps few threads: the runtime's workers, the housekeeping thread
 /// (the broker's and the MQTT hub's rounds, once ran as two blocking-pool tasks that kept two
 /// threads), the flushers it keeps (one per core, two to four) and one sled I/O thread (sled
@@ -301,14 +318,10 @@ fn idle_serve_keeps_few_threads() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, _addrs) = crate::common::serve(dir.path());
     let names = || -> Vec<String> {
-        std::fs::read_dir(format!("/proc/{}/task", server.id()))
-            .map(|tasks| {
-                tasks
-                    .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-                    .map(|c| c.trim().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
+        threads_of(server.id(), "comm")
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Under qemu-user (the ARM runs in CI) the emulator adds a thread of its own (its RCU
@@ -333,22 +346,17 @@ fn idle_serve_keeps_few_threads() {
     // before the Kafka group timeouts waited for a group, an idle broker woke 11-12 times a
     // second; Mosquitto 2.0 wakes 10 times. Counted over 4 s, qemu's own threads left out.
     let switches = || -> Vec<(String, u64)> {
-        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", server.id())) else {
-            return Vec::new();
-        };
-        tasks
-            .filter_map(|t| {
-                let t = t.ok()?.path();
-                let name = std::fs::read_to_string(t.join("comm")).ok()?;
-                let status = std::fs::read_to_string(t.join("status")).ok()?;
+        threads_of(server.id(), "status")
+            .into_iter()
+            .filter(|(name, _)| !name.starts_with("qemu-"))
+            .map(|(name, status)| {
                 let n = status
                     .lines()
                     .filter(|l| l.contains("ctxt_switches:"))
                     .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
                     .sum();
-                Some((name.trim().to_string(), n))
+                (name, n)
             })
-            .filter(|(name, _)| !name.starts_with("qemu-"))
             .collect()
     };
     let span = std::time::Duration::from_secs(4);
@@ -376,13 +384,17 @@ fn flusher_threads_yield_to_the_workers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (server, _addrs) = crate::common::serve(dir.path());
     // (name, scheduling policy: field 41 of /proc/PID/task/TID/stat, after the name's ")")
-    let threads: Vec<(String, u32)> = std::fs::read_dir(format!("/proc/{}/task", server.id()))
-        .expect("tasks")
-        .filter_map(|t| {
-            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-            let (name, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
-            let policy = rest.split_whitespace().nth(38)?.parse().ok()?;
-            Some((name.to_string(), policy))
+    let threads: Vec<(String, u32)> = threads_of(server.id(), "stat")
+        .into_iter()
+        .filter_map(|(name, stat)| {
+            let policy = stat
+                .rsplit_once(") ")?
+                .1
+                .split_whitespace()
+                .nth(38)?
+                .parse()
+                .ok()?;
+            Some((name, policy))
         })
         .collect();
     const SCHED_OTHER: u32 = 0;
