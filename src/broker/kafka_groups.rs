@@ -175,12 +175,12 @@ impl std::fmt::Debug for KafkaGroups {
 }
 
 impl KafkaGroups {
-    /// `true` while the group has members (a native member may not join it then).
     /// Whether no group is held (then [`KafkaGroups::tick`] has nothing to time out).
     pub fn is_empty(&self) -> bool {
         self.groups.is_empty()
     }
 
+    /// `true` while the group has members (a native member may not join it then).
     pub fn has_members(&self, group: &str) -> bool {
         self.groups
             .get(group)
