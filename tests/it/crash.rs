@@ -390,6 +390,79 @@ fn group_commit_shares_fsyncs() {
     );
 }
 
+/// Producers that do not wait for each acknowledgement (a stream of durable appends) share
+/// one fsync across a linger: the round writes what keeps arriving and syncs once, instead of
+/// once per fsync's worth of arrivals. Every acknowledgement still survives a power cut that
+/// keeps nothing unsynced.
+#[test]
+fn a_stream_of_durable_appends_shares_an_fsync_across_a_linger() {
+    const SYNC: std::time::Duration = std::time::Duration::from_millis(1);
+    const PRODUCERS: u64 = 4;
+    const EACH: u64 = 400;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fs = FaultFs::new();
+    let time = ManualTime::new(T0);
+    let topic = brook::log::TopicConfig {
+        segment_size: brook::units::ByteSize::mib(8),
+        ..small_topic(1)
+    };
+    let topics = [("t", topic)];
+    let slow = brook::log::fs::SlowSyncFs::new(fs.clone(), SYNC);
+    let store = Arc::new(open(
+        dir.path(),
+        Arc::new(slow),
+        &time,
+        no_limits(),
+        &topics,
+    ));
+    let syncs_before = fs.syncs();
+    let started = std::time::Instant::now();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let mut tickets = Vec::new();
+                for i in 0..EACH {
+                    let b = batch(t * EACH + i, 1);
+                    let (_, ticket) = store
+                        .append_start("t", PartitionChoice::Id(0), &b, Durability::Durable)
+                        .expect("append");
+                    tickets.push(ticket);
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                tickets
+            })
+        })
+        .collect();
+    let tickets: Vec<_> = producers
+        .into_iter()
+        .flat_map(|p| p.join().expect("producer"))
+        .collect();
+    let streamed = started.elapsed();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    for t in tickets {
+        rt.block_on(t.finish()).expect("acknowledged durable");
+    }
+    let syncs = (fs.syncs() - syncs_before).max(1);
+    // Without a linger the rounds follow each other, an fsync each (SYNC) while the stream
+    // lasts; with it, a round also spans the linger (up to four fsyncs).
+    let per_sync = streamed / u32::try_from(syncs).expect("few fsyncs");
+    assert!(
+        per_sync >= SYNC * 8 / 5,
+        "{syncs} fsyncs in {streamed:?} of streaming ({per_sync:?} apart): no linger"
+    );
+    drop(store);
+    fs.power_loss(|_, _, _| 0).expect("power loss");
+    let store = open(dir.path(), Arc::new(StdFs), &time, no_limits(), &topics);
+    assert_eq!(
+        read_all(&store, "t", 0).len() as u64,
+        PRODUCERS * EACH,
+        "acknowledged records lost in a power cut"
+    );
+}
+
 /// A segment file written by a newer Brook is refused with a clear error, never misread.
 #[test]
 fn newer_segment_version_is_refused() {

@@ -4,7 +4,9 @@
 //!
 //! One round: take the whole buffer and every waiter registered so far; write the buffer with
 //! one positional write; complete the `Written` waiters; if any waiter wants `Durable`, fsync
-//! once and complete those. Appenders that arrive meanwhile form the next round's group.
+//! once and complete those. Appenders that arrive meanwhile form the next round's group, except
+//! while a stream keeps arriving: then the round writes what arrives in further passes before
+//! its one fsync ([`Gather`]).
 //!
 //! **Roll.** An appender whose batch does not fit the active segment only opens the next one
 //! in memory (`State::next`) and puts its frames there. The flusher then seals the active
@@ -30,6 +32,12 @@ use super::{Active, Inner, Sealed, State, Waiter, create_segment};
 /// worker serving many connections) takes them from memory rather than reading the log.
 const TAIL_ROUNDS: usize = 4;
 const TAIL_BYTES: usize = 16 * 1024;
+
+/// Bounds of a round's linger between its write and its fsync ([`Gather`]).
+const LINGER_GAP_MIN: Duration = Duration::from_micros(50);
+const LINGER_GAP_MAX: Duration = Duration::from_micros(250);
+const LINGER_MIN: Duration = Duration::from_micros(500);
+const LINGER_MAX: Duration = Duration::from_millis(2);
 
 /// Why a buffered batch was not written; sent to every waiter it concerns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -375,16 +383,37 @@ fn yield_to_the_waker() {
 /// So before a round that will fsync, the flusher waits until as many durable appenders are
 /// buffered as were buffered plus released when the last round ended, for at most a quarter of
 /// the last fsync's duration (capped at 250 us). A lone producer costs at most that linger.
+///
+/// Producers that do not wait for their acknowledgements (many devices sending at once, each
+/// on its own clock) keep arriving while an fsync runs. When two or more did during the last
+/// one, the next round lingers between its write and its fsync: what arrives is written
+/// (subscribers see it as before) and joins the round's fsync, until the group expected as
+/// above is complete, a gap of half an fsync passes with nothing new, or the linger reaches
+/// four fsyncs (at most 2 ms). Many producers streaming at once then share one fsync per
+/// linger instead of one every few messages; their acknowledgements wait up to the linger
+/// more. Producers that wait for each acknowledgement never trigger it: while their fsync runs
+/// nobody arrives.
 #[derive(Default)]
 pub(super) struct Gather {
     expect: usize,
     last_sync: Duration,
+    /// Two or more durable appenders arrived during the last fsync.
+    stream: bool,
 }
 
 impl Gather {
+    /// How long a lingering round waits for the next arrival, and for all of them.
+    fn linger_bounds(&self) -> (Duration, Duration) {
+        let gap = (self.last_sync / 2).clamp(LINGER_GAP_MIN, LINGER_GAP_MAX);
+        let bound = (self.last_sync * 4).clamp(LINGER_MIN, LINGER_MAX);
+        (gap, bound)
+    }
+
     fn wait<'a>(&self, inner: &'a Inner, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let durable = |st: &State| st.waiters.iter().filter(|w| w.durable).count();
-        if self.expect < 2 || st.stop || durable(&st) == 0 {
+        // A stream is gathered after the write instead (`Inner::linger`): waiting here would
+        // hold its records back from subscribers too.
+        if self.expect < 2 || self.stream || st.stop || durable(&st) == 0 {
             return st;
         }
         let deadline = Instant::now() + (self.last_sync / 4).min(Duration::from_micros(250));
@@ -395,11 +424,7 @@ impl Gather {
             if now >= deadline || st.stop || !st.next.is_empty() {
                 break;
             }
-            st = inner
-                .flush_cv
-                .wait_timeout(st, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
+            st = inner.wait_for_arrivals(st, deadline - now);
         }
         st
     }
@@ -412,8 +437,20 @@ pub(super) fn complete(waiters: Vec<Waiter>, result: &std::result::Result<(), Wr
     }
 }
 
+/// What the write passes of a round wrote: where the active file ends, what that makes
+/// readable, and the durable waiters the round's fsync is to complete.
+struct Pass {
+    file: Arc<dyn super::super::fs::File>,
+    end_pos: u64,
+    target_offset: u64,
+    target_end: u64,
+    durable: Vec<Waiter>,
+}
+
 impl Inner {
-    /// One flush round. Takes the lock back before returning.
+    /// One flush round: one write pass and, if a waiter wants it durable, one fsync, with the
+    /// passes of a linger between them while a stream keeps arriving (see [`Gather`]). Takes
+    /// the lock back before returning.
     fn round<'a>(
         &'a self,
         mut st: MutexGuard<'a, State>,
@@ -425,10 +462,58 @@ impl Inner {
             complete(waiters, &Err(WriteFailure::Poisoned(cause)));
             return self.lock();
         }
+        let stopping = st.stop;
+        let Some(mut pass) = self.write_pass(st) else {
+            return self.lock();
+        };
+        if pass.durable.is_empty() {
+            return self.lock();
+        }
+        if gather.stream && !stopping && pass.durable.len() >= 2 {
+            self.linger(gather, &mut pass);
+        }
+
+        let sync_started = Instant::now();
+        let synced = pass.file.sync_data();
+        self.usage.fsyncs.fetch_add(1, Ordering::Relaxed);
+        gather.last_sync = sync_started.elapsed();
+        self.usage.observe_fsync(gather.last_sync);
+
+        let mut st = self.lock();
+        let result = match synced {
+            Ok(()) => {
+                st.active.durable = pass.end_pos;
+                st.durable_end = pass.target_end;
+                st.durable_offset = pass.target_offset;
+                Ok(())
+            }
+            Err(e) => {
+                let cause = format!("fsync {}: {e}", st.active.path.display());
+                Err(self.poison(&mut st, cause))
+            }
+        };
+        let failed_later = if result.is_err() {
+            self.abandon_unwritten(&mut st)
+        } else {
+            Vec::new()
+        };
+        let arrived = st.waiters.iter().filter(|w| w.durable).count();
+        gather.expect = pass.durable.len() + arrived;
+        gather.stream = arrived >= 2;
+        drop(st);
+        complete(pass.durable, &result);
+        complete(failed_later, &result);
+        self.lock()
+    }
+
+    /// Writes the buffer at the end of the active file, makes it readable and completes the
+    /// `Written` waiters; returns what the durable ones still wait for. `None` if the write
+    /// failed (its waiters, and those of everything buffered, are failed). The lock is let go.
+    fn write_pass<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Option<Pass> {
         let buf = std::mem::take(&mut st.buf);
         let waiters = std::mem::take(&mut st.waiters);
         // What the buffer takes the active segment to. Offsets and bytes given out in segments
-        // still to be created (`next`) are not written by this round: claiming them would tell
+        // still to be created (`next`) are not written by this pass: claiming them would tell
         // readers and waiters about records that are only in memory.
         let (target_offset, target_end) = match st.next.front() {
             Some(first) => (first.base, st.assigned_end - st.next_bytes()),
@@ -437,7 +522,6 @@ impl Inner {
         let pos = st.active.written;
         let end_pos = pos + buf.len() as u64;
         let file = Arc::clone(&st.active.file);
-        let sync = waiters.iter().any(|w| w.durable);
         drop(st);
 
         let wrote = if buf.is_empty() {
@@ -453,7 +537,7 @@ impl Inner {
             drop(st);
             failed.extend(waiters);
             complete(failed, &Err(failure));
-            return self.lock();
+            return None;
         }
         st.active.written = end_pos;
         st.written_end = target_end;
@@ -466,45 +550,72 @@ impl Inner {
                 st.buf = b;
             }
         }
-        if !sync {
-            drop(st);
-            complete(waiters, &Ok(()));
-            return self.lock();
-        }
         drop(st);
         let (durable, written): (Vec<Waiter>, Vec<Waiter>) =
             waiters.into_iter().partition(|w| w.durable);
         complete(written, &Ok(()));
+        Some(Pass {
+            file,
+            end_pos,
+            target_offset,
+            target_end,
+            durable,
+        })
+    }
 
-        let sync_started = Instant::now();
-        let synced = file.sync_data();
-        self.usage.fsyncs.fetch_add(1, Ordering::Relaxed);
-        gather.last_sync = sync_started.elapsed();
-        self.usage.observe_fsync(gather.last_sync);
+    /// Waits at most `left` for appenders to wake a gathering round (see `State::wake_at`).
+    fn wait_for_arrivals<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        left: Duration,
+    ) -> MutexGuard<'a, State> {
+        self.flush_cv
+            .wait_timeout(st, left)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0)
+    }
 
+    /// Holds the round's fsync back while durable appends keep arriving: what came is written
+    /// (and so delivered) and joins the round, until the group the last round released is all
+    /// back (producers that wait for their acknowledgements: nobody else is coming), a gap
+    /// passes with nothing new, the linger reaches its bound, or the segment rolls.
+    fn linger(&self, gather: &Gather, pass: &mut Pass) {
+        let durable = |st: &State| st.waiters.iter().filter(|w| w.durable).count();
+        let (gap, bound) = gather.linger_bounds();
+        let started = Instant::now();
         let mut st = self.lock();
-        let result = match synced {
-            Ok(()) => {
-                st.active.durable = end_pos;
-                st.durable_end = target_end;
-                st.durable_offset = target_offset;
-                Ok(())
+        loop {
+            let missing = gather.expect.saturating_sub(pass.durable.len());
+            if missing == 0 {
+                break;
             }
-            Err(e) => {
-                let cause = format!("fsync {}: {e}", st.active.path.display());
-                Err(self.poison(&mut st, cause))
+            // Appenders wake us when the rest of the group is here, not at every arrival.
+            st.wake_at = missing + (st.waiters.len() - durable(&st));
+            let until = (Instant::now() + gap).min(started + bound);
+            loop {
+                let now = Instant::now();
+                if now >= until || st.stop || durable(&st) >= missing {
+                    break;
+                }
+                st = self.wait_for_arrivals(st, until - now);
             }
-        };
-        let failed_later = if result.is_err() {
-            self.abandon_unwritten(&mut st)
-        } else {
-            Vec::new()
-        };
-        gather.expect = durable.len() + st.waiters.iter().filter(|w| w.durable).count();
-        drop(st);
-        complete(durable, &result);
-        complete(failed_later, &result);
-        self.lock()
+            st.wake_at = usize::MAX;
+            if durable(&st) == 0 || st.stop || st.poisoned.is_some() || !st.next.is_empty() {
+                break;
+            }
+            let Some(more) = self.write_pass(st) else {
+                return;
+            };
+            pass.end_pos = more.end_pos;
+            pass.target_offset = more.target_offset;
+            pass.target_end = more.target_end;
+            pass.durable.extend(more.durable);
+            if started.elapsed() >= bound {
+                return;
+            }
+            st = self.lock();
+        }
+        st.wake_at = usize::MAX;
     }
 
     /// Hands the frames just written to the readers following the end ([`super::Partition::tail`]),

@@ -13,8 +13,10 @@
 //! one positional `write`, completes the `Written` waiters, fsyncs once if any waiter wants
 //! `Durable`, and completes those. While it writes and fsyncs, the next group collects in the
 //! buffer: concurrent producers share one write and one `fdatasync` (group commit), each waiter
-//! is woken exactly once, and the file sees few, large, sequential writes. Readers see batches
-//! once they are written.
+//! is woken exactly once, and the file sees few, large, sequential writes. While producers keep
+//! arriving during each fsync, a round writes them in further passes and fsyncs once when they
+//! pause (a linger of at most four fsyncs, see `flush.rs`). Readers see batches once they are
+//! written.
 //!
 //! **Threads.** All of a partition's write-side file I/O runs on the store's flusher threads
 //! ([`Flushers`]: a pool shared by every partition, one thread per core kept (2-4), up to 16
