@@ -410,7 +410,7 @@ impl Gather {
     }
 
     fn wait<'a>(&self, inner: &'a Inner, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
-        let durable = |st: &State| st.waiters.iter().filter(|w| w.durable).count();
+        let durable = State::durable_waiters;
         // A stream is gathered after the write instead (`Inner::linger`): waiting here would
         // hold its records back from subscribers too.
         if self.expect < 2 || self.stream || st.stop || durable(&st) == 0 {
@@ -427,6 +427,13 @@ impl Gather {
             st = inner.wait_for_arrivals(st, deadline - now);
         }
         st
+    }
+}
+
+impl State {
+    /// Registered waiters that want their batches fsynced.
+    fn durable_waiters(&self) -> usize {
+        self.waiters.iter().filter(|w| w.durable).count()
     }
 }
 
@@ -497,7 +504,7 @@ impl Inner {
         } else {
             Vec::new()
         };
-        let arrived = st.waiters.iter().filter(|w| w.durable).count();
+        let arrived = st.durable_waiters();
         gather.expect = pass.durable.len() + arrived;
         gather.stream = arrived >= 2;
         drop(st);
@@ -580,7 +587,7 @@ impl Inner {
     /// back (producers that wait for their acknowledgements: nobody else is coming), a gap
     /// passes with nothing new, the linger reaches its bound, or the segment rolls.
     fn linger(&self, gather: &Gather, pass: &mut Pass) {
-        let durable = |st: &State| st.waiters.iter().filter(|w| w.durable).count();
+        let durable = State::durable_waiters;
         let (gap, bound) = gather.linger_bounds();
         let started = Instant::now();
         let mut st = self.lock();
