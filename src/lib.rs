@@ -42,13 +42,14 @@
 //! the requested [`log::Durability`]; when the [`log::AppendTicket`] completes, the answer goes
 //! back. Consumers fetch (long poll)
 //! and get the stored frames back byte for byte; groups commit the next offset to read in
-//! [`meta`]. Housekeeping (a thread of its own, [`serve`]) flushes and applies retention every
+//! [`meta`]. Housekeeping (on `brook serve`'s main thread, [`serve`]) flushes and applies retention every
 //! `log.flush_interval` and runs the MQTT hub's round every second; a cleaner
 //! task compacts `cleanup = compact` topics ([`log::Store::compact`]) on a blocking thread every
 //! `log.compaction_interval`.
 //!
-//! Where work runs: async workers never wait for the disk. The store's flusher threads (a pool:
-//! 2-4 kept, up to 16 while partitions wait) do all of each partition's writes, fsyncs, segment
+//! Where work runs: async workers never wait for the disk. The store's flusher threads (a pool
+//! started with the first work: 2-4 when none is free, up to 16 while partitions wait; none
+//! after 10 s without work) do all of each partition's writes, fsyncs, segment
 //! rolls and file removals (an append only encodes into memory); reads of stored data run on the blocking pool ([`broker::Broker::fetch`],
 //! the mirror, an MQTT session's read-back), except at the very end of a partition, where MQTT
 //! dispatchers take the frames just written from memory ([`log::Partition::tail`]); requests

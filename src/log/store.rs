@@ -333,7 +333,7 @@ impl Store {
 
         let usage = Arc::new(Usage::default());
         let (kept, most) = Flushers::default_threads();
-        let flushers = Flushers::start(kept, most)?;
+        let flushers = Flushers::start(kept, most);
         let shared = Shared {
             fs: Arc::clone(&fs),
             write_buffer: opts.write_buffer.bytes().sat_usize(),
@@ -348,27 +348,31 @@ impl Store {
         let results: Vec<Mutex<Option<OpenResult>>> =
             jobs.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicU32::new(0);
+        // The calling thread opens partitions too; one more thread per core while there are
+        // more partitions (none for a store with one partition or none).
         let workers = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
-            .min(jobs.len().max(1));
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                        let Some(&(t, p)) = jobs.get(i) else { break };
-                        let (name, cfg) = &topics[t];
-                        let r = Partition::open(
-                            name,
-                            p,
-                            dir.join(name).join(p.to_string()),
-                            cfg.clone(),
-                            &shared,
-                        );
-                        *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                    }
-                });
+            .min(jobs.len());
+        let open_next = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(&(t, p)) = jobs.get(i) else { break };
+                let (name, cfg) = &topics[t];
+                let r = Partition::open(
+                    name,
+                    p,
+                    dir.join(name).join(p.to_string()),
+                    cfg.clone(),
+                    &shared,
+                );
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
             }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..workers {
+                s.spawn(open_next);
+            }
+            open_next();
         });
         let mut recovery = StoreRecovery {
             adopted,
@@ -622,6 +626,16 @@ impl Store {
             .get(name)
             .cloned()
             .ok_or_else(|| LogError::UnknownTopic(name.to_string()))
+    }
+
+    /// Whether any topic is compacted (`cleanup = compact`): whether [`Store::compact`] has
+    /// anything to look at.
+    pub fn compacts_any(&self) -> bool {
+        self.topics
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|t| t.config.cleanup.compacts())
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {

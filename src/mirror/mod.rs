@@ -197,6 +197,11 @@ impl Mirrors {
     /// Waits for every task to see the shutdown; the cursors are flushed a last time.
     pub async fn join(mut self, broker: &Arc<Broker>) {
         while self.tasks.join_next().await.is_some() {}
+        // With no mirror there is no cursor to save and no partition kept for one (and no
+        // blocking-pool thread is started for nothing as the broker starts).
+        if self.configs.is_empty() {
+            return;
+        }
         flush(broker, &self.cursors, &self.status, &self.configs).await;
     }
 }

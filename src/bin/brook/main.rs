@@ -483,17 +483,17 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 .worker_threads(cfg.runtime.workers())
                 // Blocking-pool threads started under load leave 1.5 s after it rather than
                 // tokio's 10 s, giving back their stacks and wake-ups sooner. (None is kept at
-                // idle: housekeeping has a thread of its own.)
+                // idle: housekeeping runs on the main thread.)
                 .thread_keep_alive(std::time::Duration::from_millis(1500))
                 .enable_all()
                 .build()?;
-            runtime.block_on(async {
-                // Handlers are installed before anything else, so no early signal is missed.
-                let shutdown = shutdown_signal()?;
-                brook::serve::serve(cfg, shutdown)
-                    .await
-                    .map_err(Box::<dyn std::error::Error>::from)
-            })?;
+            // Handlers are installed before anything else, so no early signal is missed.
+            let shutdown = {
+                let _runtime = runtime.enter();
+                shutdown_signal()?
+            };
+            // The main thread runs the housekeeping rounds; the workers run the rest.
+            brook::serve::run(&runtime, cfg, shutdown)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Topics { conn, command } => client_command(async move {

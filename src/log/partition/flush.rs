@@ -17,13 +17,12 @@
 //! roll again.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::super::OnFull;
-use super::super::error::{LogError, Result};
+use super::super::error::LogError;
 use super::super::segment::{self, SEGMENT_HEADER_LEN, SegmentIndex};
 use super::{Active, Inner, Sealed, State, Waiter, create_segment};
 
@@ -67,7 +66,7 @@ struct Queue {
     /// Threads running, and how many of them wait for work.
     alive: usize,
     idle: usize,
-    /// Threads kept when there is nothing to do, and the most there may be.
+    /// Threads started on demand when none is free, and the most there may be.
     min: usize,
     max: usize,
     /// Partitions open on these threads (some may outlive their store).
@@ -76,7 +75,7 @@ struct Queue {
     closing: bool,
 }
 
-/// How long a flusher thread above the kept number waits for work before it leaves.
+/// How long a flusher thread waits for work before it leaves.
 pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 /// Where a partition stands with the flushers.
@@ -92,30 +91,27 @@ pub(super) enum Sched {
 }
 
 impl Flushers {
-    /// Starts `min` flusher threads (at least one); while partitions wait and every thread is
-    /// busy (fsyncs of several partitions at once), up to `max` run, and those above `min` leave
-    /// after `IDLE_EXIT` (10 s) without work.
-    pub fn start(min: usize, max: usize) -> Result<Arc<Flushers>> {
+    /// A pool of at most `max` flusher threads, none started yet: a partition with work starts
+    /// one while fewer than `min` run and none is free, and more (up to `max`) start while
+    /// partitions wait and every thread is busy (fsyncs of several partitions at once). Every
+    /// thread leaves after `IDLE_EXIT` (10 s) without work, so an idle broker keeps none.
+    pub fn start(min: usize, max: usize) -> Arc<Flushers> {
         let min = min.max(1);
-        let pool = Arc::new(Flushers {
+        Arc::new(Flushers {
             queue: Mutex::new(Queue {
                 min,
                 max: max.max(min),
                 ..Queue::default()
             }),
             ready: Condvar::new(),
-        });
-        for _ in 0..min {
-            pool.lock().alive += 1;
-            if let Err(e) = pool.spawn() {
-                pool.lock().alive -= 1;
-                return Err(LogError::io("start a flusher thread", PathBuf::new(), e));
-            }
-        }
-        Ok(pool)
+        })
     }
 
     fn spawn(self: &Arc<Self>) -> std::io::Result<()> {
+        #[cfg(test)]
+        if tests::NO_THREADS.get() {
+            return Err(std::io::Error::other("no threads (test)"));
+        }
         let p = Arc::clone(self);
         std::thread::Builder::new()
             .name("brook-flush".into())
@@ -127,8 +123,9 @@ impl Flushers {
             .map(|_| ())
     }
 
-    /// The default sizes: one thread per core kept (at least two, so a slow fsync never holds
-    /// up every partition; at most four), and up to 16 while many partitions sync at once.
+    /// The default sizes: one thread per core started on demand (at least two, so a slow fsync
+    /// never holds up every partition; at most four), and up to 16 while many partitions sync
+    /// at once.
     pub fn default_threads() -> (usize, usize) {
         let kept = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
         (kept, 16)
@@ -161,15 +158,44 @@ impl Flushers {
 
     /// Queues a partition that has work (its `Sched` was just set to `Queued`). A thread is
     /// woken only if one waits: a busy one looks at the queue before it waits (a wake-up nobody
-    /// waits for still costs a system call).
-    pub(super) fn schedule(&self, inner: Arc<Inner>) {
+    /// waits for still costs a system call). With none waiting and fewer than `min` running,
+    /// one is started. If none runs and none can be started, the caller does the work itself
+    /// rather than leave its appenders waiting for a thread that may never come.
+    pub(super) fn schedule(self: &Arc<Self>, inner: Arc<Inner>) {
         let mut q = self.lock();
         q.partitions.push_back(inner);
         let wake = q.idle > 0;
+        let start = !wake && q.alive < q.min;
+        if start {
+            q.alive += 1;
+        }
         // Woken after the lock is let go, so the thread does not wait for it at once.
         drop(q);
         if wake {
             self.ready.notify_one();
+        }
+        if start {
+            if let Err(e) = self.spawn() {
+                let mut q = self.lock();
+                q.alive -= 1;
+                let orphaned = q.alive == 0;
+                drop(q);
+                tracing::error!("cannot start a flusher thread: {e}");
+                if orphaned {
+                    self.work_here();
+                }
+            }
+        }
+    }
+
+    /// Does the queued work on the calling thread: the last resort when no flusher thread
+    /// runs and none can be started.
+    fn work_here(self: &Arc<Self>) {
+        loop {
+            let Some(inner) = self.lock().partitions.pop_front() else {
+                return;
+            };
+            self.turn(inner);
         }
     }
 
@@ -214,33 +240,38 @@ impl Flushers {
                         .unwrap_or_else(|e| e.into_inner());
                     q = g;
                     q.idle -= 1;
-                    if waited.timed_out() && q.partitions.is_empty() && q.alive > q.min {
+                    if waited.timed_out() && q.partitions.is_empty() {
                         q.alive -= 1;
                         return;
                     }
                 }
             };
-            let mut st = inner.lock();
-            if st.sched != Sched::Queued {
-                // Its drop took it over meanwhile.
-                continue;
-            }
-            st.sched = Sched::Running;
-            // Group commit bookkeeping is per partition.
-            let mut gather = std::mem::take(&mut st.gather);
-            st = inner.step(st, &mut gather);
-            st.gather = gather;
-            if inner.has_work(&st) {
-                st.sched = Sched::Queued;
-                drop(st);
-                self.requeue(inner);
-            } else {
-                st.sched = Sched::Idle;
-                st.wake_at = 1;
-                // Only a partition being dropped waits for its flusher to let go (`drain`).
-                if st.stop {
-                    inner.idle_cv.notify_all();
-                }
+            self.turn(inner);
+        }
+    }
+
+    /// One step of a queued partition's work; queued again behind the others if more waits.
+    fn turn(&self, inner: Arc<Inner>) {
+        let mut st = inner.lock();
+        if st.sched != Sched::Queued {
+            // Its drop took it over meanwhile.
+            return;
+        }
+        st.sched = Sched::Running;
+        // Group commit bookkeeping is per partition.
+        let mut gather = std::mem::take(&mut st.gather);
+        st = inner.step(st, &mut gather);
+        st.gather = gather;
+        if inner.has_work(&st) {
+            st.sched = Sched::Queued;
+            drop(st);
+            self.requeue(inner);
+        } else {
+            st.sched = Sched::Idle;
+            st.wake_at = 1;
+            // Only a partition being dropped waits for its flusher to let go (`drain`).
+            if st.stop {
+                inner.idle_cv.notify_all();
             }
         }
     }
@@ -860,5 +891,42 @@ impl Inner {
             self.usage.unlinking.fetch_sub(d.bytes, Ordering::Relaxed);
         }
         self.lock()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use crate::log::record::BatchBuilder;
+    use crate::log::{Durability, PartitionChoice, Store, StoreOptions, TopicConfig};
+
+    thread_local! {
+        /// Makes flusher threads fail to start when asked for from this thread.
+        pub(super) static NO_THREADS: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// With no flusher thread running and none able to start, an appender does the round
+    /// itself rather than wait for a thread that never comes: its records are acknowledged
+    /// and readable.
+    #[test]
+    fn an_append_with_no_flusher_thread_to_be_had_is_written_by_its_appender() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topics = [("t".to_string(), TopicConfig::default())];
+        let (store, _) = Store::open(dir.path(), StoreOptions::default(), &topics).expect("open");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            NO_THREADS.set(true);
+            let mut b = BatchBuilder::new();
+            b.push(0, Some(b"k"), Some(b"v"), &[]);
+            let r = store.append("t", PartitionChoice::Id(0), &b, Durability::Durable);
+            let _ = tx.send((r.map(|(_, a)| a.base_offset), store));
+        });
+        let (appended, store) = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the append finishes");
+        assert_eq!(appended.expect("append"), 0);
+        let topic = store.topic("t").expect("topic");
+        assert_eq!(topic.partition(0).expect("partition").durable_offset(), 1);
     }
 }

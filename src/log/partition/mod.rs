@@ -19,10 +19,11 @@
 //! written.
 //!
 //! **Threads.** All of a partition's write-side file I/O runs on the store's flusher threads
-//! ([`Flushers`]: a pool shared by every partition, one thread per core kept (2-4), up to 16
-//! while many partitions sync at once; a partition with work is queued once and worked on by
-//! one thread at a time; under `SCHED_BATCH`, so a woken flusher never preempts the worker
-//! that woke it): the writes and
+//! ([`Flushers`]: a pool shared by every partition, started with the first work: one thread
+//! per core (2-4) when none is free, up to 16 while many partitions sync at once, each leaving
+//! after 10 s without work; a partition with work is queued once and worked on by one thread
+//! at a time; under `SCHED_BATCH`, so a woken flusher never preempts the worker that woke
+//! it): the writes and
 //! fsyncs, the segment roll (an appender whose batch does not fit only opens the next segment
 //! in memory; the flusher seals the full one and creates the file) and the removal of deleted
 //! segments' files (retention and budgets take a segment out of the log at once and leave its

@@ -2,10 +2,10 @@
 //!
 //! Brook: rewritten. sled 0.34.7 kept seven threads waiting, each waking every second to
 //! look for work, and counted "waiting" threads in a way that could wrap below zero. This
-//! pool keeps one thread, which sleeps until there is work, and starts another whenever a
-//! job is queued with no thread waiting to take it (so a job that waits for another job,
-//! as a flush waits for a log write, never waits behind itself); those extra threads leave
-//! after one second without work.
+//! pool keeps no thread: it starts one whenever a job is queued with no thread waiting to
+//! take it (so a job that waits for another job, as a flush waits for a log write, never
+//! waits behind itself), and a thread leaves after one second without work. An idle broker
+//! runs none.
 
 use std::{
     collections::VecDeque,
@@ -25,7 +25,7 @@ const MAX_THREADS: usize = 16;
 #[cfg(not(windows))]
 const MAX_THREADS: usize = 128;
 
-/// How long a thread started for a burst of work waits for more before it leaves.
+/// How long a thread waits for more work before it leaves.
 const IDLE_EXIT: Duration = Duration::from_secs(1);
 
 type Work = Box<dyn FnOnce() + Send + 'static>;
@@ -51,9 +51,8 @@ fn init_queue() -> Queue {
     Queue { ready: Condvar::new(), state: Mutex::new(State::default()) }
 }
 
-/// Takes jobs for as long as the process runs (the `kept` thread) or, for the others, until
-/// `IDLE_EXIT` passes without one.
-fn perform_work(kept: bool) {
+/// Takes jobs until `IDLE_EXIT` passes without one.
+fn perform_work() {
     let mut state = QUEUE.state.lock();
     loop {
         debug_delay();
@@ -64,12 +63,7 @@ fn perform_work(kept: bool) {
             continue;
         }
         state.waiting += 1;
-        let timed_out = if kept {
-            QUEUE.ready.wait(&mut state);
-            false
-        } else {
-            QUEUE.ready.wait_for(&mut state, IDLE_EXIT).timed_out()
-        };
+        let timed_out = QUEUE.ready.wait_for(&mut state, IDLE_EXIT).timed_out();
         state.waiting -= 1;
         if timed_out && state.jobs.is_empty() {
             state.threads -= 1;
@@ -78,7 +72,7 @@ fn perform_work(kept: bool) {
     }
 }
 
-fn spawn_new_thread(kept: bool) -> Result<()> {
+fn spawn_new_thread() -> Result<()> {
     if BROKEN.load(Relaxed) {
         return Err(Error::ReportableBug(
             "IO thread unexpectedly panicked. please report \
@@ -95,7 +89,7 @@ fn spawn_new_thread(kept: bool) -> Result<()> {
         .name(format!("sled-io-{}", spawn_id))
         .spawn(move || {
             debug_delay();
-            let res = std::panic::catch_unwind(|| perform_work(kept));
+            let res = std::panic::catch_unwind(perform_work);
             if res.is_err() {
                 QUEUE.state.lock().threads -= 1;
                 // IO thread panicked, shut down the system
@@ -141,7 +135,6 @@ where
     state.jobs.push_back(Box::new(task));
     // A thread for every queued job: a waiting one, or a new one.
     let start = state.jobs.len() > state.waiting && state.threads < MAX_THREADS;
-    let kept = state.threads == 0;
     if start {
         state.threads += 1;
     }
@@ -149,7 +142,7 @@ where
     drop(state);
     QUEUE.ready.notify_one();
     if start {
-        spawn_new_thread(kept)?;
+        spawn_new_thread()?;
     }
 
     Ok(promise)

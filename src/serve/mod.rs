@@ -1,6 +1,6 @@
 //! `brook serve`: opens the broker (metadata and log, recovering both), binds the listeners of
 //! the front ends ([`crate::server`]), starts the mirrors, runs the periodic housekeeping in one
-//! round on a thread of its own (write and fsync buffered data, time retention, free-space
+//! round ([`housekeeping`]: write and fsync buffered data, time retention, free-space
 //! measurement, expiry of group members every `log.flush_interval`; the MQTT hub's session
 //! expiry, `$SYS` and metadata flush every second; freed memory returned every 10 s) and the
 //! compaction every `log.compaction_interval`, and on
@@ -8,7 +8,9 @@
 //! everything. The one module that takes the whole [`Config`]: each part gets its section.
 //!
 //! [`start`] is the library entry point (tests bind `127.0.0.1:0` and read the addresses from
-//! [`Running`]); [`serve`] runs until a shutdown future completes.
+//! [`Running`]; the housekeeping gets a thread of its own); [`run`] is `brook serve`'s: it runs
+//! until a shutdown future completes, opening the log and then running the housekeeping on the
+//! calling thread.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +24,10 @@ use crate::auth::Auth;
 use crate::broker::{Broker, BrokerError};
 use crate::config::Config;
 use crate::server::{http, kafka, mqtt, native, systemd};
+
+mod housekeeping;
+
+use housekeeping::{Housekeeper, housekeeping};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -102,8 +108,46 @@ fn pair(
     out
 }
 
-/// Opens the broker and starts every listener and the housekeeping.
+/// Opens the broker and starts every listener and the housekeeping, on a thread of its own.
 pub async fn start(config: Config) -> Result<Running, ServeError> {
+    let (running, keeper) = open(config, OpenOn::BlockingPool).await?;
+    std::thread::Builder::new()
+        .name("brook-housekeep".into())
+        .spawn(move || keeper.run())
+        .map_err(|e| ServeError::Task(format!("cannot start the housekeeping thread: {e}")))?;
+    Ok(running)
+}
+
+/// Runs Brook on `runtime` with `config` until `shutdown` completes, then stops it
+/// ([`Running::stop`]). The calling thread opens the log and the metadata, then runs the
+/// housekeeping rounds: an idle broker has this thread and the runtime's workers only.
+pub fn run(
+    runtime: &tokio::runtime::Runtime,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (running, keeper) = runtime.block_on(open(config, OpenOn::Caller))?;
+    let stopped = runtime.spawn(async move {
+        shutdown.await;
+        running.stop().await
+    });
+    keeper.run();
+    runtime
+        .block_on(stopped)
+        .map_err(|e| ServeError::Task(e.to_string()))?
+}
+
+/// Where [`open`] opens the log and the metadata (blocking file I/O, recovery included).
+enum OpenOn {
+    /// On the runtime's blocking pool: the caller may be an async worker.
+    BlockingPool,
+    /// On the calling thread, which `block_on` runs and is no worker: a blocking-pool thread
+    /// (started only for this) is spared.
+    Caller,
+}
+
+/// Opens the broker and starts every listener; the housekeeping is returned to be run.
+async fn open(config: Config, on: OpenOn) -> Result<(Running, Housekeeper), ServeError> {
     let auth = Arc::new(Auth::open(&config.auth)?);
     let tls = if config.listeners.any_tls() {
         Some(Arc::new(crate::net::tls::TlsServer::open(&config.tls)?))
@@ -133,9 +177,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let limits = config.native.limits();
     let data_dir = config.data_dir.clone();
     let options = config.broker_options();
-    let (broker, recovery) = tokio::task::spawn_blocking(move || Broker::open(options))
-        .await
-        .map_err(|e| ServeError::Task(e.to_string()))??;
+    let (broker, recovery) = match on {
+        OpenOn::Caller => Broker::open(options)?,
+        OpenOn::BlockingPool => tokio::task::spawn_blocking(move || Broker::open(options))
+            .await
+            .map_err(|e| ServeError::Task(e.to_string()))??,
+    };
     tracing::info!(
         data_dir = %data_dir.display(),
         topics = broker.topics().len(),
@@ -241,7 +288,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         rx.clone(),
     )));
     // The cleaner: compaction on a blocking thread of its own, so a long rewrite never delays
-    // the housekeeping's flushes.
+    // the housekeeping's flushes. With no compacted topic it starts none (an idle broker would
+    // otherwise start and end a thread every interval).
     let store = Arc::clone(broker.store());
     let compaction_interval = config.log.compaction_interval.0;
     let mut cleaner_stop = rx.clone();
@@ -255,6 +303,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 _ = cleaner_stop.wait_for(|s| *s) => return,
                 _ = tick.tick() => {}
             }
+            if !store.compacts_any() {
+                continue;
+            }
             let s = Arc::clone(&store);
             match tokio::task::spawn_blocking(move || s.compact()).await {
                 Ok(Ok(_)) => {}
@@ -263,16 +314,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
             }
         }
     }));
-    tasks.push(
-        housekeeping(
-            Arc::clone(&broker),
-            Arc::clone(&hub),
-            flush_interval,
-            systemd::watchdog_period(),
-            rx,
-        )
-        .map_err(|e| ServeError::Task(format!("cannot start the housekeeping thread: {e}")))?,
+    let (keeper, ender) = housekeeping(
+        Arc::clone(&broker),
+        Arc::clone(&hub),
+        flush_interval,
+        systemd::watchdog_period(),
+        rx,
     );
+    tasks.push(ender);
     tracing::info!(
         native = %show(native_addr),
         http = %show(http_addr),
@@ -295,7 +344,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     )) {
         tracing::warn!("cannot notify systemd: {e}");
     }
-    Ok(Running {
+    let running = Running {
         broker,
         native_addr,
         http_addr,
@@ -309,7 +358,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         mqtt_wss_addr,
         shutdown,
         tasks,
-    })
+    };
+    Ok((running, keeper))
 }
 
 /// Re-reads the users, ACL and token files on every SIGHUP until shutdown.
@@ -365,171 +415,5 @@ impl Running {
             .await
             .map_err(|e| ServeError::Task(e.to_string()))??;
         Ok(())
-    }
-}
-
-/// Runs Brook with `config` until `shutdown` completes.
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let running = start(config).await?;
-    shutdown.await;
-    running.stop().await
-}
-
-/// Starts the housekeeping round on a thread of its own: the broker's (buffered data written
-/// and fsynced, retention, free space, group expiry: every `flush_interval`), the MQTT hub's
-/// (session expiry, `$SYS`, metadata: every second), the allocator's (freed memory returned:
-/// every 10 s) and the systemd watchdog's ping. The thread sleeps between rounds in one timed
-/// wait, so an idle broker wakes about once a second and no async worker with it (the round
-/// as a blocking-pool task cost the worker a timer, a hand-off and a completion each time).
-/// The task returned tells the thread to stop once `stop` turns true and waits for its round.
-fn housekeeping(
-    broker: Arc<Broker>,
-    hub: Arc<mqtt::hub::Hub>,
-    flush_interval: std::time::Duration,
-    watchdog: Option<std::time::Duration>,
-    mut stop: watch::Receiver<bool>,
-) -> std::io::Result<JoinHandle<()>> {
-    use std::sync::mpsc::RecvTimeoutError;
-    use std::time::Instant;
-    let period = [Some(flush_interval), Some(HUB_EVERY), watchdog]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(HUB_EVERY);
-    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-    // The hub's round starts dispatcher tasks: the thread works in the runtime's context.
-    let runtime = tokio::runtime::Handle::current();
-    let thread = std::thread::Builder::new()
-        .name("brook-housekeep".into())
-        .spawn(move || {
-            let _runtime = runtime.enter();
-            let mut maintain = Due::new(flush_interval, period);
-            let mut hub_round = Due::new(HUB_EVERY, period);
-            let mut trim = Due::new(TRIM_EVERY, period);
-            let mut last_ping = Instant::now();
-            let mut next = Instant::now();
-            loop {
-                match stop_rx.recv_timeout(next.saturating_duration_since(Instant::now())) {
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
-                }
-                let now = Instant::now();
-                // After a late round the pace starts again from now (no rounds in a burst).
-                next = if next + period > now {
-                    next + period
-                } else {
-                    now + period
-                };
-                let (maintain_due, hub_due, trim_due) =
-                    (maintain.take(now), hub_round.take(now), trim.take(now));
-                let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    let r = if maintain_due {
-                        broker.maintain()
-                    } else {
-                        Ok(())
-                    };
-                    if hub_due {
-                        hub.housekeeping();
-                    }
-                    if trim_due {
-                        crate::memory::release_free();
-                    }
-                    r
-                }));
-                match round {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!("housekeeping: {e}"),
-                    Err(_) => tracing::error!("housekeeping round panicked; the next one runs"),
-                }
-                // The watchdog hears from us only while housekeeping keeps running.
-                if let Some(period) = watchdog {
-                    if last_ping.elapsed() >= period / 2 {
-                        let _ = systemd::notify("WATCHDOG=1");
-                        last_ping = Instant::now();
-                    }
-                }
-            }
-        })?;
-    Ok(tokio::spawn(async move {
-        let _ = stop.wait_for(|s| *s).await;
-        drop(stop_tx);
-        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-    }))
-}
-
-/// How often housekeeping hands freed memory back to the operating system.
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-/// How often the MQTT hub's housekeeping runs.
-const HUB_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// A job of the housekeeping round that is due every `every`, run by rounds that come every
-/// `period` (the shortest of the jobs'): due at the first round and then at the round nearest
-/// each further `every`.
-struct Due {
-    every: std::time::Duration,
-    slack: std::time::Duration,
-    next: Option<std::time::Instant>,
-}
-
-impl Due {
-    fn new(every: std::time::Duration, period: std::time::Duration) -> Self {
-        Due {
-            every,
-            slack: period / 2,
-            next: None,
-        }
-    }
-
-    /// Whether the job runs in the round at `now`. Its pace is kept whether rounds come a
-    /// little early or late; after a stall it starts again from `now`.
-    fn take(&mut self, now: std::time::Instant) -> bool {
-        let next = match self.next {
-            None => now + self.every,
-            Some(next) if now + self.slack < next => return false,
-            Some(next) if next + self.every <= now => now + self.every,
-            Some(next) => next + self.every,
-        };
-        self.next = Some(next);
-        true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Due;
-    use std::time::{Duration, Instant};
-
-    /// Which of the rounds `period` apart (with a little jitter) run a job due every `every`.
-    fn runs(every: Duration, period: Duration, rounds: u32) -> Vec<u32> {
-        let t0 = Instant::now();
-        let mut due = Due::new(every, period);
-        (0..rounds)
-            .filter(|&i| {
-                // Rounds come a little early or late.
-                let jitter = Duration::from_millis(u64::from(i % 3) * 7);
-                due.take(t0 + period * i + jitter)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn housekeeping_jobs_run_at_their_own_pace_in_the_shared_rounds() {
-        let s = Duration::from_secs(1);
-        // Every round, from the first.
-        assert_eq!(runs(s, s, 5), vec![0, 1, 2, 3, 4]);
-        // Every tenth round.
-        assert_eq!(runs(10 * s, s, 25), vec![0, 10, 20]);
-        // A hub round every second when the flushes come every 100 ms.
-        assert_eq!(runs(s, s / 10, 25), vec![0, 10, 20]);
-        // A flush interval of 2.4 s in rounds a second apart: the rounds nearest 0, 2.4, 4.8
-        // and 7.2 s.
-        assert_eq!(runs(s * 12 / 5, s, 8), vec![0, 2, 5, 7]);
-        // After a stall of 30 s, the pace starts again.
-        let t0 = Instant::now();
-        let mut due = Due::new(s, s);
-        assert!(due.take(t0));
-        assert!(due.take(t0 + 30 * s));
-        assert!(!due.take(t0 + 30 * s + s / 4));
-        assert!(due.take(t0 + 31 * s));
     }
 }
