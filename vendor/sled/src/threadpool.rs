@@ -143,6 +143,19 @@ where
     QUEUE.ready.notify_one();
     if start {
         spawn_new_thread()?;
+        // No thread could be started and none runs: the caller does the queued work itself
+        // rather than leave it waiting for a thread that may never come.
+        loop {
+            let mut state = QUEUE.state.lock();
+            if state.threads > 0 {
+                break;
+            }
+            let Some(job) = state.jobs.pop_front() else {
+                break;
+            };
+            drop(state);
+            (job)();
+        }
     }
 
     Ok(promise)
