@@ -1,6 +1,6 @@
 //! `brook serve`: opens the broker (metadata and log, recovering both), binds the listeners of
 //! the front ends ([`crate::server`]), starts the mirrors, runs the periodic housekeeping in one
-//! round ([`housekeeping`]: write and fsync buffered data, time retention, free-space
+//! round (`housekeeping.rs`: write and fsync buffered data, time retention, free-space
 //! measurement, expiry of group members every `log.flush_interval`; the MQTT hub's session
 //! expiry, `$SYS` and metadata flush every second; freed memory returned every 10 s) and the
 //! compaction every `log.compaction_interval`, and on
