@@ -514,5 +514,8 @@ mod tests {
         )
         .expect_err("below two segments");
         assert!(err.to_string().contains("retention_size"), "{err}");
+        let err = Config::parse("[mqtt]\nsync_delay = \"2s\"\n", Path::new("x.toml"))
+            .expect_err("a sync delay above a second");
+        assert!(err.to_string().contains("mqtt.sync_delay"), "{err}");
     }
 }

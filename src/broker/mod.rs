@@ -248,7 +248,23 @@ impl Broker {
         batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, AppendTicket)> {
-        let r = self.store.append_start(topic, choice, batch, durability)?;
+        self.produce_start_within(topic, choice, batch, durability, Duration::ZERO)
+    }
+
+    /// [`Broker::produce_start`] for a producer that does not wait for its acknowledgement
+    /// to go on: a `Durable` batch's fsync may wait up to `sync_within` to be shared with
+    /// the batches that arrive meanwhile (it is written, and readable, at once).
+    pub fn produce_start_within(
+        &self,
+        topic: &str,
+        choice: PartitionChoice<'_>,
+        batch: &dyn Batch,
+        durability: Durability,
+        sync_within: Duration,
+    ) -> Result<(u32, AppendTicket)> {
+        let r = self
+            .store
+            .append_start_within(topic, choice, batch, durability, sync_within)?;
         let c = self.counters(topic);
         c.records_in
             .fetch_add(u64::from(batch.count()), Ordering::Relaxed);

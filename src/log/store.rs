@@ -686,11 +686,24 @@ impl Store {
         batch: &dyn Batch,
         durability: Durability,
     ) -> Result<(u32, super::partition::AppendTicket)> {
+        self.append_start_within(topic, choice, batch, durability, Duration::ZERO)
+    }
+
+    /// [`Store::append_start`] for an append whose fsync may wait up to `sync_within` to be
+    /// shared (see [`super::partition::Partition::append_start_within`]).
+    pub fn append_start_within(
+        &self,
+        topic: &str,
+        choice: PartitionChoice<'_>,
+        batch: &dyn Batch,
+        durability: Durability,
+        sync_within: Duration,
+    ) -> Result<(u32, super::partition::AppendTicket)> {
         let (partition, now) = self
             .prepare_append(topic, choice, batch)
             .map_err(|e| self.usage.append_failed(e))?;
         let ticket = partition
-            .append_start(batch, durability, now)
+            .append_start_within(batch, durability, sync_within, now)
             .map_err(|e| self.usage.append_failed(e))?;
         Ok((partition.id(), ticket))
     }

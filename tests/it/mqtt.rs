@@ -1606,3 +1606,67 @@ async fn partitions_added_to_an_mqtt_log_topic_are_delivered_from() {
     assert!(in_new > 0, "some messages went to the new partitions");
     r.stop().await.expect("stop");
 }
+
+/// `mqtt.sync_delay`: a client publishing on its own clock (quiet for four times the delay
+/// after its last PUBACK) has its QoS 1 message written and delivered at once, and its PUBACK
+/// waits for the fsync it may share, no sooner than the delay; a client that publishes again
+/// as soon as it is acknowledged is never held, nor is a first publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_on_its_own_clock_shares_a_later_fsync_and_an_eager_one_is_not_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = config(dir.path());
+    let delay = Duration::from_secs(1);
+    cfg.mqtt.sync_delay = brook::units::HumanDuration(delay);
+    // The periodic flush fsyncs whatever is written (a held fsync too): not within the test.
+    cfg.log.flush_interval = brook::units::HumanDuration::secs(60);
+    let r = start(cfg).await.expect("start");
+    let mut sub = v4(v4_options(&r, "watcher")).await;
+    sub.subscribe("clock/#", QoS::AtLeastOnce).await;
+    let mut dev = v4(v4_options(&r, "device")).await;
+
+    let publish = async |c: &mut V4, payload: &str| {
+        c.client
+            .publish("clock/a", QoS::AtLeastOnce, false, payload.to_string())
+            .await
+            .expect("publish");
+    };
+    let started = std::time::Instant::now();
+    publish(&mut dev, "first").await;
+    dev.puback().await;
+    assert!(
+        started.elapsed() < delay,
+        "a first publish was held: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(&sub.publish().await.payload[..], b"first");
+
+    // Quiet for longer than four times the delay: the device reports on its own clock now.
+    tokio::time::sleep(delay * 4 + Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    publish(&mut dev, "second").await;
+    assert_eq!(&sub.publish().await.payload[..], b"second");
+    let delivered = started.elapsed();
+    dev.puback().await;
+    let acked = started.elapsed();
+    assert!(
+        acked >= delay - Duration::from_millis(50),
+        "acknowledged after {acked:?}, before the fsync it may wait for"
+    );
+    assert!(
+        delivered < acked,
+        "delivered after {delivered:?}, acknowledged after {acked:?}"
+    );
+
+    // A client that publishes again as soon as it is acknowledged: never held.
+    let mut eager = v4(v4_options(&r, "eager")).await;
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        publish(&mut eager, &format!("eager {i}")).await;
+        eager.puback().await;
+    }
+    assert!(
+        started.elapsed() < delay * 4,
+        "5 publishes acknowledged one after the other took {:?}",
+        started.elapsed()
+    );
+}

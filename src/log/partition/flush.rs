@@ -6,7 +6,9 @@
 //! one positional write; complete the `Written` waiters; if any waiter wants `Durable`, fsync
 //! once and complete those. Appenders that arrive meanwhile form the next round's group, except
 //! while a stream keeps arriving: then the round writes what arrives in further passes before
-//! its one fsync ([`Gather`]).
+//! its one fsync ([`Gather`]), or while every durable waiter of the round allows its fsync to
+//! wait (`Waiter::sync_by`): then the same, until the earliest allowed moment or a waiter that
+//! allows no wait (`Inner::delay_sync`).
 //!
 //! **Roll.** An appender whose batch does not fit the active segment only opens the next one
 //! in memory (`State::next`) and puts its frames there. The flusher then seals the active
@@ -338,6 +340,8 @@ impl Inner {
     pub(super) fn drain(&self) {
         let mut st = self.lock();
         st.stop = true;
+        // A round holding its fsync back goes ahead (see `Inner::delay_sync`).
+        self.flush_cv.notify_all();
         while st.sched == Sched::Running {
             st = self.idle_cv.wait(st).unwrap_or_else(|e| e.into_inner());
         }
@@ -485,6 +489,16 @@ struct Pass {
     durable: Vec<Waiter>,
 }
 
+impl Pass {
+    /// Takes a later pass of the same round in: its end, and its durable waiters for the fsync.
+    fn join(&mut self, later: Pass) {
+        self.end_pos = later.end_pos;
+        self.target_offset = later.target_offset;
+        self.target_end = later.target_end;
+        self.durable.extend(later.durable);
+    }
+}
+
 impl Inner {
     /// One flush round: one write pass and, if a waiter wants it durable, one fsync, with the
     /// passes of a linger between them while a stream keeps arriving (see [`Gather`]). Takes
@@ -507,7 +521,9 @@ impl Inner {
         if pass.durable.is_empty() {
             return self.lock();
         }
-        if gather.stream && !stopping && pass.durable.len() >= 2 {
+        if !stopping && pass.durable.iter().all(|w| w.sync_by.is_some()) {
+            self.delay_sync(&mut pass);
+        } else if gather.stream && !stopping && pass.durable.len() >= 2 {
             self.linger(gather, &mut pass);
         }
 
@@ -644,16 +660,56 @@ impl Inner {
             let Some(more) = self.write_pass(st) else {
                 return;
             };
-            pass.end_pos = more.end_pos;
-            pass.target_offset = more.target_offset;
-            pass.target_end = more.target_end;
-            pass.durable.extend(more.durable);
+            pass.join(more);
             if started.elapsed() >= bound {
                 return;
             }
             st = self.lock();
         }
         st.wake_at = usize::MAX;
+    }
+
+    /// Holds the round's fsync back while every durable append in it allows a wait
+    /// (`Waiter::sync_by`): what arrives meanwhile is written at once (readers see it as
+    /// before) and joins the fsync, until the earliest allowed moment, an append that allows no
+    /// wait, a roll or a stop. Appenders wake the round at every arrival.
+    fn delay_sync(&self, pass: &mut Pass) {
+        let mut st = self.lock();
+        loop {
+            let until = pass.durable.iter().map(|w| w.sync_by).try_fold(
+                None,
+                |earliest: Option<Instant>, by| {
+                    by.map(|by| Some(earliest.map_or(by, |e| e.min(by))))
+                },
+            );
+            // An append that allows no wait is in the round (or, never here, none is).
+            let Some(Some(until)) = until else {
+                break;
+            };
+            st.wake_at = st.waiters.len() + 1;
+            loop {
+                let now = Instant::now();
+                if now >= until || self.delay_ends(&st) || !st.waiters.is_empty() {
+                    break;
+                }
+                st = self.wait_for_arrivals(st, until - now);
+            }
+            st.wake_at = usize::MAX;
+            if st.waiters.is_empty() || self.delay_ends(&st) || Instant::now() >= until {
+                break;
+            }
+            let Some(more) = self.write_pass(st) else {
+                return;
+            };
+            pass.join(more);
+            st = self.lock();
+        }
+        st.wake_at = usize::MAX;
+    }
+
+    /// A delayed fsync goes ahead at once: the partition stops, failed, or rolls.
+    fn delay_ends(&self, st: &State) -> bool {
+        st.stop || st.poisoned.is_some() || !st.next.is_empty()
     }
 
     /// Hands the frames just written to the readers following the end ([`super::Partition::tail`]),
@@ -897,6 +953,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
 
     use crate::log::record::BatchBuilder;
     use crate::log::{Durability, PartitionChoice, Store, StoreOptions, TopicConfig};
@@ -928,5 +986,108 @@ mod tests {
         assert_eq!(appended.expect("append"), 0);
         let topic = store.topic("t").expect("topic");
         assert_eq!(topic.partition(0).expect("partition").durable_offset(), 1);
+    }
+
+    /// Waits up to 20 s for `cond` (the flusher works on its own thread).
+    fn until(what: &str, cond: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    /// A store with one topic of one partition.
+    fn one_partition() -> (tempfile::TempDir, Store, Arc<super::super::Partition>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let topics = [("t".to_string(), TopicConfig::default())];
+        let (store, _) = Store::open(dir.path(), StoreOptions::default(), &topics).expect("open");
+        let topic = store.topic("t").expect("topic");
+        let part = Arc::clone(topic.partition(0).expect("partition"));
+        (dir, store, part)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Appends one durable record whose fsync may wait `allow`.
+    fn append_within(store: &Store, allow: std::time::Duration) -> super::super::AppendTicket {
+        let (_, ticket) = store
+            .append_start_within(
+                "t",
+                PartitionChoice::Id(0),
+                &one_record(),
+                Durability::Durable,
+                allow,
+            )
+            .expect("append");
+        ticket
+    }
+
+    fn one_record() -> BatchBuilder {
+        let mut b = BatchBuilder::new();
+        b.push(0, Some(b"k"), Some(b"v"), &[]);
+        b
+    }
+
+    /// Durable appends that allow their fsync to wait are written (readable) at once and share
+    /// one fsync, taken when the first one's allowance is up.
+    #[test]
+    fn appends_that_allow_a_wait_are_readable_at_once_and_share_one_fsync() {
+        let (_dir, store, part) = one_partition();
+        let allow = std::time::Duration::from_secs(3);
+        let fsyncs = || store.usage().fsyncs.load(Ordering::Relaxed);
+        let before = fsyncs();
+        let started = std::time::Instant::now();
+        let first = append_within(&store, allow);
+        until("the first record is readable", || part.end_offset() == 1);
+        let second = append_within(&store, allow);
+        until("the second record is readable", || part.end_offset() == 2);
+        // Both written, neither fsynced: the round holds its fsync for the first one's allowance.
+        assert_eq!(fsyncs(), before);
+        assert_eq!(part.durable_offset(), 0);
+        let rt = runtime();
+        assert_eq!(rt.block_on(first.finish()).expect("first").base_offset, 0);
+        assert_eq!(rt.block_on(second.finish()).expect("second").base_offset, 1);
+        assert!(
+            started.elapsed() >= allow,
+            "fsynced before the allowance was up"
+        );
+        assert_eq!(fsyncs(), before + 1);
+        assert_eq!(part.durable_offset(), 2);
+    }
+
+    /// An append that allows no wait ends a held fsync at once, and the held appends complete
+    /// with it.
+    #[test]
+    fn an_append_that_allows_no_wait_ends_a_held_fsync() {
+        let (_dir, store, part) = one_partition();
+        let allow = std::time::Duration::from_secs(60);
+        let fsyncs = || store.usage().fsyncs.load(Ordering::Relaxed);
+        let before = fsyncs();
+        let held = append_within(&store, allow);
+        until("the held record is readable", || part.end_offset() == 1);
+        let started = std::time::Instant::now();
+        let (_, urgent) = store
+            .append(
+                "t",
+                PartitionChoice::Id(0),
+                &one_record(),
+                Durability::Durable,
+            )
+            .expect("an append that waits for nobody");
+        assert_eq!(urgent.base_offset, 1);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the urgent append waited for the held fsync"
+        );
+        let rt = runtime();
+        assert_eq!(rt.block_on(held.finish()).expect("held").base_offset, 0);
+        assert_eq!(fsyncs(), before + 1);
+        assert_eq!(part.durable_offset(), 2);
     }
 }

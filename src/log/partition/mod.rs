@@ -15,8 +15,12 @@
 //! buffer: concurrent producers share one write and one `fdatasync` (group commit), each waiter
 //! is woken exactly once, and the file sees few, large, sequential writes. While producers keep
 //! arriving during each fsync, a round writes them in further passes and fsyncs once when they
-//! pause (a linger of at most four fsyncs, see `flush.rs`). Readers see batches once they are
-//! written.
+//! pause (a linger of at most four fsyncs, see `flush.rs`). A durable append may also allow
+//! its fsync to wait (`append_start_within`: a producer not waiting for the acknowledgement,
+//! such as an MQTT device on its own clock): while every durable append of a round allows it,
+//! the round writes what arrives at once and fsyncs when the earliest allowance is up, or
+//! at once when an append that allows no wait (a flush among them) comes. Readers see batches
+//! once they are written.
 //!
 //! **Threads.** All of a partition's write-side file I/O runs on the store's flusher threads
 //! ([`Flushers`]: a pool shared by every partition, started with the first work: one thread
@@ -42,6 +46,7 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -295,6 +300,9 @@ struct Tail<'a> {
 /// An appender waiting for its batch to be written (and synced, if `durable`).
 struct Waiter {
     durable: bool,
+    /// A durable appender whose fsync may wait until then to be shared with the appends that
+    /// come meanwhile (`None`: it may not wait; see [`Partition::append_start_within`]).
+    sync_by: Option<Instant>,
     done: oneshot::Sender<Completion>,
 }
 
@@ -800,7 +808,7 @@ impl Partition {
         durability: Durability,
         append_time: i64,
     ) -> Result<Appended> {
-        let (appended, done) = self.submit(batch, durability, append_time)?;
+        let (appended, done) = self.submit(batch, durability, None, append_time)?;
         if let Some(rx) = done {
             self.inner.completed(rx.blocking_recv())?;
         }
@@ -829,7 +837,25 @@ impl Partition {
         durability: Durability,
         append_time: i64,
     ) -> Result<AppendTicket> {
-        let (appended, done) = self.submit(batch, durability, append_time)?;
+        self.append_start_within(batch, durability, Duration::ZERO, append_time)
+    }
+
+    /// [`Partition::append_start`] for a `Durable` append whose fsync may wait up to
+    /// `sync_within` to be shared with the appends that arrive meanwhile: its producer does
+    /// not wait for the acknowledgement to go on (a device publishing on its own clock). Its
+    /// batch is written at once, so readers see it as soon as without the allowance; only
+    /// the fsync, and so the ticket, waits, and no longer than the allowance of the
+    /// round's earliest append. An append that allows no wait ends it.
+    pub fn append_start_within(
+        &self,
+        batch: &dyn Batch,
+        durability: Durability,
+        sync_within: Duration,
+        append_time: i64,
+    ) -> Result<AppendTicket> {
+        let sync_by = (durability == Durability::Durable && !sync_within.is_zero())
+            .then(|| Instant::now() + sync_within);
+        let (appended, done) = self.submit(batch, durability, sync_by, append_time)?;
         Ok(AppendTicket {
             appended,
             done,
@@ -843,6 +869,7 @@ impl Partition {
         &self,
         batch: &dyn Batch,
         durability: Durability,
+        sync_by: Option<Instant>,
         append_time: i64,
     ) -> Result<(Appended, Option<oneshot::Receiver<Completion>>)> {
         let inner = &*self.inner;
@@ -934,6 +961,7 @@ impl Partition {
                 let (tx, rx) = oneshot::channel();
                 tail.waiters.push(Waiter {
                     durable: durability == Durability::Durable,
+                    sync_by,
                     done: tx,
                 });
                 (Some(rx), tail.waiters.len() >= wake_at)
@@ -971,6 +999,7 @@ impl Partition {
             let (tx, rx) = oneshot::channel();
             st.tail().waiters.push(Waiter {
                 durable: sync,
+                sync_by: None,
                 done: tx,
             });
             // A flush request is never worth gathering for.

@@ -349,6 +349,7 @@ async fn admit(
         out: BytesMut::new(),
         inbox: inbox_tx,
         acks: VecDeque::new(),
+        acked_at: None,
         gathered: Gathered::default(),
         held: VecDeque::new(),
         retrying: false,
@@ -417,6 +418,24 @@ impl Conn {
     }
 }
 
+/// How long the fsync behind a publish's acknowledgement may wait to be shared with other
+/// publishes (`mqtt.sync_delay`, `delay`): only for a client publishing on its own clock, one
+/// with no acknowledgement outstanding that sent nothing for four times the delay after its
+/// last one. A client waiting for each acknowledgement before it sends again (its next
+/// publish follows at once) or keeping several in flight is never held; nor is a first
+/// publish, about which nothing is known.
+pub(super) fn sync_within(
+    delay: Duration,
+    nothing_outstanding: bool,
+    acked_at: Option<std::time::Instant>,
+    now: std::time::Instant,
+) -> Duration {
+    match acked_at {
+        Some(at) if nothing_outstanding && now.saturating_duration_since(at) >= delay * 4 => delay,
+        _ => Duration::ZERO,
+    }
+}
+
 struct Conn {
     hub: Arc<Hub>,
     conn: u64,
@@ -428,6 +447,8 @@ struct Conn {
     inbox: InboxTx,
     /// Appends waiting for their durability, in the order their acknowledgements go out.
     acks: VecDeque<(Acks, AckWait)>,
+    /// When the last of them completed ([`sync_within`]).
+    acked_at: Option<std::time::Instant>,
     /// Publishes of this turn not appended yet ([`ingest`]).
     gathered: Gathered,
     /// A 3.1.1 QoS 1/2 message the log refused, and whatever was read after it: reading stops
@@ -587,6 +608,9 @@ impl Conn {
                         for ack in acks {
                             self.sm.appended(ack, outcome);
                         }
+                    }
+                    if self.acks.is_empty() {
+                        self.acked_at = Some(std::time::Instant::now());
                     }
                 }
                 // While a publish is held (log full, 3.1.1) or the inbound quota is used up,
@@ -902,15 +926,20 @@ impl Conn {
     async fn append_batch(&mut self, batch: ingest::Batch) {
         let publishes = batch.publishes;
         let durability = ingest::durability(&publishes, self.hub.config.durability);
+        // Several publishes in one turn: a client sending as fast as it can, not on a clock.
+        let sync_within = Duration::ZERO;
         let mut records = BatchBuilder::with_capacity(batch.bytes);
         let now = now_ms();
         for (publish, _) in &publishes {
             message::push(&mut records, publish, self.sm.client_id(), now);
         }
-        match self
-            .hub
-            .append_batch(&batch.topic, batch.partition, &records, durability)
-        {
+        match self.hub.append_batch(
+            &batch.topic,
+            batch.partition,
+            &records,
+            durability,
+            sync_within,
+        ) {
             Ok(ticket) => {
                 let acks: Vec<Ack> = publishes
                     .into_iter()
@@ -959,7 +988,16 @@ impl Conn {
             self.hub.config.durability
         };
         let retain_flush = publish.retain && ack != Ack::None;
-        match self.hub.append(&publish, self.sm.client_id(), durability) {
+        let within = sync_within(
+            self.hub.config.sync_delay.0,
+            self.acks.is_empty(),
+            self.acked_at,
+            std::time::Instant::now(),
+        );
+        match self
+            .hub
+            .append(&publish, self.sm.client_id(), durability, within)
+        {
             Ok(ticket) => {
                 if publish.retain {
                     if let Err(e) = self.hub.retain(&publish, self.sm.client_id()) {
@@ -1077,5 +1115,34 @@ impl Conn {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::sync_within;
+
+    /// Only a client on its own clock lets its fsync wait: nothing outstanding, and quiet for
+    /// four times the delay since its last acknowledgement.
+    #[test]
+    fn only_a_client_publishing_on_its_own_clock_lets_its_fsync_wait() {
+        let delay = Duration::from_millis(5);
+        let now = Instant::now() + Duration::from_secs(1);
+        let quiet = Some(now - Duration::from_millis(100));
+        let eager = Some(now - Duration::from_micros(80));
+        assert_eq!(sync_within(delay, true, quiet, now), delay);
+        // Waits for each acknowledgement and sends again at once.
+        assert_eq!(sync_within(delay, true, eager, now), Duration::ZERO);
+        // Keeps others in flight.
+        assert_eq!(sync_within(delay, false, quiet, now), Duration::ZERO);
+        // Its first publish: nothing known.
+        assert_eq!(sync_within(delay, true, None, now), Duration::ZERO);
+        // Turned off.
+        assert_eq!(
+            sync_within(Duration::ZERO, true, quiet, now),
+            Duration::ZERO
+        );
     }
 }

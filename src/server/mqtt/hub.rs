@@ -321,33 +321,39 @@ impl Hub {
     }
 
     /// Appends `batch` (records made by [`message::push`]) to `partition` of log topic `topic`
-    /// (from [`Hub::place`]); the ticket completes at `durability`.
+    /// (from [`Hub::place`]); the ticket completes at `durability`, a `Durable` one's fsync
+    /// waiting up to `sync_within` to be shared ([`super::conn`]'s publishers on their own
+    /// clock, `mqtt.sync_delay`).
     pub fn append_batch(
         &self,
         topic: &Topic,
         partition: u32,
         batch: &BatchBuilder,
         durability: Durability,
+        sync_within: Duration,
     ) -> Result<AppendTicket, BrokerError> {
-        let (_, ticket) = self.broker.produce_start(
+        let (_, ticket) = self.broker.produce_start_within(
             topic.name(),
             PartitionChoice::Id(partition),
             batch,
             durability,
+            sync_within,
         )?;
         Ok(ticket)
     }
 
-    /// Puts `publish` from `client_id` in the log; the ticket completes at `durability`.
+    /// Puts `publish` from `client_id` in the log; the ticket completes at `durability` (see
+    /// [`Hub::append_batch`] for `sync_within`).
     pub fn append(
         &self,
         publish: &Publish,
         client_id: &str,
         durability: Durability,
+        sync_within: Duration,
     ) -> Result<AppendTicket, BrokerError> {
         let (topic, partition) = self.place(&publish.topic)?;
         let batch = message::batch(publish, client_id, now_ms());
-        self.append_batch(&topic, partition, &batch, durability)
+        self.append_batch(&topic, partition, &batch, durability, sync_within)
     }
 
     /// Whether `publish` (a QoS 2 resend, DUP set, whose packet id the session does not hold:
@@ -864,7 +870,7 @@ impl Hub {
                     tracing::warn!(client = %id, "mqtt: will not retained: {e}");
                 }
             }
-            match hub.append(&publish, &id, Durability::Written) {
+            match hub.append(&publish, &id, Durability::Written, Duration::ZERO) {
                 Ok(t) => {
                     if let Err(e) = t.finish().await {
                         tracing::warn!(client = %id, "mqtt: will not stored: {e}");

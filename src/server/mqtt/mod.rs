@@ -26,7 +26,11 @@
 //!
 //! Acknowledgements: QoS 0 is appended without waiting; the PUBACK (QoS 1) and PUBREC (QoS 2)
 //! go out once the record has `mqtt.durability` (default `durable`: fsynced; concurrent
-//! publishes share one fsync). QoS 2 is exactly-once within a session: a packet id whose
+//! publishes share one fsync). For a client publishing on its own clock (no acknowledgement
+//! outstanding, nothing sent for four times `mqtt.sync_delay` since its last one: a device
+//! reporting every so often) the fsync may wait up to `mqtt.sync_delay` (5 ms) for other
+//! publishes to share it; the record is written, and delivered, at once. A client that waits
+//! for each acknowledgement, or keeps several in flight, is never held. QoS 2 is exactly-once within a session: a packet id whose
 //! PUBREC was sent is remembered until PUBREL, so a resent PUBLISH is not stored twice; across
 //! a broker crash, a resent PUBLISH (DUP) is recognised in the log ([`hub::Hub::stored_recently`]).
 //! When the log refuses an append (`reject` policy at its budget): QoS 0 is dropped and
@@ -86,6 +90,9 @@ pub struct Route {
     pub topic: String,
 }
 
+/// The longest `mqtt.sync_delay` accepted.
+const MAX_SYNC_DELAY: Duration = Duration::from_secs(1);
+
 /// `[mqtt]` in brook.toml.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -96,6 +103,10 @@ pub struct MqttConfig {
     pub max_packet_size: ByteSize,
     /// What a QoS 1 PUBACK / QoS 2 PUBREC promises. Default durable.
     pub durability: Durability,
+    /// How long the fsync behind a durable acknowledgement may wait to be shared with other
+    /// publishes, for a client publishing on its own clock: no acknowledgement outstanding,
+    /// nothing sent for four times this since its last one. Default "5ms"; "0s": never.
+    pub sync_delay: HumanDuration,
     /// Unacknowledged QoS 1/2 messages per session, each way. Default 64.
     pub max_inflight: u16,
     /// Topic aliases a 5.0 client may use. Default 64.
@@ -120,6 +131,7 @@ impl Default for MqttConfig {
             max_connections: 4096,
             max_packet_size: ByteSize::mib(1),
             durability: Durability::Durable,
+            sync_delay: HumanDuration::millis(5),
             max_inflight: 64,
             topic_alias_max: 64,
             max_session_expiry: HumanDuration(Duration::ZERO),
@@ -165,6 +177,16 @@ impl MqttConfig {
         }
         if self.max_inflight == 0 {
             return Err(BadSetting::new("mqtt.max_inflight", "must be at least 1"));
+        }
+        if self.sync_delay.0 > MAX_SYNC_DELAY {
+            return Err(BadSetting::new(
+                "mqtt.sync_delay",
+                format!(
+                    "{} is above {}: an acknowledgement would wait that long for its fsync",
+                    self.sync_delay,
+                    HumanDuration(MAX_SYNC_DELAY)
+                ),
+            ));
         }
         crate::log::store::validate_topic_name(&self.default_topic)
             .map_err(|e| BadSetting::new("mqtt.default_topic", e))?;
