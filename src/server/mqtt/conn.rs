@@ -431,7 +431,12 @@ pub(super) fn sync_within(
     now: std::time::Instant,
 ) -> Duration {
     match acked_at {
-        Some(at) if nothing_outstanding && now.saturating_duration_since(at) >= delay * 4 => delay,
+        Some(at)
+            if nothing_outstanding
+                && now.saturating_duration_since(at) >= delay.saturating_mul(4) =>
+        {
+            delay
+        }
         _ => Duration::ZERO,
     }
 }
