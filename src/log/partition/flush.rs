@@ -676,14 +676,11 @@ impl Inner {
     fn delay_sync(&self, pass: &mut Pass) {
         let mut st = self.lock();
         loop {
-            let until = pass.durable.iter().map(|w| w.sync_by).try_fold(
-                None,
-                |earliest: Option<Instant>, by| {
-                    by.map(|by| Some(earliest.map_or(by, |e| e.min(by))))
-                },
-            );
             // An append that allows no wait is in the round (or, never here, none is).
-            let Some(Some(until)) = until else {
+            if pass.durable.iter().any(|w| w.sync_by.is_none()) {
+                break;
+            }
+            let Some(until) = pass.durable.iter().filter_map(|w| w.sync_by).min() else {
                 break;
             };
             st.wake_at = st.waiters.len() + 1;
