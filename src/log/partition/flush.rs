@@ -6,9 +6,10 @@
 //! one positional write; complete the `Written` waiters; if any waiter wants `Durable`, fsync
 //! once and complete those. Appenders that arrive meanwhile form the next round's group, except
 //! while a stream keeps arriving: then the round writes what arrives in further passes before
-//! its one fsync ([`Gather`]), or while every durable waiter of the round allows its fsync to
-//! wait (`Waiter::sync_by`): then the same, until the earliest allowed moment or a waiter that
-//! allows no wait (`Inner::delay_sync`).
+//! its one fsync ([`Gather`]). A round whose durable waiters all allow their fsync to wait
+//! (`Waiter::sync_by`) is held unwritten until the earliest allowed moment or a waiter that
+//! allows no wait, gathering what arrives, and its records become readable only after its
+//! fsync (`Inner::hold`).
 //!
 //! **Roll.** An appender whose batch does not fit the active segment only opens the next one
 //! in memory (`State::next`) and puts its frames there. The flusher then seals the active
@@ -340,7 +341,7 @@ impl Inner {
     pub(super) fn drain(&self) {
         let mut st = self.lock();
         st.stop = true;
-        // A round holding its fsync back goes ahead (see `Inner::delay_sync`).
+        // A held round goes ahead (see `Inner::hold`).
         self.flush_cv.notify_all();
         while st.sched == Sched::Running {
             st = self.idle_cv.wait(st).unwrap_or_else(|e| e.into_inner());
@@ -487,6 +488,16 @@ struct Pass {
     target_offset: u64,
     target_end: u64,
     durable: Vec<Waiter>,
+    /// What this pass wrote and has not yet made readable (a held round's write, announced
+    /// after its fsync).
+    unannounced: Option<Unannounced>,
+}
+
+/// Frames written and not yet readable, and where they take the partition's readable end.
+struct Unannounced {
+    frames: Vec<u8>,
+    next_offset: u64,
+    end: u64,
 }
 
 impl Pass {
@@ -514,16 +525,25 @@ impl Inner {
             complete(waiters, &Err(WriteFailure::Poisoned(cause)));
             return self.lock();
         }
+        // Appends that all allow their fsync to wait are held, unwritten, and then written,
+        // synced and made readable together (`Inner::hold`).
+        let held = !st.stop && self.may_hold(&st);
+        if held {
+            st = self.hold(st);
+        }
+        // Ended by its allowance, the round's records become readable after its fsync; ended
+        // by an append that allows no wait, as they are written.
+        let deferred = held && !st.waiters.iter().any(Waiter::no_wait);
         let stopping = st.stop;
-        let Some(mut pass) = self.write_pass(st) else {
+        let Some(mut pass) = self.write_pass(st, !deferred) else {
             return self.lock();
         };
         if pass.durable.is_empty() {
-            return self.lock();
+            let mut st = self.lock();
+            self.announce(&mut st, pass.unannounced.take());
+            return st;
         }
-        if !stopping && pass.durable.iter().all(|w| w.sync_by.is_some()) {
-            self.delay_sync(&mut pass);
-        } else if gather.stream && !stopping && pass.durable.len() >= 2 {
+        if !deferred && gather.stream && !stopping && pass.durable.len() >= 2 {
             self.linger(gather, &mut pass);
         }
 
@@ -534,6 +554,10 @@ impl Inner {
         self.usage.observe_fsync(gather.last_sync);
 
         let mut st = self.lock();
+        // A held round's records become readable with their acknowledgements: a subscriber
+        // gets a message and its publisher the PUBACK in the same turn of the runtime. (Also
+        // after a failed fsync: they are written, as they were readable before.)
+        self.announce(&mut st, pass.unannounced.take());
         let result = match synced {
             Ok(()) => {
                 st.active.durable = pass.end_pos;
@@ -560,10 +584,11 @@ impl Inner {
         self.lock()
     }
 
-    /// Writes the buffer at the end of the active file, makes it readable and completes the
-    /// `Written` waiters; returns what the durable ones still wait for. `None` if the write
-    /// failed (its waiters, and those of everything buffered, are failed). The lock is let go.
-    fn write_pass<'a>(&'a self, mut st: MutexGuard<'a, State>) -> Option<Pass> {
+    /// Writes the buffer at the end of the active file, makes it readable (with `announce`;
+    /// else the caller does, [`Inner::announce`]) and completes the `Written` waiters; returns
+    /// what the durable ones still wait for. `None` if the write failed (its waiters, and those
+    /// of everything buffered, are failed). The lock is let go.
+    fn write_pass<'a>(&'a self, mut st: MutexGuard<'a, State>, announce: bool) -> Option<Pass> {
         let buf = std::mem::take(&mut st.buf);
         let waiters = std::mem::take(&mut st.waiters);
         // What the buffer takes the active segment to. Offsets and bytes given out in segments
@@ -594,15 +619,14 @@ impl Inner {
             return None;
         }
         st.active.written = end_pos;
-        st.written_end = target_end;
         self.usage.write_succeeded();
-        let first_offset = std::mem::replace(&mut st.written_offset, target_offset);
-        self.end_tx.send_replace(target_offset);
-        if let Some(mut b) = self.share_written(buf, first_offset, target_offset) {
-            if st.buf.capacity() == 0 {
-                b.clear();
-                st.buf = b;
-            }
+        let mut unannounced = Some(Unannounced {
+            frames: buf,
+            next_offset: target_offset,
+            end: target_end,
+        });
+        if announce {
+            self.announce(&mut st, unannounced.take());
         }
         drop(st);
         let (durable, written): (Vec<Waiter>, Vec<Waiter>) =
@@ -614,7 +638,26 @@ impl Inner {
             target_offset,
             target_end,
             durable,
+            unannounced,
         })
+    }
+
+    /// Makes what a pass wrote readable: the new end to readers and those who wait for it, the
+    /// frames to those who follow the tail. The buffer comes back for the next appends if no
+    /// one keeps it.
+    fn announce(&self, st: &mut State, written: Option<Unannounced>) {
+        let Some(w) = written else {
+            return;
+        };
+        st.written_end = w.end;
+        let first_offset = std::mem::replace(&mut st.written_offset, w.next_offset);
+        self.end_tx.send_replace(w.next_offset);
+        if let Some(mut b) = self.share_written(w.frames, first_offset, w.next_offset) {
+            if st.buf.capacity() == 0 {
+                b.clear();
+                st.buf = b;
+            }
+        }
     }
 
     /// Waits at most `left` for appenders to wake a gathering round (see `State::wake_at`).
@@ -657,7 +700,7 @@ impl Inner {
             if durable(&st) == 0 || st.stop || st.poisoned.is_some() || !st.next.is_empty() {
                 break;
             }
-            let Some(more) = self.write_pass(st) else {
+            let Some(more) = self.write_pass(st, true) else {
                 return;
             };
             pass.join(more);
@@ -669,42 +712,41 @@ impl Inner {
         st.wake_at = usize::MAX;
     }
 
-    /// Holds the round's fsync back while every durable append in it allows a wait
-    /// (`Waiter::sync_by`): what arrives meanwhile is written at once (readers see it as
-    /// before) and joins the fsync, until the earliest allowed moment, an append that allows no
-    /// wait, a roll or a stop. Appenders wake the round at every arrival.
-    fn delay_sync(&self, pass: &mut Pass) {
-        let mut st = self.lock();
-        loop {
-            // An append that allows no wait is in the round (or, never here, none is).
-            if pass.durable.iter().any(|w| w.sync_by.is_none()) {
-                break;
-            }
-            let Some(until) = pass.durable.iter().filter_map(|w| w.sync_by).min() else {
-                break;
-            };
-            st.wake_at = st.waiters.len() + 1;
-            loop {
-                let now = Instant::now();
-                if now >= until || self.delay_ends(&st) || !st.waiters.is_empty() {
-                    break;
-                }
-                st = self.wait_for_arrivals(st, until - now);
-            }
-            st.wake_at = usize::MAX;
-            if st.waiters.is_empty() || self.delay_ends(&st) || Instant::now() >= until {
-                break;
-            }
-            let Some(more) = self.write_pass(st) else {
-                return;
-            };
-            pass.join(more);
-            st = self.lock();
-        }
-        st.wake_at = usize::MAX;
+    /// Whether the round's appends may be held: some wait for an fsync, and every one of them
+    /// allows it to wait (`Waiter::sync_by`).
+    fn may_hold(&self, st: &State) -> bool {
+        !st.waiters.is_empty()
+            && !st.waiters.iter().any(Waiter::no_wait)
+            && st.next.is_empty()
+            && st.buf.len() < self.write_buffer
     }
 
-    /// A delayed fsync goes ahead at once: the partition stops, failed, or rolls.
+    /// Holds a round whose appends all allow their fsync to wait, writing nothing: what
+    /// arrives meanwhile joins the round, until the earliest allowed moment, an append that
+    /// allows no wait (a client waiting for its acknowledgement, a flush), a full write
+    /// buffer, a roll or a stop. The round then writes it all with one write and one fsync;
+    /// when the allowance ended the hold, its records become readable only after the fsync.
+    /// Devices publishing on their own clock share the fsync, their subscribers are not shown
+    /// a record a power cut could take back, and each client's PUBACK and the messages for it
+    /// go out together. Only an append that ends the hold wakes the round, not every arrival.
+    fn hold<'a>(&'a self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.held = true;
+        while let Some(until) = st.waiters.iter().filter_map(|w| w.sync_by).min() {
+            let now = Instant::now();
+            if now >= until
+                || self.delay_ends(&st)
+                || st.buf.len() >= self.write_buffer
+                || st.waiters.iter().any(Waiter::no_wait)
+            {
+                break;
+            }
+            st = self.wait_for_arrivals(st, until - now);
+        }
+        st.held = false;
+        st
+    }
+
+    /// A held round goes ahead at once: the partition stops, failed, or rolls.
     fn delay_ends(&self, st: &State) -> bool {
         st.stop || st.poisoned.is_some() || !st.next.is_empty()
     }
@@ -985,15 +1027,6 @@ mod tests {
         assert_eq!(topic.partition(0).expect("partition").durable_offset(), 1);
     }
 
-    /// Waits up to 20 s for `cond` (the flusher works on its own thread).
-    fn until(what: &str, cond: impl Fn() -> bool) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while !cond() {
-            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
-            std::thread::yield_now();
-        }
-    }
-
     /// A store with one topic of one partition.
     fn one_partition() -> (tempfile::TempDir, Store, Arc<super::super::Partition>) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1031,60 +1064,66 @@ mod tests {
         b
     }
 
-    /// Durable appends that allow their fsync to wait are written (readable) at once and share
-    /// one fsync, taken when the first one's allowance is up.
+    /// Durable appends that allow their fsync to wait are held unwritten, then written with one
+    /// write, synced with one fsync and made readable together when the first one's allowance
+    /// is up.
     #[test]
-    fn appends_that_allow_a_wait_are_readable_at_once_and_share_one_fsync() {
+    fn appends_that_allow_a_wait_are_held_then_written_synced_and_readable_together() {
         let (_dir, store, part) = one_partition();
         let allow = std::time::Duration::from_secs(3);
-        let fsyncs = || store.usage().fsyncs.load(Ordering::Relaxed);
-        let before = fsyncs();
+        let usage = || {
+            let u = store.usage();
+            (
+                u.writes.load(Ordering::Relaxed),
+                u.fsyncs.load(Ordering::Relaxed),
+            )
+        };
+        let (writes, fsyncs) = usage();
         let started = std::time::Instant::now();
         let first = append_within(&store, allow);
-        until("the first record is readable", || part.end_offset() == 1);
         let second = append_within(&store, allow);
-        until("the second record is readable", || part.end_offset() == 2);
-        // Both written, neither fsynced: the round holds its fsync for the first one's allowance.
-        assert_eq!(fsyncs(), before);
-        assert_eq!(part.durable_offset(), 0);
+        // Held: nothing written, nothing readable, while the allowance runs.
+        assert_eq!(usage(), (writes, fsyncs));
+        assert_eq!(part.end_offset(), 0);
+        assert_eq!(*part.watch_end().borrow(), 0);
         let rt = runtime();
         assert_eq!(rt.block_on(first.finish()).expect("first").base_offset, 0);
         assert_eq!(rt.block_on(second.finish()).expect("second").base_offset, 1);
         assert!(
             started.elapsed() >= allow,
-            "fsynced before the allowance was up"
+            "written before the allowance was up"
         );
-        assert_eq!(fsyncs(), before + 1);
+        assert_eq!(usage(), (writes + 1, fsyncs + 1));
         assert_eq!(part.durable_offset(), 2);
+        assert_eq!(part.end_offset(), 2);
+        assert_eq!(*part.watch_end().borrow(), 2);
     }
 
-    /// An append that allows no wait ends a held fsync at once, and the held appends complete
-    /// with it.
+    /// An append that allows no wait (one that waits for its fsync, or only for its write)
+    /// ends a hold at once, and the held appends are written and synced with it.
     #[test]
-    fn an_append_that_allows_no_wait_ends_a_held_fsync() {
-        let (_dir, store, part) = one_partition();
-        let allow = std::time::Duration::from_secs(60);
-        let fsyncs = || store.usage().fsyncs.load(Ordering::Relaxed);
-        let before = fsyncs();
-        let held = append_within(&store, allow);
-        until("the held record is readable", || part.end_offset() == 1);
-        let started = std::time::Instant::now();
-        let (_, urgent) = store
-            .append(
-                "t",
-                PartitionChoice::Id(0),
-                &one_record(),
-                Durability::Durable,
-            )
-            .expect("an append that waits for nobody");
-        assert_eq!(urgent.base_offset, 1);
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(30),
-            "the urgent append waited for the held fsync"
-        );
-        let rt = runtime();
-        assert_eq!(rt.block_on(held.finish()).expect("held").base_offset, 0);
-        assert_eq!(fsyncs(), before + 1);
-        assert_eq!(part.durable_offset(), 2);
+    fn an_append_that_allows_no_wait_ends_a_hold() {
+        for urgent in [Durability::Durable, Durability::Written] {
+            let (_dir, store, part) = one_partition();
+            let allow = std::time::Duration::from_secs(60);
+            let fsyncs = || store.usage().fsyncs.load(Ordering::Relaxed);
+            let before = fsyncs();
+            let held = append_within(&store, allow);
+            assert_eq!(part.end_offset(), 0, "the held record is written");
+            let started = std::time::Instant::now();
+            let (_, appended) = store
+                .append("t", PartitionChoice::Id(0), &one_record(), urgent)
+                .expect("an append that waits for nobody");
+            assert_eq!(appended.base_offset, 1);
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the {urgent:?} append waited for the hold"
+            );
+            let rt = runtime();
+            assert_eq!(rt.block_on(held.finish()).expect("held").base_offset, 0);
+            assert_eq!(fsyncs(), before + 1);
+            assert_eq!(part.durable_offset(), 2);
+            assert_eq!(part.end_offset(), 2);
+        }
     }
 }

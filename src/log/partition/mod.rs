@@ -17,10 +17,10 @@
 //! arriving during each fsync, a round writes them in further passes and fsyncs once when they
 //! pause (a linger of at most four fsyncs, see `flush.rs`). A durable append may also allow
 //! its fsync to wait (`append_start_within`: a producer not waiting for the acknowledgement,
-//! such as an MQTT device on its own clock): while every durable append of a round allows it,
-//! the round writes what arrives at once and fsyncs when the earliest allowance is up, or
-//! at once when an append that allows no wait (a flush among them) comes. Readers see batches
-//! once they are written.
+//! such as an MQTT device on its own clock): while every append of a round allows it, the
+//! round is held unwritten, gathering what arrives, until the earliest allowance is up or an
+//! append that allows no wait (a flush among them) comes; then one write and one fsync. Readers
+//! see batches once they are written; a held round's, once they are also fsynced.
 //!
 //! **Threads.** All of a partition's write-side file I/O runs on the store's flusher threads
 //! ([`Flushers`]: a pool shared by every partition, started with the first work: one thread
@@ -306,6 +306,13 @@ struct Waiter {
     done: oneshot::Sender<Completion>,
 }
 
+impl Waiter {
+    /// An appender waiting for its write alone, or for an fsync that may not wait.
+    fn no_wait(&self) -> bool {
+        !self.durable || self.sync_by.is_none()
+    }
+}
+
 /// What a waiter is told when its round is over.
 type Completion = std::result::Result<(), WriteFailure>;
 
@@ -331,6 +338,9 @@ struct State {
     /// The flusher wants to be woken once this many waiters are registered (1 when idle, the
     /// expected group size while gathering, `usize::MAX` during a round: it looks again after).
     wake_at: usize,
+    /// A round holds its appends unwritten (`flush::Inner::hold`): only an append that allows
+    /// no wait, or a full write buffer, wakes it.
+    held: bool,
     /// Where the partition stands with the flusher threads.
     sched: flush::Sched,
     /// Group-commit bookkeeping of this partition's rounds.
@@ -842,10 +852,11 @@ impl Partition {
 
     /// [`Partition::append_start`] for a `Durable` append whose fsync may wait up to
     /// `sync_within` to be shared with the appends that arrive meanwhile: its producer does
-    /// not wait for the acknowledgement to go on (a device publishing on its own clock). Its
-    /// batch is written at once, so readers see it as soon as without the allowance; only
-    /// the fsync, and so the ticket, waits, and no longer than the allowance of the
-    /// round's earliest append. An append that allows no wait ends it.
+    /// not wait for the acknowledgement to go on (a device publishing on its own clock).
+    /// While every append of its round allows a wait, the round is held unwritten, no longer
+    /// than the allowance of its earliest append, and its batches become readable after their
+    /// fsync; an append that allows no wait ends the hold (the batches are then readable once
+    /// written, as without the allowance).
     pub fn append_start_within(
         &self,
         batch: &dyn Batch,
@@ -947,6 +958,7 @@ impl Partition {
         };
         let write_buffer = inner.write_buffer;
         let wake_at = st.wake_at;
+        let held = st.held;
         let tail = st.tail();
         let position = *tail.size;
         let len = encode_frame(tail.buf, &header, batch.layout(), batch.records_bytes()) as u64;
@@ -956,7 +968,10 @@ impl Partition {
         *tail.max_append_time = (*tail.max_append_time).max(append_time);
         let buffered = tail.buf.len();
         let (done, wake) = match durability {
-            Durability::None => (None, buffered >= write_buffer && wake_at != usize::MAX),
+            Durability::None => (
+                None,
+                buffered >= write_buffer && (wake_at != usize::MAX || held),
+            ),
             Durability::Written | Durability::Durable => {
                 let (tx, rx) = oneshot::channel();
                 tail.waiters.push(Waiter {
@@ -964,7 +979,9 @@ impl Partition {
                     sync_by,
                     done: tx,
                 });
-                (Some(rx), tail.waiters.len() >= wake_at)
+                let allows_wait = durability == Durability::Durable && sync_by.is_some();
+                let ends_hold = held && (!allows_wait || buffered >= write_buffer);
+                (Some(rx), tail.waiters.len() >= wake_at || ends_hold)
             }
         };
         if wake {

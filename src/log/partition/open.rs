@@ -294,6 +294,7 @@ impl Partition {
             written_end: 0,
             durable_end: 0,
             wake_at: 1,
+            held: false,
             sched: flush::Sched::Idle,
             gather: flush::Gather::default(),
             stop: false,

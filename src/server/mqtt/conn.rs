@@ -545,6 +545,16 @@ impl Conn {
             }
             self.append_gathered().await;
             if !self.out.is_empty() {
+                // Messages already waiting go out in the same write (a publisher subscribed
+                // to what it sends gets its PUBACK and the message together).
+                if self.catch_up.is_empty() && self.sm.wants_more() {
+                    if let Some(next) = inbox.try_next() {
+                        self.take_deliveries(next, inbox);
+                        if let Flow::Stop(end) = self.run_actions().await {
+                            return end;
+                        }
+                    }
+                }
                 match self.write_out(inbox, keep_alive).await {
                     Ok(()) => {}
                     Err(WriteStop::Failed(e)) => {
@@ -666,24 +676,7 @@ impl Conn {
                     self.write_goodbye().await;
                     return End::Abnormal;
                 }
-                next = inbox.next(), if !catching_up && wants => {
-                    // What else is waiting goes in the same turn: one write (and for a
-                    // persistent session one store of its delivery state) for all of it.
-                    let now = now_ms();
-                    self.take_delivery(next, now);
-                    for _ in 1..DRAIN {
-                        if !self.catch_up.is_empty() || !self.sm.wants_more() {
-                            break;
-                        }
-                        match inbox.try_next() {
-                            Some(next) => self.take_delivery(next, now),
-                            None => break,
-                        }
-                    }
-                    if inbox.waiting() < RELIEVE_BELOW {
-                        self.hub.pressure.relieve();
-                    }
-                }
+                next = inbox.next(), if !catching_up && wants => self.take_deliveries(next, inbox),
                 _ = std::future::ready(()), if catching_up && wants => {
                     if let Err(e) = self.catch_up_step().await {
                         tracing::warn!(peer = %self.peer, "mqtt: reading back from the log: {e}");
@@ -725,6 +718,25 @@ impl Conn {
     /// fleet of clean subscribers that was one wake-up a second per subscriber).
     fn positions_moved(&mut self) {
         self.dirty |= self.sm.expiry() > 0;
+    }
+
+    /// Takes `next` and what else is waiting in the inbox (at most `DRAIN`) in one turn: one
+    /// write (and for a persistent session one store of its delivery state) for all of it.
+    fn take_deliveries(&mut self, next: Next, inbox: &InboxRx) {
+        let now = now_ms();
+        self.take_delivery(next, now);
+        for _ in 1..DRAIN {
+            if !self.catch_up.is_empty() || !self.sm.wants_more() {
+                break;
+            }
+            match inbox.try_next() {
+                Some(next) => self.take_delivery(next, now),
+                None => break,
+            }
+        }
+        if inbox.waiting() < RELIEVE_BELOW {
+            self.hub.pressure.relieve();
+        }
     }
 
     fn take_delivery(&mut self, next: Next, now: i64) {

@@ -28,9 +28,10 @@
 //! go out once the record has `mqtt.durability` (default `durable`: fsynced; concurrent
 //! publishes share one fsync). For a client publishing on its own clock (no acknowledgement
 //! outstanding, nothing sent for four times `mqtt.sync_delay` since its last one: a device
-//! reporting every so often) the fsync may wait up to `mqtt.sync_delay` (5 ms) for other
-//! publishes to share it; the record is written, and delivered, at once. A client that waits
-//! for each acknowledgement, or keeps several in flight, is never held. QoS 2 is exactly-once within a session: a packet id whose
+//! reporting every so often) the record may be held up to `mqtt.sync_delay` (5 ms) to share
+//! one write and fsync with other publishes; it is delivered after that fsync, together with
+//! the PUBACK (a connection writes the messages waiting for it with its acknowledgements). A
+//! client that waits for each acknowledgement, or keeps several in flight, is never held. QoS 2 is exactly-once within a session: a packet id whose
 //! PUBREC was sent is remembered until PUBREL, so a resent PUBLISH is not stored twice; across
 //! a broker crash, a resent PUBLISH (DUP) is recognised in the log ([`hub::Hub::stored_recently`]).
 //! When the log refuses an append (`reject` policy at its budget): QoS 0 is dropped and
@@ -103,9 +104,10 @@ pub struct MqttConfig {
     pub max_packet_size: ByteSize,
     /// What a QoS 1 PUBACK / QoS 2 PUBREC promises. Default durable.
     pub durability: Durability,
-    /// How long the fsync behind a durable acknowledgement may wait to be shared with other
-    /// publishes, for a client publishing on its own clock: no acknowledgement outstanding,
-    /// nothing sent for four times this since its last one. Default "5ms"; "0s": never.
+    /// How long a durable publish may be held to share its write and fsync with other
+    /// publishes (delivered and acknowledged after them), for a client publishing on its own
+    /// clock: no acknowledgement outstanding, nothing sent for four times this since its last
+    /// one. Default "5ms"; "0s": never.
     pub sync_delay: HumanDuration,
     /// Unacknowledged QoS 1/2 messages per session, each way. Default 64.
     pub max_inflight: u16,
