@@ -697,7 +697,7 @@ impl Inner {
                 st = self.wait_for_arrivals(st, until - now);
             }
             st.wake_at = usize::MAX;
-            if durable(&st) == 0 || st.stop || st.poisoned.is_some() || !st.next.is_empty() {
+            if durable(&st) == 0 || self.goes_ahead(&st) {
                 break;
             }
             let Some(more) = self.write_pass(st, true) else {
@@ -715,9 +715,9 @@ impl Inner {
     /// Whether the round's appends may be held: some wait for an fsync, and every one of them
     /// allows it to wait (`Waiter::sync_by`).
     fn may_hold(&self, st: &State) -> bool {
+        // (No roll is pending: `step` seals before a round.)
         !st.waiters.is_empty()
             && !st.waiters.iter().any(Waiter::no_wait)
-            && st.next.is_empty()
             && st.buf.len() < self.write_buffer
     }
 
@@ -734,7 +734,7 @@ impl Inner {
         while let Some(until) = st.waiters.iter().filter_map(|w| w.sync_by).min() {
             let now = Instant::now();
             if now >= until
-                || self.delay_ends(&st)
+                || self.goes_ahead(&st)
                 || st.buf.len() >= self.write_buffer
                 || st.waiters.iter().any(Waiter::no_wait)
             {
@@ -746,8 +746,8 @@ impl Inner {
         st
     }
 
-    /// A held round goes ahead at once: the partition stops, failed, or rolls.
-    fn delay_ends(&self, st: &State) -> bool {
+    /// A held or lingering round goes ahead at once: the partition stops, failed, or rolls.
+    fn goes_ahead(&self, st: &State) -> bool {
         st.stop || st.poisoned.is_some() || !st.next.is_empty()
     }
 

@@ -966,21 +966,18 @@ impl Partition {
         tail.index.add(rel, position, len, header.max_timestamp);
         *tail.size += len;
         *tail.max_append_time = (*tail.max_append_time).max(append_time);
-        let buffered = tail.buf.len();
+        let full = tail.buf.len() >= write_buffer;
         let (done, wake) = match durability {
-            Durability::None => (
-                None,
-                buffered >= write_buffer && (wake_at != usize::MAX || held),
-            ),
+            Durability::None => (None, full && (wake_at != usize::MAX || held)),
             Durability::Written | Durability::Durable => {
                 let (tx, rx) = oneshot::channel();
-                tail.waiters.push(Waiter {
+                let waiter = Waiter {
                     durable: durability == Durability::Durable,
                     sync_by,
                     done: tx,
-                });
-                let allows_wait = durability == Durability::Durable && sync_by.is_some();
-                let ends_hold = held && (!allows_wait || buffered >= write_buffer);
+                };
+                let ends_hold = held && (full || waiter.no_wait());
+                tail.waiters.push(waiter);
                 (Some(rx), tail.waiters.len() >= wake_at || ends_hold)
             }
         };

@@ -547,7 +547,7 @@ impl Conn {
             if !self.out.is_empty() {
                 // Messages already waiting go out in the same write (a publisher subscribed
                 // to what it sends gets its PUBACK and the message together).
-                if self.catch_up.is_empty() && self.sm.wants_more() {
+                if self.takes_deliveries() {
                     if let Some(next) = inbox.try_next() {
                         self.take_deliveries(next, inbox);
                         if let Flow::Stop(end) = self.run_actions().await {
@@ -726,7 +726,7 @@ impl Conn {
         let now = now_ms();
         self.take_delivery(next, now);
         for _ in 1..DRAIN {
-            if !self.catch_up.is_empty() || !self.sm.wants_more() {
+            if !self.takes_deliveries() {
                 break;
             }
             match inbox.try_next() {
@@ -737,6 +737,12 @@ impl Conn {
         if inbox.waiting() < RELIEVE_BELOW {
             self.hub.pressure.relieve();
         }
+    }
+
+    /// Whether messages from the inbox may be taken now: no read-back from the log runs (it
+    /// goes first) and the session's in-flight window has room.
+    fn takes_deliveries(&self) -> bool {
+        self.catch_up.is_empty() && self.sm.wants_more()
     }
 
     fn take_delivery(&mut self, next: Next, now: i64) {
